@@ -1,0 +1,1 @@
+"""The example system's write sides: bounded contexts built on :mod:`toolkit`."""

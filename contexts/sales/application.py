@@ -1,0 +1,102 @@
+"""Sales' commands. Each validates its input before anything is stored."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from contexts.sales.domain import Customer, Order, OrderLine
+from contexts.sales.published import language
+from toolkit import BoundedContext, ConflictError, InvalidCommand
+
+MAX_LINES = 100
+
+
+class Sales(BoundedContext):
+    name: ClassVar[str] = "sales"
+    published_language = language
+
+    def register_customer(self, name: str, email: str) -> UUID:
+        name, email = name.strip(), email.strip()
+        if not name:
+            raise InvalidCommand("a customer needs a name")
+        if "@" not in email or len(email) > 254:
+            raise InvalidCommand(f"{email!r} is not an email address")
+        customer = Customer(name=name, email=email)
+        self.save(customer)
+        return customer.id
+
+    def place_order(self, customer_id: UUID, lines: list[dict[str, Any]]) -> UUID:
+        self._customer(customer_id)
+        order = Order(customer_id=customer_id, lines=[_line(raw) for raw in _lines(lines)])
+        self.save(order)
+        return order.id
+
+    def cancel_order(self, order_id: UUID, reason: str) -> None:
+        order = self._order(order_id)
+        if order.status == "cancelled":
+            raise InvalidCommand(f"order {order_id} is already cancelled")
+        if not reason.strip():
+            raise InvalidCommand("a cancellation needs a reason")
+        order.cancel(reason=reason.strip())
+        self._save(order)
+
+    def add_order_note(self, order_id: UUID, text: str) -> None:
+        order = self._order(order_id)
+        order.add_note(text=text)
+        self._save(order)
+
+    def get_order(self, order_id: UUID) -> Order:
+        return self._order(order_id)
+
+    def _save(self, *aggregates: Any) -> None:
+        try:
+            self.save(*aggregates)
+        except IntegrityError:
+            raise ConflictError(
+                "the aggregate was changed by another command; reload it and try again"
+            ) from None
+
+    def _customer(self, customer_id: UUID) -> Customer:
+        try:
+            customer: Customer = self.repository.get(customer_id)
+        except AggregateNotFoundError:
+            raise InvalidCommand(f"no customer {customer_id}") from None
+        return customer
+
+    def _order(self, order_id: UUID) -> Order:
+        try:
+            order: Order = self.repository.get(order_id)
+        except AggregateNotFoundError:
+            raise InvalidCommand(f"no order {order_id}") from None
+        return order
+
+
+def _lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not isinstance(lines, list) or not lines:
+        raise InvalidCommand("an order needs at least one line")
+    if len(lines) > MAX_LINES:
+        raise InvalidCommand(f"an order has at most {MAX_LINES} lines")
+    return lines
+
+
+def _line(raw: dict[str, Any]) -> OrderLine:
+    try:
+        sku = str(raw["sku"]).strip()
+        quantity = raw["quantity"]
+        unit_price = Decimal(str(raw["unit_price"]))
+    except (KeyError, TypeError):
+        raise InvalidCommand("each line needs sku, quantity and unit_price") from None
+    except InvalidOperation:
+        raise InvalidCommand(f"unit_price {raw.get('unit_price')!r} is not a number") from None
+    if not sku:
+        raise InvalidCommand("a line needs a sku")
+    if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1:
+        raise InvalidCommand(f"quantity {quantity!r} must be a whole number of at least 1")
+    if not unit_price.is_finite() or unit_price < 0:
+        raise InvalidCommand(f"unit_price {unit_price} must be zero or more")
+    return OrderLine(sku=sku, quantity=quantity, unit_price=unit_price)

@@ -1,0 +1,45 @@
+"""Sales' aggregates: plain eventsourcing aggregates, nothing toolkit-specific."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TypedDict
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+
+class OrderLine(TypedDict):
+    sku: str
+    quantity: int
+    unit_price: Decimal
+
+
+class Customer(Aggregate):
+    @event("Registered")
+    def __init__(self, name: str, email: str) -> None:
+        self.name = name
+        self.email = email
+        self.order_ids: list[UUID] = []
+
+
+class Order(Aggregate):
+    @event("Placed")
+    def __init__(self, customer_id: UUID, lines: list[OrderLine]) -> None:
+        self.customer_id = customer_id
+        self.lines = lines
+        self.status = "placed"
+        self.notes: list[str] = []
+
+    @property
+    def total(self) -> Decimal:
+        return sum((line["unit_price"] * line["quantity"] for line in self.lines), Decimal(0))
+
+    @event("Cancelled")
+    def cancel(self, reason: str) -> None:
+        self.status = "cancelled"
+
+    @event("NoteAdded")
+    def add_note(self, text: str) -> None:
+        """A private fact: sales keeps it to itself (it is not in the published language)."""
+        self.notes.append(text)

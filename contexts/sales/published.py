@@ -1,0 +1,65 @@
+"""Sales' published language: the public, versioned events other contexts may read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+import msgspec
+
+from contexts.sales.domain import Customer, Order
+from toolkit import IntegrationEvent, PublishedLanguage, contract
+
+language = PublishedLanguage("sales")
+
+
+@contract("sales.CustomerRegistered", version=1)
+class CustomerRegistered(IntegrationEvent, frozen=True, kw_only=True):
+    customer_id: UUID
+    name: str
+    email: str
+
+
+class OrderLine(msgspec.Struct, frozen=True):
+    sku: str
+    quantity: int
+    unit_price: Decimal
+
+
+@contract("sales.OrderPlaced", version=1)
+class OrderPlaced(IntegrationEvent, frozen=True, kw_only=True):
+    order_id: UUID
+    customer_id: UUID
+    lines: list[OrderLine]
+    total: Decimal
+    placed_at: datetime
+
+
+@contract("sales.OrderCancelled", version=1)
+class OrderCancelled(IntegrationEvent, frozen=True, kw_only=True):
+    order_id: UUID
+    reason: str
+    cancelled_at: datetime
+
+
+@language.maps(Customer.Registered, to=CustomerRegistered)
+def customer_registered(e: Customer.Registered) -> CustomerRegistered:
+    return CustomerRegistered(customer_id=e.originator_id, name=e.name, email=e.email)  # type: ignore[attr-defined]
+
+
+@language.maps(Order.Placed, to=OrderPlaced)
+def order_placed(e: Order.Placed) -> OrderPlaced:
+    lines = [OrderLine(ln["sku"], ln["quantity"], ln["unit_price"]) for ln in e.lines]  # type: ignore[attr-defined]
+    return OrderPlaced(
+        order_id=e.originator_id,
+        customer_id=e.customer_id,  # type: ignore[attr-defined]
+        lines=lines,
+        total=sum((ln.unit_price * ln.quantity for ln in lines), Decimal(0)),
+        placed_at=e.timestamp,
+    )
+
+
+@language.maps(Order.Cancelled, to=OrderCancelled)
+def order_cancelled(e: Order.Cancelled) -> OrderCancelled:
+    return OrderCancelled(order_id=e.originator_id, reason=e.reason, cancelled_at=e.timestamp)  # type: ignore[attr-defined]

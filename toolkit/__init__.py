@@ -1,0 +1,44 @@
+"""Event-sourced bounded contexts that integrate through NATS JetStream, with replay."""
+
+from toolkit.config import Settings
+from toolkit.connection import Nats, connect, open_nats
+from toolkit.context import BoundedContext
+from toolkit.contracts import ContractRegistry, IntegrationEvent, contract
+from toolkit.embedded import EmbeddedServer
+from toolkit.errors import (
+    ConfigurationError,
+    ConflictError,
+    ContractError,
+    InvalidCommand,
+    ProjectionError,
+    RelayError,
+    ServerVersionError,
+    ToolkitError,
+)
+from toolkit.published import PublishedLanguage
+from toolkit.relay import Relay
+from toolkit.streams import StreamSpec, ensure_stream
+
+__all__ = [
+    "BoundedContext",
+    "ConfigurationError",
+    "ConflictError",
+    "ContractError",
+    "ContractRegistry",
+    "EmbeddedServer",
+    "IntegrationEvent",
+    "InvalidCommand",
+    "Nats",
+    "ProjectionError",
+    "PublishedLanguage",
+    "Relay",
+    "RelayError",
+    "ServerVersionError",
+    "Settings",
+    "StreamSpec",
+    "ToolkitError",
+    "connect",
+    "contract",
+    "ensure_stream",
+    "open_nats",
+]

@@ -1,0 +1,114 @@
+"""Connecting to NATS: the server at ``NATS_URL``, or the embedded one when none is given.
+
+Servers older than 2.10 are refused at connect: they silently ignore stream and consumer
+options the toolkit relies on, which would turn into wrong behaviour much later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from toolkit.config import Settings
+from toolkit.embedded import EmbeddedServer
+from toolkit.errors import ConnectError, ServerVersionError
+
+log = logging.getLogger(__name__)
+
+MIN_SERVER_VERSION = (2, 10)
+
+
+def redact(url: str) -> str:
+    """A URL without its credentials, for messages and logs."""
+    parts = []
+    for one in url.split(","):
+        split = urlsplit(one.strip() if "://" in one else f"nats://{one.strip()}")
+        host = split.hostname or ""
+        netloc = f"{host}:{split.port}" if split.port else host
+        parts.append(urlunsplit((split.scheme, netloc, split.path, "", "")))
+    return ",".join(parts)
+
+
+def check_server_version(version: str, url: str) -> None:
+    try:
+        major, minor = (int(p) for p in version.split("-")[0].split(".")[:2])
+    except ValueError:
+        raise ServerVersionError(
+            f"NATS server at {redact(url)} reports an unreadable version {version!r}; "
+            f"the toolkit requires {MIN_SERVER_VERSION[0]}.{MIN_SERVER_VERSION[1]} or newer"
+        ) from None
+    if (major, minor) < MIN_SERVER_VERSION:
+        raise ServerVersionError(
+            f"NATS server at {redact(url)} is version {version}; the toolkit requires "
+            f"{MIN_SERVER_VERSION[0]}.{MIN_SERVER_VERSION[1]} or newer"
+        )
+
+
+async def _log_error(exc: Exception) -> None:
+    """nats-py prints asynchronous errors by default; route them to logging instead."""
+    log.warning("nats: %s", redact(str(exc)) if "://" in str(exc) else exc)
+
+
+async def connect(url: str, *, name: str = "toolkit", connect_timeout: float = 5.0) -> Client:
+    """Connect to a NATS server with JetStream, checking its version."""
+    try:
+        nc = await nats.connect(
+            url,
+            name=name,
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=2,  # at first connect: fail fast with a clear error
+            reconnect_time_wait=0.5,
+            error_cb=_log_error,
+        )
+        nc.options["max_reconnect_attempts"] = -1  # once connected: never give up
+    except Exception as exc:
+        raise ConnectError(
+            f"cannot connect to NATS at {redact(url)}: {type(exc).__name__} {exc}".strip()
+        ) from None
+    try:
+        check_server_version(nc.connected_server_version._server_version, url)
+    except BaseException:
+        await nc.close()
+        raise
+    return nc
+
+
+@dataclass
+class Nats:
+    """An open connection: the client, its JetStream context, and where it points."""
+
+    client: Client
+    js: JetStreamContext
+    url: str
+    embedded: EmbeddedServer | None
+
+
+@contextlib.asynccontextmanager
+async def open_nats(settings: Settings, *, name: str = "toolkit") -> AsyncIterator[Nats]:
+    """Yield a connection to ``settings.nats_url``, or to an embedded server started in
+    ``<data_dir>/nats`` and stopped on the way out (also on errors and Ctrl-C)."""
+    embedded: EmbeddedServer | None = None
+    url = settings.nats_url
+    if url is None:
+        embedded = EmbeddedServer(Path(settings.data_dir) / "nats", binary=settings.nats_server)
+        embedded.start()
+        url = embedded.url
+    try:
+        client = await connect(url, name=name)
+        try:
+            yield Nats(client=client, js=client.jetstream(), url=url, embedded=embedded)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.drain()
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,72 @@
+"""A bounded context: an ``eventsourcing`` Application whose log is a SQLite file by
+default, whose name names its stream, and whose published language says what leaves it.
+
+Persistence is eventsourcing's own: set ``PERSISTENCE_MODULE`` (and its variables, e.g.
+``POSTGRES_DBNAME``) to use PostgreSQL; otherwise the log is ``<data_dir>/<name>.sqlite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import ApplicationRecorder, Recording
+from eventsourcing.utils import Environment, EnvType
+
+from toolkit.published import PublishedLanguage
+from toolkit.wire import check_name
+
+
+class BoundedContext(Application[UUID]):
+    """Base for a context's write side. Subclasses set ``name`` and ``published_language``."""
+
+    name: ClassVar[str] = "context"
+    published_language: ClassVar[PublishedLanguage]
+
+    def __init__(self, env: EnvType | None = None, *, data_dir: Path | str | None = None) -> None:
+        check_name("context", self.name)
+        self.data_dir = Path(data_dir or os.environ.get("TOOLKIT_DATA_DIR") or ".toolkit")
+        self._saved_listeners: list[Callable[[int], None]] = []
+        self._listeners_lock = threading.Lock()
+        super().__init__(env)
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        environment = super().construct_env(name, env)
+        if not environment.get("PERSISTENCE_MODULE"):
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            environment["PERSISTENCE_MODULE"] = "eventsourcing.sqlite"
+            if not environment.get("SQLITE_DBNAME"):
+                environment["SQLITE_DBNAME"] = str(self.data_dir / f"{self.name}.sqlite")
+        return environment
+
+    @property
+    def log(self) -> ApplicationRecorder:
+        """The context's event log, in notification-id order."""
+        return self.recorder
+
+    def on_saved(self, listener: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``listener(last_notification_id)`` after each save (from the saving
+        thread); returns a function that removes it. The in-process relay wakes this way."""
+        with self._listeners_lock:
+            self._saved_listeners.append(listener)
+
+        def remove() -> None:
+            with self._listeners_lock, contextlib.suppress(ValueError):
+                self._saved_listeners.remove(listener)
+
+        return remove
+
+    def _notify(self, recordings: list[Recording[Any]]) -> None:
+        if not recordings:
+            return
+        last = recordings[-1].notification.id
+        with self._listeners_lock:
+            listeners = list(self._saved_listeners)
+        for listener in listeners:
+            listener(last)

@@ -1,0 +1,51 @@
+"""Errors a user of the toolkit can meet, each with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero."""
+
+
+class ConfigurationError(ToolkitError):
+    """A setting is missing or malformed."""
+
+
+class ServerVersionError(ToolkitError):
+    """The NATS server is older than the toolkit supports."""
+
+
+class ServerStartError(ToolkitError):
+    """The embedded nats-server could not be started."""
+
+
+class ConnectError(ToolkitError):
+    """No NATS server could be reached."""
+
+
+class ContractError(ToolkitError):
+    """An integration event does not match its contract."""
+
+
+class SubjectError(ToolkitError, ValueError):
+    """A subject token is empty or would change what a subject matches."""
+
+
+class RelayError(ToolkitError):
+    """The relay could not carry the log onto the stream."""
+
+
+class ProjectionError(ToolkitError):
+    """A projection could not apply its stream."""
+
+
+class InvalidCommand(ToolkitError, ValueError):
+    """A command was rejected before anything was stored."""
+
+
+class ConflictError(ToolkitError):
+    """Another command changed the aggregate first; nothing of this one was stored."""
+
+
+class ProjectionBusyError(ProjectionError):
+    """Another process is writing this projection."""

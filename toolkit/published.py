@@ -1,0 +1,130 @@
+"""A context's published language: which private domain events leave the context, and as
+which public integration events.
+
+Only mapped events are published; everything else stays private. A mapping may rename,
+drop and reshape fields. Mappings are keyed by the stored event's topic, so the relay skips
+private events without decoding them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.utils import get_topic
+
+from toolkit import wire
+from toolkit.contracts import IntegrationEvent, contract_of, encode, event_name
+from toolkit.errors import ContractError
+
+D = TypeVar("D")
+I = TypeVar("I", bound=IntegrationEvent)  # noqa: E741
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One integration event as it goes onto the stream."""
+
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+    log_position: int
+
+
+@dataclass(frozen=True)
+class Mapping(Generic[D, I]):
+    domain_event: type[D]
+    contract: type[I]
+    aggregate_type: str
+    translate: Callable[[D], I | None]
+
+
+class PublishedLanguage:
+    """The mapping from a context's domain events to its integration events."""
+
+    def __init__(self, context: str) -> None:
+        self.context = wire.check_name("context", context)
+        self._by_topic: dict[str, Mapping[Any, Any]] = {}
+
+    def maps(
+        self,
+        domain_event: type[D],
+        to: type[I],
+        *,
+        aggregate: str | None = None,
+    ) -> Callable[[Callable[[D], I | None]], Callable[[D], I | None]]:
+        """Register ``fn(domain_event) -> integration_event`` (or None to keep one private).
+
+        ``aggregate`` is the aggregate type in the subject; by default the lower-cased name
+        of the class that encloses the domain event (``Order.Placed`` -> ``order``).
+        """
+        name, _ = contract_of(to)
+        if not name.startswith(f"{self.context}."):
+            raise ContractError(
+                f"contract {name} cannot be published by context {self.context}: "
+                f"its name must start with '{self.context}.'"
+            )
+        if aggregate is None:
+            outer, _, _ = domain_event.__qualname__.rpartition(".")
+            aggregate = (outer.rpartition(".")[2] or domain_event.__name__).lower()
+        aggregate_type = wire.check_name("aggregate", aggregate)
+        wire.check_name("event", event_name(name))
+        topic = get_topic(domain_event)
+
+        def register(fn: Callable[[D], I | None]) -> Callable[[D], I | None]:
+            if topic in self._by_topic:
+                raise ContractError(f"{topic} is already mapped in the {self.context} language")
+            self._by_topic[topic] = Mapping(domain_event, to, aggregate_type, fn)
+            return fn
+
+        return register
+
+    def mapping(self, topic: str) -> Mapping[Any, Any] | None:
+        return self._by_topic.get(topic)
+
+    @property
+    def contracts(self) -> list[type[IntegrationEvent]]:
+        return [m.contract for m in self._by_topic.values()]
+
+    def message(
+        self,
+        mapping: Mapping[Any, Any],
+        domain_event: DomainEventProtocol[Any],
+        log_position: int,
+    ) -> OutgoingMessage | None:
+        """Translate one domain event into the message that carries it, or None."""
+        public = mapping.translate(domain_event)
+        if public is None:
+            return None
+        if type(public) is not mapping.contract:
+            raise ContractError(
+                f"mapping for {get_topic(mapping.domain_event)} returned "
+                f"{type(public).__qualname__}, expected {mapping.contract.__qualname__}"
+            )
+        name, version = contract_of(mapping.contract)
+        aggregate_id = str(domain_event.originator_id)
+        msg_id = wire.message_id(self.context, log_position)
+        timestamp: datetime = domain_event.timestamp
+        headers = {
+            wire.MSG_ID: msg_id,
+            wire.CE_SPECVERSION: wire.SPECVERSION,
+            wire.CE_ID: msg_id,
+            wire.CE_SOURCE: self.context,
+            wire.CE_TYPE: name,
+            wire.CE_SCHEMAVERSION: str(version),
+            wire.CE_SUBJECT: aggregate_id,
+            wire.CE_TIME: timestamp.isoformat(),
+            wire.CE_AGGREGATETYPE: mapping.aggregate_type,
+            wire.CE_AGGREGATEVERSION: str(domain_event.originator_version),
+            wire.CE_LOGPOSITION: str(log_position),
+            wire.CONTENT_TYPE: wire.JSON,
+        }
+        return OutgoingMessage(
+            subject=wire.subject(self.context, mapping.aggregate_type, aggregate_id, event_name(name)),
+            body=encode(public),
+            headers=headers,
+            log_position=log_position,
+        )

@@ -1,0 +1,249 @@
+"""The relay: carries a context's log onto its stream, in log order, exactly once.
+
+It follows the log by notification id (an outbox with no extra table) and publishes each
+published-language event with pipelined acknowledgements. Exactly once and in order hold
+because:
+
+- the resume position is read from the stream itself (the log position in the header of
+  its last message), so there is no side table that could disagree with it;
+- every publish carries ``Nats-Expected-Last-Sequence``: JetStream stores message n+1
+  only right after message n, so a pipeline that fails midway leaves a prefix, never a
+  gap, and a second relay running by mistake is refused instead of interleaving;
+- every publish carries ``Nats-Msg-Id`` built from the log position, so a retried publish
+  inside the duplicate window is dropped by JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from toolkit import wire
+from toolkit.context import BoundedContext
+from toolkit.errors import RelayError
+from toolkit.published import OutgoingMessage
+from toolkit.streams import StreamSpec, ensure_stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    skipped: int = 0
+    """Log events that are private to the context (not in its published language)."""
+    position: int = 0
+    """Log position of the last event known to be on the stream (or skipped)."""
+    stream_sequence: int = 0
+
+
+class _AckWindow:
+    """Publishes with a reply inbox and keeps up to ``size`` acknowledgements in flight."""
+
+    def __init__(self, client: Client, stream: str, size: int, ack_timeout: float) -> None:
+        self.client = client
+        self.stream = stream
+        self.size = size
+        self.ack_timeout = ack_timeout
+        self.inbox = client.new_inbox()
+        self.pending: OrderedDict[int, tuple[OutgoingMessage, float]] = OrderedDict()
+        self.acked: set[int] = set()
+        self.next_token = 0
+        self.last_sequence = 0  # stream sequence of the last message sent
+        self.confirmed_position = 0  # log position of the last acknowledged message
+        self.confirmed_sequence = 0
+        self.error: RelayError | None = None
+        self.changed = asyncio.Event()
+        self._sub: object | None = None
+
+    async def open(self, last_sequence: int, position: int) -> None:
+        self.last_sequence = self.confirmed_sequence = last_sequence
+        self.confirmed_position = position
+        self._sub = await self.client.subscribe(f"{self.inbox}.*", cb=self._on_ack)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        while len(self.pending) >= self.size:
+            await self._wait_for_change()
+        self._raise_if_failed()
+        token = self.next_token
+        self.next_token += 1
+        headers = dict(message.headers)
+        headers[wire.EXPECTED_LAST_SEQUENCE] = str(self.last_sequence)
+        self.last_sequence += 1
+        self.pending[token] = (message, time.monotonic())
+        await self.client.publish(
+            message.subject, message.body, reply=f"{self.inbox}.{token}", headers=headers
+        )
+
+    async def drain(self) -> None:
+        """Wait until every message sent is acknowledged (or raise why not)."""
+        await self.client.flush()
+        while self.pending:
+            await self._wait_for_change()
+        self._raise_if_failed()
+
+    async def _wait_for_change(self) -> None:
+        self._raise_if_failed()
+        oldest = next(iter(self.pending.values()))[1]
+        remaining = oldest + self.ack_timeout - time.monotonic()
+        if remaining <= 0:
+            raise RelayError(
+                f"no acknowledgement from stream {self.stream} within {self.ack_timeout:g}s"
+            )
+        self.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), remaining)
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            self._settle(msg)
+        except Exception as exc:  # a bug here must stop the relay, not vanish in nats-py
+            self.error = self.error or RelayError(f"unreadable acknowledgement: {exc!r}")
+        self.changed.set()
+
+    def _settle(self, msg: Msg) -> None:
+        token = int(msg.subject.rpartition(".")[2])
+        entry = self.pending.get(token)
+        if entry is None:
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            self.error = self.error or RelayError(
+                f"stream {self.stream} does not exist or has no responders"
+            )
+        else:
+            ack = orjson.loads(msg.data)
+            error = ack.get("error")
+            if error:
+                self.error = self.error or RelayError(
+                    f"stream {self.stream} refused log position {entry[0].log_position}: "
+                    f"{error.get('description', error)} (code {error.get('err_code')})"
+                )
+            else:
+                self.acked.add(token)
+                while self.pending:
+                    first = next(iter(self.pending))
+                    if first not in self.acked:
+                        break
+                    _, (message, _) = self.pending.popitem(last=False)
+                    self.acked.discard(first)
+                    self.confirmed_position = message.log_position
+                    self.confirmed_sequence += 1
+
+
+class Relay:
+    """Carries one context's log onto its stream. Run it in the context's process (it
+    wakes right after each save) or on its own (it polls the log)."""
+
+    def __init__(
+        self,
+        context: BoundedContext,
+        client: Client,
+        *,
+        stream: StreamSpec | None = None,
+        batch_size: int = 1000,
+        window: int = 2000,
+        ack_timeout: float = 10.0,
+        poll_interval: float = 0.25,
+    ) -> None:
+        self.context = context
+        self.client = client
+        self.js: JetStreamContext = client.jetstream()
+        self.stream = stream or StreamSpec(context.name)
+        self.batch_size = batch_size
+        self.window_size = window
+        self.ack_timeout = ack_timeout
+        self.poll_interval = poll_interval
+        self.stats = RelayStats()
+        self._wake = asyncio.Event()
+
+    async def resume_position(self) -> tuple[int, int]:
+        """(stream sequence, log position) of the last message on the stream."""
+        info = await ensure_stream(self.js, self.stream)
+        last_seq = info.state.last_seq
+        if info.state.messages == 0:
+            return last_seq, 0
+        raw = await self.js.get_msg(self.stream.name, seq=last_seq)
+        position = (raw.headers or {}).get(wire.CE_LOGPOSITION)
+        if position is None or not position.isdigit():
+            raise RelayError(
+                f"the last message on stream {self.stream.name} (sequence {last_seq}) has no "
+                f"{wire.CE_LOGPOSITION} header: something other than this relay writes to it"
+            )
+        return last_seq, int(position)
+
+    def lag(self) -> int:
+        """Log events not yet carried onto the stream (log head minus last relayed)."""
+        head = self.context.log.max_notification_id() or 0
+        return max(0, head - self.stats.position)
+
+    async def run(self, stop: asyncio.Event | None = None, *, until_head: bool = False) -> RelayStats:
+        """Relay until ``stop`` is set (or, with ``until_head``, until the log head as it
+        was when called is on the stream)."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        remove = self.context.on_saved(lambda _: loop.call_soon_threadsafe(self._wake.set))
+        target = (self.context.log.max_notification_id() or 0) if until_head else None
+        window = _AckWindow(self.client, self.stream.name, self.window_size, self.ack_timeout)
+        try:
+            sequence, position = await self.resume_position()
+            await window.open(sequence, position)
+            self.stats.position, self.stats.stream_sequence = position, sequence
+            while not stop.is_set():
+                notifications = self.context.log.select_notifications(
+                    start=position, limit=self.batch_size, inclusive_of_start=False
+                )
+                for notification in notifications:
+                    message = self._message(notification)
+                    if message is None:
+                        self.stats.skipped += 1
+                    else:
+                        await window.publish(message)
+                        self.stats.published += 1
+                    position = notification.id
+                if window.pending and (not notifications or len(window.pending) >= window.size):
+                    await window.drain()
+                if not window.pending:
+                    self.stats.position = position
+                else:
+                    self.stats.position = window.confirmed_position
+                self.stats.stream_sequence = window.confirmed_sequence
+                if target is not None and position >= target:
+                    await window.drain()
+                    self.stats.position = position
+                    self.stats.stream_sequence = window.confirmed_sequence
+                    break
+                if not notifications:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            await window.drain()
+        finally:
+            remove()
+            await window.close()
+        return self.stats
+
+    def _message(self, notification: object) -> OutgoingMessage | None:
+        language = self.context.published_language
+        mapping = language.mapping(notification.topic)  # type: ignore[attr-defined]
+        if mapping is None:
+            return None
+        domain_event = self.context.mapper.to_domain_event(notification)  # type: ignore[arg-type]
+        return language.message(mapping, domain_event, notification.id)  # type: ignore[attr-defined]
