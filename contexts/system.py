@@ -1,0 +1,16 @@
+"""The example system's composition root: what the ``toolkit`` CLI runs by default."""
+
+from __future__ import annotations
+
+from contexts.sales import Sales
+from projections.billing import Accounts
+from projections.billing.api import router as billing_api
+from projections.shipping import Shipments
+from projections.shipping.api import router as shipping_api
+from toolkit.system import System
+
+system = System(
+    contexts={"sales": Sales},
+    projections={"shipping": Shipments, "billing": Accounts},
+    routers={"shipping": shipping_api, "billing": billing_api},
+)

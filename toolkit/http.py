@@ -1,0 +1,52 @@
+"""Thin FastAPI read endpoints over projections (REST at the boundary).
+
+Endpoints read the projection's current generation through a read-only connection; they
+never call another context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, FastAPI, HTTPException
+
+from toolkit.config import Settings
+from toolkit.store import ProjectionHome, connect
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from toolkit.system import System
+
+
+class ReadModel:
+    """A FastAPI dependency: a read-only connection to a projection's current model."""
+
+    def __init__(self, home: ProjectionHome) -> None:
+        self.home = home
+
+    def __call__(self) -> Iterator[sqlite3.Connection]:
+        current = self.home.current()
+        if current is None or not current.exists():
+            raise HTTPException(
+                503,
+                f"projection {self.home.name} has no read model yet",
+                headers={"Retry-After": "1"},
+            )
+        db = connect(current, readonly=True)
+        try:
+            yield db
+        finally:
+            db.close()
+
+
+RouterFactory = Callable[[ProjectionHome], APIRouter]
+
+
+def create_app(system: System, settings: Settings) -> FastAPI:
+    """The read API of every projection in ``system`` that has endpoints."""
+    app = FastAPI(title="toolkit read API", version="1")
+    for name, factory in system.routers.items():
+        app.include_router(factory(ProjectionHome(settings.data_dir, name)))
+    return app

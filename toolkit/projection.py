@@ -1,0 +1,45 @@
+"""Projections: read models a context keeps from what other contexts publish.
+
+A projection names the streams it reads through its translators, creates its tables, and
+applies its own facts to them. The toolkit writes the changes and the checkpoint of each
+stream in one transaction, many events at a time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from toolkit.translator import Translator
+from toolkit.wire import check_name
+
+
+class Projection(ABC):
+    """Base of a SQLite projection. Subclasses set ``name``, ``version`` and
+    ``translators``, and implement :meth:`create_tables` and :meth:`apply`."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    """Bump when the read model's shape or meaning changes: it then needs a rebuild."""
+    translators: ClassVar[Sequence[Translator]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            check_name("projection", cls.name)
+
+    @abstractmethod
+    def create_tables(self, db: sqlite3.Connection) -> None:
+        """Create the read model's tables (``CREATE TABLE IF NOT EXISTS``)."""
+
+    @abstractmethod
+    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+        """Change the read model for one fact, inside the toolkit's transaction."""
+
+    def translator_for(self, stream: str) -> Translator:
+        for translator in self.translators:
+            if translator.stream == stream:
+                return translator
+        raise KeyError(stream)

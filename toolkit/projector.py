@@ -1,0 +1,114 @@
+"""The projector: reads each stream a projection consumes, from the checkpoint on, and
+applies batches to its read model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from toolkit.projection import Projection
+from toolkit.reader import StreamReader
+from toolkit.store import ReadModelStore
+from toolkit.translator import Translator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProjectorStats:
+    applied: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    checkpoints: dict[str, int] = field(default_factory=dict)
+    lag: dict[str, int] = field(default_factory=dict)
+    """Messages in each stream after the checkpoint, as last reported by the server."""
+
+
+class Projector:
+    """Keeps one read model up to date with the streams its projection reads."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        store: ReadModelStore,
+        client: Client,
+        *,
+        batch_size: int = 1000,
+        name: str | None = None,
+    ) -> None:
+        self.projection = projection
+        self.store = store
+        self.client = client
+        self.js = client.jetstream()
+        self.batch_size = batch_size
+        self.name = name or projection.name
+        self.stats = ProjectorStats()
+
+    async def head(self, stream: str) -> int:
+        """The stream's last sequence (0 when it is empty or does not exist yet)."""
+        try:
+            info = await self.js.stream_info(stream)
+        except NotFoundError:
+            return 0
+        return int(info.state.last_seq)
+
+    async def run(self, stop: asyncio.Event | None = None, *, until_head: bool = False) -> ProjectorStats:
+        """Project until ``stop`` is set, or with ``until_head`` until every stream's
+        head (as it was when called) is applied."""
+        stop = stop or asyncio.Event()
+        await asyncio.gather(
+            *(self._follow(t, stop, until_head) for t in self.projection.translators)
+        )
+        return self.stats
+
+    async def _follow(self, translator: Translator, stop: asyncio.Event, until_head: bool) -> None:
+        stream = translator.stream
+        target = await self.head(stream) if until_head else None
+        self.stats.checkpoints[stream] = self.store.checkpoint(stream)
+        if target is not None and self.store.checkpoint(stream) >= target:
+            return
+        while not stop.is_set():
+            try:
+                reader = StreamReader(
+                    self.client,
+                    stream,
+                    start_sequence=self.store.checkpoint(stream) + 1,
+                    batch_size=self.batch_size,
+                    name=self.name,
+                )
+                await reader.open()
+                break
+            except NotFoundError:
+                log.warning("stream %s does not exist yet; waiting for its context", stream)
+                await _wait(stop, 1.0)
+        else:
+            return
+        try:
+            while not stop.is_set():
+                batch = await reader.next_batch(timeout=0.25)
+                if batch:
+                    result = self.store.apply(translator, batch)
+                    self.stats.applied += result.applied
+                    self.stats.skipped += result.skipped
+                    self.stats.duplicates += result.duplicates
+                    self.stats.dead_lettered += result.dead_lettered
+                checkpoint = self.store.checkpoint(stream)
+                self.stats.checkpoints[stream] = checkpoint
+                if reader.pending is not None:
+                    self.stats.lag[stream] = reader.pending
+                if target is not None and checkpoint >= target:
+                    return
+        finally:
+            await reader.close()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,248 @@
+"""A projection's read model in SQLite: its tables, its checkpoints and its dead letters
+in one file, changed in one transaction per batch.
+
+Each projection has a home folder holding generations of its read model
+(``g000001.sqlite``, ...) and a ``CURRENT`` file naming the one readers use. A rebuild
+writes a new generation beside the live one and switches ``CURRENT`` atomically, so
+readers never see a half-built model. A lock file keeps two writers apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from toolkit.errors import ContractError, ProjectionBusyError, ProjectionError
+from toolkit.projection import Projection
+from toolkit.reader import StreamMessage
+from toolkit.translator import Translator, UnknownEvent
+
+_GENERATION = re.compile(r"g(\d{6})\.sqlite")
+
+_TOOLKIT_TABLES = """
+CREATE TABLE IF NOT EXISTS toolkit_checkpoint (
+    stream TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS toolkit_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS toolkit_dead_letter (
+    stream TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (stream, sequence)
+);
+"""
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    skipped: int = 0
+    """Event types the projection does not read (tolerant reader)."""
+    duplicates: int = 0
+    """Messages at or below the checkpoint: already applied, not applied again."""
+    dead_lettered: int = 0
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+class ReadModelStore:
+    """One generation of a projection's read model, opened for writing."""
+
+    def __init__(self, path: Path, projection: Projection) -> None:
+        self.path = path
+        self.projection = projection
+        self.db = connect(path)
+        self.db.executescript(_TOOLKIT_TABLES)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            projection.create_tables(self.db)
+            self.db.execute(
+                "INSERT OR IGNORE INTO toolkit_meta VALUES ('projection', ?), ('version', ?)",
+                (projection.name, str(projection.version)),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._checkpoints: dict[str, int] = dict(
+            self.db.execute("SELECT stream, sequence FROM toolkit_checkpoint").fetchall()
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def checkpoint(self, stream: str) -> int:
+        """The last stream sequence applied (0 when none)."""
+        return self._checkpoints.get(stream, 0)
+
+    def apply(
+        self, translator: Translator, messages: Sequence[StreamMessage]
+    ) -> BatchResult:
+        """Apply a batch and advance the checkpoint, all in one transaction."""
+        result = BatchResult()
+        stream = translator.stream
+        checkpoint = self.checkpoint(stream)
+        db = self.db
+        apply = self.projection.apply
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for message in messages:
+                if message.sequence <= checkpoint:
+                    result.duplicates += 1
+                    continue
+                try:
+                    facts = translator.translate(message)
+                except UnknownEvent:
+                    result.skipped += 1
+                except ContractError as exc:
+                    self._dead_letter(message, str(exc))
+                    result.dead_lettered += 1
+                else:
+                    for fact in facts:
+                        apply(fact, db)
+                    result.applied += 1
+                checkpoint = message.sequence
+            db.execute(
+                "INSERT INTO toolkit_checkpoint VALUES (?, ?) "
+                "ON CONFLICT (stream) DO UPDATE SET sequence = excluded.sequence",
+                (stream, checkpoint),
+            )
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            if isinstance(exc, Exception) and not isinstance(exc, ProjectionError):
+                raise ProjectionError(
+                    f"projection {self.projection.name} failed on {stream} near sequence "
+                    f"{checkpoint + 1}: {type(exc).__name__}: {exc}"
+                ) from exc
+            raise
+        self._checkpoints[stream] = checkpoint
+        return result
+
+    def _dead_letter(self, message: StreamMessage, reason: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO toolkit_dead_letter VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                message.stream,
+                message.sequence,
+                message.subject,
+                orjson.dumps(message.headers).decode(),
+                message.data,
+                reason,
+            ),
+        )
+
+
+def dump(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the projection's own tables, sorted: equal dumps mean equal models."""
+    tables = [
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'toolkit_%' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
+    return {t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables}
+
+
+class ProjectionHome:
+    """The folder of one projection: its generations, ``CURRENT`` and its writer lock."""
+
+    def __init__(self, data_dir: Path | str, name: str) -> None:
+        self.name = name
+        self.path = Path(data_dir) / "projections" / name
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def _pointer(self) -> Path:
+        return self.path / "CURRENT"
+
+    def current(self) -> Path | None:
+        """The generation readers use, or None before the first one."""
+        try:
+            name = self._pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return self.path / name
+
+    def generations(self) -> list[Path]:
+        return sorted(p for p in self.path.iterdir() if _GENERATION.fullmatch(p.name))
+
+    def new_generation(self) -> Path:
+        numbers = [int(m.group(1)) for p in self.generations() if (m := _GENERATION.fullmatch(p.name))]
+        return self.path / f"g{max(numbers, default=0) + 1:06d}.sqlite"
+
+    def live(self) -> Path:
+        """The generation the live projector writes, created on first use."""
+        current = self.current()
+        if current is None:
+            current = self.new_generation()
+            self.switch_to(current)
+        return current
+
+    def switch_to(self, generation: Path) -> None:
+        """Point readers at ``generation`` atomically."""
+        tmp = self._pointer.with_suffix(".tmp")
+        tmp.write_text(generation.name + "\n")
+        with open(tmp) as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self._pointer)
+
+    def drop(self, generation: Path) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{generation}{suffix}")
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Held by whoever writes the projection; a second writer is refused."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ProjectionBusyError(
+                    f"projection {self.name} is being written by another process "
+                    f"(lock {self.path / 'lock'}); stop it first"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection | None]:
+        """A read-only connection to the current generation (None before there is one)."""
+        current = self.current()
+        if current is None or not current.exists():
+            yield None
+            return
+        db = connect(current, readonly=True)
+        try:
+            yield db
+        finally:
+            db.close()

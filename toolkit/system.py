@@ -1,0 +1,48 @@
+"""A system: the composition root naming the contexts and projections the CLI runs."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from toolkit.context import BoundedContext
+from toolkit.errors import ConfigurationError
+from toolkit.http import RouterFactory
+from toolkit.projection import Projection
+
+
+@dataclass(frozen=True)
+class System:
+    contexts: dict[str, type[BoundedContext]] = field(default_factory=dict)
+    projections: dict[str, type[Projection]] = field(default_factory=dict)
+    routers: dict[str, RouterFactory] = field(default_factory=dict)
+    """Read endpoints, by projection name."""
+
+    def context(self, name: str) -> type[BoundedContext]:
+        try:
+            return self.contexts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.contexts)) or "none"
+            raise ConfigurationError(f"no context named {name!r} (known: {known})") from None
+
+    def projection(self, name: str) -> type[Projection]:
+        try:
+            return self.projections[name]
+        except KeyError:
+            known = ", ".join(sorted(self.projections)) or "none"
+            raise ConfigurationError(f"no projection named {name!r} (known: {known})") from None
+
+
+def load_system(spec: str) -> System:
+    """Import ``module:attribute`` and check it is a :class:`System`."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"system {spec!r} must look like 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import system module {module_name!r}: {exc}") from None
+    system = getattr(module, attribute, None)
+    if not isinstance(system, System):
+        raise ConfigurationError(f"{spec} is not a toolkit System")
+    return system
