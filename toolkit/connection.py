@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,17 @@ class Nats:
     embedded: EmbeddedServer | None
 
 
+def running_embedded_url(folder: Path) -> str | None:
+    """The URL of an embedded server another toolkit process runs in ``folder``, if any:
+    processes sharing a data folder share its server instead of fighting over its files."""
+    try:
+        pid_text, url = (folder / "server.url").read_text().split()
+        os.kill(int(pid_text), 0)
+    except (OSError, ValueError):
+        return None
+    return url
+
+
 @contextlib.asynccontextmanager
 async def open_nats(settings: Settings, *, name: str = "toolkit") -> AsyncIterator[Nats]:
     """Yield a connection to ``settings.nats_url``, or to an embedded server started in
@@ -99,9 +111,12 @@ async def open_nats(settings: Settings, *, name: str = "toolkit") -> AsyncIterat
     embedded: EmbeddedServer | None = None
     url = settings.nats_url
     if url is None:
-        embedded = EmbeddedServer(Path(settings.data_dir) / "nats", binary=settings.nats_server)
-        embedded.start()
-        url = embedded.url
+        folder = Path(settings.data_dir) / "nats"
+        url = running_embedded_url(folder)
+        if url is None:
+            embedded = EmbeddedServer(folder, binary=settings.nats_server)
+            embedded.start()
+            url = embedded.url
     try:
         client = await connect(url, name=name)
         try:

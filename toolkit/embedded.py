@@ -9,6 +9,7 @@ Ctrl-C, so no server is left behind.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import json
 import os
@@ -120,6 +121,7 @@ class EmbeddedServer:
         atexit.register(self.stop)
         try:
             self.port = self._wait_for_port(ports_dir)
+            (self.data_dir / "server.url").write_text(f"{self.process.pid} {self.url}\n")
         except BaseException:
             self.stop()
             raise
@@ -158,6 +160,8 @@ class EmbeddedServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "server.url").unlink()
         if process is not None:
             atexit.unregister(self.stop)
             if process.poll() is None:

@@ -187,6 +187,13 @@ class Relay:
                 f"the last message on stream {self.stream.name} (sequence {last_seq}) has no "
                 f"{wire.CE_LOGPOSITION} header: something other than this relay writes to it"
             )
+        head = self.context.log.max_notification_id() or 0
+        if int(position) > head:
+            raise RelayError(
+                f"stream {self.stream.name} holds events up to log position {position} but the "
+                f"{self.context.name} log ends at {head}: the stream was written from another "
+                "log (point the context at its own log, or at an empty stream)"
+            )
         return last_seq, int(position)
 
     def lag(self) -> int:

@@ -1,6 +1,6 @@
-"""Shipping's read endpoints."""
+"""Shipping's read endpoints. (No `from __future__ import annotations`: FastAPI reads
+these annotations at runtime.)"""
 
-from __future__ import annotations
 
 import sqlite3
 from typing import Annotated, Literal
