@@ -207,6 +207,8 @@ class Relay:
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         remove = self.context.on_saved(lambda _: loop.call_soon_threadsafe(self._wake.set))
+        stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(lambda _: self._wake.set())
         target = (self.context.log.max_notification_id() or 0) if until_head else None
         window = _AckWindow(self.client, self.stream.name, self.window_size, self.ack_timeout)
         try:
@@ -239,10 +241,13 @@ class Relay:
                     break
                 if not notifications:
                     self._wake.clear()
+                    if stop.is_set():
+                        break
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             await window.drain()
         finally:
+            stopping.cancel()
             remove()
             await window.close()
         return self.stats

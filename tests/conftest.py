@@ -1,0 +1,97 @@
+"""Fixtures: real nats-server processes on free loopback ports, SQLite files in tmp_path.
+
+Every server a test starts is stopped by the fixture; the session ends by checking that no
+nats-server child of this process is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from toolkit.connection import connect
+from toolkit.embedded import EmbeddedServer
+
+
+def child_nats_servers(pid: int | None = None) -> list[int]:
+    """PIDs of nats-server processes whose parent is ``pid`` (default: this process)."""
+    parent = str(pid or os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = stat[stat.rindex(")") + 2 :].split()[1]
+        if name == "nats-server" and ppid == parent:
+            found.append(int(entry.name))
+    return found
+
+
+def nats_servers_using(folder: Path) -> list[int]:
+    """PIDs of nats-server processes whose command line mentions ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "nats-server" in cmdline and str(folder) in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_behind() -> Iterator[None]:
+    yield
+    left = child_nats_servers()
+    assert not left, f"nats-server processes left running: {left}"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    with EmbeddedServer(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedServer) -> AsyncIterator[Client]:
+    client = await connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def sales(data_dir: Path) -> Iterator[Sales]:
+    app = Sales(data_dir=data_dir)
+    yield app
+    app.close()
+
+
+async def wait_for(condition: object, timeout: float = 10.0, interval: float = 0.005) -> None:
+    """Await until ``condition()`` is true; fail after ``timeout`` seconds."""
+    assert callable(condition)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import nats_servers_using
+from tests.fake_nats import FakeNatsServer
+from toolkit import ServerVersionError
+from toolkit.connection import check_server_version, connect, redact
+from toolkit.embedded import EmbeddedServer
+from toolkit.errors import ConnectError
+
+OLD_BINARY = "/usr/sbin/nats-server"
+
+
+@pytest.mark.parametrize("version", ["2.9.10", "2.2.0", "1.4.1", "2.9.25-beta.1"])
+async def test_old_servers_are_refused_with_the_versions_named(version: str) -> None:
+    with FakeNatsServer(version) as server:
+        with pytest.raises(ServerVersionError) as raised:
+            await connect(server.url)
+    message = str(raised.value)
+    assert f"version {version}" in message and "requires 2.10 or newer" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("version", ["2.10.0", "2.15.1", "3.0.0"])
+def test_supported_versions_pass(version: str) -> None:
+    check_server_version(version, "nats://x:1")
+
+
+def test_unreadable_version_is_refused() -> None:
+    with pytest.raises(ServerVersionError, match="unreadable version"):
+        check_server_version("banana", "nats://x:1")
+
+
+async def test_unreachable_server_fails_fast_with_a_clear_error() -> None:
+    with pytest.raises(ConnectError, match=r"cannot connect to NATS at nats://127\.0\.0\.1:1"):
+        await connect("nats://127.0.0.1:1")
+
+
+def test_credentials_never_appear_in_messages() -> None:
+    assert redact("nats://alice:s3cret@h1:4222,nats://tok@h2:4223") == "nats://h1:4222,nats://h2:4223"
+
+
+def _toolkit(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+    )
+
+
+def test_demo_against_an_old_server_exits_with_one_line(tmp_path: Path) -> None:
+    with FakeNatsServer("2.9.10") as server:
+        done = _toolkit("demo", "--orders", "10", env={"NATS_URL": server.url})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "version 2.9.10" in lines[0] and "2.10 or newer" in lines[0]
+
+
+@pytest.mark.skipif(
+    not shutil.which(OLD_BINARY), reason=f"no pre-2.10 nats-server at {OLD_BINARY} on this machine"
+)
+def test_demo_against_a_real_old_server(tmp_path: Path) -> None:
+    version = subprocess.run([OLD_BINARY, "--version"], capture_output=True, text=True).stdout
+    if "v2.9" not in version and "v2.8" not in version:
+        pytest.skip(f"{OLD_BINARY} is {version.strip()}, not older than 2.10")
+    with EmbeddedServer(tmp_path / "old", binary=OLD_BINARY) as server:
+        done = _toolkit("demo", "--orders", "10", env={"NATS_URL": server.url})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "version 2.9" in lines[0], done.stderr
+    assert not nats_servers_using(tmp_path)

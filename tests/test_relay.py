@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+from uuid import UUID
+
+import orjson
+import pytest
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from tests.conftest import wait_for
+from toolkit import Relay, RelayError
+from toolkit.reader import StreamMessage, StreamReader
+
+LINE = {"sku": "mug-blue", "quantity": 2, "unit_price": "4.50"}
+
+
+async def read_all(nc: Client, stream: str = "sales") -> list[StreamMessage]:
+    info = await nc.jetstream().stream_info(stream)
+    messages: list[StreamMessage] = []
+    async with StreamReader(nc, stream, batch_size=100) as reader:
+        while len(messages) < info.state.messages:
+            messages += await reader.next_batch(timeout=2)
+    return messages
+
+
+def place_orders(sales: Sales, n: int) -> tuple[UUID, list[UUID]]:
+    customer = sales.register_customer("Ann", "ann@example.com")
+    orders = []
+    for i in range(n):
+        order = sales.place_order(customer, [LINE])
+        if i % 3 == 0:
+            sales.add_order_note(order, "private")
+        orders.append(order)
+    return customer, orders
+
+
+async def test_relay_publishes_the_published_language_in_log_order(sales: Sales, nc: Client) -> None:
+    customer, orders = place_orders(sales, 30)
+    sales.cancel_order(orders[4], "too late")
+    stats = await Relay(sales, nc, batch_size=7, window=5).run(until_head=True)
+    assert stats.published == 32 and stats.skipped == 10  # the notes stay in sales
+
+    messages = await read_all(nc)
+    assert [m.sequence for m in messages] == list(range(1, 33))
+    positions = [int(m.headers["ce-logposition"]) for m in messages]
+    assert positions == sorted(positions)
+    types = [m.headers["ce-type"] for m in messages]
+    assert types[0] == "sales.CustomerRegistered" and types[-1] == "sales.OrderCancelled"
+    assert "NoteAdded" not in " ".join(m.subject for m in messages)
+
+    first_order = messages[1]
+    assert first_order.subject == f"sales.order.{orders[0]}.OrderPlaced"
+    assert first_order.headers["Nats-Msg-Id"] == f"sales:{positions[1]}"
+    assert first_order.headers["ce-source"] == "sales"
+    assert first_order.headers["ce-schemaversion"] == "1"
+    assert first_order.headers["ce-subject"] == str(orders[0])
+    assert first_order.headers["ce-aggregateversion"] == "1"
+    assert first_order.headers["content-type"] == "application/json"
+    body = orjson.loads(first_order.data)
+    assert body["customer_id"] == str(customer)
+    assert Decimal(body["total"]) == Decimal("9.00")
+
+
+async def test_restarted_relays_resume_without_duplicates(sales: Sales, nc: Client) -> None:
+    place_orders(sales, 20)
+    await Relay(sales, nc).run(until_head=True)
+    await Relay(sales, nc).run(until_head=True)  # nothing new: publishes nothing
+    place_orders(sales, 5)
+    stats = await Relay(sales, nc).run(until_head=True)
+    assert stats.published == 6  # one customer and five orders, no more
+    messages = await read_all(nc)
+    ids = [m.headers["Nats-Msg-Id"] for m in messages]
+    assert len(ids) == len(set(ids)) == 27
+
+
+async def test_live_relay_is_woken_by_saves_and_reports_lag(sales: Sales, nc: Client) -> None:
+    relay = Relay(sales, nc, poll_interval=30)  # no polling: only a save can wake it
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await wait_for(lambda: relay.stats.stream_sequence == 0 and not task.done())
+    place_orders(sales, 3)
+    await wait_for(lambda: relay.stats.stream_sequence == 4)
+    assert relay.lag() == 0
+    stop.set()
+    await task
+
+
+async def test_a_stream_written_from_another_log_is_refused(
+    sales: Sales, nc: Client, tmp_path: Path
+) -> None:
+    place_orders(sales, 5)
+    await Relay(sales, nc).run(until_head=True)
+    other = Sales(data_dir=tmp_path / "other")  # an empty log, same stream name
+    try:
+        with pytest.raises(RelayError, match="written from another log"):
+            await Relay(other, nc).run(until_head=True)
+    finally:
+        other.close()
+
+
+async def test_a_foreign_writer_on_the_stream_is_detected(sales: Sales, nc: Client) -> None:
+    place_orders(sales, 2)
+    await Relay(sales, nc).run(until_head=True)
+    await nc.jetstream().publish("sales.order.x.Intruder", b"{}")
+    with pytest.raises(RelayError, match="something other than this relay"):
+        await Relay(sales, nc).run(until_head=True)
