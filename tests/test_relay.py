@@ -11,19 +11,10 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from tests.conftest import wait_for
+from tests.flow import read_all
 from toolkit import Relay, RelayError
-from toolkit.reader import StreamMessage, StreamReader
 
 LINE = {"sku": "mug-blue", "quantity": 2, "unit_price": "4.50"}
-
-
-async def read_all(nc: Client, stream: str = "sales") -> list[StreamMessage]:
-    info = await nc.jetstream().stream_info(stream)
-    messages: list[StreamMessage] = []
-    async with StreamReader(nc, stream, batch_size=100) as reader:
-        while len(messages) < info.state.messages:
-            messages += await reader.next_batch(timeout=2)
-    return messages
 
 
 def place_orders(sales: Sales, n: int) -> tuple[UUID, list[UUID]]:

@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import ApplicationRecorder, Recording
+from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Recording
 from eventsourcing.utils import Environment, EnvType
 
+from toolkit.errors import ConflictError
 from toolkit.published import PublishedLanguage
 from toolkit.wire import check_name
 
@@ -44,6 +45,17 @@ class BoundedContext(Application[UUID]):
             if not environment.get("SQLITE_DBNAME"):
                 environment["SQLITE_DBNAME"] = str(self.data_dir / f"{self.name}.sqlite")
         return environment
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Save like eventsourcing does; a concurrent change of the same aggregate raises
+        :class:`~toolkit.errors.ConflictError` and stores nothing of this save."""
+        try:
+            return super().save(*objs, **kwargs)
+        except IntegrityError:
+            raise ConflictError(
+                "an aggregate was changed by another command since it was loaded; "
+                "nothing was saved: reload it and try again"
+            ) from None
 
     @property
     def log(self) -> ApplicationRecorder:

@@ -7,11 +7,10 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
 
 from contexts.sales.domain import Customer, Order, OrderLine
 from contexts.sales.published import language
-from toolkit import BoundedContext, ConflictError, InvalidCommand
+from toolkit import BoundedContext, InvalidCommand
 
 MAX_LINES = 100
 
@@ -43,23 +42,15 @@ class Sales(BoundedContext):
         if not reason.strip():
             raise InvalidCommand("a cancellation needs a reason")
         order.cancel(reason=reason.strip())
-        self._save(order)
+        self.save(order)
 
     def add_order_note(self, order_id: UUID, text: str) -> None:
         order = self._order(order_id)
         order.add_note(text=text)
-        self._save(order)
+        self.save(order)
 
     def get_order(self, order_id: UUID) -> Order:
         return self._order(order_id)
-
-    def _save(self, *aggregates: Any) -> None:
-        try:
-            self.save(*aggregates)
-        except IntegrityError:
-            raise ConflictError(
-                "the aggregate was changed by another command; reload it and try again"
-            ) from None
 
     def _customer(self, customer_id: UUID) -> Customer:
         try:

@@ -1,0 +1,40 @@
+"""Helpers that drive the example system through a real server, for several tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from toolkit import Relay
+from toolkit.projection import Projection
+from toolkit.projector import Projector, ProjectorStats
+from toolkit.reader import StreamMessage, StreamReader
+from toolkit.store import ProjectionHome, ReadModelStore
+
+
+async def relay_all(sales: Sales, nc: Client) -> int:
+    stats = await Relay(sales, nc).run(until_head=True)
+    return stats.stream_sequence
+
+
+async def project_all(
+    projection: Projection, data_dir: Path, nc: Client, *, batch_size: int = 1000
+) -> ProjectorStats:
+    home = ProjectionHome(data_dir, projection.name)
+    with home.writer_lock():
+        store = ReadModelStore(home.live(), projection)
+        try:
+            return await Projector(projection, store, nc, batch_size=batch_size).run(until_head=True)
+        finally:
+            store.close()
+
+
+async def read_all(nc: Client, stream: str = "sales") -> list[StreamMessage]:
+    info = await nc.jetstream().stream_info(stream)
+    messages: list[StreamMessage] = []
+    async with StreamReader(nc, stream, batch_size=100) as reader:
+        while len(messages) < info.state.messages:
+            messages += await reader.next_batch(timeout=2)
+    return messages

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from contexts.sales import Sales
+from tests.conftest import nats_servers_using
+from toolkit.store import ProjectionHome, dump
+
+SUBCOMMANDS = ["demo", "relay", "project", "replay", "serve"]
+
+
+def toolkit(*args: str, tmp: Path, timeout: float = 110) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    env.pop("NATS_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=tmp,
+    )
+
+
+def test_help_lists_every_subcommand(tmp_path: Path) -> None:
+    done = toolkit("--help", tmp=tmp_path)
+    assert done.returncode == 0
+    for name in SUBCOMMANDS:
+        assert f"    {name} " in done.stdout
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_subcommand_explains_itself(name: str, tmp_path: Path) -> None:
+    done = toolkit(name, "--help", tmp=tmp_path)
+    assert done.returncode == 0
+    assert f"usage: toolkit {name}" in done.stdout
+    assert len(done.stdout.splitlines()) > 4
+
+
+def test_bad_usage_exits_2(tmp_path: Path) -> None:
+    assert toolkit("nonsense", tmp=tmp_path).returncode == 2
+    assert toolkit("demo", "--orders", "-3", tmp=tmp_path).returncode == 2
+
+
+def test_unknown_names_get_one_readable_line(tmp_path: Path) -> None:
+    done = toolkit("project", "nowhere", "--once", tmp=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "toolkit: error: no projection named 'nowhere' (known: billing, shipping)"
+    )
+    done = toolkit("--system", "no.such:thing", "relay", "sales", tmp=tmp_path)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_demo_runs_the_whole_flow_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = toolkit("demo", "--orders", "400", "--customers", "40", tmp=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "equal to the live model" in done.stdout
+    assert "GET /billing/accounts/" in done.stdout
+    assert time.monotonic() - started < 100
+    assert not nats_servers_using(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # its data folder is gone too
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_an_interrupted_demo_leaves_no_server(tmp_path: Path, sig: signal.Signals) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("NATS_URL", None)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli", "demo", "--orders", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert demo.stdout is not None
+    while "placing" not in demo.stdout.readline():  # commands are flowing
+        assert demo.poll() is None, demo.stderr.read() if demo.stderr else ""
+    assert nats_servers_using(tmp_path)
+    demo.send_signal(sig)
+    demo.wait(30)
+    assert demo.returncode != 0
+    deadline = time.monotonic() + 10
+    while nats_servers_using(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not nats_servers_using(tmp_path)
+
+
+def test_relay_project_and_replay_commands_share_a_data_folder(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sales = Sales(data_dir=data)
+    ann = sales.register_customer("Ann", "ann@example.com")
+    for quantity in range(1, 6):
+        sales.place_order(ann, [{"sku": "tea", "quantity": quantity, "unit_price": "1.00"}])
+    sales.close()
+
+    relayed = toolkit("--data-dir", str(data), "relay", "sales", "--once", tmp=tmp_path)
+    assert relayed.returncode == 0, relayed.stderr
+    assert "relayed to log position 6: 6 published" in relayed.stderr
+    projected = toolkit("--data-dir", str(data), "project", "shipping", "--once", tmp=tmp_path)
+    assert projected.returncode == 0, projected.stderr
+    home = ProjectionHome(data, "shipping")
+    with home.reader() as db:
+        assert db is not None
+        live = dump(db)
+    assert len(live["shipment"]) == 5
+
+    replayed = toolkit("--data-dir", str(data), "replay", "shipping", tmp=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr
+    with home.reader() as db:
+        assert db is not None
+        assert dump(db) == live
+    assert home.current() is not None and home.current().name == "g000002.sqlite"  # type: ignore[union-attr]
+    assert not nats_servers_using(tmp_path)
