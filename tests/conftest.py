@@ -89,14 +89,14 @@ def sales(data_dir: Path) -> Iterator[Sales]:
     app.close()
 
 
-async def wait_for(condition: object, timeout: float = 10.0, interval: float = 0.005) -> None:
-    """Await until ``condition()`` is true; fail after ``timeout`` seconds."""
+async def wait_for(condition: object, within: float = 10.0, interval: float = 0.005) -> None:
+    """Await until ``condition()`` is true; fail after ``within`` seconds."""
     assert callable(condition)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not condition():
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
 
 

@@ -26,7 +26,9 @@ async def project_all(
     with home.writer_lock():
         store = ReadModelStore(home.live(), projection)
         try:
-            return await Projector(projection, store, nc, batch_size=batch_size).run(until_head=True)
+            return await Projector(projection, store, nc, batch_size=batch_size).run(
+                until_head=True
+            )
         finally:
             store.close()
 
@@ -36,5 +38,5 @@ async def read_all(nc: Client, stream: str = "sales") -> list[StreamMessage]:
     messages: list[StreamMessage] = []
     async with StreamReader(nc, stream, batch_size=100) as reader:
         while len(messages) < info.state.messages:
-            messages += await reader.next_batch(timeout=2)
+            messages += await reader.next_batch(max_wait=2)
     return messages

@@ -20,9 +20,8 @@ OLD_BINARY = "/usr/sbin/nats-server"
 
 @pytest.mark.parametrize("version", ["2.9.10", "2.2.0", "1.4.1", "2.9.25-beta.1"])
 async def test_old_servers_are_refused_with_the_versions_named(version: str) -> None:
-    with FakeNatsServer(version) as server:
-        with pytest.raises(ServerVersionError) as raised:
-            await connect(server.url)
+    with FakeNatsServer(version) as server, pytest.raises(ServerVersionError) as raised:
+        await connect(server.url)
     message = str(raised.value)
     assert f"version {version}" in message and "requires 2.10 or newer" in message
     assert "\n" not in message
@@ -44,10 +43,14 @@ async def test_unreachable_server_fails_fast_with_a_clear_error() -> None:
 
 
 def test_credentials_never_appear_in_messages() -> None:
-    assert redact("nats://alice:s3cret@h1:4222,nats://tok@h2:4223") == "nats://h1:4222,nats://h2:4223"
+    assert (
+        redact("nats://alice:s3cret@h1:4222,nats://tok@h2:4223") == "nats://h1:4222,nats://h2:4223"
+    )
 
 
-def _toolkit(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def _toolkit(
+    *args: str, env: dict[str, str], timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "toolkit.cli", *args],
         capture_output=True,

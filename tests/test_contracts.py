@@ -26,7 +26,9 @@ def test_contract_has_stable_name_and_version() -> None:
     assert event_name("sales.Thing") == "Thing"
 
 
-@pytest.mark.parametrize("name", ["Thing", "sales.", ".Thing", "sales.Th ing", "sales.Th.ing", "1.A"])
+@pytest.mark.parametrize(
+    "name", ["Thing", "sales.", ".Thing", "sales.Th ing", "sales.Th.ing", "1.A"]
+)
 def test_contract_rejects_bad_names(name: str) -> None:
     with pytest.raises(ContractError, match="invalid contract name"):
         contract(name)
@@ -91,7 +93,9 @@ def test_any_id_is_one_token_that_round_trips(value: str) -> None:
 
 def test_uuids_stay_readable_in_subjects() -> None:
     order_id = str(uuid4())
-    assert subject("sales", "order", order_id, "OrderPlaced") == f"sales.order.{order_id}.OrderPlaced"
+    assert (
+        subject("sales", "order", order_id, "OrderPlaced") == f"sales.order.{order_id}.OrderPlaced"
+    )
 
 
 @pytest.mark.parametrize("value", ["", None])

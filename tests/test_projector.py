@@ -122,9 +122,12 @@ def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(data_dir: Path) 
 
 def test_a_second_writer_is_refused(data_dir: Path) -> None:
     home = ProjectionHome(data_dir, "shipping")
-    with home.writer_lock(), pytest.raises(ProjectionBusyError, match="stop it first"):
-        with ProjectionHome(data_dir, "shipping").writer_lock():
-            pass
+    with (
+        home.writer_lock(),
+        pytest.raises(ProjectionBusyError, match="stop it first"),
+        ProjectionHome(data_dir, "shipping").writer_lock(),
+    ):
+        pass
 
 
 async def test_a_failing_projection_stops_with_the_position_named(
@@ -136,7 +139,10 @@ async def test_a_failing_projection_stops_with_the_position_named(
 
     place(sales, customers=1, orders=3)
     await relay_all(sales, nc)
-    with pytest.raises(ProjectionError, match=r"shipping failed on sales near sequence 2: RuntimeError: disk on fire"):
+    with pytest.raises(
+        ProjectionError,
+        match=r"shipping failed on sales near sequence 2: RuntimeError: disk on fire",
+    ):
         await project_all(Broken(), data_dir, nc)
     home = ProjectionHome(data_dir, "shipping")
     with home.reader() as db:

@@ -28,7 +28,9 @@ def place_orders(sales: Sales, n: int) -> tuple[UUID, list[UUID]]:
     return customer, orders
 
 
-async def test_relay_publishes_the_published_language_in_log_order(sales: Sales, nc: Client) -> None:
+async def test_relay_publishes_the_published_language_in_log_order(
+    sales: Sales, nc: Client
+) -> None:
     customer, orders = place_orders(sales, 30)
     sales.cancel_order(orders[4], "too late")
     stats = await Relay(sales, nc, batch_size=7, window=5).run(until_head=True)

@@ -39,13 +39,17 @@ commands = st.lists(
 )
 
 
-def run(sales: Sales, command: tuple[object, ...], customers: list[UUID], orders: list[UUID]) -> None:
+def run(
+    sales: Sales, command: tuple[object, ...], customers: list[UUID], orders: list[UUID]
+) -> None:
     match command:
         case ("customer",):
             n = len(customers)
             customers.append(sales.register_customer(f"C{n}", f"c{n}@example.com"))
         case ("order", int(pick), list(quantities)) if customers:
-            lines = [{"sku": f"s{q}", "quantity": q, "unit_price": Decimal(q) / 7} for q in quantities]
+            lines = [
+                {"sku": f"s{q}", "quantity": q, "unit_price": Decimal(q) / 7} for q in quantities
+            ]
             orders.append(sales.place_order(customers[pick % len(customers)], lines))
         case ("cancel", int(pick)) if orders:
             order = orders[pick % len(orders)]

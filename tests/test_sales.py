@@ -30,10 +30,10 @@ def test_bad_orders_are_rejected_before_anything_is_stored(
     sales: Sales, lines: list[dict[str, object]], reason: str
 ) -> None:
     customer = sales.register_customer("Ann", "ann@example.com")
-    head = sales.log.max_notification_id()
+    head = sales.recorder.max_notification_id()
     with pytest.raises(InvalidCommand, match=reason):
         sales.place_order(customer, lines)
-    assert sales.log.max_notification_id() == head
+    assert sales.recorder.max_notification_id() == head
 
 
 def test_orders_need_a_known_customer_and_customers_an_email(sales: Sales) -> None:
@@ -41,7 +41,7 @@ def test_orders_need_a_known_customer_and_customers_an_email(sales: Sales) -> No
         sales.place_order(uuid4(), [GOOD])
     with pytest.raises(InvalidCommand, match="not an email"):
         sales.register_customer("Ann", "ann")
-    assert not sales.log.max_notification_id()
+    assert not sales.recorder.max_notification_id()
 
 
 def test_racing_commands_on_one_order_one_wins(sales: Sales) -> None:
@@ -52,10 +52,10 @@ def test_racing_commands_on_one_order_one_wins(sales: Sales) -> None:
     first.cancel(reason="first")
     sales.save(first)
     second.add_note(text="late")
-    head = sales.log.max_notification_id()
+    head = sales.recorder.max_notification_id()
     with pytest.raises(ConflictError, match="changed by another command"):
         sales.save(second)
-    assert sales.log.max_notification_id() == head
+    assert sales.recorder.max_notification_id() == head
     assert sales.get_order(order_id).notes == []
 
 

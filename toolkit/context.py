@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Recording
+from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import Environment, EnvType
 
 from toolkit.errors import ConflictError
@@ -27,7 +27,7 @@ from toolkit.wire import check_name
 class BoundedContext(Application[UUID]):
     """Base for a context's write side. Subclasses set ``name`` and ``published_language``."""
 
-    name: ClassVar[str] = "context"
+    name = "context"
     published_language: ClassVar[PublishedLanguage]
 
     def __init__(self, env: EnvType | None = None, *, data_dir: Path | str | None = None) -> None:
@@ -56,11 +56,6 @@ class BoundedContext(Application[UUID]):
                 "an aggregate was changed by another command since it was loaded; "
                 "nothing was saved: reload it and try again"
             ) from None
-
-    @property
-    def log(self) -> ApplicationRecorder:
-        """The context's event log, in notification-id order."""
-        return self.recorder
 
     def on_saved(self, listener: Callable[[int], None]) -> Callable[[], None]:
         """Call ``listener(last_notification_id)`` after each save (from the saving

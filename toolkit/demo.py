@@ -117,26 +117,33 @@ async def _run(settings: Settings, orders: int, customers: int) -> int:
     try:
         async with open_nats(settings, name="demo") as nats:
             where = "embedded nats-server" if nats.embedded else "NATS"
-            console.print(f"[bold]toolkit demo[/] on {where} at {nats.url}, data in {settings.data_dir}")
+            console.print(
+                f"[bold]toolkit demo[/] on {where} at {nats.url}, data in {settings.data_dir}"
+            )
             relay = Relay(sales, nats.client)
             await ensure_stream(nats.js, relay.stream)
             projectors = {
-                name: Projector(store.projection, store, nats.client) for name, store in stores.items()
+                name: Projector(store.projection, store, nats.client)
+                for name, store in stores.items()
             }
             relay_task = asyncio.create_task(relay.run(stop))
             projector_tasks = [asyncio.create_task(p.run(stop)) for p in projectors.values()]
             background = [relay_task, *projector_tasks]
 
             console.print(f"placing {orders} orders for {customers} customers through sales ...")
-            workload_task = asyncio.create_task(asyncio.to_thread(drive_sales, sales, orders, customers))
-            done, _ = await asyncio.wait([workload_task, *background], return_when=asyncio.FIRST_COMPLETED)
+            workload_task = asyncio.create_task(
+                asyncio.to_thread(drive_sales, sales, orders, customers)
+            )
+            done, _ = await asyncio.wait(
+                [workload_task, *background], return_when=asyncio.FIRST_COMPLETED
+            )
             if workload_task not in done:
                 for task in done:
                     task.result()  # a background task failed: raise its error
             workload = workload_task.result()
             commands_done = time.perf_counter()
 
-            head = sales.log.max_notification_id() or 0
+            head = sales.recorder.max_notification_id() or 0
             while relay.stats.position < head or any(
                 p.stats.checkpoints.get("sales", 0) < relay.stats.stream_sequence
                 for p in projectors.values()
@@ -201,7 +208,9 @@ async def _run(settings: Settings, orders: int, customers: int) -> int:
 async def _show_endpoints(settings: Settings, workload: Workload) -> None:
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(system, settings), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(system, settings), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     serving = asyncio.create_task(server.serve())
     try:

@@ -4,6 +4,7 @@ applies batches to its read model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -57,7 +58,9 @@ class Projector:
             return 0
         return int(info.state.last_seq)
 
-    async def run(self, stop: asyncio.Event | None = None, *, until_head: bool = False) -> ProjectorStats:
+    async def run(
+        self, stop: asyncio.Event | None = None, *, until_head: bool = False
+    ) -> ProjectorStats:
         """Project until ``stop`` is set, or with ``until_head`` until every stream's
         head (as it was when called) is applied."""
         stop = stop or asyncio.Event()
@@ -90,7 +93,7 @@ class Projector:
             return
         try:
             while not stop.is_set():
-                batch = await reader.next_batch(timeout=0.25)
+                batch = await reader.next_batch(max_wait=0.25)
                 if batch:
                     result = self.store.apply(translator, batch)
                     self.stats.applied += result.applied
@@ -108,7 +111,5 @@ class Projector:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import DomainEvent
 from eventsourcing.utils import get_topic
 
 from toolkit import wire
@@ -92,7 +92,7 @@ class PublishedLanguage:
     def message(
         self,
         mapping: Mapping[Any, Any],
-        domain_event: DomainEventProtocol[Any],
+        domain_event: DomainEvent,
         log_position: int,
     ) -> OutgoingMessage | None:
         """Translate one domain event into the message that carries it, or None."""
@@ -123,7 +123,9 @@ class PublishedLanguage:
             wire.CONTENT_TYPE: wire.JSON,
         }
         return OutgoingMessage(
-            subject=wire.subject(self.context, mapping.aggregate_type, aggregate_id, event_name(name)),
+            subject=wire.subject(
+                self.context, mapping.aggregate_type, aggregate_id, event_name(name)
+            ),
             body=encode(public),
             headers=headers,
             log_position=log_position,

@@ -95,13 +95,13 @@ class StreamReader:
             self._sub = None
         await self._delete_consumer()
 
-    async def next_batch(self, timeout: float | None = None) -> list[StreamMessage]:
-        """The messages that arrived since the last call, in order; waits up to ``timeout``
+    async def next_batch(self, max_wait: float | None = None) -> list[StreamMessage]:
+        """The messages that arrived since the last call, in order; waits up to ``max_wait``
         for at least one (returns an empty list when none came)."""
         if not self._buffer:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout)
+                await asyncio.wait_for(self._arrived.wait(), max_wait)
         batch, self._buffer = self._buffer, []
         if batch:
             self.next_sequence = batch[-1].sequence + 1

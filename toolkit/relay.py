@@ -23,6 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
+from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import Notification
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -187,7 +189,7 @@ class Relay:
                 f"the last message on stream {self.stream.name} (sequence {last_seq}) has no "
                 f"{wire.CE_LOGPOSITION} header: something other than this relay writes to it"
             )
-        head = self.context.log.max_notification_id() or 0
+        head = self.context.recorder.max_notification_id() or 0
         if int(position) > head:
             raise RelayError(
                 f"stream {self.stream.name} holds events up to log position {position} but the "
@@ -198,25 +200,31 @@ class Relay:
 
     def lag(self) -> int:
         """Log events not yet carried onto the stream (log head minus last relayed)."""
-        head = self.context.log.max_notification_id() or 0
+        head = self.context.recorder.max_notification_id() or 0
         return max(0, head - self.stats.position)
 
-    async def run(self, stop: asyncio.Event | None = None, *, until_head: bool = False) -> RelayStats:
+    async def run(
+        self, stop: asyncio.Event | None = None, *, until_head: bool = False
+    ) -> RelayStats:
         """Relay until ``stop`` is set (or, with ``until_head``, until the log head as it
         was when called is on the stream)."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        remove = self.context.on_saved(lambda _: loop.call_soon_threadsafe(self._wake.set))
+
+        def wake(_: int) -> None:
+            loop.call_soon_threadsafe(self._wake.set)
+
+        remove = self.context.on_saved(wake)
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: self._wake.set())
-        target = (self.context.log.max_notification_id() or 0) if until_head else None
+        target = (self.context.recorder.max_notification_id() or 0) if until_head else None
         window = _AckWindow(self.client, self.stream.name, self.window_size, self.ack_timeout)
         try:
             sequence, position = await self.resume_position()
             await window.open(sequence, position)
             self.stats.position, self.stats.stream_sequence = position, sequence
             while not stop.is_set():
-                notifications = self.context.log.select_notifications(
+                notifications = self.context.recorder.select_notifications(
                     start=position, limit=self.batch_size, inclusive_of_start=False
                 )
                 for notification in notifications:
@@ -252,10 +260,12 @@ class Relay:
             await window.close()
         return self.stats
 
-    def _message(self, notification: object) -> OutgoingMessage | None:
+    def _message(self, notification: Notification) -> OutgoingMessage | None:
         language = self.context.published_language
-        mapping = language.mapping(notification.topic)  # type: ignore[attr-defined]
+        mapping = language.mapping(notification.topic)
         if mapping is None:
             return None
-        domain_event = self.context.mapper.to_domain_event(notification)  # type: ignore[arg-type]
-        return language.message(mapping, domain_event, notification.id)  # type: ignore[attr-defined]
+        domain_event = self.context.mapper.to_domain_event(notification)
+        if not isinstance(domain_event, DomainEvent):
+            raise RelayError(f"{notification.topic} is not an eventsourcing DomainEvent")
+        return language.message(mapping, domain_event, notification.id)

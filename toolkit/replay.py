@@ -41,7 +41,9 @@ async def rebuild(
         generation = home.new_generation()
         store = ReadModelStore(generation, projection)
         try:
-            projector = Projector(projection, store, client, batch_size=batch_size, name=f"{projection.name}-replay")
+            projector = Projector(
+                projection, store, client, batch_size=batch_size, name=f"{projection.name}-replay"
+            )
             stats = await projector.run(until_head=True)
         except BaseException:
             store.close()

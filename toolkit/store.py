@@ -100,9 +100,7 @@ class ReadModelStore:
         """The last stream sequence applied (0 when none)."""
         return self._checkpoints.get(stream, 0)
 
-    def apply(
-        self, translator: Translator, messages: Sequence[StreamMessage]
-    ) -> BatchResult:
+    def apply(self, translator: Translator, messages: Sequence[StreamMessage]) -> BatchResult:
         """Apply a batch and advance the checkpoint, all in one transaction."""
         result = BatchResult()
         stream = translator.stream
@@ -194,7 +192,9 @@ class ProjectionHome:
         return sorted(p for p in self.path.iterdir() if _GENERATION.fullmatch(p.name))
 
     def new_generation(self) -> Path:
-        numbers = [int(m.group(1)) for p in self.generations() if (m := _GENERATION.fullmatch(p.name))]
+        numbers = [
+            int(m.group(1)) for p in self.generations() if (m := _GENERATION.fullmatch(p.name))
+        ]
         return self.path / f"g{max(numbers, default=0) + 1:06d}.sqlite"
 
     def live(self) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -16,7 +16,7 @@ MAX_LINES = 100
 
 
 class Sales(BoundedContext):
-    name: ClassVar[str] = "sales"
+    name = "sales"
     published_language = language
 
     def register_customer(self, name: str, email: str) -> UUID:

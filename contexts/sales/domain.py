@@ -1,4 +1,8 @@
-"""Sales' aggregates: plain eventsourcing aggregates, nothing toolkit-specific."""
+"""Sales' aggregates: plain eventsourcing aggregates, nothing toolkit-specific.
+
+Event classes are declared explicitly, so the published language (and a type checker)
+can name their fields.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,30 @@ class OrderLine(TypedDict):
 
 
 class Customer(Aggregate):
-    @event("Registered")
+    class Registered(Aggregate.Created):
+        name: str
+        email: str
+
+    @event(Registered)
     def __init__(self, name: str, email: str) -> None:
         self.name = name
         self.email = email
-        self.order_ids: list[UUID] = []
 
 
 class Order(Aggregate):
-    @event("Placed")
+    class Placed(Aggregate.Created):
+        customer_id: UUID
+        lines: list[OrderLine]
+
+    class Cancelled(Aggregate.Event):
+        reason: str
+
+    class NoteAdded(Aggregate.Event):
+        """A private fact: sales keeps it to itself (it is not in the published language)."""
+
+        text: str
+
+    @event(Placed)
     def __init__(self, customer_id: UUID, lines: list[OrderLine]) -> None:
         self.customer_id = customer_id
         self.lines = lines
@@ -35,11 +54,10 @@ class Order(Aggregate):
     def total(self) -> Decimal:
         return sum((line["unit_price"] * line["quantity"] for line in self.lines), Decimal(0))
 
-    @event("Cancelled")
+    @event(Cancelled)
     def cancel(self, reason: str) -> None:
         self.status = "cancelled"
 
-    @event("NoteAdded")
+    @event(NoteAdded)
     def add_note(self, text: str) -> None:
-        """A private fact: sales keeps it to itself (it is not in the published language)."""
         self.notes.append(text)

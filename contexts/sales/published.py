@@ -45,15 +45,15 @@ class OrderCancelled(IntegrationEvent, frozen=True, kw_only=True):
 
 @language.maps(Customer.Registered, to=CustomerRegistered)
 def customer_registered(e: Customer.Registered) -> CustomerRegistered:
-    return CustomerRegistered(customer_id=e.originator_id, name=e.name, email=e.email)  # type: ignore[attr-defined]
+    return CustomerRegistered(customer_id=e.originator_id, name=e.name, email=e.email)
 
 
 @language.maps(Order.Placed, to=OrderPlaced)
 def order_placed(e: Order.Placed) -> OrderPlaced:
-    lines = [OrderLine(ln["sku"], ln["quantity"], ln["unit_price"]) for ln in e.lines]  # type: ignore[attr-defined]
+    lines = [OrderLine(ln["sku"], ln["quantity"], ln["unit_price"]) for ln in e.lines]
     return OrderPlaced(
         order_id=e.originator_id,
-        customer_id=e.customer_id,  # type: ignore[attr-defined]
+        customer_id=e.customer_id,
         lines=lines,
         total=sum((ln.unit_price * ln.quantity for ln in lines), Decimal(0)),
         placed_at=e.timestamp,
@@ -62,4 +62,4 @@ def order_placed(e: Order.Placed) -> OrderPlaced:
 
 @language.maps(Order.Cancelled, to=OrderCancelled)
 def order_cancelled(e: Order.Cancelled) -> OrderCancelled:
-    return OrderCancelled(order_id=e.originator_id, reason=e.reason, cancelled_at=e.timestamp)  # type: ignore[attr-defined]
+    return OrderCancelled(order_id=e.originator_id, reason=e.reason, cancelled_at=e.timestamp)

@@ -1,7 +1,6 @@
 """Billing's read endpoints. (No `from __future__ import annotations`: FastAPI reads
 these annotations at runtime.)"""
 
-
 import sqlite3
 from typing import Annotated
 from uuid import UUID
@@ -27,8 +26,7 @@ def router(home: ProjectionHome) -> APIRouter:
     @api.get("/accounts/{account_id}")
     def get_account(account_id: UUID, db: Db) -> Account:
         row = db.execute(
-            "SELECT account_id, holder, owed_cents, open_charges FROM account "
-            "WHERE account_id = ?",
+            "SELECT account_id, holder, owed_cents, open_charges FROM account WHERE account_id = ?",
             (str(account_id),),
         ).fetchone()
         if row is None:

@@ -1,7 +1,6 @@
 """Shipping's read endpoints. (No `from __future__ import annotations`: FastAPI reads
 these annotations at runtime.)"""
 
-
 import sqlite3
 from typing import Annotated, Literal
 from uuid import UUID

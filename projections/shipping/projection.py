@@ -31,7 +31,8 @@ class Shipments(Projection):
         match fact:
             case ShipmentAwaitingDispatch():
                 db.execute(
-                    "INSERT OR IGNORE INTO shipment VALUES (?, ?, 'awaiting_dispatch', ?, ?, ?, NULL)",
+                    "INSERT OR IGNORE INTO shipment "
+                    "VALUES (?, ?, 'awaiting_dispatch', ?, ?, ?, NULL)",
                     (
                         str(fact.shipment_id),
                         str(fact.recipient_id),
