@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from contexts.sales import Sales
@@ -120,3 +122,45 @@ def test_relay_project_and_replay_commands_share_a_data_folder(tmp_path: Path) -
         assert dump(db) == live
     assert home.current() is not None and home.current().name == "g000002.sqlite"  # type: ignore[union-attr]
     assert not nats_servers_using(tmp_path)
+
+
+def test_serve_answers_http_and_stops_on_sigterm(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "--data-dir",
+            str(tmp_path),
+            "serve",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                schema = httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()
+                break
+            except httpx.ConnectError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        assert "/shipping/shipments/{shipment_id}" in schema["paths"]
+        assert "/billing/accounts/{account_id}" in schema["paths"]
+        no_model = httpx.get(f"http://127.0.0.1:{port}/shipping/shipments")
+        assert no_model.status_code == 503
+        assert "has no read model yet" in no_model.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert server.wait(15) in (0, -signal.SIGTERM)
+        assert server.stderr is not None
+        assert b"Finished server process" in server.stderr.read()

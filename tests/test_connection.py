@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import nats_servers_using
 from tests.fake_nats import FakeNatsServer
 from toolkit import ServerVersionError
-from toolkit.connection import check_server_version, connect, redact
+from toolkit.connection import check_server_version, connect, redact, redact_urls
 from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConnectError
 
@@ -82,3 +82,8 @@ def test_demo_against_a_real_old_server(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "version 2.9" in lines[0], done.stderr
     assert not nats_servers_using(tmp_path)
+
+
+def test_credentials_are_removed_from_any_text() -> None:
+    text = "failed: nats://alice:s3cret@h1:4222 and tls://tok@h2 but not mailto:bob@example.com"
+    assert redact_urls(text) == "failed: nats://h1:4222 and tls://h2 but not mailto:bob@example.com"

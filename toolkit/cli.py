@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from toolkit.config import Settings
-from toolkit.connection import open_nats
+from toolkit.connection import open_nats, redact_urls
 from toolkit.errors import ToolkitError
 from toolkit.projector import Projector
 from toolkit.relay import Relay
@@ -223,6 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("toolkit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # anything else still gets one line; -v shows the traceback
+        if args.verbose:
+            raise
+        detail = redact_urls(" ".join(str(exc).split()) or "no detail")
+        print(
+            f"toolkit: error: {type(exc).__name__}: {detail} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return EXIT_OK
 
 

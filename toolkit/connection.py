@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from toolkit.errors import ConnectError, ServerVersionError
 
 log = logging.getLogger(__name__)
 
+_URL_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^@/\s]*@", re.IGNORECASE)
+
 MIN_SERVER_VERSION = (2, 10)
 
 
@@ -36,6 +39,11 @@ def redact(url: str) -> str:
         netloc = f"{host}:{split.port}" if split.port else host
         parts.append(urlunsplit((split.scheme, netloc, split.path, "", "")))
     return ",".join(parts)
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the credentials of any URL in it removed."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
 
 
 def check_server_version(version: str, url: str) -> None:
@@ -55,7 +63,7 @@ def check_server_version(version: str, url: str) -> None:
 
 async def _log_error(exc: Exception) -> None:
     """nats-py prints asynchronous errors by default; route them to logging instead."""
-    log.warning("nats: %s", redact(str(exc)) if "://" in str(exc) else exc)
+    log.warning("nats: %s", redact_urls(str(exc)))
 
 
 async def connect(url: str, *, name: str = "toolkit", connect_timeout: float = 5.0) -> Client:
