@@ -1,0 +1,1 @@
+"""Benchmarks: the toolkit beside what a user would pick instead, in one run."""

@@ -1,0 +1,15 @@
+"""The benchmarks run at their smallest size, so they cannot rot unnoticed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import read_path
+
+
+async def test_read_path_benchmark_measures_every_reader(tmp_path: Path) -> None:
+    rates = await read_path.measure(3000, tmp_path)
+    assert list(rates) == list(read_path.READERS)
+    assert all(rate > 0 for rate in rates.values())
+    table = read_path.report(3000, rates)
+    assert table.row_count == len(read_path.READERS)
