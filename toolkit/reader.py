@@ -187,12 +187,16 @@ class StreamReader:
             if not self._buffer:
                 self._arrived.set()  # let next_batch() act on it
             return
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<consumer seq>.<time>.<pending>, or
+        # with <domain>.<account hash> after ACK and a random token at the end.
         tokens = msg.reply.split(".")
         if len(tokens) == 9:
-            sequence, consumer_seq, pending = int(tokens[5]), int(tokens[6]), tokens[8]
+            consumer, sequence, consumer_seq, pending = tokens[3], tokens[5], tokens[6], tokens[8]
         else:
-            sequence, consumer_seq, pending = int(tokens[7]), int(tokens[8]), tokens[10]
-        if consumer_seq != self._expected_consumer_seq or self._reset_needed:
+            consumer, sequence, consumer_seq, pending = tokens[5], tokens[7], tokens[8], tokens[10]
+        if consumer != self._consumer:
+            return  # still in flight from a consumer this reader replaced
+        if int(consumer_seq) != self._expected_consumer_seq or self._reset_needed:
             self._reset_needed = True  # a gap: drop the rest and start over from here
             return
         self._expected_consumer_seq += 1
@@ -206,6 +210,6 @@ class StreamReader:
                 self._requests[reply] = (remaining - 1, sent)
             break
         self._buffer.append(
-            StreamMessage(self.stream, sequence, msg.subject, headers or {}, msg.data)
+            StreamMessage(self.stream, int(sequence), msg.subject, headers or {}, msg.data)
         )
         self._arrived.set()

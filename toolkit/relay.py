@@ -220,10 +220,17 @@ class Relay:
         target = (self.context.recorder.max_notification_id() or 0) if until_head else None
         window = _AckWindow(self.client, self.stream.name, self.window_size, self.ack_timeout)
         try:
-            sequence, position = await self.resume_position()
-            await window.open(sequence, position)
-            self.stats.position, self.stats.stream_sequence = position, sequence
+            first_sequence, position = await self.resume_position()
+            await window.open(first_sequence, position)
+
+            def settle() -> None:  # what is known to be on the stream
+                self.stats.position = window.confirmed_position if window.pending else position
+                self.stats.stream_sequence = window.confirmed_sequence
+                self.stats.published = window.confirmed_sequence - first_sequence
+
+            settle()
             while not stop.is_set():
+                self._wake.clear()  # before reading: a save from now on wakes the wait below
                 notifications = self.context.recorder.select_notifications(
                     start=position, limit=self.batch_size, inclusive_of_start=False
                 )
@@ -233,27 +240,18 @@ class Relay:
                         self.stats.skipped += 1
                     else:
                         await window.publish(message)
-                        self.stats.published += 1
                     position = notification.id
-                if window.pending and (not notifications or len(window.pending) >= window.size):
+                caught_up = target is not None and position >= target
+                if window.pending and (not notifications or caught_up):
                     await window.drain()
-                if not window.pending:
-                    self.stats.position = position
-                else:
-                    self.stats.position = window.confirmed_position
-                self.stats.stream_sequence = window.confirmed_sequence
-                if target is not None and position >= target:
-                    await window.drain()
-                    self.stats.position = position
-                    self.stats.stream_sequence = window.confirmed_sequence
+                settle()
+                if caught_up:
                     break
                 if not notifications:
-                    self._wake.clear()
-                    if stop.is_set():
-                        break
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             await window.drain()
+            settle()
         finally:
             stopping.cancel()
             remove()
