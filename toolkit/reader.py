@@ -52,6 +52,7 @@ class StreamReader:
         batch_size: int = 1000,
         in_flight: int = 2,
         expires: float = 5.0,
+        heartbeat: float = 0.5,
         name: str = "reader",
         filter_subjects: list[str] | None = None,
     ) -> None:
@@ -62,6 +63,7 @@ class StreamReader:
         self.batch_size = batch_size
         self.in_flight = in_flight
         self.expires = expires
+        self.heartbeat = heartbeat
         self.name_prefix = name
         self.filter_subjects = filter_subjects
         self.pending: int | None = None
@@ -70,7 +72,7 @@ class StreamReader:
         self._inbox = client.new_inbox()
         self._sub: object | None = None
         self._buffer: list[StreamMessage] = []
-        self._requests: dict[str, tuple[int, float]] = {}  # reply -> (remaining, sent at)
+        self._requests: dict[str, tuple[int, float]] = {}  # reply -> (remaining, last heard)
         self._expected_consumer_seq = 1
         self._reset_needed = False
         self._arrived = asyncio.Event()
@@ -98,18 +100,30 @@ class StreamReader:
     async def next_batch(self, max_wait: float | None = None) -> list[StreamMessage]:
         """The messages that arrived since the last call, in order; waits up to ``max_wait``
         for at least one (returns an empty list when none came)."""
-        if not self._buffer:
+        loop = asyncio.get_running_loop()
+        deadline = None if max_wait is None else loop.time() + max_wait
+        while not self._buffer:
+            await self._keep_requests_alive()
+            # Wake at least every heartbeat interval to notice requests gone silent.
+            wait = self.heartbeat
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+                if wait <= 0:
+                    break
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), max_wait)
+                await asyncio.wait_for(self._arrived.wait(), wait)
         batch, self._buffer = self._buffer, []
         if batch:
             self.next_sequence = batch[-1].sequence + 1
+        await self._keep_requests_alive()
+        return batch
+
+    async def _keep_requests_alive(self) -> None:
         if self._reset_needed:
             await self._reset()
-        self._expire_lost_requests()
+        self._drop_silent_requests()
         await self._top_up()
-        return batch
 
     # -- server side consumer -------------------------------------------------------------
 
@@ -161,24 +175,35 @@ class StreamReader:
             self._requests[reply] = (self.batch_size, time.monotonic())
             outstanding += self.batch_size
             request = orjson.dumps(
-                {"batch": self.batch_size, "expires": int(self.expires * 1_000_000_000)}
+                {
+                    "batch": self.batch_size,
+                    "expires": int(self.expires * 1_000_000_000),
+                    "idle_heartbeat": int(self.heartbeat * 1_000_000_000),
+                }
             )
             await self.client.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self._consumer}", request, reply=reply
             )
 
-    def _expire_lost_requests(self) -> None:
-        """A request the server never answered (a reconnect lost it) is dropped, so it
-        does not hold its place in flight forever."""
-        deadline = time.monotonic() - self.expires - 2.0
-        for reply, (_, sent) in list(self._requests.items()):
-            if sent < deadline:
+    def _drop_silent_requests(self) -> None:
+        """A pending request hears from the server at least every heartbeat. One that
+        went silent (its consumer was deleted, a reconnect lost it) is dropped so that a
+        new one takes its place; if the consumer is gone, that one is answered 503 and
+        the reader starts over with a new consumer."""
+        deadline = time.monotonic() - 3 * self.heartbeat
+        for reply, (_, heard) in list(self._requests.items()):
+            if heard < deadline:
                 del self._requests[reply]
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers
         if headers is not None and _STATUS in headers and not msg.reply:
             status = headers[_STATUS]
+            if status == "100":  # idle heartbeat: the request is alive
+                request = self._requests.get(msg.subject)
+                if request is not None:
+                    self._requests[msg.subject] = (request[0], time.monotonic())
+                return
             if status in ("404", "408"):  # request done: no messages, or it expired
                 self._requests.pop(msg.subject, None)
             elif status == "409" or status == "503":  # consumer deleted, leader changed, gone
@@ -203,11 +228,11 @@ class StreamReader:
         self.pending = int(pending)
         # A message carries its own subject, not the request's reply subject; the server
         # serves requests first-in first-out, so it belongs to the oldest open request.
-        for reply, (remaining, sent) in self._requests.items():
+        for reply, (remaining, heard) in self._requests.items():
             if remaining <= 1:
                 del self._requests[reply]
             else:
-                self._requests[reply] = (remaining - 1, sent)
+                self._requests[reply] = (remaining - 1, heard)
             break
         self._buffer.append(
             StreamMessage(self.stream, int(sequence), msg.subject, headers or {}, msg.data)
