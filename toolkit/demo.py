@@ -14,6 +14,7 @@ import random
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -51,8 +52,15 @@ class Workload:
     seconds: float
 
 
-def drive_sales(sales: Sales, orders: int, customers: int, seed: int = 7) -> Workload:
-    """Register customers and place (and sometimes cancel or annotate) orders."""
+def drive_sales(
+    sales: Sales,
+    orders: int,
+    customers: int,
+    seed: int = 7,
+    cancelled: threading.Event | None = None,
+) -> Workload:
+    """Register customers and place (and sometimes cancel or annotate) orders; stops
+    early when ``cancelled`` is set."""
     rnd = random.Random(seed)
     started = time.perf_counter()
     customer_ids = [
@@ -62,6 +70,8 @@ def drive_sales(sales: Sales, orders: int, customers: int, seed: int = 7) -> Wor
     order_ids: list[UUID] = []
     commands = customers + orders
     for i in range(orders):
+        if cancelled is not None and cancelled.is_set():
+            break
         lines = [
             {
                 "sku": rnd.choice(SKUS),
@@ -110,6 +120,7 @@ async def run_demo(settings: Settings, orders: int, customers: int, *, keep: boo
 async def _run(settings: Settings, orders: int, customers: int) -> int:
     sales = Sales(data_dir=settings.data_dir)
     stop = asyncio.Event()
+    cancelled = threading.Event()
     homes = {name: ProjectionHome(settings.data_dir, name) for name in system.projections}
     stores = {
         name: ReadModelStore(homes[name].live(), cls()) for name, cls in system.projections.items()
@@ -132,7 +143,7 @@ async def _run(settings: Settings, orders: int, customers: int) -> int:
 
             console.print(f"placing {orders} orders for {customers} customers through sales ...")
             workload_task = asyncio.create_task(
-                asyncio.to_thread(drive_sales, sales, orders, customers)
+                asyncio.to_thread(drive_sales, sales, orders, customers, cancelled=cancelled)
             )
             done, _ = await asyncio.wait(
                 [workload_task, *background], return_when=asyncio.FIRST_COMPLETED
@@ -198,6 +209,7 @@ async def _run(settings: Settings, orders: int, customers: int) -> int:
                 )
             console.print(table)
     finally:
+        cancelled.set()  # an interrupted demo stops placing orders
         for store in stores.values():
             with contextlib.suppress(Exception):
                 store.close()
