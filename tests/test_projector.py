@@ -91,31 +91,41 @@ async def test_redelivered_messages_are_not_applied_twice(
     assert owed_by_account(home) == owed
 
 
-def message(seq: int, headers: dict[str, str], body: bytes) -> StreamMessage:
-    return StreamMessage("sales", seq, f"sales.order.x{seq}.E", headers, body)
+def message(seq: int, body: bytes) -> StreamMessage:
+    return StreamMessage(
+        "sales", seq, f"sales.order.x{seq}.E", {"Nats-Msg-Id": f"sales:{seq}"}, body
+    )
+
+
+def envelope(type_: str, data: bytes, version: int = 1) -> bytes:
+    return b'{"specversion":"1.0","type":"%s","schemaversion":%d,"data":%s}' % (
+        type_.encode(),
+        version,
+        data,
+    )
 
 
 def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(data_dir: Path) -> None:
     home = ProjectionHome(data_dir, "shipping")
     store = ReadModelStore(home.live(), Shipments())
     translator: Translator = Shipments.translators[0]
-    placed = {"ce-type": "sales.OrderPlaced", "ce-schemaversion": "1"}
     try:
         result = store.apply(
             translator,
             [
-                message(1, {"ce-type": "sales.SomethingNew", "ce-schemaversion": "1"}, b"{}"),
-                message(2, placed, b"not json"),
-                message(3, placed, b'{"order_id": "nope"}'),
-                message(4, {}, b"{}"),
+                message(1, envelope("sales.SomethingNew", b"{}")),
+                message(2, envelope("sales.OrderPlaced", b"{}", version=2)),
+                message(3, envelope("sales.OrderPlaced", b'{"order_id": "nope"}')),
+                message(4, b"not json"),
+                message(5, b'{"type": "sales.OrderPlaced", "data": {}}'),
             ],
         )
-        assert (result.applied, result.skipped, result.dead_lettered) == (0, 1, 3)
-        assert store.checkpoint("sales") == 4  # nothing blocks the stream
+        assert (result.applied, result.skipped, result.dead_lettered) == (0, 2, 3)
+        assert store.checkpoint("sales") == 5  # nothing blocks the stream
         reasons = dict(store.db.execute("SELECT sequence, reason FROM toolkit_dead_letter"))
-        assert "not valid JSON" in reasons[2]
         assert "does not match its contract" in reasons[3]
-        assert "lacks the ce-type" in reasons[4]
+        assert "not a CloudEvents JSON envelope" in reasons[4]
+        assert "schemaversion" in reasons[5]
     finally:
         store.close()
 

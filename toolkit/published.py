@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+import msgspec
 from eventsourcing.domain import DomainEvent
 from eventsourcing.utils import get_topic
 
@@ -107,26 +107,25 @@ class PublishedLanguage:
         name, version = contract_of(mapping.contract)
         aggregate_id = str(domain_event.originator_id)
         msg_id = wire.message_id(self.context, log_position)
-        timestamp: datetime = domain_event.timestamp
-        headers = {
-            wire.MSG_ID: msg_id,
-            wire.CE_SPECVERSION: wire.SPECVERSION,
-            wire.CE_ID: msg_id,
-            wire.CE_SOURCE: self.context,
-            wire.CE_TYPE: name,
-            wire.CE_SCHEMAVERSION: str(version),
-            wire.CE_SUBJECT: aggregate_id,
-            wire.CE_TIME: timestamp.isoformat(),
-            wire.CE_AGGREGATETYPE: mapping.aggregate_type,
-            wire.CE_AGGREGATEVERSION: str(domain_event.originator_version),
-            wire.CE_LOGPOSITION: str(log_position),
-            wire.CONTENT_TYPE: wire.JSON,
-        }
+        envelope = wire.Envelope(
+            specversion=wire.SPECVERSION,
+            id=msg_id,
+            source=self.context,
+            type=name,
+            schemaversion=version,
+            subject=aggregate_id,
+            time=domain_event.timestamp,
+            aggregatetype=mapping.aggregate_type,
+            aggregateversion=domain_event.originator_version,
+            logposition=log_position,
+            datacontenttype=wire.DATACONTENTTYPE,
+            data=msgspec.Raw(encode(public)),
+        )
         return OutgoingMessage(
             subject=wire.subject(
                 self.context, mapping.aggregate_type, aggregate_id, event_name(name)
             ),
-            body=encode(public),
-            headers=headers,
+            body=wire.encode_envelope(envelope),
+            headers={wire.MSG_ID: msg_id},
             log_position=log_position,
         )

@@ -183,20 +183,21 @@ class Relay:
         if info.state.messages == 0:
             return last_seq, 0
         raw = await self.js.get_msg(self.stream.name, seq=last_seq)
-        position = (raw.headers or {}).get(wire.CE_LOGPOSITION)
-        if position is None or not position.isdigit():
+        msg_id = (raw.headers or {}).get(wire.MSG_ID, "")
+        position = wire.log_position(msg_id)
+        if position is None or not msg_id.startswith(f"{self.context.name}:"):
             raise RelayError(
                 f"the last message on stream {self.stream.name} (sequence {last_seq}) has no "
-                f"{wire.CE_LOGPOSITION} header: something other than this relay writes to it"
+                f"{wire.MSG_ID} of this relay: something other than this relay writes to it"
             )
         head = self.context.recorder.max_notification_id() or 0
-        if int(position) > head:
+        if position > head:
             raise RelayError(
                 f"stream {self.stream.name} holds events up to log position {position} but the "
                 f"{self.context.name} log ends at {head}: the stream was written from another "
                 "log (point the context at its own log, or at an empty stream)"
             )
-        return last_seq, int(position)
+        return last_seq, position
 
     def lag(self) -> int:
         """Log events not yet carried onto the stream (log head minus last relayed)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import msgspec
+
 from toolkit import wire
 from toolkit.contracts import ContractRegistry, IntegrationEvent, contract_of
 from toolkit.errors import ContractError
@@ -49,21 +51,18 @@ class Translator:
         Raises :class:`UnknownEvent` for an event type it does not read, and
         :class:`~toolkit.errors.ContractError` for a message that breaks its contract.
         """
-        headers = message.headers
-        name = headers.get(wire.CE_TYPE)
-        version = headers.get(wire.CE_SCHEMAVERSION)
-        if name is None or version is None:
+        try:
+            head = wire.decode_head(message.data)
+        except msgspec.DecodeError as exc:
             raise ContractError(
-                f"message {message.stream}/{message.sequence} lacks the "
-                f"{wire.CE_TYPE} or {wire.CE_SCHEMAVERSION} header"
-            )
-        if not version.isdigit():
-            raise ContractError(f"{wire.CE_SCHEMAVERSION} {version!r} is not a number")
-        key = (name, int(version))
+                f"message {message.stream}/{message.sequence} is not a CloudEvents JSON "
+                f"envelope with type, schemaversion and data: {exc}"
+            ) from None
+        key = (head.type, head.schemaversion)
         handler = self._handlers.get(key)
         if handler is None:
-            raise UnknownEvent(f"{name} v{version}")
-        event = self.contracts.decode(name, key[1], message.data)
+            raise UnknownEvent(f"{head.type} v{head.schemaversion}")
+        event = self.contracts.decode(head.type, head.schemaversion, head.data)
         facts = handler(event)
         if facts is None:
             return []

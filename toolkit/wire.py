@@ -4,36 +4,76 @@ A message on a context's stream is one integration event:
 
 - subject ``<context>.<aggregate-type>.<aggregate-id>.<event-name>``, each token encoded
   by :func:`encode_token` so that no id can change what a subject matches;
-- body: the event's JSON (UTF-8);
-- headers: CloudEvents 1.0 attributes in the NATS protocol binding's binary mode
-  (``ce-*``), plus ``Nats-Msg-Id`` so JetStream drops duplicates.
+- body: a CloudEvents 1.0 JSON envelope (structured content mode), the event in ``data``;
+- headers: only ``Nats-Msg-Id`` (``<context>:<log position>``, so JetStream drops
+  duplicates) and the relay's ``Nats-Expected-Last-Sequence``.
+
+Metadata rides in the body, not in headers, because nats-py pays per header on both
+sides: thirteen ``ce-*`` headers halved publishing and reading rates (66k and 64k msg/s
+against 131k and 148k with one header, 200-byte bodies, on 2 cores). One envelope also
+serves the HTTP feed and webhooks unchanged.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from urllib.parse import quote, unquote
+
+import msgspec
 
 from toolkit.errors import SubjectError
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
-CONTENT_TYPE = "content-type"
-CE_SPECVERSION = "ce-specversion"
-CE_ID = "ce-id"
-CE_SOURCE = "ce-source"
-CE_TYPE = "ce-type"
-CE_SUBJECT = "ce-subject"
-CE_TIME = "ce-time"
-CE_SCHEMAVERSION = "ce-schemaversion"
-CE_AGGREGATETYPE = "ce-aggregatetype"
-CE_AGGREGATEVERSION = "ce-aggregateversion"
-CE_LOGPOSITION = "ce-logposition"
-CE_CORRELATIONID = "ce-correlationid"
-CE_CAUSATIONID = "ce-causationid"
-
 SPECVERSION = "1.0"
-JSON = "application/json"
+DATACONTENTTYPE = "application/json"
+MEDIA_TYPE = "application/cloudevents+json"
+
+
+class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A CloudEvents 1.0 event in its JSON format, with the toolkit's extensions.
+    Absent correlation and causation ids are left out rather than written as null."""
+
+    specversion: str
+    id: str
+    """``<context>:<log position>``: unique per source, equal to ``Nats-Msg-Id``."""
+    source: str
+    """The publishing context."""
+    type: str
+    """The contract name, e.g. ``sales.OrderPlaced``."""
+    schemaversion: int
+    """The contract version."""
+    subject: str
+    """The aggregate id, not encoded."""
+    time: datetime
+    aggregatetype: str
+    aggregateversion: int
+    logposition: int
+    datacontenttype: str
+    correlationid: str | None = None
+    causationid: str | None = None
+    data: msgspec.Raw
+
+
+class EnvelopeHead(msgspec.Struct):
+    """What a reader needs to pick a decoder; the rest of the envelope is skipped."""
+
+    type: str
+    schemaversion: int
+    data: msgspec.Raw
+
+
+encode_envelope = msgspec.json.Encoder().encode
+decode_head = msgspec.json.Decoder(EnvelopeHead).decode
+decode_envelope = msgspec.json.Decoder(Envelope).decode
+
+
+def log_position(msg_id: str) -> int | None:
+    """The log position in a ``Nats-Msg-Id`` (``sales:1042`` -> 1042), if it is one."""
+    _, sep, position = msg_id.rpartition(":")
+    return int(position) if sep and position.isdigit() else None
+
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
