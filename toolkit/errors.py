@@ -32,7 +32,12 @@ class SubjectError(ToolkitError, ValueError):
 
 
 class RelayError(ToolkitError):
-    """The relay could not carry the log onto the stream."""
+    """The relay could not carry the log onto the stream. A transient one (the server
+    went away, an acknowledgement did not come) is retried by the relay itself."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class ProjectionError(ToolkitError):

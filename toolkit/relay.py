@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import nats.errors
 import orjson
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import Notification
@@ -46,6 +47,8 @@ class RelayStats:
     position: int = 0
     """Log position of the last event known to be on the stream (or skipped)."""
     stream_sequence: int = 0
+    restarts: int = 0
+    """Times the relay started over after the server went away or stopped answering."""
 
 
 class _AckWindow:
@@ -104,7 +107,8 @@ class _AckWindow:
         remaining = oldest + self.ack_timeout - time.monotonic()
         if remaining <= 0:
             raise RelayError(
-                f"no acknowledgement from stream {self.stream} within {self.ack_timeout:g}s"
+                f"no acknowledgement from stream {self.stream} within {self.ack_timeout:g}s",
+                transient=True,
             )
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
@@ -128,7 +132,7 @@ class _AckWindow:
             return
         if msg.headers and msg.headers.get("Status") == "503":
             self.error = self.error or RelayError(
-                f"stream {self.stream} does not exist or has no responders"
+                f"stream {self.stream} does not exist or has no responders", transient=True
             )
         else:
             ack = orjson.loads(msg.data)
@@ -136,7 +140,8 @@ class _AckWindow:
             if error:
                 self.error = self.error or RelayError(
                     f"stream {self.stream} refused log position {entry[0].log_position}: "
-                    f"{error.get('description', error)} (code {error.get('err_code')})"
+                    f"{error.get('description', error)} (code {error.get('err_code')})",
+                    transient=True,
                 )
             else:
                 self.acked.add(token)
@@ -164,6 +169,8 @@ class Relay:
         window: int = 2000,
         ack_timeout: float = 10.0,
         poll_interval: float = 0.25,
+        retry_delay: float = 0.25,
+        max_retry_delay: float = 5.0,
     ) -> None:
         self.context = context
         self.client = client
@@ -173,6 +180,8 @@ class Relay:
         self.window_size = window
         self.ack_timeout = ack_timeout
         self.poll_interval = poll_interval
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self.stats = RelayStats()
         self._wake = asyncio.Event()
 
@@ -208,8 +217,35 @@ class Relay:
         self, stop: asyncio.Event | None = None, *, until_head: bool = False
     ) -> RelayStats:
         """Relay until ``stop`` is set (or, with ``until_head``, until the log head as it
-        was when called is on the stream)."""
+        was when called is on the stream).
+
+        When the server goes away or stops answering, the relay says so in the log and
+        starts over from the stream's last message once it is back, with back-off; errors
+        that waiting cannot mend (a stream written from another log) are raised.
+        """
         stop = stop or asyncio.Event()
+        target = (self.context.recorder.max_notification_id() or 0) if until_head else None
+        delay = self.retry_delay
+        while True:
+            try:
+                return await self._relay(stop, target)
+            except (RelayError, nats.errors.Error, TimeoutError, OSError) as exc:
+                if isinstance(exc, RelayError) and not exc.transient:
+                    raise
+                self.stats.restarts += 1
+                log.warning(
+                    "relay %s: %s; starting over from the stream in %.1fs",
+                    self.context.name,
+                    str(exc) or type(exc).__name__,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return self.stats
+                delay = min(delay * 2, self.max_retry_delay)
+
+    async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
         loop = asyncio.get_running_loop()
 
         def wake(_: int) -> None:
@@ -218,16 +254,18 @@ class Relay:
         remove = self.context.on_saved(wake)
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: self._wake.set())
-        target = (self.context.recorder.max_notification_id() or 0) if until_head else None
         window = _AckWindow(self.client, self.stream.name, self.window_size, self.ack_timeout)
         try:
             first_sequence, position = await self.resume_position()
             await window.open(first_sequence, position)
+            published_before = self.stats.published
 
             def settle() -> None:  # what is known to be on the stream
                 self.stats.position = window.confirmed_position if window.pending else position
                 self.stats.stream_sequence = window.confirmed_sequence
-                self.stats.published = window.confirmed_sequence - first_sequence
+                self.stats.published = (
+                    published_before + window.confirmed_sequence - first_sequence
+                )
 
             settle()
             while not stop.is_set():

@@ -1,0 +1,145 @@
+"""The relay keeps its promise when things break: every public event of the log on the
+stream exactly once, in log order, after servers stop and relays are killed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+from nats.aio.client import Client
+
+from contexts.sales import Order, OrderLine, Sales
+from tests.conftest import wait_for
+from tests.flow import read_all
+from toolkit import Relay
+from toolkit.connection import connect
+from toolkit.embedded import EmbeddedServer
+
+LINE = {"sku": "tea", "quantity": 1, "unit_price": "2.00"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def public_positions(sales: Sales) -> list[int]:
+    """Log positions of every event the published language maps, in log order."""
+    positions: list[int] = []
+    start = 0
+    while batch := sales.recorder.select_notifications(
+        start=start, limit=5000, inclusive_of_start=False
+    ):
+        language = sales.published_language
+        positions += [n.id for n in batch if language.mapping(n.topic) is not None]
+        start = batch[-1].id
+    return positions
+
+
+async def assert_stream_is_the_log(nc: Client, sales: Sales) -> None:
+    """Sequence by sequence: stream message n carries the n-th public event of the log."""
+    messages = await read_all(nc)
+    expected = public_positions(sales)
+    assert [m.sequence for m in messages] == list(range(1, len(messages) + 1))
+    positions = [orjson.loads(m.data)["logposition"] for m in messages]
+    assert positions == expected
+    assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"sales:{p}" for p in expected]
+
+
+def place_orders_until(sales: Sales, done: threading.Event) -> None:
+    customer = sales.register_customer("Ann", "ann@example.com")
+    while not done.is_set():
+        order = sales.place_order(customer, [LINE])
+        if order.int % 4 == 0:
+            sales.add_order_note(order, "private")
+        time.sleep(0.002)  # a steady trickle of commands, not a benchmark
+
+
+async def test_relay_rides_out_a_server_restart(sales: Sales, tmp_path: Path) -> None:
+    server = EmbeddedServer(tmp_path / "nats", port=free_port()).start()
+    nc = await connect(server.url)
+    relay = Relay(sales, nc, ack_timeout=2.0, retry_delay=0.1, max_retry_delay=0.5)
+    stop, done = asyncio.Event(), threading.Event()
+    relaying = asyncio.create_task(relay.run(stop))
+    producing = asyncio.create_task(asyncio.to_thread(place_orders_until, sales, done))
+    try:
+        await wait_for(lambda: relay.stats.stream_sequence >= 100)
+        server.stop()
+        down_at = relay.stats.stream_sequence
+        await asyncio.sleep(3)  # the fault: the server is away for a few seconds
+        assert relay.stats.stream_sequence == down_at
+        server.start()
+        await wait_for(lambda: relay.stats.stream_sequence > down_at + 100, within=30)
+        done.set()
+        await producing
+        await wait_for(lambda: relay.lag() == 0, within=30)
+        assert relay.stats.restarts >= 1
+        stop.set()
+        await relaying
+        await assert_stream_is_the_log(nc, sales)
+    finally:
+        done.set()
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(relaying, producing)
+        await nc.close()
+        server.stop()
+
+
+def fill_log(sales: Sales, orders: int) -> None:
+    """Many orders fast: a thousand aggregates a save (the commands' checks are tested
+    elsewhere)."""
+    customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
+    line = OrderLine(sku="tea", quantity=1, unit_price=Decimal("2.00"))
+    batch = []
+    for i in range(orders):
+        order = Order(customer_id=customers[i % 10], lines=[line])
+        if i % 5 == 0:
+            order.add_note(text="private")
+        batch.append(order)
+        if len(batch) == 1000:
+            sales.save(*batch)
+            batch = []
+    sales.save(*batch)
+
+
+async def test_relay_killed_again_and_again_loses_and_repeats_nothing(
+    data_dir: Path, nats_server: EmbeddedServer, nc: Client
+) -> None:
+    sales = Sales(data_dir=data_dir)
+    fill_log(sales, 50_000)
+    rng = random.Random(4)
+    command = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
+    command += ["--nats-url", nats_server.url, "relay", "sales"]
+    kills = 0
+    relayed: list[int] = []
+    try:
+        while kills < 6:
+            relay = subprocess.Popen(command, stderr=subprocess.PIPE)
+            assert relay.stderr is not None
+            relay.stderr.readline()  # "relaying sales ..." once it is connected
+            time.sleep(rng.uniform(0.05, 0.5))  # a random point in the relay's work
+            relay.send_signal(signal.SIGKILL)
+            relay.wait(10)
+            kills += 1
+            relayed.append((await nc.jetstream().stream_info("sales")).state.messages)
+        finished = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=120)
+        assert finished.returncode == 0, finished.stderr
+        total = len(public_positions(sales))
+        assert total >= 50_000
+        assert len([n for n in relayed if 0 < n < total]) >= 5, relayed  # killed mid-relay
+        print("stream length at each kill:", relayed, "of", total)
+        await assert_stream_is_the_log(nc, sales)
+    finally:
+        sales.close()
