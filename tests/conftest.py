@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -82,9 +83,45 @@ def data_dir(tmp_path: Path) -> Path:
     return folder
 
 
+POSTGRES = {
+    "POSTGRES_HOST": "127.0.0.1",
+    "POSTGRES_PORT": "5432",
+    "POSTGRES_DBNAME": "test",
+    "POSTGRES_USER": "postgres",
+    "POSTGRES_PASSWORD": "",
+}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def log_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The environment that selects a context's log: a SQLite file (the default), or a
+    fresh schema of its own in the local PostgreSQL server's ``test`` database."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+    try:
+        admin = psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is needed for the postgres log: {exc}")
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                **POSTGRES,
+                "POSTGRES_SCHEMA": schema,
+            }
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture
-def sales(data_dir: Path) -> Iterator[Sales]:
-    app = Sales(data_dir=data_dir)
+def sales(data_dir: Path, log_env: dict[str, str]) -> Iterator[Sales]:
+    app = Sales(env=log_env, data_dir=data_dir)
     yield app
     app.close()
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from subprocess import PIPE
 
 import orjson
 from nats.aio.client import Client
@@ -115,9 +116,10 @@ def fill_log(sales: Sales, orders: int) -> None:
 
 
 async def test_relay_killed_again_and_again_loses_and_repeats_nothing(
-    data_dir: Path, nats_server: EmbeddedServer, nc: Client
+    data_dir: Path, nats_server: EmbeddedServer, nc: Client, log_env: dict[str, str]
 ) -> None:
-    sales = Sales(data_dir=data_dir)
+    sales = Sales(env=log_env, data_dir=data_dir)
+    env = {**os.environ, **log_env}  # the relay process finds the same log
     fill_log(sales, 50_000)
     rng = random.Random(4)
     command = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
@@ -126,16 +128,17 @@ async def test_relay_killed_again_and_again_loses_and_repeats_nothing(
     relayed: list[int] = []
     try:
         while kills < 6:
-            relay = subprocess.Popen(command, stderr=subprocess.PIPE)
+            relay = await asyncio.create_subprocess_exec(*command, stderr=PIPE, env=env)
             assert relay.stderr is not None
-            relay.stderr.readline()  # "relaying sales ..." once it is connected
-            time.sleep(rng.uniform(0.05, 0.5))  # a random point in the relay's work
+            await relay.stderr.readline()  # "relaying sales ..." once it is connected
+            await asyncio.sleep(rng.uniform(0.05, 0.5))  # a random point in its work
             relay.send_signal(signal.SIGKILL)
-            relay.wait(10)
+            await relay.wait()
             kills += 1
             relayed.append((await nc.jetstream().stream_info("sales")).state.messages)
-        finished = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=120)
-        assert finished.returncode == 0, finished.stderr
+        finished = await asyncio.create_subprocess_exec(*command, "--once", stderr=PIPE, env=env)
+        _, errors = await asyncio.wait_for(finished.communicate(), 120)
+        assert finished.returncode == 0, errors.decode()
         total = len(public_positions(sales))
         assert total >= 50_000
         assert len([n for n in relayed if 0 < n < total]) >= 5, relayed  # killed mid-relay

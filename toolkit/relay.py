@@ -263,9 +263,7 @@ class Relay:
             def settle() -> None:  # what is known to be on the stream
                 self.stats.position = window.confirmed_position if window.pending else position
                 self.stats.stream_sequence = window.confirmed_sequence
-                self.stats.published = (
-                    published_before + window.confirmed_sequence - first_sequence
-                )
+                self.stats.published = published_before + window.confirmed_sequence - first_sequence
 
             settle()
             while not stop.is_set():
