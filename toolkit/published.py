@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+from uuid import UUID
 
 import msgspec
-from eventsourcing.domain import DomainEvent
 from eventsourcing.utils import get_topic
 
 from toolkit import wire
@@ -22,6 +23,18 @@ from toolkit.errors import ContractError
 
 D = TypeVar("D")
 I = TypeVar("I", bound=IntegrationEvent)  # noqa: E741
+
+
+class Publishable(Protocol):
+    """What the relay reads of a domain event (aggregate events of eventsourcing, with
+    UUID or text ids, have all of it)."""
+
+    @property
+    def originator_id(self) -> UUID | str: ...
+    @property
+    def originator_version(self) -> int: ...
+    @property
+    def timestamp(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ class PublishedLanguage:
     def message(
         self,
         mapping: Mapping[Any, Any],
-        domain_event: DomainEvent,
+        domain_event: Publishable,
         log_position: int,
     ) -> OutgoingMessage | None:
         """Translate one domain event into the message that carries it, or None."""

@@ -21,10 +21,10 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import cast
 
 import nats.errors
 import orjson
-from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import Notification
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from toolkit import wire
 from toolkit.context import BoundedContext
 from toolkit.errors import RelayError
-from toolkit.published import OutgoingMessage
+from toolkit.published import OutgoingMessage, Publishable
 from toolkit.streams import StreamSpec, ensure_stream
 
 log = logging.getLogger(__name__)
@@ -301,6 +301,4 @@ class Relay:
         if mapping is None:
             return None
         domain_event = self.context.mapper.to_domain_event(notification)
-        if not isinstance(domain_event, DomainEvent):
-            raise RelayError(f"{notification.topic} is not an eventsourcing DomainEvent")
-        return language.message(mapping, domain_event, notification.id)
+        return language.message(mapping, cast(Publishable, domain_event), notification.id)
