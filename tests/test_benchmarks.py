@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import read_path
+from benchmarks import read_path, relay
 
 
 async def test_read_path_benchmark_measures_every_reader(tmp_path: Path) -> None:
@@ -13,3 +13,10 @@ async def test_read_path_benchmark_measures_every_reader(tmp_path: Path) -> None
     assert all(rate > 0 for rate in rates.values())
     table = read_path.report(3000, rates)
     assert table.row_count == len(read_path.READERS)
+
+
+async def test_relay_benchmark_measures_relay_and_raw_publishers(tmp_path: Path) -> None:
+    rates = await relay.measure(300, tmp_path)
+    assert relay.BASELINE in rates and "toolkit Relay, from the SQLite log" in rates
+    assert all(rate > 0 for rate in rates.values())
+    assert relay.report(300, rates).row_count == 4

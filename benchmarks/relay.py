@@ -1,0 +1,180 @@
+"""Relay: events/s from a context's log onto its stream, beside raw nats-py publishing of
+the very same messages (subjects, bodies, headers), in one run on one server.
+
+    python -m benchmarks.relay [--events N]
+
+The raw publishers start from messages already built in memory; the relay starts from the
+SQLite log, so it also reads, decodes and translates every event. Ratios are against the
+fastest raw publisher: core publishes with a reply inbox and a window of acknowledgements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from importlib.metadata import version
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from rich.console import Console
+from rich.table import Table
+
+from contexts.sales import Order, OrderLine, Sales
+from toolkit import Relay, StreamSpec, ensure_stream
+from toolkit.connection import connect
+from toolkit.embedded import EmbeddedServer
+from toolkit.published import OutgoingMessage
+
+Messages = list[OutgoingMessage]
+
+
+def fill_log(sales: Sales, orders: int) -> None:
+    """Orders a thousand to a save; every fifth order also gets a private note."""
+    customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
+    line = OrderLine(sku="tea", quantity=2, unit_price=Decimal("1.25"))
+    batch: list[Order] = []
+    for i in range(orders):
+        order = Order(customer_id=customers[i % 10], lines=[line])
+        if i % 5 == 0:
+            order.add_note(text="private")
+        batch.append(order)
+        if len(batch) == 1000:
+            sales.save(*batch)
+            batch = []
+    sales.save(*batch)
+
+
+def built_messages(sales: Sales) -> Messages:
+    """The messages the relay publishes, built once, for the raw publishers."""
+    language = sales.published_language
+    messages: Messages = []
+    for n in sales.recorder.select_notifications(start=None, limit=10**9):
+        mapping = language.mapping(n.topic)
+        if mapping is not None:
+            message = language.message(mapping, sales.mapper.to_domain_event(n), n.id)  # type: ignore[arg-type]
+            if message is not None:
+                messages.append(message)
+    return messages
+
+
+async def js_publish(nc: Client, messages: Messages) -> int:
+    js = nc.jetstream()
+    for m in messages:
+        await js.publish(m.subject, m.body, headers=m.headers)
+    return len(messages)
+
+
+async def js_publish_async(nc: Client, messages: Messages) -> int:
+    js = nc.jetstream()
+    for m in messages:
+        await js.publish_async(m.subject, m.body, headers=m.headers)
+    await js.publish_async_completed()
+    return len(messages)
+
+
+async def core_windowed(nc: Client, messages: Messages, window: int = 2000) -> int:
+    """Core publishes with a reply inbox, at most ``window`` acknowledgements pending."""
+    inbox = nc.new_inbox()
+    acked = 0
+    arrived = asyncio.Event()
+
+    async def on_ack(_: Msg) -> None:
+        nonlocal acked
+        acked += 1
+        arrived.set()
+
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
+    for i, m in enumerate(messages):
+        while i - acked >= window:
+            arrived.clear()
+            await arrived.wait()
+        await nc.publish(m.subject, m.body, reply=f"{inbox}.{i}", headers=m.headers)
+    while acked < len(messages):
+        arrived.clear()
+        await arrived.wait()
+    await sub.unsubscribe()
+    return len(messages)
+
+
+Publisher = Callable[[Client, Messages], Awaitable[int]]
+BASELINE = "raw core publish, windowed acks (baseline)"
+
+
+async def measure(events: int, folder: Path) -> dict[str, float]:
+    sales = Sales(data_dir=folder)
+    try:
+        fill_log(sales, events)
+        messages = built_messages(sales)
+        contenders: dict[str, Publisher] = {
+            "js.publish, one await each": lambda nc, ms: js_publish(
+                nc, ms[: max(1, len(ms) // 10)]
+            ),
+            "js.publish_async": js_publish_async,
+            BASELINE: core_windowed,
+        }
+        rates: dict[str, float] = {}
+        with EmbeddedServer(folder / "nats") as server:
+            nc = await connect(server.url)
+            try:
+                for name, publish in contenders.items():
+                    await _fresh_stream(nc)
+                    started = time.perf_counter()
+                    count = await publish(nc, messages)
+                    rates[name] = count / (time.perf_counter() - started)
+                await _fresh_stream(nc)
+                started = time.perf_counter()
+                stats = await Relay(sales, nc).run(until_head=True)
+                rates["toolkit Relay, from the SQLite log"] = stats.published / (
+                    time.perf_counter() - started
+                )
+                assert stats.published == len(messages)
+            finally:
+                await nc.close()
+        return rates
+    finally:
+        sales.close()
+
+
+async def _fresh_stream(nc: Client) -> None:
+    js = nc.jetstream()
+    try:
+        await js.delete_stream("sales")
+    except nats.js.errors.NotFoundError:
+        pass
+    await ensure_stream(js, StreamSpec("sales"))
+
+
+def report(events: int, rates: dict[str, float]) -> Table:
+    baseline = rates[BASELINE]
+    table = Table(title=f"publishing {events:,} orders' events onto JetStream")
+    table.add_column("publisher")
+    table.add_column("events/s", justify="right")
+    table.add_column("ratio to baseline", justify="right")
+    for name, rate in rates.items():
+        table.add_row(name, f"{rate:,.0f}", f"{rate / baseline:.2f}")
+    table.caption = (
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, nats-py {version('nats-py')}; "
+        "js.publish measured over a tenth of the events"
+    )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.relay")
+    parser.add_argument("--events", type=int, default=50_000, help="orders in the log")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as folder:
+        rates = asyncio.run(measure(args.events, Path(folder)))
+    Console().print(report(args.events, rates))
+
+
+if __name__ == "__main__":
+    main()
