@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -145,10 +146,8 @@ async def measure(events: int, folder: Path) -> dict[str, float]:
 
 async def _fresh_stream(nc: Client) -> None:
     js = nc.jetstream()
-    try:
+    with contextlib.suppress(nats.js.errors.NotFoundError):
         await js.delete_stream("sales")
-    except nats.js.errors.NotFoundError:
-        pass
     await ensure_stream(js, StreamSpec("sales"))
 
 
