@@ -152,8 +152,8 @@ async def _relay(settings: Settings, system: System, name: str, once: bool) -> N
             console.print(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
             stats = await _until_signalled(lambda stop: relay.run(stop, until_head=once))
             console.print(
-                f"relayed to log position {stats.position}: {stats.published} published, "
-                f"{stats.skipped} private"
+                f"relayed to log position {stats.position}: {stats.published} published "
+                f"(stream sequence {stats.stream_sequence})"
             )
     finally:
         context.close()

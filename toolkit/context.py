@@ -3,6 +3,8 @@ default, whose name names its stream, and whose published language says what lea
 
 Persistence is eventsourcing's own: set ``PERSISTENCE_MODULE`` (and its variables, e.g.
 ``POSTGRES_DBNAME``) to use PostgreSQL; otherwise the log is ``<data_dir>/<name>.sqlite``.
+Events are stored with :class:`~toolkit.transcoder.OrjsonTranscoder` unless
+``TRANSCODER_TOPIC`` names another; its format is eventsourcing's own.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class BoundedContext(Application[UUID]):
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
         environment = super().construct_env(name, env)
+        if not environment.get("TRANSCODER_TOPIC"):
+            environment["TRANSCODER_TOPIC"] = "toolkit.transcoder:OrjsonTranscoder"
         if not environment.get("PERSISTENCE_MODULE"):
             self.data_dir.mkdir(parents=True, exist_ok=True)
             environment["PERSISTENCE_MODULE"] = "eventsourcing.sqlite"

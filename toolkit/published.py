@@ -14,11 +14,10 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
-import msgspec
 from eventsourcing.utils import get_topic
 
 from toolkit import wire
-from toolkit.contracts import IntegrationEvent, contract_of, encode, event_name
+from toolkit.contracts import IntegrationEvent, contract_of, event_name
 from toolkit.errors import ContractError
 
 D = TypeVar("D")
@@ -53,6 +52,12 @@ class Mapping(Generic[D, I]):
     contract: type[I]
     aggregate_type: str
     translate: Callable[[D], I | None]
+    contract_name: str
+    version: int
+    subject_prefix: str
+    """``<context>.<aggregate-type>.``"""
+    subject_suffix: str
+    """``.<event-name>``"""
 
 
 class PublishedLanguage:
@@ -74,7 +79,7 @@ class PublishedLanguage:
         ``aggregate`` is the aggregate type in the subject; by default the lower-cased name
         of the class that encloses the domain event (``Order.Placed`` -> ``order``).
         """
-        name, _ = contract_of(to)
+        name, version = contract_of(to)
         if not name.startswith(f"{self.context}."):
             raise ContractError(
                 f"contract {name} cannot be published by context {self.context}: "
@@ -90,13 +95,27 @@ class PublishedLanguage:
         def register(fn: Callable[[D], I | None]) -> Callable[[D], I | None]:
             if topic in self._by_topic:
                 raise ContractError(f"{topic} is already mapped in the {self.context} language")
-            self._by_topic[topic] = Mapping(domain_event, to, aggregate_type, fn)
+            self._by_topic[topic] = Mapping(
+                domain_event,
+                to,
+                aggregate_type,
+                fn,
+                contract_name=name,
+                version=version,
+                subject_prefix=f"{self.context}.{aggregate_type}.",
+                subject_suffix=f".{event_name(name)}",
+            )
             return fn
 
         return register
 
     def mapping(self, topic: str) -> Mapping[Any, Any] | None:
         return self._by_topic.get(topic)
+
+    @property
+    def topics(self) -> list[str]:
+        """Topics of the domain events that are published (the rest stay private)."""
+        return list(self._by_topic)
 
     @property
     def contracts(self) -> list[type[IntegrationEvent]]:
@@ -117,27 +136,29 @@ class PublishedLanguage:
                 f"mapping for {get_topic(mapping.domain_event)} returned "
                 f"{type(public).__qualname__}, expected {mapping.contract.__qualname__}"
             )
-        name, version = contract_of(mapping.contract)
-        aggregate_id = str(domain_event.originator_id)
-        msg_id = wire.message_id(self.context, log_position)
+        originator_id = domain_event.originator_id
+        if type(originator_id) is UUID:
+            aggregate_id = token = str(originator_id)  # a UUID is always a safe token
+        else:
+            aggregate_id = str(originator_id)
+            token = wire.encode_token(aggregate_id)
+        msg_id = f"{self.context}:{log_position}"
         envelope = wire.Envelope(
             specversion=wire.SPECVERSION,
             id=msg_id,
             source=self.context,
-            type=name,
-            schemaversion=version,
+            type=mapping.contract_name,
+            schemaversion=mapping.version,
             subject=aggregate_id,
             time=domain_event.timestamp,
             aggregatetype=mapping.aggregate_type,
             aggregateversion=domain_event.originator_version,
             logposition=log_position,
             datacontenttype=wire.DATACONTENTTYPE,
-            data=msgspec.Raw(encode(public)),
+            data=public,
         )
         return OutgoingMessage(
-            subject=wire.subject(
-                self.context, mapping.aggregate_type, aggregate_id, event_name(name)
-            ),
+            subject=mapping.subject_prefix + token + mapping.subject_suffix,
             body=wire.encode_envelope(envelope),
             headers={wire.MSG_ID: msg_id},
             log_position=log_position,

@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class RelayStats:
     published: int = 0
-    skipped: int = 0
-    """Log events that are private to the context (not in its published language)."""
     position: int = 0
     """Log position of the last event known to be on the stream (or skipped)."""
     stream_sequence: int = 0
@@ -266,25 +264,36 @@ class Relay:
                 self.stats.published = published_before + window.confirmed_sequence - first_sequence
 
             settle()
+            topics = self.context.published_language.topics
+            recorder = self.context.recorder
             while not stop.is_set():
                 self._wake.clear()  # before reading: a save from now on wakes the wait below
-                notifications = self.context.recorder.select_notifications(
-                    start=position, limit=self.batch_size, inclusive_of_start=False
-                )
-                for notification in notifications:
-                    message = self._message(notification)
-                    if message is None:
-                        self.stats.skipped += 1
-                    else:
-                        await window.publish(message)
-                    position = notification.id
+                head = recorder.max_notification_id() or 0
+                progressed = head > position
+                if progressed and topics:
+                    # Only published events are read: private ones are skipped by the query.
+                    notifications = recorder.select_notifications(
+                        start=position,
+                        limit=self.batch_size,
+                        stop=head,
+                        topics=topics,
+                        inclusive_of_start=False,
+                    )
+                    for notification in notifications:
+                        message = self._message(notification)
+                        if message is not None:
+                            await window.publish(message)
+                    full = len(notifications) == self.batch_size
+                    position = notifications[-1].id if full else head
+                elif progressed:
+                    position = head  # nothing is published: the whole log is private
                 caught_up = target is not None and position >= target
-                if window.pending and (not notifications or caught_up):
+                if window.pending and (not progressed or caught_up):
                     await window.drain()
                 settle()
                 if caught_up:
                     break
-                if not notifications:
+                if not progressed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             await window.drain()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 from urllib.parse import quote, unquote
 
 import msgspec
@@ -53,7 +54,9 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     datacontenttype: str
     correlationid: str | None = None
     causationid: str | None = None
-    data: msgspec.Raw
+    data: Any
+    """The integration event (a contract Struct when publishing, plain JSON values when
+    decoded without a contract)."""
 
 
 class EnvelopeHead(msgspec.Struct):
