@@ -117,3 +117,22 @@ async def test_a_foreign_writer_on_the_stream_is_detected(sales: Sales, nc: Clie
     await nc.jetstream().publish("sales.order.x.Intruder", b"{}")
     with pytest.raises(RelayError, match="something other than this relay"):
         await Relay(sales, nc).run(until_head=True)
+
+
+async def test_a_relay_on_its_own_sees_writes_of_other_processes(
+    sales: Sales, nc: Client, log_env: dict[str, str], data_dir: Path
+) -> None:
+    """Another instance's saves do not reach this relay's in-process listeners: on
+    PostgreSQL the log's NOTIFY wakes it (polling is set far away), SQLite is polled."""
+    writer = Sales(env=log_env, data_dir=data_dir)
+    relay = Relay(sales, nc, poll_interval=60 if log_env else 0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.idle)
+        place_orders(writer, 3)
+        await wait_for(lambda: relay.stats.stream_sequence == 4, within=5)
+    finally:
+        stop.set()
+        await task
+        writer.close()

@@ -35,6 +35,7 @@ from toolkit.context import BoundedContext
 from toolkit.errors import RelayError
 from toolkit.published import OutgoingMessage, Publishable
 from toolkit.streams import StreamSpec, ensure_stream
+from toolkit.watch import LogWatcher
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ class _AckWindow:
 
 class Relay:
     """Carries one context's log onto its stream. Run it in the context's process (it
-    wakes right after each save) or on its own (it polls the log)."""
+    wakes right after each save) or on its own (it polls the log every
+    ``poll_interval``, and on PostgreSQL also wakes on the log's NOTIFY)."""
 
     def __init__(
         self,
@@ -181,6 +183,8 @@ class Relay:
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.stats = RelayStats()
+        self.idle = False
+        """True while the relay has carried everything and waits for the log to grow."""
         self._wake = asyncio.Event()
 
     async def resume_position(self) -> tuple[int, int]:
@@ -250,6 +254,8 @@ class Relay:
             loop.call_soon_threadsafe(self._wake.set)
 
         remove = self.context.on_saved(wake)
+        watcher = LogWatcher(self.context.recorder, lambda: wake(0))
+        watcher.start()
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: self._wake.set())
         window = _AckWindow(self.client, self.stream.name, self.window_size, self.ack_timeout)
@@ -294,12 +300,15 @@ class Relay:
                 if caught_up:
                     break
                 if not progressed:
+                    self.idle = True
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    self.idle = False
             await window.drain()
             settle()
         finally:
             stopping.cancel()
+            watcher.stop()
             remove()
             await window.close()
         return self.stats
