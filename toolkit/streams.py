@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
+from toolkit.config import Settings
 from toolkit.errors import ConfigurationError
 from toolkit.wire import check_name
 
@@ -31,6 +32,16 @@ class StreamSpec:
     @property
     def subjects(self) -> list[str]:
         return [f"{self.name}.>"]
+
+    @classmethod
+    def from_settings(cls, context: str, settings: Settings) -> StreamSpec:
+        storage = StorageType.MEMORY if settings.stream_storage == "memory" else StorageType.FILE
+        return cls(
+            context,
+            replicas=settings.stream_replicas,
+            storage=storage,
+            duplicate_window=settings.duplicate_window,
+        )
 
     def config(self) -> StreamConfig:
         return StreamConfig(
