@@ -1,0 +1,61 @@
+"""A projection keeps its promise when its process dies: after SIGKILLs at random points
+of a catch-up, the read model equals, row by row, one built without faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from subprocess import PIPE
+
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from projections.billing import Accounts
+from tests.flow import project_all, relay_all
+from tests.test_relay_faults import fill_log
+from toolkit.embedded import EmbeddedServer
+from toolkit.store import ProjectionHome, ReadModelStore, dump
+
+
+async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(
+    data_dir: Path, tmp_path: Path, nats_server: EmbeddedServer, nc: Client
+) -> None:
+    sales = Sales(data_dir=data_dir)
+    try:
+        fill_log(sales, 50_000)
+        head = await relay_all(sales, nc)
+    finally:
+        sales.close()
+    assert head >= 50_000
+
+    rng = random.Random(11)
+    command = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
+    command += ["--nats-url", nats_server.url, "project", "billing"]
+    home = ProjectionHome(data_dir, "billing")
+    checkpoints: list[int] = []
+    while len(checkpoints) < 6:
+        worker = await asyncio.create_subprocess_exec(*command, stderr=PIPE, env=dict(os.environ))
+        assert worker.stderr is not None
+        await worker.stderr.readline()  # "projecting billing ..." once it is connected
+        await asyncio.sleep(rng.uniform(0.01, 0.1))  # a random point in its catch-up
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+        store = ReadModelStore(home.live(), Accounts())
+        checkpoints.append(store.checkpoint("sales"))
+        store.close()
+    finished = await asyncio.create_subprocess_exec(*command, "--once", stderr=PIPE)
+    _, errors = await asyncio.wait_for(finished.communicate(), 120)
+    assert finished.returncode == 0, errors.decode()
+    assert len([c for c in checkpoints if 0 < c < head]) >= 5, checkpoints  # killed mid-way
+
+    clean = tmp_path / "clean"
+    await project_all(Accounts(), clean, nc)
+    with home.reader() as faulted, ProjectionHome(clean, "billing").reader() as reference:
+        assert faulted is not None and reference is not None
+        assert dump(faulted) == dump(reference)
+        assert faulted.execute("SELECT sequence FROM toolkit_checkpoint").fetchall() == [(head,)]
+    print("checkpoints at the kills:", checkpoints, "of", head)
