@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import read_path, relay
+from benchmarks import catchup, read_path, relay
 
 
 async def test_read_path_benchmark_measures_every_reader(tmp_path: Path) -> None:
@@ -20,3 +20,10 @@ async def test_relay_benchmark_measures_relay_and_raw_publishers(tmp_path: Path)
     assert relay.BASELINE in rates and "toolkit Relay, from the SQLite log" in rates
     assert all(rate > 0 for rate in rates.values())
     assert relay.report(300, rates).row_count == 4
+
+
+async def test_catchup_benchmark_measures_every_consumer(tmp_path: Path) -> None:
+    rates = await catchup.measure(200, tmp_path)
+    assert catchup.BASELINE in rates and "toolkit Projector" in rates
+    assert len(rates) == 4 and all(rate > 0 for rate in rates.values())
+    assert catchup.report(200, rates).row_count == 4

@@ -1,0 +1,249 @@
+"""Catch-up: events/s from a stream into a SQLite read model (billing's accounts), the
+toolkit's projector beside what a user would build instead, in one run over the same
+events.
+
+    python -m benchmarks.catchup [--events N]
+
+- raw client limit: an ordered push consumer that only decodes each message (envelope and
+  contract), no read model; what nats-py allows at best;
+- fetch() consumer: ``PullSubscription.fetch(1000)`` feeding the same translator and read
+  model store as the projector (one transaction a batch);
+- eventsourcing: the same projection its own way, an ``ApplicationSubscription`` over an
+  in-memory (POPO) log feeding an ``eventsourcing.projection.Projection`` whose view is a
+  ``SQLiteTrackingRecorder`` (one transaction an event). The in-memory log favours it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from functools import singledispatchmethod
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import ApplicationSubscription
+from eventsourcing.projection import Projection as ESProjection
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.relay import fill_log
+from contexts.sales import Customer, Order, Sales
+from projections.billing import Accounts
+from projections.billing.translation import cents
+from projections.billing.translation import sales as billing_sales
+from toolkit import Relay
+from toolkit.connection import connect
+from toolkit.embedded import EmbeddedServer
+from toolkit.projector import Projector
+from toolkit.reader import StreamMessage
+from toolkit.store import ProjectionHome, ReadModelStore
+from toolkit.wire import decode_head
+
+BASELINE = "raw client limit: ordered push consumer, decode only"
+
+
+async def toolkit_projector(nc: Client, folder: Path, head: int) -> int:
+    home = ProjectionHome(folder, "billing")
+    store = ReadModelStore(home.live(), Accounts())
+    try:
+        stats = await Projector(Accounts(), store, nc).run(until_head=True)
+    finally:
+        store.close()
+    assert stats.checkpoints["sales"] == head
+    return head
+
+
+async def raw_decode_only(nc: Client, folder: Path, head: int) -> int:
+    decoders = {
+        (c.__contract_name__, c.__contract_version__): msgspec.json.Decoder(c)
+        for c in billing_sales.contracts
+    }
+    done = asyncio.Event()
+    seen = 0
+
+    async def on_message(msg: Msg) -> None:
+        nonlocal seen
+        envelope = decode_head(msg.data)
+        decoder = decoders.get((envelope.type, envelope.schemaversion))
+        if decoder is not None:
+            decoder.decode(envelope.data)
+        seen += 1
+        if seen >= head:
+            done.set()
+
+    sub = await nc.jetstream().subscribe(
+        "sales.>", stream="sales", ordered_consumer=True, cb=on_message
+    )
+    await asyncio.wait_for(done.wait(), 300)
+    await sub.unsubscribe()
+    return head
+
+
+async def fetch_consumer(nc: Client, folder: Path, head: int) -> int:
+    store = ReadModelStore(ProjectionHome(folder, "billing-fetch").live(), Accounts())
+    sub = await nc.jetstream().pull_subscribe(
+        "sales.>",
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
+        stream="sales",
+    )
+    try:
+        while store.checkpoint("sales") < head:
+            batch = await sub.fetch(1000, timeout=5)
+            messages = [
+                StreamMessage(
+                    "sales", m.metadata.sequence.stream, m.subject, m.headers or {}, m.data
+                )
+                for m in batch
+            ]
+            store.apply(billing_sales, messages)
+    finally:
+        await sub.unsubscribe()
+        store.close()
+    return head
+
+
+class BillingView(SQLiteTrackingRecorder):
+    """The billing read model as an eventsourcing tracking view."""
+
+    def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.create_table_statements.append(
+            "CREATE TABLE IF NOT EXISTS account (account_id TEXT PRIMARY KEY, holder TEXT, "
+            "owed_cents INTEGER NOT NULL DEFAULT 0, open_charges INTEGER NOT NULL DEFAULT 0)"
+        )
+        self.create_table_statements.append(
+            "CREATE TABLE IF NOT EXISTS charge (charge_id TEXT PRIMARY KEY, account_id TEXT, "
+            "cents INTEGER NOT NULL, waived INTEGER NOT NULL DEFAULT 0)"
+        )
+
+    def open_account(self, account_id: UUID, holder: str, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            self._insert_tracking(c, tracking)
+            c.execute(
+                "INSERT OR IGNORE INTO account (account_id, holder) VALUES (?, ?)",
+                (str(account_id), holder),
+            )
+
+    def raise_charge(
+        self, charge_id: UUID, account_id: UUID, amount: int, tracking: Tracking
+    ) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            self._insert_tracking(c, tracking)
+            c.execute(
+                "INSERT INTO charge (charge_id, account_id, cents) VALUES (?, ?, ?)",
+                (str(charge_id), str(account_id), amount),
+            )
+            c.execute(
+                "UPDATE account SET owed_cents = owed_cents + ?, "
+                "open_charges = open_charges + 1 WHERE account_id = ?",
+                (amount, str(account_id)),
+            )
+
+
+class BillingProjection(ESProjection[BillingView]):
+    name = "billing"
+
+    @singledispatchmethod
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        self.view.insert_tracking(tracking)
+
+    @process_event.register
+    def _(self, domain_event: Customer.Registered, tracking: Tracking) -> None:
+        self.view.open_account(domain_event.originator_id, domain_event.name, tracking)
+
+    @process_event.register
+    def _(self, domain_event: Order.Placed, tracking: Tracking) -> None:
+        total = sum(
+            (line["unit_price"] * line["quantity"] for line in domain_event.lines), Decimal(0)
+        )
+        self.view.raise_charge(
+            domain_event.originator_id, domain_event.customer_id, cents(total), tracking
+        )
+
+
+def eventsourcing_rebuild(events: int, folder: Path) -> tuple[int, float]:
+    app = Sales(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    fill_log(app, events)
+    head = app.recorder.max_notification_id() or 0
+    datastore = SQLiteDatastore(db_name=str(folder / "es-billing.sqlite"))
+    view = BillingView(datastore)
+    view.create_table()
+    projection = BillingProjection(view)
+    started = time.perf_counter()
+    with ApplicationSubscription(app, gt=0) as subscription:
+        for domain_event, tracking in subscription:
+            projection.process_event(domain_event, tracking)
+            if tracking.notification_id >= head:
+                break
+    seconds = time.perf_counter() - started
+    app.close()
+    return head, seconds
+
+
+async def measure(events: int, folder: Path) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    sales = Sales(data_dir=folder)
+    try:
+        fill_log(sales, events)
+        with EmbeddedServer(folder / "nats") as server:
+            nc = await connect(server.url)
+            try:
+                head = (await Relay(sales, nc).run(until_head=True)).stream_sequence
+                for name, run in {
+                    BASELINE: raw_decode_only,
+                    "fetch(1000) consumer, same store": fetch_consumer,
+                    "toolkit Projector": toolkit_projector,
+                }.items():
+                    started = time.perf_counter()
+                    count = await run(nc, folder / name.split()[0], head)
+                    rates[name] = count / (time.perf_counter() - started)
+            finally:
+                await nc.close()
+    finally:
+        sales.close()
+    count, seconds = eventsourcing_rebuild(events, folder)
+    rates["eventsourcing ApplicationSubscription -> Projection (SQLite view)"] = count / seconds
+    return rates
+
+
+def report(events: int, rates: dict[str, float]) -> Table:
+    baseline = rates[BASELINE]
+    ours = rates["toolkit Projector"]
+    table = Table(title=f"catching up on {events:,} orders' events into billing's SQLite model")
+    table.add_column("consumer")
+    table.add_column("events/s", justify="right")
+    table.add_column("ratio to raw limit", justify="right")
+    table.add_column("toolkit is x faster", justify="right")
+    for name, rate in rates.items():
+        table.add_row(name, f"{rate:,.0f}", f"{rate / baseline:.2f}", f"{ours / rate:.1f}")
+    table.caption = (
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, nats-py {version('nats-py')}, "
+        f"eventsourcing {version('eventsourcing')}"
+    )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.catchup")
+    parser.add_argument("--events", type=int, default=100_000, help="orders in the log")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-catchup-") as folder:
+        rates = asyncio.run(measure(args.events, Path(folder)))
+    Console(width=120).print(report(args.events, rates))
+
+
+if __name__ == "__main__":
+    main()
