@@ -144,14 +144,14 @@ async def test_a_failing_projection_stops_with_the_position_named(
     sales: Sales, nc: Client, data_dir: Path
 ) -> None:
     class Broken(Shipments):
-        def apply(self, fact: object, db: object) -> None:
+        def apply_many(self, facts: list[object], db: object) -> None:
             raise RuntimeError("disk on fire")
 
     place(sales, customers=1, orders=3)
     await relay_all(sales, nc)
     with pytest.raises(
         ProjectionError,
-        match=r"shipping failed on sales near sequence 2: RuntimeError: disk on fire",
+        match=r"shipping failed on sales at sequence 2: RuntimeError: disk on fire",
     ):
         await project_all(Broken(), data_dir, nc)
     home = ProjectionHome(data_dir, "shipping")

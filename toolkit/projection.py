@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from itertools import groupby
 from typing import ClassVar
 
 from toolkit.translator import Translator
@@ -37,6 +38,21 @@ class Projection(ABC):
     @abstractmethod
     def apply(self, fact: object, db: sqlite3.Connection) -> None:
         """Change the read model for one fact, inside the toolkit's transaction."""
+
+    def apply_batch(self, facts: list[object], db: sqlite3.Connection) -> None:
+        """Change the read model for a batch of facts, in their order, inside the
+        toolkit's transaction: each run of consecutive facts of one type goes to
+        :meth:`apply_many`."""
+        for _, run in groupby(facts, type):
+            self.apply_many(list(run), db)
+
+    def apply_many(self, facts: list[object], db: sqlite3.Connection) -> None:
+        """Apply consecutive facts of one type. Override it to write many rows a
+        statement (``executemany``) or to fold many facts into one update; the result
+        must equal applying them one by one with :meth:`apply`."""
+        apply = self.apply
+        for fact in facts:
+            apply(fact, db)
 
     def translator_for(self, stream: str) -> Translator:
         for translator in self.translators:

@@ -101,46 +101,83 @@ class ReadModelStore:
         return self._checkpoints.get(stream, 0)
 
     def apply(self, translator: Translator, messages: Sequence[StreamMessage]) -> BatchResult:
-        """Apply a batch and advance the checkpoint, all in one transaction."""
+        """Apply a batch and advance the checkpoint, all in one transaction.
+
+        Messages are translated first; the projection then gets all of the batch's facts
+        in one :meth:`~toolkit.projection.Projection.apply_batch` call. When that fails,
+        the facts are tried one at a time (and rolled back) to name the message at fault.
+        """
         result = BatchResult()
         stream = translator.stream
         checkpoint = self.checkpoint(stream)
+        facts: list[object] = []
+        origins: list[int] = []  # the stream sequence each fact came from
+        dead: list[tuple[StreamMessage, str]] = []
+        for message in messages:
+            if message.sequence <= checkpoint:
+                result.duplicates += 1
+                continue
+            try:
+                translated = translator.translate(message)
+            except UnknownEvent:
+                result.skipped += 1
+            except ContractError as exc:
+                dead.append((message, str(exc)))
+                result.dead_lettered += 1
+            except Exception as exc:
+                raise self._failure(stream, message.sequence, exc) from exc
+            else:
+                facts += translated
+                origins += [message.sequence] * len(translated)
+                result.applied += 1
+            checkpoint = message.sequence
+        if checkpoint == self.checkpoint(stream):
+            return result
         db = self.db
-        apply = self.projection.apply
         db.execute("BEGIN IMMEDIATE")
         try:
-            for message in messages:
-                if message.sequence <= checkpoint:
-                    result.duplicates += 1
-                    continue
-                try:
-                    facts = translator.translate(message)
-                except UnknownEvent:
-                    result.skipped += 1
-                except ContractError as exc:
-                    self._dead_letter(message, str(exc))
-                    result.dead_lettered += 1
-                else:
-                    for fact in facts:
-                        apply(fact, db)
-                    result.applied += 1
-                checkpoint = message.sequence
+            for message, reason in dead:
+                self._dead_letter(message, reason)
+            if facts:
+                self.projection.apply_batch(facts, db)
             db.execute(
                 "INSERT INTO toolkit_checkpoint VALUES (?, ?) "
                 "ON CONFLICT (stream) DO UPDATE SET sequence = excluded.sequence",
                 (stream, checkpoint),
             )
             db.execute("COMMIT")
-        except BaseException as exc:
+        except Exception as exc:
             db.execute("ROLLBACK")
-            if isinstance(exc, Exception) and not isinstance(exc, ProjectionError):
-                raise ProjectionError(
-                    f"projection {self.projection.name} failed on {stream} near sequence "
-                    f"{checkpoint + 1}: {type(exc).__name__}: {exc}"
-                ) from exc
+            sequence, cause = self._culprit(facts, origins, exc)
+            raise self._failure(stream, sequence, cause) from cause
+        except BaseException:
+            db.execute("ROLLBACK")
             raise
         self._checkpoints[stream] = checkpoint
         return result
+
+    def _culprit(
+        self, facts: list[object], origins: list[int], batch_error: Exception
+    ) -> tuple[int, Exception]:
+        """Apply the facts one by one in a transaction that is rolled back, to find the
+        first that fails on its own."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for fact, sequence in zip(facts, origins, strict=True):
+                try:
+                    self.projection.apply(fact, db)
+                except Exception as exc:
+                    return sequence, exc
+        finally:
+            db.execute("ROLLBACK")
+        return (origins[0] if origins else 0), batch_error
+
+    def _failure(self, stream: str, sequence: int, exc: Exception) -> ProjectionError:
+        return ProjectionError(
+            f"projection {self.projection.name} failed on {stream} at sequence "
+            f"{sequence}: {type(exc).__name__}: {exc}"
+        )
 
     def _dead_letter(self, message: StreamMessage, reason: str) -> None:
         self.db.execute(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from projections.billing.translation import AccountOpened, ChargeRaised, ChargeWaived, sales
 from toolkit.projection import Projection
@@ -31,23 +31,33 @@ class Accounts(Projection):
         )
 
     def apply(self, fact: object, db: sqlite3.Connection) -> None:
-        match fact:
-            case AccountOpened():
-                db.execute(
-                    "INSERT OR IGNORE INTO account (account_id, holder) VALUES (?, ?)",
-                    (str(fact.account_id), fact.holder),
-                )
-            case ChargeRaised():
-                db.execute(
-                    "INSERT INTO charge (charge_id, account_id, cents) VALUES (?, ?, ?)",
-                    (str(fact.charge_id), str(fact.account_id), fact.cents),
-                )
-                db.execute(
-                    "UPDATE account SET owed_cents = owed_cents + ?, "
-                    "open_charges = open_charges + 1 WHERE account_id = ?",
-                    (fact.cents, str(fact.account_id)),
-                )
-            case ChargeWaived():
+        self.apply_many([fact], db)
+
+    def apply_many(self, facts: list[object], db: sqlite3.Connection) -> None:
+        if isinstance(facts[0], AccountOpened):
+            opened = cast(list[AccountOpened], facts)
+            db.executemany(
+                "INSERT OR IGNORE INTO account (account_id, holder) VALUES (?, ?)",
+                [(str(f.account_id), f.holder) for f in opened],
+            )
+        elif isinstance(facts[0], ChargeRaised):
+            raised = cast(list[ChargeRaised], facts)
+            charges = [(str(f.charge_id), str(f.account_id), f.cents) for f in raised]
+            db.executemany(
+                "INSERT INTO charge (charge_id, account_id, cents) VALUES (?, ?, ?)", charges
+            )
+            owed: dict[str, list[int]] = {}
+            for _, account_id, cents in charges:  # sums commute: one update an account
+                total = owed.setdefault(account_id, [0, 0])
+                total[0] += cents
+                total[1] += 1
+            db.executemany(
+                "UPDATE account SET owed_cents = owed_cents + ?, "
+                "open_charges = open_charges + ? WHERE account_id = ?",
+                [(c, n, account_id) for account_id, (c, n) in owed.items()],
+            )
+        elif isinstance(facts[0], ChargeWaived):
+            for fact in cast(list[ChargeWaived], facts):
                 row = db.execute(
                     "UPDATE charge SET waived = 1 WHERE charge_id = ? AND waived = 0 "
                     "RETURNING account_id, cents",

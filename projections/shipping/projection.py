@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from projections.shipping.translation import ShipmentAwaitingDispatch, ShipmentCalledOff, sales
 from toolkit.projection import Projection
@@ -28,22 +28,28 @@ class Shipments(Projection):
         db.execute("CREATE INDEX IF NOT EXISTS shipment_status ON shipment (status, since)")
 
     def apply(self, fact: object, db: sqlite3.Connection) -> None:
-        match fact:
-            case ShipmentAwaitingDispatch():
-                db.execute(
-                    "INSERT OR IGNORE INTO shipment "
-                    "VALUES (?, ?, 'awaiting_dispatch', ?, ?, ?, NULL)",
+        self.apply_many([fact], db)
+
+    def apply_many(self, facts: list[object], db: sqlite3.Connection) -> None:
+        if isinstance(facts[0], ShipmentAwaitingDispatch):
+            awaiting = cast(list[ShipmentAwaitingDispatch], facts)
+            db.executemany(
+                "INSERT OR IGNORE INTO shipment VALUES (?, ?, 'awaiting_dispatch', ?, ?, ?, NULL)",
+                [
                     (
-                        str(fact.shipment_id),
-                        str(fact.recipient_id),
-                        fact.parcels,
-                        fact.items,
-                        fact.since.isoformat(),
-                    ),
-                )
-            case ShipmentCalledOff():
-                db.execute(
-                    "UPDATE shipment SET status = 'called_off', called_off_because = ? "
-                    "WHERE shipment_id = ?",
-                    (fact.reason, str(fact.shipment_id)),
-                )
+                        str(f.shipment_id),
+                        str(f.recipient_id),
+                        f.parcels,
+                        f.items,
+                        f.since.isoformat(),
+                    )
+                    for f in awaiting
+                ],
+            )
+        elif isinstance(facts[0], ShipmentCalledOff):
+            called_off = cast(list[ShipmentCalledOff], facts)
+            db.executemany(
+                "UPDATE shipment SET status = 'called_off', called_off_because = ? "
+                "WHERE shipment_id = ?",
+                [(f.reason, str(f.shipment_id)) for f in called_off],
+            )
