@@ -51,7 +51,7 @@ async def test_a_restarted_projector_resumes_from_its_checkpoint(
 
     # First run: stopped part way through the stream.
     store = ReadModelStore(home.live(), Accounts())
-    first = Projector(Accounts(), store, nc, batch_size=25)
+    first = Projector(Accounts(), store, nc, batch_size=25, transaction_size=25)
     stop = asyncio.Event()
     task = asyncio.create_task(first.run(stop))
     await wait_for(lambda: first.stats.checkpoints.get("sales", 0) >= total // 2)
@@ -64,7 +64,7 @@ async def test_a_restarted_projector_resumes_from_its_checkpoint(
     # Second run: a new process would do exactly this.
     store = ReadModelStore(home.live(), Accounts())
     assert store.checkpoint("sales") == stopped_at
-    second = Projector(Accounts(), store, nc, batch_size=25)
+    second = Projector(Accounts(), store, nc, batch_size=25, transaction_size=25)
     await second.run(until_head=True)
     store.close()
 

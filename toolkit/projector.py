@@ -40,6 +40,7 @@ class Projector:
         client: Client,
         *,
         batch_size: int = 1000,
+        transaction_size: int = 5000,
         name: str | None = None,
     ) -> None:
         self.projection = projection
@@ -47,6 +48,8 @@ class Projector:
         self.client = client
         self.js = client.jetstream()
         self.batch_size = batch_size
+        self.transaction_size = transaction_size
+        """Events applied in one transaction at most while catching up."""
         self.name = name or projection.name
         self.stats = ProjectorStats()
 
@@ -94,6 +97,13 @@ class Projector:
         try:
             while not stop.is_set():
                 batch = await reader.next_batch(max_wait=0.25)
+                # Catching up, gather a bigger transaction: a commit rewrites every page
+                # it touched, so fewer, larger ones write far less. At the head, apply at once.
+                while batch and reader.pending and len(batch) < self.transaction_size:
+                    more = await reader.next_batch(max_wait=1.0)
+                    if not more:
+                        break
+                    batch += more
                 if batch:
                     result = self.store.apply(translator, batch)
                     self.stats.applied += result.applied

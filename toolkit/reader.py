@@ -66,8 +66,7 @@ class StreamReader:
         self.heartbeat = heartbeat
         self.name_prefix = name
         self.filter_subjects = filter_subjects
-        self.pending: int | None = None
-        """Messages left in the stream after the last one delivered, as the server said."""
+        self._pending: str | None = None
         self._consumer: str | None = None
         self._inbox = client.new_inbox()
         self._sub: object | None = None
@@ -77,6 +76,11 @@ class StreamReader:
         self._reset_needed = False
         self._arrived = asyncio.Event()
         self._next_request = 0
+
+    @property
+    def pending(self) -> int | None:
+        """Messages left in the stream after the last one delivered, as the server said."""
+        return None if self._pending is None else int(self._pending)
 
     async def __aenter__(self) -> StreamReader:
         await self.open()
@@ -225,7 +229,7 @@ class StreamReader:
             self._reset_needed = True  # a gap: drop the rest and start over from here
             return
         self._expected_consumer_seq += 1
-        self.pending = int(pending)
+        self._pending = pending
         # A message carries its own subject, not the request's reply subject; the server
         # serves requests first-in first-out, so it belongs to the oldest open request.
         for reply, (remaining, heard) in self._requests.items():

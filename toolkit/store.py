@@ -66,6 +66,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-65536")  # 64 MiB: random-key indexes stay in memory
     db.execute("PRAGMA busy_timeout=5000")
     return db
 
@@ -111,7 +112,7 @@ class ReadModelStore:
         stream = translator.stream
         checkpoint = self.checkpoint(stream)
         facts: list[object] = []
-        origins: list[int] = []  # the stream sequence each fact came from
+        origins: list[tuple[int, int]] = []  # (stream sequence, facts it gave) a message
         dead: list[tuple[StreamMessage, str]] = []
         for message in messages:
             if message.sequence <= checkpoint:
@@ -128,7 +129,7 @@ class ReadModelStore:
                 raise self._failure(stream, message.sequence, exc) from exc
             else:
                 facts += translated
-                origins += [message.sequence] * len(translated)
+                origins.append((message.sequence, len(translated)))
                 result.applied += 1
             checkpoint = message.sequence
         if checkpoint == self.checkpoint(stream):
@@ -157,21 +158,22 @@ class ReadModelStore:
         return result
 
     def _culprit(
-        self, facts: list[object], origins: list[int], batch_error: Exception
+        self, facts: list[object], origins: list[tuple[int, int]], batch_error: Exception
     ) -> tuple[int, Exception]:
         """Apply the facts one by one in a transaction that is rolled back, to find the
         first that fails on its own."""
+        sequences = [sequence for sequence, count in origins for _ in range(count)]
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for fact, sequence in zip(facts, origins, strict=True):
+            for fact, sequence in zip(facts, sequences, strict=True):
                 try:
                     self.projection.apply(fact, db)
                 except Exception as exc:
                     return sequence, exc
         finally:
             db.execute("ROLLBACK")
-        return (origins[0] if origins else 0), batch_error
+        return (origins[0][0] if origins else 0), batch_error
 
     def _failure(self, stream: str, sequence: int, exc: Exception) -> ProjectionError:
         return ProjectionError(

@@ -33,6 +33,8 @@ class Translator:
         self.stream = wire.check_name("stream", stream)
         self.contracts = ContractRegistry()
         self._handlers: dict[tuple[str, int], Callable[[Any], Facts]] = {}
+        self._routes: dict[tuple[str, int], tuple[Callable[[bytes], Any], Callable[[Any], Facts]]]
+        self._routes = {}
 
     def on(self, foreign: type[E]) -> Callable[[Callable[[E], Facts]], Callable[[E], Facts]]:
         """Register ``fn(foreign_event) -> fact | [facts] | None`` for a foreign contract."""
@@ -41,6 +43,7 @@ class Translator:
         def register(fn: Callable[[E], Facts]) -> Callable[[E], Facts]:
             self.contracts.register(foreign)
             self._handlers[key] = fn
+            self._routes[key] = (msgspec.json.Decoder(foreign).decode, fn)
             return fn
 
         return register
@@ -58,14 +61,20 @@ class Translator:
                 f"message {message.stream}/{message.sequence} is not a CloudEvents JSON "
                 f"envelope with type, schemaversion and data: {exc}"
             ) from None
-        key = (head.type, head.schemaversion)
-        handler = self._handlers.get(key)
-        if handler is None:
+        route = self._routes.get((head.type, head.schemaversion))
+        if route is None:
             raise UnknownEvent(f"{head.type} v{head.schemaversion}")
-        event = self.contracts.decode(head.type, head.schemaversion, head.data)
+        decode, handler = route
+        try:
+            event = decode(head.data)
+        except msgspec.DecodeError:
+            # Let the registry say what is wrong, in its words.
+            event = self.contracts.decode(head.type, head.schemaversion, head.data)
         facts = handler(event)
         if facts is None:
             return []
-        if isinstance(facts, list | tuple):
+        if type(facts) is list:
+            return facts
+        if isinstance(facts, tuple):
             return list(facts)
         return [facts]
