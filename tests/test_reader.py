@@ -49,8 +49,7 @@ async def test_a_deleted_consumer_is_recreated_without_loss_or_repeats(nc: Clien
 async def test_back_pressure_bounds_what_is_buffered(nc: Client) -> None:
     await fill(nc, 5000)
     async with StreamReader(nc, "sales", batch_size=100, in_flight=2) as reader:
-        await wait_for(lambda: len(reader._buffer) == 200)  # two requests of 100 served
-        # The owner has not come back for more, so the reader asks for nothing more.
-        assert reader._requests == {}
+        await wait_for(lambda: reader.asked_for == 0)  # two requests of 100 served
+        # The owner has not come back for more, so the reader has asked for nothing more.
         assert [m.sequence for m in await reader.next_batch()] == list(range(1, 201))
-        assert len(reader._requests) == 2  # taking the batch made room: two more asked for
+        assert reader.asked_for == 200  # taking the batch made room: two more asked for

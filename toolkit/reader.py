@@ -71,7 +71,11 @@ class StreamReader:
         self._inbox = client.new_inbox()
         self._sub: object | None = None
         self._buffer: list[StreamMessage] = []
-        self._requests: dict[str, tuple[int, float]] = {}  # reply -> (remaining, last heard)
+        # Open pull requests, oldest first: reply subject -> [end, last heard], where end
+        # is the count of messages received by which this request is served in full.
+        self._requests: dict[str, list[float]] = {}
+        self._received = 0  # messages received from the current consumer
+        self._last_data = time.monotonic()
         self._expected_consumer_seq = 1
         self._reset_needed = False
         self._arrived = asyncio.Event()
@@ -81,6 +85,13 @@ class StreamReader:
     def pending(self) -> int | None:
         """Messages left in the stream after the last one delivered, as the server said."""
         return None if self._pending is None else int(self._pending)
+
+    @property
+    def asked_for(self) -> int:
+        """Messages requested from the server and not received yet: with what is
+        buffered, never more than ``batch_size * (in_flight + 1)``."""
+        end = max((r[0] for r in self._requests.values()), default=self._received)
+        return int(max(0, end - self._received))
 
     async def __aenter__(self) -> StreamReader:
         await self.open()
@@ -148,6 +159,7 @@ class StreamReader:
         await self.js.add_consumer(self.stream, config)
         self._expected_consumer_seq = 1
         self._requests.clear()
+        self._received = 0
         self._reset_needed = False
 
     async def _delete_consumer(self) -> None:
@@ -168,15 +180,20 @@ class StreamReader:
     async def _top_up(self) -> None:
         if self._consumer is None or not self.client.is_connected:
             return
-        outstanding = sum(remaining for remaining, _ in self._requests.values())
+        requests = self._requests
+        while requests and self._received >= next(iter(requests.values()))[0]:
+            del requests[next(iter(requests))]  # served in full
+        end = max((r[0] for r in requests.values()), default=self._received)
+        outstanding = end - self._received
         limit = self.batch_size * (self.in_flight + 1)
         while (
-            len(self._requests) < self.in_flight
+            len(requests) < self.in_flight
             and outstanding + len(self._buffer) + self.batch_size <= limit
         ):
             reply = f"{self._inbox}.{self._next_request}"
             self._next_request += 1
-            self._requests[reply] = (self.batch_size, time.monotonic())
+            end = max(end, self._received) + self.batch_size
+            requests[reply] = [end, time.monotonic()]
             outstanding += self.batch_size
             request = orjson.dumps(
                 {
@@ -195,9 +212,24 @@ class StreamReader:
         new one takes its place; if the consumer is gone, that one is answered 503 and
         the reader starts over with a new consumer."""
         deadline = time.monotonic() - 3 * self.heartbeat
+        if self._last_data >= deadline:
+            return  # messages are flowing
         for reply, (_, heard) in list(self._requests.items()):
             if heard < deadline:
-                del self._requests[reply]
+                self._forget(reply)
+
+    def _forget(self, reply: str) -> None:
+        """Drop a request that will get no more messages; the ones after it move up by
+        what it did not get."""
+        request = self._requests.pop(reply, None)
+        if request is None:
+            return
+        end = request[0]
+        shortfall = end - max(self._received, end - self.batch_size)
+        if shortfall > 0:
+            for later in self._requests.values():
+                if later[0] > end:
+                    later[0] -= shortfall
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers
@@ -206,12 +238,12 @@ class StreamReader:
             if status == "100":  # idle heartbeat: the request is alive
                 request = self._requests.get(msg.subject)
                 if request is not None:
-                    self._requests[msg.subject] = (request[0], time.monotonic())
+                    request[1] = time.monotonic()
                 return
             if status in ("404", "408"):  # request done: no messages, or it expired
-                self._requests.pop(msg.subject, None)
+                self._forget(msg.subject)
             elif status == "409" or status == "503":  # consumer deleted, leader changed, gone
-                self._requests.pop(msg.subject, None)
+                self._forget(msg.subject)
                 self._reset_needed = True
             if not self._buffer:
                 self._arrived.set()  # let next_batch() act on it
@@ -231,13 +263,9 @@ class StreamReader:
         self._expected_consumer_seq += 1
         self._pending = pending
         # A message carries its own subject, not the request's reply subject; the server
-        # serves requests first-in first-out, so it belongs to the oldest open request.
-        for reply, (remaining, heard) in self._requests.items():
-            if remaining <= 1:
-                del self._requests[reply]
-            else:
-                self._requests[reply] = (remaining - 1, heard)
-            break
+        # serves requests first-in first-out, so counting them tells which are served.
+        self._received += 1
+        self._last_data = time.monotonic()
         self._buffer.append(
             StreamMessage(self.stream, int(sequence), msg.subject, headers or {}, msg.data)
         )
