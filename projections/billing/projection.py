@@ -38,11 +38,11 @@ class Accounts(Projection):
             opened = cast(list[AccountOpened], facts)
             db.executemany(
                 "INSERT OR IGNORE INTO account (account_id, holder) VALUES (?, ?)",
-                [(str(f.account_id), f.holder) for f in opened],
+                [(f.account_id, f.holder) for f in opened],
             )
         elif isinstance(facts[0], ChargeRaised):
             raised = cast(list[ChargeRaised], facts)
-            charges = [(str(f.charge_id), str(f.account_id), f.cents) for f in raised]
+            charges = [(f.charge_id, f.account_id, f.cents) for f in raised]
             db.executemany(
                 "INSERT INTO charge (charge_id, account_id, cents) VALUES (?, ?, ?)", charges
             )
@@ -61,7 +61,7 @@ class Accounts(Projection):
                 row = db.execute(
                     "UPDATE charge SET waived = 1 WHERE charge_id = ? AND waived = 0 "
                     "RETURNING account_id, cents",
-                    (str(fact.charge_id),),
+                    (fact.charge_id,),
                 ).fetchone()
                 if row is not None:
                     db.execute(

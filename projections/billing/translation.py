@@ -1,10 +1,14 @@
 """Billing's anti-corruption layer: sales' customers and orders become accounts and
-charges in billing's own terms (whole cents, never floats)."""
+charges in billing's own terms (whole cents, never floats).
+
+Billing keeps sales' ids as opaque references (checked text, not UUID objects): it only
+stores and compares them, so it never pays to build and print UUIDs.
+"""
 
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
-from uuid import UUID
+from typing import Annotated
 
 import msgspec
 
@@ -13,45 +17,53 @@ from toolkit.translator import Translator
 
 sales = Translator("sales")
 
+Reference = Annotated[
+    str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+]
+"""A sales id as billing keeps it: the canonical text of a UUID."""
+
 
 @contract("sales.CustomerRegistered", version=1)
 class CustomerRegistered(IntegrationEvent, frozen=True, kw_only=True):
-    customer_id: UUID
+    customer_id: Reference
     name: str
 
 
 @contract("sales.OrderPlaced", version=1)
 class OrderPlaced(IntegrationEvent, frozen=True, kw_only=True):
-    order_id: UUID
-    customer_id: UUID
+    order_id: Reference
+    customer_id: Reference
     total: Decimal
 
 
 @contract("sales.OrderCancelled", version=1)
 class OrderCancelled(IntegrationEvent, frozen=True, kw_only=True):
-    order_id: UUID
+    order_id: Reference
 
 
 # Billing's own language.
 
 
 class AccountOpened(msgspec.Struct, frozen=True):
-    account_id: UUID
+    account_id: Reference
     holder: str
 
 
 class ChargeRaised(msgspec.Struct, frozen=True):
-    charge_id: UUID
-    account_id: UUID
+    charge_id: Reference
+    account_id: Reference
     cents: int
 
 
 class ChargeWaived(msgspec.Struct, frozen=True):
-    charge_id: UUID
+    charge_id: Reference
+
+
+_HUNDRED = Decimal(100)
 
 
 def cents(amount: Decimal) -> int:
-    return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    return int((amount * _HUNDRED).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
 @sales.on(CustomerRegistered)
