@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
@@ -12,12 +13,13 @@ from contexts.sales import Sales
 from projections.billing import Accounts
 from projections.billing.translation import cents
 from projections.shipping import Shipments
+from projections.shipping.translation import ShipmentAwaitingDispatch
 from tests.conftest import wait_for
 from tests.flow import project_all, read_all, relay_all
-from toolkit.errors import ProjectionBusyError, ProjectionError
+from toolkit.errors import ProjectionBusyError
 from toolkit.projector import Projector
 from toolkit.reader import StreamMessage
-from toolkit.store import ProjectionHome, ReadModelStore, dump
+from toolkit.store import ProjectionHome, ReadModelStore
 from toolkit.translator import Translator
 
 
@@ -141,25 +143,101 @@ def test_a_second_writer_is_refused(data_dir: Path) -> None:
         pass
 
 
-async def test_a_failing_projection_stops_with_the_position_named(
+def poisoned(on_poison: str, poison: set[str], transient: int = 0) -> Shipments:
+    """Shipments that fail to record the shipments in ``poison`` as awaiting dispatch:
+    always, or only the first ``transient`` times."""
+    failures: dict[str, int] = {}
+
+    class Poisoned(Shipments):
+        retries = 2
+        retry_delay = 0.01
+
+        def apply_many(self, facts: list[object], db: sqlite3.Connection) -> None:
+            for fact in facts:
+                if not isinstance(fact, ShipmentAwaitingDispatch):
+                    continue
+                shipment = str(fact.shipment_id)
+                if shipment in poison:
+                    failures[shipment] = failures.get(shipment, 0) + 1
+                    if not transient or failures[shipment] <= transient:
+                        raise RuntimeError(f"cannot ship {shipment}")
+            super().apply_many(facts, db)
+
+    Poisoned.on_poison = on_poison  # type: ignore[assignment]
+    return Poisoned()
+
+
+def three_orders(sales: Sales) -> tuple[UUID, UUID, UUID]:
+    customer = sales.register_customer("Ann", "ann@example.com")
+    line = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
+    a, b = sales.place_order(customer, line), sales.place_order(customer, line)
+    sales.cancel_order(a, "changed mind")  # a later event of the poisoned aggregate
+    c = sales.place_order(customer, line)
+    return a, b, c
+
+
+def dead_letters(data_dir: Path) -> dict[int, str]:
+    with ProjectionHome(data_dir, "shipping").reader() as db:
+        assert db is not None
+        return dict(db.execute("SELECT sequence, reason FROM toolkit_dead_letter"))
+
+
+def shipments(data_dir: Path) -> dict[str, str]:
+    with ProjectionHome(data_dir, "shipping").reader() as db:
+        assert db is not None
+        return dict(db.execute("SELECT shipment_id, status FROM shipment"))
+
+
+async def test_a_poison_event_is_retried_then_parked_with_its_aggregate(
     sales: Sales, nc: Client, data_dir: Path
 ) -> None:
-    class Broken(Shipments):
-        def apply_many(self, facts: list[object], db: object) -> None:
-            raise RuntimeError("disk on fire")
+    a, b, c = three_orders(sales)
+    head = await relay_all(sales, nc)
+    stats = await project_all(poisoned("park-aggregate", {str(a)}), data_dir, nc)
+    assert (stats.retries, stats.parked) == (2, 1)
+    assert stats.checkpoints["sales"] == head  # the projection kept going
+    assert shipments(data_dir) == {str(b): "awaiting_dispatch", str(c): "awaiting_dispatch"}
+    assert dead_letters(data_dir) == {
+        2: f"RuntimeError: cannot ship {a} (failed 3 times)",
+        4: "parked behind sales sequence 2",  # the cancellation waits with its order
+    }
 
-    place(sales, customers=1, orders=3)
+
+async def test_a_poison_event_alone_is_parked_when_the_projection_says_so(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    a, b, c = three_orders(sales)
     await relay_all(sales, nc)
-    with pytest.raises(
-        ProjectionError,
-        match=r"shipping failed on sales at sequence 2: RuntimeError: disk on fire",
-    ):
-        await project_all(Broken(), data_dir, nc)
-    home = ProjectionHome(data_dir, "shipping")
-    with home.reader() as db:
-        assert db is not None
-        assert dump(db) == {"shipment": []}  # the failed batch left nothing behind
-        (checkpoint,) = db.execute(
-            "SELECT coalesce(max(sequence), 0) FROM toolkit_checkpoint"
-        ).fetchone()
-        assert checkpoint < 2  # never past the event that failed
+    stats = await project_all(poisoned("skip-event", {str(a)}), data_dir, nc)
+    assert stats.parked == 1
+    assert dead_letters(data_dir) == {2: f"RuntimeError: cannot ship {a} (failed 3 times)"}
+    assert set(shipments(data_dir)) == {str(b), str(c)}
+
+
+async def test_a_transient_failure_is_retried_and_applied(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    a, b, c = three_orders(sales)
+    await relay_all(sales, nc)
+    stats = await project_all(poisoned("park-aggregate", {str(a)}, transient=2), data_dir, nc)
+    # Two failures: the batch's, and the message's alone while finding which one failed;
+    # the first retry then succeeds.
+    assert (stats.retries, stats.parked) == (1, 0)
+    assert dead_letters(data_dir) == {}
+    assert shipments(data_dir) == {
+        str(a): "called_off",
+        str(b): "awaiting_dispatch",
+        str(c): "awaiting_dispatch",
+    }
+
+
+async def test_parking_survives_a_restart(sales: Sales, nc: Client, data_dir: Path) -> None:
+    a, _, _ = three_orders(sales)
+    await relay_all(sales, nc)
+    await project_all(poisoned("park-aggregate", {str(a)}), data_dir, nc)
+    customer = sales.get_order(a).customer_id
+    sales.add_order_note(a, "private")  # private: not published
+    d = sales.place_order(customer, [{"sku": "mug", "quantity": 1, "unit_price": "2.00"}])
+    await relay_all(sales, nc)
+    await project_all(Shipments(), data_dir, nc)  # a new process, the fixed code
+    assert str(d) in shipments(data_dir) and str(a) not in shipments(data_dir)

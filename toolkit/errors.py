@@ -52,5 +52,20 @@ class ConflictError(ToolkitError):
     """Another command changed the aggregate first; nothing of this one was stored."""
 
 
+class PoisonMessage(ProjectionError):
+    """A message whose handling raised: the projector retries it, then parks it."""
+
+    def __init__(self, message: str, *, stream: str, sequence: int, cause: Exception) -> None:
+        super().__init__(message)
+        self.stream = stream
+        self.sequence = sequence
+        self.cause = cause
+
+
+class BatchFailure(ProjectionError):
+    """A batch failed but no single message of it fails on its own (the disk is full,
+    the database is locked, a failure that went away): the projector retries it."""
+
+
 class ProjectionBusyError(ProjectionError):
     """Another process is writing this projection."""

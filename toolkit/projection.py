@@ -11,7 +11,7 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from itertools import groupby
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from toolkit.translator import Translator
 from toolkit.wire import check_name
@@ -25,6 +25,13 @@ class Projection(ABC):
     version: ClassVar[int] = 1
     """Bump when the read model's shape or meaning changes: it then needs a rebuild."""
     translators: ClassVar[Sequence[Translator]]
+    on_poison: ClassVar[Literal["park-aggregate", "skip-event"]] = "park-aggregate"
+    """When a message keeps failing: park it and every later message of its aggregate
+    (per-aggregate order holds), or park only it and carry on."""
+    retries: ClassVar[int] = 3
+    """Tries after the first before a failing message is parked."""
+    retry_delay: ClassVar[float] = 0.2
+    """Seconds before the first retry; doubled for each next one."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

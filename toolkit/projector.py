@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
+from toolkit.errors import BatchFailure, PoisonMessage
 from toolkit.projection import Projection
-from toolkit.reader import StreamReader
-from toolkit.store import ReadModelStore
+from toolkit.reader import StreamMessage, StreamReader
+from toolkit.store import BatchResult, ReadModelStore
 from toolkit.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,9 @@ class ProjectorStats:
     skipped: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    retries: int = 0
+    parked: int = 0
+    """Messages that kept failing and were put in the dead letters."""
     checkpoints: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
     """Messages in each stream after the checkpoint, as last reported by the server."""
@@ -105,7 +109,9 @@ class Projector:
                         break
                     batch += more
                 if batch:
-                    result = self.store.apply(translator, batch)
+                    result = await self._apply(translator, batch, stop)
+                    if result is None:
+                        return  # stopped while waiting to retry
                     self.stats.applied += result.applied
                     self.stats.skipped += result.skipped
                     self.stats.duplicates += result.duplicates
@@ -118,6 +124,52 @@ class Projector:
                     return
         finally:
             await reader.close()
+
+    async def _apply(
+        self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
+    ) -> BatchResult | None:
+        """Apply a batch; a message whose handling raises is retried with back-off, then
+        parked (with its aggregate, if the projection says so) and the batch goes on."""
+        projection = self.projection
+        attempts: dict[int, int] = {}
+        failures = 0
+        while True:
+            try:
+                return self.store.apply(translator, batch)
+            except BatchFailure as failure:
+                # Nothing to blame but the surroundings: say so, and keep trying.
+                failures += 1
+                delay = min(projection.retry_delay * 2 ** (failures - 1), 5.0)
+                self.stats.retries += 1
+                log.warning("%s; retrying in %.1fs", failure, delay)
+                await _wait(stop, delay)
+                if stop.is_set():
+                    return None
+            except PoisonMessage as poison:
+                tries = attempts[poison.sequence] = attempts.get(poison.sequence, 0) + 1
+                if tries <= projection.retries:
+                    delay = projection.retry_delay * 2 ** (tries - 1)
+                    self.stats.retries += 1
+                    log.warning("%s; retry %d in %.1fs", poison, tries, delay)
+                    await _wait(stop, delay)
+                    if stop.is_set():
+                        return None
+                    continue
+                message = next(m for m in batch if m.sequence == poison.sequence)
+                whole = projection.on_poison == "park-aggregate"
+                cause = poison.cause
+                self.store.park(
+                    message,
+                    f"{type(cause).__name__}: {cause} (failed {tries} times)",
+                    aggregate=whole,
+                )
+                self.stats.parked += 1
+                log.error(
+                    "%s; parked %s in the dead letters%s",
+                    poison,
+                    f"{poison.stream} sequence {poison.sequence}",
+                    " with the rest of its aggregate" if whole else "",
+                )
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

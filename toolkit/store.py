@@ -14,6 +14,7 @@ import fcntl
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,13 @@ from typing import Any
 
 import orjson
 
-from toolkit.errors import ContractError, ProjectionBusyError, ProjectionError
+from toolkit.errors import (
+    BatchFailure,
+    ContractError,
+    PoisonMessage,
+    ProjectionBusyError,
+    ProjectionError,
+)
 from toolkit.projection import Projection
 from toolkit.reader import StreamMessage
 from toolkit.translator import Translator, UnknownEvent
@@ -45,6 +52,12 @@ CREATE TABLE IF NOT EXISTS toolkit_dead_letter (
     body BLOB NOT NULL,
     reason TEXT NOT NULL,
     PRIMARY KEY (stream, sequence)
+);
+CREATE TABLE IF NOT EXISTS toolkit_parked (
+    stream TEXT NOT NULL,
+    aggregate TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    PRIMARY KEY (stream, aggregate)
 );
 """
 
@@ -77,6 +90,7 @@ class ReadModelStore:
     def __init__(self, path: Path, projection: Projection) -> None:
         self.path = path
         self.projection = projection
+        self._writing = threading.Lock()  # apply() and park() never interleave
         self.db = connect(path)
         self.db.executescript(_TOOLKIT_TABLES)
         self.db.execute("BEGIN IMMEDIATE")
@@ -93,6 +107,19 @@ class ReadModelStore:
         self._checkpoints: dict[str, int] = dict(
             self.db.execute("SELECT stream, sequence FROM toolkit_checkpoint").fetchall()
         )
+        # Parked aggregates (their later messages are parked too) and the parked
+        # messages not yet passed by the checkpoint (skipped when the batch comes again).
+        self._parked: dict[str, dict[str, int]] = {}
+        for stream, aggregate, sequence in self.db.execute("SELECT * FROM toolkit_parked"):
+            self._parked.setdefault(stream, {})[aggregate] = sequence
+        self._passed_over: set[tuple[str, int]] = {
+            (stream, sequence)
+            for stream, sequence in self.db.execute(
+                "SELECT d.stream, d.sequence FROM toolkit_dead_letter d "
+                "LEFT JOIN toolkit_checkpoint c ON c.stream = d.stream "
+                "WHERE d.sequence > coalesce(c.sequence, 0)"
+            )
+        }
 
     def close(self) -> None:
         self.db.close()
@@ -102,6 +129,10 @@ class ReadModelStore:
         return self._checkpoints.get(stream, 0)
 
     def apply(self, translator: Translator, messages: Sequence[StreamMessage]) -> BatchResult:
+        with self._writing:
+            return self._apply(translator, messages)
+
+    def _apply(self, translator: Translator, messages: Sequence[StreamMessage]) -> BatchResult:
         """Apply a batch and advance the checkpoint, all in one transaction.
 
         Messages are translated first; the projection then gets all of the batch's facts
@@ -114,10 +145,23 @@ class ReadModelStore:
         facts: list[object] = []
         origins: list[tuple[int, int]] = []  # (stream sequence, facts it gave) a message
         dead: list[tuple[StreamMessage, str]] = []
+        parked = self._parked.get(stream)
+        passed_over = self._passed_over
         for message in messages:
             if message.sequence <= checkpoint:
                 result.duplicates += 1
                 continue
+            if passed_over and (stream, message.sequence) in passed_over:
+                result.dead_lettered += 1  # parked earlier: already in the dead letters
+                checkpoint = message.sequence
+                continue
+            if parked:
+                behind = parked.get(aggregate_token(message.subject))
+                if behind is not None:
+                    dead.append((message, f"parked behind {stream} sequence {behind}"))
+                    result.dead_lettered += 1
+                    checkpoint = message.sequence
+                    continue
             try:
                 translated = translator.translate(message)
             except UnknownEvent:
@@ -126,7 +170,7 @@ class ReadModelStore:
                 dead.append((message, str(exc)))
                 result.dead_lettered += 1
             except Exception as exc:
-                raise self._failure(stream, message.sequence, exc) from exc
+                raise self._poison(message, exc) from exc
             else:
                 facts += translated
                 origins.append((message.sequence, len(translated)))
@@ -150,7 +194,14 @@ class ReadModelStore:
         except Exception as exc:
             db.execute("ROLLBACK")
             sequence, cause = self._culprit(facts, origins, exc)
-            raise self._failure(stream, sequence, cause) from cause
+            if sequence is None:
+                raise BatchFailure(
+                    f"projection {self.projection.name} could not apply {stream} "
+                    f"sequences {messages[0].sequence} to {checkpoint}: "
+                    f"{type(cause).__name__}: {cause}"
+                ) from cause
+            culprit = next(m for m in messages if m.sequence == sequence)
+            raise self._poison(culprit, cause) from cause
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -159,7 +210,7 @@ class ReadModelStore:
 
     def _culprit(
         self, facts: list[object], origins: list[tuple[int, int]], batch_error: Exception
-    ) -> tuple[int, Exception]:
+    ) -> tuple[int | None, Exception]:
         """Apply the facts one by one in a transaction that is rolled back, to find the
         first that fails on its own."""
         sequences = [sequence for sequence, count in origins for _ in range(count)]
@@ -173,7 +224,37 @@ class ReadModelStore:
                     return sequence, exc
         finally:
             db.execute("ROLLBACK")
-        return (origins[0][0] if origins else 0), batch_error
+        return None, batch_error  # no single message fails: the batch as a whole does
+
+    def _poison(self, message: StreamMessage, exc: Exception) -> PoisonMessage:
+        return PoisonMessage(
+            f"projection {self.projection.name} failed on {message.stream} at sequence "
+            f"{message.sequence}: {type(exc).__name__}: {exc}",
+            stream=message.stream,
+            sequence=message.sequence,
+            cause=exc,
+        )
+
+    def park(self, message: StreamMessage, reason: str, *, aggregate: bool) -> None:
+        """Put a message that keeps failing in the dead letters, and with ``aggregate``
+        every later message of its aggregate too; the checkpoint passes over them."""
+        token = aggregate_token(message.subject)
+        with self._writing:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self._dead_letter(message, reason)
+                if aggregate:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO toolkit_parked VALUES (?, ?, ?)",
+                        (message.stream, token, message.sequence),
+                    )
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        self._passed_over.add((message.stream, message.sequence))
+        if aggregate:
+            self._parked.setdefault(message.stream, {}).setdefault(token, message.sequence)
 
     def _failure(self, stream: str, sequence: int, exc: Exception) -> ProjectionError:
         return ProjectionError(
@@ -193,6 +274,12 @@ class ReadModelStore:
                 reason,
             ),
         )
+
+
+def aggregate_token(subject: str) -> str:
+    """The aggregate id token of ``<context>.<aggregate-type>.<id>.<event>``."""
+    parts = subject.split(".", 3)
+    return parts[2] if len(parts) > 2 else subject
 
 
 def dump(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
