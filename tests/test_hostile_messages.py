@@ -1,0 +1,74 @@
+"""Whatever lands on a stream, the consumer keeps going: junk ends as a dead letter with
+its reason, events it does not read are skipped, and the rest is applied."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nats.aio.client import Client
+
+from projections.shipping import Shipments
+from tests.flow import project_all
+from toolkit import ContractError, StreamSpec, ensure_stream
+from toolkit.reader import StreamMessage
+from toolkit.store import ProjectionHome
+from toolkit.translator import UnknownEvent
+
+
+async def publish(nc: Client, body: bytes, headers: dict[str, str] | None = None) -> None:
+    await nc.jetstream().publish("sales.order.x.OrderPlaced", body, headers=headers)
+
+
+def good(order_id: str) -> bytes:
+    return msgspec.json.encode(
+        {
+            "specversion": "1.0",
+            "type": "sales.OrderPlaced",
+            "schemaversion": 1,
+            "data": {
+                "order_id": order_id,
+                "customer_id": "6a2f41a0-6f5b-4b4b-9b1a-2b6f3f1a0c11",
+                "lines": [{"sku": "tea", "quantity": 1}],
+                "placed_at": "2026-11-24T06:43:30Z",
+            },
+        }
+    )
+
+
+async def test_junk_on_the_stream_is_dead_lettered_and_the_rest_applied(
+    nc: Client, data_dir: Path
+) -> None:
+    await ensure_stream(nc.jetstream(), StreamSpec("sales"))
+    first, last = "5f0c7f3e-9c1e-4a59-8f0e-2b6f3f1a0c11", "7e0c7f3e-9c1e-4a59-8f0e-2b6f3f1a0c11"
+    await publish(nc, good(first))
+    await publish(nc, b"")  # empty
+    await publish(nc, b"\xff\xfe not utf-8")
+    await publish(nc, b'{"type": 7, "schemaversion": "one", "data": 1}')  # wrong types
+    await publish(nc, b"[1, 2, 3]")
+    await publish(nc, good("not-a-uuid"))
+    await publish(nc, good(first), headers={"Status": "503", "Description": "lies"})
+    await publish(nc, good(last), headers={"Nats-Msg-Id": "", "X-Junk": "é" * 100})
+    stats = await project_all(Shipments(), data_dir, nc)
+    assert stats.checkpoints["sales"] == 8
+    assert stats.dead_lettered == 5
+    with ProjectionHome(data_dir, "shipping").reader() as db:
+        assert db is not None
+        assert {r[0] for r in db.execute("SELECT shipment_id FROM shipment")} == {first, last}
+        reasons = dict(db.execute("SELECT sequence, reason FROM toolkit_dead_letter"))
+    assert set(reasons) == {2, 3, 4, 5, 6}
+    assert all(reason for reason in reasons.values())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bodies=st.lists(st.binary(max_size=200) | st.text(max_size=200).map(str.encode), max_size=8))
+def test_no_body_stops_the_translator(bodies: list[bytes]) -> None:
+    """Any body ends as facts, a skip or a contract error (a dead letter), never as
+    another exception that would stop the consumer."""
+    translator = Shipments.translators[0]
+    for i, body in enumerate(bodies):
+        with contextlib.suppress(ContractError, UnknownEvent):
+            translator.translate(StreamMessage("sales", i + 1, "sales.order.x.E", {}, body))
