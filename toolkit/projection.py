@@ -10,11 +10,14 @@ from __future__ import annotations
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from datetime import datetime
 from itertools import groupby
 from typing import ClassVar, Literal
 
 from toolkit.translator import Translator
 from toolkit.wire import check_name
+
+StartPosition = Literal["beginning", "new"] | int | datetime
 
 
 class Projection(ABC):
@@ -25,6 +28,10 @@ class Projection(ABC):
     version: ClassVar[int] = 1
     """Bump when the read model's shape or meaning changes: it then needs a rebuild."""
     translators: ClassVar[Sequence[Translator]]
+    starts_at: ClassVar[StartPosition] = "beginning"
+    """Where the projection joins a stream the first time: ``"beginning"``, ``"new"``
+    (only events published after it joins), a stream sequence, or a time. Afterwards
+    it always goes on from its checkpoint."""
     on_poison: ClassVar[Literal["park-aggregate", "skip-event"]] = "park-aggregate"
     """When a message keeps failing: park it and every later message of its aggregate
     (per-aggregate order holds), or park only it and carry on."""

@@ -7,8 +7,11 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
+import nats.errors
 from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from toolkit.errors import BatchFailure, PoisonMessage
@@ -76,8 +79,48 @@ class Projector:
         )
         return self.stats
 
+    async def _join(self, stream: str) -> None:
+        """The first time, record where the projection joins the stream (its
+        ``starts_at``), so that a restart goes on from there rather than choosing again."""
+        if self.store.joined(stream):
+            return
+        start = self.projection.starts_at
+        if start == "beginning":
+            before = 0
+        elif start == "new":
+            before = await self.head(stream)
+        elif isinstance(start, datetime):
+            before = await self._sequence_at(stream, start) - 1
+        else:
+            before = max(0, int(start) - 1)
+        self.store.join(stream, before)
+
+    async def _sequence_at(self, stream: str, moment: datetime) -> int:
+        """The first sequence stored at or after ``moment`` (head + 1 when none is)."""
+        try:
+            sub = await self.js.pull_subscribe(
+                f"{stream}.>",
+                stream=stream,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME,
+                    opt_start_time=moment,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=10.0,
+                ),
+            )
+        except NotFoundError:
+            return 1
+        try:
+            first = await sub.fetch(1, timeout=1.0)
+            return int(first[0].metadata.sequence.stream)
+        except nats.errors.TimeoutError:
+            return await self.head(stream) + 1
+        finally:
+            await sub.unsubscribe()
+
     async def _follow(self, translator: Translator, stop: asyncio.Event, until_head: bool) -> None:
         stream = translator.stream
+        await self._join(stream)
         target = await self.head(stream) if until_head else None
         self.stats.checkpoints[stream] = self.store.checkpoint(stream)
         if target is not None and self.store.checkpoint(stream) >= target:

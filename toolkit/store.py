@@ -124,6 +124,20 @@ class ReadModelStore:
     def close(self) -> None:
         self.db.close()
 
+    def joined(self, stream: str) -> bool:
+        """Whether the projection has a position in ``stream`` yet."""
+        return stream in self._checkpoints
+
+    def join(self, stream: str, sequence: int) -> None:
+        """Record where the projection joins a stream: it goes on from ``sequence + 1``."""
+        with self._writing:
+            self.db.execute(
+                "INSERT OR IGNORE INTO toolkit_checkpoint VALUES (?, ?)", (stream, sequence)
+            )
+            (self._checkpoints[stream],) = self.db.execute(
+                "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?", (stream,)
+            ).fetchone()
+
     def checkpoint(self, stream: str) -> int:
         """The last stream sequence applied (0 when none)."""
         return self._checkpoints.get(stream, 0)
