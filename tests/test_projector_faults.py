@@ -13,10 +13,10 @@ from subprocess import PIPE
 
 from nats.aio.client import Client
 
+from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.flow import project_all, relay_all
-from tests.test_relay_faults import fill_log
 from toolkit.embedded import EmbeddedServer
 from toolkit.store import ProjectionHome, ReadModelStore, dump
 

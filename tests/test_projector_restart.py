@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import wait_for
 from tests.flow import project_all, relay_all
-from tests.test_relay_faults import fill_log, free_port
+from tests.test_relay_faults import free_port
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
 from toolkit.projector import Projector

@@ -12,14 +12,14 @@ import socket
 import sys
 import threading
 import time
-from decimal import Decimal
 from pathlib import Path
 from subprocess import PIPE
 
 import orjson
 from nats.aio.client import Client
 
-from contexts.sales import Order, OrderLine, Sales
+from benchmarks.relay import fill_log
+from contexts.sales import Sales
 from tests.conftest import wait_for
 from tests.flow import read_all
 from toolkit import Relay
@@ -97,23 +97,6 @@ async def test_relay_rides_out_a_server_restart(sales: Sales, tmp_path: Path) ->
             await asyncio.gather(relaying, producing)
         await nc.close()
         server.stop()
-
-
-def fill_log(sales: Sales, orders: int) -> None:
-    """Many orders fast: a thousand aggregates a save (the commands' checks are tested
-    elsewhere)."""
-    customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
-    line = OrderLine(sku="tea", quantity=1, unit_price=Decimal("2.00"))
-    batch = []
-    for i in range(orders):
-        order = Order(customer_id=customers[i % 10], lines=[line])
-        if i % 5 == 0:
-            order.add_note(text="private")
-        batch.append(order)
-        if len(batch) == 1000:
-            sales.save(*batch)
-            batch = []
-    sales.save(*batch)
 
 
 async def test_relay_killed_again_and_again_loses_and_repeats_nothing(
