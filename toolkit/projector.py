@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,7 +18,7 @@ from nats.js.errors import NotFoundError
 from toolkit.errors import BatchFailure, PoisonMessage
 from toolkit.projection import Projection
 from toolkit.reader import StreamMessage, StreamReader
-from toolkit.store import BatchResult, ReadModelStore
+from toolkit.store import BatchResult, ReadModelStore, aggregate_token
 from toolkit.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class ProjectorStats:
     skipped: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    foreign: int = 0
+    """Messages of aggregates another partition worker owns."""
     retries: int = 0
     parked: int = 0
     """Messages that kept failing and were put in the dead letters."""
@@ -49,12 +52,20 @@ class Projector:
         batch_size: int = 1000,
         transaction_size: int = 5000,
         name: str | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.projection = projection
         self.store = store
         self.client = client
         self.js = client.jetstream()
         self.batch_size = batch_size
+        self.partitions = partitions
+        """With ``store.partition`` set: how many partition workers share the read model
+        (this worker's proposal; a different number repartitions from the stream's head)."""
+        if (partitions is None) != (store.partition is None):
+            raise ValueError("a partitioned projector needs both partitions and store.partition")
+        if partitions is not None and not 0 <= (store.partition or 0) < partitions:
+            raise ValueError(f"partition {store.partition} is not below {partitions}")
         self.transaction_size = transaction_size
         """Events applied in one transaction at most while catching up."""
         self.name = name or projection.name
@@ -82,6 +93,9 @@ class Projector:
     async def _join(self, stream: str) -> None:
         """The first time, record where the projection joins the stream (its
         ``starts_at``), so that a restart goes on from there rather than choosing again."""
+        if self.partitions is not None:
+            await self._join_partitioned(stream)
+            return
         if self.store.joined(stream):
             return
         start = self.projection.starts_at
@@ -94,6 +108,64 @@ class Projector:
         else:
             before = max(0, int(start) - 1)
         self.store.join(stream, before)
+
+    async def _join_partitioned(self, stream: str) -> None:
+        """Record the partitioning this worker runs with (a new one starts after the
+        stream's head) and, the first time, start where this partition first exists."""
+        assert self.partitions is not None and self.store.partition is not None
+        epochs = self.store.repartition(stream, self.partitions, await self.head(stream))
+        if self.store.joined(stream):
+            return
+        first = next(start for start, count in epochs if self.store.partition < count)
+        self.store.join(stream, first - 1)
+
+    async def _store_apply(
+        self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
+    ) -> BatchResult | None:
+        """Apply a batch, as a partition worker when partitioned: only the aggregates
+        this partition owns, and never past a repartitioning until every worker of the
+        previous partitioning has reached it (so each aggregate's order holds)."""
+        if self.partitions is None:
+            return self.store.apply(translator, batch)
+        stream = translator.stream
+        index = self.store.partition
+        total = BatchResult()
+        while True:
+            epochs = self.store.epochs(stream)
+            checkpoint = self.store.checkpoint(stream)
+            todo = [m for m in batch if m.sequence > checkpoint]
+            if not todo:
+                return total
+            # The first repartitioning after the checkpoint is a barrier.
+            boundary = next(
+                (i for i, (start, _) in enumerate(epochs) if i and start > checkpoint), None
+            )
+            if boundary is not None:
+                start, previous = epochs[boundary][0], epochs[boundary - 1][1]
+                ready = all(
+                    (self.store.partition_checkpoint(stream, i) or 0) >= start - 1
+                    for i in range(previous)
+                )
+                if not ready:
+                    todo = [m for m in todo if m.sequence < start]
+                    if not todo:
+                        await _wait(stop, 0.05)  # the others are still before the boundary
+                        if stop.is_set():
+                            return None
+                        continue
+
+            def owns(message: StreamMessage, epochs: list[tuple[int, int]] = epochs) -> bool:
+                count = next(c for s, c in reversed(epochs) if s <= message.sequence)
+                return owner(aggregate_token(message.subject), count) == index
+
+            result = self.store.apply(translator, todo, owns=owns, epochs=len(epochs))
+            if result.retry:
+                continue
+            total.applied += result.applied
+            total.skipped += result.skipped
+            total.duplicates += result.duplicates
+            total.dead_lettered += result.dead_lettered
+            total.foreign += result.foreign
 
     async def _sequence_at(self, stream: str, moment: datetime) -> int:
         """The first sequence stored at or after ``moment`` (head + 1 when none is)."""
@@ -159,6 +231,7 @@ class Projector:
                     self.stats.skipped += result.skipped
                     self.stats.duplicates += result.duplicates
                     self.stats.dead_lettered += result.dead_lettered
+                    self.stats.foreign += result.foreign
                 checkpoint = self.store.checkpoint(stream)
                 self.stats.checkpoints[stream] = checkpoint
                 if reader.pending is not None:
@@ -178,7 +251,7 @@ class Projector:
         failures = 0
         while True:
             try:
-                return self.store.apply(translator, batch)
+                return await self._store_apply(translator, batch, stop)
             except BatchFailure as failure:
                 # Nothing to blame but the surroundings: say so, and keep trying.
                 failures += 1
@@ -213,6 +286,12 @@ class Projector:
                     f"{poison.stream} sequence {poison.sequence}",
                     " with the rest of its aggregate" if whole else "",
                 )
+
+
+def owner(aggregate: str, partitions: int) -> int:
+    """The partition that owns an aggregate: the same in every process and language
+    (CRC-32 of the subject token, modulo the number of partitions)."""
+    return zlib.crc32(aggregate.encode()) % partitions
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

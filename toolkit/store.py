@@ -15,7 +15,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS toolkit_dead_letter (
     reason TEXT NOT NULL,
     PRIMARY KEY (stream, sequence)
 );
+CREATE TABLE IF NOT EXISTS toolkit_epoch (
+    stream TEXT NOT NULL,
+    from_sequence INTEGER NOT NULL,
+    partitions INTEGER NOT NULL,
+    PRIMARY KEY (stream, from_sequence)
+);
 CREATE TABLE IF NOT EXISTS toolkit_parked (
     stream TEXT NOT NULL,
     aggregate TEXT NOT NULL,
@@ -70,6 +76,10 @@ class BatchResult:
     duplicates: int = 0
     """Messages at or below the checkpoint: already applied, not applied again."""
     dead_lettered: int = 0
+    foreign: int = 0
+    """Messages of aggregates another partition owns (partitioned projections)."""
+    retry: bool = False
+    """The partitioning changed while the batch was being applied: nothing was written."""
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -87,9 +97,11 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 class ReadModelStore:
     """One generation of a projection's read model, opened for writing."""
 
-    def __init__(self, path: Path, projection: Projection) -> None:
+    def __init__(self, path: Path, projection: Projection, *, partition: int | None = None) -> None:
         self.path = path
         self.projection = projection
+        self.partition = partition
+        """With partitioned workers sharing one read model, this worker's index."""
         self._writing = threading.Lock()  # apply() and park() never interleave
         self.db = connect(path)
         self.db.executescript(_TOOLKIT_TABLES)
@@ -124,29 +136,89 @@ class ReadModelStore:
     def close(self) -> None:
         self.db.close()
 
+    def _key(self, stream: str, partition: int | None = None) -> str:
+        """Where a checkpoint is kept: the stream's name, with ``#<index>`` for a
+        partition (stream names cannot hold ``#``)."""
+        index = self.partition if partition is None else partition
+        return stream if index is None else f"{stream}#{index}"
+
     def joined(self, stream: str) -> bool:
         """Whether the projection has a position in ``stream`` yet."""
-        return stream in self._checkpoints
+        return self._key(stream) in self._checkpoints
 
     def join(self, stream: str, sequence: int) -> None:
         """Record where the projection joins a stream: it goes on from ``sequence + 1``."""
+        key = self._key(stream)
         with self._writing:
             self.db.execute(
-                "INSERT OR IGNORE INTO toolkit_checkpoint VALUES (?, ?)", (stream, sequence)
+                "INSERT OR IGNORE INTO toolkit_checkpoint VALUES (?, ?)", (key, sequence)
             )
-            (self._checkpoints[stream],) = self.db.execute(
-                "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?", (stream,)
+            (self._checkpoints[key],) = self.db.execute(
+                "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?", (key,)
             ).fetchone()
 
     def checkpoint(self, stream: str) -> int:
         """The last stream sequence applied (0 when none)."""
-        return self._checkpoints.get(stream, 0)
+        return self._checkpoints.get(self._key(stream), 0)
 
-    def apply(self, translator: Translator, messages: Sequence[StreamMessage]) -> BatchResult:
+    def partition_checkpoint(self, stream: str, partition: int) -> int | None:
+        """Another partition's checkpoint, as it is in the database now."""
+        row = self.db.execute(
+            "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?",
+            (self._key(stream, partition),),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def epochs(self, stream: str, db: sqlite3.Connection | None = None) -> list[tuple[int, int]]:
+        """(first sequence, partitions) of each partitioning of ``stream``, oldest first."""
+        return list(
+            (db or self.db).execute(
+                "SELECT from_sequence, partitions FROM toolkit_epoch WHERE stream = ? "
+                "ORDER BY from_sequence",
+                (stream,),
+            )
+        )
+
+    def repartition(self, stream: str, partitions: int, head: int) -> list[tuple[int, int]]:
+        """Make ``partitions`` the partitioning of ``stream`` from ``head + 1`` on, unless
+        it already is; the workers of the previous partitioning finish everything up to
+        ``head`` first (see :class:`~toolkit.projector.Projector`)."""
         with self._writing:
-            return self._apply(translator, messages)
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                epochs = self.epochs(stream)
+                if not epochs or epochs[-1][1] != partitions:
+                    start = 1 if not epochs else max(head + 1, epochs[-1][0] + 1)
+                    self.db.execute(
+                        "INSERT INTO toolkit_epoch VALUES (?, ?, ?)", (stream, start, partitions)
+                    )
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return self.epochs(stream)
 
-    def _apply(self, translator: Translator, messages: Sequence[StreamMessage]) -> BatchResult:
+    def apply(
+        self,
+        translator: Translator,
+        messages: Sequence[StreamMessage],
+        *,
+        owns: Callable[[StreamMessage], bool] | None = None,
+        epochs: int | None = None,
+    ) -> BatchResult:
+        """Apply a batch (see :meth:`_apply`). A partitioned worker passes ``owns`` (is a
+        message's aggregate its own?) and how many partitionings it decided that with;
+        if another was recorded meanwhile, nothing is written and ``retry`` is set."""
+        with self._writing:
+            return self._apply(translator, messages, owns, epochs)
+
+    def _apply(
+        self,
+        translator: Translator,
+        messages: Sequence[StreamMessage],
+        owns: Callable[[StreamMessage], bool] | None = None,
+        epochs: int | None = None,
+    ) -> BatchResult:
         """Apply a batch and advance the checkpoint, all in one transaction.
 
         Messages are translated first; the projection then gets all of the batch's facts
@@ -164,6 +236,10 @@ class ReadModelStore:
         for message in messages:
             if message.sequence <= checkpoint:
                 result.duplicates += 1
+                continue
+            if owns is not None and not owns(message):
+                result.foreign += 1
+                checkpoint = message.sequence
                 continue
             if passed_over and (stream, message.sequence) in passed_over:
                 result.dead_lettered += 1  # parked earlier: already in the dead letters
@@ -194,6 +270,9 @@ class ReadModelStore:
             return result
         db = self.db
         db.execute("BEGIN IMMEDIATE")
+        if epochs is not None and len(self.epochs(stream, db)) != epochs:
+            db.execute("ROLLBACK")  # repartitioned since ownership was decided
+            return BatchResult(retry=True)
         try:
             for message, reason in dead:
                 self._dead_letter(message, reason)
@@ -202,7 +281,7 @@ class ReadModelStore:
             db.execute(
                 "INSERT INTO toolkit_checkpoint VALUES (?, ?) "
                 "ON CONFLICT (stream) DO UPDATE SET sequence = excluded.sequence",
-                (stream, checkpoint),
+                (self._key(stream), checkpoint),
             )
             db.execute("COMMIT")
         except Exception as exc:
@@ -219,7 +298,7 @@ class ReadModelStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._checkpoints[stream] = checkpoint
+        self._checkpoints[self._key(stream)] = checkpoint
         return result
 
     def _culprit(

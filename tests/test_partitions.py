@@ -1,0 +1,156 @@
+"""Partition workers share one read model: each applies a disjoint set of aggregates, in
+each aggregate's order, and a worker joining mid-stream loses and repeats nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import ClassVar
+from uuid import UUID
+
+import msgspec
+import orjson
+import pytest
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from tests.conftest import wait_for
+from tests.flow import read_all, relay_all
+from toolkit import IntegrationEvent, contract
+from toolkit.projection import Projection
+from toolkit.projector import Projector, owner
+from toolkit.store import ProjectionHome, ReadModelStore, aggregate_token
+from toolkit.translator import Translator
+
+orders_stream = Translator("sales")
+
+
+@contract("sales.OrderPlaced", version=1)
+class Placed(IntegrationEvent, frozen=True, kw_only=True):
+    order_id: UUID
+
+
+@contract("sales.OrderCancelled", version=1)
+class Cancelled(IntegrationEvent, frozen=True, kw_only=True):
+    order_id: UUID
+
+
+class Entry(msgspec.Struct, frozen=True):
+    order: str
+    kind: str
+
+
+@orders_stream.on(Placed)
+def placed(e: Placed) -> Entry:
+    return Entry(str(e.order_id), "placed")
+
+
+@orders_stream.on(Cancelled)
+def cancelled(e: Cancelled) -> Entry:
+    return Entry(str(e.order_id), "cancelled")
+
+
+class Ledger(Projection):
+    """Every order event, with the worker that applied it, in the order applied."""
+
+    name: ClassVar[str] = "ledger"
+    translators = (orders_stream,)
+
+    def __init__(self, worker: int) -> None:
+        self.worker = worker
+
+    def create_tables(self, db: sqlite3.Connection) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS entry (applied INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " order_id TEXT NOT NULL, kind TEXT NOT NULL, worker INTEGER NOT NULL,"
+            " UNIQUE (order_id, kind))"  # applying anything twice fails loudly
+        )
+
+    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+        assert isinstance(fact, Entry)
+        db.execute(
+            "INSERT INTO entry (order_id, kind, worker) VALUES (?, ?, ?)",
+            (fact.order, fact.kind, self.worker),
+        )
+
+
+LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
+
+
+@pytest.mark.timeout(90)
+async def test_partition_workers_and_a_third_joining_mid_stream(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    app = sales
+    customers = [app.register_customer(f"C{i}", f"c{i}@example.com") for i in range(5)]
+    orders = [app.place_order(customers[i % 5], LINE) for i in range(300)]
+    await relay_all(app, nc)
+
+    path = ProjectionHome(data_dir, "ledger").live()
+    running: dict[int, tuple[Projector, asyncio.Event, asyncio.Task[object]]] = {}
+    stats: list[Projector] = []
+
+    def start(index: int, partitions: int) -> Projector:
+        store = ReadModelStore(path, Ledger(index), partition=index)
+        worker = Projector(
+            Ledger(index), store, nc, partitions=partitions, batch_size=50, transaction_size=50
+        )
+        stop = asyncio.Event()
+        running[index] = (worker, stop, asyncio.create_task(worker.run(stop)))
+        stats.append(worker)
+        return worker
+
+    async def halt(index: int) -> None:
+        worker, stop, task = running.pop(index)
+        stop.set()
+        await task
+        worker.store.close()
+
+    def at(worker: Projector, sequence: int) -> bool:
+        return worker.stats.checkpoints.get("sales", 0) >= sequence
+
+    start(0, 2)
+    start(1, 2)
+    head = await relay_all(app, nc)
+    await wait_for(lambda: all(at(w, head) for w, _, _ in running.values()))
+    await halt(1)  # worker 1 falls behind: its share of what follows waits for it
+    more = [app.place_order(customers[0], LINE) for _ in range(100)]
+    await relay_all(app, nc)
+    third = start(2, 3)  # mid-stream: repartitions from the stream's head on
+    await wait_for(lambda: len(third.store.epochs("sales")) == 2)
+    boundary = third.store.epochs("sales")[1][0]
+    for order in orders[:100] + more:  # cancellations after the boundary
+        app.cancel_order(order, "after the third worker")
+    head = await relay_all(app, nc)
+    await wait_for(lambda: at(running[0][0], boundary - 1) and at(third, boundary - 1))
+    # Worker 2 owns some of the cancellations of orders worker 1 has yet to place: it
+    # must wait at the boundary rather than apply them first.
+    assert not at(third, boundary)
+    start(1, 3)  # worker 1 comes back, with the new partitioning
+    await wait_for(lambda: all(at(w, head) for w, _, _ in running.values()), within=60)
+    for index in list(running):
+        await halt(index)
+
+    # Which worker had to apply each event: by its sequence, the partitioning then.
+    sequences = {
+        (orjson.loads(m.data)["subject"], m.subject.rsplit(".", 1)[1]): m
+        for m in await read_all(nc)
+    }
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT applied, order_id, kind, worker FROM entry").fetchall()
+    assert len(rows) == 400 + 200  # every order placed, every cancellation: nothing lost
+    applied_at: dict[tuple[str, str], int] = {}
+    for applied, order_id, kind, worker in rows:
+        event = "OrderPlaced" if kind == "placed" else "OrderCancelled"
+        message = sequences[(order_id, event)]
+        partitions = 2 if message.sequence < boundary else 3
+        assert worker == owner(aggregate_token(message.subject), partitions)
+        applied_at[(order_id, kind)] = applied
+    # Each order's cancellation was applied after its placement, across the handover too.
+    for (order_id, kind), applied in applied_at.items():
+        if kind == "cancelled":
+            assert applied_at[(order_id, "placed")] < applied
+    assert all(w.stats.foreign > 0 for w in stats)  # each passed over the others' work
+    assert sum(w.stats.applied for w in stats) == 600
+    assert third.stats.applied > 0
