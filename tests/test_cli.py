@@ -164,3 +164,27 @@ def test_serve_answers_http_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert server.wait(15) in (0, -signal.SIGTERM)
         assert server.stderr is not None
         assert b"Finished server process" in server.stderr.read()
+
+
+def test_partition_workers_from_the_command_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sales = Sales(data_dir=data)
+    ann = sales.register_customer("Ann", "ann@example.com")
+    for quantity in range(1, 21):
+        sales.place_order(ann, [{"sku": "tea", "quantity": quantity, "unit_price": "1.00"}])
+    sales.close()
+    assert (
+        toolkit("--data-dir", str(data), "relay", "sales", "--once", tmp=tmp_path).returncode == 0
+    )
+    for k in ("0", "1"):
+        worker = toolkit(
+            "--data-dir", str(data), "project", "shipping", "--once",
+            "--partition", k, "--partitions", "2", tmp=tmp_path,
+        )  # fmt: skip
+        assert worker.returncode == 0, worker.stderr
+    with ProjectionHome(data, "shipping").reader() as db:
+        assert db is not None
+        assert len(dump(db)["shipment"]) == 20  # the two halves make the whole
+    alone = toolkit("project", "shipping", "--partition", "0", tmp=tmp_path)
+    assert alone.returncode == 1
+    assert alone.stderr.strip() == "toolkit: error: --partition and --partitions go together"

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from toolkit.config import Settings
 from toolkit.connection import open_nats, redact_urls
-from toolkit.errors import ToolkitError
+from toolkit.errors import ConfigurationError, ToolkitError
 from toolkit.projector import Projector
 from toolkit.relay import Relay
 from toolkit.replay import rebuild
@@ -88,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     project.add_argument("projection", help="projection name, e.g. shipping")
     project.add_argument("--once", action="store_true", help="stop at the streams' heads")
+    project.add_argument(
+        "--partition",
+        type=int,
+        metavar="K",
+        help="run as partition worker K (from 0) of --partitions N sharing one read model",
+    )
+    project.add_argument(
+        "--partitions",
+        type=_positive,
+        metavar="N",
+        help="how many partition workers there are; a new N repartitions from the head",
+    )
 
     replay = commands.add_parser(
         "replay",
@@ -160,15 +172,26 @@ async def _relay(settings: Settings, system: System, name: str, once: bool) -> N
         context.close()
 
 
-async def _project(settings: Settings, system: System, name: str, once: bool) -> None:
+async def _project(
+    settings: Settings,
+    system: System,
+    name: str,
+    once: bool,
+    partition: int | None = None,
+    partitions: int | None = None,
+) -> None:
+    if (partition is None) != (partitions is None):
+        raise ConfigurationError("--partition and --partitions go together")
+    if partition is not None and partitions is not None and not 0 <= partition < partitions:
+        raise ConfigurationError(f"--partition {partition} must be from 0 to {partitions - 1}")
     projection = system.projection(name)()
     home = ProjectionHome(settings.data_dir, name)
-    with home.writer_lock():
-        store = ReadModelStore(home.live(), projection)
+    with home.writer_lock(partition):
+        store = ReadModelStore(home.live(), projection, partition=partition)
         try:
             async with open_nats(settings, name=f"project-{name}") as nats:
                 console.print(f"projecting {name} into {store.path} from {nats.url}")
-                projector = Projector(projection, store, nats.client)
+                projector = Projector(projection, store, nats.client, partitions=partitions)
                 stats = await _until_signalled(lambda stop: projector.run(stop, until_head=once))
                 console.print(
                     f"{name}: {stats.applied} applied, {stats.skipped} skipped, "
@@ -213,7 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "relay":
             asyncio.run(_relay(settings, system, args.context, args.once))
         elif args.command == "project":
-            asyncio.run(_project(settings, system, args.projection, args.once))
+            asyncio.run(
+                _project(
+                    settings, system, args.projection, args.once, args.partition, args.partitions
+                )
+            )
         elif args.command == "replay":
             asyncio.run(_replay(settings, system, args.projection, args.keep_previous))
         elif args.command == "serve":

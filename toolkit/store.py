@@ -438,16 +438,18 @@ class ProjectionHome:
                 os.unlink(f"{generation}{suffix}")
 
     @contextlib.contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """Held by whoever writes the projection; a second writer is refused."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    def writer_lock(self, partition: int | None = None) -> Iterator[None]:
+        """Held by whoever writes the projection (or one partition of it); a second
+        writer is refused."""
+        name = "lock" if partition is None else f"lock.{partition}"
+        fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise ProjectionBusyError(
                     f"projection {self.name} is being written by another process "
-                    f"(lock {self.path / 'lock'}); stop it first"
+                    f"(lock {self.path / name}); stop it first"
                 ) from None
             yield
         finally:
