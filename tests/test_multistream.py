@@ -1,0 +1,89 @@
+"""A projection may read several streams, with a checkpoint for each."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import ClassVar
+
+import msgspec
+from nats.aio.client import Client
+
+from tests.flow import project_all
+from toolkit import IntegrationEvent, StreamSpec, contract, ensure_stream
+from toolkit.projection import Projection
+from toolkit.store import ProjectionHome
+from toolkit.translator import Translator
+
+sales, catalog = Translator("sales"), Translator("catalog")
+
+
+@contract("sales.OrderPlaced", version=1)
+class OrderPlaced(IntegrationEvent, frozen=True, kw_only=True):
+    order_id: str
+
+
+@contract("catalog.ProductListed", version=1)
+class ProductListed(IntegrationEvent, frozen=True, kw_only=True):
+    sku: str
+
+
+class Seen(msgspec.Struct, frozen=True):
+    source: str
+    key: str
+
+
+@sales.on(OrderPlaced)
+def order(e: OrderPlaced) -> Seen:
+    return Seen("sales", e.order_id)
+
+
+@catalog.on(ProductListed)
+def product(e: ProductListed) -> Seen:
+    return Seen("catalog", e.sku)
+
+
+class Activity(Projection):
+    name: ClassVar[str] = "activity"
+    translators = (sales, catalog)
+
+    def create_tables(self, db: sqlite3.Connection) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS seen (source TEXT, key TEXT, PRIMARY KEY (source, key))"
+        )
+
+    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+        assert isinstance(fact, Seen)
+        db.execute("INSERT INTO seen VALUES (?, ?)", (fact.source, fact.key))
+
+
+def envelope(type_: str, data: dict[str, str]) -> bytes:
+    return msgspec.json.encode({"type": type_, "schemaversion": 1, "data": data})
+
+
+async def test_each_stream_has_its_own_checkpoint(nc: Client, data_dir: Path) -> None:
+    js = nc.jetstream()
+    for context in ("sales", "catalog"):
+        await ensure_stream(js, StreamSpec(context))
+    for i in range(5):
+        await js.publish(
+            f"sales.order.o{i}.OrderPlaced", envelope("sales.OrderPlaced", {"order_id": f"o{i}"})
+        )
+    for i in range(3):
+        await js.publish(
+            f"catalog.product.p{i}.ProductListed",
+            envelope("catalog.ProductListed", {"sku": f"p{i}"}),
+        )
+    stats = await project_all(Activity(), data_dir, nc)
+    assert stats.checkpoints == {"sales": 5, "catalog": 3}
+    await js.publish(
+        "catalog.product.p9.ProductListed", envelope("catalog.ProductListed", {"sku": "p9"})
+    )
+    stats = await project_all(Activity(), data_dir, nc)  # a restart: each from its own place
+    assert stats.checkpoints == {"sales": 5, "catalog": 4} and stats.applied == 1
+    with ProjectionHome(data_dir, "activity").reader() as db:
+        assert db is not None
+        rows = set(db.execute("SELECT source, key FROM seen"))
+    assert rows == {("sales", f"o{i}") for i in range(5)} | {
+        ("catalog", f"p{i}") for i in (0, 1, 2, 9)
+    }
