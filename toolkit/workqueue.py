@@ -1,0 +1,115 @@
+"""Work queues: competing consumers for work that is a queue, not a read model.
+
+A projection keeps its own position and applies every event in order. Some work is a
+queue instead: each event is a job that one of several workers should do once, in any
+order, at the pace the workers can take (queue-based load levelling). A ``WorkQueue`` is
+a durable JetStream consumer with explicit acknowledgements, owned by the consuming
+context and shared by its workers: a job a worker does not acknowledge in time, because
+it died or is stuck, goes to another; a job that keeps failing is given up after
+``max_deliver`` tries and logged. Jobs should be idempotent (a redelivered job must not
+be done twice): the example in ``projections/notifications`` keys its outbox by order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from toolkit.reader import StreamMessage
+from toolkit.wire import check_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkStats:
+    done: int = 0
+    retried: int = 0
+    given_up: int = 0
+
+
+class WorkQueue:
+    """A consumer-owned queue of jobs over a stream, for competing workers."""
+
+    def __init__(
+        self,
+        client: Client,
+        stream: str,
+        name: str,
+        *,
+        subjects: list[str] | None = None,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.js = client.jetstream()
+        self.stream = check_name("stream", stream)
+        self.name = check_name("queue", name)
+        self.subjects = subjects
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.retry_delay = retry_delay
+
+    async def ensure(self) -> None:
+        """Create the queue's durable consumer (it starts at the stream's beginning), or
+        leave it as it is."""
+        config = ConsumerConfig(
+            durable_name=self.name,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            max_ack_pending=1000,
+        )
+        if self.subjects:
+            config.filter_subjects = self.subjects
+        await self.js.add_consumer(self.stream, config)
+
+    async def work(
+        self,
+        do: Callable[[StreamMessage], Awaitable[None]],
+        stop: asyncio.Event,
+        *,
+        batch: int = 10,
+    ) -> WorkStats:
+        """Take jobs and ``do`` them until ``stop`` is set: acknowledge what succeeds,
+        hand back what fails (after ``retry_delay``), give up after ``max_deliver``."""
+        stats = WorkStats()
+        sub = await self.js.pull_subscribe_bind(durable=self.name, stream=self.stream)
+        try:
+            while not stop.is_set():
+                try:
+                    jobs = await sub.fetch(batch, timeout=0.25)
+                except nats.errors.TimeoutError:
+                    continue
+                for job in jobs:
+                    meta = job.metadata
+                    message = StreamMessage(
+                        self.stream, meta.sequence.stream, job.subject, job.headers or {}, job.data
+                    )
+                    try:
+                        await do(message)
+                    except Exception as exc:
+                        if meta.num_delivered >= self.max_deliver:
+                            await job.term()
+                            stats.given_up += 1
+                            log.error(
+                                "queue %s gave up %s sequence %d after %d tries: %s",
+                                self.name, self.stream, message.sequence, meta.num_delivered, exc,
+                            )  # fmt: skip
+                        else:
+                            await job.nak(delay=self.retry_delay)
+                            stats.retried += 1
+                    else:
+                        await job.ack()
+                        stats.done += 1
+        finally:
+            await sub.unsubscribe()
+        return stats
