@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from contexts.sales import Sales
 from tests.conftest import nats_servers_using
 from toolkit.store import ProjectionHome, dump
 
-SUBCOMMANDS = ["demo", "relay", "project", "replay", "serve"]
+SUBCOMMANDS = ["demo", "relay", "project", "replay", "status", "serve"]
 
 
 def toolkit(*args: str, tmp: Path, timeout: float = 110) -> subprocess.CompletedProcess[str]:
@@ -188,3 +190,42 @@ def test_partition_workers_from_the_command_line(tmp_path: Path) -> None:
     alone = toolkit("project", "shipping", "--partition", "0", tmp=tmp_path)
     assert alone.returncode == 1
     assert alone.stderr.strip() == "toolkit: error: --partition and --partitions go together"
+
+
+def test_status_json_reports_lag_as_events_arrive(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    sales = Sales(data_dir=data)
+    ann = sales.register_customer("Ann", "ann@example.com")
+    line = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
+    for _ in range(5):
+        sales.place_order(ann, line)
+    run = ["--data-dir", str(data)]
+    assert toolkit(*run, "relay", "sales", "--once", tmp=tmp_path).returncode == 0
+    assert toolkit(*run, "project", "shipping", "--once", tmp=tmp_path).returncode == 0
+
+    def status() -> dict[str, Any]:
+        done = toolkit(*run, "status", "--json", tmp=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    before = status()
+    assert before["projections"]["shipping"]["streams"]["sales"] == {
+        "checkpoint": 6,
+        "lag_events": 0,
+        "lag_seconds": 0.0,
+    }
+    for _ in range(7):
+        sales.place_order(ann, line)
+    assert toolkit(*run, "relay", "sales", "--once", tmp=tmp_path).returncode == 0
+    for _ in range(3):
+        sales.place_order(ann, line)  # in the log, not relayed yet
+    sales.close()
+    with ProjectionHome(data, "shipping").writer_lock():  # as a running projector would
+        after = status()
+    shipping = after["projections"]["shipping"]
+    assert shipping["streams"]["sales"]["lag_events"] == 7
+    assert shipping["streams"]["sales"]["lag_seconds"] > 0
+    assert shipping["state"] == "running"
+    assert after["streams"]["sales"]["head"] == 13
+    assert after["contexts"]["sales"]["relay_lag"] == 3
+    assert after["projections"]["billing"]["generation"] is None  # never run

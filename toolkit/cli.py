@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 
 from toolkit.config import Settings
@@ -112,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--keep-previous", action="store_true", help="keep the previous generation's file"
     )
+
+    status = commands.add_parser(
+        "status",
+        help="show streams, relays and projections: positions, lag, state",
+        description="For each stream its head; for each context its relay's lag; for each "
+        "projection its version, checkpoint per stream, lag in events and in time, state "
+        "(running, stopped, rebuild due) and dead letters.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
 
     serve = commands.add_parser(
         "serve",
@@ -212,6 +222,17 @@ async def _replay(settings: Settings, system: System, name: str, keep: bool) -> 
     )
 
 
+async def _status(settings: Settings, system: System, as_json: bool) -> None:
+    from toolkit.status import collect, render
+
+    async with open_nats(settings, name="status") as nats:
+        report = await collect(system, settings, nats.client)
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        Console().print(render(report))
+
+
 def _serve(settings: Settings, system: System, host: str, port: int) -> None:
     import uvicorn
 
@@ -243,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "replay":
             asyncio.run(_replay(settings, system, args.projection, args.keep_previous))
+        elif args.command == "status":
+            asyncio.run(_status(settings, system, args.json))
         elif args.command == "serve":
             _serve(settings, system, args.host, args.port)
     except ToolkitError as exc:

@@ -1,0 +1,145 @@
+"""``toolkit status``: where every stream, relay and projection of a system stands.
+
+For each stream its head; for each context its log head and the relay's lag; for each
+projection its version (and whether a rebuild is due), checkpoint per stream (per
+partition when partitioned), lag in events and in time, state and dead-letter count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from rich.table import Table
+
+from toolkit import wire
+from toolkit.config import Settings
+from toolkit.errors import ProjectionBusyError
+from toolkit.store import ProjectionHome, connect
+from toolkit.system import System
+
+
+async def collect(system: System, settings: Settings, client: Client) -> dict[str, Any]:
+    js = client.jetstream()
+    streams: dict[str, dict[str, Any]] = {}
+
+    async def stream(name: str) -> dict[str, Any]:
+        if name not in streams:
+            try:
+                state = (await js.stream_info(name)).state
+                streams[name] = {"head": state.last_seq, "messages": state.messages}
+            except NotFoundError:
+                streams[name] = {"head": 0, "messages": 0, "missing": True}
+        return streams[name]
+
+    async def time_of(name: str, sequence: int) -> datetime | None:
+        with contextlib.suppress(Exception):
+            message = await js.get_msg(name, seq=sequence, next=True)
+            return message.time
+        return None
+
+    contexts: dict[str, Any] = {}
+    for name, context_cls in system.contexts.items():
+        head = (await stream(name))["head"]
+        relay: dict[str, Any] = {"stream_head": head}
+        log_file = Path(settings.data_dir) / f"{name}.sqlite"
+        if log_file.exists():
+            context = context_cls(data_dir=settings.data_dir)
+            try:
+                log_head = context.recorder.max_notification_id() or 0
+            finally:
+                context.close()
+            relayed = 0
+            if head:
+                with contextlib.suppress(Exception):
+                    last = await js.get_msg(name, seq=head)
+                    relayed = wire.log_position((last.headers or {}).get(wire.MSG_ID, "")) or 0
+            relay.update(log_head=log_head, relayed_to=relayed, relay_lag=log_head - relayed)
+        contexts[name] = relay
+
+    projections: dict[str, Any] = {}
+    now = datetime.now(UTC)
+    for name, projection_cls in system.projections.items():
+        home = ProjectionHome(settings.data_dir, name)
+        current = home.current()
+        version = projection_cls.version
+        report: dict[str, Any] = {"version": version, "state": _state(home), "generation": None}
+        if current is not None and current.exists():
+            report["generation"] = current.name
+            db = connect(current, readonly=True)
+            try:
+                meta = dict(db.execute("SELECT key, value FROM toolkit_meta"))
+                checkpoints = dict(db.execute("SELECT stream, sequence FROM toolkit_checkpoint"))
+                (dead,) = db.execute("SELECT count(*) FROM toolkit_dead_letter").fetchone()
+            except sqlite3.Error:
+                meta, checkpoints, dead = {}, {}, 0
+            finally:
+                db.close()
+            stored = int(meta.get("version", version))
+            report["stored_version"] = stored
+            if stored != version:
+                report["state"] = "rebuild due"
+            report["dead_letters"] = dead
+            positions: dict[str, Any] = {}
+            for key, checkpoint in sorted(checkpoints.items()):
+                stream_name = key.partition("#")[0]
+                head = (await stream(stream_name))["head"]
+                events = max(0, head - checkpoint)
+                seconds = 0.0
+                if events:
+                    oldest = await time_of(stream_name, checkpoint + 1)
+                    seconds = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+                positions[key] = {
+                    "checkpoint": checkpoint,
+                    "lag_events": events,
+                    "lag_seconds": round(seconds, 3),
+                }
+            report["streams"] = positions
+        projections[name] = report
+    return {"streams": streams, "contexts": contexts, "projections": projections}
+
+
+def _state(home: ProjectionHome) -> str:
+    """``running`` while a projector holds the projection's lock, else ``stopped``."""
+    try:
+        with home.writer_lock():
+            return "stopped"
+    except ProjectionBusyError:
+        return "running"
+
+
+def render(report: dict[str, Any]) -> Table:
+    table = Table(title="toolkit status")
+    for column in ("what", "state", "position", "lag", "dead letters"):
+        table.add_column(column)
+    for name, s in report["streams"].items():
+        table.add_row(
+            f"stream {name}", "missing" if s.get("missing") else "", f"head {s['head']}", "", ""
+        )
+    for name, c in report["contexts"].items():
+        if "log_head" in c:
+            table.add_row(
+                f"relay {name}", "", f"log {c['log_head']}, relayed {c['relayed_to']}",
+                f"{c['relay_lag']} events", "",
+            )  # fmt: skip
+    for name, p in report["projections"].items():
+        version = f"v{p['version']}"
+        if p.get("stored_version") not in (None, p["version"]):
+            version += f" (stored v{p['stored_version']})"
+        rows = p.get("streams") or {"": None}
+        for key, position in rows.items():
+            table.add_row(
+                f"projection {name} {version}",
+                p["state"],
+                f"{key} {position['checkpoint']}" if position else "no read model",
+                f"{position['lag_events']} events, {position['lag_seconds']:.1f}s"
+                if position
+                else "",
+                str(p.get("dead_letters", "")),
+            )
+    return table
