@@ -32,7 +32,7 @@ from toolkit.system import System, load_system
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,9 +216,10 @@ async def _replay(settings: Settings, system: System, name: str, keep: bool) -> 
     home = ProjectionHome(settings.data_dir, name)
     async with open_nats(settings, name=f"replay-{name}") as nats:
         result = await rebuild(projection, home, nats.client, keep_previous=keep)
+    resumed = f" (resumed from sequence {result.resumed_from})" if result.resumed_from else ""
     console.print(
-        f"replayed {name}: {result.stats.applied} applied into {result.generation.name}; "
-        f"readers switched; checkpoints {result.stats.checkpoints}"
+        f"replayed {name}: {result.stats.applied} applied into {result.generation.name}"
+        f"{resumed}; readers switched; checkpoints {result.stats.checkpoints}"
     )
 
 
@@ -272,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"toolkit: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("toolkit: interrupted", file=sys.stderr)
+        again = " (run the replay again to resume it)" if args.command == "replay" else ""
+        print(f"toolkit: interrupted{again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # anything else still gets one line; -v shows the traceback
         if args.verbose:

@@ -16,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from toolkit.errors import BatchFailure, PoisonMessage
-from toolkit.projection import Projection
+from toolkit.projection import Projection, StartPosition
 from toolkit.reader import StreamMessage, StreamReader
 from toolkit.store import BatchResult, ReadModelStore, aggregate_token
 from toolkit.translator import Translator
@@ -53,12 +53,16 @@ class Projector:
         transaction_size: int = 5000,
         name: str | None = None,
         partitions: int | None = None,
+        starts_at: StartPosition | None = None,
     ) -> None:
         self.projection = projection
         self.store = store
         self.client = client
         self.js = client.jetstream()
         self.batch_size = batch_size
+        self.starts_at = projection.starts_at if starts_at is None else starts_at
+        """Where to join a stream the first time (the projection's own choice unless
+        overridden, as a replay does with ``"beginning"``)."""
         self.partitions = partitions
         """With ``store.partition`` set: how many partition workers share the read model
         (this worker's proposal; a different number repartitions from the stream's head)."""
@@ -98,7 +102,7 @@ class Projector:
             return
         if self.store.joined(stream):
             return
-        start = self.projection.starts_at
+        start = self.starts_at
         if start == "beginning":
             before = 0
         elif start == "new":

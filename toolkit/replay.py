@@ -19,6 +19,8 @@ class ReplayResult:
     previous: Path | None
     stats: ProjectorStats
     switched: bool
+    resumed_from: int | None = None
+    """The checkpoint an interrupted replay was resumed from (None for a fresh one)."""
 
 
 async def rebuild(
@@ -30,29 +32,41 @@ async def rebuild(
     keep_previous: bool = False,
     batch_size: int = 1000,
 ) -> ReplayResult:
-    """Build a fresh generation from sequence 1 up to each stream's current head.
+    """Build a generation from sequence 1 up to each stream's current head, beside the
+    one readers use.
 
-    With ``switch`` readers move to it atomically when it is complete and the previous
-    generation is dropped (unless ``keep_previous``). The live projector must not run
-    meanwhile: the home's writer lock is held throughout.
+    An interrupted replay (Ctrl-C, a crash, SIGKILL) leaves its generation named in the
+    home's ``BUILDING`` file; the next replay goes on from that generation's checkpoint
+    instead of starting over. With ``switch`` readers move to the finished generation
+    atomically and the previous one is dropped (unless ``keep_previous``). The live
+    projector must not run meanwhile: the home's writer lock is held throughout.
     """
     with home.writer_lock():
         previous = home.current()
-        generation = home.new_generation()
+        generation = home.building()
+        resumed_from: int | None = None
+        if generation is None or not generation.exists():
+            generation = home.new_generation()
+            home.mark_building(generation)
         store = ReadModelStore(generation, projection)
         try:
+            if any(store.joined(t.stream) for t in projection.translators):
+                resumed_from = min(store.checkpoint(t.stream) for t in projection.translators)
             projector = Projector(
-                projection, store, client, batch_size=batch_size, name=f"{projection.name}-replay"
+                projection,
+                store,
+                client,
+                batch_size=batch_size,
+                name=f"{projection.name}-replay",
+                starts_at="beginning",
             )
             stats = await projector.run(until_head=True)
-        except BaseException:
+        finally:
             store.close()
-            home.drop(generation)
-            raise
-        store.close()
+        home.mark_building(None)
         if not switch:
-            return ReplayResult(generation, previous, stats, switched=False)
+            return ReplayResult(generation, previous, stats, False, resumed_from)
         home.switch_to(generation)
-        if previous is not None and not keep_previous:
+        if previous is not None and previous != generation and not keep_previous:
             home.drop(previous)
-        return ReplayResult(generation, previous, stats, switched=True)
+        return ReplayResult(generation, previous, stats, True, resumed_from)

@@ -407,6 +407,20 @@ class ProjectionHome:
             return None
         return self.path / name
 
+    def building(self) -> Path | None:
+        """The generation an unfinished replay was writing, if any."""
+        try:
+            return self.path / (self.path / "BUILDING").read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def mark_building(self, generation: Path | None) -> None:
+        marker = self.path / "BUILDING"
+        if generation is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(generation.name + "\n")
+
     def generations(self) -> list[Path]:
         return sorted(p for p in self.path.iterdir() if _GENERATION.fullmatch(p.name))
 
