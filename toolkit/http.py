@@ -6,17 +6,16 @@ never call another context.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException, Response
 
 from toolkit.config import Settings
 from toolkit.store import ProjectionHome, connect
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from toolkit.system import System
 
 
@@ -26,15 +25,27 @@ class ReadModel:
     def __init__(self, home: ProjectionHome) -> None:
         self.home = home
 
-    def __call__(self) -> Iterator[sqlite3.Connection]:
-        current = self.home.current()
-        if current is None or not current.exists():
+    def __call__(self, response: Response) -> Iterator[sqlite3.Connection]:
+        db = None
+        for _ in range(3):  # a replay may switch (and drop) the generation just read
+            current = self.home.current()
+            if current is None:
+                break
+            try:
+                db = connect(current, readonly=True)
+                db.execute("SELECT 1 FROM toolkit_checkpoint LIMIT 1").fetchall()
+                break
+            except sqlite3.Error:
+                if db is not None:
+                    db.close()
+                db = None
+        if db is None or current is None:
             raise HTTPException(
                 503,
                 f"projection {self.home.name} has no read model yet",
                 headers={"Retry-After": "1"},
             )
-        db = connect(current, readonly=True)
+        response.headers["X-Read-Model"] = f"{self.home.name}/{current.stem}"
         try:
             yield db
         finally:
