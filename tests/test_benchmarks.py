@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import catchup, read_path, relay
+from benchmarks import catchup, read_path, relay, replay
 
 
 async def test_read_path_benchmark_measures_every_reader(tmp_path: Path) -> None:
@@ -27,3 +27,10 @@ async def test_catchup_benchmark_measures_every_consumer(tmp_path: Path) -> None
     assert catchup.BASELINE in rates and "toolkit Projector" in rates
     assert len(rates) == 4 and all(rate > 0 for rate in rates.values())
     assert catchup.report(200, rates).row_count == 4
+
+
+def test_replay_benchmark_measures_rate_and_peak_memory(tmp_path: Path) -> None:
+    results = replay.measure([300, 600], tmp_path)
+    assert set(results) == {300, 600}
+    assert all(rate > 0 and peak > 10 * 2**20 for rate, peak in results.values())
+    assert replay.report(results).row_count == 2
