@@ -12,18 +12,29 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from toolkit.config import Settings
 from toolkit.connection import open_nats, redact_urls
-from toolkit.errors import ConfigurationError, ToolkitError
-from toolkit.projector import Projector
+from toolkit.errors import ConfigurationError, ProjectionVersionError, ToolkitError
+from toolkit.projection import StartPosition
+from toolkit.projector import Projector, ProjectorStats
 from toolkit.relay import Relay
 from toolkit.replay import rebuild
 from toolkit.store import ProjectionHome, ReadModelStore
@@ -90,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     project.add_argument("projection", help="projection name, e.g. shipping")
     project.add_argument("--once", action="store_true", help="stop at the streams' heads")
     project.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="when the read model was built by another version of the projection, "
+        "rebuild it first (otherwise that is refused)",
+    )
+    project.add_argument(
         "--partition",
         type=int,
         metavar="K",
@@ -110,9 +127,28 @@ def _parser() -> argparse.ArgumentParser:
         "atomically. The projection's live projector must be stopped meanwhile.",
     )
     replay.add_argument("projection", help="projection name, e.g. shipping")
+    start = replay.add_mutually_exclusive_group()
+    start.add_argument("--from-start", action="store_true", help="from sequence 1 (default)")
+    start.add_argument("--from-seq", type=_positive, metavar="N", help="from stream sequence N")
+    start.add_argument(
+        "--from-time", type=_moment, metavar="T", help="from the first event at or after T "
+        "(ISO 8601, e.g. 2026-11-24T06:00:00Z; UTC when no zone is given)"
+    )  # fmt: skip
+    replay.add_argument("--to-seq", type=_positive, metavar="M", help="stop at sequence M")
     replay.add_argument(
         "--keep-previous", action="store_true", help="keep the previous generation's file"
     )
+    replay.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    rewind = commands.add_parser(
+        "rewind",
+        help="put a projection back to how it was at a stream sequence",
+        description="Rebuild the projection's read model as it was after sequence N (a "
+        "replay up to N, beside the live one) and switch readers to it; the projection goes "
+        "on from N+1 when it next runs. Refused while the projection is running.",
+    )
+    rewind.add_argument("projection", help="projection name, e.g. shipping")
+    rewind.add_argument("--to-seq", type=int, required=True, metavar="N", help="the sequence")
 
     status = commands.add_parser(
         "status",
@@ -141,6 +177,14 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -189,6 +233,7 @@ async def _project(
     once: bool,
     partition: int | None = None,
     partitions: int | None = None,
+    rebuild_if_stale: bool = False,
 ) -> None:
     if (partition is None) != (partitions is None):
         raise ConfigurationError("--partition and --partitions go together")
@@ -197,9 +242,16 @@ async def _project(
     projection = system.projection(name)()
     home = ProjectionHome(settings.data_dir, name)
     with home.writer_lock(partition):
-        store = ReadModelStore(home.live(), projection, partition=partition)
-        try:
-            async with open_nats(settings, name=f"project-{name}") as nats:
+        async with open_nats(settings, name=f"project-{name}") as nats:
+            try:
+                store = ReadModelStore(home.live(), projection, partition=partition)
+            except ProjectionVersionError:
+                if not rebuild_if_stale or partition is not None:
+                    raise
+                console.print(f"rebuilding {name}: its read model is of another version")
+                await rebuild(projection, home, nats.client, locked=True)
+                store = ReadModelStore(home.live(), projection, partition=partition)
+            try:
                 console.print(f"projecting {name} into {store.path} from {nats.url}")
                 projector = Projector(projection, store, nats.client, partitions=partitions)
                 stats = await _until_signalled(lambda stop: projector.run(stop, until_head=once))
@@ -207,19 +259,99 @@ async def _project(
                     f"{name}: {stats.applied} applied, {stats.skipped} skipped, "
                     f"{stats.dead_lettered} dead-lettered; checkpoints {stats.checkpoints}"
                 )
-        finally:
-            store.close()
+            finally:
+                store.close()
 
 
-async def _replay(settings: Settings, system: System, name: str, keep: bool) -> None:
+async def _replay(settings: Settings, system: System, args: argparse.Namespace) -> None:
+    name = args.projection
     projection = system.projection(name)()
     home = ProjectionHome(settings.data_dir, name)
+    start: StartPosition = args.from_seq or args.from_time or "beginning"
     async with open_nats(settings, name=f"replay-{name}") as nats:
-        result = await rebuild(projection, home, nats.client, keep_previous=keep)
+        heads = [
+            (await nats.js.stream_info(t.stream)).state.last_seq for t in projection.translators
+        ]
+        total = sum(min(h, args.to_seq) if args.to_seq else h for h in heads)
+        started = time.monotonic()
+        with _Progress(name, total, quiet=args.json) as progress:
+            result = await rebuild(
+                projection,
+                home,
+                nats.client,
+                keep_previous=args.keep_previous,
+                starts_at=start,
+                to_sequence=args.to_seq,
+                progress=progress.update,
+            )
+    seconds = time.monotonic() - started
+    if args.json:
+        report = {
+            "projection": name,
+            "generation": result.generation.name,
+            "applied": result.stats.applied,
+            "skipped": result.stats.skipped,
+            "dead_lettered": result.stats.dead_lettered,
+            "checkpoints": result.stats.checkpoints,
+            "resumed_from": result.resumed_from,
+            "seconds": round(seconds, 3),
+        }
+        print(orjson.dumps(report).decode())
+        return
     resumed = f" (resumed from sequence {result.resumed_from})" if result.resumed_from else ""
     console.print(
         f"replayed {name}: {result.stats.applied} applied into {result.generation.name}"
         f"{resumed}; readers switched; checkpoints {result.stats.checkpoints}"
+    )
+
+
+class _Progress:
+    """A bar on a terminal, a line every few seconds otherwise, nothing with --json."""
+
+    def __init__(self, name: str, total: int, *, quiet: bool) -> None:
+        self.name, self.total, self.quiet = name, total, quiet
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.last_line = 0.0
+        self.started = time.monotonic()
+
+    def __enter__(self) -> _Progress:
+        if not self.quiet and console.is_terminal:
+            self.bar = Progress(
+                TextColumn(f"replaying {self.name}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("replay", total=self.total)
+        return self
+
+    def update(self, stats: ProjectorStats) -> None:
+        done = sum(stats.checkpoints.values())
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, completed=done)
+        elif not self.quiet and time.monotonic() - self.last_line >= 2.0:
+            self.last_line = time.monotonic()
+            rate = done / max(1e-9, self.last_line - self.started)
+            console.print(f"replaying {self.name}: {done}/{self.total} events, {rate:,.0f}/s")
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+async def _rewind(settings: Settings, system: System, name: str, to_seq: int) -> None:
+    if to_seq < 0:
+        raise ConfigurationError(f"--to-seq {to_seq} must be 0 or more")
+    projection = system.projection(name)()
+    home = ProjectionHome(settings.data_dir, name)
+    async with open_nats(settings, name=f"rewind-{name}") as nats:
+        result = await rebuild(projection, home, nats.client, to_sequence=to_seq)
+    console.print(
+        f"rewound {name} to sequence {to_seq}: {result.stats.applied} applied into "
+        f"{result.generation.name}; readers switched; it goes on from {to_seq + 1}"
     )
 
 
@@ -260,11 +392,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "project":
             asyncio.run(
                 _project(
-                    settings, system, args.projection, args.once, args.partition, args.partitions
+                    settings,
+                    system,
+                    args.projection,
+                    args.once,
+                    args.partition,
+                    args.partitions,
+                    args.rebuild,
                 )
             )
         elif args.command == "replay":
-            asyncio.run(_replay(settings, system, args.projection, args.keep_previous))
+            asyncio.run(_replay(settings, system, args))
+        elif args.command == "rewind":
+            asyncio.run(_rewind(settings, system, args.projection, args.to_seq))
         elif args.command == "status":
             asyncio.run(_status(settings, system, args.json))
         elif args.command == "serve":

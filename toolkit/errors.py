@@ -67,5 +67,9 @@ class BatchFailure(ProjectionError):
     the database is locked, a failure that went away): the projector retries it."""
 
 
+class ProjectionVersionError(ProjectionError):
+    """The stored read model was built by another version of the projection."""
+
+
 class ProjectionBusyError(ProjectionError):
     """Another process is writing this projection."""

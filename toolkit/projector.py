@@ -54,12 +54,15 @@ class Projector:
         name: str | None = None,
         partitions: int | None = None,
         starts_at: StartPosition | None = None,
+        stop_at: int | None = None,
     ) -> None:
         self.projection = projection
         self.store = store
         self.client = client
         self.js = client.jetstream()
         self.batch_size = batch_size
+        self.stop_at = stop_at
+        """Apply nothing past this stream sequence (a replay ``--to-seq``)."""
         self.starts_at = projection.starts_at if starts_at is None else starts_at
         """Where to join a stream the first time (the projection's own choice unless
         overridden, as a replay does with ``"beginning"``)."""
@@ -198,6 +201,8 @@ class Projector:
         stream = translator.stream
         await self._join(stream)
         target = await self.head(stream) if until_head else None
+        if self.stop_at is not None:
+            target = self.stop_at if target is None else min(target, self.stop_at)
         self.stats.checkpoints[stream] = self.store.checkpoint(stream)
         if target is not None and self.store.checkpoint(stream) >= target:
             return
@@ -227,6 +232,8 @@ class Projector:
                     if not more:
                         break
                     batch += more
+                if batch and self.stop_at is not None and batch[-1].sequence > self.stop_at:
+                    batch = [m for m in batch if m.sequence <= self.stop_at]
                 if batch:
                     result = await self._apply(translator, batch, stop)
                     if result is None:

@@ -3,12 +3,15 @@ model, beside the live one, then switch readers to it atomically."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from nats.aio.client import Client
 
-from toolkit.projection import Projection
+from toolkit.projection import Projection, StartPosition
 from toolkit.projector import Projector, ProjectorStats
 from toolkit.store import ProjectionHome, ReadModelStore
 
@@ -23,6 +26,19 @@ class ReplayResult:
     """The checkpoint an interrupted replay was resumed from (None for a fresh one)."""
 
 
+async def _run_reporting(
+    projector: Projector, progress: Callable[[ProjectorStats], None] | None
+) -> ProjectorStats:
+    """Run to the head, calling ``progress`` with the stats about every 0.2 s."""
+    if progress is None:
+        return await projector.run(until_head=True)
+    running = asyncio.ensure_future(projector.run(until_head=True))
+    while not running.done():
+        await asyncio.wait([running], timeout=0.2)
+        progress(projector.stats)
+    return running.result()
+
+
 async def rebuild(
     projection: Projection,
     home: ProjectionHome,
@@ -31,6 +47,10 @@ async def rebuild(
     switch: bool = True,
     keep_previous: bool = False,
     batch_size: int = 1000,
+    starts_at: StartPosition = "beginning",
+    to_sequence: int | None = None,
+    progress: Callable[[ProjectorStats], None] | None = None,
+    locked: bool = False,
 ) -> ReplayResult:
     """Build a generation from sequence 1 up to each stream's current head, beside the
     one readers use.
@@ -41,7 +61,7 @@ async def rebuild(
     atomically and the previous one is dropped (unless ``keep_previous``). The live
     projector must not run meanwhile: the home's writer lock is held throughout.
     """
-    with home.writer_lock():
+    with contextlib.nullcontext() if locked else home.writer_lock():
         previous = home.current()
         generation = home.building()
         resumed_from: int | None = None
@@ -58,9 +78,10 @@ async def rebuild(
                 client,
                 batch_size=batch_size,
                 name=f"{projection.name}-replay",
-                starts_at="beginning",
+                starts_at=starts_at,
+                stop_at=to_sequence,
             )
-            stats = await projector.run(until_head=True)
+            stats = await _run_reporting(projector, progress)
         finally:
             store.close()
         home.mark_building(None)

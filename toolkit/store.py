@@ -28,6 +28,7 @@ from toolkit.errors import (
     PoisonMessage,
     ProjectionBusyError,
     ProjectionError,
+    ProjectionVersionError,
 )
 from toolkit.projection import Projection
 from toolkit.reader import StreamMessage
@@ -104,6 +105,15 @@ class ReadModelStore:
         self._writing = threading.Lock()  # apply() and park() never interleave
         self.db = connect(path)
         self.db.executescript(_TOOLKIT_TABLES)
+        row = self.db.execute("SELECT value FROM toolkit_meta WHERE key = 'version'").fetchone()
+        if row is not None and int(row[0]) != projection.version:
+            self.db.close()
+            raise ProjectionVersionError(
+                f"the read model {path.name} of projection {projection.name} is version "
+                f"{row[0]} but the code is version {projection.version}: rebuild it with "
+                f"'toolkit replay {projection.name}' (or 'toolkit project {projection.name} "
+                "--rebuild')"
+            )
         self.db.execute("BEGIN IMMEDIATE")
         try:
             projection.create_tables(self.db)
