@@ -37,7 +37,7 @@ from toolkit.projection import StartPosition
 from toolkit.projector import Projector, ProjectorStats
 from toolkit.relay import Relay
 from toolkit.replay import rebuild
-from toolkit.store import ProjectionHome, ReadModelStore
+from toolkit.store import ProjectionHome, ReadModelStore, read_dead_letters
 from toolkit.streams import StreamSpec
 from toolkit.system import System, load_system
 
@@ -149,6 +149,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     rewind.add_argument("projection", help="projection name, e.g. shipping")
     rewind.add_argument("--to-seq", type=int, required=True, metavar="N", help="the sequence")
+
+    dlq = commands.add_parser(
+        "dlq",
+        help="list, show, retry or drop a projection's dead letters",
+        description="Dead letters are messages a projection could not apply (a broken "
+        "contract, or a handler that kept failing), kept with the reason in its read model. "
+        "retry applies them again with the code as it is now (oldest first; an aggregate's "
+        "parked messages after the one that holds it); drop gives one up. retry and drop "
+        "are refused while the projection runs.",
+    )
+    dlq.add_argument("action", choices=["list", "show", "retry", "drop"])
+    dlq.add_argument("projection", help="projection name, e.g. shipping")
+    dlq.add_argument("--seq", type=_positive, metavar="N", help="the dead letter at sequence N")
+    dlq.add_argument("--stream", help="its stream (needed when the projection reads several)")
+    dlq.add_argument("--json", action="store_true", help="print JSON for machines")
 
     status = commands.add_parser(
         "status",
@@ -355,6 +370,59 @@ async def _rewind(settings: Settings, system: System, name: str, to_seq: int) ->
     )
 
 
+def _dlq(settings: Settings, system: System, args: argparse.Namespace) -> None:
+    projection = system.projection(args.projection)()
+    home = ProjectionHome(settings.data_dir, args.projection)
+    streams = [t.stream for t in projection.translators]
+    stream = args.stream or (streams[0] if len(streams) == 1 else None)
+    if args.seq is not None and stream is None:
+        raise ConfigurationError(f"--stream is needed: {args.projection} reads {streams}")
+    if args.action in ("show", "drop") and args.seq is None:
+        raise ConfigurationError(f"dlq {args.action} needs --seq")
+    with home.reader() as db:
+        if db is None:
+            raise ConfigurationError(f"projection {args.projection} has no read model yet")
+        letters = read_dead_letters(db)
+    chosen = [
+        d for d in letters if args.seq is None or (d.stream, d.sequence) == (stream, args.seq)
+    ]
+    if args.seq is not None and not chosen:
+        raise ConfigurationError(f"no dead letter at {stream} sequence {args.seq}")
+    if args.action == "list":  # reading only: fine while the projection runs
+        rows = [
+            {"stream": d.stream, "sequence": d.sequence, "subject": d.subject, "reason": d.reason}
+            for d in chosen
+        ]
+        if args.json:
+            print(orjson.dumps(rows).decode())
+        for row in [] if args.json else rows:
+            print(f"{row['stream']} {row['sequence']} {row['subject']}: {row['reason']}")
+        return
+    if args.action == "show":
+        (letter,) = chosen
+        shown = letter._asdict() | {"body": letter.body.decode(errors="replace")}
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        return
+    current = home.current()
+    assert current is not None
+    with home.writer_lock():  # changing dead letters: not while the projection runs
+        store = ReadModelStore(current, projection)
+        try:
+            if args.action == "drop":
+                store.drop_dead_letter(chosen[0].stream, chosen[0].sequence)
+                console.print(f"dropped {stream} sequence {args.seq}")
+                return
+            only = {(d.stream, d.sequence) for d in chosen}
+            done, failed = store.retry_dead_letters(projection.translators, only)
+            for letter in failed:
+                console.print(f"{letter.stream} {letter.sequence}: still failing: {letter.reason}")
+            console.print(f"retried {done} dead letters, {len(failed)} still failing")
+            if failed:
+                raise ToolkitError(f"{len(failed)} dead letters still fail")
+        finally:
+            store.close()
+
+
 async def _status(settings: Settings, system: System, as_json: bool) -> None:
     from toolkit.status import collect, render
 
@@ -405,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_replay(settings, system, args))
         elif args.command == "rewind":
             asyncio.run(_rewind(settings, system, args.projection, args.to_seq))
+        elif args.command == "dlq":
+            _dlq(settings, system, args)
         elif args.command == "status":
             asyncio.run(_status(settings, system, args.json))
         elif args.command == "serve":

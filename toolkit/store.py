@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -67,6 +67,15 @@ CREATE TABLE IF NOT EXISTS toolkit_parked (
     PRIMARY KEY (stream, aggregate)
 );
 """
+
+
+class DeadLetter(NamedTuple):
+    stream: str
+    sequence: int
+    subject: str
+    headers: dict[str, str]
+    body: bytes
+    reason: str
 
 
 @dataclass
@@ -358,6 +367,90 @@ class ReadModelStore:
         if aggregate:
             self._parked.setdefault(message.stream, {}).setdefault(token, message.sequence)
 
+    # -- dead letters ---------------------------------------------------------------------
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter, oldest first."""
+        return read_dead_letters(self.db)
+
+    def drop_dead_letter(self, stream: str, sequence: int) -> bool:
+        """Give up a dead letter for good. If it held its aggregate parked, the
+        aggregate's new messages are applied again (those parked behind it stay dead
+        letters, to retry or drop)."""
+        with self._writing:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self.db.execute(
+                    "DELETE FROM toolkit_dead_letter WHERE stream = ? AND sequence = ?",
+                    (stream, sequence),
+                ).rowcount
+                self.db.execute(
+                    "DELETE FROM toolkit_parked WHERE stream = ? AND sequence = ?",
+                    (stream, sequence),
+                )
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self._forget_parked(stream, sequence)
+        return bool(gone)
+
+    def retry_dead_letters(
+        self, translators: Sequence[Translator], only: set[tuple[str, int]] | None = None
+    ) -> tuple[int, list[DeadLetter]]:
+        """Apply dead letters again, oldest first, with the code as it is now; each one
+        that succeeds leaves the dead letters (and unparks its aggregate when it was what
+        held it). Returns how many succeeded and the ones that failed again."""
+        by_stream = {t.stream: t for t in translators}
+        done, failed = 0, []
+        for letter in self.dead_letters():
+            if only is not None and (letter.stream, letter.sequence) not in only:
+                continue
+            translator = by_stream.get(letter.stream)
+            if translator is None:
+                failed.append(letter._replace(reason=f"{letter.stream} is not read any more"))
+                continue
+            root = self._parked.get(letter.stream, {}).get(aggregate_token(letter.subject))
+            if root is not None and root != letter.sequence:
+                # Its aggregate's order: not before the message that holds it parked.
+                failed.append(letter._replace(reason=f"still parked behind sequence {root}"))
+                continue
+            message = StreamMessage(
+                letter.stream, letter.sequence, letter.subject, letter.headers, letter.body
+            )
+            with self._writing:
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    try:
+                        facts = translator.translate(message)
+                    except UnknownEvent:
+                        facts = []
+                    if facts:
+                        self.projection.apply_batch(facts, self.db)
+                    self.db.execute(
+                        "DELETE FROM toolkit_dead_letter WHERE stream = ? AND sequence = ?",
+                        (letter.stream, letter.sequence),
+                    )
+                    self.db.execute(
+                        "DELETE FROM toolkit_parked WHERE stream = ? AND sequence = ?",
+                        (letter.stream, letter.sequence),
+                    )
+                    self.db.execute("COMMIT")
+                except Exception as exc:
+                    self.db.execute("ROLLBACK")
+                    failed.append(letter._replace(reason=f"{type(exc).__name__}: {exc}"))
+                    continue
+                self._forget_parked(letter.stream, letter.sequence)
+                done += 1
+        return done, failed
+
+    def _forget_parked(self, stream: str, sequence: int) -> None:
+        parked = self._parked.get(stream, {})
+        for aggregate, root in list(parked.items()):
+            if root == sequence:
+                del parked[aggregate]
+        self._passed_over.discard((stream, sequence))
+
     def _failure(self, stream: str, sequence: int, exc: Exception) -> ProjectionError:
         return ProjectionError(
             f"projection {self.projection.name} failed on {stream} at sequence "
@@ -376,6 +469,15 @@ class ReadModelStore:
                 reason,
             ),
         )
+
+
+def read_dead_letters(db: sqlite3.Connection) -> list[DeadLetter]:
+    """Every dead letter of a read model, oldest first (any connection, read-only too)."""
+    rows = db.execute(
+        "SELECT stream, sequence, subject, headers, body, reason FROM toolkit_dead_letter "
+        "ORDER BY stream, sequence"
+    ).fetchall()
+    return [DeadLetter(s, q, subj, orjson.loads(h), bytes(b), r) for s, q, subj, h, b, r in rows]
 
 
 def aggregate_token(subject: str) -> str:
