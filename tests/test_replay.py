@@ -14,12 +14,14 @@ from nats.aio.client import Client
 from contexts.sales import Customer, Order, Sales
 from projections.billing import Accounts
 from projections.shipping import Shipments
+from tests.conftest import wait_for
 from tests.flow import project_all, relay_all
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
 from toolkit.projection import Projection
+from toolkit.projector import Projector
 from toolkit.replay import rebuild
-from toolkit.store import ProjectionHome, dump
+from toolkit.store import ProjectionHome, ReadModelStore, dump
 
 # A command: ("customer",), ("order", customer_pick, quantities), ("cancel", order_pick),
 # ("note", order_pick), ("sync",) to let the live projections catch up mid-way.
@@ -168,3 +170,33 @@ async def test_replay_switches_readers_and_drops_the_old_generation(
     assert before is not None and not before.exists()
     assert [p.name for p in home.generations()] == [result.generation.name]
     assert result.stats.applied == 1 and result.stats.skipped == 1
+
+
+async def test_a_live_projector_follows_a_replay_into_the_new_generation(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    customer = sales.register_customer("Ann", "ann@example.com")
+    line = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
+    sales.place_order(customer, line)
+    await relay_all(sales, nc)
+    home = ProjectionHome(data_dir, "shipping")
+    live = Projector(Shipments(), ReadModelStore(home.live(), Shipments()), nc)
+    stop = asyncio.Event()
+    running = asyncio.create_task(live.run(stop, home=home))
+    await wait_for(lambda: live.stats.checkpoints.get("sales") == 2)
+    old = live.store.path
+
+    result = await rebuild(Shipments(), home, nc)  # while the live projector runs
+    await wait_for(lambda: live.store.path == result.generation)
+    assert not old.exists()
+
+    later = sales.place_order(customer, line)
+    await relay_all(sales, nc)
+    await wait_for(lambda: live.stats.checkpoints.get("sales") == 3)
+    with home.reader() as db:
+        assert db is not None
+        ids = {row[0] for row in db.execute("SELECT shipment_id FROM shipment")}
+    assert str(later) in ids and len(ids) == 2  # applied to the generation readers use
+    stop.set()
+    await running
+    live.store.close()

@@ -122,9 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser(
         "replay",
         help="rebuild a projection from the start of its streams",
-        description="Build a new generation of a projection's read model from sequence 1 "
-        "up to the streams' heads, beside the live one, then switch readers to it "
-        "atomically. The projection's live projector must be stopped meanwhile.",
+        description="Build a new generation of a projection's read model up to the streams' "
+        "heads, beside the live one, then switch readers to it atomically. A running "
+        "'toolkit project' goes on in the new generation by itself; an interrupted replay "
+        "resumes when run again.",
     )
     replay.add_argument("projection", help="projection name, e.g. shipping")
     start = replay.add_mutually_exclusive_group()
@@ -266,15 +267,18 @@ async def _project(
                 console.print(f"rebuilding {name}: its read model is of another version")
                 await rebuild(projection, home, nats.client, locked=True)
                 store = ReadModelStore(home.live(), projection, partition=partition)
+            projector = Projector(projection, store, nats.client, partitions=partitions)
             try:
                 console.print(f"projecting {name} into {store.path} from {nats.url}")
-                projector = Projector(projection, store, nats.client, partitions=partitions)
-                stats = await _until_signalled(lambda stop: projector.run(stop, until_head=once))
+                stats = await _until_signalled(
+                    lambda stop: projector.run(stop, until_head=once, home=home)
+                )
                 console.print(
                     f"{name}: {stats.applied} applied, {stats.skipped} skipped, "
                     f"{stats.dead_lettered} dead-lettered; checkpoints {stats.checkpoints}"
                 )
             finally:
+                projector.store.close()  # the one it ended in, after following a replay
                 store.close()
 
 
@@ -363,7 +367,7 @@ async def _rewind(settings: Settings, system: System, name: str, to_seq: int) ->
     projection = system.projection(name)()
     home = ProjectionHome(settings.data_dir, name)
     async with open_nats(settings, name=f"rewind-{name}") as nats:
-        result = await rebuild(projection, home, nats.client, to_sequence=to_seq)
+        result = await rebuild(projection, home, nats.client, to_sequence=to_seq, exclusive=True)
     console.print(
         f"rewound {name} to sequence {to_seq}: {result.stats.applied} applied into "
         f"{result.generation.name}; readers switched; it goes on from {to_seq + 1}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from nats.js.errors import NotFoundError
 from toolkit.errors import BatchFailure, PoisonMessage
 from toolkit.projection import Projection, StartPosition
 from toolkit.reader import StreamMessage, StreamReader
-from toolkit.store import BatchResult, ReadModelStore, aggregate_token
+from toolkit.store import BatchResult, ProjectionHome, ReadModelStore, aggregate_token
 from toolkit.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,57 @@ class Projector:
         return int(info.state.last_seq)
 
     async def run(
-        self, stop: asyncio.Event | None = None, *, until_head: bool = False
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        until_head: bool = False,
+        home: ProjectionHome | None = None,
     ) -> ProjectorStats:
         """Project until ``stop`` is set, or with ``until_head`` until every stream's
-        head (as it was when called) is applied."""
+        head (as it was when called) is applied.
+
+        Given the projection's ``home``, a live projector follows a replay: when readers
+        are switched to a rebuilt generation, it goes on writing that one, from its
+        checkpoint, without a restart (a generation built by another version of the
+        projection stops it with :class:`~toolkit.errors.ProjectionVersionError`).
+        """
         stop = stop or asyncio.Event()
-        await asyncio.gather(
-            *(self._follow(t, stop, until_head) for t in self.projection.translators)
-        )
-        return self.stats
+        while True:
+            switched, pause = asyncio.Event(), asyncio.Event()
+            stopping = asyncio.ensure_future(stop.wait())  # stop also pauses the followers
+            stopping.add_done_callback(functools.partial(_set, pause))
+            watching = (
+                asyncio.create_task(self._watch(home, switched, pause))
+                if home is not None and self.partitions is None
+                else None
+            )
+            try:
+                await asyncio.gather(
+                    *(self._follow(t, pause, until_head) for t in self.projection.translators)
+                )
+            finally:
+                stopping.cancel()
+                if watching is not None:
+                    watching.cancel()
+            if stop.is_set() or not switched.is_set():
+                return self.stats
+            assert home is not None
+            current = home.current()
+            assert current is not None
+            log.warning("%s: readers moved to %s; projecting into it", self.name, current.name)
+            self.store.close()
+            self.store = ReadModelStore(current, self.projection)
+
+    async def _watch(
+        self, home: ProjectionHome, switched: asyncio.Event, pause: asyncio.Event
+    ) -> None:
+        while not pause.is_set():
+            current = home.current()
+            if current is not None and current != self.store.path:
+                switched.set()
+                pause.set()
+                return
+            await _wait(pause, 0.25)
 
     async def _join(self, stream: str) -> None:
         """The first time, record where the projection joins the stream (its
@@ -303,6 +346,10 @@ def owner(aggregate: str, partitions: int) -> int:
     """The partition that owns an aggregate: the same in every process and language
     (CRC-32 of the subject token, modulo the number of partitions)."""
     return zlib.crc32(aggregate.encode()) % partitions
+
+
+def _set(event: asyncio.Event, _: object) -> None:
+    event.set()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

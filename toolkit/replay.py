@@ -51,6 +51,7 @@ async def rebuild(
     to_sequence: int | None = None,
     progress: Callable[[ProjectorStats], None] | None = None,
     locked: bool = False,
+    exclusive: bool = False,
 ) -> ReplayResult:
     """Build a generation from sequence 1 up to each stream's current head, beside the
     one readers use.
@@ -58,10 +59,14 @@ async def rebuild(
     An interrupted replay (Ctrl-C, a crash, SIGKILL) leaves its generation named in the
     home's ``BUILDING`` file; the next replay goes on from that generation's checkpoint
     instead of starting over. With ``switch`` readers move to the finished generation
-    atomically and the previous one is dropped (unless ``keep_previous``). The live
-    projector must not run meanwhile: the home's writer lock is held throughout.
+    atomically and the previous one is dropped (unless ``keep_previous``).
+
+    The live projector may keep running (one replay at a time is allowed): given its
+    home, it moves to the new generation once readers do. With ``exclusive`` (a rewind)
+    the projection must not be running at all.
     """
-    with contextlib.nullcontext() if locked else home.writer_lock():
+    lock = home.writer_lock() if exclusive else home.writer_lock("replay")
+    with contextlib.nullcontext() if locked else lock:
         previous = home.current()
         generation = home.building()
         resumed_from: int | None = None

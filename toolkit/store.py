@@ -563,9 +563,9 @@ class ProjectionHome:
                 os.unlink(f"{generation}{suffix}")
 
     @contextlib.contextmanager
-    def writer_lock(self, partition: int | None = None) -> Iterator[None]:
-        """Held by whoever writes the projection (or one partition of it); a second
-        writer is refused."""
+    def writer_lock(self, partition: int | str | None = None) -> Iterator[None]:
+        """Held by whoever writes the projection (or one partition of it, or a replay:
+        ``"replay"``); a second one is refused."""
         name = "lock" if partition is None else f"lock.{partition}"
         fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
