@@ -227,7 +227,7 @@ def test_status_json_reports_lag_as_events_arrive(tmp_path: Path) -> None:
     shipping = after["projections"]["shipping"]
     assert shipping["streams"]["sales"]["lag_events"] == 7
     assert shipping["streams"]["sales"]["lag_seconds"] > 0
-    assert shipping["state"] == "running"
+    assert shipping["state"] == "live"
     assert after["streams"]["sales"]["head"] == 13
     assert after["contexts"]["sales"]["relay_lag"] == 3
     assert after["projections"]["billing"]["generation"] is None  # never run

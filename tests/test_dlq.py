@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from projections.shipping import Shipments
+from tests.conftest import wait_for
 from tests.flow import project_all, relay_all
 from tests.test_cli import toolkit
 from tests.test_projector import dead_letters, poisoned, shipments, three_orders
@@ -80,3 +82,30 @@ async def test_dlq_commands(
     missing = toolkit(*run, "dlq", "drop", "shipping", "--seq", "2", tmp=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "toolkit: error: no dead letter at sales sequence 2"
+
+
+async def test_status_says_failing_while_a_message_is_retried(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    from contexts.system import system
+    from toolkit.config import Settings
+    from toolkit.projector import Projector
+    from toolkit.status import collect
+
+    a, _, _ = three_orders(sales)
+    await relay_all(sales, nc)
+    failing = poisoned("park-aggregate", {str(a)})
+    type(failing).retries, type(failing).retry_delay = 1000, 0.05
+    home = ProjectionHome(data_dir, "shipping")
+    projector = Projector(failing, ReadModelStore(home.live(), failing), nc)
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run(stop))
+    await wait_for(lambda: projector.stats.retries >= 2)
+    report = await collect(system, Settings(data_dir=data_dir), nc)
+    stop.set()
+    await running
+    projector.store.close()
+    shipping = report["projections"]["shipping"]
+    assert shipping["state"] == "failing"
+    assert f"cannot ship {a}" in shipping["failing"]
+    assert report["projections"]["billing"]["state"] == "paused"

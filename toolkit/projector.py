@@ -305,9 +305,12 @@ class Projector:
         failures = 0
         while True:
             try:
-                return await self._store_apply(translator, batch, stop)
+                result = await self._store_apply(translator, batch, stop)
+                self.store.note_failing(None)
+                return result
             except BatchFailure as failure:
                 # Nothing to blame but the surroundings: say so, and keep trying.
+                self.store.note_failing(str(failure))
                 failures += 1
                 delay = min(projection.retry_delay * 2 ** (failures - 1), 5.0)
                 self.stats.retries += 1
@@ -317,6 +320,7 @@ class Projector:
                     return None
             except PoisonMessage as poison:
                 tries = attempts[poison.sequence] = attempts.get(poison.sequence, 0) + 1
+                self.store.note_failing(str(poison))
                 if tries <= projection.retries:
                     delay = projection.retry_delay * 2 ** (tries - 1)
                     self.stats.retries += 1

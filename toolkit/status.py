@@ -84,6 +84,9 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
             report["stored_version"] = stored
             if stored != version:
                 report["state"] = "rebuild due"
+            elif "failing" in meta:
+                report["state"] = "failing"
+                report["failing"] = meta["failing"]
             report["dead_letters"] = dead
             positions: dict[str, Any] = {}
             for key, checkpoint in sorted(checkpoints.items()):
@@ -105,12 +108,15 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
 
 
 def _state(home: ProjectionHome) -> str:
-    """``running`` while a projector holds the projection's lock, else ``stopped``."""
-    try:
-        with home.writer_lock():
-            return "stopped"
-    except ProjectionBusyError:
-        return "running"
+    """``replaying`` while a replay runs, ``live`` while a projector runs, else
+    ``paused``."""
+    for lock, busy in (("replay", "replaying"), (None, "live")):
+        try:
+            with home.writer_lock(lock):
+                pass
+        except ProjectionBusyError:
+            return busy
+    return "paused"
 
 
 def render(report: dict[str, Any]) -> Table:

@@ -112,6 +112,7 @@ class ReadModelStore:
         self.partition = partition
         """With partitioned workers sharing one read model, this worker's index."""
         self._writing = threading.Lock()  # apply() and park() never interleave
+        self._failing = True  # until known otherwise: the first success clears the record
         self.db = connect(path)
         self.db.executescript(_TOOLKIT_TABLES)
         row = self.db.execute("SELECT value FROM toolkit_meta WHERE key = 'version'").fetchone()
@@ -366,6 +367,20 @@ class ReadModelStore:
         self._passed_over.add((message.stream, message.sequence))
         if aggregate:
             self._parked.setdefault(message.stream, {}).setdefault(token, message.sequence)
+
+    def note_failing(self, reason: str | None) -> None:
+        """Record (or clear) why the projection cannot make progress, for ``status``.
+        Best effort: when the database itself is the trouble, this may fail too."""
+        if reason is None and not self._failing:
+            return
+        with self._writing, contextlib.suppress(sqlite3.Error):
+            if reason is None:
+                self.db.execute("DELETE FROM toolkit_meta WHERE key = 'failing'")
+            else:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO toolkit_meta VALUES ('failing', ?)", (reason,)
+                )
+            self._failing = reason is not None
 
     # -- dead letters ---------------------------------------------------------------------
 
