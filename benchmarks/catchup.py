@@ -47,9 +47,10 @@ from projections.billing.translation import sales as billing_sales
 from toolkit import Relay
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
+from toolkit.home import ProjectionHome
 from toolkit.projector import Projector
 from toolkit.reader import StreamMessage
-from toolkit.store import ProjectionHome, ReadModelStore
+from toolkit.store import ReadModelStore
 from toolkit.wire import decode_head
 
 BASELINE = "raw client limit: ordered push consumer, decode only"

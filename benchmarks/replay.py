@@ -29,8 +29,8 @@ from projections.billing import Accounts
 from toolkit import Relay
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
+from toolkit.home import ProjectionHome
 from toolkit.replay import rebuild
-from toolkit.store import ProjectionHome
 
 
 async def _replay(data_dir: Path, url: str) -> dict[str, float]:

@@ -8,10 +8,11 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from toolkit import Relay
+from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
 from toolkit.projector import Projector, ProjectorStats
 from toolkit.reader import StreamMessage, StreamReader
-from toolkit.store import ProjectionHome, ReadModelStore
+from toolkit.store import ReadModelStore
 
 
 async def relay_all(sales: Sales, nc: Client) -> int:

@@ -15,7 +15,8 @@ import pytest
 
 from contexts.sales import Sales
 from tests.conftest import nats_servers_using
-from toolkit.store import ProjectionHome, dump
+from toolkit.home import ProjectionHome
+from toolkit.store import dump
 
 SUBCOMMANDS = ["demo", "relay", "project", "replay", "rewind", "status", "serve"]
 

@@ -15,7 +15,8 @@ from tests.flow import project_all, relay_all
 from tests.test_cli import toolkit
 from tests.test_projector import dead_letters, poisoned, shipments, three_orders
 from toolkit.embedded import EmbeddedServer
-from toolkit.store import ProjectionHome, ReadModelStore
+from toolkit.home import ProjectionHome
+from toolkit.store import ReadModelStore
 
 
 def store(data_dir: Path, projection: Shipments) -> ReadModelStore:

@@ -14,8 +14,8 @@ from nats.aio.client import Client
 from projections.shipping import Shipments
 from tests.flow import project_all
 from toolkit import ContractError, StreamSpec, ensure_stream
+from toolkit.home import ProjectionHome
 from toolkit.reader import StreamMessage
-from toolkit.store import ProjectionHome
 from toolkit.translator import UnknownEvent
 
 

@@ -11,8 +11,8 @@ from nats.aio.client import Client
 
 from tests.flow import project_all
 from toolkit import IntegrationEvent, StreamSpec, contract, ensure_stream
+from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
-from toolkit.store import ProjectionHome
 from toolkit.translator import Translator
 
 sales, catalog = Translator("sales"), Translator("catalog")

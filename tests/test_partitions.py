@@ -18,9 +18,10 @@ from contexts.sales import Sales
 from tests.conftest import wait_for
 from tests.flow import read_all, relay_all
 from toolkit import IntegrationEvent, contract
+from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
 from toolkit.projector import Projector, owner
-from toolkit.store import ProjectionHome, ReadModelStore, aggregate_token
+from toolkit.store import ReadModelStore, aggregate_token
 from toolkit.translator import Translator
 
 orders_stream = Translator("sales")

@@ -17,9 +17,10 @@ from projections.shipping.translation import ShipmentAwaitingDispatch
 from tests.conftest import wait_for
 from tests.flow import project_all, read_all, relay_all
 from toolkit.errors import ProjectionBusyError
+from toolkit.home import ProjectionHome
 from toolkit.projector import Projector
 from toolkit.reader import StreamMessage
-from toolkit.store import ProjectionHome, ReadModelStore
+from toolkit.store import ReadModelStore
 from toolkit.translator import Translator
 
 

@@ -18,7 +18,8 @@ from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.flow import project_all, relay_all
 from toolkit.embedded import EmbeddedServer
-from toolkit.store import ProjectionHome, ReadModelStore, dump
+from toolkit.home import ProjectionHome
+from toolkit.store import ReadModelStore, dump
 
 
 async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(

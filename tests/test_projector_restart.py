@@ -13,8 +13,9 @@ from tests.flow import project_all, relay_all
 from tests.test_relay_faults import free_port
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
+from toolkit.home import ProjectionHome
 from toolkit.projector import Projector
-from toolkit.store import ProjectionHome, ReadModelStore, dump
+from toolkit.store import ReadModelStore, dump
 
 
 async def test_projector_rides_out_a_server_restart(data_dir: Path, tmp_path: Path) -> None:

@@ -18,10 +18,11 @@ from tests.conftest import wait_for
 from tests.flow import project_all, relay_all
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
+from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
 from toolkit.projector import Projector
 from toolkit.replay import rebuild
-from toolkit.store import ProjectionHome, ReadModelStore, dump
+from toolkit.store import ReadModelStore, dump
 
 # A command: ("customer",), ("order", customer_pick, quantities), ("cancel", order_pick),
 # ("note", order_pick), ("sync",) to let the live projections catch up mid-way.

@@ -22,8 +22,8 @@ from tests.conftest import serving, wait_for
 from tests.flow import project_all, relay_all
 from toolkit.config import Settings
 from toolkit.embedded import EmbeddedServer
+from toolkit.home import ProjectionHome
 from toolkit.http import create_app
-from toolkit.store import ProjectionHome
 
 
 @pytest.mark.timeout(240)

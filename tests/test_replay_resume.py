@@ -19,7 +19,8 @@ from projections.billing import Accounts
 from tests.conftest import wait_for
 from tests.flow import project_all, relay_all
 from toolkit.embedded import EmbeddedServer
-from toolkit.store import ProjectionHome, dump
+from toolkit.home import ProjectionHome
+from toolkit.store import dump
 
 
 def building_checkpoint(home: ProjectionHome) -> int:

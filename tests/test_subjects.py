@@ -23,9 +23,9 @@ from nats.aio.client import Client
 
 from tests.flow import project_all, read_all
 from toolkit import BoundedContext, IntegrationEvent, PublishedLanguage, Relay, contract
+from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
 from toolkit.reader import StreamReader
-from toolkit.store import ProjectionHome
 from toolkit.translator import Translator
 from toolkit.wire import encode_token
 

@@ -33,11 +33,12 @@ from rich.progress import (
 from toolkit.config import Settings
 from toolkit.connection import open_nats, redact_urls
 from toolkit.errors import ConfigurationError, ProjectionVersionError, ToolkitError
+from toolkit.home import ProjectionHome
 from toolkit.projection import StartPosition
 from toolkit.projector import Projector, ProjectorStats
 from toolkit.relay import Relay
 from toolkit.replay import rebuild
-from toolkit.store import ProjectionHome, ReadModelStore, read_dead_letters
+from toolkit.store import ReadModelStore, read_dead_letters
 from toolkit.streams import StreamSpec
 from toolkit.system import System, load_system
 

@@ -32,11 +32,12 @@ from contexts.system import system
 from toolkit.config import Settings
 from toolkit.connection import open_nats
 from toolkit.errors import ToolkitError
+from toolkit.home import ProjectionHome
 from toolkit.http import create_app
 from toolkit.projector import Projector
 from toolkit.relay import Relay
 from toolkit.replay import rebuild
-from toolkit.store import ProjectionHome, ReadModelStore, dump
+from toolkit.store import ReadModelStore, dump
 from toolkit.streams import ensure_stream
 
 console = Console(highlight=False)

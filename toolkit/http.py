@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, FastAPI, HTTPException, Response
 
 from toolkit.config import Settings
-from toolkit.store import ProjectionHome, connect
+from toolkit.home import ProjectionHome
+from toolkit.store import connect
 
 if TYPE_CHECKING:
     from toolkit.system import System

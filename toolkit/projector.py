@@ -17,9 +17,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from toolkit.errors import BatchFailure, PoisonMessage
+from toolkit.home import ProjectionHome
 from toolkit.projection import Projection, StartPosition
 from toolkit.reader import StreamMessage, StreamReader
-from toolkit.store import BatchResult, ProjectionHome, ReadModelStore, aggregate_token
+from toolkit.store import BatchResult, ReadModelStore, aggregate_token
 from toolkit.translator import Translator
 
 log = logging.getLogger(__name__)

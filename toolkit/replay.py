@@ -11,9 +11,10 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
+from toolkit.home import ProjectionHome
 from toolkit.projection import Projection, StartPosition
 from toolkit.projector import Projector, ProjectorStats
-from toolkit.store import ProjectionHome, ReadModelStore
+from toolkit.store import ReadModelStore
 
 
 @dataclass

@@ -20,7 +20,8 @@ from rich.table import Table
 from toolkit import wire
 from toolkit.config import Settings
 from toolkit.errors import ProjectionBusyError
-from toolkit.store import ProjectionHome, connect
+from toolkit.home import ProjectionHome
+from toolkit.store import connect
 from toolkit.system import System
 
 

@@ -1,21 +1,14 @@
-"""A projection's read model in SQLite: its tables, its checkpoints and its dead letters
-in one file, changed in one transaction per batch.
-
-Each projection has a home folder holding generations of its read model
-(``g000001.sqlite``, ...) and a ``CURRENT`` file naming the one readers use. A rebuild
-writes a new generation beside the live one and switches ``CURRENT`` atomically, so
-readers never see a half-built model. A lock file keeps two writers apart.
+"""A projection's read model in SQLite: its tables, its checkpoints, its dead letters and
+its partitioning in one file (one generation, see :mod:`toolkit.home`), changed in one
+transaction per batch, so the model and the position it reflects never disagree.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,15 +19,12 @@ from toolkit.errors import (
     BatchFailure,
     ContractError,
     PoisonMessage,
-    ProjectionBusyError,
     ProjectionError,
     ProjectionVersionError,
 )
 from toolkit.projection import Projection
 from toolkit.reader import StreamMessage
 from toolkit.translator import Translator, UnknownEvent
-
-_GENERATION = re.compile(r"g(\d{6})\.sqlite")
 
 _TOOLKIT_TABLES = """
 CREATE TABLE IF NOT EXISTS toolkit_checkpoint (
@@ -511,99 +501,3 @@ def dump(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
         )
     ]
     return {t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables}
-
-
-class ProjectionHome:
-    """The folder of one projection: its generations, ``CURRENT`` and its writer lock."""
-
-    def __init__(self, data_dir: Path | str, name: str) -> None:
-        self.name = name
-        self.path = Path(data_dir) / "projections" / name
-        self.path.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def _pointer(self) -> Path:
-        return self.path / "CURRENT"
-
-    def current(self) -> Path | None:
-        """The generation readers use, or None before the first one."""
-        try:
-            name = self._pointer.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return self.path / name
-
-    def building(self) -> Path | None:
-        """The generation an unfinished replay was writing, if any."""
-        try:
-            return self.path / (self.path / "BUILDING").read_text().strip()
-        except FileNotFoundError:
-            return None
-
-    def mark_building(self, generation: Path | None) -> None:
-        marker = self.path / "BUILDING"
-        if generation is None:
-            marker.unlink(missing_ok=True)
-        else:
-            marker.write_text(generation.name + "\n")
-
-    def generations(self) -> list[Path]:
-        return sorted(p for p in self.path.iterdir() if _GENERATION.fullmatch(p.name))
-
-    def new_generation(self) -> Path:
-        numbers = [
-            int(m.group(1)) for p in self.generations() if (m := _GENERATION.fullmatch(p.name))
-        ]
-        return self.path / f"g{max(numbers, default=0) + 1:06d}.sqlite"
-
-    def live(self) -> Path:
-        """The generation the live projector writes, created on first use."""
-        current = self.current()
-        if current is None:
-            current = self.new_generation()
-            self.switch_to(current)
-        return current
-
-    def switch_to(self, generation: Path) -> None:
-        """Point readers at ``generation`` atomically."""
-        tmp = self._pointer.with_suffix(".tmp")
-        tmp.write_text(generation.name + "\n")
-        with open(tmp) as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self._pointer)
-
-    def drop(self, generation: Path) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{generation}{suffix}")
-
-    @contextlib.contextmanager
-    def writer_lock(self, partition: int | str | None = None) -> Iterator[None]:
-        """Held by whoever writes the projection (or one partition of it, or a replay:
-        ``"replay"``); a second one is refused."""
-        name = "lock" if partition is None else f"lock.{partition}"
-        fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ProjectionBusyError(
-                    f"projection {self.name} is being written by another process "
-                    f"(lock {self.path / name}); stop it first"
-                ) from None
-            yield
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def reader(self) -> Iterator[sqlite3.Connection | None]:
-        """A read-only connection to the current generation (None before there is one)."""
-        current = self.current()
-        if current is None or not current.exists():
-            yield None
-            return
-        db = connect(current, readonly=True)
-        try:
-            yield db
-        finally:
-            db.close()

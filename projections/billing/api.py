@@ -8,8 +8,8 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 
+from toolkit.home import ProjectionHome
 from toolkit.http import ReadModel
-from toolkit.store import ProjectionHome
 
 
 class Account(BaseModel):

@@ -8,8 +8,8 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
+from toolkit.home import ProjectionHome
 from toolkit.http import ReadModel
-from toolkit.store import ProjectionHome
 
 
 class Shipment(BaseModel):
