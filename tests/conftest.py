@@ -104,9 +104,14 @@ def log_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     dsn = "host=127.0.0.1 port=5432 dbname=test user=postgres"
     try:
-        admin = psycopg.connect(dsn, autocommit=True)
+        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is needed for the postgres log: {exc}")
+        if os.environ.get("CI"):  # CI has PostgreSQL: its absence is a failure there
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is needed for the postgres log: {exc}")
+        pytest.skip(
+            "no PostgreSQL at 127.0.0.1:5432 (trust auth, database test): the "
+            "PostgreSQL-log variants run where there is one, as in CI"
+        )
     with admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
