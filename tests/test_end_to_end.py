@@ -30,6 +30,7 @@ async def test_commands_reach_the_read_endpoints_through_a_real_server(
         # Before the projections have run there is no read model: 503, not an empty answer.
         early = await http.get(f"/shipping/shipments/{kept}")
         assert early.status_code == 503 and early.headers["retry-after"] == "1"
+        assert early.json()["detail"] == "projection shipping has no read model yet"
 
         await relay_all(sales, nc)
         await project_all(Shipments(), data_dir, nc)
@@ -59,8 +60,21 @@ async def test_commands_reach_the_read_endpoints_through_a_real_server(
         }
 
         missing = await http.get(f"/billing/accounts/{dropped}")
-        assert missing.status_code == 404 and str(dropped) in missing.text
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        assert missing.json() == {
+            "type": "about:blank",
+            "title": "Not Found",
+            "status": 404,
+            "detail": f"no account {dropped}",
+        }
         malformed = await http.get("/shipping/shipments/not-an-id")
         assert malformed.status_code == 422
+        assert malformed.headers["content-type"] == "application/problem+json"
+        assert malformed.json()["detail"].startswith("path.shipment_id: ")
         too_many = await http.get("/shipping/shipments", params={"limit": 100000})
-        assert too_many.status_code == 422
+        assert too_many.status_code == 422 and "query.limit" in too_many.json()["detail"]
+        unknown_status = await http.get("/shipping/shipments", params={"status": "lost"})
+        assert unknown_status.status_code == 422 and "query.status" in unknown_status.text
+        nowhere = await http.get("/no/such/path")
+        assert nowhere.status_code == 404 and nowhere.json()["title"] == "Not Found"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, HTTPException, Response
 
+from toolkit import problems
 from toolkit.config import Settings
 from toolkit.home import ProjectionHome
 from toolkit.store import connect
@@ -59,6 +60,7 @@ RouterFactory = Callable[[ProjectionHome], APIRouter]
 def create_app(system: System, settings: Settings) -> FastAPI:
     """The read API of every projection in ``system`` that has endpoints."""
     app = FastAPI(title="toolkit read API", version="1")
+    problems.install(app)
     for name, factory in system.routers.items():
         app.include_router(factory(ProjectionHome(settings.data_dir, name)))
     return app
