@@ -142,7 +142,7 @@ class PublishedLanguage:
         else:
             aggregate_id = str(originator_id)
             token = wire.encode_token(aggregate_id)
-        msg_id = f"{self.context}:{log_position}"
+        msg_id = wire.message_id(self.context, log_position)
         envelope = wire.Envelope(
             specversion=wire.SPECVERSION,
             id=msg_id,
