@@ -36,6 +36,16 @@ def toolkit(
     )
 
 
+def sales_log(data: Path, orders: int) -> Path:
+    """A sales log in ``data``: one customer and ``orders`` orders of 1..N teas."""
+    sales = Sales(data_dir=data)
+    ann = sales.register_customer("Ann", "ann@example.com")
+    for quantity in range(1, orders + 1):
+        sales.place_order(ann, [{"sku": "tea", "quantity": quantity, "unit_price": "1.00"}])
+    sales.close()
+    return data
+
+
 def test_help_lists_every_subcommand(tmp_path: Path) -> None:
     done = toolkit("--help", tmp=tmp_path)
     assert done.returncode == 0
@@ -102,12 +112,7 @@ def test_an_interrupted_demo_leaves_no_server(tmp_path: Path, sig: signal.Signal
 
 
 def test_relay_project_and_replay_commands_share_a_data_folder(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    sales = Sales(data_dir=data)
-    ann = sales.register_customer("Ann", "ann@example.com")
-    for quantity in range(1, 6):
-        sales.place_order(ann, [{"sku": "tea", "quantity": quantity, "unit_price": "1.00"}])
-    sales.close()
+    data = sales_log(tmp_path / "data", orders=5)
 
     relayed = toolkit("--data-dir", str(data), "relay", "sales", "--once", tmp=tmp_path)
     assert relayed.returncode == 0, relayed.stderr
@@ -172,12 +177,7 @@ def test_serve_answers_http_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_partition_workers_from_the_command_line(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    sales = Sales(data_dir=data)
-    ann = sales.register_customer("Ann", "ann@example.com")
-    for quantity in range(1, 21):
-        sales.place_order(ann, [{"sku": "tea", "quantity": quantity, "unit_price": "1.00"}])
-    sales.close()
+    data = sales_log(tmp_path / "data", orders=20)
     assert (
         toolkit("--data-dir", str(data), "relay", "sales", "--once", tmp=tmp_path).returncode == 0
     )
@@ -235,12 +235,7 @@ def test_status_json_reports_lag_as_events_arrive(tmp_path: Path) -> None:
 
 
 def test_replay_options_rewind_and_versions(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    sales = Sales(data_dir=data)
-    ann = sales.register_customer("Ann", "ann@example.com")
-    for quantity in range(1, 11):
-        sales.place_order(ann, [{"sku": "tea", "quantity": quantity, "unit_price": "1.00"}])
-    sales.close()
+    data = sales_log(tmp_path / "data", orders=10)
     run = ["--data-dir", str(data)]
     assert toolkit(*run, "relay", "sales", "--once", tmp=tmp_path).returncode == 0
     home = ProjectionHome(data, "shipping")

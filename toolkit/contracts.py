@@ -10,7 +10,7 @@ their own classes for a contract (a consumer declares only the fields it reads);
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -92,7 +92,7 @@ class ContractRegistry:
     def __contains__(self, key: object) -> bool:
         return key in self._classes
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[type[IntegrationEvent]]:
         return iter(self._classes.values())
 
     def decoder(self, name: str, version: int) -> msgspec.json.Decoder[Any] | None:

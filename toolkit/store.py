@@ -19,7 +19,6 @@ from toolkit.errors import (
     BatchFailure,
     ContractError,
     PoisonMessage,
-    ProjectionError,
     ProjectionVersionError,
 )
 from toolkit.projection import Projection
@@ -455,12 +454,6 @@ class ReadModelStore:
             if root == sequence:
                 del parked[aggregate]
         self._passed_over.discard((stream, sequence))
-
-    def _failure(self, stream: str, sequence: int, exc: Exception) -> ProjectionError:
-        return ProjectionError(
-            f"projection {self.projection.name} failed on {stream} at sequence "
-            f"{sequence}: {type(exc).__name__}: {exc}"
-        )
 
     def _dead_letter(self, message: StreamMessage, reason: str) -> None:
         self.db.execute(

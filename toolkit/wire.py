@@ -29,7 +29,6 @@ MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 SPECVERSION = "1.0"
 DATACONTENTTYPE = "application/json"
-MEDIA_TYPE = "application/cloudevents+json"
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -69,7 +68,6 @@ class EnvelopeHead(msgspec.Struct):
 
 encode_envelope = msgspec.json.Encoder().encode
 decode_head = msgspec.json.Decoder(EnvelopeHead).decode
-decode_envelope = msgspec.json.Decoder(Envelope).decode
 
 
 def log_position(msg_id: str) -> int | None:
