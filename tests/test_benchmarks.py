@@ -18,8 +18,9 @@ async def test_read_path_benchmark_measures_every_reader(tmp_path: Path) -> None
 async def test_relay_benchmark_measures_relay_and_raw_publishers(tmp_path: Path) -> None:
     rates = await relay.measure(300, tmp_path)
     assert relay.BASELINE in rates and "toolkit Relay, from the SQLite log" in rates
+    assert relay.BUILD_ONLY in rates
     assert all(rate > 0 for rate in rates.values())
-    assert relay.report(300, rates).row_count == 4
+    assert relay.report(300, rates).row_count == 5
 
 
 async def test_catchup_benchmark_measures_every_consumer(tmp_path: Path) -> None:

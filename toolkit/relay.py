@@ -59,7 +59,8 @@ class _AckWindow:
         self.size = size
         self.ack_timeout = ack_timeout
         self.inbox = client.new_inbox()
-        self.pending: OrderedDict[int, tuple[OutgoingMessage, float]] = OrderedDict()
+        self.pending: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        """Token -> (log position, time sent) of each message not yet acknowledged."""
         self.acked: set[int] = set()
         self.next_token = 0
         self.last_sequence = 0  # stream sequence of the last message sent
@@ -85,10 +86,9 @@ class _AckWindow:
         self._raise_if_failed()
         token = self.next_token
         self.next_token += 1
-        headers = dict(message.headers)
-        headers[wire.EXPECTED_LAST_SEQUENCE] = str(self.last_sequence)
+        headers = {**message.headers, wire.EXPECTED_LAST_SEQUENCE: str(self.last_sequence)}
         self.last_sequence += 1
-        self.pending[token] = (message, time.monotonic())
+        self.pending[token] = (message.log_position, time.monotonic())
         await self.client.publish(
             message.subject, message.body, reply=f"{self.inbox}.{token}", headers=headers
         )
@@ -133,25 +133,25 @@ class _AckWindow:
             self.error = self.error or RelayError(
                 f"stream {self.stream} does not exist or has no responders", transient=True
             )
-        else:
-            ack = orjson.loads(msg.data)
-            error = ack.get("error")
-            if error:
-                self.error = self.error or RelayError(
-                    f"stream {self.stream} refused log position {entry[0].log_position}: "
-                    f"{error.get('description', error)} (code {error.get('err_code')})",
-                    transient=True,
-                )
-            else:
-                self.acked.add(token)
-                while self.pending:
-                    first = next(iter(self.pending))
-                    if first not in self.acked:
-                        break
-                    _, (message, _) = self.pending.popitem(last=False)
-                    self.acked.discard(first)
-                    self.confirmed_position = message.log_position
-                    self.confirmed_sequence += 1
+            return
+        # A success ({"stream":..,"seq":..}) needs no parsing; "error" in it may be a name.
+        error = orjson.loads(msg.data).get("error") if b'"error"' in msg.data else None
+        if error:
+            self.error = self.error or RelayError(
+                f"stream {self.stream} refused log position {entry[0]}: "
+                f"{error.get('description', error)} (code {error.get('err_code')})",
+                transient=True,
+            )
+            return
+        self.acked.add(token)
+        while self.pending:
+            first = next(iter(self.pending))
+            if first not in self.acked:
+                break
+            _, (position, _) = self.pending.popitem(last=False)
+            self.acked.discard(first)
+            self.confirmed_position = position
+            self.confirmed_sequence += 1
 
 
 class Relay:
