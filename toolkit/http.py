@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, HTTPException, Response
 
-from toolkit import problems
+from toolkit import feed, problems
 from toolkit.config import Settings
 from toolkit.home import ProjectionHome
 from toolkit.store import connect
@@ -63,4 +63,6 @@ def create_app(system: System, settings: Settings) -> FastAPI:
     problems.install(app)
     for name, factory in system.routers.items():
         app.include_router(factory(ProjectionHome(settings.data_dir, name)))
+    nats = feed.NatsLink(settings)  # opened on first use by the feed and webhooks
+    app.include_router(feed.router(system.contexts, nats))
     return app
