@@ -1,0 +1,217 @@
+"""The event feed over a real uvicorn server: pages chain from the first to the head and
+hold exactly the stream's events, in order; complete pages are immutable and answer 304
+to their ETag; the head page grows until it is complete; bad input gets problem details."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from contexts.system import system
+from tests.conftest import serving
+from tests.flow import read_all, relay_all
+from toolkit import StreamSpec, ensure_stream
+from toolkit.config import Settings
+from toolkit.embedded import EmbeddedServer
+from toolkit.feed import IMMUTABLE, FeedPage
+from toolkit.http import create_app
+
+LINE = [{"sku": "tea", "quantity": 2, "unit_price": "1.25"}]
+
+
+@pytest.fixture
+async def feed(nats_server: EmbeddedServer, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The example system's API on a free port, reading the test's NATS server."""
+    app = create_app(system, Settings(nats_url=nats_server.url, data_dir=data_dir))
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        yield http
+
+
+@pytest.fixture
+def sales(data_dir: Path) -> Iterator[Sales]:
+    app = Sales(data_dir=data_dir)
+    yield app
+    app.close()
+
+
+def place_orders(sales: Sales, count: int) -> None:
+    customer = sales.register_customer("Ann", "ann@example.com")
+    for i in range(count):
+        order = sales.place_order(customer, LINE)
+        if i % 7 == 0:
+            sales.cancel_order(order, "changed her mind")
+
+
+def link(response: httpx.Response, rel: str) -> str | None:
+    """A link from the Link header, checked against the same link in the body."""
+    header = response.links.get(rel, {}).get("url")
+    assert header == response.json()["links"][rel]
+    return header
+
+
+async def test_pages_chain_from_the_first_to_the_head_with_exactly_the_streams_events(
+    sales: Sales, nc: Client, feed: httpx.AsyncClient
+) -> None:
+    place_orders(sales, 300)  # 1 customer, 300 orders, 43 cancellations: 344 events
+    head = await relay_all(sales, nc)
+    assert head == 344
+
+    pages: list[httpx.Response] = []
+    url: str | None = "/feed/sales?limit=50"
+    while url is not None:
+        page = await feed.get(url)
+        assert page.status_code == 200, page.text
+        FeedPage.model_validate(page.json())  # the documented shape, in the OpenAPI schema
+        pages.append(page)
+        url = link(page, "next")
+    assert len(pages) == 7  # six complete pages of 50, then the head page
+
+    entries = [entry for page in pages for entry in page.json()["events"]]
+    stream = await read_all(nc)
+    assert [e["position"] for e in entries] == [m.sequence for m in stream] == list(range(1, 345))
+    assert [e["subject"] for e in entries] == [m.subject for m in stream]
+    assert [e["event"] for e in entries] == [orjson.loads(m.data) for m in stream]
+    positions = [e["event"]["logposition"] for e in entries]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+
+    *complete, last = pages
+    for page in complete:
+        assert page.json()["complete"] is True
+        assert page.headers["cache-control"] == IMMUTABLE
+        again = await feed.get(page.url, headers={"If-None-Match": page.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        assert again.headers["etag"] == page.headers["etag"]
+        assert again.headers["cache-control"] == IMMUTABLE
+    assert last.json()["complete"] is False and last.json()["links"]["next"] is None
+    assert last.headers["cache-control"] == "public, max-age=1"
+    assert last.json()["events"][-1]["position"] == head
+
+    # Backwards from the head, prev links visit the same pages.
+    back: list[int] = []
+    url = str(last.url.copy_with(scheme=None, host=None, port=None))
+    while url is not None:
+        page = await feed.get(url)
+        back = [e["position"] for e in page.json()["events"]] + back
+        url = link(page, "prev")
+    assert back == list(range(1, 345))
+
+
+async def test_the_head_page_grows_until_complete_then_links_onward(
+    sales: Sales, nc: Client, feed: httpx.AsyncClient
+) -> None:
+    place_orders(sales, 4)  # 1 customer, 4 orders, 1 cancellation
+    await relay_all(sales, nc)
+    first = await feed.get("/feed/sales", params={"limit": 10})
+    assert [e["position"] for e in first.json()["events"]] == [1, 2, 3, 4, 5, 6]
+    assert first.json()["complete"] is False and "next" not in first.links
+    polled = await feed.get(first.url, headers={"If-None-Match": first.headers["etag"]})
+    assert polled.status_code == 304  # nothing new: the poller's copy is current
+
+    place_orders(sales, 6)  # 1 + 6 + 1 more: 14 events
+    await relay_all(sales, nc)
+    grown = await feed.get(first.url, headers={"If-None-Match": first.headers["etag"]})
+    assert grown.status_code == 200 and grown.headers["etag"] != first.headers["etag"]
+    assert grown.json()["complete"] is True and grown.headers["cache-control"] == IMMUTABLE
+    assert [e["position"] for e in grown.json()["events"]] == list(range(1, 11))
+    nxt = await feed.get(link(grown, "next") or "")
+    assert [e["position"] for e in nxt.json()["events"]] == [11, 12, 13, 14]
+    assert nxt.json()["links"]["prev"] == "/feed/sales?after=0&limit=10"
+
+    # A page at the head with nothing in it yet is a valid place to wait.
+    at_head = await feed.get("/feed/sales", params={"after": 14, "limit": 10})
+    assert at_head.status_code == 200 and at_head.json()["events"] == []
+
+
+async def test_a_recreated_stream_is_never_answered_from_cached_pages(
+    nc: Client, feed: httpx.AsyncClient
+) -> None:
+    js = nc.jetstream()
+
+    async def fill(tag: str, count: int) -> None:
+        await ensure_stream(js, StreamSpec("sales"))
+        for i in range(count):
+            body = {"specversion": "1.0", "id": f"sales:{i}", "source": "sales", "type": tag}
+            await js.publish(f"sales.order.{i}.Tagged", orjson.dumps(body))
+
+    await fill("old", 12)
+    before = await feed.get("/feed/sales", params={"limit": 10})
+    assert before.json()["complete"] is True
+    assert {e["event"]["type"] for e in before.json()["events"]} == {"old"}
+
+    await js.delete_stream("sales")
+    await fill("new", 12)
+    after = await feed.get("/feed/sales", params={"limit": 10})
+    assert {e["event"]["type"] for e in after.json()["events"]} == {"new"}
+    assert after.headers["etag"] != before.headers["etag"]
+
+
+async def test_a_message_that_is_not_an_event_keeps_its_place_and_says_why(
+    nc: Client, feed: httpx.AsyncClient
+) -> None:
+    js = nc.jetstream()
+    await ensure_stream(js, StreamSpec("sales"))
+    good = {"specversion": "1.0", "id": "sales:1", "source": "sales", "type": "sales.X"}
+    await js.publish("sales.order.a.X", orjson.dumps(good))
+    await js.publish("sales.order.b.X", b"\xff not json")
+    await js.publish("sales.order.c.X", b'{"type": "no specversion"}')
+    page = (await feed.get("/feed/sales")).json()
+    assert [(e["position"], e["event"] is None) for e in page["events"]] == [
+        (1, False),
+        (2, True),
+        (3, True),
+    ]
+    assert page["events"][1]["problem"].startswith("not a CloudEvents event: ")
+    assert "specversion" in page["events"][2]["problem"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "detail"),
+    [
+        ("after=-1", 422, "query.after"),
+        ("after=abc", 422, "query.after"),
+        ("after=1e3", 422, "query.after"),
+        ("limit=0", 422, "query.limit"),
+        ("limit=1001", 422, "query.limit"),
+        ("limit=ten", 422, "query.limit"),
+        ("after=99", 404, "position 99 is beyond the head of sales (3)"),
+        ("cursor=5", 400, "unknown query parameter 'cursor' (known: after, limit)"),
+    ],
+)
+async def test_bad_positions_and_limits_get_problem_details(
+    nc: Client, feed: httpx.AsyncClient, query: str, status: int, detail: str
+) -> None:
+    await ensure_stream(nc.jetstream(), StreamSpec("sales"))
+    for i in range(3):
+        await nc.jetstream().publish(f"sales.order.{i}.X", b"{}")
+    answer = await feed.get(f"/feed/sales?{query}")
+    problem: dict[str, Any] = answer.json()
+    assert answer.status_code == status == problem["status"]
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert detail in problem["detail"]
+
+
+async def test_an_unknown_context_is_not_found(feed: httpx.AsyncClient) -> None:
+    answer = await feed.get("/feed/shipping")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["detail"] == "no feed for context 'shipping' (known: sales)"
+
+
+async def test_without_nats_the_feed_answers_503_with_retry_after(data_dir: Path) -> None:
+    with socket.socket() as s:  # a free port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"nats://127.0.0.1:{s.getsockname()[1]}"
+    app = create_app(system, Settings(nats_url=nowhere, data_dir=data_dir))
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        answer = await http.get("/feed/sales")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["detail"].startswith("cannot connect to NATS at nats://127.0.0.1:")
