@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
@@ -37,6 +37,7 @@ class BoundedContext(Application[UUID]):
         self.data_dir = Path(data_dir or os.environ.get("TOOLKIT_DATA_DIR") or ".toolkit")
         self._saved_listeners: list[Callable[[int], None]] = []
         self._listeners_lock = threading.Lock()
+        self._recorded = threading.local()
         super().__init__(env)
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
@@ -73,9 +74,26 @@ class BoundedContext(Application[UUID]):
 
         return remove
 
+    @contextlib.contextmanager
+    def recordings(self) -> Iterator[list[Recording[Any]]]:
+        """Collect what this thread saves inside the block (e.g. to answer a command
+        with a consistency token, see :mod:`toolkit.consistency`)."""
+        outer = getattr(self._recorded, "into", None)
+        collected: list[Recording[Any]] = []
+        self._recorded.into = collected
+        try:
+            yield collected
+        finally:
+            self._recorded.into = outer
+            if outer is not None:
+                outer.extend(collected)
+
     def _notify(self, recordings: list[Recording[Any]]) -> None:
         if not recordings:
             return
+        into = getattr(self._recorded, "into", None)
+        if into is not None:
+            into.extend(recordings)
         last = recordings[-1].notification.id
         with self._listeners_lock:
             listeners = list(self._saved_listeners)

@@ -48,6 +48,10 @@ class InvalidCommand(ToolkitError, ValueError):
     """A command was rejected before anything was stored."""
 
 
+class UnknownAggregate(InvalidCommand, LookupError):
+    """A command names an aggregate the context does not have."""
+
+
 class ConflictError(ToolkitError):
     """Another command changed the aggregate first; nothing of this one was stored."""
 

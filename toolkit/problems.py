@@ -24,6 +24,8 @@ def problem(status: int, detail: str, **extra: Any) -> Response:
 
 async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 304:  # not an error: a revalidated cache entry, without a body
+        return Response(status_code=304, headers=exc.headers)
     response = problem(exc.status_code, str(exc.detail))
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value

@@ -11,6 +11,7 @@ from eventsourcing.application import AggregateNotFoundError
 from contexts.sales.domain import Customer, Order, OrderLine
 from contexts.sales.published import language
 from toolkit import BoundedContext, InvalidCommand
+from toolkit.errors import UnknownAggregate
 
 MAX_LINES = 100
 
@@ -56,14 +57,14 @@ class Sales(BoundedContext):
         try:
             customer: Customer = self.repository.get(customer_id)
         except AggregateNotFoundError:
-            raise InvalidCommand(f"no customer {customer_id}") from None
+            raise UnknownAggregate(f"no customer {customer_id}") from None
         return customer
 
     def _order(self, order_id: UUID) -> Order:
         try:
             order: Order = self.repository.get(order_id)
         except AggregateNotFoundError:
-            raise InvalidCommand(f"no order {order_id}") from None
+            raise UnknownAggregate(f"no order {order_id}") from None
         return order
 
 

@@ -1,0 +1,95 @@
+"""Sales' command endpoints. (No `from __future__ import annotations`: FastAPI reads
+these annotations at runtime.)
+
+Each command answers with a consistency token: a read of another context's projection
+that sends it back in ``Consistency-Token`` sees this command's effect, or is told how
+far the projection has got. Nothing here calls another context.
+"""
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Body, HTTPException, Response
+from pydantic import BaseModel, Field
+
+from contexts.sales.application import MAX_LINES, Sales
+from toolkit.consistency import HEADER, token_for
+from toolkit.errors import ConflictError, InvalidCommand, UnknownAggregate
+
+
+class NewCustomer(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    email: str = Field(min_length=3, max_length=254)
+
+
+class Line(BaseModel):
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(ge=1, le=10_000)
+    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+
+
+class NewOrder(BaseModel):
+    customer_id: UUID
+    lines: list[Line] = Field(min_length=1, max_length=MAX_LINES)
+
+
+class Cancellation(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class Accepted(BaseModel):
+    id: UUID
+    consistency_token: str = Field(
+        description="send it back in the `Consistency-Token` header of a read to see this "
+        "command's effect (`<context>:<log position>`)"
+    )
+
+
+_ERRORS: dict[int | str, dict[str, str]] = {
+    404: {"description": "the order does not exist"},
+    409: {"description": "the aggregate was changed by another command at the same time"},
+    422: {"description": "the command is invalid; nothing was stored"},
+}
+
+
+def router(sales: Sales) -> APIRouter:
+    api = APIRouter(prefix="/sales", tags=["sales"], responses=_ERRORS)
+
+    def run(
+        response: Response, command: Callable[..., object], *args: object, unknown: int = 422
+    ) -> Accepted:
+        """Run a command; an unknown aggregate is 404 when the path names it (``unknown``),
+        422 when the body does."""
+        with sales.recordings() as saved:
+            try:
+                result = command(*args)
+            except UnknownAggregate as exc:
+                raise HTTPException(unknown, str(exc)) from None
+            except InvalidCommand as exc:
+                raise HTTPException(422, str(exc)) from None
+            except ConflictError as exc:
+                raise HTTPException(409, str(exc)) from None
+        token = str(token_for(sales, saved))
+        response.headers[HEADER] = token
+        aggregate_id = result if isinstance(result, UUID) else args[0]
+        assert isinstance(aggregate_id, UUID)
+        return Accepted(id=aggregate_id, consistency_token=token)
+
+    @api.post("/customers", status_code=201)
+    def register_customer(customer: NewCustomer, response: Response) -> Accepted:
+        return run(response, sales.register_customer, customer.name, customer.email)
+
+    @api.post("/orders", status_code=201)
+    def place_order(order: NewOrder, response: Response) -> Accepted:
+        lines = [line.model_dump() for line in order.lines]
+        return run(response, sales.place_order, order.customer_id, lines)
+
+    @api.post("/orders/{order_id}/cancellation")
+    def cancel_order(
+        order_id: UUID, cancellation: Annotated[Cancellation, Body()], response: Response
+    ) -> Accepted:
+        return run(response, sales.cancel_order, order_id, cancellation.reason, unknown=404)
+
+    return api
