@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 
-from toolkit import caching, feed, problems
+from toolkit import caching, feed, problems, webhooks
 from toolkit.config import Settings
 from toolkit.consistency import HEADER, Consistency, ConsistencyToken, InvalidToken
 from toolkit.home import ProjectionHome
@@ -130,4 +130,5 @@ def create_app(system: System, settings: Settings) -> FastAPI:
     nats = feed.NatsLink(settings)  # opened on first use by the feed and webhooks
     app.state.nats = nats  # and by reads that carry a consistency token
     app.include_router(feed.router(system.contexts, nats))
+    app.include_router(webhooks.router(system.contexts, settings.data_dir, nats))
     return app

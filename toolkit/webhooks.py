@@ -1,0 +1,735 @@
+"""Webhooks: a context's integration events POSTed to subscribers' callback URLs.
+
+A subscriber registers a callback URL for one event type of a context, with a secret
+(``POST /webhooks/<context>/subscriptions``). Subscriptions live in a small SQLite file
+in the data folder, ``<data dir>/webhooks/<context>.sqlite`` (readable by its owner only:
+it holds the secrets). A subscription receives the events published after its position
+(by default the stream's head when it was made).
+
+The dispatcher (``toolkit webhooks <context>``) is a consumer with its own queue: a
+durable JetStream consumer (a :class:`~toolkit.workqueue.WorkQueue`) fans each event out
+into one delivery record per matching subscription, in one SQLite transaction, and only
+then acknowledges it; the delivery records are the queue its senders work from. Each
+delivery is POSTed as the event's CloudEvents envelope, byte for byte as on the stream
+(``Content-Type: application/cloudevents+json``), signed the Standard Webhooks way:
+
+- ``webhook-id``: the event's id (``<context>:<log position>``), the same on every retry,
+  so a receiver can drop a delivery it has already processed;
+- ``webhook-timestamp``: Unix seconds of this attempt;
+- ``webhook-signature``: ``v1,`` and the base64 HMAC-SHA256, keyed by the subscriber's
+  secret, of ``<webhook-id>.<webhook-timestamp>.<body>`` (:func:`verify` checks one).
+
+A 2xx answer marks the delivery done, and a done delivery is never sent again, whatever
+restarts: the records outlive the process and the fan-out ignores what it already has.
+Only a crash between a receiver's 2xx and that record can send one twice, with the same
+``webhook-id``. Anything else (another status, a redirect, a timeout, a refused
+connection) is retried with exponential back-off (doubling from ``backoff`` up to
+``max_backoff``, with a little jitter, or after ``Retry-After`` when the receiver says),
+and after ``max_attempts`` the delivery is parked as a dead letter with the reason,
+listed at ``GET /webhooks/<context>/dead-letters`` and retried on request. One failing
+subscriber delays nobody else. Deliveries are not ordered: a receiver orders by
+``logposition``. Secrets are never logged nor returned by the API.
+"""
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, NamedTuple
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import nats.errors
+from fastapi import APIRouter, Body, HTTPException, Request, Response
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from toolkit.config import Settings
+from toolkit.connection import open_nats, redact_urls
+from toolkit.context import BoundedContext
+from toolkit.contracts import contract_of
+from toolkit.errors import ConfigurationError
+from toolkit.feed import PROBLEM_RESPONSES, NatsLink, unavailable
+from toolkit.reader import StreamMessage
+from toolkit.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+MEDIA_TYPE = "application/cloudevents+json"
+QUEUE = "webhooks"
+"""The name of the dispatcher's durable consumer on the context's stream."""
+
+# -- signing (Standard Webhooks) ------------------------------------------------------------
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a secret ``whsec_<base64>`` (the prefix is optional): 24 to 64
+    random bytes, as Standard Webhooks asks. The error never repeats the secret."""
+    try:
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the secret must be 'whsec_' and base64 (Standard Webhooks)") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"the secret must hold 24 to 64 bytes once decoded, not {len(key)}")
+    return key
+
+
+def new_secret() -> str:
+    """A fresh secret in the Standard Webhooks format."""
+    return SECRET_PREFIX + base64.b64encode(os.urandom(32)).decode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value for a delivery."""
+    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    tolerance: float = 300.0,
+    now: float | None = None,
+) -> bool:
+    """What a receiver does: check a delivery's signature, and that its timestamp is
+    within ``tolerance`` seconds of now (so a captured request cannot be replayed later).
+    ``headers`` must look names up case-insensitively (as Starlette's and httpx's do)."""
+    try:
+        msg_id = headers["webhook-id"]
+        timestamp = int(headers["webhook-timestamp"])
+        signatures = headers["webhook-signature"].split()
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+        return False
+    expected = sign(secret, msg_id, timestamp, body)
+    return any(hmac.compare_digest(expected, s) for s in signatures)
+
+
+def _where(url: str) -> str:
+    """A callback URL fit for logs: no credentials, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+# -- the store --------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscription (
+    id TEXT PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    after INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (event_type, url)
+);
+CREATE TABLE IF NOT EXISTS event (
+    position INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivery (
+    subscription_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'parked')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL,
+    reason TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (subscription_id, position)
+);
+CREATE INDEX IF NOT EXISTS delivery_due ON delivery (due) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS delivery_position ON delivery (position);
+"""
+
+
+class SubscriptionRow(NamedTuple):
+    id: str
+    event_type: str
+    url: str
+    after: int
+    created_at: str
+
+
+class DeadLetterRow(NamedTuple):
+    subscription_id: str
+    url: str
+    event_id: str
+    event_type: str
+    position: int
+    attempts: int
+    reason: str
+    parked_at: str
+
+
+class Due(NamedTuple):
+    """A delivery to attempt now."""
+
+    subscription_id: str
+    position: int
+    attempts: int
+    url: str
+    secret: str
+    event_id: str
+    body: bytes
+
+
+class DuplicateSubscription(Exception):
+    def __init__(self, existing: str) -> None:
+        super().__init__(existing)
+        self.existing = existing
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class WebhookStore:
+    """Subscriptions, the events awaiting delivery, and each delivery's record, in one
+    SQLite file per context."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists()
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")  # the API and the dispatcher share it
+        self.db.execute("PRAGMA busy_timeout=5000")
+        if fresh:
+            os.chmod(path, 0o600)  # it holds the subscribers' secrets
+        self.db.executescript(_SCHEMA)
+
+    @classmethod
+    def of(cls, data_dir: Path, context: str) -> "WebhookStore":
+        return cls(Path(data_dir) / "webhooks" / f"{context}.sqlite")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "WebhookStore":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # subscriptions
+
+    def subscribe(self, event_type: str, url: str, secret: str, after: int) -> SubscriptionRow:
+        row = SubscriptionRow(uuid.uuid4().hex, event_type, url, after, _now_text())
+        try:
+            self.db.execute(
+                "INSERT INTO subscription (id, event_type, url, secret, after, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (row.id, event_type, url, secret, after, row.created_at),
+            )
+        except sqlite3.IntegrityError:
+            (existing,) = self.db.execute(
+                "SELECT id FROM subscription WHERE event_type = ? AND url = ?", (event_type, url)
+            ).fetchone()
+            raise DuplicateSubscription(existing) from None
+        return row
+
+    def subscriptions(self, subscription_id: str | None = None) -> list[SubscriptionRow]:
+        rows = self.db.execute(
+            "SELECT id, event_type, url, after, created_at FROM subscription"
+            " WHERE ? IS NULL OR id = ? ORDER BY created_at, id",
+            (subscription_id, subscription_id),
+        ).fetchall()
+        return [SubscriptionRow(*row) for row in rows]
+
+    def unsubscribe(self, subscription_id: str) -> bool:
+        """Remove a subscription and its deliveries (pending, done or parked)."""
+        with self._transaction() as db:
+            gone = db.execute("DELETE FROM subscription WHERE id = ?", (subscription_id,))
+            db.execute("DELETE FROM delivery WHERE subscription_id = ?", (subscription_id,))
+            self._forget_delivered(db)
+        return gone.rowcount > 0
+
+    # the dispatcher's queue
+
+    def fan_out(self, position: int, event_id: str, event_type: str, body: bytes) -> int:
+        """Record one pending delivery of an event per subscription that wants it; what
+        is already recorded (pending, done or parked) is left as it is. Returns how many
+        deliveries are new."""
+        now = time.time()
+        with self._transaction() as db:
+            created = db.execute(
+                "INSERT OR IGNORE INTO delivery"
+                " (subscription_id, position, state, attempts, due, updated_at)"
+                " SELECT id, ?, 'pending', 0, ?, ? FROM subscription"
+                " WHERE event_type = ? AND after < ?",
+                (position, now, _now_text(), event_type, position),
+            ).rowcount
+            if created:
+                db.execute(
+                    "INSERT OR IGNORE INTO event (position, id, type, body) VALUES (?, ?, ?, ?)",
+                    (position, event_id, event_type, body),
+                )
+        return int(created)
+
+    def claim_due(self, limit: int, lease: float) -> list[Due]:
+        """Up to ``limit`` deliveries that are due, oldest due first; each is leased for
+        ``lease`` seconds (a dispatcher that dies mid-attempt retries it after that)."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT d.subscription_id, d.position, d.attempts, s.url, s.secret, e.id, e.body"
+                " FROM delivery d JOIN subscription s ON s.id = d.subscription_id"
+                " JOIN event e ON e.position = d.position"
+                " WHERE d.state = 'pending' AND d.due <= ? ORDER BY d.due, d.position LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE delivery SET due = ? WHERE subscription_id = ? AND position = ?",
+                [(now + lease, row[0], row[1]) for row in rows],
+            )
+        return [Due(*row) for row in rows]
+
+    def next_due(self) -> float | None:
+        (due,) = self.db.execute("SELECT min(due) FROM delivery WHERE state = 'pending'").fetchone()
+        return None if due is None else float(due)
+
+    def record(self, due: Due, *, delivered: bool, reason: str = "", retry_at: float = 0) -> str:
+        """Record an attempt: done, due again at ``retry_at``, or (``retry_at`` 0) parked.
+        Returns the delivery's new state."""
+        state = "delivered" if delivered else ("pending" if retry_at else "parked")
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE delivery SET state = ?, attempts = attempts + 1, due = ?, reason = ?,"
+                " updated_at = ? WHERE subscription_id = ? AND position = ? AND state = 'pending'",
+                (state, retry_at, reason or None, _now_text(), due.subscription_id, due.position),
+            )
+            if delivered:
+                self._forget_delivered(db, due.position)
+        return state
+
+    def _forget_delivered(self, db: sqlite3.Connection, position: int | None = None) -> None:
+        """Drop the bodies of events no delivery waits for any more (done records stay)."""
+        db.execute(
+            "DELETE FROM event WHERE (? IS NULL OR position = ?) AND NOT EXISTS (SELECT 1"
+            " FROM delivery d WHERE d.position = event.position AND d.state != 'delivered')",
+            (position, position),
+        )
+
+    def dead_letters(self) -> list[DeadLetterRow]:
+        rows = self.db.execute(
+            "SELECT d.subscription_id, s.url, e.id, e.type, d.position, d.attempts, d.reason,"
+            " d.updated_at FROM delivery d JOIN subscription s ON s.id = d.subscription_id"
+            " JOIN event e ON e.position = d.position WHERE d.state = 'parked'"
+            " ORDER BY d.position, d.subscription_id"
+        ).fetchall()
+        return [DeadLetterRow(*row) for row in rows]
+
+    def retry(self, subscription_id: str, position: int) -> bool:
+        """Put a parked delivery back in the queue, due now, with a fresh count."""
+        changed = self.db.execute(
+            "UPDATE delivery SET state = 'pending', attempts = 0, due = ?, reason = NULL,"
+            " updated_at = ? WHERE subscription_id = ? AND position = ? AND state = 'parked'",
+            (time.time(), _now_text(), subscription_id, position),
+        )
+        return changed.rowcount > 0
+
+    def counts(self) -> dict[str, int]:
+        """Deliveries by state."""
+        rows = self.db.execute("SELECT state, count(*) FROM delivery GROUP BY state")
+        return {"pending": 0, "delivered": 0, "parked": 0} | dict(rows.fetchall())
+
+
+# -- the dispatcher -------------------------------------------------------------------------
+
+
+class _Head(msgspec.Struct):
+    id: str
+    type: str
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
+@dataclass
+class DispatchStats:
+    fanned_out: int = 0
+    """Deliveries recorded from the stream."""
+    delivered: int = 0
+    retried: int = 0
+    parked: int = 0
+
+
+class Dispatcher:
+    """Delivers a context's events to its webhook subscribers (one per data folder)."""
+
+    def __init__(
+        self,
+        client: Client,
+        context: str,
+        data_dir: Path,
+        *,
+        max_attempts: int = 8,
+        backoff: float = 1.0,
+        max_backoff: float = 600.0,
+        timeout: float = 10.0,
+        concurrency: int = 16,
+        poll: float = 1.0,
+    ) -> None:
+        if max_attempts < 1 or backoff <= 0 or concurrency < 1:
+            raise ConfigurationError("max_attempts and concurrency must be 1 or more, backoff > 0")
+        self.client = client
+        self.context = context
+        self.data_dir = Path(data_dir)
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.poll = poll
+        """How often due deliveries are looked for when nothing wakes the dispatcher
+        (a dead letter retried through the API is noticed within this)."""
+        self.stats = DispatchStats()
+        self.queue = WorkQueue(client, context, QUEUE, ack_wait=30.0, max_deliver=10)
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> DispatchStats:
+        """Fan events out and deliver them until ``stop`` is set; attempts under way are
+        finished (each within ``timeout``) before it returns."""
+        lock_path = self.data_dir / "webhooks" / f"{self.context}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigurationError(
+                    f"a webhook dispatcher for {self.context} already runs on {self.data_dir}"
+                ) from None
+            with WebhookStore.of(self.data_dir, self.context) as store:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._follow(store, stop))
+                    tasks.create_task(self._deliver(store, stop))
+                    tasks.create_task(self._wake_on(stop))
+        return self.stats
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    async def _follow(self, store: WebhookStore, stop: asyncio.Event) -> None:
+        """Fan the stream out into deliveries, through the dispatcher's own queue."""
+        while not stop.is_set():
+            try:
+                await self.queue.ensure()
+                break
+            except NotFoundError:
+                log.warning("stream %s does not exist yet; waiting for its context", self.context)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        else:
+            return
+        await self.queue.work(lambda m: self._fan_out(store, m), stop, batch=100)
+
+    async def _fan_out(self, store: WebhookStore, message: StreamMessage) -> None:
+        try:
+            head = _decode_head(message.data)
+        except msgspec.DecodeError as exc:
+            log.warning(
+                "webhooks %s: sequence %d is not an event, nothing to deliver: %s",
+                self.context, message.sequence, exc,
+            )  # fmt: skip
+            return
+        created = store.fan_out(message.sequence, head.id, head.type, message.data)
+        if created:
+            self.stats.fanned_out += created
+            self._wake.set()
+
+    async def _deliver(self, store: WebhookStore, stop: asyncio.Event) -> None:
+        lease = self.timeout + 30.0
+        running: set[asyncio.Task[None]] = set()
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
+            while not stop.is_set():
+                self._wake.clear()
+                free = self.concurrency - len(running)
+                for due in store.claim_due(free, lease) if free > 0 else []:
+                    task = asyncio.create_task(self._attempt(http, store, due))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _: self._wake.set())
+                wait = self.poll
+                next_due = store.next_due()
+                if next_due is not None:
+                    wait = min(wait, max(0.0, next_due - time.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            if running:
+                await asyncio.wait(running)
+
+    async def _attempt(self, http: httpx.AsyncClient, store: WebhookStore, due: Due) -> None:
+        timestamp = int(time.time())
+        headers = {
+            "content-type": MEDIA_TYPE,
+            "user-agent": "toolkit-webhooks",
+            "webhook-id": due.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(due.secret, due.event_id, timestamp, due.body),
+        }
+        retry_after: float | None = None
+        try:
+            response = await http.post(due.url, content=due.body, headers=headers)
+        except httpx.HTTPError as exc:
+            reason = f"{type(exc).__name__}: {redact_urls(str(exc)) or 'no answer'}"
+        else:
+            if response.is_success:
+                store.record(due, delivered=True)
+                self.stats.delivered += 1
+                log.info(
+                    "webhooks %s: delivered %s to %s (subscription %s, attempt %d)",
+                    self.context, due.event_id, _where(due.url), due.subscription_id,
+                    due.attempts + 1,
+                )  # fmt: skip
+                return
+            answer = " ".join(response.text[:200].split())
+            reason = f"HTTP {response.status_code}{f': {answer}' if answer else ''}"
+            retry_after = _retry_after(response.headers.get("retry-after"))
+        attempts = due.attempts + 1
+        if attempts >= self.max_attempts:
+            store.record(
+                due, delivered=False, reason=f"gave up after {attempts} attempts: {reason}"
+            )
+            self.stats.parked += 1
+            log.error(
+                "webhooks %s: parked %s for %s (subscription %s) after %d attempts: %s",
+                self.context, due.event_id, _where(due.url), due.subscription_id, attempts, reason,
+            )  # fmt: skip
+            return
+        delay = min(self.max_backoff, self.backoff * 2 ** (attempts - 1))
+        delay *= 1 + random.random() / 4  # jitter: receivers that recover are not stampeded
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff))
+        store.record(due, delivered=False, reason=reason, retry_at=time.time() + delay)
+        self.stats.retried += 1
+        log.warning(
+            "webhooks %s: %s to %s failed (attempt %d of %d, again in %.1fs): %s",
+            self.context, due.event_id, _where(due.url), attempts, self.max_attempts, delay, reason,
+        )  # fmt: skip
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+async def dispatch(
+    settings: Settings,
+    context: str,
+    stop: asyncio.Event,
+    say: Callable[[str], object] = print,
+) -> DispatchStats:
+    """What ``toolkit webhooks <context>`` runs: the dispatcher until ``stop`` is set."""
+    async with open_nats(settings, name=f"webhooks-{context}") as link:
+        dispatcher = Dispatcher(link.client, context, settings.data_dir)
+        say(f"delivering {context} events to webhook subscribers from {link.url}")
+        stats = await dispatcher.run(stop)
+    say(
+        f"webhooks {context}: {stats.delivered} delivered, {stats.retried} retried, "
+        f"{stats.parked} parked"
+    )
+    return stats
+
+
+# -- the HTTP API ---------------------------------------------------------------------------
+
+
+class NewSubscription(BaseModel):
+    """A callback URL to POST one event type of the context to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        max_length=2048, description="an http or https URL that answers 2xx to a delivery"
+    )
+    event_type: str = Field(description="a contract the context publishes: `sales.OrderPlaced`")
+    secret: SecretStr = Field(
+        description="`whsec_` and the base64 of 24 to 64 random bytes: the HMAC-SHA256 key "
+        "of the `webhook-signature` header (Standard Webhooks). Never shown again."
+    )
+    after: int | None = Field(
+        None, ge=0, description="deliver events after this stream position (default: now)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the callback URL must be http:// or https:// with a host")
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, secret: SecretStr) -> SecretStr:
+        secret_key(secret.get_secret_value())
+        return secret
+
+
+class Subscription(BaseModel):
+    id: str
+    context: str
+    event_type: str
+    url: str
+    after: int = Field(description="events after this stream position are delivered")
+    created_at: str
+
+
+class DeadLetter(BaseModel):
+    """A delivery that kept failing, parked until it is retried."""
+
+    subscription_id: str
+    url: str
+    event_id: str
+    event_type: str
+    position: int
+    attempts: int
+    reason: str
+    parked_at: str
+
+
+def _subscription(context: str, row: SubscriptionRow) -> Subscription:
+    return Subscription(context=context, **row._asdict())
+
+
+def router(
+    contexts: Mapping[str, type[BoundedContext]], data_dir: Path, link: NatsLink
+) -> APIRouter:
+    """Subscriptions and dead letters of each context's webhooks."""
+    event_types = {
+        name: sorted(contract_of(c)[0] for c in cls.published_language.contracts)
+        for name, cls in contexts.items()
+    }
+    api = APIRouter(prefix="/webhooks/{context}", tags=["webhooks"], lifespan=link.lifespan)
+
+    def store(context: str) -> WebhookStore:
+        if context not in event_types:
+            known = ", ".join(sorted(event_types)) or "none"
+            raise HTTPException(404, f"no context {context!r} (known: {known})")
+        return WebhookStore.of(data_dir, context)
+
+    async def head(context: str) -> int:
+        client = await link.client()
+        try:
+            return int((await client.jetstream().stream_info(context)).state.last_seq)
+        except NotFoundError:
+            return 0
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise unavailable(f"cannot read stream {context}: {type(exc).__name__}") from None
+
+    @api.post(
+        "/subscriptions", status_code=201, responses={409: {"description": "already subscribed"}}
+    )
+    async def subscribe(
+        context: str,
+        new: Annotated[NewSubscription, Body()],
+        request: Request,
+        response: Response,
+    ) -> Subscription:
+        """Register a callback URL for an event type of the context."""
+        with store(context) as webhooks:
+            known = event_types[context]
+            if new.event_type not in known:
+                raise HTTPException(
+                    422,
+                    f"unknown event type {new.event_type!r} for {context} "
+                    f"(known: {', '.join(known)})",
+                )
+            after = new.after if new.after is not None else await head(context)
+            secret = new.secret.get_secret_value()
+            try:
+                row = webhooks.subscribe(new.event_type, new.url, secret, after)
+            except DuplicateSubscription as dup:
+                raise HTTPException(
+                    409,
+                    f"{new.url} already receives {new.event_type} as subscription {dup.existing}",
+                ) from None
+        response.headers["Location"] = f"{request.url.path}/{row.id}"
+        return _subscription(context, row)
+
+    @api.get("/subscriptions")
+    async def list_subscriptions(context: str) -> list[Subscription]:
+        with store(context) as webhooks:
+            return [_subscription(context, row) for row in webhooks.subscriptions()]
+
+    @api.get("/subscriptions/{subscription_id}", responses={404: PROBLEM_RESPONSES[404]})
+    async def get_subscription(context: str, subscription_id: str) -> Subscription:
+        with store(context) as webhooks:
+            rows = webhooks.subscriptions(subscription_id)
+        if not rows:
+            raise HTTPException(404, f"no subscription {subscription_id} for {context}")
+        return _subscription(context, rows[0])
+
+    @api.delete("/subscriptions/{subscription_id}", status_code=204, response_model=None)
+    async def unsubscribe(context: str, subscription_id: str) -> Response:
+        """Stop deliveries to this subscription; pending and parked ones are dropped."""
+        with store(context) as webhooks:
+            if not webhooks.unsubscribe(subscription_id):
+                raise HTTPException(404, f"no subscription {subscription_id} for {context}")
+        return Response(status_code=204)
+
+    @api.get("/dead-letters")
+    async def dead_letters(context: str) -> list[DeadLetter]:
+        """Deliveries that kept failing, with the reason of the last attempt."""
+        with store(context) as webhooks:
+            return [DeadLetter(**row._asdict()) for row in webhooks.dead_letters()]
+
+    @api.post(
+        "/dead-letters/{subscription_id}/{position}/retry", status_code=202, response_model=None
+    )
+    async def retry(context: str, subscription_id: str, position: int) -> Response:
+        """Put a parked delivery back in the queue, with a fresh count of attempts."""
+        with store(context) as webhooks:
+            if not webhooks.retry(subscription_id, position):
+                raise HTTPException(404, f"no dead letter of {subscription_id} at {position}")
+        return Response(status_code=202)
+
+    return api
