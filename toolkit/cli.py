@@ -184,6 +184,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    hooks = commands.add_parser(
+        "webhooks",
+        help="deliver a context's events to its webhook subscribers",
+        description="POST each event of a context's stream to the callback URLs subscribed "
+        "to its type (registered at /webhooks/<context>/subscriptions of 'toolkit serve'), "
+        "signed, retried with back-off; what keeps failing is parked (listed at "
+        "/webhooks/<context>/dead-letters). Runs until stopped (Ctrl-C or SIGTERM).",
+    )
+    hooks.add_argument("context", help="context name, e.g. sales")
     return parser
 
 
@@ -457,6 +466,13 @@ def _serve(settings: Settings, system: System, host: str, port: int) -> None:
     uvicorn.run(create_app(system, settings), host=host, port=port, log_level="info")
 
 
+async def _webhooks(settings: Settings, system: System, name: str) -> None:
+    from toolkit.webhooks import dispatch
+
+    system.context(name)  # an unknown name: one clear line
+    await _until_signalled(lambda stop: dispatch(settings, name, stop, console.print))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -494,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_status(settings, system, args.json))
         elif args.command == "serve":
             _serve(settings, system, args.host, args.port)
+        elif args.command == "webhooks":
+            asyncio.run(_webhooks(settings, system, args.context))
     except ToolkitError as exc:
         print(f"toolkit: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
