@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contexts.sales import Sales
+from contexts.sales.api import router as sales_api
 from projections.billing import Accounts
 from projections.billing.api import router as billing_api
 from projections.shipping import Shipments
@@ -13,4 +14,5 @@ system = System(
     contexts={"sales": Sales},
     projections={"shipping": Shipments, "billing": Accounts},
     routers={"shipping": shipping_api, "billing": billing_api},
+    commands={"sales": sales_api},
 )

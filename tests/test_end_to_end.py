@@ -25,7 +25,7 @@ async def test_commands_reach_the_read_endpoints_through_a_real_server(
     dropped = sales.place_order(ann, [{"sku": "mug", "quantity": 1, "unit_price": "9.99"}])
     sales.cancel_order(dropped, "found a cheaper mug")
 
-    app = create_app(system, Settings(data_dir=data_dir))
+    app = create_app(system, Settings(data_dir=data_dir), relay=False)
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
         # Before the projections have run there is no read model: 503, not an empty answer.
         early = await http.get(f"/shipping/shipments/{kept}")

@@ -30,7 +30,7 @@ LINE = [{"sku": "tea", "quantity": 2, "unit_price": "1.25"}]
 @pytest.fixture
 async def feed(nats_server: EmbeddedServer, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The example system's API on a free port, reading the test's NATS server."""
-    app = create_app(system, Settings(nats_url=nats_server.url, data_dir=data_dir))
+    app = create_app(system, Settings(nats_url=nats_server.url, data_dir=data_dir), relay=False)
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
         yield http
 
@@ -209,7 +209,7 @@ async def test_without_nats_the_feed_answers_503_with_retry_after(data_dir: Path
     with socket.socket() as s:  # a free port nothing listens on
         s.bind(("127.0.0.1", 0))
         nowhere = f"nats://127.0.0.1:{s.getsockname()[1]}"
-    app = create_app(system, Settings(nats_url=nowhere, data_dir=data_dir))
+    app = create_app(system, Settings(nats_url=nowhere, data_dir=data_dir), relay=False)
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
         answer = await http.get("/feed/sales")
     assert answer.status_code == 503 and answer.headers["retry-after"] == "5"

@@ -47,7 +47,7 @@ async def test_readers_see_a_whole_model_throughout_a_200k_replay(
 
     outcomes: list[tuple[int, str, int]] = []  # status, read model, shipments seen
     done = asyncio.Event()
-    app = create_app(system, Settings(data_dir=data_dir))
+    app = create_app(system, Settings(data_dir=data_dir), relay=False)
     async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
 
         async def reader() -> None:

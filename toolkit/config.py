@@ -26,6 +26,19 @@ class Settings:
     """``file`` or ``memory``."""
     duplicate_window: float = 3600.0
     """Seconds JetStream remembers message ids: longer than any relay restart."""
+    read_model_url: str | None = None
+    """A PostgreSQL database (``postgresql://...``) for the projections' read models.
+    When None they are SQLite files in ``<data dir>/projections``."""
+    api_tokens: tuple[str, ...] = ()
+    """Bearer tokens the API accepts; empty: the API is open (see :mod:`toolkit.auth`)."""
+    ready_max_lag: int = 1000
+    """Events a projection may be behind its stream while the API says it is ready."""
+    consistency_wait: float = 2.0
+    """Longest wait of a read for a consistency token, in seconds."""
+
+    def __repr__(self) -> str:  # tokens are secrets: never in logs or tracebacks
+        shown = {k: v for k, v in vars(self).items() if k != "api_tokens"}
+        return f"Settings({shown}, api_tokens=<{len(self.api_tokens)} hidden>)"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -38,7 +51,22 @@ class Settings:
             stream_replicas=_number(env, "TOOLKIT_STREAM_REPLICAS", 1, int, 1, 5),
             stream_storage=_choice(env, "TOOLKIT_STREAM_STORAGE", "file", ("file", "memory")),
             duplicate_window=_number(env, "TOOLKIT_DUPLICATE_WINDOW", 3600.0, float, 1, 7 * 86400),
+            read_model_url=read_model_url(env.get("TOOLKIT_READ_MODEL_URL") or None),
+            api_tokens=tuple(
+                t.strip() for t in env.get("TOOLKIT_API_TOKENS", "").split(",") if t.strip()
+            ),
+            ready_max_lag=_number(env, "TOOLKIT_READY_MAX_LAG", 1000, int, 0, 10**9),
+            consistency_wait=_number(env, "TOOLKIT_CONSISTENCY_WAIT", 2.0, float, 0, 60),
         )
+
+
+def read_model_url(url: str | None, name: str = "TOOLKIT_READ_MODEL_URL") -> str | None:
+    """Check a read-model database URL (None: SQLite files, the default)."""
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigurationError(
+            f"{name} must be a postgresql:// URL (unset, read models are SQLite files)"
+        )
+    return url
 
 
 N = TypeVar("N", int, float)

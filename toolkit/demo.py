@@ -222,7 +222,10 @@ async def _show_endpoints(settings: Settings, workload: Workload) -> None:
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(system, settings), host="127.0.0.1", port=port, log_level="warning"
+            create_app(system, settings, relay=False),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
         )
     )
     serving = asyncio.create_task(server.serve())

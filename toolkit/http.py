@@ -1,26 +1,39 @@
-"""Thin FastAPI read endpoints over projections (REST at the boundary).
+"""The HTTP boundary: thin FastAPI read endpoints over projections, command endpoints of
+contexts, and the app that serves them (REST at the edge of every context).
 
-Endpoints read the projection's current generation through a read-only connection; they
-never call another context.
+Read endpoints read the projection's current generation through a read-only connection;
+no endpoint ever calls another context.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
-from toolkit import caching, feed, problems, webhooks
+from toolkit import caching, feed, health, problems, webhooks
+from toolkit.auth import BearerAuth
 from toolkit.config import Settings
 from toolkit.consistency import HEADER, Consistency, ConsistencyToken, InvalidToken
+from toolkit.health import Metrics
 from toolkit.home import ProjectionHome
+from toolkit.relay import Relay
 from toolkit.store import connect
+from toolkit.streams import StreamSpec
 
 if TYPE_CHECKING:
+    from toolkit.context import BoundedContext
     from toolkit.system import System
+
+log = logging.getLogger(__name__)
 
 
 class ReadModel:
@@ -29,13 +42,18 @@ class ReadModel:
     It also answers what every read endpoint shares: an ``ETag`` derived from the model's
     checkpoints (unchanged model, same tag: ``If-None-Match`` gets 304 before the endpoint
     runs), ``Cache-Control``, the generation read (``X-Read-Model``), and read-your-writes:
-    a request carrying a ``Consistency-Token`` waits, at most ``max_wait`` seconds (less
-    with ``Prefer: wait=N``), until the model has applied the token's position, and
-    otherwise gets 503 with ``Retry-After`` and the position reached.
+    a request carrying a ``Consistency-Token`` waits, at most ``max_wait`` seconds (by
+    default the app's ``TOOLKIT_CONSISTENCY_WAIT``; less with ``Prefer: wait=N``), until
+    the model has applied the token's position, and otherwise gets 503 with
+    ``Retry-After`` and the position reached.
     """
 
     def __init__(
-        self, home: ProjectionHome, *, cache_control: str = "no-cache", max_wait: float = 2.0
+        self,
+        home: ProjectionHome,
+        *,
+        cache_control: str = "no-cache",
+        max_wait: float | None = None,
     ) -> None:
         self.home = home
         self.cache_control = cache_control
@@ -44,6 +62,7 @@ class ReadModel:
     async def __call__(
         self, request: Request, response: Response
     ) -> AsyncIterator[sqlite3.Connection]:
+        _reject_unknown_parameters(request)
         token = _consistency_token(request)
         db, current = self._open()
         try:
@@ -83,7 +102,10 @@ class ReadModel:
         if link is None:
             raise HTTPException(503, "consistency tokens need the API's NATS connection")
         consistency = Consistency((await link.client()).jetstream())
-        wait = min(self.max_wait, _preferred_wait(request, self.max_wait))
+        longest = self.max_wait
+        if longest is None:
+            longest = getattr(request.app.state, "consistency_wait", 2.0)
+        wait = min(longest, _preferred_wait(request, longest))
         done, applied = await consistency.wait(
             token, lambda stream: caching.checkpoint_of(db, stream), wait
         )
@@ -94,6 +116,27 @@ class ReadModel:
                 f"{applied.position} (stream sequence {applied.sequence}), not yet {token}",
                 headers={"Retry-After": "1", HEADER: f"{token.context}:{applied.position}"},
             )
+
+
+def _reject_unknown_parameters(request: Request) -> None:
+    """A misspelt filter is an error, not a silently unfiltered list."""
+    route = request.scope.get("route")
+    if not request.query_params or not isinstance(route, APIRoute):
+        return
+    known = _query_parameters(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise HTTPException(
+            400,
+            f"unknown query parameter {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})",
+        )
+
+
+def _query_parameters(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_parameters(dependency)
+    return names
 
 
 def _consistency_token(request: Request) -> ConsistencyToken | None:
@@ -119,16 +162,92 @@ def _preferred_wait(request: Request, default: float) -> float:
 
 
 RouterFactory = Callable[[ProjectionHome], APIRouter]
+CommandRouterFactory = Callable[[Any], APIRouter]
+"""Takes the context (a :class:`~toolkit.context.BoundedContext`) the endpoints command."""
 
 
-def create_app(system: System, settings: Settings) -> FastAPI:
-    """The read API of every projection in ``system`` that has endpoints."""
-    app = FastAPI(title="toolkit read API", version="1")
+def create_app(system: System, settings: Settings, *, relay: bool = True) -> FastAPI:
+    """The system's API: read endpoints of its projections, command endpoints of its
+    contexts (whose relays run here unless ``relay`` is False), the event feed, health,
+    readiness and metrics; bearer-token auth when ``settings.api_tokens`` is set."""
+    nats = feed.NatsLink(settings)  # opened on first use
+    relay_link = feed.NatsLink(settings)  # the relays' own, open until they have stopped
+    contexts = {name: system.context(name)(data_dir=settings.data_dir) for name in system.commands}
+    relay_trouble: dict[str, str] = {}
+    """Why a context's relay is not running, by context."""
+
+    async def run_relay(name: str, context: BoundedContext, stop: asyncio.Event) -> None:
+        """The context's relay, started once NATS answers: the API serves reads while
+        NATS is away, and readiness says why the relay is not running."""
+        delay = 0.25
+        while not stop.is_set():
+            try:
+                client = await relay_link.client()
+            except HTTPException as exc:
+                relay_trouble[name] = str(exc.detail)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            relay_trouble.pop(name, None)
+            spec = StreamSpec.from_settings(name, settings)
+            try:
+                await Relay(context, client, stream=spec).run(stop)
+            except Exception as exc:
+                relay_trouble[name] = f"relay {name} stopped: {exc}"
+                log.error("relay %s stopped: %s", name, exc)
+            return
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(run_relay(name, context, stop))
+            for name, context in (contexts.items() if relay else ())
+        ]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await relay_link.close()
+            await nats.close()
+            for context in contexts.values():
+                context.close()
+
+    app = FastAPI(title=f"{settings.system} API", version="1", lifespan=lifespan)
+    app.state.nats = nats  # reads that carry a consistency token use it
+    app.state.consistency_wait = settings.consistency_wait
     problems.install(app)
+    metrics = Metrics()
+    app.middleware("http")(metrics.middleware)
+    if settings.api_tokens:
+        app.middleware("http")(BearerAuth(settings.api_tokens).middleware)
     for name, factory in system.routers.items():
         app.include_router(factory(ProjectionHome(settings.data_dir, name)))
-    nats = feed.NatsLink(settings)  # opened on first use by the feed and webhooks
-    app.state.nats = nats  # and by reads that carry a consistency token
+    for name, command_factory in system.commands.items():
+        app.include_router(command_factory(contexts[name]))
     app.include_router(feed.router(system.contexts, nats))
     app.include_router(webhooks.router(system.contexts, settings.data_dir, nats))
+
+    async def report() -> dict[str, Any]:
+        from toolkit.status import collect  # status reads systems: imported when used
+
+        return await collect(system, settings, await nats.client())
+
+    async def nats_ok() -> str | None:
+        try:
+            await (await nats.client()).flush(timeout=2)
+        except Exception as exc:  # any failure means not ready
+            return f"NATS does not answer: {str(exc) or type(exc).__name__}"
+        return None
+
+    def relays_ok() -> str | None:
+        return "; ".join(relay_trouble.values()) or None
+
+    app.include_router(
+        health.router(
+            metrics, report, nats_ok=nats_ok, relays_ok=relays_ok, max_lag=settings.ready_max_lag
+        )
+    )
     return app

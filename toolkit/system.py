@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from toolkit.context import BoundedContext
 from toolkit.errors import ConfigurationError
-from toolkit.http import RouterFactory
+from toolkit.http import CommandRouterFactory, RouterFactory
 from toolkit.projection import Projection
 
 
@@ -17,6 +17,9 @@ class System:
     projections: dict[str, type[Projection]] = field(default_factory=dict)
     routers: dict[str, RouterFactory] = field(default_factory=dict)
     """Read endpoints, by projection name."""
+    commands: dict[str, CommandRouterFactory] = field(default_factory=dict)
+    """Command endpoints, by context name: ``factory(context) -> APIRouter``. The API
+    process then owns that context's log, and runs its relay (woken after each save)."""
 
     def context(self, name: str) -> type[BoundedContext]:
         try:

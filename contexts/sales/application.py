@@ -55,16 +55,20 @@ class Sales(BoundedContext):
 
     def _customer(self, customer_id: UUID) -> Customer:
         try:
-            customer: Customer = self.repository.get(customer_id)
+            customer: object = self.repository.get(customer_id)
         except AggregateNotFoundError:
-            raise UnknownAggregate(f"no customer {customer_id}") from None
+            customer = None
+        if not isinstance(customer, Customer):  # an order's id is not a customer's
+            raise UnknownAggregate(f"no customer {customer_id}")
         return customer
 
     def _order(self, order_id: UUID) -> Order:
         try:
-            order: Order = self.repository.get(order_id)
+            order: object = self.repository.get(order_id)
         except AggregateNotFoundError:
-            raise UnknownAggregate(f"no order {order_id}") from None
+            order = None
+        if not isinstance(order, Order):
+            raise UnknownAggregate(f"no order {order_id}")
         return order
 
 
