@@ -180,22 +180,52 @@ async def test_bad_input_gets_the_right_4xx_with_a_problem_document(
     async with api(nats_server, data_dir) as a:
         customer, order, _ = await place_order(a.http)
         orders = "/sales/orders"
+        item = f"/shipping/shipments/{order}"
+
+        def get(path: str, **headers: str) -> httpx.Request:
+            return a.http.build_request("GET", path, headers=headers)
+
+        def post(path: str, body: object) -> httpx.Request:
+            if isinstance(body, bytes):
+                json = {"content-type": "application/json"}
+                return a.http.build_request("POST", path, content=body, headers=json)
+            return a.http.build_request("POST", path, json=body)
+
+        def order_with(**line: object) -> dict[str, object]:
+            return {"customer_id": customer, "lines": [LINE | line]}
+
+        wait_soon = {"Consistency-Token": "sales:1", "Prefer": "wait=soon"}
         cases: list[tuple[str, httpx.Request, int, str]] = [
-            ("malformed id", a.http.build_request("GET", "/shipping/shipments/12"), 422, "path.shipment_id"),
-            ("unknown filter", a.http.build_request("GET", "/shipping/shipments?colour=red"), 400, "unknown query parameter 'colour'"),
-            ("oversize limit", a.http.build_request("GET", "/shipping/shipments?limit=5000"), 422, "query.limit"),
-            ("unknown status", a.http.build_request("GET", "/shipping/shipments?status=lost"), 422, "query.status"),
-            ("bad token", a.http.build_request("GET", f"/shipping/shipments/{order}", headers={"Consistency-Token": "sales;12"}), 400, "'<context>:<log position>'"),
-            ("bad wait", a.http.build_request("GET", f"/shipping/shipments/{order}", headers={"Consistency-Token": "sales:1", "Prefer": "wait=soon"}), 400, "not seconds"),
-            ("bad JSON", a.http.build_request("POST", orders, content=b'{"customer_id": ', headers={"content-type": "application/json"}), 422, "JSON"),
-            ("missing field", a.http.build_request("POST", orders, json={"customer_id": customer}), 422, "body.lines"),
-            ("wrong type", a.http.build_request("POST", orders, json={"customer_id": customer, "lines": [LINE | {"quantity": "many"}]}), 422, "quantity"),
-            ("negative price", a.http.build_request("POST", orders, json={"customer_id": customer, "lines": [LINE | {"unit_price": "-1"}]}), 422, "unit_price"),
-            ("no lines", a.http.build_request("POST", orders, json={"customer_id": customer, "lines": []}), 422, "body.lines"),
-            ("unknown customer", a.http.build_request("POST", orders, json={"customer_id": order, "lines": [LINE]}), 422, f"no customer {order}"),
-            ("unknown order", a.http.build_request("POST", f"{orders}/{customer}/cancellation", json={"reason": "x"}), 404, f"no order {customer}"),
-            ("bad email", a.http.build_request("POST", "/sales/customers", json={"name": "Al", "email": "nowhere"}), 422, "not an email address"),
-        ]  # fmt: skip
+            ("malformed id", get("/shipping/shipments/12"), 422, "path.shipment_id"),
+            ("unknown filter", get("/shipping/shipments?colour=red"), 400, "parameter 'colour'"),
+            ("oversize limit", get("/shipping/shipments?limit=5000"), 422, "query.limit"),
+            ("unknown status", get("/shipping/shipments?status=lost"), 422, "query.status"),
+            ("bad token", get(item, **{"Consistency-Token": "sales;12"}), 400, "<log position>"),
+            ("bad wait", get(item, **wait_soon), 400, "not seconds"),
+            ("bad JSON", post(orders, b'{"customer_id": '), 422, "JSON"),
+            ("missing field", post(orders, {"customer_id": customer}), 422, "body.lines"),
+            ("wrong type", post(orders, order_with(quantity="many")), 422, "quantity"),
+            ("negative price", post(orders, order_with(unit_price="-1")), 422, "unit_price"),
+            ("no lines", post(orders, {"customer_id": customer, "lines": []}), 422, "body.lines"),
+            (
+                "unknown customer",
+                post(orders, {"customer_id": order, "lines": [LINE]}),
+                422,
+                f"no customer {order}",
+            ),
+            (
+                "unknown order",
+                post(f"{orders}/{customer}/cancellation", {"reason": "x"}),
+                404,
+                f"no order {customer}",
+            ),
+            (
+                "bad email",
+                post("/sales/customers", {"name": "Al", "email": "nowhere"}),
+                422,
+                "not an email address",
+            ),
+        ]
         for what, request, status, says in cases:
             response = await a.http.send(request)
             assert response.status_code == status, (what, response.text)
