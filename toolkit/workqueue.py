@@ -17,7 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import nats.errors
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -87,7 +86,7 @@ class WorkQueue:
             while not stop.is_set():
                 try:
                     jobs = await sub.fetch(batch, timeout=0.25)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own and, at times, asyncio's
                     continue
                 for job in jobs:
                     meta = job.metadata
