@@ -41,3 +41,13 @@ async def read_all(nc: Client, stream: str = "sales") -> list[StreamMessage]:
         while len(messages) < info.state.messages:
             messages += await reader.next_batch(max_wait=2)
     return messages
+
+
+def place_orders(sales: Sales, count: int, *, cancel_every: int) -> None:
+    """One customer and ``count`` orders of two teas; the first order and every
+    ``cancel_every``-th after it are cancelled."""
+    customer = sales.register_customer("Ann", "ann@example.com")
+    for i in range(count):
+        order = sales.place_order(customer, [{"sku": "tea", "quantity": 2, "unit_price": "1.25"}])
+        if i % cancel_every == 0:
+            sales.cancel_order(order, "changed her mind")

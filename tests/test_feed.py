@@ -5,7 +5,7 @@ to their ETag; the head page grows until it is complete; bad input gets problem 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,12 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from contexts.system import system
 from tests.conftest import serving
-from tests.flow import read_all, relay_all
+from tests.flow import place_orders, read_all, relay_all
 from toolkit import StreamSpec, ensure_stream
 from toolkit.config import Settings
 from toolkit.embedded import EmbeddedServer
 from toolkit.feed import IMMUTABLE, FeedPage
 from toolkit.http import create_app
-
-LINE = [{"sku": "tea", "quantity": 2, "unit_price": "1.25"}]
 
 
 @pytest.fixture
@@ -36,18 +34,8 @@ async def feed(nats_server: EmbeddedServer, data_dir: Path) -> AsyncIterator[htt
 
 
 @pytest.fixture
-def sales(data_dir: Path) -> Iterator[Sales]:
-    app = Sales(data_dir=data_dir)
-    yield app
-    app.close()
-
-
-def place_orders(sales: Sales, count: int) -> None:
-    customer = sales.register_customer("Ann", "ann@example.com")
-    for i in range(count):
-        order = sales.place_order(customer, LINE)
-        if i % 7 == 0:
-            sales.cancel_order(order, "changed her mind")
+def log_env() -> dict[str, str]:
+    return {}  # the sales fixture on a SQLite log: the log's kind is not the subject here
 
 
 def link(response: httpx.Response, rel: str) -> str | None:
@@ -60,7 +48,7 @@ def link(response: httpx.Response, rel: str) -> str | None:
 async def test_pages_chain_from_the_first_to_the_head_with_exactly_the_streams_events(
     sales: Sales, nc: Client, feed: httpx.AsyncClient
 ) -> None:
-    place_orders(sales, 300)  # 1 customer, 300 orders, 43 cancellations: 344 events
+    place_orders(sales, 300, cancel_every=7)  # 1 customer, 300 orders, 43 cancellations: 344 events
     head = await relay_all(sales, nc)
     assert head == 344
 
@@ -107,7 +95,7 @@ async def test_pages_chain_from_the_first_to_the_head_with_exactly_the_streams_e
 async def test_the_head_page_grows_until_complete_then_links_onward(
     sales: Sales, nc: Client, feed: httpx.AsyncClient
 ) -> None:
-    place_orders(sales, 4)  # 1 customer, 4 orders, 1 cancellation
+    place_orders(sales, 4, cancel_every=7)  # 1 customer, 4 orders, 1 cancellation
     await relay_all(sales, nc)
     first = await feed.get("/feed/sales", params={"limit": 10})
     assert [e["position"] for e in first.json()["events"]] == [1, 2, 3, 4, 5, 6]
@@ -115,7 +103,7 @@ async def test_the_head_page_grows_until_complete_then_links_onward(
     polled = await feed.get(first.url, headers={"If-None-Match": first.headers["etag"]})
     assert polled.status_code == 304  # nothing new: the poller's copy is current
 
-    place_orders(sales, 6)  # 1 + 6 + 1 more: 14 events
+    place_orders(sales, 6, cancel_every=7)  # 1 + 6 + 1 more: 14 events
     await relay_all(sales, nc)
     grown = await feed.get(first.url, headers={"If-None-Match": first.headers["etag"]})
     assert grown.status_code == 200 and grown.headers["etag"] != first.headers["etag"]

@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Annotated, NamedTuple
 from urllib.parse import urlsplit
 
@@ -167,15 +166,18 @@ CREATE INDEX IF NOT EXISTS delivery_position ON delivery (position);
 """
 
 
-class SubscriptionRow(NamedTuple):
+class Subscription(BaseModel):
     id: str
+    context: str
     event_type: str
     url: str
-    after: int
+    after: int = Field(description="events after this stream position are delivered")
     created_at: str
 
 
-class DeadLetterRow(NamedTuple):
+class DeadLetter(BaseModel):
+    """A delivery that kept failing, parked until it is retried."""
+
     subscription_id: str
     url: str
     event_id: str
@@ -212,8 +214,9 @@ class WebhookStore:
     """Subscriptions, the events awaiting delivery, and each delivery's record, in one
     SQLite file per context."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, context: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.context = context
         fresh = not path.exists()
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -225,7 +228,7 @@ class WebhookStore:
 
     @classmethod
     def of(cls, data_dir: Path, context: str) -> "WebhookStore":
-        return cls(Path(data_dir) / "webhooks" / f"{context}.sqlite")
+        return cls(Path(data_dir) / "webhooks" / f"{context}.sqlite", context)
 
     def close(self) -> None:
         self.db.close()
@@ -233,12 +236,7 @@ class WebhookStore:
     def __enter__(self) -> "WebhookStore":
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.close()
 
     @contextlib.contextmanager
@@ -253,8 +251,15 @@ class WebhookStore:
 
     # subscriptions
 
-    def subscribe(self, event_type: str, url: str, secret: str, after: int) -> SubscriptionRow:
-        row = SubscriptionRow(uuid.uuid4().hex, event_type, url, after, _now_text())
+    def subscribe(self, event_type: str, url: str, secret: str, after: int) -> Subscription:
+        row = Subscription(
+            id=uuid.uuid4().hex,
+            context=self.context,
+            event_type=event_type,
+            url=url,
+            after=after,
+            created_at=_now_text(),
+        )
         try:
             self.db.execute(
                 "INSERT INTO subscription (id, event_type, url, secret, after, created_at)"
@@ -268,13 +273,16 @@ class WebhookStore:
             raise DuplicateSubscription(existing) from None
         return row
 
-    def subscriptions(self, subscription_id: str | None = None) -> list[SubscriptionRow]:
+    def subscriptions(self, subscription_id: str | None = None) -> list[Subscription]:
         rows = self.db.execute(
             "SELECT id, event_type, url, after, created_at FROM subscription"
             " WHERE ? IS NULL OR id = ? ORDER BY created_at, id",
             (subscription_id, subscription_id),
         ).fetchall()
-        return [SubscriptionRow(*row) for row in rows]
+        fields = ("id", "event_type", "url", "after", "created_at")
+        return [
+            Subscription(context=self.context, **dict(zip(fields, r, strict=True))) for r in rows
+        ]
 
     def unsubscribe(self, subscription_id: str) -> bool:
         """Remove a subscription and its deliveries (pending, done or parked)."""
@@ -350,14 +358,14 @@ class WebhookStore:
             (position, position),
         )
 
-    def dead_letters(self) -> list[DeadLetterRow]:
+    def dead_letters(self) -> list[DeadLetter]:
         rows = self.db.execute(
             "SELECT d.subscription_id, s.url, e.id, e.type, d.position, d.attempts, d.reason,"
             " d.updated_at FROM delivery d JOIN subscription s ON s.id = d.subscription_id"
             " JOIN event e ON e.position = d.position WHERE d.state = 'parked'"
             " ORDER BY d.position, d.subscription_id"
         ).fetchall()
-        return [DeadLetterRow(*row) for row in rows]
+        return [DeadLetter(**dict(zip(DeadLetter.model_fields, r, strict=True))) for r in rows]
 
     def retry(self, subscription_id: str, position: int) -> bool:
         """Put a parked delivery back in the queue, due now, with a fresh count."""
@@ -387,8 +395,10 @@ _decode_head = msgspec.json.Decoder(_Head).decode
 
 @dataclass
 class DispatchStats:
+    read: int = 0
+    """Events taken from the dispatcher's queue."""
     fanned_out: int = 0
-    """Deliveries recorded from the stream."""
+    """Deliveries recorded from them."""
     delivered: int = 0
     retried: int = 0
     parked: int = 0
@@ -451,20 +461,24 @@ class Dispatcher:
         self._wake.set()
 
     async def _follow(self, store: WebhookStore, stop: asyncio.Event) -> None:
-        """Fan the stream out into deliveries, through the dispatcher's own queue."""
+        """Fan the stream out into deliveries, through the dispatcher's own queue; a
+        missing stream is waited for, a lost server reconnected to."""
         while not stop.is_set():
             try:
                 await self.queue.ensure()
-                break
+                await self.queue.work(lambda m: self._fan_out(store, m), stop, batch=100)
             except NotFoundError:
                 log.warning("stream %s does not exist yet; waiting for its context", self.context)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-        else:
-            return
-        await self.queue.work(lambda m: self._fan_out(store, m), stop, batch=100)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning(
+                    "webhooks %s: reading the queue failed (%s); again in a second",
+                    self.context, type(exc).__name__,
+                )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _fan_out(self, store: WebhookStore, message: StreamMessage) -> None:
+        self.stats.read += 1
         try:
             head = _decode_head(message.data)
         except msgspec.DecodeError as exc:
@@ -490,8 +504,8 @@ class Dispatcher:
                     running.add(task)
                     task.add_done_callback(running.discard)
                     task.add_done_callback(lambda _: self._wake.set())
-                wait = self.poll
-                next_due = store.next_due()
+                wait = self.poll  # when full, a finishing attempt wakes the loop
+                next_due = store.next_due() if len(running) < self.concurrency else None
                 if next_due is not None:
                     wait = min(wait, max(0.0, next_due - time.time()))
                 with contextlib.suppress(TimeoutError):
@@ -500,6 +514,15 @@ class Dispatcher:
                 await asyncio.wait(running)
 
     async def _attempt(self, http: httpx.AsyncClient, store: WebhookStore, due: Due) -> None:
+        try:
+            await self._post(http, store, due)
+        except Exception:  # the delivery stays leased: it is tried again after the lease
+            log.exception(
+                "webhooks %s: attempt of %s for subscription %s failed",
+                self.context, due.event_id, due.subscription_id,
+            )  # fmt: skip
+
+    async def _post(self, http: httpx.AsyncClient, store: WebhookStore, due: Due) -> None:
         timestamp = int(time.time())
         headers = {
             "content-type": MEDIA_TYPE,
@@ -544,7 +567,7 @@ class Dispatcher:
         store.record(due, delivered=False, reason=reason, retry_at=time.time() + delay)
         self.stats.retried += 1
         log.warning(
-            "webhooks %s: %s to %s failed (attempt %d of %d, again in %.1fs): %s",
+            "webhooks %s: %s to %s failed (attempt %d of %d, again in %.3gs): %s",
             self.context, due.event_id, _where(due.url), attempts, self.max_attempts, delay, reason,
         )  # fmt: skip
 
@@ -614,32 +637,6 @@ class NewSubscription(BaseModel):
         return secret
 
 
-class Subscription(BaseModel):
-    id: str
-    context: str
-    event_type: str
-    url: str
-    after: int = Field(description="events after this stream position are delivered")
-    created_at: str
-
-
-class DeadLetter(BaseModel):
-    """A delivery that kept failing, parked until it is retried."""
-
-    subscription_id: str
-    url: str
-    event_id: str
-    event_type: str
-    position: int
-    attempts: int
-    reason: str
-    parked_at: str
-
-
-def _subscription(context: str, row: SubscriptionRow) -> Subscription:
-    return Subscription(context=context, **row._asdict())
-
-
 def router(
     contexts: Mapping[str, type[BoundedContext]], data_dir: Path, link: NatsLink
 ) -> APIRouter:
@@ -693,12 +690,12 @@ def router(
                     f"{new.url} already receives {new.event_type} as subscription {dup.existing}",
                 ) from None
         response.headers["Location"] = f"{request.url.path}/{row.id}"
-        return _subscription(context, row)
+        return row
 
     @api.get("/subscriptions")
     async def list_subscriptions(context: str) -> list[Subscription]:
         with store(context) as webhooks:
-            return [_subscription(context, row) for row in webhooks.subscriptions()]
+            return webhooks.subscriptions()
 
     @api.get("/subscriptions/{subscription_id}", responses={404: PROBLEM_RESPONSES[404]})
     async def get_subscription(context: str, subscription_id: str) -> Subscription:
@@ -706,7 +703,7 @@ def router(
             rows = webhooks.subscriptions(subscription_id)
         if not rows:
             raise HTTPException(404, f"no subscription {subscription_id} for {context}")
-        return _subscription(context, rows[0])
+        return rows[0]
 
     @api.delete("/subscriptions/{subscription_id}", status_code=204, response_model=None)
     async def unsubscribe(context: str, subscription_id: str) -> Response:
@@ -720,7 +717,7 @@ def router(
     async def dead_letters(context: str) -> list[DeadLetter]:
         """Deliveries that kept failing, with the reason of the last attempt."""
         with store(context) as webhooks:
-            return [DeadLetter(**row._asdict()) for row in webhooks.dead_letters()]
+            return webhooks.dead_letters()
 
     @api.post(
         "/dead-letters/{subscription_id}/{position}/retry", status_code=202, response_model=None

@@ -1,0 +1,397 @@
+"""Webhooks against real receivers (small ASGI apps in uvicorn on free ports): every event
+reaches a receiver that fails three times then recovers exactly once, signed; nothing is
+sent again after a restart, even when the dispatcher's queue starts over; what keeps
+failing is parked with the reason and can be retried; bad registrations get problem
+details; secrets are never logged nor shown."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from nats.aio.client import Client
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from contexts.sales import Sales
+from contexts.system import system
+from tests.conftest import serving, wait_for
+from tests.flow import place_orders, read_all, relay_all
+from toolkit import problems
+from toolkit.config import Settings
+from toolkit.embedded import EmbeddedServer
+from toolkit.feed import NatsLink
+from toolkit.webhooks import Dispatcher, WebhookStore, new_secret, router, sign, verify
+
+
+@dataclass
+class Call:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver that answers ``status`` to its first ``failures`` requests."""
+
+    failures: int = 0
+    status: int = 500
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[Call]:
+        return [c for c in self.calls if c.status < 300]
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            failing = len(self.calls) < self.failures
+            status = self.status if failing else 204
+            body = await request.body()
+            self.calls.append(Call(request.url.path, dict(request.headers), body, status))
+            return Response(b"down for maintenance" if failing else None, status_code=status)
+
+        return Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
+
+
+def signature(secret: str, call: Call) -> str:
+    """The Standard Webhooks signature, computed here independently of toolkit.webhooks."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{call.headers['webhook-id']}.{call.headers['webhook-timestamp']}.".encode()
+    digest = hmac.new(key, signed + call.body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def webhooks_app(data_dir: Path, nats_url: str) -> FastAPI:
+    app = FastAPI()
+    problems.install(app)
+    link = NatsLink(Settings(nats_url=nats_url, data_dir=data_dir))
+    app.include_router(router(system.contexts, data_dir, link))
+    return app
+
+
+@pytest.fixture
+async def api(nats_server: EmbeddedServer, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        serving(webhooks_app(data_dir, nats_server.url)) as base,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        yield http
+
+
+@pytest.fixture
+def log_env() -> dict[str, str]:
+    return {}  # the sales fixture on a SQLite log: the log's kind is not the subject here
+
+
+@contextlib.asynccontextmanager
+async def dispatching(nc: Client, data_dir: Path, **options: Any) -> AsyncIterator[Dispatcher]:
+    """A dispatcher with quick retries, running until the block ends."""
+    options = {"backoff": 0.02, "max_backoff": 0.1, "poll": 0.05} | options
+    dispatcher = Dispatcher(nc, "sales", data_dir, **options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        yield dispatcher
+    finally:
+        stop.set()
+        await task
+
+
+async def subscribe(api: httpx.AsyncClient, url: str, event_type: str, secret: str) -> str:
+    created = await api.post(
+        "/webhooks/sales/subscriptions",
+        json={"url": url, "event_type": event_type, "secret": secret},
+    )
+    assert created.status_code == 201, created.text
+    subscription_id: str = created.json()["id"]
+    return subscription_id
+
+
+async def events_of(nc: Client, *types: str) -> dict[str, bytes]:
+    """Event id -> body of the stream's events of these types."""
+    bodies = {}
+    for message in await read_all(nc):
+        event = orjson.loads(message.data)
+        if event["type"] in types:
+            bodies[event["id"]] = message.data
+    return bodies
+
+
+async def test_a_receiver_that_fails_three_times_then_recovers_gets_every_event_once(
+    nc: Client, api: httpx.AsyncClient, sales: Sales, data_dir: Path
+) -> None:
+    hooks = Receiver(failures=3)
+    secrets = {"/placed": new_secret(), "/cancelled": new_secret()}
+    async with serving(hooks.app()) as receiver:
+        await subscribe(api, f"{receiver}/placed", "sales.OrderPlaced", secrets["/placed"])
+        await subscribe(api, f"{receiver}/cancelled", "sales.OrderCancelled", secrets["/cancelled"])
+        place_orders(sales, 30, cancel_every=6)  # 1 customer, 30 orders, 5 cancellations
+        await relay_all(sales, nc)
+        wanted = await events_of(nc, "sales.OrderPlaced", "sales.OrderCancelled")
+        assert len(wanted) == 35
+
+        async with dispatching(nc, data_dir) as dispatcher:
+            await wait_for(lambda: len(hooks.accepted) == 35, within=30)
+        assert [c.status for c in hooks.calls[:3]] == [500, 500, 500]
+        assert (dispatcher.stats.delivered, dispatcher.stats.retried) == (35, 3)
+        assert dispatcher.stats.parked == 0
+
+        # A restart sends nothing again, even when the dispatcher's queue starts over
+        # from the beginning of the stream: the delivery records say what was done.
+        await nc.jetstream().delete_consumer("sales", "webhooks")
+        place_orders(sales, 5, cancel_every=6)  # 1 customer, 5 orders, 1 cancellation
+        await relay_all(sales, nc)
+        wanted = await events_of(nc, "sales.OrderPlaced", "sales.OrderCancelled")
+        assert len(wanted) == 41
+        async with dispatching(nc, data_dir) as again:
+            await wait_for(lambda: again.stats.read == 43, within=30)  # the whole stream
+            await wait_for(lambda: len(hooks.accepted) == 41, within=30)
+        assert again.stats.fanned_out == again.stats.delivered == 6
+
+    received = Counter(c.headers["webhook-id"] for c in hooks.accepted)
+    assert received == Counter(list(wanted))  # every event, exactly once
+    for call in hooks.calls:
+        event = orjson.loads(call.body)
+        assert call.body == wanted[event["id"]]  # the envelope as on the stream
+        assert call.headers["webhook-id"] == event["id"]
+        assert call.path == {"sales.OrderPlaced": "/placed"}.get(event["type"], "/cancelled")
+        secret = secrets[call.path]
+        assert call.headers["webhook-signature"] == signature(secret, call)
+        assert verify(secret, call.headers, call.body)
+        assert abs(int(call.headers["webhook-timestamp"]) - time.time()) < 60
+        assert call.headers["content-type"] == "application/cloudevents+json"
+    failed = {c.headers["webhook-id"] for c in hooks.calls[:3]}
+    assert failed <= set(received)  # the failed ones were retried and delivered
+    with WebhookStore.of(data_dir, "sales") as store:
+        assert store.counts() == {"pending": 0, "delivered": 41, "parked": 0}
+
+
+async def test_a_subscriber_that_keeps_failing_is_parked_with_the_reason(
+    nc: Client,
+    api: httpx.AsyncClient,
+    sales: Sales,
+    data_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    broken, fine = Receiver(failures=10**9, status=503), Receiver()
+    secret = new_secret()
+    async with serving(broken.app()) as down, serving(fine.app()) as up:
+        broken_id = await subscribe(api, f"{down}/hook", "sales.OrderPlaced", secret)
+        await subscribe(api, f"{up}/hook", "sales.OrderPlaced", new_secret())
+        place_orders(sales, 1, cancel_every=6)
+        await relay_all(sales, nc)
+        (event_id,) = await events_of(nc, "sales.OrderPlaced")
+        position = 2  # after the customer's registration
+
+        async with dispatching(nc, data_dir, max_attempts=3) as dispatcher:
+            await wait_for(lambda: dispatcher.stats.parked == 1, within=30)
+            assert [c.headers["webhook-id"] for c in broken.calls] == [event_id] * 3
+            assert len(fine.accepted) == 1  # one failing subscriber holds up nobody else
+            letters = (await api.get("/webhooks/sales/dead-letters")).json()
+            assert letters == [
+                {
+                    "subscription_id": broken_id,
+                    "url": f"{down}/hook",
+                    "event_id": event_id,
+                    "event_type": "sales.OrderPlaced",
+                    "position": position,
+                    "attempts": 3,
+                    "reason": "gave up after 3 attempts: HTTP 503: down for maintenance",
+                    "parked_at": letters[0]["parked_at"],
+                }
+            ]
+
+            # Once the receiver is mended, the dead letter is retried on request.
+            broken.failures = 0
+            retried = await api.post(f"/webhooks/sales/dead-letters/{broken_id}/{position}/retry")
+            assert retried.status_code == 202
+            await wait_for(lambda: len(broken.accepted) == 1, within=30)
+        assert (await api.get("/webhooks/sales/dead-letters")).json() == []
+        again = await api.post(f"/webhooks/sales/dead-letters/{broken_id}/{position}/retry")
+        assert again.status_code == 404
+
+    assert f"parked {event_id}" in caplog.text and "HTTP 503" in caplog.text
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    for text in (secret, secret.removeprefix("whsec_"), key.hex()):
+        assert text not in caplog.text  # secrets are never logged
+
+
+@pytest.fixture
+async def api_without_nats(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """Registration checks its input before it needs NATS."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"nats://127.0.0.1:{s.getsockname()[1]}"
+    async with (
+        serving(webhooks_app(data_dir, nowhere)) as base,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        yield http
+
+
+SECRET = new_secret()
+GOOD = {"url": "https://example.com/hooks", "event_type": "sales.OrderPlaced", "secret": SECRET}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "detail"),
+    [
+        ("sales", GOOD | {"url": "ftp://example.com/x"}, 422, "body.url: Value error, the "
+         "callback URL must be http:// or https:// with a host"),
+        ("sales", GOOD | {"url": "example.com/hooks"}, 422, "body.url"),
+        ("sales", GOOD | {"url": "javascript:alert(1)"}, 422, "body.url"),
+        ("sales", GOOD | {"url": "http:///no-host"}, 422, "body.url"),
+        ("sales", GOOD | {"event_type": "sales.OrderShipped"}, 422, "unknown event type "
+         "'sales.OrderShipped' for sales (known: sales.CustomerRegistered, "
+         "sales.OrderCancelled, sales.OrderPlaced)"),
+        ("sales", {"url": GOOD["url"], "event_type": "sales.OrderPlaced"}, 422, "body.secret: "
+         "Field required"),
+        ("sales", GOOD | {"secret": "hunter2"}, 422, "body.secret: Value error, the secret "
+         "must be 'whsec_' and base64"),
+        ("sales", GOOD | {"secret": "whsec_" + base64.b64encode(b"short").decode()}, 422,
+         "24 to 64 bytes once decoded, not 5"),
+        ("sales", {k: v for k, v in GOOD.items() if k != "event_type"}, 422,
+         "body.event_type: Field required"),
+        ("sales", GOOD | {"after": -1}, 422, "body.after"),
+        ("sales", GOOD | {"callback": "https://example.com"}, 422, "body.callback: Extra inputs"),
+        ("sales", b'{"url": "https://example.com", ', 422, "JSON decode error"),
+        ("orders", GOOD, 404, "no context 'orders' (known: sales)"),
+    ],
+)  # fmt: skip
+async def test_bad_registrations_get_problem_details(
+    api_without_nats: httpx.AsyncClient,
+    path: str,
+    body: dict[str, Any] | bytes,
+    status: int,
+    detail: str,
+) -> None:
+    url = f"/webhooks/{path}/subscriptions"
+    if isinstance(body, bytes):
+        headers = {"content-type": "application/json"}
+        answer = await api_without_nats.post(url, content=body, headers=headers)
+    else:
+        answer = await api_without_nats.post(url, json=body)
+    assert answer.status_code == status == answer.json()["status"], answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert detail in answer.json()["detail"]
+    secret = body.get("secret", "") if isinstance(body, dict) else ""
+    assert not secret or secret not in answer.text  # a secret is never echoed
+    assert (await api_without_nats.get("/webhooks/sales/subscriptions")).json() == []
+
+
+async def test_subscriptions_are_registered_listed_and_removed(
+    nc: Client, api: httpx.AsyncClient, sales: Sales, data_dir: Path
+) -> None:
+    place_orders(sales, 2, cancel_every=6)
+    head = await relay_all(sales, nc)
+    created = await api.post("/webhooks/sales/subscriptions", json=GOOD)
+    assert created.status_code == 201
+    subscription = created.json()
+    assert subscription == {
+        "id": subscription["id"],
+        "context": "sales",
+        "event_type": "sales.OrderPlaced",
+        "url": "https://example.com/hooks",
+        "after": head,  # events from now on
+        "created_at": subscription["created_at"],
+    }
+    assert created.headers["location"] == f"/webhooks/sales/subscriptions/{subscription['id']}"
+    cancelled = await api.post(
+        "/webhooks/sales/subscriptions", json=GOOD | {"event_type": "sales.OrderCancelled"}
+    )
+    assert cancelled.status_code == 201 and cancelled.json()["after"] == head
+    from_start = GOOD | {"url": "https://example.com/all", "after": 0}
+    history = await api.post("/webhooks/sales/subscriptions", json=from_start)
+    assert history.status_code == 201 and history.json()["after"] == 0
+
+    twice = await api.post("/webhooks/sales/subscriptions", json=GOOD)
+    assert twice.status_code == 409 and subscription["id"] in twice.json()["detail"]
+    listed = await api.get("/webhooks/sales/subscriptions")
+    ids = [subscription["id"], cancelled.json()["id"], history.json()["id"]]
+    assert [s["id"] for s in listed.json()] == ids  # oldest first
+    assert SECRET not in listed.text and SECRET not in created.text
+    assert (await api.get(created.headers["location"])).json() == subscription
+
+    assert (await api.delete(created.headers["location"])).status_code == 204
+    gone = await api.get(created.headers["location"])
+    assert gone.status_code == 404 and gone.headers["content-type"] == "application/problem+json"
+    assert (await api.delete(created.headers["location"])).status_code == 404
+    store = data_dir / "webhooks" / "sales.sqlite"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600  # it holds the secrets
+
+
+def test_signatures_follow_standard_webhooks() -> None:
+    # The test vector of the Standard Webhooks reference libraries.
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    signed = sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
+    assert signed == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    headers = {
+        "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "webhook-timestamp": "1614265330",
+        "webhook-signature": f"v1,bm90IHRoaXMgb25l {signed}",  # several: any one will do
+    }
+    assert verify(secret, headers, body, now=1614265330 + 10)
+    assert not verify(secret, headers, body + b" ", now=1614265330)  # tampered body
+    assert not verify(new_secret(), headers, body, now=1614265330)  # another secret
+    assert not verify(secret, headers, body, now=1614265330 + 301)  # too old: a replay
+    assert not verify(secret, {k: v for k, v in headers.items() if k != "webhook-id"}, body)
+
+
+async def test_the_dispatcher_runs_from_the_cli_once_per_data_folder(
+    nats_server: EmbeddedServer, nc: Client, sales: Sales, data_dir: Path
+) -> None:
+    hooks = Receiver()
+    async with serving(hooks.app()) as receiver:
+        with WebhookStore.of(data_dir, "sales") as store:
+            store.subscribe("sales.OrderPlaced", f"{receiver}/placed", new_secret(), after=0)
+        place_orders(sales, 3, cancel_every=6)
+        await relay_all(sales, nc)
+        command = [
+            sys.executable, "-m", "toolkit.cli", "--nats-url", nats_server.url,
+            "--data-dir", str(data_dir), "webhooks", "sales",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+        pipe = asyncio.subprocess.PIPE
+        dispatcher = await asyncio.create_subprocess_exec(*command, stderr=pipe, env=env)
+        try:
+            await wait_for(lambda: len(hooks.accepted) == 3, within=60)
+            second = await asyncio.create_subprocess_exec(*command, stderr=pipe, env=env)
+            _, refused = await asyncio.wait_for(second.communicate(), 60)
+            assert second.returncode == 1
+            assert (
+                refused.decode()
+                .strip()
+                .endswith(
+                    f"toolkit: error: a webhook dispatcher for sales already runs on {data_dir}"
+                )
+            )
+        finally:
+            dispatcher.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(dispatcher.communicate(), 60)
+    assert dispatcher.returncode == 0, stderr
+    assert "webhooks sales: 3 delivered, 0 retried, 0 parked" in stderr.decode()
