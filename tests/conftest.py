@@ -13,14 +13,19 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
 from nats.aio.client import Client
 
 from contexts.sales import Sales
+from toolkit.config import Settings
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def child_nats_servers(pid: int | None = None) -> list[int]:
@@ -92,6 +97,23 @@ POSTGRES = {
 }
 
 
+def postgres(dbname: str, what: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit connection to ``dbname`` on the local PostgreSQL server. Without
+    one the test is skipped, except under CI=true, where PostgreSQL must be there."""
+    import psycopg
+
+    dsn = f"host=127.0.0.1 port=5432 dbname={dbname} user=postgres"
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):  # CI has PostgreSQL: its absence is a failure there
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is needed for {what}: {exc}")
+        pytest.skip(
+            f"no PostgreSQL at 127.0.0.1:5432 (trust auth, database {dbname}): the "
+            f"variants with {what} run where there is one, as in CI"
+        )
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def log_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """The environment that selects a context's log: a SQLite file (the default), or a
@@ -99,20 +121,8 @@ def log_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     if request.param == "sqlite":
         yield {}
         return
-    import psycopg
-
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = "host=127.0.0.1 port=5432 dbname=test user=postgres"
-    try:
-        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):  # CI has PostgreSQL: its absence is a failure there
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is needed for the postgres log: {exc}")
-        pytest.skip(
-            "no PostgreSQL at 127.0.0.1:5432 (trust auth, database test): the "
-            "PostgreSQL-log variants run where there is one, as in CI"
-        )
-    with admin:
+    with postgres("test", "the postgres log") as admin:
         admin.execute(f"CREATE SCHEMA {schema}")
         try:
             yield {
@@ -122,6 +132,33 @@ def log_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
             }
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def read_models(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Settings]:
+    """Settings that say where projections keep their read models: SQLite files in
+    ``data_dir`` (the default), or a fresh database of their own on the local
+    PostgreSQL server."""
+    if request.param == "sqlite":
+        yield Settings(data_dir=data_dir)
+        return
+    database = f"rm_{uuid.uuid4().hex[:12]}"
+    with postgres("postgres", "PostgreSQL read models") as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+        try:
+            url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+            yield Settings(data_dir=data_dir, read_model_url=url)
+        finally:
+            admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+BACKENDS = pytest.mark.parametrize(
+    ("log_env", "read_models"),
+    [("sqlite", "sqlite"), ("postgres", "sqlite"), ("sqlite", "postgres")],
+    indirect=True,
+)
+"""A test of the read side over both logs and both read-model backends, in three runs
+rather than four (the two PostgreSQL backends meet in other tests)."""
 
 
 @pytest.fixture

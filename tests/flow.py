@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from nats.aio.client import Client
 
 from contexts.sales import Sales
-from toolkit import Relay
-from toolkit.home import ProjectionHome
+from toolkit import Relay, Settings
 from toolkit.projection import Projection
 from toolkit.projector import Projector, ProjectorStats
 from toolkit.reader import StreamMessage, StreamReader
+from toolkit.readmodel import ReadModelHome, open_home
 from toolkit.store import ReadModelStore
+
+Where = Path | Settings
+"""Where read models live: a data folder (SQLite files) or settings (either backend)."""
+
+
+@contextlib.contextmanager
+def home_of(where: Where, name: str) -> Iterator[ReadModelHome]:
+    """The home of projection ``name``, closed afterwards."""
+    home = open_home(where if isinstance(where, Settings) else Settings(data_dir=where), name)
+    try:
+        yield home
+    finally:
+        home.close()
 
 
 async def relay_all(sales: Sales, nc: Client) -> int:
@@ -21,10 +36,9 @@ async def relay_all(sales: Sales, nc: Client) -> int:
 
 
 async def project_all(
-    projection: Projection, data_dir: Path, nc: Client, *, batch_size: int = 1000
+    projection: Projection, where: Where, nc: Client, *, batch_size: int = 1000
 ) -> ProjectorStats:
-    home = ProjectionHome(data_dir, projection.name)
-    with home.writer_lock():
+    with home_of(where, projection.name) as home, home.writer_lock():
         store = ReadModelStore(home.live(), projection)
         try:
             return await Projector(projection, store, nc, batch_size=batch_size).run(

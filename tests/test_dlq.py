@@ -10,30 +10,32 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from projections.shipping import Shipments
-from tests.conftest import wait_for
-from tests.flow import project_all, relay_all
+from tests.conftest import BACKENDS, wait_for
+from tests.flow import Where, home_of, project_all, relay_all
 from tests.test_cli import toolkit
 from tests.test_projector import dead_letters, poisoned, shipments, three_orders
+from toolkit.config import Settings
 from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
 from toolkit.store import ReadModelStore
 
 
-def store(data_dir: Path, projection: Shipments) -> ReadModelStore:
-    current = ProjectionHome(data_dir, "shipping").current()
+def store(where: Where, projection: Shipments) -> ReadModelStore:
+    with home_of(where, "shipping") as home:
+        current = home.current()
     assert current is not None
     return ReadModelStore(current, projection)
 
 
+@BACKENDS
 async def test_retry_applies_a_parked_aggregate_in_its_order(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     a, _, _ = three_orders(sales)
     await relay_all(sales, nc)
-    await project_all(poisoned("park-aggregate", {str(a)}), data_dir, nc)
-    assert set(dead_letters(data_dir)) == {2, 4}
+    await project_all(poisoned("park-aggregate", {str(a)}), read_models, nc)
+    assert set(dead_letters(read_models)) == {2, 4}
 
-    still_broken = store(data_dir, poisoned("park-aggregate", {str(a)}))
+    still_broken = store(read_models, poisoned("park-aggregate", {str(a)}))
     done, failed = still_broken.retry_dead_letters(Shipments.translators)
     still_broken.close()
     assert done == 0
@@ -42,39 +44,43 @@ async def test_retry_applies_a_parked_aggregate_in_its_order(
         (4, "still parked behind sequence 2"),  # not before the one that holds it
     ]
 
-    fixed = store(data_dir, Shipments())
+    fixed = store(read_models, Shipments())
     done, failed = fixed.retry_dead_letters(Shipments.translators)
     fixed.close()
     assert (done, failed) == (2, [])
-    assert dead_letters(data_dir) == {}
-    assert shipments(data_dir)[str(a)] == "called_off"  # placed, then cancelled
+    assert dead_letters(read_models) == {}
+    assert shipments(read_models)[str(a)] == "called_off"  # placed, then cancelled
 
 
+@BACKENDS
 async def test_drop_gives_up_a_dead_letter_and_unparks_its_aggregate(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     a, _, _ = three_orders(sales)
     await relay_all(sales, nc)
-    await project_all(poisoned("park-aggregate", {str(a)}), data_dir, nc)
-    s = store(data_dir, Shipments())
+    await project_all(poisoned("park-aggregate", {str(a)}), read_models, nc)
+    s = store(read_models, Shipments())
     assert s.drop_dead_letter("sales", 2)
     s.close()
-    assert set(dead_letters(data_dir)) == {4}  # what was parked behind it stays
+    assert set(dead_letters(read_models)) == {4}  # what was parked behind it stays
 
 
+@BACKENDS
 async def test_dlq_commands(
-    sales: Sales, nc: Client, data_dir: Path, tmp_path: Path, nats_server: EmbeddedServer
+    sales: Sales, nc: Client, read_models: Settings, tmp_path: Path, nats_server: EmbeddedServer
 ) -> None:
     a, _, _ = three_orders(sales)
     await relay_all(sales, nc)
-    await project_all(poisoned("park-aggregate", {str(a)}), data_dir, nc)
-    run = ["--data-dir", str(data_dir), "--nats-url", nats_server.url]
+    await project_all(poisoned("park-aggregate", {str(a)}), read_models, nc)
+    run = ["--data-dir", str(read_models.data_dir), "--nats-url", nats_server.url]
+    if read_models.read_model_url:
+        run += ["--read-model-url", read_models.read_model_url]
     listed = toolkit(*run, "dlq", "list", "shipping", "--json", tmp=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert [row["sequence"] for row in json.loads(listed.stdout)] == [2, 4]
     shown = toolkit(*run, "dlq", "show", "shipping", "--seq", "2", tmp=tmp_path)
     assert json.loads(shown.stdout)["reason"].startswith("RuntimeError: cannot ship")
-    with ProjectionHome(data_dir, "shipping").writer_lock():
+    with home_of(read_models, "shipping") as home, home.writer_lock():
         busy = toolkit(*run, "dlq", "retry", "shipping", tmp=tmp_path)
     assert busy.returncode == 1 and "stop it first" in busy.stderr
     retried = toolkit(*run, "dlq", "retry", "shipping", tmp=tmp_path)
@@ -85,11 +91,11 @@ async def test_dlq_commands(
     assert missing.stderr.strip() == "toolkit: error: no dead letter at sales sequence 2"
 
 
+@BACKENDS
 async def test_status_says_failing_while_a_message_is_retried(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     from contexts.system import system
-    from toolkit.config import Settings
     from toolkit.projector import Projector
     from toolkit.status import collect
 
@@ -97,12 +103,12 @@ async def test_status_says_failing_while_a_message_is_retried(
     await relay_all(sales, nc)
     failing = poisoned("park-aggregate", {str(a)})
     type(failing).retries, type(failing).retry_delay = 1000, 0.05
-    home = ProjectionHome(data_dir, "shipping")
-    projector = Projector(failing, ReadModelStore(home.live(), failing), nc)
+    with home_of(read_models, "shipping") as home:
+        projector = Projector(failing, ReadModelStore(home.live(), failing), nc)
     stop = asyncio.Event()
     running = asyncio.create_task(projector.run(stop))
     await wait_for(lambda: projector.stats.retries >= 2)
-    report = await collect(system, Settings(data_dir=data_dir), nc)
+    report = await collect(system, read_models, nc)
     stop.set()
     await running
     projector.store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,6 +12,7 @@ from tests.flow import project_all
 from toolkit import IntegrationEvent, StreamSpec, contract, ensure_stream
 from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
+from toolkit.readmodel import Connection
 from toolkit.translator import Translator
 
 sales, catalog = Translator("sales"), Translator("catalog")
@@ -47,12 +47,12 @@ class Activity(Projection):
     name: ClassVar[str] = "activity"
     translators = (sales, catalog)
 
-    def create_tables(self, db: sqlite3.Connection) -> None:
+    def create_tables(self, db: Connection) -> None:
         db.execute(
             "CREATE TABLE IF NOT EXISTS seen (source TEXT, key TEXT, PRIMARY KEY (source, key))"
         )
 
-    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+    def apply(self, fact: object, db: Connection) -> None:
         assert isinstance(fact, Seen)
         db.execute("INSERT INTO seen VALUES (?, ?)", (fact.source, fact.key))
 

@@ -4,8 +4,6 @@ each aggregate's order, and a worker joining mid-stream loses and repeats nothin
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 from typing import ClassVar
 from uuid import UUID
 
@@ -15,12 +13,12 @@ import pytest
 from nats.aio.client import Client
 
 from contexts.sales import Sales
-from tests.conftest import wait_for
-from tests.flow import read_all, relay_all
-from toolkit import IntegrationEvent, contract
-from toolkit.home import ProjectionHome
+from tests.conftest import BACKENDS, wait_for
+from tests.flow import home_of, read_all, relay_all
+from toolkit import IntegrationEvent, Settings, contract
 from toolkit.projection import Projection
 from toolkit.projector import Projector, owner
+from toolkit.readmodel import Connection, Dialect
 from toolkit.store import ReadModelStore, aggregate_token
 from toolkit.translator import Translator
 
@@ -57,21 +55,27 @@ class Ledger(Projection):
 
     name: ClassVar[str] = "ledger"
     translators = (orders_stream,)
+    dialects = (Dialect.SQLITE, Dialect.POSTGRESQL)
 
     def __init__(self, worker: int) -> None:
         self.worker = worker
 
-    def create_tables(self, db: sqlite3.Connection) -> None:
+    def create_tables(self, db: Connection) -> None:
+        counter = {
+            Dialect.SQLITE: "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Dialect.POSTGRESQL: "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        }[db.dialect]
         db.execute(
-            "CREATE TABLE IF NOT EXISTS entry (applied INTEGER PRIMARY KEY AUTOINCREMENT,"
+            f"CREATE TABLE IF NOT EXISTS entry (applied {counter},"
             " order_id TEXT NOT NULL, kind TEXT NOT NULL, worker INTEGER NOT NULL,"
             " UNIQUE (order_id, kind))"  # applying anything twice fails loudly
         )
 
-    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+    def apply(self, fact: object, db: Connection) -> None:
         assert isinstance(fact, Entry)
+        p = db.dialect.param
         db.execute(
-            "INSERT INTO entry (order_id, kind, worker) VALUES (?, ?, ?)",
+            f"INSERT INTO entry (order_id, kind, worker) VALUES ({p}, {p}, {p})",
             (fact.order, fact.kind, self.worker),
         )
 
@@ -79,16 +83,18 @@ class Ledger(Projection):
 LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
 
 
+@BACKENDS
 @pytest.mark.timeout(90)
 async def test_partition_workers_and_a_third_joining_mid_stream(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     app = sales
     customers = [app.register_customer(f"C{i}", f"c{i}@example.com") for i in range(5)]
     orders = [app.place_order(customers[i % 5], LINE) for i in range(300)]
     await relay_all(app, nc)
 
-    path = ProjectionHome(data_dir, "ledger").live()
+    with home_of(read_models, "ledger") as home:
+        path = home.live()
     running: dict[int, tuple[Projector, asyncio.Event, asyncio.Task[object]]] = {}
     stats: list[Projector] = []
 
@@ -138,7 +144,8 @@ async def test_partition_workers_and_a_third_joining_mid_stream(
         (orjson.loads(m.data)["subject"], m.subject.rsplit(".", 1)[1]): m
         for m in await read_all(nc)
     }
-    with sqlite3.connect(path) as db:
+    with home_of(read_models, "ledger") as home, home.reader() as db:
+        assert db is not None
         rows = db.execute("SELECT applied, order_id, kind, worker FROM entry").fetchall()
     assert len(rows) == 400 + 200  # every order placed, every cancellation: nothing lost
     applied_at: dict[tuple[str, str], int] = {}

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from decimal import Decimal
-from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -14,12 +12,13 @@ from projections.billing import Accounts
 from projections.billing.translation import cents
 from projections.shipping import Shipments
 from projections.shipping.translation import ShipmentAwaitingDispatch
-from tests.conftest import wait_for
-from tests.flow import project_all, read_all, relay_all
+from tests.conftest import BACKENDS, wait_for
+from tests.flow import Where, home_of, project_all, read_all, relay_all
+from toolkit.config import Settings
 from toolkit.errors import ProjectionBusyError
-from toolkit.home import ProjectionHome
 from toolkit.projector import Projector
 from toolkit.reader import StreamMessage
+from toolkit.readmodel import Connection, ReadModelHome
 from toolkit.store import ReadModelStore
 from toolkit.translator import Translator
 
@@ -39,19 +38,25 @@ def place(sales: Sales, customers: int, orders: int) -> dict[UUID, int]:
     return owed
 
 
-def owed_by_account(home: ProjectionHome) -> dict[UUID, int]:
+def owed_by_account(home: ReadModelHome) -> dict[UUID, int]:
     with home.reader() as db:
         assert db is not None
         return {UUID(a): c for a, c in db.execute("SELECT account_id, owed_cents FROM account")}
 
 
+@BACKENDS
 async def test_a_restarted_projector_resumes_from_its_checkpoint(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     owed = place(sales, customers=7, orders=400)
     total = await relay_all(sales, nc)
-    home = ProjectionHome(data_dir, "billing")
+    with home_of(read_models, "billing") as home:
+        await resume_from_the_checkpoint(home, nc, total, owed)
 
+
+async def resume_from_the_checkpoint(
+    home: ReadModelHome, nc: Client, total: int, owed: dict[UUID, int]
+) -> None:
     # First run: stopped part way through the stream.
     store = ReadModelStore(home.live(), Accounts())
     first = Projector(Accounts(), store, nc, batch_size=25, transaction_size=25)
@@ -77,21 +82,22 @@ async def test_a_restarted_projector_resumes_from_its_checkpoint(
     assert owed_by_account(home) == owed  # every charge counted once
 
 
+@BACKENDS
 async def test_redelivered_messages_are_not_applied_twice(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     owed = place(sales, customers=2, orders=20)
     total = await relay_all(sales, nc)
-    await project_all(Accounts(), data_dir, nc)
-    home = ProjectionHome(data_dir, "billing")
-    store = ReadModelStore(home.live(), Accounts())
-    try:
-        # Everything again, as an at-least-once delivery after a crash could bring it.
-        again = store.apply(Accounts.translators[0], await read_all(nc))
-        assert (again.applied, again.duplicates) == (0, total)
-    finally:
-        store.close()
-    assert owed_by_account(home) == owed
+    await project_all(Accounts(), read_models, nc)
+    with home_of(read_models, "billing") as home:
+        store = ReadModelStore(home.live(), Accounts())
+        try:
+            # Everything again, as an at-least-once delivery after a crash could bring it.
+            again = store.apply(Accounts.translators[0], await read_all(nc))
+            assert (again.applied, again.duplicates) == (0, total)
+        finally:
+            store.close()
+        assert owed_by_account(home) == owed
 
 
 def message(seq: int, body: bytes) -> StreamMessage:
@@ -108,9 +114,9 @@ def envelope(type_: str, data: bytes, version: int = 1) -> bytes:
     )
 
 
-def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(data_dir: Path) -> None:
-    home = ProjectionHome(data_dir, "shipping")
-    store = ReadModelStore(home.live(), Shipments())
+def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(read_models: Settings) -> None:
+    with home_of(read_models, "shipping") as home:
+        store = ReadModelStore(home.live(), Shipments())
     translator: Translator = Shipments.translators[0]
     try:
         result = store.apply(
@@ -134,14 +140,18 @@ def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(data_dir: Path) 
         store.close()
 
 
-def test_a_second_writer_is_refused(data_dir: Path) -> None:
-    home = ProjectionHome(data_dir, "shipping")
-    with (
-        home.writer_lock(),
-        pytest.raises(ProjectionBusyError, match="stop it first"),
-        ProjectionHome(data_dir, "shipping").writer_lock(),
-    ):
-        pass
+def test_a_second_writer_is_refused(read_models: Settings) -> None:
+    with home_of(read_models, "shipping") as home, home_of(read_models, "shipping") as other:
+        with (
+            home.writer_lock(1),
+            pytest.raises(ProjectionBusyError, match="stop it first"),
+            other.writer_lock(1),
+        ):
+            pass
+        with home.writer_lock(), other.writer_lock("replay"):  # a replay beside it: fine
+            pass
+        with other.writer_lock():  # released
+            pass
 
 
 def poisoned(on_poison: str, poison: set[str], transient: int = 0) -> Shipments:
@@ -153,7 +163,7 @@ def poisoned(on_poison: str, poison: set[str], transient: int = 0) -> Shipments:
         retries = 2
         retry_delay = 0.01
 
-        def apply_many(self, facts: list[object], db: sqlite3.Connection) -> None:
+        def apply_many(self, facts: list[object], db: Connection) -> None:
             for fact in facts:
                 if not isinstance(fact, ShipmentAwaitingDispatch):
                     continue
@@ -177,68 +187,72 @@ def three_orders(sales: Sales) -> tuple[UUID, UUID, UUID]:
     return a, b, c
 
 
-def dead_letters(data_dir: Path) -> dict[int, str]:
-    with ProjectionHome(data_dir, "shipping").reader() as db:
+def dead_letters(where: Where) -> dict[int, str]:
+    with home_of(where, "shipping") as home, home.reader() as db:
         assert db is not None
         return dict(db.execute("SELECT sequence, reason FROM toolkit_dead_letter"))
 
 
-def shipments(data_dir: Path) -> dict[str, str]:
-    with ProjectionHome(data_dir, "shipping").reader() as db:
+def shipments(where: Where) -> dict[str, str]:
+    with home_of(where, "shipping") as home, home.reader() as db:
         assert db is not None
         return dict(db.execute("SELECT shipment_id, status FROM shipment"))
 
 
+@BACKENDS
 async def test_a_poison_event_is_retried_then_parked_with_its_aggregate(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     a, b, c = three_orders(sales)
     head = await relay_all(sales, nc)
-    stats = await project_all(poisoned("park-aggregate", {str(a)}), data_dir, nc)
+    stats = await project_all(poisoned("park-aggregate", {str(a)}), read_models, nc)
     assert (stats.retries, stats.parked) == (2, 1)
     assert stats.checkpoints["sales"] == head  # the projection kept going
-    assert shipments(data_dir) == {str(b): "awaiting_dispatch", str(c): "awaiting_dispatch"}
-    assert dead_letters(data_dir) == {
+    assert shipments(read_models) == {str(b): "awaiting_dispatch", str(c): "awaiting_dispatch"}
+    assert dead_letters(read_models) == {
         2: f"RuntimeError: cannot ship {a} (failed 3 times)",
         4: "parked behind sales sequence 2",  # the cancellation waits with its order
     }
 
 
+@BACKENDS
 async def test_a_poison_event_alone_is_parked_when_the_projection_says_so(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     a, b, c = three_orders(sales)
     await relay_all(sales, nc)
-    stats = await project_all(poisoned("skip-event", {str(a)}), data_dir, nc)
+    stats = await project_all(poisoned("skip-event", {str(a)}), read_models, nc)
     assert stats.parked == 1
-    assert dead_letters(data_dir) == {2: f"RuntimeError: cannot ship {a} (failed 3 times)"}
-    assert set(shipments(data_dir)) == {str(b), str(c)}
+    assert dead_letters(read_models) == {2: f"RuntimeError: cannot ship {a} (failed 3 times)"}
+    assert set(shipments(read_models)) == {str(b), str(c)}
 
 
+@BACKENDS
 async def test_a_transient_failure_is_retried_and_applied(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     a, b, c = three_orders(sales)
     await relay_all(sales, nc)
-    stats = await project_all(poisoned("park-aggregate", {str(a)}, transient=2), data_dir, nc)
+    stats = await project_all(poisoned("park-aggregate", {str(a)}, transient=2), read_models, nc)
     # Two failures: the batch's, and the message's alone while finding which one failed;
     # the first retry then succeeds.
     assert (stats.retries, stats.parked) == (1, 0)
-    assert dead_letters(data_dir) == {}
-    assert shipments(data_dir) == {
+    assert dead_letters(read_models) == {}
+    assert shipments(read_models) == {
         str(a): "called_off",
         str(b): "awaiting_dispatch",
         str(c): "awaiting_dispatch",
     }
 
 
-async def test_parking_survives_a_restart(sales: Sales, nc: Client, data_dir: Path) -> None:
+@BACKENDS
+async def test_parking_survives_a_restart(sales: Sales, nc: Client, read_models: Settings) -> None:
     a, _, _ = three_orders(sales)
     await relay_all(sales, nc)
-    await project_all(poisoned("park-aggregate", {str(a)}), data_dir, nc)
+    await project_all(poisoned("park-aggregate", {str(a)}), read_models, nc)
     customer = sales.get_order(a).customer_id
     sales.add_order_note(a, "private")  # private: not published
     d = sales.place_order(customer, [{"sku": "mug", "quantity": 1, "unit_price": "2.00"}])
     await relay_all(sales, nc)
-    await project_all(Shipments(), data_dir, nc)  # a new process, the fixed code
-    assert str(d) in shipments(data_dir) and str(a) not in shipments(data_dir)
+    await project_all(Shipments(), read_models, nc)  # a new process, the fixed code
+    assert str(d) in shipments(read_models) and str(a) not in shipments(read_models)

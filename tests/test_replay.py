@@ -14,13 +14,15 @@ from nats.aio.client import Client
 from contexts.sales import Customer, Order, Sales
 from projections.billing import Accounts
 from projections.shipping import Shipments
-from tests.conftest import wait_for
-from tests.flow import project_all, relay_all
+from tests.conftest import BACKENDS, wait_for
+from tests.flow import home_of, project_all, relay_all
+from toolkit.config import Settings
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
 from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
 from toolkit.projector import Projector
+from toolkit.readmodel import ReadModelHome
 from toolkit.replay import rebuild
 from toolkit.store import ReadModelStore, dump
 
@@ -157,30 +159,37 @@ def test_live_equals_replayed_equals_a_plain_fold(script: list[tuple[object, ...
         asyncio.run(live_then_replayed([("customer",), *script], Path(folder)))
 
 
+@BACKENDS
 async def test_replay_switches_readers_and_drops_the_old_generation(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     customer = sales.register_customer("Ann", "ann@example.com")
     sales.place_order(customer, [{"sku": "tea", "quantity": 1, "unit_price": "3.10"}])
     await relay_all(sales, nc)
-    await project_all(Shipments(), data_dir, nc)
-    home = ProjectionHome(data_dir, "shipping")
-    before = home.current()
-    result = await rebuild(Shipments(), home, nc)
-    assert result.previous == before and result.generation == home.current() != before
-    assert before is not None and not before.exists()
-    assert [p.name for p in home.generations()] == [result.generation.name]
+    await project_all(Shipments(), read_models, nc)
+    with home_of(read_models, "shipping") as home:
+        before = home.current()
+        result = await rebuild(Shipments(), home, nc)
+        assert result.previous == before and result.generation == home.current() != before
+        assert before is not None and not before.exists()
+        assert [p.name for p in home.generations()] == [result.generation.name]
+        assert result.generation.stem == "g000002"
     assert result.stats.applied == 1 and result.stats.skipped == 1
 
 
+@BACKENDS
 async def test_a_live_projector_follows_a_replay_into_the_new_generation(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
+    with home_of(read_models, "shipping") as home:
+        await follow_a_replay(sales, nc, home)
+
+
+async def follow_a_replay(sales: Sales, nc: Client, home: ReadModelHome) -> None:
     customer = sales.register_customer("Ann", "ann@example.com")
     line = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
     sales.place_order(customer, line)
     await relay_all(sales, nc)
-    home = ProjectionHome(data_dir, "shipping")
     live = Projector(Shipments(), ReadModelStore(home.live(), Shipments()), nc)
     stop = asyncio.Event()
     running = asyncio.create_task(live.run(stop, home=home))

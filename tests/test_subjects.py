@@ -3,7 +3,6 @@ and each subject matches only its own aggregate."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from toolkit import BoundedContext, IntegrationEvent, PublishedLanguage, Relay, 
 from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
 from toolkit.reader import StreamReader
+from toolkit.readmodel import Connection
 from toolkit.translator import Translator
 from toolkit.wire import encode_token
 
@@ -105,10 +105,10 @@ class Shelf(Projection):
     name: ClassVar[str] = "shelf"
     translators = (listings,)
 
-    def create_tables(self, db: sqlite3.Connection) -> None:
+    def create_tables(self, db: Connection) -> None:
         db.execute("CREATE TABLE IF NOT EXISTS item (sku TEXT PRIMARY KEY, name TEXT)")
 
-    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+    def apply(self, fact: object, db: Connection) -> None:
         assert isinstance(fact, Listed)
         db.execute("INSERT INTO item VALUES (?, ?)", (fact.sku, fact.name))
 

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,12 +30,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from toolkit.config import Settings
+from toolkit.config import Settings, read_model_url
 from toolkit.connection import open_nats, redact_urls
 from toolkit.errors import ConfigurationError, ProjectionVersionError, ToolkitError
-from toolkit.home import ProjectionHome
-from toolkit.projection import StartPosition
+from toolkit.projection import Projection, StartPosition
 from toolkit.projector import Projector, ProjectorStats
+from toolkit.readmodel import ReadModelHome, open_home
 from toolkit.relay import Relay
 from toolkit.replay import rebuild
 from toolkit.store import ReadModelStore, read_dead_letters
@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         "--system",
         help="module:attribute of the System to run (env TOOLKIT_SYSTEM; default "
         "contexts.system:system, the example system)",
+    )
+    parser.add_argument(
+        "--read-model-url",
+        metavar="URL",
+        help="a PostgreSQL database (postgresql://...) for the projections' read models "
+        "(env TOOLKIT_READ_MODEL_URL; default: SQLite files in the data folder)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     parser.add_argument("--version", action="version", version=f"toolkit {_version()}")
@@ -139,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     replay.add_argument("--to-seq", type=_positive, metavar="M", help="stop at sequence M")
     replay.add_argument(
-        "--keep-previous", action="store_true", help="keep the previous generation's file"
+        "--keep-previous", action="store_true", help="keep the previous generation (file or schema)"
     )
     replay.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -231,7 +237,19 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = replace(settings, data_dir=args.data_dir)
     if args.system:
         settings = replace(settings, system=args.system)
+    if args.read_model_url:
+        url = read_model_url(args.read_model_url, "--read-model-url")
+        settings = replace(settings, read_model_url=url)
     return settings
+
+
+@contextlib.contextmanager
+def _home(settings: Settings, name: str) -> Iterator[ReadModelHome]:
+    home = open_home(settings, name)
+    try:
+        yield home
+    finally:
+        home.close()
 
 
 async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
@@ -276,8 +294,7 @@ async def _project(
     if partition is not None and partitions is not None and not 0 <= partition < partitions:
         raise ConfigurationError(f"--partition {partition} must be from 0 to {partitions - 1}")
     projection = system.projection(name)()
-    home = ProjectionHome(settings.data_dir, name)
-    with home.writer_lock(partition):
+    with _home(settings, name) as home, home.writer_lock(partition):
         async with open_nats(settings, name=f"project-{name}") as nats:
             try:
                 store = ReadModelStore(home.live(), projection, partition=partition)
@@ -289,7 +306,7 @@ async def _project(
                 store = ReadModelStore(home.live(), projection, partition=partition)
             projector = Projector(projection, store, nats.client, partitions=partitions)
             try:
-                console.print(f"projecting {name} into {store.path} from {nats.url}")
+                console.print(f"projecting {name} into {store.generation} from {nats.url}")
                 stats = await _until_signalled(
                     lambda stop: projector.run(stop, until_head=once, home=home)
                 )
@@ -305,7 +322,6 @@ async def _project(
 async def _replay(settings: Settings, system: System, args: argparse.Namespace) -> None:
     name = args.projection
     projection = system.projection(name)()
-    home = ProjectionHome(settings.data_dir, name)
     start: StartPosition = args.from_seq or args.from_time or "beginning"
     async with open_nats(settings, name=f"replay-{name}") as nats:
         heads = [
@@ -313,7 +329,7 @@ async def _replay(settings: Settings, system: System, args: argparse.Namespace) 
         ]
         total = sum(min(h, args.to_seq) if args.to_seq else h for h in heads)
         started = time.monotonic()
-        with _Progress(name, total, quiet=args.json) as progress:
+        with _Progress(name, total, quiet=args.json) as progress, _home(settings, name) as home:
             result = await rebuild(
                 projection,
                 home,
@@ -385,9 +401,11 @@ async def _rewind(settings: Settings, system: System, name: str, to_seq: int) ->
     if to_seq < 0:
         raise ConfigurationError(f"--to-seq {to_seq} must be 0 or more")
     projection = system.projection(name)()
-    home = ProjectionHome(settings.data_dir, name)
     async with open_nats(settings, name=f"rewind-{name}") as nats:
-        result = await rebuild(projection, home, nats.client, to_sequence=to_seq, exclusive=True)
+        with _home(settings, name) as home:
+            result = await rebuild(
+                projection, home, nats.client, to_sequence=to_seq, exclusive=True
+            )
     console.print(
         f"rewound {name} to sequence {to_seq}: {result.stats.applied} applied into "
         f"{result.generation.name}; readers switched; it goes on from {to_seq + 1}"
@@ -396,7 +414,11 @@ async def _rewind(settings: Settings, system: System, name: str, to_seq: int) ->
 
 def _dlq(settings: Settings, system: System, args: argparse.Namespace) -> None:
     projection = system.projection(args.projection)()
-    home = ProjectionHome(settings.data_dir, args.projection)
+    with _home(settings, args.projection) as home:
+        _dead_letters(home, projection, args)
+
+
+def _dead_letters(home: ReadModelHome, projection: Projection, args: argparse.Namespace) -> None:
     streams = [t.stream for t in projection.translators]
     stream = args.stream or (streams[0] if len(streams) == 1 else None)
     if args.seq is not None and stream is None:

@@ -1,4 +1,5 @@
-"""A projection's home: the folder holding the generations of its read model.
+"""SQLite read models, the default backend: a projection's home is the folder holding
+the generations of its read model (see :mod:`toolkit.readmodel`).
 
 Generations are ``g000001.sqlite``, ``g000002.sqlite``, ...; ``CURRENT`` names the one
 readers use and ``BUILDING`` the one an unfinished replay writes. Switching readers is
@@ -15,15 +16,39 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 from toolkit.errors import ProjectionBusyError
-from toolkit.store import connect
+from toolkit.readmodel import Connection, Dialect, Generation, ReadModelHome
 
 _GENERATION = re.compile(r"g(\d{6})\.sqlite")
 
 
-class ProjectionHome:
+class SQLiteConnection(sqlite3.Connection):
+    """A ``sqlite3.Connection`` that says its dialect."""
+
+    dialect: ClassVar[Dialect] = Dialect.SQLITE
+
+
+def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
+    if readonly:
+        db = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, check_same_thread=False, factory=SQLiteConnection
+        )
+    else:
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, factory=SQLiteConnection
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+class ProjectionHome(ReadModelHome):
     """The folder of one projection: its generations, ``CURRENT`` and its writer lock."""
+
+    dialect = Dialect.SQLITE
 
     def __init__(self, data_dir: Path | str, name: str) -> None:
         self.name = name
@@ -49,7 +74,7 @@ class ProjectionHome:
         except FileNotFoundError:
             return None
 
-    def mark_building(self, generation: Path | None) -> None:
+    def mark_building(self, generation: Generation | None) -> None:
         marker = self.path / "BUILDING"
         if generation is None:
             marker.unlink(missing_ok=True)
@@ -65,15 +90,7 @@ class ProjectionHome:
         ]
         return self.path / f"g{max(numbers, default=0) + 1:06d}.sqlite"
 
-    def live(self) -> Path:
-        """The generation the live projector writes, created on first use."""
-        current = self.current()
-        if current is None:
-            current = self.new_generation()
-            self.switch_to(current)
-        return current
-
-    def switch_to(self, generation: Path) -> None:
+    def switch_to(self, generation: Generation) -> None:
         """Point readers at ``generation`` atomically."""
         tmp = self._pointer.with_suffix(".tmp")
         tmp.write_text(generation.name + "\n")
@@ -81,10 +98,10 @@ class ProjectionHome:
             os.fsync(f.fileno())
         os.replace(tmp, self._pointer)
 
-    def drop(self, generation: Path) -> None:
+    def drop(self, generation: Generation) -> None:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{generation}{suffix}")
+                os.unlink(self.path / f"{generation.name}{suffix}")
 
     @contextlib.contextmanager
     def writer_lock(self, partition: int | str | None = None) -> Iterator[None]:
@@ -104,15 +121,13 @@ class ProjectionHome:
         finally:
             os.close(fd)
 
-    @contextlib.contextmanager
-    def reader(self) -> Iterator[sqlite3.Connection | None]:
-        """A read-only connection to the current generation (None before there is one)."""
-        current = self.current()
-        if current is None or not current.exists():
-            yield None
-            return
-        db = connect(current, readonly=True)
+    def _open(self, generation: Generation) -> Connection | None:
+        db = None
         try:
-            yield db
-        finally:
-            db.close()
+            db = connect(self.path / generation.name, readonly=True)
+            db.execute("SELECT 1 FROM toolkit_checkpoint LIMIT 1").fetchall()
+            return db
+        except sqlite3.Error:
+            if db is not None:
+                db.close()
+            return None

@@ -3,17 +3,23 @@
 A projection names the streams it reads through its translators, creates its tables, and
 applies its own facts to them. The toolkit writes the changes and the checkpoint of each
 stream in one transaction, many events at a time.
+
+A projection writes through the read model's own DB-API connection (see
+:class:`toolkit.readmodel.Connection`): ``sqlite3`` by default, ``psycopg`` on
+PostgreSQL. It declares the SQL dialects its statements work in (``dialects``) and can
+ask the connection which one it has (``db.dialect``, with ``db.dialect.param`` the
+placeholder).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from itertools import groupby
 from typing import ClassVar, Literal
 
+from toolkit.readmodel import Connection, Dialect
 from toolkit.translator import Translator
 from toolkit.wire import check_name
 
@@ -21,8 +27,9 @@ StartPosition = Literal["beginning", "new"] | int | datetime
 
 
 class Projection(ABC):
-    """Base of a SQLite projection. Subclasses set ``name``, ``version`` and
-    ``translators``, and implement :meth:`create_tables` and :meth:`apply`."""
+    """Base of a projection. Subclasses set ``name``, ``version`` and ``translators``
+    (and ``dialects`` when their SQL works on PostgreSQL too), and implement
+    :meth:`create_tables` and :meth:`apply`."""
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
@@ -39,6 +46,9 @@ class Projection(ABC):
     """Tries after the first before a failing message is parked."""
     retry_delay: ClassVar[float] = 0.2
     """Seconds before the first retry; doubled for each next one."""
+    dialects: ClassVar[Collection[str]] = (Dialect.SQLITE,)
+    """The read-model backends whose SQL the projection speaks: ``"sqlite"`` and
+    ``"postgresql"`` (:class:`~toolkit.readmodel.Dialect`); any other is refused."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -46,21 +56,21 @@ class Projection(ABC):
             check_name("projection", cls.name)
 
     @abstractmethod
-    def create_tables(self, db: sqlite3.Connection) -> None:
+    def create_tables(self, db: Connection) -> None:
         """Create the read model's tables (``CREATE TABLE IF NOT EXISTS``)."""
 
     @abstractmethod
-    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+    def apply(self, fact: object, db: Connection) -> None:
         """Change the read model for one fact, inside the toolkit's transaction."""
 
-    def apply_batch(self, facts: list[object], db: sqlite3.Connection) -> None:
+    def apply_batch(self, facts: list[object], db: Connection) -> None:
         """Change the read model for a batch of facts, in their order, inside the
         toolkit's transaction: each run of consecutive facts of one type goes to
         :meth:`apply_many`."""
         for _, run in groupby(facts, type):
             self.apply_many(list(run), db)
 
-    def apply_many(self, facts: list[object], db: sqlite3.Connection) -> None:
+    def apply_many(self, facts: list[object], db: Connection) -> None:
         """Apply consecutive facts of one type. Override it to write many rows a
         statement (``executemany``) or to fold many facts into one update; the result
         must equal applying them one by one with :meth:`apply`."""

@@ -17,9 +17,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from toolkit.errors import BatchFailure, PoisonMessage
-from toolkit.home import ProjectionHome
 from toolkit.projection import Projection, StartPosition
 from toolkit.reader import StreamMessage, StreamReader
+from toolkit.readmodel import ReadModelHome
 from toolkit.store import BatchResult, ReadModelStore, aggregate_token
 from toolkit.translator import Translator
 
@@ -93,7 +93,7 @@ class Projector:
         stop: asyncio.Event | None = None,
         *,
         until_head: bool = False,
-        home: ProjectionHome | None = None,
+        home: ReadModelHome | None = None,
     ) -> ProjectorStats:
         """Project until ``stop`` is set, or with ``until_head`` until every stream's
         head (as it was when called) is applied.
@@ -131,11 +131,11 @@ class Projector:
             self.store = ReadModelStore(current, self.projection)
 
     async def _watch(
-        self, home: ProjectionHome, switched: asyncio.Event, pause: asyncio.Event
+        self, home: ReadModelHome, switched: asyncio.Event, pause: asyncio.Event
     ) -> None:
         while not pause.is_set():
             current = home.current()
-            if current is not None and current != self.store.path:
+            if current is not None and current != self.store.generation:
                 switched.set()
                 pause.set()
                 return

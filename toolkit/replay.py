@@ -7,20 +7,19 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from nats.aio.client import Client
 
-from toolkit.home import ProjectionHome
 from toolkit.projection import Projection, StartPosition
 from toolkit.projector import Projector, ProjectorStats
+from toolkit.readmodel import Generation, ReadModelHome
 from toolkit.store import ReadModelStore
 
 
 @dataclass
 class ReplayResult:
-    generation: Path
-    previous: Path | None
+    generation: Generation
+    previous: Generation | None
     stats: ProjectorStats
     switched: bool
     resumed_from: int | None = None
@@ -42,7 +41,7 @@ async def _run_reporting(
 
 async def rebuild(
     projection: Projection,
-    home: ProjectionHome,
+    home: ReadModelHome,
     client: Client,
     *,
     switch: bool = True,

@@ -8,7 +8,6 @@ partition when partitioned), lag in events and in time, state and dead-letter co
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from rich.table import Table
 from toolkit import wire
 from toolkit.config import Settings
 from toolkit.errors import ProjectionBusyError
-from toolkit.home import ProjectionHome
-from toolkit.store import connect
+from toolkit.readmodel import ReadModelHome, open_home
 from toolkit.system import System
 
 
@@ -66,21 +64,13 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
     projections: dict[str, Any] = {}
     now = datetime.now(UTC)
     for name, projection_cls in system.projections.items():
-        home = ProjectionHome(settings.data_dir, name)
-        current = home.current()
         version = projection_cls.version
-        report: dict[str, Any] = {"version": version, "state": _state(home), "generation": None}
-        if current is not None and current.exists():
-            report["generation"] = current.name
-            db = connect(current, readonly=True)
-            try:
-                meta = dict(db.execute("SELECT key, value FROM toolkit_meta"))
-                checkpoints = dict(db.execute("SELECT stream, sequence FROM toolkit_checkpoint"))
-                (dead,) = db.execute("SELECT count(*) FROM toolkit_dead_letter").fetchone()
-            except sqlite3.Error:
-                meta, checkpoints, dead = {}, {}, 0
-            finally:
-                db.close()
+        home = open_home(settings, name)
+        try:
+            report, meta, checkpoints, dead = _read(home, version)
+        finally:
+            home.close()
+        if report["generation"] is not None:
             stored = int(meta.get("version", version))
             report["stored_version"] = stored
             if stored != version:
@@ -108,7 +98,31 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
     return {"streams": streams, "contexts": contexts, "projections": projections}
 
 
-def _state(home: ProjectionHome) -> str:
+def _read(
+    home: ReadModelHome, version: int
+) -> tuple[dict[str, Any], dict[str, str], dict[str, int], int]:
+    """The projection's report so far, and its current generation's meta, checkpoints
+    and dead-letter count."""
+    report: dict[str, Any] = {"version": version, "state": _state(home), "generation": None}
+    meta: dict[str, str] = {}
+    checkpoints: dict[str, int] = {}
+    dead = 0
+    opened = home.open_reader()
+    if opened is not None:
+        current, db = opened
+        report["generation"] = current.name
+        try:
+            meta = dict(db.execute("SELECT key, value FROM toolkit_meta"))
+            checkpoints = dict(db.execute("SELECT stream, sequence FROM toolkit_checkpoint"))
+            (dead,) = db.execute("SELECT count(*) FROM toolkit_dead_letter").fetchone()
+        except db.Error:
+            meta, checkpoints, dead = {}, {}, 0
+        finally:
+            home.close_reader(db)
+    return report, meta, checkpoints, dead
+
+
+def _state(home: ReadModelHome) -> str:
     """``replaying`` while a replay runs, ``live`` while a projector runs, else
     ``paused``."""
     for lock, busy in (("replay", "replaying"), (None, "live")):

@@ -1,34 +1,38 @@
-"""A projection's read model in SQLite: its tables, its checkpoints, its dead letters and
-its partitioning in one file (one generation, see :mod:`toolkit.home`), changed in one
-transaction per batch, so the model and the position it reflects never disagree.
+"""A projection's read model: its tables, its checkpoints, its dead letters and its
+partitioning in one generation (a SQLite file or a PostgreSQL schema, see
+:mod:`toolkit.readmodel`), changed in one transaction per batch, so the model and the
+position it reflects never disagree.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
+import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from toolkit import readmodel
 from toolkit.errors import (
     BatchFailure,
+    ConfigurationError,
     ContractError,
     PoisonMessage,
     ProjectionVersionError,
 )
+from toolkit.home import connect as connect  # the SQLite one, where it always was
 from toolkit.projection import Projection
 from toolkit.reader import StreamMessage
+from toolkit.readmodel import Connection, Dialect, Generation, Rows
 from toolkit.translator import Translator, UnknownEvent
 
 _TOOLKIT_TABLES = """
 CREATE TABLE IF NOT EXISTS toolkit_checkpoint (
     stream TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL
+    sequence {integer} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS toolkit_meta (
     key TEXT PRIMARY KEY,
@@ -36,26 +40,69 @@ CREATE TABLE IF NOT EXISTS toolkit_meta (
 );
 CREATE TABLE IF NOT EXISTS toolkit_dead_letter (
     stream TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
+    sequence {integer} NOT NULL,
     subject TEXT NOT NULL,
     headers TEXT NOT NULL,
-    body BLOB NOT NULL,
+    body {blob} NOT NULL,
     reason TEXT NOT NULL,
     PRIMARY KEY (stream, sequence)
 );
 CREATE TABLE IF NOT EXISTS toolkit_epoch (
     stream TEXT NOT NULL,
-    from_sequence INTEGER NOT NULL,
+    from_sequence {integer} NOT NULL,
     partitions INTEGER NOT NULL,
     PRIMARY KEY (stream, from_sequence)
 );
 CREATE TABLE IF NOT EXISTS toolkit_parked (
     stream TEXT NOT NULL,
     aggregate TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
+    sequence {integer} NOT NULL,
     PRIMARY KEY (stream, aggregate)
-);
+)
 """
+
+
+@dataclass(frozen=True)
+class _Flavour:
+    """What the store's own SQL needs to know of a dialect."""
+
+    begin: str
+    """Starts a writing transaction."""
+    locks: dict[str, str]
+    """Generation-wide locks a transaction takes after ``begin``: ``shared`` (a partition
+    worker's batch) and ``exclusive`` (creating tables, repartitioning), where ``begin``
+    alone does not already exclude every other writer."""
+    tables: list[str]
+    """The toolkit's tables, ready to create."""
+    statement: Callable[[str], str]
+    """The store's SQL (``?`` placeholders) in the dialect."""
+    projection_tables: str
+    """Lists the projection's own tables (for :func:`dump`)."""
+
+
+_GENERATION_LOCK = "hashtext('toolkit.generation'), hashtext(current_schema())"
+_FLAVOURS = {
+    Dialect.SQLITE: _Flavour(
+        begin="BEGIN IMMEDIATE",  # takes the write lock: one writer at a time
+        locks={},
+        tables=_TOOLKIT_TABLES.format(integer="INTEGER", blob="BLOB").split(";"),
+        statement=lambda sql: sql,
+        projection_tables="SELECT name FROM sqlite_master WHERE type = 'table' "
+        "AND name NOT LIKE 'toolkit_%' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    ),
+    Dialect.POSTGRESQL: _Flavour(
+        begin="BEGIN",
+        locks={
+            "shared": f"SELECT pg_advisory_xact_lock_shared({_GENERATION_LOCK})",
+            "exclusive": f"SELECT pg_advisory_xact_lock({_GENERATION_LOCK})",
+        },
+        tables=_TOOLKIT_TABLES.format(integer="BIGINT", blob="BYTEA").split(";"),
+        statement=functools.cache(lambda sql: sql.replace("?", "%s")),
+        projection_tables="SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' "
+        "AND table_name NOT LIKE 'toolkit_%' ORDER BY table_name",
+    ),
+}
 
 
 class DeadLetter(NamedTuple):
@@ -81,48 +128,25 @@ class BatchResult:
     """The partitioning changed while the batch was being applied: nothing was written."""
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
-
-
 class ReadModelStore:
     """One generation of a projection's read model, opened for writing."""
 
-    def __init__(self, path: Path, projection: Projection, *, partition: int | None = None) -> None:
-        self.path = path
+    def __init__(
+        self, generation: Generation, projection: Projection, *, partition: int | None = None
+    ) -> None:
+        self.generation = generation
         self.projection = projection
         self.partition = partition
         """With partitioned workers sharing one read model, this worker's index."""
         self._writing = threading.Lock()  # apply() and park() never interleave
         self._failing = True  # until known otherwise: the first success clears the record
-        self.db = connect(path)
-        self.db.executescript(_TOOLKIT_TABLES)
-        row = self.db.execute("SELECT value FROM toolkit_meta WHERE key = 'version'").fetchone()
-        if row is not None and int(row[0]) != projection.version:
-            self.db.close()
-            raise ProjectionVersionError(
-                f"the read model {path.name} of projection {projection.name} is version "
-                f"{row[0]} but the code is version {projection.version}: rebuild it with "
-                f"'toolkit replay {projection.name}' (or 'toolkit project {projection.name} "
-                "--rebuild')"
-            )
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db: Connection = readmodel.connect(generation)
+        self.dialect = self.db.dialect
+        self._flavour = _FLAVOURS[self.dialect]
         try:
-            projection.create_tables(self.db)
-            self.db.execute(
-                "INSERT OR IGNORE INTO toolkit_meta VALUES ('projection', ?), ('version', ?)",
-                (projection.name, str(projection.version)),
-            )
-            self.db.execute("COMMIT")
+            self._create(generation, projection)
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.close()
             raise
         self._checkpoints: dict[str, int] = dict(
             self.db.execute("SELECT stream, sequence FROM toolkit_checkpoint").fetchall()
@@ -141,8 +165,59 @@ class ReadModelStore:
             )
         }
 
+    @property
+    def path(self) -> Generation:
+        """The generation written (a file's path on SQLite)."""
+        return self.generation
+
+    def _create(self, generation: Generation, projection: Projection) -> None:
+        """Create the toolkit's and the projection's tables, unless the generation was
+        built by another version of the projection."""
+        if self.dialect not in projection.dialects:
+            raise ConfigurationError(
+                f"projection {projection.name} keeps its read model in "
+                f"{', '.join(map(str, projection.dialects))}, not {self.dialect}: declare "
+                f"dialects = (..., {self.dialect!r}) when its SQL works there"
+            )
+        with self._transaction("exclusive") as db:
+            for statement in self._flavour.tables:
+                db.execute(statement)
+            row = db.execute("SELECT value FROM toolkit_meta WHERE key = 'version'").fetchone()
+            if row is not None and int(row[0]) != projection.version:
+                raise ProjectionVersionError(
+                    f"the read model {generation.name} of projection {projection.name} is "
+                    f"version {row[0]} but the code is version {projection.version}: rebuild "
+                    f"it with 'toolkit replay {projection.name}' (or 'toolkit project "
+                    f"{projection.name} --rebuild')"
+                )
+            projection.create_tables(db)
+            self._execute(
+                "INSERT INTO toolkit_meta VALUES ('projection', ?), ('version', ?) "
+                "ON CONFLICT DO NOTHING",
+                (projection.name, str(projection.version)),
+            )
+
     def close(self) -> None:
         self.db.close()
+
+    def _execute(self, sql: str, parameters: Sequence[Any] = ()) -> Rows:
+        """Run the store's own SQL (written with ``?`` placeholders)."""
+        return self.db.execute(self._flavour.statement(sql), parameters)
+
+    @contextlib.contextmanager
+    def _transaction(
+        self, lock: Literal["shared", "exclusive"] | None = None
+    ) -> Iterator[Connection]:
+        """A writing transaction: committed when the block ends, rolled back if it raises."""
+        self.db.execute(self._flavour.begin)
+        try:
+            if lock in self._flavour.locks:
+                self.db.execute(self._flavour.locks[lock])
+            yield self.db
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def _key(self, stream: str, partition: int | None = None) -> str:
         """Where a checkpoint is kept: the stream's name, with ``#<index>`` for a
@@ -158,10 +233,11 @@ class ReadModelStore:
         """Record where the projection joins a stream: it goes on from ``sequence + 1``."""
         key = self._key(stream)
         with self._writing:
-            self.db.execute(
-                "INSERT OR IGNORE INTO toolkit_checkpoint VALUES (?, ?)", (key, sequence)
+            self._execute(
+                "INSERT INTO toolkit_checkpoint VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (key, sequence),
             )
-            (self._checkpoints[key],) = self.db.execute(
+            (self._checkpoints[key],) = self._execute(
                 "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?", (key,)
             ).fetchone()
 
@@ -171,39 +247,34 @@ class ReadModelStore:
 
     def partition_checkpoint(self, stream: str, partition: int) -> int | None:
         """Another partition's checkpoint, as it is in the database now."""
-        row = self.db.execute(
+        row = self._execute(
             "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?",
             (self._key(stream, partition),),
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def epochs(self, stream: str, db: sqlite3.Connection | None = None) -> list[tuple[int, int]]:
+    def epochs(self, stream: str) -> list[tuple[int, int]]:
         """(first sequence, partitions) of each partitioning of ``stream``, oldest first."""
-        return list(
-            (db or self.db).execute(
+        return [
+            (int(start), int(count))
+            for start, count in self._execute(
                 "SELECT from_sequence, partitions FROM toolkit_epoch WHERE stream = ? "
                 "ORDER BY from_sequence",
                 (stream,),
             )
-        )
+        ]
 
     def repartition(self, stream: str, partitions: int, head: int) -> list[tuple[int, int]]:
         """Make ``partitions`` the partitioning of ``stream`` from ``head + 1`` on, unless
         it already is; the workers of the previous partitioning finish everything up to
         ``head`` first (see :class:`~toolkit.projector.Projector`)."""
-        with self._writing:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                epochs = self.epochs(stream)
-                if not epochs or epochs[-1][1] != partitions:
-                    start = 1 if not epochs else max(head + 1, epochs[-1][0] + 1)
-                    self.db.execute(
-                        "INSERT INTO toolkit_epoch VALUES (?, ?, ?)", (stream, start, partitions)
-                    )
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self._writing, self._transaction("exclusive"):
+            epochs = self.epochs(stream)
+            if not epochs or epochs[-1][1] != partitions:
+                start = 1 if not epochs else max(head + 1, epochs[-1][0] + 1)
+                self._execute(
+                    "INSERT INTO toolkit_epoch VALUES (?, ?, ?)", (stream, start, partitions)
+                )
         return self.epochs(stream)
 
     def apply(
@@ -276,24 +347,22 @@ class ReadModelStore:
             checkpoint = message.sequence
         if checkpoint == self.checkpoint(stream):
             return result
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        if epochs is not None and len(self.epochs(stream, db)) != epochs:
-            db.execute("ROLLBACK")  # repartitioned since ownership was decided
-            return BatchResult(retry=True)
         try:
-            for message, reason in dead:
-                self._dead_letter(message, reason)
-            if facts:
-                self.projection.apply_batch(facts, db)
-            db.execute(
-                "INSERT INTO toolkit_checkpoint VALUES (?, ?) "
-                "ON CONFLICT (stream) DO UPDATE SET sequence = excluded.sequence",
-                (self._key(stream), checkpoint),
-            )
-            db.execute("COMMIT")
+            with self._transaction(None if epochs is None else "shared") as db:
+                if epochs is not None and len(self.epochs(stream)) != epochs:
+                    raise _Repartitioned  # since ownership was decided
+                for message, reason in dead:
+                    self._dead_letter(message, reason)
+                if facts:
+                    self.projection.apply_batch(facts, db)
+                self._execute(
+                    "INSERT INTO toolkit_checkpoint VALUES (?, ?) "
+                    "ON CONFLICT (stream) DO UPDATE SET sequence = excluded.sequence",
+                    (self._key(stream), checkpoint),
+                )
+        except _Repartitioned:
+            return BatchResult(retry=True)
         except Exception as exc:
-            db.execute("ROLLBACK")
             sequence, cause = self._culprit(facts, origins, exc)
             if sequence is None:
                 raise BatchFailure(
@@ -303,9 +372,6 @@ class ReadModelStore:
                 ) from cause
             culprit = next(m for m in messages if m.sequence == sequence)
             raise self._poison(culprit, cause) from cause
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._checkpoints[self._key(stream)] = checkpoint
         return result
 
@@ -315,16 +381,15 @@ class ReadModelStore:
         """Apply the facts one by one in a transaction that is rolled back, to find the
         first that fails on its own."""
         sequences = [sequence for sequence, count in origins for _ in range(count)]
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        self.db.execute(self._flavour.begin)
         try:
             for fact, sequence in zip(facts, sequences, strict=True):
                 try:
-                    self.projection.apply(fact, db)
+                    self.projection.apply(fact, self.db)
                 except Exception as exc:
                     return sequence, exc
         finally:
-            db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK")
         return None, batch_error  # no single message fails: the batch as a whole does
 
     def _poison(self, message: StreamMessage, exc: Exception) -> PoisonMessage:
@@ -340,19 +405,13 @@ class ReadModelStore:
         """Put a message that keeps failing in the dead letters, and with ``aggregate``
         every later message of its aggregate too; the checkpoint passes over them."""
         token = aggregate_token(message.subject)
-        with self._writing:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self._dead_letter(message, reason)
-                if aggregate:
-                    self.db.execute(
-                        "INSERT OR IGNORE INTO toolkit_parked VALUES (?, ?, ?)",
-                        (message.stream, token, message.sequence),
-                    )
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self._writing, self._transaction():
+            self._dead_letter(message, reason)
+            if aggregate:
+                self._execute(
+                    "INSERT INTO toolkit_parked VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (message.stream, token, message.sequence),
+                )
         self._passed_over.add((message.stream, message.sequence))
         if aggregate:
             self._parked.setdefault(message.stream, {}).setdefault(token, message.sequence)
@@ -362,12 +421,14 @@ class ReadModelStore:
         Best effort: when the database itself is the trouble, this may fail too."""
         if reason is None and not self._failing:
             return
-        with self._writing, contextlib.suppress(sqlite3.Error):
+        with self._writing, contextlib.suppress(self.db.Error):
             if reason is None:
-                self.db.execute("DELETE FROM toolkit_meta WHERE key = 'failing'")
+                self._execute("DELETE FROM toolkit_meta WHERE key = 'failing'")
             else:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO toolkit_meta VALUES ('failing', ?)", (reason,)
+                self._execute(
+                    "INSERT INTO toolkit_meta VALUES ('failing', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (reason,),
                 )
             self._failing = reason is not None
 
@@ -382,20 +443,8 @@ class ReadModelStore:
         aggregate's new messages are applied again (those parked behind it stay dead
         letters, to retry or drop)."""
         with self._writing:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                gone = self.db.execute(
-                    "DELETE FROM toolkit_dead_letter WHERE stream = ? AND sequence = ?",
-                    (stream, sequence),
-                ).rowcount
-                self.db.execute(
-                    "DELETE FROM toolkit_parked WHERE stream = ? AND sequence = ?",
-                    (stream, sequence),
-                )
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+            with self._transaction():
+                gone = self._forget_dead_letter(stream, sequence)
             self._forget_parked(stream, sequence)
         return bool(gone)
 
@@ -423,30 +472,33 @@ class ReadModelStore:
                 letter.stream, letter.sequence, letter.subject, letter.headers, letter.body
             )
             with self._writing:
-                self.db.execute("BEGIN IMMEDIATE")
                 try:
-                    try:
-                        facts = translator.translate(message)
-                    except UnknownEvent:
-                        facts = []
-                    if facts:
-                        self.projection.apply_batch(facts, self.db)
-                    self.db.execute(
-                        "DELETE FROM toolkit_dead_letter WHERE stream = ? AND sequence = ?",
-                        (letter.stream, letter.sequence),
-                    )
-                    self.db.execute(
-                        "DELETE FROM toolkit_parked WHERE stream = ? AND sequence = ?",
-                        (letter.stream, letter.sequence),
-                    )
-                    self.db.execute("COMMIT")
+                    with self._transaction() as db:
+                        try:
+                            facts = translator.translate(message)
+                        except UnknownEvent:
+                            facts = []
+                        if facts:
+                            self.projection.apply_batch(facts, db)
+                        self._forget_dead_letter(letter.stream, letter.sequence)
                 except Exception as exc:
-                    self.db.execute("ROLLBACK")
                     failed.append(letter._replace(reason=f"{type(exc).__name__}: {exc}"))
                     continue
                 self._forget_parked(letter.stream, letter.sequence)
                 done += 1
         return done, failed
+
+    def _forget_dead_letter(self, stream: str, sequence: int) -> int:
+        """Delete a dead letter, and the parking of its aggregate it held (inside a
+        transaction); returns how many dead letters went."""
+        gone = self._execute(
+            "DELETE FROM toolkit_dead_letter WHERE stream = ? AND sequence = ?",
+            (stream, sequence),
+        ).rowcount
+        self._execute(
+            "DELETE FROM toolkit_parked WHERE stream = ? AND sequence = ?", (stream, sequence)
+        )
+        return gone
 
     def _forget_parked(self, stream: str, sequence: int) -> None:
         parked = self._parked.get(stream, {})
@@ -456,8 +508,10 @@ class ReadModelStore:
         self._passed_over.discard((stream, sequence))
 
     def _dead_letter(self, message: StreamMessage, reason: str) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO toolkit_dead_letter VALUES (?, ?, ?, ?, ?, ?)",
+        self._execute(
+            "INSERT INTO toolkit_dead_letter VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (stream, sequence) DO UPDATE SET subject = excluded.subject, "
+            "headers = excluded.headers, body = excluded.body, reason = excluded.reason",
             (
                 message.stream,
                 message.sequence,
@@ -469,7 +523,11 @@ class ReadModelStore:
         )
 
 
-def read_dead_letters(db: sqlite3.Connection) -> list[DeadLetter]:
+class _Repartitioned(Exception):
+    """Another partitioning was recorded while a batch was being applied."""
+
+
+def read_dead_letters(db: Connection) -> list[DeadLetter]:
     """Every dead letter of a read model, oldest first (any connection, read-only too)."""
     rows = db.execute(
         "SELECT stream, sequence, subject, headers, body, reason FROM toolkit_dead_letter "
@@ -484,13 +542,8 @@ def aggregate_token(subject: str) -> str:
     return parts[2] if len(parts) > 2 else subject
 
 
-def dump(db: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+def dump(db: Connection) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the projection's own tables, sorted: equal dumps mean equal models."""
-    tables = [
-        row[0]
-        for row in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' "
-            "AND name NOT LIKE 'toolkit_%' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-        )
-    ]
-    return {t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables}
+    flavour = _FLAVOURS[getattr(db, "dialect", Dialect.SQLITE)]
+    tables = [row[0] for row in db.execute(flavour.projection_tables)]
+    return {t: sorted(tuple(r) for r in db.execute(f'SELECT * FROM "{t}"')) for t in tables}

@@ -1,25 +1,27 @@
-"""Customer accounts and what they owe, kept from sales' stream."""
+"""Customer accounts and what they owe, kept from sales' stream (in SQLite or PostgreSQL:
+the SQL is the same but for the placeholder)."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import ClassVar, cast
 
 from projections.billing.translation import AccountOpened, ChargeRaised, ChargeWaived, sales
 from toolkit.projection import Projection
+from toolkit.readmodel import Connection, Dialect
 
 
 class Accounts(Projection):
     name: ClassVar[str] = "billing"
     version: ClassVar[int] = 1
     translators = (sales,)
+    dialects = (Dialect.SQLITE, Dialect.POSTGRESQL)
 
-    def create_tables(self, db: sqlite3.Connection) -> None:
+    def create_tables(self, db: Connection) -> None:
         db.execute(
             "CREATE TABLE IF NOT EXISTS account ("
             " account_id TEXT PRIMARY KEY,"
             " holder TEXT NOT NULL,"
-            " owed_cents INTEGER NOT NULL DEFAULT 0,"
+            " owed_cents BIGINT NOT NULL DEFAULT 0,"
             " open_charges INTEGER NOT NULL DEFAULT 0)"
         )
         db.execute(
@@ -30,42 +32,44 @@ class Accounts(Projection):
             " waived INTEGER NOT NULL DEFAULT 0)"
         )
 
-    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+    def apply(self, fact: object, db: Connection) -> None:
         self.apply_many([fact], db)
 
-    def apply_many(self, facts: list[object], db: sqlite3.Connection) -> None:
+    def apply_many(self, facts: list[object], db: Connection) -> None:
+        p = db.dialect.param  # ? or %s
         if isinstance(facts[0], AccountOpened):
             opened = cast(list[AccountOpened], facts)
             db.executemany(
-                "INSERT OR IGNORE INTO account (account_id, holder) VALUES (?, ?)",
+                f"INSERT INTO account (account_id, holder) VALUES ({p}, {p})"
+                " ON CONFLICT DO NOTHING",
                 [(f.account_id, f.holder) for f in opened],
             )
         elif isinstance(facts[0], ChargeRaised):
             raised = cast(list[ChargeRaised], facts)
             charges = [(f.charge_id, f.account_id, f.cents) for f in raised]
             db.executemany(
-                "INSERT INTO charge (charge_id, account_id, cents) VALUES (?, ?, ?)", charges
+                f"INSERT INTO charge (charge_id, account_id, cents) VALUES ({p}, {p}, {p})", charges
             )
             owed: dict[str, list[int]] = {}
             for _, account_id, cents in charges:  # sums commute: one update an account
                 total = owed.setdefault(account_id, [0, 0])
                 total[0] += cents
                 total[1] += 1
-            db.executemany(
-                "UPDATE account SET owed_cents = owed_cents + ?, "
-                "open_charges = open_charges + ? WHERE account_id = ?",
-                [(c, n, account_id) for account_id, (c, n) in owed.items()],
+            db.executemany(  # in key order: concurrent partition workers never deadlock
+                f"UPDATE account SET owed_cents = owed_cents + {p}, "
+                f"open_charges = open_charges + {p} WHERE account_id = {p}",
+                [(c, n, account_id) for account_id, (c, n) in sorted(owed.items())],
             )
         elif isinstance(facts[0], ChargeWaived):
             for fact in cast(list[ChargeWaived], facts):
                 row = db.execute(
-                    "UPDATE charge SET waived = 1 WHERE charge_id = ? AND waived = 0 "
+                    f"UPDATE charge SET waived = 1 WHERE charge_id = {p} AND waived = 0 "
                     "RETURNING account_id, cents",
                     (fact.charge_id,),
                 ).fetchone()
                 if row is not None:
                     db.execute(
-                        "UPDATE account SET owed_cents = owed_cents - ?, "
-                        "open_charges = open_charges - 1 WHERE account_id = ?",
+                        f"UPDATE account SET owed_cents = owed_cents - {p}, "
+                        f"open_charges = open_charges - 1 WHERE account_id = {p}",
                         (row[1], row[0]),
                     )

@@ -1,20 +1,22 @@
-"""Shipments awaiting dispatch, kept from sales' stream."""
+"""Shipments awaiting dispatch, kept from sales' stream (in SQLite or PostgreSQL: the SQL
+is the same but for the placeholder)."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import ClassVar, cast
 
 from projections.shipping.translation import ShipmentAwaitingDispatch, ShipmentCalledOff, sales
 from toolkit.projection import Projection
+from toolkit.readmodel import Connection, Dialect
 
 
 class Shipments(Projection):
     name: ClassVar[str] = "shipping"
     version: ClassVar[int] = 1
     translators = (sales,)
+    dialects = (Dialect.SQLITE, Dialect.POSTGRESQL)
 
-    def create_tables(self, db: sqlite3.Connection) -> None:
+    def create_tables(self, db: Connection) -> None:
         db.execute(
             "CREATE TABLE IF NOT EXISTS shipment ("
             " shipment_id TEXT PRIMARY KEY,"
@@ -27,14 +29,16 @@ class Shipments(Projection):
         )
         db.execute("CREATE INDEX IF NOT EXISTS shipment_status ON shipment (status, since)")
 
-    def apply(self, fact: object, db: sqlite3.Connection) -> None:
+    def apply(self, fact: object, db: Connection) -> None:
         self.apply_many([fact], db)
 
-    def apply_many(self, facts: list[object], db: sqlite3.Connection) -> None:
+    def apply_many(self, facts: list[object], db: Connection) -> None:
+        p = db.dialect.param  # ? or %s
         if isinstance(facts[0], ShipmentAwaitingDispatch):
             awaiting = cast(list[ShipmentAwaitingDispatch], facts)
             db.executemany(
-                "INSERT OR IGNORE INTO shipment VALUES (?, ?, 'awaiting_dispatch', ?, ?, ?, NULL)",
+                f"INSERT INTO shipment VALUES ({p}, {p}, 'awaiting_dispatch', {p}, {p}, {p}, NULL)"
+                " ON CONFLICT DO NOTHING",
                 [
                     (
                         str(f.shipment_id),
@@ -49,7 +53,7 @@ class Shipments(Projection):
         elif isinstance(facts[0], ShipmentCalledOff):
             called_off = cast(list[ShipmentCalledOff], facts)
             db.executemany(
-                "UPDATE shipment SET status = 'called_off', called_off_because = ? "
-                "WHERE shipment_id = ?",
+                f"UPDATE shipment SET status = 'called_off', called_off_because = {p} "
+                f"WHERE shipment_id = {p}",
                 [(f.reason, str(f.shipment_id)) for f in called_off],
             )
