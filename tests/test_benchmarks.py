@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import catchup, read_path, relay, replay
+from benchmarks import catchup, http, read_path, relay, replay
 
 
 async def test_read_path_benchmark_measures_every_reader(tmp_path: Path) -> None:
@@ -35,3 +35,10 @@ def test_replay_benchmark_measures_rate_and_peak_memory(tmp_path: Path) -> None:
     assert set(results) == {300, 600}
     assert all(rate > 0 and peak > 10 * 2**20 for rate, peak in results.values())
     assert replay.report(results).row_count == 2
+
+
+def test_http_benchmark_measures_the_toolkit_and_bare_fastapi(tmp_path: Path) -> None:
+    results = http.measure(50, 100, tmp_path, concurrency=4, rounds=1)
+    assert set(results) == {http.TOOLKIT, http.BASELINE}
+    assert all(rate > 0 and 0 < p50 <= p99 for rate, p50, p99 in results.values())
+    assert http.report(100, results).row_count == 2

@@ -9,9 +9,10 @@ machine. Tokens are compared in constant time and never logged or echoed.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
-from fastapi import Request, Response
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from toolkit import problems
 
@@ -30,14 +31,18 @@ class BearerAuth:
         # every token is compared, so timing tells nothing about which one nearly matched
         return sum(hmac.compare_digest(given, token) for token in self.tokens) > 0
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if request.url.path in OPEN_PATHS or self.allows(request.headers.get("authorization")):
-            return await call_next(request)
-        response = problems.problem(
-            401,
-            "this API needs 'Authorization: Bearer <token>' with a token it knows",
-        )
-        response.headers["WWW-Authenticate"] = 'Bearer realm="toolkit"'
-        return response
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+                await app(scope, receive, send)
+                return
+            if self.allows(Headers(scope=scope).get("authorization")):
+                await app(scope, receive, send)
+                return
+            response = problems.problem(
+                401, "this API needs 'Authorization: Bearer <token>' with a token it knows"
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="toolkit"'
+            await response(scope, receive, send)
+
+        return guarded

@@ -5,7 +5,8 @@ promises: NATS answers, the in-process relays are running, and every projection 
 endpoints is within ``max_lag`` events of its streams (a load balancer stops sending
 reads to an instance whose models fall behind). ``/metrics`` is Prometheus' text format,
 made by ``prometheus_client``: events applied and lag per projection and stream, dead
-letters, relay lag, and request latencies per route.
+letters, relay lag, and request latencies per route template (never the raw path: ids
+in label values would grow the registry without bound).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Report = Callable[[], Awaitable[dict[str, Any]]]
 """The system's status (see :func:`toolkit.status.collect`)."""
@@ -71,22 +73,32 @@ class Metrics:
                 self.applied.labels(name, stream).set(position["checkpoint"])
                 self.lag.labels(name, stream).set(position["lag_events"])
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        self.requests.labels(request.method, _route(request), str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Times every HTTP request (a plain ASGI middleware: Starlette's
+        ``BaseHTTPMiddleware`` costs a third of a small read's time)."""
 
+        async def timed(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
 
-def _route(request: Request) -> str:
-    """The matched route's template (``/shipping/shipments/{shipment_id}``), never the raw
-    path: ids in label values would grow the registry without bound."""
-    route = request.scope.get("route")  # set by the router on the shared scope
-    return str(getattr(route, "path", None) or "unmatched")
+            async def sending(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, sending)
+            finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                self.requests.labels(scope["method"], route, str(status)).observe(
+                    time.perf_counter() - started
+                )
+
+        return timed
 
 
 def router(

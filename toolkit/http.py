@@ -58,6 +58,10 @@ class ReadModel:
         self.home = home
         self.cache_control = cache_control
         self.max_wait = max_wait
+        self._generation: Path | None = None
+        self._idle: list[sqlite3.Connection] = []
+        """Open read-only connections to ``_generation``, reused: opening a SQLite file
+        costs more than the query of a typical read."""
 
     async def __call__(
         self, request: Request, response: Response
@@ -65,6 +69,7 @@ class ReadModel:
         _reject_unknown_parameters(request)
         token = _consistency_token(request)
         db, current = self._open()
+        reusable = False
         try:
             if token is not None:
                 await self._wait_for(token, request, db)
@@ -75,14 +80,29 @@ class ReadModel:
             if caching.matches(request.headers.get("if-none-match"), tag):
                 raise HTTPException(304, headers=dict(response.headers))
             yield db
+            reusable = True
+        except HTTPException:  # an answer, not a broken connection
+            reusable = True
+            raise
         finally:
-            db.close()
+            if reusable and current == self._generation and len(self._idle) < 64:
+                self._idle.append(db)
+            else:
+                db.close()
 
     def _open(self) -> tuple[sqlite3.Connection, Path]:
+        """A connection to the current generation: an idle one if there is one (they
+        see each commit, as no transaction is left open), else a new one."""
         for _ in range(3):  # a replay may switch (and drop) the generation just read
             current = self.home.current()
             if current is None:
                 break
+            if current != self._generation:  # switched: the old generation's go
+                for idle in self._idle:
+                    idle.close()
+                self._idle, self._generation = [], current
+            if self._idle:
+                return self._idle.pop(), current
             db = None
             try:
                 db = connect(current, readonly=True)
@@ -220,9 +240,9 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
     app.state.consistency_wait = settings.consistency_wait
     problems.install(app)
     metrics = Metrics()
-    app.middleware("http")(metrics.middleware)
     if settings.api_tokens:
-        app.middleware("http")(BearerAuth(settings.api_tokens).middleware)
+        app.add_middleware(BearerAuth(settings.api_tokens).middleware)
+    app.add_middleware(metrics.middleware)  # the outermost: it times refusals too
     for name, factory in system.routers.items():
         app.include_router(factory(ProjectionHome(settings.data_dir, name)))
     for name, command_factory in system.commands.items():
