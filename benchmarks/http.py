@@ -34,7 +34,16 @@ from uuid import UUID
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.relay import fill_log
+from contexts.sales import Sales
+from projections.shipping import Shipments
 from projections.shipping.api import Shipment  # FastAPI resolves the annotation here
+from toolkit import Relay
+from toolkit.connection import connect
+from toolkit.embedded import EmbeddedServer
+from toolkit.home import ProjectionHome
+from toolkit.projector import Projector
+from toolkit.store import ReadModelStore
 
 BASELINE = "bare FastAPI endpoint, same query (baseline)"
 TOOLKIT = "toolkit read endpoint (toolkit serve)"
@@ -73,15 +82,6 @@ def toolkit_app(data_dir: Path) -> object:
 
 def build_read_model(data_dir: Path, orders: int) -> list[str]:
     """Sales' orders relayed and projected into shipping's read model; the shipment ids."""
-    from benchmarks.relay import fill_log
-    from contexts.sales import Sales
-    from projections.shipping import Shipments
-    from toolkit import Relay
-    from toolkit.connection import connect
-    from toolkit.embedded import EmbeddedServer
-    from toolkit.home import ProjectionHome
-    from toolkit.projector import Projector
-    from toolkit.store import ReadModelStore
 
     async def run() -> None:
         sales = Sales(data_dir=data_dir)
@@ -103,8 +103,6 @@ def build_read_model(data_dir: Path, orders: int) -> list[str]:
             sales.close()
 
     asyncio.run(run())
-    from toolkit.home import ProjectionHome
-
     current = ProjectionHome(data_dir, "shipping").current()
     assert current is not None
     with contextlib.closing(sqlite3.connect(current)) as db:
@@ -122,8 +120,17 @@ def server(kind: str, data_dir: Path) -> Iterator[str]:
     """One contender in its own uvicorn process; yields its base URL."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.http", "--serve", kind, "--port", str(port)]
-        + ["--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.http",
+            "--serve",
+            kind,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:
@@ -168,8 +175,6 @@ def measure(
     """(requests/s, p50 ms, p99 ms) of each contender: its better round."""
     data_dir = folder / "data"
     ids = build_read_model(data_dir, orders)
-    from toolkit.home import ProjectionHome
-
     model = ProjectionHome(data_dir, "shipping").current()
     assert model is not None
     best: dict[str, tuple[float, float, float]] = {}
