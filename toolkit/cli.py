@@ -185,11 +185,21 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="serve the projections' read endpoints over HTTP",
-        description="Serve the system's read API with uvicorn (OpenAPI at /docs).",
+        help="serve the system's API over HTTP (reads, commands, feed, health, metrics)",
+        description=(
+            "Serve the system's API with uvicorn (OpenAPI at /docs): projections' read "
+            "endpoints, contexts' command endpoints (their relays run in this process), "
+            "the event feed, /health/live, /health/ready and /metrics. Projections run "
+            "apart ('toolkit project'). TOOLKIT_API_TOKENS turns on bearer-token auth."
+        ),
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="do not run the relays of the contexts served (another process runs them)",
+    )
     hooks = commands.add_parser(
         "webhooks",
         help="deliver a context's events to its webhook subscribers",
@@ -480,12 +490,13 @@ async def _status(settings: Settings, system: System, as_json: bool) -> None:
         Console().print(render(report))
 
 
-def _serve(settings: Settings, system: System, host: str, port: int) -> None:
+def _serve(settings: Settings, system: System, host: str, port: int, *, relay: bool) -> None:
     import uvicorn
 
     from toolkit.http import create_app
 
-    uvicorn.run(create_app(system, settings), host=host, port=port, log_level="info")
+    app = create_app(system, settings, relay=relay)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 async def _webhooks(settings: Settings, system: System, name: str) -> None:
@@ -531,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "status":
             asyncio.run(_status(settings, system, args.json))
         elif args.command == "serve":
-            _serve(settings, system, args.host, args.port)
+            _serve(settings, system, args.host, args.port, relay=not args.no_relay)
         elif args.command == "webhooks":
             asyncio.run(_webhooks(settings, system, args.context))
     except ToolkitError as exc:
