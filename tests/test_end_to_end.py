@@ -48,8 +48,8 @@ async def test_commands_reach_the_read_endpoints_through_a_real_server(
             "called_off_because": None,
         }
         called_off = await http.get("/shipping/shipments", params={"status": "called_off"})
-        assert [s["shipment_id"] for s in called_off.json()] == [str(dropped)]
-        assert called_off.json()[0]["called_off_because"] == "found a cheaper mug"
+        assert [s["shipment_id"] for s in called_off.json()["items"]] == [str(dropped)]
+        assert called_off.json()["items"][0]["called_off_because"] == "found a cheaper mug"
 
         account = await http.get(f"/billing/accounts/{ann}")
         assert account.json() == {

@@ -293,3 +293,53 @@ async def test_readiness_and_metrics_say_how_far_projections_are(
         assert relayed
         reasons = not_ready.json()["reasons"]
         assert reasons == ["projection shipping is 2 events behind sales (at most 0)"]
+
+
+async def test_lists_page_by_cursor_through_every_item_once(
+    nats_server: EmbeddedServer, data_dir: Path
+) -> None:
+    async with api(nats_server, data_dir) as a:
+        customer = await a.http.post("/sales/customers", json={"name": "Cy", "email": "c@x.org"})
+        placed = []
+        for _ in range(23):
+            order = await a.http.post(
+                "/sales/orders", json={"customer_id": customer.json()["id"], "lines": [LINE]}
+            )
+            placed.append(order.json()["id"])
+        token = order.headers["consistency-token"]
+        await a.http.post(f"/sales/orders/{placed[0]}/cancellation", json={"reason": "no"})
+
+        pages, url = [], f"/shipping/shipments?limit=10&recipient_id={customer.json()['id']}"
+        while url:
+            page = await a.http.get(url, headers={"Consistency-Token": token})
+            assert page.status_code == 200, page.text
+            pages.append(page.json()["items"])
+            cursor = page.json()["next"]
+            assert (cursor is None) == ("link" not in page.headers)
+            url = f"/shipping/shipments?limit=10&cursor={cursor}" if cursor else ""
+        assert [len(p) for p in pages] == [10, 10, 3]
+        listed = [item["shipment_id"] for p in pages for item in p]
+        assert sorted(listed) == sorted(placed)  # each once
+        keys = [(item["since"], item["shipment_id"]) for p in pages for item in p]
+        assert keys == sorted(keys)
+
+        awaiting = await a.http.get("/shipping/shipments", params={"status": "awaiting_dispatch"})
+        assert placed[0] not in {item["shipment_id"] for item in awaiting.json()["items"]}
+
+        for cursor in ("bm9wZQ", "!!!", "W10", '["a"]'):
+            bad = await a.http.get("/shipping/shipments", params={"cursor": cursor})
+            assert bad.status_code == 400 and "is not one this API gave" in bad.json()["detail"]
+        zero = await a.http.get("/shipping/shipments", params={"limit": 0})
+        assert zero.status_code == 422 and "query.limit" in zero.json()["detail"]
+        who = await a.http.get("/shipping/shipments", params={"recipient_id": "me"})
+        assert who.status_code == 422 and "query.recipient_id" in who.json()["detail"]
+
+        schema = (await a.http.get("/openapi.json")).json()
+        page_schema = schema["components"]["schemas"]["ShipmentPage"]
+        assert page_schema["properties"]["items"]["items"] == {
+            "$ref": "#/components/schemas/Shipment"
+        }
+        listed_params = {
+            p["name"] for p in schema["paths"]["/shipping/shipments"]["get"]["parameters"]
+        }
+        assert listed_params == {"limit", "cursor", "status", "recipient_id"}
