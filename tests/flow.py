@@ -35,6 +35,19 @@ async def relay_all(sales: Sales, nc: Client) -> int:
     return stats.stream_sequence
 
 
+async def relay_orders(data_dir: Path, nc: Client, orders: int) -> int:
+    """A sales log in ``data_dir`` with ``orders`` orders (those of ``fill_log``), relayed
+    onto the stream; returns the stream's head."""
+    from benchmarks.relay import fill_log
+
+    sales = Sales(data_dir=data_dir)
+    try:
+        fill_log(sales, orders)
+        return await relay_all(sales, nc)
+    finally:
+        sales.close()
+
+
 async def project_all(
     projection: Projection, where: Where, nc: Client, *, batch_size: int = 1000
 ) -> ProjectorStats:

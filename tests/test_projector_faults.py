@@ -13,10 +13,8 @@ from subprocess import PIPE
 
 from nats.aio.client import Client
 
-from benchmarks.relay import fill_log
-from contexts.sales import Sales
 from projections.billing import Accounts
-from tests.flow import project_all, relay_all
+from tests.flow import project_all, relay_orders
 from toolkit.embedded import EmbeddedServer
 from toolkit.home import ProjectionHome
 from toolkit.store import ReadModelStore, dump
@@ -25,12 +23,7 @@ from toolkit.store import ReadModelStore, dump
 async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(
     data_dir: Path, tmp_path: Path, nats_server: EmbeddedServer, nc: Client
 ) -> None:
-    sales = Sales(data_dir=data_dir)
-    try:
-        fill_log(sales, 50_000)
-        head = await relay_all(sales, nc)
-    finally:
-        sales.close()
+    head = await relay_orders(data_dir, nc, 50_000)
     assert head >= 50_000
 
     rng = random.Random(11)

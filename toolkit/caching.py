@@ -10,14 +10,15 @@ not the same bytes under every content coding.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
+
+from toolkit.readmodel import Connection
 
 
-def checkpoints(db: sqlite3.Connection) -> list[tuple[str, int]]:
+def checkpoints(db: Connection) -> list[tuple[str, int]]:
     return list(db.execute("SELECT stream, sequence FROM toolkit_checkpoint ORDER BY stream"))
 
 
-def checkpoint_of(db: sqlite3.Connection, stream: str) -> int:
+def checkpoint_of(db: Connection, stream: str) -> int:
     """The sequence up to which ``stream`` is applied: the lowest of its partitions'
     (keys ``stream#k``) when partitioned, 0 before the projection has joined it."""
     sequences = [

@@ -14,6 +14,7 @@ import fcntl
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -24,10 +25,15 @@ from toolkit.readmodel import Connection, Dialect, Generation, ReadModelHome
 _GENERATION = re.compile(r"g(\d{6})\.sqlite")
 
 
+_IDLE_READERS = 64
+"""Read-only connections to the current generation a home keeps between reads."""
+
+
 class SQLiteConnection(sqlite3.Connection):
-    """A ``sqlite3.Connection`` that says its dialect."""
+    """A ``sqlite3.Connection`` that says its dialect (and the file it opened)."""
 
     dialect: ClassVar[Dialect] = Dialect.SQLITE
+    path: Path
 
 
 def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
@@ -42,6 +48,7 @@ def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
+    db.path = path
     return db
 
 
@@ -54,6 +61,11 @@ class ProjectionHome(ReadModelHome):
         self.name = name
         self.path = Path(data_dir) / "projections" / name
         self.path.mkdir(parents=True, exist_ok=True)
+        self._guard = threading.Lock()
+        self._idle: list[SQLiteConnection] = []
+        """Read-only connections to ``_idle_generation`` kept for the next readers (they
+        see each commit, as they leave no transaction open)."""
+        self._idle_generation: Path | None = None
 
     @property
     def _pointer(self) -> Path:
@@ -122,12 +134,40 @@ class ProjectionHome(ReadModelHome):
             os.close(fd)
 
     def _open(self, generation: Generation) -> Connection | None:
+        path = self.path / generation.name
+        with self._guard:
+            stale: list[SQLiteConnection] = []
+            if path != self._idle_generation:  # switched: the old generation's go
+                stale, self._idle, self._idle_generation = self._idle, [], path
+            idle = self._idle.pop() if self._idle else None
+        for old in stale:
+            old.close()
+        if idle is not None:
+            return idle
         db = None
         try:
-            db = connect(self.path / generation.name, readonly=True)
+            db = connect(path, readonly=True)
             db.execute("SELECT 1 FROM toolkit_checkpoint LIMIT 1").fetchall()
             return db
         except sqlite3.Error:
             if db is not None:
                 db.close()
             return None
+
+    def close_reader(self, db: Connection, *, reusable: bool = True) -> None:
+        with self._guard:
+            if (
+                reusable
+                and isinstance(db, SQLiteConnection)
+                and db.path == self._idle_generation
+                and len(self._idle) < _IDLE_READERS
+            ):
+                self._idle.append(db)
+                return
+        db.close()
+
+    def close(self) -> None:
+        with self._guard:
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()

@@ -237,9 +237,9 @@ class PostgresHome(ReadModelHome):
             raise
         return db
 
-    def close_reader(self, db: Connection) -> None:
+    def close_reader(self, db: Connection, *, reusable: bool = True) -> None:
         assert isinstance(db, PostgresConnection)
-        if not db.closed and not db.broken:
+        if reusable and not db.closed and not db.broken:
             with contextlib.suppress(psycopg.Error):
                 db.rollback()
                 with self._guard:

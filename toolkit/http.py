@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
@@ -24,9 +22,8 @@ from toolkit.auth import BearerAuth
 from toolkit.config import Settings
 from toolkit.consistency import HEADER, Consistency, ConsistencyToken, InvalidToken
 from toolkit.health import Metrics
-from toolkit.home import ProjectionHome
+from toolkit.readmodel import Connection, Generation, ReadModelHome, open_home
 from toolkit.relay import Relay
-from toolkit.store import connect
 from toolkit.streams import StreamSpec
 
 if TYPE_CHECKING:
@@ -50,7 +47,7 @@ class ReadModel:
 
     def __init__(
         self,
-        home: ProjectionHome,
+        home: ReadModelHome,
         *,
         cache_control: str = "no-cache",
         max_wait: float | None = None,
@@ -58,14 +55,8 @@ class ReadModel:
         self.home = home
         self.cache_control = cache_control
         self.max_wait = max_wait
-        self._generation: Path | None = None
-        self._idle: list[sqlite3.Connection] = []
-        """Open read-only connections to ``_generation``, reused: opening a SQLite file
-        costs more than the query of a typical read."""
 
-    async def __call__(
-        self, request: Request, response: Response
-    ) -> AsyncIterator[sqlite3.Connection]:
+    async def __call__(self, request: Request, response: Response) -> AsyncIterator[Connection]:
         _reject_unknown_parameters(request)
         token = _consistency_token(request)
         db, current = self._open()
@@ -85,39 +76,21 @@ class ReadModel:
             reusable = True
             raise
         finally:
-            if reusable and current == self._generation and len(self._idle) < 64:
-                self._idle.append(db)
-            else:
-                db.close()
+            self.home.close_reader(db, reusable=reusable)
 
-    def _open(self) -> tuple[sqlite3.Connection, Path]:
-        """A connection to the current generation: an idle one if there is one (they
-        see each commit, as no transaction is left open), else a new one."""
-        for _ in range(3):  # a replay may switch (and drop) the generation just read
-            current = self.home.current()
-            if current is None:
-                break
-            if current != self._generation:  # switched: the old generation's go
-                for idle in self._idle:
-                    idle.close()
-                self._idle, self._generation = [], current
-            if self._idle:
-                return self._idle.pop(), current
-            db = None
-            try:
-                db = connect(current, readonly=True)
-                db.execute("SELECT 1 FROM toolkit_checkpoint LIMIT 1").fetchall()
-                return db, current
-            except sqlite3.Error:
-                if db is not None:
-                    db.close()
-        raise HTTPException(
-            503, f"projection {self.home.name} has no read model yet", headers={"Retry-After": "1"}
-        )
+    def _open(self) -> tuple[Connection, Generation]:
+        """A connection to the current generation (the home keeps idle ones for reuse)."""
+        opened = self.home.open_reader()
+        if opened is None:
+            raise HTTPException(
+                503,
+                f"projection {self.home.name} has no read model yet",
+                headers={"Retry-After": "1"},
+            )
+        current, db = opened
+        return db, current
 
-    async def _wait_for(
-        self, token: ConsistencyToken, request: Request, db: sqlite3.Connection
-    ) -> None:
+    async def _wait_for(self, token: ConsistencyToken, request: Request, db: Connection) -> None:
         link = getattr(request.app.state, "nats", None)
         if link is None:
             raise HTTPException(503, "consistency tokens need the API's NATS connection")
@@ -181,7 +154,7 @@ def _preferred_wait(request: Request, default: float) -> float:
     return default
 
 
-RouterFactory = Callable[[ProjectionHome], APIRouter]
+RouterFactory = Callable[[ReadModelHome], APIRouter]
 CommandRouterFactory = Callable[[Any], APIRouter]
 """Takes the context (a :class:`~toolkit.context.BoundedContext`) the endpoints command."""
 
@@ -193,6 +166,7 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
     nats = feed.NatsLink(settings)  # opened on first use
     relay_link = feed.NatsLink(settings)  # the relays' own, open until they have stopped
     contexts = {name: system.context(name)(data_dir=settings.data_dir) for name in system.commands}
+    homes = [open_home(settings, name) for name in system.routers]  # read models
     relay_trouble: dict[str, str] = {}
     """Why a context's relay is not running, by context."""
 
@@ -234,6 +208,8 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
             await nats.close()
             for context in contexts.values():
                 context.close()
+            for home in homes:
+                home.close()
 
     app = FastAPI(title=f"{settings.system} API", version="1", lifespan=lifespan)
     app.state.nats = nats  # reads that carry a consistency token use it
@@ -243,8 +219,8 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
     if settings.api_tokens:
         app.add_middleware(BearerAuth(settings.api_tokens).middleware)
     app.add_middleware(metrics.middleware)  # the outermost: it times refusals too
-    for name, factory in system.routers.items():
-        app.include_router(factory(ProjectionHome(settings.data_dir, name)))
+    for home in homes:
+        app.include_router(system.routers[home.name](home))
     for name, command_factory in system.commands.items():
         app.include_router(command_factory(contexts[name]))
     app.include_router(feed.router(system.contexts, nats))

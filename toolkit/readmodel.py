@@ -128,12 +128,14 @@ class ReadModelHome(ABC):
         """A read-only connection to ``generation`` whose toolkit tables answer, or None
         when the generation is gone (dropped by a replay just now)."""
 
-    def close_reader(self, db: Connection) -> None:
-        """Give back a connection :meth:`open_reader` gave."""
+    def close_reader(self, db: Connection, *, reusable: bool = True) -> None:
+        """Give back a connection :meth:`open_reader` gave: a backend may keep a
+        ``reusable`` one for the next reader (opening one costs more than a small read)."""
         db.close()
 
-    def close(self) -> None:  # noqa: B027 (nothing to release on SQLite)
-        """Release what the home holds open."""
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the home holds open (connections kept for readers)."""
 
     def live(self) -> Generation:
         """The generation the live projector writes, created on first use."""

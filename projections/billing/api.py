@@ -1,15 +1,14 @@
 """Billing's read endpoints. (No `from __future__ import annotations`: FastAPI reads
 these annotations at runtime.)"""
 
-import sqlite3
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 
-from toolkit.home import ProjectionHome
 from toolkit.http import ReadModel
+from toolkit.readmodel import Connection, ReadModelHome
 
 
 class Account(BaseModel):
@@ -19,14 +18,15 @@ class Account(BaseModel):
     open_charges: int
 
 
-def router(home: ProjectionHome) -> APIRouter:
+def router(home: ReadModelHome) -> APIRouter:
     api = APIRouter(prefix="/billing", tags=["billing"])
-    Db = Annotated[sqlite3.Connection, Depends(ReadModel(home))]
+    Db = Annotated[Connection, Depends(ReadModel(home))]
 
     @api.get("/accounts/{account_id}")
     def get_account(account_id: UUID, db: Db) -> Account:
         row = db.execute(
-            "SELECT account_id, holder, owed_cents, open_charges FROM account WHERE account_id = ?",
+            "SELECT account_id, holder, owed_cents, open_charges FROM account "
+            f"WHERE account_id = {db.dialect.param}",
             (str(account_id),),
         ).fetchone()
         if row is None:
