@@ -202,17 +202,19 @@ async def test_a_subscriber_that_keeps_failing_is_parked_with_the_reason(
     async with serving(broken.app()) as down, serving(fine.app()) as up:
         broken_id = await subscribe(api, f"{down}/hook", "sales.OrderPlaced", secret)
         await subscribe(api, f"{up}/hook", "sales.OrderPlaced", new_secret())
+        gone_id = await subscribe(api, f"{nowhere()}/hook", "sales.OrderPlaced", new_secret())
         place_orders(sales, 1, cancel_every=6)
         await relay_all(sales, nc)
         (event_id,) = await events_of(nc, "sales.OrderPlaced")
         position = 2  # after the customer's registration
 
         async with dispatching(nc, data_dir, max_attempts=3) as dispatcher:
-            await wait_for(lambda: dispatcher.stats.parked == 1, within=30)
+            await wait_for(lambda: dispatcher.stats.parked == 2, within=30)
             assert [c.headers["webhook-id"] for c in broken.calls] == [event_id] * 3
-            assert len(fine.accepted) == 1  # one failing subscriber holds up nobody else
-            letters = (await api.get("/webhooks/sales/dead-letters")).json()
-            assert letters == [
+            assert len(fine.accepted) == 1  # failing subscribers hold up nobody else
+            listed = (await api.get("/webhooks/sales/dead-letters")).json()
+            letters = {letter["subscription_id"]: letter for letter in listed}
+            assert letters[broken_id] == (
                 {
                     "subscription_id": broken_id,
                     "url": f"{down}/hook",
@@ -221,16 +223,19 @@ async def test_a_subscriber_that_keeps_failing_is_parked_with_the_reason(
                     "position": position,
                     "attempts": 3,
                     "reason": "gave up after 3 attempts: HTTP 503: down for maintenance",
-                    "parked_at": letters[0]["parked_at"],
+                    "parked_at": letters[broken_id]["parked_at"],
                 }
-            ]
+            )
+            refused = "gave up after 3 attempts: ConnectError: All connection attempts failed"
+            assert letters[gone_id]["reason"] == refused
 
             # Once the receiver is mended, the dead letter is retried on request.
             broken.failures = 0
             retried = await api.post(f"/webhooks/sales/dead-letters/{broken_id}/{position}/retry")
             assert retried.status_code == 202
             await wait_for(lambda: len(broken.accepted) == 1, within=30)
-        assert (await api.get("/webhooks/sales/dead-letters")).json() == []
+        left = (await api.get("/webhooks/sales/dead-letters")).json()
+        assert [letter["subscription_id"] for letter in left] == [gone_id]
         again = await api.post(f"/webhooks/sales/dead-letters/{broken_id}/{position}/retry")
         assert again.status_code == 404
 
@@ -240,14 +245,18 @@ async def test_a_subscriber_that_keeps_failing_is_parked_with_the_reason(
         assert text not in caplog.text  # secrets are never logged
 
 
+def nowhere(scheme: str = "http") -> str:
+    """A loopback address nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"{scheme}://127.0.0.1:{s.getsockname()[1]}"
+
+
 @pytest.fixture
 async def api_without_nats(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     """Registration checks its input before it needs NATS."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        nowhere = f"nats://127.0.0.1:{s.getsockname()[1]}"
     async with (
-        serving(webhooks_app(data_dir, nowhere)) as base,
+        serving(webhooks_app(data_dir, nowhere("nats"))) as base,
         httpx.AsyncClient(base_url=base) as http,
     ):
         yield http

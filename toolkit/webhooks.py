@@ -532,8 +532,14 @@ class Dispatcher:
             "webhook-signature": sign(due.secret, due.event_id, timestamp, due.body),
         }
         retry_after: float | None = None
+        answer = b""
         try:
-            response = await http.post(due.url, content=due.body, headers=headers)
+            async with http.stream("POST", due.url, content=due.body, headers=headers) as response:
+                if not response.is_success:  # the start of its answer says why, at most
+                    async for chunk in response.aiter_bytes():
+                        answer += chunk
+                        if len(answer) >= 200:
+                            break
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {redact_urls(str(exc)) or 'no answer'}"
         else:
@@ -546,8 +552,8 @@ class Dispatcher:
                     due.attempts + 1,
                 )  # fmt: skip
                 return
-            answer = " ".join(response.text[:200].split())
-            reason = f"HTTP {response.status_code}{f': {answer}' if answer else ''}"
+            said = " ".join(answer[:200].decode(errors="replace").split())
+            reason = f"HTTP {response.status_code}{f': {said}' if said else ''}"
             retry_after = _retry_after(response.headers.get("retry-after"))
         attempts = due.attempts + 1
         if attempts >= self.max_attempts:
