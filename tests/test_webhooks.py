@@ -42,6 +42,7 @@ from toolkit import problems
 from toolkit.config import Settings
 from toolkit.embedded import EmbeddedServer
 from toolkit.feed import NatsLink
+from toolkit.http import create_app
 from toolkit.webhooks import Dispatcher, WebhookStore, new_secret, router, sign, verify
 
 
@@ -404,3 +405,18 @@ async def test_the_dispatcher_runs_from_the_cli_once_per_data_folder(
             _, stderr = await asyncio.wait_for(dispatcher.communicate(), 60)
     assert dispatcher.returncode == 0, stderr
     assert "webhooks sales: 3 delivered, 0 retried, 0 parked" in stderr.decode()
+
+
+def test_the_example_systems_api_documents_webhooks_and_the_feed(data_dir: Path) -> None:
+    schema = create_app(system, Settings(data_dir=data_dir), relay=False).openapi()
+    assert {
+        "/feed/{context}",
+        "/webhooks/{context}/subscriptions",
+        "/webhooks/{context}/subscriptions/{subscription_id}",
+        "/webhooks/{context}/dead-letters",
+        "/webhooks/{context}/dead-letters/{subscription_id}/{position}/retry",
+    } <= set(schema["paths"])
+    new = schema["components"]["schemas"]["NewSubscription"]
+    assert set(new["required"]) == {"url", "event_type", "secret"}
+    assert new["properties"]["secret"]["writeOnly"] is True  # never in a response
+    assert {"FeedPage", "Subscription", "DeadLetter"} <= set(schema["components"]["schemas"])
