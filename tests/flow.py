@@ -20,6 +20,12 @@ Where = Path | Settings
 """Where read models live: a data folder (SQLite files) or settings (either backend)."""
 
 
+def cli_args(settings: Settings) -> list[str]:
+    """The CLI's options for the data folder and the read models of ``settings``."""
+    url = settings.read_model_url
+    return ["--data-dir", str(settings.data_dir), *(["--read-model-url", url] if url else [])]
+
+
 @contextlib.contextmanager
 def home_of(where: Where, name: str) -> Iterator[ReadModelHome]:
     """The home of projection ``name``, closed afterwards."""

@@ -15,6 +15,8 @@ import pytest
 
 from contexts.sales import Sales
 from tests.conftest import nats_servers_using
+from tests.flow import cli_args, home_of
+from toolkit.config import Settings
 from toolkit.home import ProjectionHome
 from toolkit.store import dump
 
@@ -234,14 +236,13 @@ def test_status_json_reports_lag_as_events_arrive(tmp_path: Path) -> None:
     assert after["projections"]["billing"]["generation"] is None  # never run
 
 
-def test_replay_options_rewind_and_versions(tmp_path: Path) -> None:
-    data = sales_log(tmp_path / "data", orders=10)
-    run = ["--data-dir", str(data)]
+def test_replay_options_rewind_and_versions(tmp_path: Path, read_models: Settings) -> None:
+    sales_log(read_models.data_dir, orders=10)
+    run = cli_args(read_models)  # read models in SQLite files, or in PostgreSQL
     assert toolkit(*run, "relay", "sales", "--once", tmp=tmp_path).returncode == 0
-    home = ProjectionHome(data, "shipping")
 
     def shipments() -> int:
-        with home.reader() as db:
+        with home_of(read_models, "shipping") as home, home.reader() as db:
             assert db is not None
             return len(dump(db)["shipment"])
 
@@ -256,7 +257,7 @@ def test_replay_options_rewind_and_versions(tmp_path: Path) -> None:
 
     # Rewind: the model as it was after sequence 3 (the customer and two orders).
     assert toolkit(*run, "project", "shipping", "--once", tmp=tmp_path).returncode == 0
-    with home.writer_lock():  # while the projection runs, a rewind is refused
+    with home_of(read_models, "shipping") as home, home.writer_lock():  # running: refused
         busy = toolkit(*run, "rewind", "shipping", "--to-seq", "3", tmp=tmp_path)
     assert busy.returncode == 1 and "stop it first" in busy.stderr
     assert toolkit(*run, "rewind", "shipping", "--to-seq", "3", tmp=tmp_path).returncode == 0

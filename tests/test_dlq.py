@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from projections.shipping import Shipments
 from tests.conftest import BACKENDS, wait_for
-from tests.flow import Where, home_of, project_all, relay_all
+from tests.flow import Where, cli_args, home_of, project_all, relay_all
 from tests.test_cli import toolkit
 from tests.test_projector import dead_letters, poisoned, shipments, three_orders
 from toolkit.config import Settings
@@ -72,9 +72,7 @@ async def test_dlq_commands(
     a, _, _ = three_orders(sales)
     await relay_all(sales, nc)
     await project_all(poisoned("park-aggregate", {str(a)}), read_models, nc)
-    run = ["--data-dir", str(read_models.data_dir), "--nats-url", nats_server.url]
-    if read_models.read_model_url:
-        run += ["--read-model-url", read_models.read_model_url]
+    run = [*cli_args(read_models), "--nats-url", nats_server.url]
     listed = toolkit(*run, "dlq", "list", "shipping", "--json", tmp=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert [row["sequence"] for row in json.loads(listed.stdout)] == [2, 4]

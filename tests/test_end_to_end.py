@@ -1,8 +1,7 @@
-"""Commands in, HTTP out: sales -> relay -> JetStream -> projections -> read endpoints."""
+"""Commands in, HTTP out: sales -> relay -> JetStream -> projections -> read endpoints
+(over both logs and both read-model backends)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import httpx
 from nats.aio.client import Client
@@ -11,21 +10,22 @@ from contexts.sales import Sales
 from contexts.system import system
 from projections.billing import Accounts
 from projections.shipping import Shipments
-from tests.conftest import serving
+from tests.conftest import BACKENDS, serving
 from tests.flow import project_all, relay_all
 from toolkit.config import Settings
 from toolkit.http import create_app
 
 
+@BACKENDS
 async def test_commands_reach_the_read_endpoints_through_a_real_server(
-    sales: Sales, nc: Client, data_dir: Path
+    sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     ann = sales.register_customer("Ann", "ann@example.com")
     kept = sales.place_order(ann, [{"sku": "tea", "quantity": 12, "unit_price": "2.50"}])
     dropped = sales.place_order(ann, [{"sku": "mug", "quantity": 1, "unit_price": "9.99"}])
     sales.cancel_order(dropped, "found a cheaper mug")
 
-    app = create_app(system, Settings(data_dir=data_dir), relay=False)
+    app = create_app(system, read_models, relay=False)
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
         # Before the projections have run there is no read model: 503, not an empty answer.
         early = await http.get(f"/shipping/shipments/{kept}")
@@ -33,8 +33,8 @@ async def test_commands_reach_the_read_endpoints_through_a_real_server(
         assert early.json()["detail"] == "projection shipping has no read model yet"
 
         await relay_all(sales, nc)
-        await project_all(Shipments(), data_dir, nc)
-        await project_all(Accounts(), data_dir, nc)
+        await project_all(Shipments(), read_models, nc)
+        await project_all(Accounts(), read_models, nc)
 
         shipment = await http.get(f"/shipping/shipments/{kept}")
         assert shipment.status_code == 200
