@@ -108,7 +108,7 @@ def _get(url: str) -> tuple[int, object]:
 
 async def run_demo(settings: Settings, orders: int, customers: int, *, keep: bool = False) -> int:
     folder = Path(tempfile.mkdtemp(prefix="toolkit-demo-"))
-    settings = replace(settings, data_dir=folder)
+    settings = replace(settings, data_dir=folder, read_model_url=None)  # all in the folder
     try:
         return await _run(settings, orders, customers)
     finally:
