@@ -140,6 +140,28 @@ def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(read_models: Set
         store.close()
 
 
+def test_a_writer_that_went_around_the_lock_writes_nothing(read_models: Settings) -> None:
+    """Two stores on one generation (as if a lock had been lost): the one whose checkpoint
+    is stale is refused, its batch rolled back, so nothing is applied twice."""
+    translator: Translator = Shipments.translators[0]
+    skipped = [message(seq, envelope("sales.SomethingNew", b"{}")) for seq in (1, 2, 3)]
+    with home_of(read_models, "shipping") as home:
+        first = ReadModelStore(home.live(), Shipments())
+        second = ReadModelStore(home.live(), Shipments())
+    try:
+        first.join("sales", 0)
+        second.join("sales", 0)
+        assert first.apply(translator, skipped[:2]).skipped == 2
+        with pytest.raises(ProjectionBusyError, match="sales checkpoint is no longer 0"):
+            second.apply(translator, skipped)
+        assert second.checkpoint("sales") == 0  # nothing of its batch was written
+        assert first.apply(translator, skipped).duplicates == 2  # the first goes on
+        assert first.checkpoint("sales") == 3
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_second_writer_is_refused(read_models: Settings) -> None:
     with home_of(read_models, "shipping") as home, home_of(read_models, "shipping") as other:
         with (

@@ -19,6 +19,7 @@ import pytest
 from nats.aio.client import Client
 
 from contexts.system import system
+from projections.billing import Accounts
 from projections.shipping import Shipments
 from tests.conftest import postgres, serving, wait_for
 from tests.flow import home_of, project_all, relay_orders
@@ -26,6 +27,7 @@ from toolkit.config import Settings
 from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConfigurationError
 from toolkit.http import create_app
+from toolkit.projector import Projector
 from toolkit.readmodel import Dialect, open_home
 from toolkit.replay import rebuild
 from toolkit.store import ReadModelStore, dump
@@ -98,6 +100,42 @@ async def test_a_dropped_generation_waits_for_its_readers(read_models: Settings)
         opened = home.open_reader()
         assert opened is not None and opened[0] == second
         home.close_reader(opened[1])
+
+
+@ON_POSTGRES
+async def test_a_projector_rides_out_its_database_dropping_every_connection(
+    nc: Client, data_dir: Path, tmp_path: Path, read_models: Settings
+) -> None:
+    await relay_orders(data_dir, nc, 500)
+    url = read_models.read_model_url
+    assert url is not None
+    with home_of(read_models, "billing") as home:
+        store = ReadModelStore(home.live(), Accounts())
+        projector = Projector(Accounts(), store, nc, batch_size=50, transaction_size=50)
+        stop = asyncio.Event()
+        running = asyncio.create_task(projector.run(stop, home=home))
+        first = await nc.jetstream().stream_info("sales")
+        await wait_for(lambda: projector.stats.checkpoints.get("sales") == first.state.last_seq)
+        with home.reader() as db:  # a reader's connection, kept for the next reader
+            assert db is not None
+        with postgres("postgres", "PostgreSQL read models") as admin:  # as a restart would
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (url.rsplit("/", 1)[1],),
+            )
+        head = await relay_orders(data_dir, nc, 500)  # more, after the connections went
+        await wait_for(lambda: projector.stats.checkpoints.get("sales") == head, within=30)
+        stop.set()
+        await running
+        projector.store.close()
+        assert projector.stats.retries >= 1  # the batch that met the dead connection
+        with home.reader() as db:  # the kept one is gone: a new one
+            assert db is not None
+            faulted = dump(db)
+    await project_all(Accounts(), tmp_path / "clean", nc)  # the same, in SQLite, unharmed
+    with home_of(tmp_path / "clean", "billing") as clean, clean.reader() as db:
+        assert db is not None
+        assert faulted == dump(db)  # row by row, whichever database holds them
 
 
 class SQLiteOnly(Shipments):

@@ -140,23 +140,34 @@ class PostgresHome(ReadModelHome):
                 self._db = db
             return self._db
 
+    def _execute(self, query: sql.Composed | str, params: tuple[object, ...] = ()) -> list[Any]:
+        """Run a statement on the home's connection and fetch its rows, once more on a
+        new connection if the server dropped the old one (it restarted)."""
+        db = self.db
+        try:
+            return db.execute(query, params).fetchall()
+        except psycopg.OperationalError:
+            if not db.broken:
+                raise
+            return self.db.execute(query, params).fetchall()  # a new connection
+
     def _generation(self, schema: str) -> SchemaGeneration:
         return SchemaGeneration(self.url, schema)
 
     def _pointer(self, column: str) -> SchemaGeneration | None:
-        row = self.db.execute(
+        rows = self._execute(
             sql.SQL("SELECT {} FROM toolkit.read_model WHERE projection = %s").format(
                 sql.Identifier(column)
             ),
             (self.name,),
-        ).fetchone()
-        return None if row is None or row[0] is None else self._generation(row[0])
+        )
+        return None if not rows or rows[0][0] is None else self._generation(rows[0][0])
 
     def _point(self, column: str, schema: str | None) -> None:
-        self.db.execute(
+        self._execute(
             sql.SQL(
                 "INSERT INTO toolkit.read_model (projection, {0}) VALUES (%s, %s) "
-                "ON CONFLICT (projection) DO UPDATE SET {0} = excluded.{0}"
+                "ON CONFLICT (projection) DO UPDATE SET {0} = excluded.{0} RETURNING 1"
             ).format(sql.Identifier(column)),
             (self.name, schema),
         )
@@ -174,7 +185,7 @@ class PostgresHome(ReadModelHome):
         self._point("current", generation.name)
 
     def generations(self) -> list[SchemaGeneration]:
-        rows = self.db.execute(
+        rows = self._execute(
             "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s) ORDER BY nspname",
             (f"{self.name}_g",),
         )
@@ -220,10 +231,18 @@ class PostgresHome(ReadModelHome):
 
     def _open(self, generation: Generation) -> Connection | None:
         with self._guard:
-            db = self._idle.pop() if self._idle else None
-        if db is None:
-            db = _connect(self.url, autocommit=False)
-            db.read_only = True
+            idle = self._idle.pop() if self._idle else None
+        if idle is not None:
+            try:
+                return self._probe(idle, generation)
+            except psycopg.OperationalError:
+                pass  # dropped while idle (the server restarted): open a new one
+        db = _connect(self.url, autocommit=False)
+        db.read_only = True
+        return self._probe(db, generation)
+
+    def _probe(self, db: PostgresConnection, generation: Generation) -> Connection | None:
+        """``db`` in a transaction on ``generation``, or None when that is gone."""
         try:
             # One transaction for the whole request: the probe's lock on toolkit_checkpoint
             # keeps a replay from dropping the generation until the reader is done.

@@ -21,6 +21,7 @@ from toolkit.errors import (
     ConfigurationError,
     ContractError,
     PoisonMessage,
+    ProjectionBusyError,
     ProjectionVersionError,
 )
 from toolkit.home import connect as connect  # the SQLite one, where it always was
@@ -200,6 +201,21 @@ class ReadModelStore:
     def close(self) -> None:
         self.db.close()
 
+    def _reconnect(self) -> None:
+        """Open the generation again if the database server dropped the connection (it
+        restarted); until it answers, that is a batch failure, retried."""
+        if not getattr(self.db, "broken", False):
+            return
+        with contextlib.suppress(Exception):
+            self.db.close()
+        try:
+            self.db = readmodel.connect(self.generation)
+        except Exception as exc:
+            raise BatchFailure(
+                f"projection {self.projection.name} cannot reach its read model "
+                f"{self.generation.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def _execute(self, sql: str, parameters: Sequence[Any] = ()) -> Rows:
         """Run the store's own SQL (written with ``?`` placeholders)."""
         return self.db.execute(self._flavour.statement(sql), parameters)
@@ -233,6 +249,7 @@ class ReadModelStore:
         """Record where the projection joins a stream: it goes on from ``sequence + 1``."""
         key = self._key(stream)
         with self._writing:
+            self._reconnect()
             self._execute(
                 "INSERT INTO toolkit_checkpoint VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (key, sequence),
@@ -247,6 +264,7 @@ class ReadModelStore:
 
     def partition_checkpoint(self, stream: str, partition: int) -> int | None:
         """Another partition's checkpoint, as it is in the database now."""
+        self._reconnect()
         row = self._execute(
             "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?",
             (self._key(stream, partition),),
@@ -255,6 +273,10 @@ class ReadModelStore:
 
     def epochs(self, stream: str) -> list[tuple[int, int]]:
         """(first sequence, partitions) of each partitioning of ``stream``, oldest first."""
+        self._reconnect()
+        return self._epochs(stream)
+
+    def _epochs(self, stream: str) -> list[tuple[int, int]]:
         return [
             (int(start), int(count))
             for start, count in self._execute(
@@ -268,14 +290,16 @@ class ReadModelStore:
         """Make ``partitions`` the partitioning of ``stream`` from ``head + 1`` on, unless
         it already is; the workers of the previous partitioning finish everything up to
         ``head`` first (see :class:`~toolkit.projector.Projector`)."""
+        with self._writing:
+            self._reconnect()
         with self._writing, self._transaction("exclusive"):
-            epochs = self.epochs(stream)
+            epochs = self._epochs(stream)
             if not epochs or epochs[-1][1] != partitions:
                 start = 1 if not epochs else max(head + 1, epochs[-1][0] + 1)
                 self._execute(
                     "INSERT INTO toolkit_epoch VALUES (?, ?, ?)", (stream, start, partitions)
                 )
-        return self.epochs(stream)
+        return self._epochs(stream)
 
     def apply(
         self,
@@ -289,6 +313,7 @@ class ReadModelStore:
         message's aggregate its own?) and how many partitionings it decided that with;
         if another was recorded meanwhile, nothing is written and ``retry`` is set."""
         with self._writing:
+            self._reconnect()
             return self._apply(translator, messages, owns, epochs)
 
     def _apply(
@@ -349,20 +374,23 @@ class ReadModelStore:
             return result
         try:
             with self._transaction(None if epochs is None else "shared") as db:
-                if epochs is not None and len(self.epochs(stream)) != epochs:
+                if epochs is not None and len(self._epochs(stream)) != epochs:
                     raise _Repartitioned  # since ownership was decided
                 for message, reason in dead:
                     self._dead_letter(message, reason)
                 if facts:
                     self.projection.apply_batch(facts, db)
-                self._execute(
-                    "INSERT INTO toolkit_checkpoint VALUES (?, ?) "
-                    "ON CONFLICT (stream) DO UPDATE SET sequence = excluded.sequence",
-                    (self._key(stream), checkpoint),
-                )
+                self._advance(stream, checkpoint)
         except _Repartitioned:
             return BatchResult(retry=True)
+        except ProjectionBusyError:
+            raise
         except Exception as exc:
+            if getattr(self.db, "broken", False):  # the server went away: no one to blame
+                raise BatchFailure(
+                    f"projection {self.projection.name} lost its read model's connection: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             sequence, cause = self._culprit(facts, origins, exc)
             if sequence is None:
                 raise BatchFailure(
@@ -374,6 +402,29 @@ class ReadModelStore:
             raise self._poison(culprit, cause) from cause
         self._checkpoints[self._key(stream)] = checkpoint
         return result
+
+    def _advance(self, stream: str, checkpoint: int) -> None:
+        """Move the checkpoint, inside the batch's transaction, from where this store
+        last left it: if another writer moved it meanwhile (one that should have been
+        kept out by the writer lock), nothing of the batch is written."""
+        key = self._key(stream)
+        before = self._checkpoints.get(key)
+        if before is None:  # never joined (a batch applied by hand)
+            self._execute(
+                "INSERT INTO toolkit_checkpoint VALUES (?, ?) "
+                "ON CONFLICT (stream) DO UPDATE SET sequence = excluded.sequence",
+                (key, checkpoint),
+            )
+            return
+        moved = self._execute(
+            "UPDATE toolkit_checkpoint SET sequence = ? WHERE stream = ? AND sequence = ?",
+            (checkpoint, key, before),
+        ).rowcount
+        if moved != 1:
+            raise ProjectionBusyError(
+                f"projection {self.projection.name} was written by another process: its "
+                f"{key} checkpoint is no longer {before}; stop the other one first"
+            )
 
     def _culprit(
         self, facts: list[object], origins: list[tuple[int, int]], batch_error: Exception
@@ -405,6 +456,8 @@ class ReadModelStore:
         """Put a message that keeps failing in the dead letters, and with ``aggregate``
         every later message of its aggregate too; the checkpoint passes over them."""
         token = aggregate_token(message.subject)
+        with self._writing:
+            self._reconnect()
         with self._writing, self._transaction():
             self._dead_letter(message, reason)
             if aggregate:
