@@ -34,7 +34,7 @@ from toolkit import wire
 from toolkit.context import BoundedContext
 from toolkit.errors import RelayError
 from toolkit.published import OutgoingMessage, Publishable
-from toolkit.streams import StreamSpec, ensure_stream
+from toolkit.streams import StreamSpec, ensure_stream, last_message
 from toolkit.watch import LogWatcher
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,20 @@ class RelayStats:
     stream_sequence: int = 0
     restarts: int = 0
     """Times the relay started over after the server went away or stopped answering."""
+    republished_from: int | None = None
+    """Log position after which events lost by the stream were published again."""
 
 
 class _AckWindow:
     """Publishes with a reply inbox and keeps up to ``size`` acknowledgements in flight."""
 
-    def __init__(self, client: Client, stream: str, size: int, ack_timeout: float) -> None:
+    def __init__(
+        self, client: Client, context: str, stream: str, size: int, ack_timeout: float, epoch: int
+    ) -> None:
         self.client = client
+        self.context = context
         self.stream = stream
+        self.epoch = epoch
         self.size = size
         self.ack_timeout = ack_timeout
         self.inbox = client.new_inbox()
@@ -87,6 +93,8 @@ class _AckWindow:
         token = self.next_token
         self.next_token += 1
         headers = {**message.headers, wire.EXPECTED_LAST_SEQUENCE: str(self.last_sequence)}
+        if self.epoch:
+            headers[wire.MSG_ID] = wire.message_id(self.context, message.log_position, self.epoch)
         self.last_sequence += 1
         self.pending[token] = (message.log_position, time.monotonic())
         await self.client.publish(
@@ -136,6 +144,16 @@ class _AckWindow:
             return
         # A success ({"stream":..,"seq":..}) needs no parsing; "error" in it may be a name.
         error = orjson.loads(msg.data).get("error") if b'"error"' in msg.data else None
+        if not error and b'"duplicate"' in msg.data and orjson.loads(msg.data).get("duplicate"):
+            # JetStream remembers this id but the stream does not hold it where it should
+            # be: the message was lost after it was stored. Start over, with new ids.
+            self.error = self.error or RelayError(
+                f"stream {self.stream} already saw log position {entry[0]} but does not "
+                "hold it at the end: it lost messages; publishing them again",
+                transient=True,
+                lost=True,
+            )
+            return
         if error:
             self.error = self.error or RelayError(
                 f"stream {self.stream} refused log position {entry[0]}: "
@@ -186,19 +204,26 @@ class Relay:
         self.idle = False
         """True while the relay has carried everything and waits for the log to grow."""
         self._wake = asyncio.Event()
+        self._epoch = 0
+        """Non-zero once messages were lost: part of the message ids (see wire.message_id)."""
 
     async def resume_position(self) -> tuple[int, int]:
-        """(stream sequence, log position) of the last message on the stream."""
+        """(stream sequence to publish after, log position of the last message on the
+        stream), read one after the other: the relay's first publish checks that they
+        still belong together. The position is read from the last message that exists: when the
+        stream lost its tail (deleted messages, a restore from an older snapshot), the
+        relay carries the missing events again; when it was deleted and recreated, it
+        carries the whole log again."""
         info = await ensure_stream(self.js, self.stream)
         last_seq = info.state.last_seq
-        if info.state.messages == 0:
+        raw = await last_message(self.js, self.stream.name) if info.state.messages else None
+        if raw is None:
             return last_seq, 0
-        raw = await self.js.get_msg(self.stream.name, seq=last_seq)
         msg_id = (raw.headers or {}).get(wire.MSG_ID, "")
         position = wire.log_position(msg_id)
-        if position is None or not msg_id.startswith(f"{self.context.name}:"):
+        if position is None or wire.message_id_context(msg_id) != self.context.name:
             raise RelayError(
-                f"the last message on stream {self.stream.name} (sequence {last_seq}) has no "
+                f"the last message on stream {self.stream.name} (sequence {raw.seq}) has no "
                 f"{wire.MSG_ID} of this relay: something other than this relay writes to it"
             )
         head = self.context.recorder.max_notification_id() or 0
@@ -208,6 +233,12 @@ class Relay:
                 f"{self.context.name} log ends at {head}: the stream was written from another "
                 "log (point the context at its own log, or at an empty stream)"
             )
+        if raw.seq != last_seq:
+            log.warning(
+                "relay %s: stream %s ends at sequence %d but its last message is %d (log "
+                "position %d): messages were lost; carrying the log again from there",
+                self.context.name, self.stream.name, last_seq, raw.seq, position,
+            )  # fmt: skip
         return last_seq, position
 
     def lag(self) -> int:
@@ -234,6 +265,9 @@ class Relay:
             except (RelayError, nats.errors.Error, TimeoutError, OSError) as exc:
                 if isinstance(exc, RelayError) and not exc.transient:
                     raise
+                if isinstance(exc, RelayError) and exc.lost:
+                    self._epoch = time.time_ns() // 1000  # ids JetStream has not seen
+                    self.stats.republished_from = self.stats.position
                 self.stats.restarts += 1
                 log.warning(
                     "relay %s: %s; starting over from the stream in %.1fs",
@@ -258,7 +292,14 @@ class Relay:
         watcher.start()
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: self._wake.set())
-        window = _AckWindow(self.client, self.stream.name, self.window_size, self.ack_timeout)
+        window = _AckWindow(
+            self.client,
+            self.context.name,
+            self.stream.name,
+            self.window_size,
+            self.ack_timeout,
+            self._epoch,
+        )
         try:
             first_sequence, position = await self.resume_position()
             await window.open(first_sequence, position)
@@ -272,6 +313,11 @@ class Relay:
             settle()
             topics = self.context.published_language.topics
             recorder = self.context.recorder
+            # The first message goes alone: once it is stored right after the sequence
+            # and position read from the stream, those two are known to belong together,
+            # and the pipeline may chain on it. (A publish of an earlier attempt may still
+            # arrive after a reconnect and move the stream on between the two reads.)
+            anchored = False
             while not stop.is_set():
                 self._wake.clear()  # before reading: a save from now on wakes the wait below
                 head = recorder.max_notification_id() or 0
@@ -289,6 +335,9 @@ class Relay:
                         message = self._message(notification)
                         if message is not None:
                             await window.publish(message)
+                            if not anchored:
+                                await window.drain()
+                                anchored = True
                     full = len(notifications) == self.batch_size
                     position = notifications[-1].id if full else head
                 elif progressed:

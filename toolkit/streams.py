@@ -7,7 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.api import (
+    DiscardPolicy,
+    RawStreamMsg,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
 from nats.js.errors import NotFoundError
 
 from toolkit.config import Settings
@@ -82,3 +89,12 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> StreamInfo:
     if _differs(info, wanted):
         return await js.update_stream(wanted)
     return info
+
+
+async def last_message(js: JetStreamContext, stream: str) -> RawStreamMsg | None:
+    """The stream's last message that still exists: after messages at its end were
+    deleted the stream's ``last_seq`` stays where it was, so it cannot be read by that."""
+    try:
+        return await js.get_msg(stream, subject=f"{stream}.>")
+    except NotFoundError:
+        return None

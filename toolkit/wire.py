@@ -113,6 +113,15 @@ def subject(context: str, aggregate_type: str, aggregate_id: str, event_name: st
     return f"{context}.{aggregate_type}.{encode_token(aggregate_id)}.{event_name}"
 
 
-def message_id(context: str, log_position: int) -> str:
-    """The de-duplication id of the event at a log position: stable across relay restarts."""
-    return f"{context}:{log_position}"
+def message_id(context: str, log_position: int, epoch: int = 0) -> str:
+    """The de-duplication id of the event at a log position: stable across relay restarts.
+
+    A relay that must publish an event again after the stream lost it (JetStream still
+    remembers the lost message's id for its duplicate window) uses a new ``epoch``:
+    ``sales@1732456789:1042``. The envelope's ``id`` never changes."""
+    return f"{context}:{log_position}" if not epoch else f"{context}@{epoch}:{log_position}"
+
+
+def message_id_context(msg_id: str) -> str:
+    """The context a message id names (``sales`` of ``sales@17:1042``)."""
+    return msg_id.partition(":")[0].partition("@")[0]

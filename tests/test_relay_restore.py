@@ -1,0 +1,97 @@
+"""The log is the source of truth: when the stream loses what was relayed (its tail
+deleted, or the whole stream deleted and created again), the relay carries the missing
+public events again, so the stream holds each of them exactly once, in log order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from tests.conftest import wait_for
+from tests.flow import read_all
+from tests.test_relay import place_orders
+from toolkit import Relay
+from toolkit.streams import StreamSpec, ensure_stream
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def public_positions(sales: Sales) -> list[int]:
+    topics = sales.published_language.topics
+    return [
+        n.id for n in sales.recorder.select_notifications(start=None, limit=10**6, topics=topics)
+    ]
+
+
+async def stream_positions(nc: Client) -> list[int]:
+    return [orjson.loads(m.data)["logposition"] for m in await read_all(nc)]
+
+
+async def test_a_stream_that_lost_its_tail_gets_the_missing_events_again(
+    sales: Sales, nc: Client
+) -> None:
+    place_orders(sales, 40)
+    first = await Relay(sales, nc).run(until_head=True)
+    assert first.published == 41
+    js = nc.jetstream()
+    for sequence in range(32, 42):  # the last ten messages go
+        await js.delete_msg("sales", sequence)
+    assert len(await stream_positions(nc)) == 31
+    print("injected: deleted stream sequences 32-41 of 41")
+
+    again = await Relay(sales, nc).run(until_head=True)
+    assert again.republished_from == public_positions(sales)[30]
+    positions = await stream_positions(nc)
+    assert positions == public_positions(sales)  # each once, in log order
+    ids = [m.headers["Nats-Msg-Id"] for m in await read_all(nc)]
+    assert len(set(ids)) == len(ids) == 41
+    assert all("@" in i for i in ids[31:]) and not any("@" in i for i in ids[:31])
+    print(f"verified: {len(positions)} public events in the stream, log order, 0 lost, 0 twice")
+
+    # Afterwards the relay goes on as usual, with nothing published twice.
+    place_orders(sales, 3)
+    await Relay(sales, nc).run(until_head=True)
+    assert await stream_positions(nc) == public_positions(sales)
+
+
+async def test_a_deleted_and_recreated_stream_gets_the_whole_log_again(
+    sales: Sales, nc: Client
+) -> None:
+    place_orders(sales, 25)
+    await Relay(sales, nc).run(until_head=True)
+    js = nc.jetstream()
+    await js.delete_stream("sales")
+    await ensure_stream(js, StreamSpec("sales"))
+    print("injected: stream sales deleted and created again, empty")
+
+    stats = await Relay(sales, nc).run(until_head=True)
+    assert stats.published == 26
+    assert await stream_positions(nc) == public_positions(sales)
+    assert [m.sequence for m in await read_all(nc)] == list(range(1, 27))
+    print("verified: 26 public events back at sequences 1-26, 0 lost, 0 twice")
+
+
+async def test_a_running_relay_refills_a_stream_recreated_under_it(
+    sales: Sales, nc: Client
+) -> None:
+    place_orders(sales, 10)
+    relay = Relay(sales, nc, retry_delay=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.idle and relay.stats.published == 11)
+        js = nc.jetstream()
+        await js.delete_stream("sales")
+        await ensure_stream(js, StreamSpec("sales"))
+        place_orders(sales, 5)  # the next publish finds the stream empty: it starts over
+        head = sales.recorder.max_notification_id()
+        await wait_for(lambda: relay.idle and relay.stats.position == head)
+        assert relay.stats.restarts >= 1
+        assert await stream_positions(nc) == public_positions(sales)
+    finally:
+        stop.set()
+        await task
