@@ -44,7 +44,7 @@ class ConsistencyToken(NamedTuple):
         match = _TOKEN.fullmatch(text.strip())
         if match is None:
             raise InvalidToken(
-                f"consistency token {text[:80]!r} is not '<context>:<log position>', "
+                f"consistency token {text[:40]!r} is not '<context>:<log position>', "
                 "e.g. 'sales:1042'"
             )
         return cls(match[1], int(match[2]))

@@ -1,0 +1,233 @@
+"""Hostile input, generated: everything that parses outside data meets thousands of
+inputs (over 10,000 in all), and each ends as a result or as the error it documents,
+never as another exception that would stop a consumer, a server or the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import string
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contexts.system import system
+from projections.billing import Accounts
+from projections.shipping import Shipments
+from toolkit import ContractError, cli, wire
+from toolkit.config import Settings
+from toolkit.consistency import ConsistencyToken, InvalidToken
+from toolkit.errors import SubjectError
+from toolkit.http import create_app
+from toolkit.reader import StreamMessage
+from toolkit.resources import CursorError, decode_cursor, encode_cursor
+from toolkit.translator import UnknownEvent
+
+pytestmark = pytest.mark.timeout(300)
+
+FAST = settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+contract_types = st.sampled_from(
+    ["sales.OrderPlaced", "sales.OrderCancelled", "sales.CustomerRegistered", "sales.Nope", ""]
+)
+
+
+@st.composite
+def envelopes(draw: st.DrawFn) -> bytes:
+    """Bodies that look like envelopes, with data of any shape."""
+    body: dict[str, Any] = {
+        "specversion": "1.0",
+        "type": draw(contract_types),
+        "schemaversion": draw(st.integers(min_value=-2, max_value=4) | st.text(max_size=3)),
+        "data": draw(json_values),
+    }
+    if draw(st.booleans()):
+        del body[draw(st.sampled_from(sorted(body)))]
+    return msgspec.json.encode(body)
+
+
+bodies = envelopes() | st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
+
+
+@FAST
+@given(body=bodies, headers=st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=4))
+def test_any_body_and_headers_end_as_facts_a_skip_or_a_contract_error(
+    body: bytes, headers: dict[str, str]
+) -> None:
+    for translator in (*Shipments.translators, *Accounts.translators):
+        message = StreamMessage("sales", 1, "sales.order.x.OrderPlaced", headers, body)
+        with contextlib.suppress(ContractError, UnknownEvent):
+            facts = translator.translate(message)
+            assert isinstance(facts, list)
+
+
+@FAST
+@given(value=st.text())
+def test_any_id_becomes_one_token_matching_only_itself(value: str) -> None:
+    try:
+        token = wire.encode_token(value)
+    except SubjectError:
+        assert value == ""
+        return
+    assert not set(token) & set(".*> \t\r\n") and token.isascii()
+    assert wire.decode_token(token) == value
+
+
+@FAST
+@given(name=st.text(max_size=80))
+def test_any_name_is_checked_or_refused_clearly(name: str) -> None:
+    try:
+        assert wire.check_name("context", name) == name
+    except SubjectError as exc:
+        assert "invalid context name" in str(exc)
+    else:
+        assert name.isascii() and "." not in name and " " not in name
+
+
+@FAST
+@given(text=st.text(max_size=60) | st.from_regex(r"[a-z]{1,8}:[0-9]{1,22}", fullmatch=True))
+def test_any_consistency_token_parses_or_is_refused_in_one_line(text: str) -> None:
+    try:
+        token = ConsistencyToken.parse(text)
+    except InvalidToken as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 400
+    else:
+        assert str(ConsistencyToken.parse(str(token))) == str(token)
+
+
+@FAST
+@given(
+    text=st.text(alphabet=string.ascii_letters + string.digits + "-_=+/", max_size=80)
+    | st.text(max_size=40)
+)
+def test_any_cursor_decodes_or_is_refused(text: str) -> None:
+    try:
+        order, key = decode_cursor(text)
+    except CursorError as exc:
+        assert "is not one this API gave" in str(exc)
+    else:
+        assert decode_cursor(encode_cursor(order, key)) == (order, key)
+
+
+@FAST
+@given(msg_id=st.text(max_size=40))
+def test_any_message_id_yields_a_position_or_none(msg_id: str) -> None:
+    position = wire.log_position(msg_id)
+    assert position is None or position >= 0
+    assert isinstance(wire.message_id_context(msg_id), str)
+
+
+# -- HTTP: parameters and bodies through the whole app, in process ------------------------
+
+query_values = st.text(max_size=30) | st.integers().map(str)
+query_names = st.sampled_from(["limit", "cursor", "status", "recipient_id", "x", "after"])
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    data_dir = tmp_path_factory.mktemp("fuzz")
+    return create_app(
+        system, Settings(data_dir=data_dir, nats_url="nats://127.0.0.1:1"), relay=False
+    )
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.sampled_from(
+        ["/shipping/shipments", "/shipping/shipments/{}", "/billing/accounts/{}", "/sales/orders"]
+    ),
+    segment=st.text(max_size=40),
+    params=st.dictionaries(query_names, query_values, max_size=3),
+    body=json_values,
+    raw=st.binary(max_size=80),
+)
+async def test_any_request_gets_an_answer_not_a_server_error(
+    app: Any, path: str, segment: str, params: dict[str, str], body: Any, raw: bytes
+) -> None:
+    encoded = quote(segment, safe="") or "x"  # any text, as a client would send it
+    url = path.format(encoded)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        if path == "/sales/orders":
+            sent = [
+                await http.post(url, json=body),
+                await http.post(url, content=raw, headers={"content-type": "application/json"}),
+            ]
+        else:
+            sent = [
+                await http.get(url, params=params),
+                await http.get(url, headers={"Consistency-Token": encoded[:60]}),
+            ]
+    for response in sent:
+        assert response.status_code < 500 or response.status_code == 503, response.text
+        if response.status_code >= 400:
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["detail"]
+
+
+# -- the CLI: arguments -------------------------------------------------------------------
+
+words = st.sampled_from(
+    ["relay", "project", "replay", "rewind", "dlq", "status", "serve", "--from-seq", "--to-seq",
+     "--from-time", "--partition", "--partitions", "--seq", "--stream", "list", "show", "drop",
+     "--once", "--json", "-1", "0", "x", "2026-13-45", "sales", "shipping", "nowhere", "--port",
+     "--nats-url", "--data-dir", "--system", "a:b", "--bogus"]
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(argv=st.lists(words | st.text(max_size=12), max_size=6))
+def test_any_command_line_is_parsed_or_refused_with_usage(argv: list[str]) -> None:
+    """The parser never raises anything but argparse's exit (code 2 with a usage line)."""
+    parser = cli._parser()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            parser.parse_args(argv)
+        except SystemExit as exc:
+            assert exc.code in (0, 2)
+            assert "Traceback" not in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["replay", "shipping", "--from-seq", "-4"],
+        ["replay", "shipping", "--from-time", "yesterday"],
+        ["rewind", "shipping", "--to-seq", "-1"],
+        ["project", "nowhere"],
+        ["relay", "nowhere"],
+        ["--system", "no.such.module:system", "status"],
+        ["--system", "nocolon", "status"],
+        ["project", "shipping", "--partition", "3", "--partitions", "2"],
+        ["dlq", "show", "shipping"],
+    ],
+)
+def test_bad_command_lines_end_in_one_readable_line(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = cli.main(["--data-dir", str(tmp_path), "--nats-url", "nats://127.0.0.1:1", *argv])
+    except SystemExit as exc:  # argparse refusing the usage
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err.strip()
+    assert code in (1, 2), err
+    assert "Traceback" not in err
+    assert err and len(err.splitlines()) <= 4, err  # argparse: usage lines, then the error
