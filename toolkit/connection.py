@@ -67,10 +67,12 @@ async def _log_error(exc: Exception) -> None:
 
 
 async def connect(url: str, *, name: str = "toolkit", connect_timeout: float = 5.0) -> Client:
-    """Connect to a NATS server with JetStream, checking its version."""
+    """Connect to a NATS server with JetStream, checking its version. ``url`` may name
+    several servers of a cluster, comma-separated; the client fails over between them."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
     try:
         nc = await nats.connect(
-            url,
+            servers,
             name=name,
             connect_timeout=connect_timeout,
             allow_reconnect=True,

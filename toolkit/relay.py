@@ -303,6 +303,9 @@ class Relay:
         try:
             first_sequence, position = await self.resume_position()
             await window.open(first_sequence, position)
+            confirmed = self.stats.stream_sequence
+            if 0 < confirmed < first_sequence:  # stored by the last attempt, ack lost
+                self.stats.published += first_sequence - confirmed
             published_before = self.stats.published
 
             def settle() -> None:  # what is known to be on the stream
