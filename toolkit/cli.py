@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--orders", type=_positive, default=3000, help="orders to place (3000)")
     demo.add_argument("--customers", type=_positive, default=300, help="customers (300)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data folder")
+    demo.add_argument(
+        "--log",
+        choices=["sqlite", "jetstream"],
+        default="sqlite",
+        help="where sales keeps its event log: a SQLite file (default) or a JetStream stream",
+    )
 
     relay = commands.add_parser(
         "relay",
@@ -517,7 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from toolkit.demo import run_demo
 
-            return asyncio.run(run_demo(settings, args.orders, args.customers, keep=args.keep))
+            return asyncio.run(
+                run_demo(settings, args.orders, args.customers, keep=args.keep, log=args.log)
+            )
         system = load_system(settings.system)
         if args.command == "relay":
             asyncio.run(_relay(settings, system, args.context, args.once))

@@ -106,11 +106,25 @@ def _get(url: str) -> tuple[int, object]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
-async def run_demo(settings: Settings, orders: int, customers: int, *, keep: bool = False) -> int:
+LOGS = {"sqlite": "SQLite", "jetstream": "JetStream"}
+"""Where the demo keeps the sales log: a SQLite file in its folder, or a JetStream stream
+(``sales_log``, :mod:`toolkit.jetstream_log`) on the demo's own server."""
+
+
+def log_env(log: str, nats_url: str) -> dict[str, str]:
+    """The environment that puts a context's log where ``log`` says."""
+    if log == "jetstream":
+        return {"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": nats_url}
+    return {}
+
+
+async def run_demo(
+    settings: Settings, orders: int, customers: int, *, keep: bool = False, log: str = "sqlite"
+) -> int:
     folder = Path(tempfile.mkdtemp(prefix="toolkit-demo-"))
     settings = replace(settings, data_dir=folder, read_model_url=None)  # all in the folder
     try:
-        return await _run(settings, orders, customers)
+        return await _run(settings, orders, customers, log)
     finally:
         if keep:
             console.print(f"data kept in {folder}")
@@ -118,8 +132,8 @@ async def run_demo(settings: Settings, orders: int, customers: int, *, keep: boo
             shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _run(settings: Settings, orders: int, customers: int) -> int:
-    sales = Sales(data_dir=settings.data_dir)
+async def _run(settings: Settings, orders: int, customers: int, log: str) -> int:
+    sales: Sales | None = None
     stop = asyncio.Event()
     cancelled = threading.Event()
     homes = {name: ProjectionHome(settings.data_dir, name) for name in system.projections}
@@ -130,8 +144,10 @@ async def _run(settings: Settings, orders: int, customers: int) -> int:
         async with open_nats(settings, name="demo") as nats:
             where = "embedded nats-server" if nats.embedded else "NATS"
             console.print(
-                f"[bold]toolkit demo[/] on {where} at {nats.url}, data in {settings.data_dir}"
+                f"[bold]toolkit demo[/] on {where} at {nats.url}, data in {settings.data_dir}, "
+                f"the sales log in {LOGS[log]}"
             )
+            sales = Sales(env=log_env(log, nats.url), data_dir=settings.data_dir)
             relay = Relay(sales, nats.client)
             await ensure_stream(nats.js, relay.stream)
             projectors = {
@@ -196,7 +212,7 @@ async def _run(settings: Settings, orders: int, customers: int) -> int:
             table.add_row("events in the sales log", f"{head}")
             table.add_row("integration events on stream 'sales'", f"{stream_events}")
             table.add_row("private events kept in sales", f"{head - stream_events}")
-            table.add_row("commands/s (SQLite log)", f"{commands / workload.seconds:,.0f}")
+            table.add_row(f"commands/s ({LOGS[log]} log)", f"{commands / workload.seconds:,.0f}")
             table.add_row(
                 "both projections at the head, ms after the last command",
                 f"{(caught_up - commands_done) * 1000:,.0f}",
@@ -209,12 +225,15 @@ async def _run(settings: Settings, orders: int, customers: int) -> int:
                     f"{projector.stats.applied} / {projector.stats.checkpoints.get('sales', 0)}",
                 )
             console.print(table)
+            sales.close()  # before its server stops, when the log is on it
+            sales = None
     finally:
         cancelled.set()  # an interrupted demo stops placing orders
         for store in stores.values():
             with contextlib.suppress(Exception):
                 store.close()
-        sales.close()
+        if sales is not None:
+            sales.close()
     return 0
 
 
