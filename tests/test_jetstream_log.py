@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from contexts.sales.domain import Order
+from tests.conftest import nats_servers_using
 from tests.flow import read_all, relay_all
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
@@ -514,3 +517,22 @@ async def test_the_public_stream_is_the_same_from_either_log(
     sqlite, jetstream = results
     assert jetstream == sqlite
     assert len(sqlite) == 7  # a customer, five orders, one cancellation: notes stay private
+
+
+def test_the_demo_runs_end_to_end_on_a_jetstream_log(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("NATS_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "demo", "--log", "jetstream", "--orders", "200"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=100,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "the sales log in JetStream" in done.stdout
+    assert "equal to the live model" in done.stdout
+    assert "commands/s (JetStream log)" in done.stdout
+    assert not nats_servers_using(tmp_path)
+    assert list(tmp_path.iterdir()) == []
