@@ -5,16 +5,22 @@ public events again, so the stream holds each of them exactly once, in log order
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from pathlib import Path
 
 import orjson
 import pytest
 from nats.aio.client import Client
 
 from contexts.sales import Sales
+from projections.shipping import Shipments
 from tests.conftest import wait_for
 from tests.flow import read_all
 from tests.test_relay import place_orders
 from toolkit import Relay
+from toolkit.home import ProjectionHome
+from toolkit.projector import Projector
+from toolkit.store import ReadModelStore, dump
 from toolkit.streams import StreamSpec, ensure_stream
 
 pytestmark = pytest.mark.timeout(60)
@@ -95,3 +101,54 @@ async def test_a_running_relay_refills_a_stream_recreated_under_it(
     finally:
         stop.set()
         await task
+
+
+@pytest.mark.parametrize("loss", ["tail deleted", "stream recreated"])
+async def test_a_consumer_past_the_new_head_says_so_and_applies_nothing_twice(
+    loss: str, sales: Sales, nc: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    place_orders(sales, 30)
+    await Relay(sales, nc).run(until_head=True)
+    home = ProjectionHome(tmp_path / "models", "shipping")
+    store = ReadModelStore(home.live(), Shipments())
+    stop = asyncio.Event()
+    try:
+        projector = Projector(Shipments(), store, nc)
+        await projector.run(until_head=True)
+        before = dump(store.db)
+        assert store.checkpoint("sales") == 31
+        js = nc.jetstream()
+        if loss == "tail deleted":
+            for sequence in range(22, 32):
+                await js.delete_msg("sales", sequence)
+        else:
+            await js.delete_stream("sales")
+            await ensure_stream(js, StreamSpec("sales"))
+        print(f"injected: {loss} under a consumer at checkpoint 31")
+
+        projecting = asyncio.create_task(projector.run(stop))
+        await wait_for(lambda: "sales" in projector.stats.past_head)
+        said = [r.getMessage() for r in caplog.records if "is past the head" in r.getMessage()]
+        head = 21 if loss == "tail deleted" else 0
+        assert said == [
+            f"shipping: checkpoint 31 is past the head {head} of stream sales: the stream lost "
+            "messages; waiting for its relay to publish them again"
+        ]
+        await Relay(sales, nc).run(until_head=True)  # the relay publishes them again
+        await wait_for(lambda: not projector.stats.past_head, within=15)
+        assert dump(store.db) == before  # nothing applied twice
+        _, orders = place_orders(sales, 2)
+        await Relay(sales, nc).run(until_head=True)
+        head_now = (await js.stream_info("sales")).state.last_seq
+        await wait_for(lambda: store.checkpoint("sales") == head_now)
+        shipped = {row[0] for row in store.db.execute("SELECT shipment_id FROM shipment")}
+        assert {str(o) for o in orders} <= shipped
+        print(
+            f"verified: one line said so; {projector.stats.duplicates} republished events "
+            "skipped by log position, 0 applied twice, new orders applied"
+        )
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await projecting
+        store.close()

@@ -21,6 +21,7 @@ from toolkit.projection import Projection, StartPosition
 from toolkit.reader import StreamMessage, StreamReader
 from toolkit.readmodel import ReadModelHome
 from toolkit.store import BatchResult, ReadModelStore, aggregate_token
+from toolkit.streams import last_message
 from toolkit.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class ProjectorStats:
     checkpoints: dict[str, int] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
     """Messages in each stream after the checkpoint, as last reported by the server."""
+    past_head: dict[str, int] = field(default_factory=dict)
+    """Streams whose head is behind the checkpoint (they lost messages), with the head."""
 
 
 class Projector:
@@ -242,8 +245,70 @@ class Projector:
             await sub.unsubscribe()
 
     async def _follow(self, translator: Translator, stop: asyncio.Event, until_head: bool) -> None:
+        """Follow one stream. When the server goes away, stops answering, or a cluster
+        elects a new leader, say so and go on from the checkpoint once it answers."""
+        delay = 0.25
+        while not stop.is_set():
+            try:
+                await self._follow_stream(translator, stop, until_head)
+                return
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                self.stats.retries += 1
+                log.warning(
+                    "%s: reading stream %s failed (%s); going on from checkpoint %d in %.1fs",
+                    self.name, translator.stream, str(exc) or type(exc).__name__,
+                    self.store.checkpoint(translator.stream), delay,
+                )  # fmt: skip
+                await _wait(stop, delay)
+                delay = min(delay * 2, 5.0)
+
+    async def past_head(self, stream: str) -> int | None:
+        """The stream's head when the checkpoint is past it (the stream lost messages:
+        deleted and created again, its tail removed, or restored from an older state),
+        else None."""
+        checkpoint = self.store.checkpoint(stream)
+        try:
+            info = await self.js.stream_info(stream)
+        except NotFoundError:
+            return 0 if checkpoint else None
+        head = int(info.state.last_seq)
+        if checkpoint > head:
+            return head
+        if info.state.messages and checkpoint and head == checkpoint:
+            last = await last_message(self.js, stream)  # the tail may be deleted
+            if last is not None and last.seq is not None and last.seq < checkpoint:
+                return int(last.seq)
+        return None
+
+    async def _wait_for_head(self, stream: str, stop: asyncio.Event) -> None:
+        """Wait, saying so once, while the checkpoint is past the stream's head: the
+        context's relay publishes what the stream lost again (the same events, known
+        by their log positions, are not applied twice)."""
+        said = False
+        while not stop.is_set():
+            head = await self.past_head(stream)
+            if head is None:
+                if said:
+                    log.warning("%s: stream %s is past checkpoint again", self.name, stream)
+                return
+            if not said:
+                log.warning(
+                    "%s: checkpoint %d is past the head %d of stream %s: the stream lost "
+                    "messages; waiting for its relay to publish them again",
+                    self.name, self.store.checkpoint(stream), head, stream,
+                )  # fmt: skip
+                said = True
+            self.stats.past_head[stream] = head
+            await _wait(stop, 1.0)
+        self.stats.past_head.pop(stream, None)
+
+    async def _follow_stream(
+        self, translator: Translator, stop: asyncio.Event, until_head: bool
+    ) -> None:
         stream = translator.stream
         await self._join(stream)
+        await self._wait_for_head(stream, stop)
+        self.stats.past_head.pop(stream, None)
         target = await self.head(stream) if until_head else None
         if self.stop_at is not None:
             target = self.stop_at if target is None else min(target, self.stop_at)
@@ -266,6 +331,7 @@ class Projector:
                 await _wait(stop, 1.0)
         else:
             return
+        idle_since = asyncio.get_running_loop().time()
         try:
             while not stop.is_set():
                 batch = await reader.next_batch(max_wait=0.25)
@@ -279,6 +345,7 @@ class Projector:
                 if batch and self.stop_at is not None and batch[-1].sequence > self.stop_at:
                     batch = [m for m in batch if m.sequence <= self.stop_at]
                 if batch:
+                    idle_since = asyncio.get_running_loop().time()
                     result = await self._apply(translator, batch, stop)
                     if result is None:
                         return  # stopped while waiting to retry
@@ -287,6 +354,10 @@ class Projector:
                     self.stats.duplicates += result.duplicates
                     self.stats.dead_lettered += result.dead_lettered
                     self.stats.foreign += result.foreign
+                elif asyncio.get_running_loop().time() - idle_since > 5.0:
+                    idle_since = asyncio.get_running_loop().time()
+                    if await self.past_head(stream) is not None:  # lost under a live reader
+                        await self._wait_for_head(stream, stop)
                 checkpoint = self.store.checkpoint(stream)
                 self.stats.checkpoints[stream] = checkpoint
                 if reader.pending is not None:

@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from toolkit import readmodel
+from toolkit import readmodel, wire
 from toolkit.errors import (
     BatchFailure,
     ConfigurationError,
@@ -34,6 +34,10 @@ _TOOLKIT_TABLES = """
 CREATE TABLE IF NOT EXISTS toolkit_checkpoint (
     stream TEXT PRIMARY KEY,
     sequence {integer} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS toolkit_position (
+    stream TEXT PRIMARY KEY,
+    position {integer} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS toolkit_meta (
     key TEXT PRIMARY KEY,
@@ -151,6 +155,12 @@ class ReadModelStore:
             raise
         self._checkpoints: dict[str, int] = dict(
             self.db.execute("SELECT stream, sequence FROM toolkit_checkpoint").fetchall()
+        )
+        # The log position (in Nats-Msg-Id) of the last message passed, per checkpoint: a
+        # stream that lost its tail gets the lost events again at new sequences, past
+        # the checkpoint; they are known by their log position and not applied twice.
+        self._positions: dict[str, int] = dict(
+            self.db.execute("SELECT stream, position FROM toolkit_position").fetchall()
         )
         # Parked aggregates (their later messages are parked too) and the parked
         # messages not yet passed by the checkpoint (skipped when the batch comes again).
@@ -337,10 +347,22 @@ class ReadModelStore:
         dead: list[tuple[StreamMessage, str]] = []
         parked = self._parked.get(stream)
         passed_over = self._passed_over
+        key = self._key(stream)
+        last_position = self._positions.get(key)
+        msg_id = wire.MSG_ID
         for message in messages:
             if message.sequence <= checkpoint:
                 result.duplicates += 1
                 continue
+            position = (
+                wire.log_position(message.headers.get(msg_id, "")) if message.headers else None
+            )
+            if position is not None:
+                if last_position is not None and position <= last_position:
+                    result.duplicates += 1  # published again after the stream lost it
+                    checkpoint = message.sequence
+                    continue
+                last_position = position
             if owns is not None and not owns(message):
                 result.foreign += 1
                 checkpoint = message.sequence
@@ -381,6 +403,12 @@ class ReadModelStore:
                 if facts:
                     self.projection.apply_batch(facts, db)
                 self._advance(stream, checkpoint)
+                if last_position is not None and last_position != self._positions.get(key):
+                    self._execute(
+                        "INSERT INTO toolkit_position VALUES (?, ?) "
+                        "ON CONFLICT (stream) DO UPDATE SET position = excluded.position",
+                        (key, last_position),
+                    )
         except _Repartitioned:
             return BatchResult(retry=True)
         except ProjectionBusyError:
@@ -400,7 +428,9 @@ class ReadModelStore:
                 ) from cause
             culprit = next(m for m in messages if m.sequence == sequence)
             raise self._poison(culprit, cause) from cause
-        self._checkpoints[self._key(stream)] = checkpoint
+        self._checkpoints[key] = checkpoint
+        if last_position is not None:
+            self._positions[key] = last_position
         return result
 
     def _advance(self, stream: str, checkpoint: int) -> None:

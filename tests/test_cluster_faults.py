@@ -1,0 +1,161 @@
+"""Faults on a three-server JetStream cluster (streams of three replicas): the stream
+leader killed during a relay and during a catch-up, the whole cluster restarted mid-way.
+Each test prints what it injected and what it verified."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from benchmarks.relay import fill_log
+from contexts.sales import Sales
+from projections.billing import Accounts
+from tests.conftest import wait_for
+from tests.test_relay_faults import assert_stream_is_the_log, public_positions
+from toolkit import Relay, StreamSpec
+from toolkit.connection import connect
+from toolkit.embedded import EmbeddedCluster
+from toolkit.home import ProjectionHome
+from toolkit.projector import Projector
+from toolkit.store import ReadModelStore, dump
+
+pytestmark = pytest.mark.timeout(150)
+
+R3 = StreamSpec("sales", replicas=3)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    with EmbeddedCluster(tmp_path / "cluster") as servers:
+        yield servers
+
+
+@pytest.fixture
+async def cnc(cluster: EmbeddedCluster) -> AsyncIterator[Client]:
+    """A client of the cluster, once JetStream has a meta leader."""
+    client = await connect(cluster.url)
+    js = client.jetstream()
+
+    async def ready() -> bool:
+        try:
+            await js.account_info()
+            return True
+        except Exception:
+            return False
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await ready():
+        assert asyncio.get_running_loop().time() < deadline, "the cluster has no meta leader"
+        await asyncio.sleep(0.1)
+    yield client
+    await client.close()
+
+
+async def leader(nc: Client) -> str:
+    info = await nc.jetstream().stream_info("sales")
+    assert info.cluster is not None and info.cluster.leader
+    return info.cluster.leader
+
+
+async def test_the_relay_rides_out_the_stream_leader_killed(
+    cluster: EmbeddedCluster, cnc: Client, data_dir: Path
+) -> None:
+    sales = Sales(data_dir=data_dir)
+    try:
+        fill_log(sales, 6000)
+        relay = Relay(sales, cnc, stream=R3, ack_timeout=2.0, retry_delay=0.1, max_retry_delay=1)
+        relaying = asyncio.create_task(relay.run(until_head=True))
+        await wait_for(lambda: relay.stats.published >= 1500 or relaying.done(), within=60)
+        victim = await leader(cnc)
+        at = relay.stats.published
+        cluster.server(victim).kill()
+        print(f"injected: SIGKILL of stream leader {victim} after {at:,} events were relayed")
+        stats = await asyncio.wait_for(relaying, 90)
+        cluster.server(victim).start()
+        await assert_stream_is_the_log(cnc, sales)
+        expected = len(public_positions(sales))
+        print(
+            f"verified: {stats.published:,} relayed ({stats.restarts} restarts), "
+            f"{expected:,} public events in the stream in log order, 0 lost, 0 twice"
+        )
+        assert stats.published == expected
+    finally:
+        sales.close()
+
+
+async def test_a_catch_up_rides_out_the_stream_leader_killed(
+    cluster: EmbeddedCluster, cnc: Client, data_dir: Path, tmp_path: Path
+) -> None:
+    sales = Sales(data_dir=data_dir)
+    try:
+        fill_log(sales, 5000)
+        await Relay(sales, cnc, stream=R3).run(until_head=True)
+    finally:
+        sales.close()
+    head = (await cnc.jetstream().stream_info("sales")).state.last_seq
+
+    async def build(folder: Path, *, fault: bool) -> dict[str, list[tuple[object, ...]]]:
+        home = ProjectionHome(folder, "billing")
+        store = ReadModelStore(home.live(), Accounts())
+        try:
+            projector = Projector(Accounts(), store, cnc, batch_size=200, transaction_size=500)
+            projecting = asyncio.create_task(projector.run(until_head=True))
+            if fault:
+                await wait_for(lambda: projector.stats.applied >= head // 3 or projecting.done())
+                victim = await leader(cnc)
+                at = store.checkpoint("sales")
+                cluster.server(victim).kill()
+                print(f"injected: SIGKILL of stream leader {victim} at checkpoint {at:,}")
+            stats = await asyncio.wait_for(projecting, 90)
+            if fault:
+                cluster.server(victim).start()
+            assert store.checkpoint("sales") == head
+            print(f"{'faulted' if fault else 'clean'} build: {stats.applied:,} applied")
+            return dump(store.db)
+        finally:
+            store.close()
+
+    faulted = await build(tmp_path / "faulted", fault=True)
+    clean = await build(tmp_path / "clean", fault=False)
+    assert faulted == clean
+    rows = sum(len(r) for name, r in faulted.items() if not name.startswith("toolkit_"))
+    print(f"verified: read model equal row by row to a clean build ({rows:,} rows), at {head:,}")
+
+
+async def test_relay_and_projection_ride_out_the_whole_cluster_restarted(
+    cluster: EmbeddedCluster, cnc: Client, data_dir: Path, tmp_path: Path
+) -> None:
+    sales = Sales(data_dir=data_dir)
+    home = ProjectionHome(tmp_path / "models", "billing")
+    store = ReadModelStore(home.live(), Accounts())
+    stop = asyncio.Event()
+    try:
+        fill_log(sales, 3000)
+        relay = Relay(sales, cnc, stream=R3, ack_timeout=2.0, retry_delay=0.2, max_retry_delay=1)
+        projector = Projector(Accounts(), store, cnc, batch_size=200)
+        relaying = asyncio.create_task(relay.run(stop))
+        projecting = asyncio.create_task(projector.run(stop))
+        await wait_for(lambda: store.checkpoint("sales") >= 500, within=60)
+        cluster.stop()
+        print(f"injected: all three servers stopped at checkpoint {store.checkpoint('sales'):,}")
+        cluster.start()
+        fill_log(sales, 500)  # commands go on meanwhile
+        expected = len(public_positions(sales))
+        await wait_for(lambda: store.checkpoint("sales") == expected, within=90)
+        assert relay.stats.position == sales.recorder.max_notification_id()
+        stop.set()
+        await asyncio.gather(relaying, projecting)
+        await assert_stream_is_the_log(cnc, sales)
+        print(
+            f"verified: {expected:,} public events relayed once each in log order, all "
+            f"applied (checkpoint {store.checkpoint('sales'):,}); relay restarts "
+            f"{relay.stats.restarts}"
+        )
+    finally:
+        stop.set()
+        store.close()
+        sales.close()
