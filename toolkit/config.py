@@ -3,11 +3,60 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from toolkit.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class NatsAuth:
+    """How the toolkit proves who it is to NATS, from the environment:
+
+    - ``TOOLKIT_NATS_CREDS``: a credentials file (JWT and nkey seed, decentralised auth);
+    - ``TOOLKIT_NATS_NKEY``: an nkey seed file;
+    - ``TOOLKIT_NATS_USER`` and ``TOOLKIT_NATS_PASSWORD``, or ``TOOLKIT_NATS_TOKEN``
+      (these may also be in ``NATS_URL``: ``nats://user:password@host:4222``);
+    - ``TOOLKIT_NATS_CA``, ``TOOLKIT_NATS_CERT``, ``TOOLKIT_NATS_KEY``: TLS, with a client
+      certificate when the server asks for one.
+
+    Secrets never appear in its ``repr``, in logs or in error messages.
+    """
+
+    creds: str | None = None
+    nkey_seed: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> NatsAuth:
+        def get(name: str) -> str | None:
+            return env.get(f"TOOLKIT_NATS_{name}") or None
+
+        auth = cls(
+            creds=get("CREDS"),
+            nkey_seed=get("NKEY"),
+            user=get("USER"),
+            password=get("PASSWORD"),
+            token=get("TOKEN"),
+            ca=get("CA"),
+            cert=get("CERT"),
+            key=get("KEY"),
+        )
+        for name, path in (("CREDS", auth.creds), ("NKEY", auth.nkey_seed), ("CA", auth.ca),
+                           ("CERT", auth.cert), ("KEY", auth.key)):  # fmt: skip
+            if path is not None and not Path(path).is_file():
+                raise ConfigurationError(f"TOOLKIT_NATS_{name} names no file: {path}")
+        if (auth.cert is None) != (auth.key is None):
+            raise ConfigurationError("TOOLKIT_NATS_CERT and TOOLKIT_NATS_KEY go together")
+        if auth.password is not None and auth.user is None:
+            raise ConfigurationError("TOOLKIT_NATS_PASSWORD needs TOOLKIT_NATS_USER")
+        return auth
 
 
 @dataclass(frozen=True)
@@ -29,6 +78,8 @@ class Settings:
     read_model_url: str | None = None
     """A PostgreSQL database (``postgresql://...``) for the projections' read models.
     When None they are SQLite files in ``<data dir>/projections``."""
+    nats_auth: NatsAuth = field(default_factory=lambda: NatsAuth())
+    """Credentials for NATS beyond what ``NATS_URL`` holds (``TOOLKIT_NATS_*``)."""
     api_tokens: tuple[str, ...] = ()
     """Bearer tokens the API accepts; empty: the API is open (see :mod:`toolkit.auth`)."""
     ready_max_lag: int = 1000
@@ -52,6 +103,7 @@ class Settings:
             stream_storage=_choice(env, "TOOLKIT_STREAM_STORAGE", "file", ("file", "memory")),
             duplicate_window=_number(env, "TOOLKIT_DUPLICATE_WINDOW", 3600.0, float, 1, 7 * 86400),
             read_model_url=read_model_url(env.get("TOOLKIT_READ_MODEL_URL") or None),
+            nats_auth=NatsAuth.from_env(env),
             api_tokens=tuple(
                 t.strip() for t in env.get("TOOLKIT_API_TOKENS", "").split(",") if t.strip()
             ),

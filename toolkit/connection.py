@@ -10,16 +10,20 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+import ssl
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from toolkit.config import Settings
+from toolkit.config import NatsAuth, Settings
 from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConnectError, ServerVersionError
 
@@ -61,36 +65,99 @@ def check_server_version(version: str, url: str) -> None:
         )
 
 
-async def _log_error(exc: Exception) -> None:
-    """nats-py prints asynchronous errors by default; route them to logging instead."""
-    log.warning("nats: %s", redact_urls(str(exc)))
+_denial_listeners: weakref.WeakKeyDictionary[Client, list[Callable[[str], None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-async def connect(url: str, *, name: str = "toolkit", connect_timeout: float = 5.0) -> Client:
+def on_permission_denied(client: Client, listener: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``listener(reason)`` when the server refuses ``client`` a publish or a
+    subscription (a permissions violation: the server drops the message and tells only
+    the connection). Returns a function that removes the listener."""
+    listeners = _denial_listeners.setdefault(client, [])
+    listeners.append(listener)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            listeners.remove(listener)
+
+    return remove
+
+
+def _tls(auth: NatsAuth) -> ssl.SSLContext | None:
+    if auth.ca is None and auth.cert is None:
+        return None
+    context = ssl.create_default_context(cafile=auth.ca)
+    if auth.cert is not None and auth.key is not None:
+        context.load_cert_chain(auth.cert, auth.key)
+    return context
+
+
+def _credentials(auth: NatsAuth) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if auth.creds:
+        options["user_credentials"] = auth.creds
+    if auth.nkey_seed:
+        options["nkeys_seed"] = auth.nkey_seed
+    if auth.user:
+        options["user"], options["password"] = auth.user, auth.password
+    if auth.token:
+        options["token"] = auth.token
+    tls = _tls(auth)
+    if tls is not None:
+        options["tls"] = tls
+    return options
+
+
+async def connect(
+    url: str,
+    *,
+    name: str = "toolkit",
+    connect_timeout: float = 5.0,
+    auth: NatsAuth | None = None,
+) -> Client:
     """Connect to a NATS server with JetStream, checking its version. ``url`` may name
-    several servers of a cluster, comma-separated; the client fails over between them."""
+    several servers of a cluster, comma-separated; the client fails over between them.
+    ``auth`` adds credentials (see :class:`~toolkit.config.NatsAuth`)."""
     servers = [part.strip() for part in url.split(",") if part.strip()]
+    client: Client | None = None
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        """nats-py prints asynchronous errors by default; route them to logging, and
+        tell whoever listens when the server refused a publish or subscription."""
+        text = redact_urls(str(exc) or type(exc).__name__)
+        errors.append(text)
+        log.warning("nats: %s", text)
+        if "permissions violation" in text.lower() and client is not None:
+            for listener in list(_denial_listeners.get(client, ())):
+                listener(text.removeprefix("nats: "))
+
     try:
-        nc = await nats.connect(
+        client = await nats.connect(
             servers,
             name=name,
             connect_timeout=connect_timeout,
             allow_reconnect=True,
             max_reconnect_attempts=2,  # at first connect: fail fast with a clear error
             reconnect_time_wait=0.5,
-            error_cb=_log_error,
+            error_cb=on_error,
+            **_credentials(auth or NatsAuth()),
         )
-        nc.options["max_reconnect_attempts"] = -1  # once connected: never give up
+        client.options["max_reconnect_attempts"] = -1  # once connected: never give up
     except Exception as exc:
-        raise ConnectError(
-            f"cannot connect to NATS at {redact(url)}: {type(exc).__name__} {exc}".strip()
-        ) from None
+        reason = redact_urls(f"{type(exc).__name__} {exc}".strip())
+        if isinstance(exc, nats.errors.NoServersError) and errors:
+            reason = errors[-1]  # why the last try failed says more than "no servers"
+        if "authorization" in reason.lower():
+            reason += " (check NATS_URL's user and password, or TOOLKIT_NATS_*)"
+        raise ConnectError(f"cannot connect to NATS at {redact(url)}: {reason}") from None
     try:
-        check_server_version(nc.connected_server_version._server_version, url)
+        check_server_version(client.connected_server_version._server_version, url)
     except BaseException:
-        await nc.close()
+        await client.close()
         raise
-    return nc
+    return client
 
 
 @dataclass
@@ -128,7 +195,7 @@ async def open_nats(settings: Settings, *, name: str = "toolkit") -> AsyncIterat
             embedded.start()
             url = embedded.url
     try:
-        client = await connect(url, name=name)
+        client = await connect(url, name=name, auth=settings.nats_auth)
         try:
             yield Nats(client=client, js=client.jetstream(), url=url, embedded=embedded)
         finally:

@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from toolkit import wire
+from toolkit.connection import on_permission_denied
 from toolkit.context import BoundedContext
 from toolkit.errors import RelayError
 from toolkit.published import OutgoingMessage, Publishable
@@ -120,6 +121,17 @@ class _AckWindow:
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), remaining)
+
+    def deny(self, reason: str) -> None:
+        """The server refused a publish or a subscription of this connection: waiting
+        mends nothing, so the relay stops and says why."""
+        if "publish" in reason.lower() or self.inbox in reason:
+            self.error = self.error or RelayError(
+                f"NATS refused the relay of {self.context}: {reason}. The credentials it "
+                f"connects with must allow publishing to '{self.stream}.>' and the JetStream "
+                "API of that stream, and nothing else (see the README's security section)"
+            )
+            self.changed.set()
 
     def _raise_if_failed(self) -> None:
         if self.error is not None:
@@ -288,6 +300,13 @@ class Relay:
             loop.call_soon_threadsafe(self._wake.set)
 
         remove = self.context.on_saved(wake)
+        window_box: list[_AckWindow] = []
+
+        def denied(reason: str) -> None:
+            for window in window_box:
+                window.deny(reason)
+
+        stop_listening = on_permission_denied(self.client, denied)
         watcher = LogWatcher(self.context.recorder, lambda: wake(0))
         watcher.start()
         stopping = asyncio.create_task(stop.wait())
@@ -300,6 +319,7 @@ class Relay:
             self.ack_timeout,
             self._epoch,
         )
+        window_box.append(window)
         try:
             first_sequence, position = await self.resume_position()
             await window.open(first_sequence, position)
@@ -362,6 +382,7 @@ class Relay:
             stopping.cancel()
             watcher.stop()
             remove()
+            stop_listening()
             await window.close()
         return self.stats
 
