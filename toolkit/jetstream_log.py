@@ -72,7 +72,9 @@ stale read turns into a conflict on save, never into a lost update.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import itertools
 import queue
 import re
@@ -183,6 +185,34 @@ class _Waiter:
             self.future.set_result(self.messages)
 
 
+def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    if task.cancelled():
+        future.cancel()
+    elif (exc := task.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())
+
+
+def _parse_header_lines(raw: bytes) -> dict[str, str]:
+    """nats-py's header parser with the same results, about three times faster: it
+    tested each character of each name for whitespace in a generator. Installed on the
+    datastore's own connection only."""
+    headers: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if key and len(key.split()) != 1:  # whitespace inside a name: not a header
+            continue
+        headers[key] = value.strip().decode("utf-8", "replace")
+    return headers
+
+
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
@@ -235,6 +265,7 @@ class JetStreamDatastore:
 
     async def _connect(self, name: str) -> Client:
         client = await connect(self.url, name=f"jetstream-log-{name}")
+        client._parse_header_lines = _parse_header_lines  # type: ignore[method-assign]
         try:
             check_server_version(client.connected_server_version._server_version, self.url)
             self._inbox = client.new_inbox() + "."
@@ -253,16 +284,26 @@ class JetStreamDatastore:
         if threading.get_ident() == self._thread.ident:
             coro.close()
             raise ProgrammingError("a JetStream recorder was called from its own event loop")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            self.loop.call_soon_threadsafe(self._start, coro, future)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+            raise OperationalError("the JetStream log's connection is closed") from None
         try:
             return future.result(self.timeout * 10)
         except TimeoutError:  # an answer that did not come (also concurrent.futures')
-            future.cancel()
             raise OperationalError(
                 f"no answer from the JetStream log at {self.url} within {self.timeout:g}s"
             ) from None
         except nats.errors.Error as exc:
             raise OperationalError(f"NATS: {exc!r}") from exc
+
+    def _start(self, coro: Coroutine[Any, Any, T], future: concurrent.futures.Future[T]) -> None:
+        """In the loop: run ``coro`` as a task whose outcome goes to ``future``. Leaner
+        than ``run_coroutine_threadsafe`` (about 90 against 140 µs a call here)."""
+        task = self.loop.create_task(coro)
+        task.add_done_callback(functools.partial(_settle, future))
 
     def close(self) -> None:
         if self._closed:
@@ -433,21 +474,29 @@ class JetStreamRecorder(Recorder):
             raise OperationalError(f"direct get on {self.stream_name} answered {status}")
         return msg
 
-    async def _range(self, subject: str, start: int, count: int) -> tuple[list[Msg], bool]:
-        """Up to ``count`` messages on ``subject`` from sequence ``start``, and whether
-        more follow."""
-        request = orjson.dumps({"seq": start, "next_by_subj": subject, "batch": count})
-        replies = await (await self.datastore.send(self._direct, request, None, multi=True))
+    async def _range(
+        self, subject: str, start: int, count: int, *, headers: bool
+    ) -> tuple[list[Msg], int]:
+        """Up to ``count`` messages on ``subject`` from sequence ``start`` (fewer: there
+        are no more), and the sequence of the last. Without ``headers`` the messages come
+        bare (no sequence, no subject): nats-py parses headers slowly, and one aggregate's
+        reader knows its subject and needs only the last sequence."""
+        query: dict[str, object] = {"seq": start, "next_by_subj": subject, "batch": count}
+        if not headers:
+            query["no_hdr"] = True
+        replies = await (
+            await self.datastore.send(self._direct, orjson.dumps(query), None, multi=True)
+        )
         end = replies.pop()
         status = _status(end)
         if status == "404":
-            return [], False
+            return [], 0
         if status != "204":
             raise OperationalError(
                 f"batched direct get on {self.stream_name} answered {status}: "
                 f"{(end.headers or {}).get('Description', '')}"
             )
-        return replies, (end.headers or {}).get("Nats-Num-Pending", "0") != "0"
+        return replies, int((end.headers or {})["Nats-Last-Sequence"])
 
     def _remember(self, subject: str, head: _Head) -> None:
         heads = self._heads
@@ -476,32 +525,36 @@ class JetStreamRecorder(Recorder):
                 return []
             return [StoredEvent(originator_id, version, topic, state)]
         events: list[StoredEvent] = []
-        start = 1
+        if limit == 0:
+            return events
         ascending_limit = None if desc else limit
-        more = True
-        while more:
+        start, tail = 1, _Head(_NOTHING, 0)  # the last message seen: version, sequence
+        while True:
             want = _READ_CHUNK
             if ascending_limit is not None and gt is None:
                 want = min(want, ascending_limit - len(events))
-            msgs, more = await self._range(subject, start, want)
-            if not msgs:
-                if start == 1:
-                    self._remember(subject, _Head(_NOTHING, 0))
+            msgs, last = await self._range(subject, start, want, headers=False)
+            if not msgs:  # the previous chunk ended with the aggregate's last event
+                self._remember(subject, tail)
                 break
+            enough = False
             for msg in msgs:
                 version, topic, state = _decode(msg.data)
                 if lte is not None and version > lte:
-                    more = False
+                    enough = True
                     break
                 if gt is None or version > gt:
                     events.append(StoredEvent(originator_id, version, topic, state))
                     if ascending_limit is not None and len(events) >= ascending_limit:
-                        more = False
+                        enough = True
                         break
-            headers = msgs[-1].headers or {}
-            start = int(headers["Nats-Sequence"]) + 1
-            if headers.get("Nats-Num-Pending") == "0":
-                self._remember(subject, _Head(_decode(msgs[-1].data)[0], start - 1))
+            tail = _Head(_decode_version(msgs[-1].data), last)
+            if len(msgs) < want:
+                self._remember(subject, tail)
+                break
+            if enough:
+                break
+            start = last + 1
         if desc:
             events.reverse()
             if limit is not None:
@@ -706,7 +759,7 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
             want = limit - len(found) if not topics else max(limit - len(found), _READ_CHUNK)
             if stop is not None:
                 want = min(want, stop - sequence + 1)
-            msgs, more = await self._range(self.events_filter, sequence, want)
+            msgs, _ = await self._range(self.events_filter, sequence, want, headers=True)
             for msg in msgs:
                 notification = self._notification(msg)
                 if stop is not None and notification.id > stop:
@@ -715,7 +768,7 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
                     found.append(notification)
                     if len(found) == limit:
                         return found
-            if not more or not msgs:
+            if len(msgs) < want:
                 break
             sequence = int(msgs[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
         return found
