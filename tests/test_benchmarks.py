@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from benchmarks import catchup, http, read_path, relay, replay
+from benchmarks import catchup, http, log_backends, read_path, relay, replay
 
 
 async def test_read_path_benchmark_measures_every_reader(tmp_path: Path) -> None:
@@ -42,3 +43,17 @@ def test_http_benchmark_measures_the_toolkit_and_bare_fastapi(tmp_path: Path) ->
     assert set(results) == {http.TOOLKIT, http.BASELINE}
     assert all(rate > 0 and 0 < p50 <= p99 for rate, p50, p99 in results.values())
     assert http.report(100, results).row_count == 2
+
+
+def test_log_backends_benchmark_measures_each_log(tmp_path: Path) -> None:
+    results = log_backends.measure(20, 20, tmp_path)
+    assert list(results) == list(log_backends.BACKENDS)
+    postgres = results["PostgreSQL"]
+    measured = [b for b, rates in results.items() if isinstance(rates, dict)]
+    assert {"JetStream", "SQLite"} <= set(measured)
+    assert isinstance(postgres, dict) or not os.environ.get("CI"), postgres  # CI has one
+    for backend in measured:
+        rates = results[backend]
+        assert isinstance(rates, dict) and list(rates) == list(log_backends.MEASURES)
+        assert all(rate > 0 for rate in rates.values())
+    assert log_backends.report(20, 20, results).row_count == len(log_backends.MEASURES)
