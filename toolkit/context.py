@@ -2,7 +2,8 @@
 default, whose name names its stream, and whose published language says what leaves it.
 
 Persistence is eventsourcing's own: set ``PERSISTENCE_MODULE`` (and its variables, e.g.
-``POSTGRES_DBNAME``) to use PostgreSQL; otherwise the log is ``<data_dir>/<name>.sqlite``.
+``POSTGRES_DBNAME``) to use PostgreSQL, or ``toolkit.jetstream_log`` (with ``NATS_URL``)
+for a JetStream stream ``<name>_log``; otherwise the log is ``<data_dir>/<name>.sqlite``.
 Events are stored with :class:`~toolkit.transcoder.OrjsonTranscoder` unless
 ``TRANSCODER_TOPIC`` names another; its format is eventsourcing's own.
 """
