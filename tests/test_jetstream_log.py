@@ -337,6 +337,44 @@ def test_subscription_follows_the_log_live_in_order(log: JetStreamApplicationRec
         assert [next(only_b).originator_version for _ in range(100)] == list(range(3, 301, 3))
 
 
+def test_closing_the_factory_ends_a_waiting_subscription(nats_server: EmbeddedServer) -> None:
+    made = JetStreamFactory(Environment("sales", {"NATS_URL": nats_server.url}))
+    log = made.application_recorder()
+    log.insert_events([event(uuid4(), 1)])
+    seen: list[int] = []
+    subscription = log.subscribe()
+
+    def follow() -> None:
+        seen.extend(n.id for n in subscription)  # blocks at the head until closed
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    try:
+        with subscription:
+            while not seen:
+                reader.join(0.01)
+            made.close()
+            reader.join(10)
+            assert not reader.is_alive()
+    finally:
+        made.close()
+    assert seen == [1]
+
+
+async def test_a_stream_of_that_name_that_is_not_a_log_is_left_alone(
+    nats_server: EmbeddedServer, nc: Client
+) -> None:
+    await nc.jetstream().add_stream(name="sales_log", subjects=["elsewhere.>"])
+    made = JetStreamFactory(Environment("sales", {"NATS_URL": nats_server.url}))
+    try:
+        with pytest.raises(OperationalError, match="not an eventsourcing log"):
+            await asyncio.to_thread(made.application_recorder)
+    finally:
+        made.close()
+    info = await nc.jetstream().stream_info("sales_log")
+    assert info.config.subjects == ["elsewhere.>"]
+
+
 def test_a_larger_save_than_a_batch_is_refused_before_anything_is_sent(
     log: JetStreamApplicationRecorder,
 ) -> None:

@@ -79,6 +79,7 @@ import itertools
 import queue
 import re
 import threading
+import weakref
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -239,6 +240,8 @@ class JetStreamDatastore:
         self.uuid_ids = originator_id_type == "uuid"
         self.loop = asyncio.new_event_loop()
         self._closed = False
+        self.subscriptions: weakref.WeakSet[JetStreamSubscription] = weakref.WeakSet()
+        """Live subscriptions: closing the datastore ends their iteration."""
         self._thread = threading.Thread(target=self._run, name=f"jetstream-log-{name}", daemon=True)
         self._thread.start()
         self._inbox = ""
@@ -308,6 +311,8 @@ class JetStreamDatastore:
     def close(self) -> None:
         if self._closed:
             return
+        for subscription in list(self.subscriptions):
+            subscription.stop()
         with contextlib.suppress(Exception):
             self.call(self._close())
         self._closed = True
@@ -444,10 +449,14 @@ class JetStreamRecorder(Recorder):
             await js.add_stream(wanted)
             return
         have = info.config
-        if not (have.allow_atomic and have.allow_direct and wanted.subjects == have.subjects):
+        if have.subjects != wanted.subjects:
+            raise OperationalError(
+                f"stream {self.stream_name} exists with subjects {have.subjects}, not "
+                f"{wanted.subjects}: it is not an eventsourcing log (set JETSTREAM_STREAM)"
+            )
+        if not (have.allow_atomic and have.allow_direct):
             have.allow_atomic = True
             have.allow_direct = True
-            have.subjects = wanted.subjects
             await js.update_stream(have)
 
     # -- subjects and ids ---------------------------------------------------------------
@@ -818,6 +827,7 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         self._error: BaseException | None = None
         self._nats_sub: Any = None
         self._nats_sub = recorder.datastore.call(self._follow(gt))
+        recorder.datastore.subscriptions.add(self)
 
     async def _follow(self, gt: int | None) -> Any:
         self._room = asyncio.Event()
