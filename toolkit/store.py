@@ -242,7 +242,8 @@ class ReadModelStore:
             yield self.db
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            with contextlib.suppress(Exception):  # SQLite rolls back by itself on a full disk
+                self.db.execute("ROLLBACK")
             raise
 
     def _key(self, stream: str, partition: int | None = None) -> str:
@@ -417,6 +418,11 @@ class ReadModelStore:
             if getattr(self.db, "broken", False):  # the server went away: no one to blame
                 raise BatchFailure(
                     f"projection {self.projection.name} lost its read model's connection: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if _surroundings(exc):  # a full disk, an I/O error: no message is to blame
+                raise BatchFailure(
+                    f"projection {self.projection.name} cannot write its read model: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             sequence, cause = self._culprit(facts, origins, exc)
@@ -617,6 +623,23 @@ def read_dead_letters(db: Connection) -> list[DeadLetter]:
         "ORDER BY stream, sequence"
     ).fetchall()
     return [DeadLetter(s, q, subj, orjson.loads(h), bytes(b), r) for s, q, subj, h, b, r in rows]
+
+
+_SQLITE_SURROUNDINGS = {5, 6, 7, 8, 10, 13, 14, 15}
+"""BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL: the database's
+surroundings, not the data written."""
+_POSTGRES_SURROUNDINGS = ("08", "53", "57", "58")
+"""Connection, insufficient resources (disk full), operator intervention, system error."""
+
+
+def _surroundings(exc: BaseException) -> bool:
+    """Whether a database error comes from where the read model lives rather than from
+    what a message asked to write: then the batch waits and is tried again."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_SURROUNDINGS
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in _POSTGRES_SURROUNDINGS
 
 
 def aggregate_token(subject: str) -> str:
