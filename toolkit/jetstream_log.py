@@ -323,7 +323,7 @@ class JetStreamDatastore:
 
     def _stop_loop(self) -> None:
         self._closed = True
-        if self.loop.is_running():
+        with contextlib.suppress(RuntimeError):  # already closed
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
@@ -656,42 +656,45 @@ class JetStreamRecorder(Recorder):
     ) -> tuple[int | None, int, str]:
         """(error code or None, last sequence, description)."""
         datastore = self.datastore
+        replies: list[asyncio.Future[list[Msg]]] = []
         try:
             if len(entries) == 1:
                 entry = entries[0]
                 headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected[entry.subject])}
-                replies = await (await datastore.send(entry.subject, entry.payload, headers))
-                sequence, code, description = _ack(replies[0])
+                answer = await (await datastore.send(entry.subject, entry.payload, headers))
+                sequence, code, description = _ack(answer[0])
                 return code, sequence, description
             batch = datastore.next_id()
             count = len(entries)
-            started = commit = None
-            pending = dict(expected)
+            pending = dict(expected)  # the first message of each subject carries its check
             for number, entry in enumerate(entries, 1):
                 headers = {BATCH_ID: batch, BATCH_SEQUENCE: str(number)}
                 sequence_wanted = pending.pop(entry.subject, None)
                 if sequence_wanted is not None:
                     headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(sequence_wanted)
-                if number == 1:
-                    started = await datastore.send(entry.subject, entry.payload, headers)
-                elif number == count:
+                if number == count:
                     headers[BATCH_COMMIT] = "1"
-                    commit = await datastore.send(entry.subject, entry.payload, headers)
+                if number in (1, count):
+                    replies.append(await datastore.send(entry.subject, entry.payload, headers))
                 else:
                     await datastore.client.publish(entry.subject, entry.payload, headers=headers)
-            assert started is not None and commit is not None
-            first_replies, commit_replies = await asyncio.gather(started, commit)
+            first, commit = await asyncio.gather(*replies, return_exceptions=True)
+            if isinstance(commit, BaseException):
+                raise commit
         except TimeoutError:
             raise OperationalError(
                 f"no acknowledgement from stream {self.stream_name} within "
                 f"{datastore.timeout:g}s: the save may or may not have been stored"
             ) from None
         except nats.errors.Error as exc:
+            for reply in replies:
+                reply.cancel()
             raise OperationalError(f"NATS: {exc!r}") from exc
-        sequence, code, description = _ack(commit_replies[0])
-        _, first_code, first_description = _ack(first_replies[0])
-        if first_code is not None and code is not None:
-            code, description = first_code, first_description  # the first says why
+        sequence, code, description = _ack(commit[0])
+        if code is not None and isinstance(first, list):
+            _, first_code, first_description = _ack(first[0])
+            if first_code is not None:
+                code, description = first_code, first_description  # the first says why
         return code, sequence, description
 
     def _events(self, stored_events: Sequence[StoredEvent]) -> list[_Entry]:
