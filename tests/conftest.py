@@ -145,10 +145,11 @@ def read_models(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Sett
     database = f"rm_{uuid.uuid4().hex[:12]}"
     with postgres("postgres", "PostgreSQL read models") as admin:
         admin.execute(f"CREATE DATABASE {database}")
-        try:
-            url = f"postgresql://postgres@127.0.0.1:5432/{database}"
-            yield Settings(data_dir=data_dir, read_model_url=url)
-        finally:
+    try:
+        url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+        yield Settings(data_dir=data_dir, read_model_url=url)
+    finally:  # a new connection: a test may have restarted the server meanwhile
+        with postgres("postgres", "PostgreSQL read models") as admin:
             admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 

@@ -1,0 +1,127 @@
+"""Processes and databases die together or under each other: the relay and a projection
+SIGKILLed at the same moment, again and again; PostgreSQL restarted under a projection.
+Each test prints what it injected and what it verified."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from subprocess import PIPE
+
+import pytest
+from nats.aio.client import Client
+
+from benchmarks.relay import fill_log
+from contexts.sales import Sales
+from projections.billing import Accounts
+from tests.conftest import postgres, wait_for
+from tests.flow import project_all, relay_orders
+from tests.test_relay_faults import assert_stream_is_the_log, public_positions
+from toolkit.config import Settings
+from toolkit.embedded import EmbeddedServer
+from toolkit.home import ProjectionHome
+from toolkit.projector import Projector
+from toolkit.readmodel import open_home
+from toolkit.store import ReadModelStore, dump
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def test_relay_and_projection_killed_at_the_same_moment_lose_and_repeat_nothing(
+    data_dir: Path, tmp_path: Path, nats_server: EmbeddedServer, nc: Client
+) -> None:
+    sales = Sales(data_dir=data_dir)
+    try:
+        fill_log(sales, 30_000)
+    finally:
+        sales.close()
+    base = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
+    base += ["--nats-url", nats_server.url]
+    rng = random.Random(7)
+    kills = []
+    for _ in range(5):
+        relay = await asyncio.create_subprocess_exec(*base, "relay", "sales", stderr=PIPE)
+        project = await asyncio.create_subprocess_exec(*base, "project", "billing", stderr=PIPE)
+        assert relay.stderr is not None and project.stderr is not None
+        await asyncio.gather(relay.stderr.readline(), project.stderr.readline())  # started
+        await asyncio.sleep(rng.uniform(0.2, 0.8))
+        for process in (relay, project):  # the same moment
+            process.send_signal(signal.SIGKILL)
+        await asyncio.gather(relay.wait(), project.wait())
+        head = (await nc.jetstream().stream_info("sales")).state.last_seq
+        kills.append(head)
+    print(f"injected: relay and projection SIGKILLed together 5 times, stream heads {kills}")
+    for command in (["relay", "sales", "--once"], ["project", "billing", "--once"]):
+        finished = await asyncio.create_subprocess_exec(*base, *command, stderr=PIPE)
+        _, errors = await asyncio.wait_for(finished.communicate(), 120)
+        assert finished.returncode == 0, errors.decode()
+    assert len({k for k in kills if k}) >= 3, kills  # progress between the kills
+
+    sales = Sales(data_dir=data_dir)
+    try:
+        await assert_stream_is_the_log(nc, sales)
+        expected = len(public_positions(sales))
+    finally:
+        sales.close()
+    clean = tmp_path / "clean"
+    await project_all(Accounts(), clean, nc)
+    with (
+        ProjectionHome(data_dir, "billing").reader() as faulted,
+        ProjectionHome(clean, "billing").reader() as reference,
+    ):
+        assert faulted is not None and reference is not None
+        assert dump(faulted) == dump(reference)
+        assert faulted.execute("SELECT sequence FROM toolkit_checkpoint").fetchall() == [
+            (expected,)
+        ]
+    print(f"verified: {expected:,} public events on the stream once each in log order; the "
+          "read model equal row by row to a clean build, checkpoint at the head")  # fmt: skip
+
+
+def restart_postgresql() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        message = f"cannot restart PostgreSQL: {done.stderr.strip() or done.stdout.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.mark.parametrize("read_models", ["postgres"], indirect=True)
+async def test_a_projection_rides_out_postgresql_restarted_under_it(
+    nc: Client, data_dir: Path, tmp_path: Path, read_models: Settings
+) -> None:
+    postgres("postgres", "the PostgreSQL restart test").close()
+    head = await relay_orders(data_dir, nc, 8000)
+    home = open_home(read_models, "billing")
+    stop = asyncio.Event()
+    try:
+        store = ReadModelStore(home.live(), Accounts())
+        projector = Projector(Accounts(), store, nc, batch_size=100, transaction_size=200)
+        running = asyncio.create_task(projector.run(stop))
+        await wait_for(lambda: store.checkpoint("sales") >= 1000, within=60)
+        at = store.checkpoint("sales")
+        await asyncio.to_thread(restart_postgresql)
+        print(f"injected: PostgreSQL restarted under the projection at checkpoint {at:,}")
+        await wait_for(lambda: store.checkpoint("sales") == head, within=90)
+        stop.set()
+        await running
+        assert projector.stats.parked == 0 and not store.dead_letters()
+        faulted = dump(store.db)
+        store.close()
+    finally:
+        stop.set()
+        home.close()
+    await project_all(Accounts(), tmp_path / "clean", nc)
+    with ProjectionHome(tmp_path / "clean", "billing").reader() as reference:
+        assert reference is not None
+        assert faulted == dump(reference)
+    print(f"verified: {head:,} applied once each after {projector.stats.retries} retries, "
+          "0 dead letters, equal row by row to a clean SQLite build")  # fmt: skip
