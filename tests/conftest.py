@@ -11,7 +11,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,3 +196,27 @@ async def serving(app: object) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+_FAULT_REPORT: list[tuple[str, str]] = []
+Report = Callable[[str], None]
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Report:
+    """``report(line)``: what a fault test injected and verified, printed again at the end
+    of the run (pytest hides a passing test's own output)."""
+
+    def say(line: str) -> None:
+        print(line)
+        _FAULT_REPORT.append((request.node.nodeid, line))
+
+    return say
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _FAULT_REPORT:
+        return
+    terminalreporter.section("faults injected, and what was verified")
+    for nodeid, line in _FAULT_REPORT:
+        terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {line}")

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
-from tests.conftest import wait_for
+from tests.conftest import Report, wait_for
 from tests.test_relay_faults import assert_stream_is_the_log, public_positions
 from toolkit import Relay, StreamSpec
 from toolkit.connection import connect
@@ -62,7 +62,7 @@ async def leader(nc: Client) -> str:
 
 
 async def test_the_relay_rides_out_the_stream_leader_killed(
-    cluster: EmbeddedCluster, cnc: Client, data_dir: Path
+    report: Report, cluster: EmbeddedCluster, cnc: Client, data_dir: Path
 ) -> None:
     sales = Sales(data_dir=data_dir)
     try:
@@ -73,12 +73,12 @@ async def test_the_relay_rides_out_the_stream_leader_killed(
         victim = await leader(cnc)
         at = relay.stats.published
         cluster.server(victim).kill()
-        print(f"injected: SIGKILL of stream leader {victim} after {at:,} events were relayed")
+        report(f"injected: SIGKILL of stream leader {victim} after {at:,} events were relayed")
         stats = await asyncio.wait_for(relaying, 90)
         cluster.server(victim).start()
         await assert_stream_is_the_log(cnc, sales)
         expected = len(public_positions(sales))
-        print(
+        report(
             f"verified: {stats.published:,} relayed ({stats.restarts} restarts), "
             f"{expected:,} public events in the stream in log order, 0 lost, 0 twice"
         )
@@ -88,7 +88,7 @@ async def test_the_relay_rides_out_the_stream_leader_killed(
 
 
 async def test_a_catch_up_rides_out_the_stream_leader_killed(
-    cluster: EmbeddedCluster, cnc: Client, data_dir: Path, tmp_path: Path
+    report: Report, cluster: EmbeddedCluster, cnc: Client, data_dir: Path, tmp_path: Path
 ) -> None:
     sales = Sales(data_dir=data_dir)
     try:
@@ -109,12 +109,12 @@ async def test_a_catch_up_rides_out_the_stream_leader_killed(
                 victim = await leader(cnc)
                 at = store.checkpoint("sales")
                 cluster.server(victim).kill()
-                print(f"injected: SIGKILL of stream leader {victim} at checkpoint {at:,}")
+                report(f"injected: SIGKILL of stream leader {victim} at checkpoint {at:,}")
             stats = await asyncio.wait_for(projecting, 90)
             if fault:
                 cluster.server(victim).start()
             assert store.checkpoint("sales") == head
-            print(f"{'faulted' if fault else 'clean'} build: {stats.applied:,} applied")
+            report(f"{'faulted' if fault else 'clean'} build: {stats.applied:,} applied")
             return dump(store.db)
         finally:
             store.close()
@@ -123,11 +123,11 @@ async def test_a_catch_up_rides_out_the_stream_leader_killed(
     clean = await build(tmp_path / "clean", fault=False)
     assert faulted == clean
     rows = sum(len(r) for name, r in faulted.items() if not name.startswith("toolkit_"))
-    print(f"verified: read model equal row by row to a clean build ({rows:,} rows), at {head:,}")
+    report(f"verified: read model equal row by row to a clean build ({rows:,} rows), at {head:,}")
 
 
 async def test_relay_and_projection_ride_out_the_whole_cluster_restarted(
-    cluster: EmbeddedCluster, cnc: Client, data_dir: Path, tmp_path: Path
+    report: Report, cluster: EmbeddedCluster, cnc: Client, data_dir: Path, tmp_path: Path
 ) -> None:
     sales = Sales(data_dir=data_dir)
     home = ProjectionHome(tmp_path / "models", "billing")
@@ -141,7 +141,7 @@ async def test_relay_and_projection_ride_out_the_whole_cluster_restarted(
         projecting = asyncio.create_task(projector.run(stop))
         await wait_for(lambda: store.checkpoint("sales") >= 500, within=60)
         cluster.stop()
-        print(f"injected: all three servers stopped at checkpoint {store.checkpoint('sales'):,}")
+        report(f"injected: all three servers stopped at checkpoint {store.checkpoint('sales'):,}")
         cluster.start()
         fill_log(sales, 500)  # commands go on meanwhile
         expected = len(public_positions(sales))
@@ -150,7 +150,7 @@ async def test_relay_and_projection_ride_out_the_whole_cluster_restarted(
         stop.set()
         await asyncio.gather(relaying, projecting)
         await assert_stream_is_the_log(cnc, sales)
-        print(
+        report(
             f"verified: {expected:,} public events relayed once each in log order, all "
             f"applied (checkpoint {store.checkpoint('sales'):,}); relay restarts "
             f"{relay.stats.restarts}"

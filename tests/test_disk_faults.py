@@ -14,7 +14,7 @@ import pytest
 from nats.aio.client import Client
 
 from projections.billing import Accounts
-from tests.conftest import wait_for
+from tests.conftest import Report, wait_for
 from tests.flow import project_all, relay_orders
 from toolkit.home import ProjectionHome
 from toolkit.projector import Projector
@@ -58,7 +58,12 @@ def fill(folder: Path) -> Path:
 
 
 async def test_a_full_disk_stops_a_projection_until_there_is_room_again(
-    data_dir: Path, tmp_path: Path, nc: Client, small_disk: Path, caplog: pytest.LogCaptureFixture
+    report: Report,
+    data_dir: Path,
+    tmp_path: Path,
+    nc: Client,
+    small_disk: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     head = await relay_orders(data_dir, nc, 6000)
     home = ProjectionHome(small_disk, "billing")
@@ -70,14 +75,14 @@ async def test_a_full_disk_stops_a_projection_until_there_is_room_again(
         await wait_for(lambda: store.checkpoint("sales") >= 500)
         filler = fill(small_disk)
         at = store.checkpoint("sales")
-        print(f"injected: the read model's disk filled at checkpoint {at:,} of {head:,}")
+        report(f"injected: the read model's disk filled at checkpoint {at:,} of {head:,}")
         await wait_for(lambda: projector.stats.retries >= 2, within=60)
         stuck = store.checkpoint("sales")
         assert stuck < head
         said = [r.getMessage() for r in caplog.records if "disk is full" in r.getMessage()]
         assert said, "the projector did not say why it stopped"
         filler.unlink()
-        print(f"then freed the disk with the projector stuck at {stuck:,}: {said[0]}")
+        report(f"then freed the disk with the projector stuck at {stuck:,}: {said[0]}")
         await wait_for(lambda: store.checkpoint("sales") == head, within=60)
         assert projector.stats.parked == 0 and not store.dead_letters()
     finally:
@@ -90,4 +95,4 @@ async def test_a_full_disk_stops_a_projection_until_there_is_room_again(
     with ProjectionHome(tmp_path / "clean", "billing").reader() as reference:
         assert reference is not None
         assert faulted == dump(reference)
-    print(f"verified: went on alone; {head:,} applied once, 0 dead letters, as a clean build")
+    report(f"verified: went on alone; {head:,} applied once, 0 dead letters, as a clean build")

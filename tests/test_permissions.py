@@ -15,6 +15,7 @@ import pytest
 
 from contexts.sales import Sales
 from projections.shipping import Shipments
+from tests.conftest import Report
 from tests.test_relay import place_orders
 from toolkit import Relay, RelayError
 from toolkit.config import NatsAuth, Settings
@@ -44,7 +45,11 @@ def as_(name: str) -> NatsAuth:
 
 
 async def test_each_context_writes_only_its_own_stream(
-    secured: EmbeddedServer, data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    report: Report,
+    secured: EmbeddedServer,
+    data_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sales = Sales(data_dir=data_dir)
@@ -68,7 +73,12 @@ async def test_each_context_writes_only_its_own_stream(
             # ...but may not publish into it: the server refuses and says so.
             denials: list[str] = []
             denied = asyncio.Event()
-            on_permission_denied(shipping_nc, lambda reason: (denials.append(reason), denied.set()))
+
+            def refused(reason: str) -> None:
+                denials.append(reason)
+                denied.set()
+
+            on_permission_denied(shipping_nc, refused)
             await shipping_nc.publish("sales.order.forged.OrderPlaced", b"{}")
             await shipping_nc.flush()
             await asyncio.wait_for(denied.wait(), 5)
@@ -79,15 +89,15 @@ async def test_each_context_writes_only_its_own_stream(
 
             info = await sales_nc.jetstream().stream_info("sales")
             assert info.state.messages == 6  # nothing forged got in
-            print(f"injected: shipping published into sales; verified: refused ({denials[0]})")
+            report(f"injected: shipping published into sales; verified: refused ({denials[0]})")
 
             # A relay running with another context's credentials stops with one clear line.
             place_orders(sales, 1)
-            with pytest.raises(RelayError) as refused:
+            with pytest.raises(RelayError) as stopped:
                 await Relay(sales, shipping_nc, ack_timeout=5).run(until_head=True)
-            assert str(refused.value).startswith("NATS refused the relay of sales: ")
-            assert "permissions violation for publish" in str(refused.value).lower()
-            assert "\n" not in str(refused.value)
+            assert str(stopped.value).startswith("NATS refused the relay of sales: ")
+            assert "permissions violation for publish" in str(stopped.value).lower()
+            assert "\n" not in str(stopped.value)
         finally:
             await sales_nc.close()
             await shipping_nc.close()

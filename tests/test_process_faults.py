@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
-from tests.conftest import postgres, wait_for
+from tests.conftest import Report, postgres, wait_for
 from tests.flow import project_all, relay_orders
 from tests.test_relay_faults import assert_stream_is_the_log, public_positions
 from toolkit.config import Settings
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 async def test_relay_and_projection_killed_at_the_same_moment_lose_and_repeat_nothing(
-    data_dir: Path, tmp_path: Path, nats_server: EmbeddedServer, nc: Client
+    report: Report, data_dir: Path, tmp_path: Path, nats_server: EmbeddedServer, nc: Client
 ) -> None:
     sales = Sales(data_dir=data_dir)
     try:
@@ -55,7 +55,7 @@ async def test_relay_and_projection_killed_at_the_same_moment_lose_and_repeat_no
         await asyncio.gather(relay.wait(), project.wait())
         head = (await nc.jetstream().stream_info("sales")).state.last_seq
         kills.append(head)
-    print(f"injected: relay and projection SIGKILLed together 5 times, stream heads {kills}")
+    report(f"injected: relay and projection SIGKILLed together 5 times, stream heads {kills}")
     for command in (["relay", "sales", "--once"], ["project", "billing", "--once"]):
         finished = await asyncio.create_subprocess_exec(*base, *command, stderr=PIPE)
         _, errors = await asyncio.wait_for(finished.communicate(), 120)
@@ -79,7 +79,7 @@ async def test_relay_and_projection_killed_at_the_same_moment_lose_and_repeat_no
         assert faulted.execute("SELECT sequence FROM toolkit_checkpoint").fetchall() == [
             (expected,)
         ]
-    print(f"verified: {expected:,} public events on the stream once each in log order; the "
+    report(f"verified: {expected:,} public events on the stream once each in log order; the "
           "read model equal row by row to a clean build, checkpoint at the head")  # fmt: skip
 
 
@@ -96,7 +96,7 @@ def restart_postgresql() -> None:
 
 @pytest.mark.parametrize("read_models", ["postgres"], indirect=True)
 async def test_a_projection_rides_out_postgresql_restarted_under_it(
-    nc: Client, data_dir: Path, tmp_path: Path, read_models: Settings
+    report: Report, nc: Client, data_dir: Path, tmp_path: Path, read_models: Settings
 ) -> None:
     postgres("postgres", "the PostgreSQL restart test").close()
     head = await relay_orders(data_dir, nc, 8000)
@@ -109,7 +109,7 @@ async def test_a_projection_rides_out_postgresql_restarted_under_it(
         await wait_for(lambda: store.checkpoint("sales") >= 1000, within=60)
         at = store.checkpoint("sales")
         await asyncio.to_thread(restart_postgresql)
-        print(f"injected: PostgreSQL restarted under the projection at checkpoint {at:,}")
+        report(f"injected: PostgreSQL restarted under the projection at checkpoint {at:,}")
         await wait_for(lambda: store.checkpoint("sales") == head, within=90)
         stop.set()
         await running
@@ -123,5 +123,5 @@ async def test_a_projection_rides_out_postgresql_restarted_under_it(
     with ProjectionHome(tmp_path / "clean", "billing").reader() as reference:
         assert reference is not None
         assert faulted == dump(reference)
-    print(f"verified: {head:,} applied once each after {projector.stats.retries} retries, "
+    report(f"verified: {head:,} applied once each after {projector.stats.retries} retries, "
           "0 dead letters, equal row by row to a clean SQLite build")  # fmt: skip

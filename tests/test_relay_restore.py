@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from projections.shipping import Shipments
-from tests.conftest import wait_for
+from tests.conftest import Report, wait_for
 from tests.flow import read_all
 from tests.test_relay import place_orders
 from toolkit import Relay
@@ -38,7 +38,7 @@ async def stream_positions(nc: Client) -> list[int]:
 
 
 async def test_a_stream_that_lost_its_tail_gets_the_missing_events_again(
-    sales: Sales, nc: Client
+    report: Report, sales: Sales, nc: Client
 ) -> None:
     place_orders(sales, 40)
     first = await Relay(sales, nc).run(until_head=True)
@@ -47,7 +47,7 @@ async def test_a_stream_that_lost_its_tail_gets_the_missing_events_again(
     for sequence in range(32, 42):  # the last ten messages go
         await js.delete_msg("sales", sequence)
     assert len(await stream_positions(nc)) == 31
-    print("injected: deleted stream sequences 32-41 of 41")
+    report("injected: deleted stream sequences 32-41 of 41")
 
     again = await Relay(sales, nc).run(until_head=True)
     assert again.republished_from == public_positions(sales)[30]
@@ -56,7 +56,7 @@ async def test_a_stream_that_lost_its_tail_gets_the_missing_events_again(
     ids = [m.headers["Nats-Msg-Id"] for m in await read_all(nc)]
     assert len(set(ids)) == len(ids) == 41
     assert all("@" in i for i in ids[31:]) and not any("@" in i for i in ids[:31])
-    print(f"verified: {len(positions)} public events in the stream, log order, 0 lost, 0 twice")
+    report(f"verified: {len(positions)} public events in the stream, log order, 0 lost, 0 twice")
 
     # Afterwards the relay goes on as usual, with nothing published twice.
     place_orders(sales, 3)
@@ -65,20 +65,20 @@ async def test_a_stream_that_lost_its_tail_gets_the_missing_events_again(
 
 
 async def test_a_deleted_and_recreated_stream_gets_the_whole_log_again(
-    sales: Sales, nc: Client
+    report: Report, sales: Sales, nc: Client
 ) -> None:
     place_orders(sales, 25)
     await Relay(sales, nc).run(until_head=True)
     js = nc.jetstream()
     await js.delete_stream("sales")
     await ensure_stream(js, StreamSpec("sales"))
-    print("injected: stream sales deleted and created again, empty")
+    report("injected: stream sales deleted and created again, empty")
 
     stats = await Relay(sales, nc).run(until_head=True)
     assert stats.published == 26
     assert await stream_positions(nc) == public_positions(sales)
     assert [m.sequence for m in await read_all(nc)] == list(range(1, 27))
-    print("verified: 26 public events back at sequences 1-26, 0 lost, 0 twice")
+    report("verified: 26 public events back at sequences 1-26, 0 lost, 0 twice")
 
 
 async def test_a_running_relay_refills_a_stream_recreated_under_it(
@@ -105,7 +105,12 @@ async def test_a_running_relay_refills_a_stream_recreated_under_it(
 
 @pytest.mark.parametrize("loss", ["tail deleted", "stream recreated"])
 async def test_a_consumer_past_the_new_head_says_so_and_applies_nothing_twice(
-    loss: str, sales: Sales, nc: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    report: Report,
+    loss: str,
+    sales: Sales,
+    nc: Client,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     place_orders(sales, 30)
     await Relay(sales, nc).run(until_head=True)
@@ -124,7 +129,7 @@ async def test_a_consumer_past_the_new_head_says_so_and_applies_nothing_twice(
         else:
             await js.delete_stream("sales")
             await ensure_stream(js, StreamSpec("sales"))
-        print(f"injected: {loss} under a consumer at checkpoint 31")
+        report(f"injected: {loss} under a consumer at checkpoint 31")
 
         projecting = asyncio.create_task(projector.run(stop))
         await wait_for(lambda: "sales" in projector.stats.past_head)
@@ -143,7 +148,7 @@ async def test_a_consumer_past_the_new_head_says_so_and_applies_nothing_twice(
         await wait_for(lambda: store.checkpoint("sales") == head_now)
         shipped = {row[0] for row in store.db.execute("SELECT shipment_id FROM shipment")}
         assert {str(o) for o in orders} <= shipped
-        print(
+        report(
             f"verified: one line said so; {projector.stats.duplicates} republished events "
             "skipped by log position, 0 applied twice, new orders applied"
         )
