@@ -27,8 +27,9 @@ async def test_relay_benchmark_measures_relay_and_raw_publishers(tmp_path: Path)
 async def test_catchup_benchmark_measures_every_consumer(tmp_path: Path) -> None:
     rates = await catchup.measure(200, tmp_path)
     assert catchup.BASELINE in rates and "toolkit Projector" in rates
-    assert len(rates) == 4 and all(rate > 0 for rate in rates.values())
-    assert catchup.report(200, rates).row_count == 4
+    assert catchup.FASTSTREAM in rates and catchup.EVENTSOURCING in rates
+    assert len(rates) == 5 and all(rate > 0 for rate in rates.values())
+    assert catchup.report(200, rates).row_count == 5
 
 
 def test_replay_benchmark_measures_rate_and_peak_memory(tmp_path: Path) -> None:

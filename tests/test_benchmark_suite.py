@@ -1,0 +1,93 @@
+"""The benchmark suite (``python -m benchmarks``) at its smallest size, so that it cannot
+rot: every workload runs, the report and its plots are written, the targets are judged."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import suite
+from benchmarks.reporting import Target, markdown_table
+
+PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path"}
+
+
+@pytest.mark.timeout(120)
+def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    console = Console(file=io.StringIO(), width=130)
+    run = suite.run_suite(suite.SIZES["smallest"], out, size_name="smallest", console=console)
+
+    assert not run.failed, [s.error for s in run.failed]
+    assert [s.key for s in run.sections] == list(suite.WORKLOADS)
+    report = (out / "report.md").read_text()
+    assert run.report == out / "report.md"
+    for section in run.sections:
+        assert f"## {section.title}" in report
+        assert section.tables or section.key == "log_backends"
+    for plot in PLOTS:
+        png = out / f"{plot}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+        assert f"]({plot}.png)" in report
+    for fact in ("| cores | ", "| nats-server | v", "| nats-py | ", "| eventsourcing | "):
+        assert fact in report
+    assert "| fastapi | " in report and "Load average" in report
+
+    targets = {t.what.split(":")[0] for t in run.targets}
+    assert targets == {
+        "relay / raw publishing",
+        "catch-up at 200",
+        "end-to-end p99 at 1,000 commands/s",
+        "HTTP reads",
+    }
+    assert len(run.targets) == 6
+    for target in run.targets:
+        assert target.measured > 0 and target.verdict() in report
+        assert target.met or target.why in report  # a miss says why, with its figures
+
+    write = next(s for s in run.sections if s.key == "write")
+    measured = markdown_table(write.tables[0])
+    assert "| SQLite | toolkit context" in measured
+    if os.environ.get("CI"):  # CI has a PostgreSQL server
+        assert "| PostgreSQL | toolkit context" in measured
+
+
+@pytest.mark.timeout(60)
+def test_the_command_runs_one_workload_into_the_folder_it_is_given(tmp_path: Path) -> None:
+    status = suite.main(["--size", "smallest", "--only", "relay", "--out", str(tmp_path)])
+    assert status == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## Relay: the log onto JetStream" in report and "## Catch-up" not in report
+    assert (tmp_path / "relay.png").exists() and not (tmp_path / "catchup.png").exists()
+
+
+@pytest.mark.timeout(10)
+def test_a_target_says_whether_it_was_met_and_by_how_much() -> None:
+    assert Target("ratio", 0.72, 0.6).verdict() == "met, 20% to spare"
+    assert Target("ratio", 0.45, 0.6).verdict() == "missed by 0.15 (25%)"
+    slow = Target("p99", 30.0, 20.0, at_least=False, unit=" ms")
+    assert not slow.met and slow.verdict() == "missed by 10.00 ms (50%)"
+    assert slow.goal_text() == "< 20.00 ms"
+
+
+@pytest.mark.timeout(10)
+def test_a_table_becomes_markdown_with_its_alignment_and_caption() -> None:
+    table = Table(title="t")
+    table.add_column("name")
+    table.add_column("rate", justify="right")
+    table.add_row("a|b", "1,000")
+    table.caption = "2 cores"
+    assert markdown_table(table).splitlines() == [
+        "**t**",
+        "",
+        "| name | rate |",
+        "|---|---:|",
+        "| a\\|b | 1,000 |",
+        "",
+        "*2 cores*",
+    ]
