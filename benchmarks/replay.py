@@ -45,8 +45,19 @@ async def _replay(data_dir: Path, url: str) -> dict[str, float]:
 
 
 def child(data_dir: str, url: str) -> None:
-    """The replay process: prints what it did as JSON."""
-    print(orjson.dumps(asyncio.run(_replay(Path(data_dir), url))).decode())
+    """The replay process: prints what it did as JSON, with its peak RSS in bytes."""
+    report = asyncio.run(_replay(Path(data_dir), url))
+    print(orjson.dumps({**report, "peak": peak_rss()}).decode())
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory (bytes) since it started its program:
+    ``VmHWM``. Not ``ru_maxrss``, which Linux carries across ``execve``, so that a child
+    started by a large parent reports the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def replay_in_a_process(data_dir: Path, url: str) -> tuple[dict[str, float], int]:
@@ -59,11 +70,10 @@ def replay_in_a_process(data_dir: Path, url: str) -> tuple[dict[str, float], int
     )
     assert process.stdout is not None
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+    if process.wait() != 0:
         raise RuntimeError(f"replay process exited with {process.returncode}")
-    return orjson.loads(output), usage.ru_maxrss * 1024  # Linux reports KiB
+    report = orjson.loads(output)
+    return report, int(report.pop("peak"))
 
 
 def measure(sizes: list[int], folder: Path) -> dict[int, tuple[float, int]]:
