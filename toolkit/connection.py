@@ -148,7 +148,10 @@ async def connect(
     except Exception as exc:
         reason = redact_urls(f"{type(exc).__name__} {exc}".strip())
         if isinstance(exc, nats.errors.NoServersError) and errors:
-            reason = errors[-1]  # why the last try failed says more than "no servers"
+            # Why the tries failed says more than "no servers"; a refusal of the
+            # credentials says most (under load a try may just see the socket reset).
+            refused = [e for e in errors if "authorization" in e.lower()]
+            reason = (refused or errors)[-1]
         if "authorization" in reason.lower():
             reason += " (check NATS_URL's user and password, or TOOLKIT_NATS_*)"
         raise ConnectError(f"cannot connect to NATS at {redact(url)}: {reason}") from None
