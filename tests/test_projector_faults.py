@@ -4,9 +4,11 @@ of a catch-up, the read model equals, row by row, one built without faults."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from subprocess import PIPE
@@ -14,6 +16,7 @@ from subprocess import PIPE
 from nats.aio.client import Client
 
 from projections.billing import Accounts
+from tests.conftest import wait_for
 from tests.flow import project_all, relay_orders
 from toolkit.embedded import EmbeddedServer
 from toolkit.home import ProjectionHome
@@ -31,11 +34,24 @@ async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(
     command += ["--nats-url", nats_server.url, "project", "billing"]
     home = ProjectionHome(data_dir, "billing")
     checkpoints: list[int] = []
+
+    def committed() -> int:
+        current = home.current()
+        if current is None:
+            return 0
+        with contextlib.closing(sqlite3.connect(f"file:{current}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT sequence FROM toolkit_checkpoint").fetchone()
+        return int(row[0]) if row else 0
+
     while len(checkpoints) < 6:
+        before = committed()
         worker = await asyncio.create_subprocess_exec(*command, stderr=PIPE, env=dict(os.environ))
         assert worker.stderr is not None
         await worker.stderr.readline()  # "projecting billing ..." once it is connected
-        await asyncio.sleep(rng.uniform(0.03, 0.25))  # a random point in its catch-up
+        # A random point in its catch-up, after it has committed something (on a loaded
+        # machine a fixed delay may kill it before its first commit every time).
+        await wait_for(lambda: committed() > before or committed() == head, within=60)  # noqa: B023
+        await asyncio.sleep(rng.uniform(0.0, 0.05))
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
         store = ReadModelStore(home.live(), Accounts())
