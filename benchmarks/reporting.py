@@ -64,6 +64,8 @@ class Section:
     notes: list[str] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     seconds: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)
+    """The machine's 1-minute load average when the workload started and ended."""
     error: str | None = None
 
 
@@ -204,8 +206,18 @@ def write_report(
             lines += ["Where a target is missed, why:", ""]
             lines += [f"- **{t.what}**: {t.why}" for t in missed]
             lines.append("")
-    lines += ["## Workloads", ""]
-    lines += [f"- [{s.title}](#{_anchor(s.title)}) ({s.seconds:.0f} s)" for s in sections]
+    lines += [
+        "## Workloads",
+        "",
+        "With the time each took and the machine's 1-minute load average as it started and "
+        "ended (this suite alone keeps it near 1-2 on 2 cores; more is someone else's work):",
+        "",
+    ]
+    lines += [
+        f"- [{s.title}](#{_anchor(s.title)}): {s.seconds:.0f} s, load {s.load[0]:.1f} "
+        f"-> {s.load[1]:.1f}"
+        for s in sections
+    ]
     lines.append("")
     for section in sections:
         lines += [f"## {section.title}", ""]

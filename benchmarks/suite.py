@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import datetime
 import importlib
+import os
 import shlex
 import sys
 import tempfile
@@ -503,7 +504,7 @@ def run_suite(
     run = Run()
     for key in only or list(WORKLOADS):
         console.rule(f"[bold]{key}")
-        began = time.perf_counter()
+        began, load = time.perf_counter(), os.getloadavg()[0]
         try:
             with tempfile.TemporaryDirectory(prefix=f"bench-{key}-") as folder:
                 section = WORKLOADS[key](sizes, Path(folder), out)
@@ -511,6 +512,7 @@ def run_suite(
             section = Section(key, key, error=traceback.format_exc(limit=-3).strip())
             console.print(f"[red]{key} failed[/red]\n{section.error}")
         section.seconds = time.perf_counter() - began
+        section.load = (load, os.getloadavg()[0])
         run.sections.append(section)
         for table in section.tables:
             console.print(table)
