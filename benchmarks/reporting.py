@@ -84,6 +84,23 @@ def describe_machine() -> list[tuple[str, str]]:
     return facts
 
 
+def _commit() -> str:
+    """The work tree's commit, and whether the code measured differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "toolkit", "contexts", "projections",
+             "benchmarks/*.py"],
+            cwd=root, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown"
+    return f"{head or 'unknown'}{' with uncommitted changes' if changed else ''}"
+
+
 def _version(package: str) -> str:
     try:
         return version(package)
@@ -181,9 +198,10 @@ def write_report(
     lines = [
         "# Benchmarks: the toolkit beside its peers",
         "",
-        f"Written by `{command}` ({size} size) on {started:%Y-%m-%d at %H:%M} UTC, "
-        f"in {seconds / 60:.1f} minutes. Every workload ran in this one invocation, on "
-        "this one machine, each contender beside its peers; every figure is given "
+        f"Written by `{command}` ({size} size) on {started:%Y-%m-%d at %H:%M} UTC at "
+        f"commit {_commit()}, in {seconds / 60:.1f} minutes. Every workload ran in this "
+        "one invocation, on this one machine, each contender beside its peers; every "
+        "figure is given "
         "absolute and as a ratio to its in-run baseline.",
         "",
         "**Figures drift.** The machine has 2 cores and is shared with other engineers "
@@ -210,7 +228,8 @@ def write_report(
         "## Workloads",
         "",
         "With the time each took and the machine's 1-minute load average as it started and "
-        "ended (this suite alone keeps it near 1-2 on 2 cores; more is someone else's work):",
+        "ended (the suite alone keeps it near 1-2 on 2 cores, and the HTTP workload's "
+        "server and client processes near 3-4; more is someone else's work):",
         "",
     ]
     lines += [
