@@ -10,11 +10,12 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from toolkit import Relay, Settings
+from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
 from toolkit.projector import Projector, ProjectorStats
 from toolkit.reader import StreamMessage, StreamReader
 from toolkit.readmodel import ReadModelHome, open_home
-from toolkit.store import ReadModelStore
+from toolkit.store import ReadModelStore, dump
 
 Where = Path | Settings
 """Where read models live: a data folder (SQLite files) or settings (either backend)."""
@@ -84,3 +85,20 @@ def place_orders(sales: Sales, count: int, *, cancel_every: int) -> None:
         order = sales.place_order(customer, [{"sku": "tea", "quantity": 2, "unit_price": "1.25"}])
         if i % cancel_every == 0:
             sales.cancel_order(order, "changed her mind")
+
+
+async def assert_equal_to_a_clean_build(
+    data_dir: Path, projection: Projection, nc: Client, clean_dir: Path
+) -> dict[str, list[tuple[object, ...]]]:
+    """The projection's read model in ``data_dir`` equals, row by row, one built anew from
+    the stream in ``clean_dir``; returns its rows and checkpoints."""
+    await project_all(projection, clean_dir, nc)
+    with (
+        ProjectionHome(data_dir, projection.name).reader() as faulted,
+        ProjectionHome(clean_dir, projection.name).reader() as reference,
+    ):
+        assert faulted is not None and reference is not None
+        rows = dump(faulted)
+        assert rows == dump(reference)
+        rows["toolkit_checkpoint"] = faulted.execute("SELECT * FROM toolkit_checkpoint").fetchall()
+        return rows

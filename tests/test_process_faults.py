@@ -20,7 +20,7 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, postgres, wait_for
-from tests.flow import project_all, relay_orders
+from tests.flow import assert_equal_to_a_clean_build, project_all, relay_orders
 from tests.test_relay_faults import assert_stream_is_the_log, public_positions
 from toolkit.config import Settings
 from toolkit.embedded import EmbeddedServer
@@ -68,17 +68,8 @@ async def test_relay_and_projection_killed_at_the_same_moment_lose_and_repeat_no
         expected = len(public_positions(sales))
     finally:
         sales.close()
-    clean = tmp_path / "clean"
-    await project_all(Accounts(), clean, nc)
-    with (
-        ProjectionHome(data_dir, "billing").reader() as faulted,
-        ProjectionHome(clean, "billing").reader() as reference,
-    ):
-        assert faulted is not None and reference is not None
-        assert dump(faulted) == dump(reference)
-        assert faulted.execute("SELECT sequence FROM toolkit_checkpoint").fetchall() == [
-            (expected,)
-        ]
+    rows = await assert_equal_to_a_clean_build(data_dir, Accounts(), nc, tmp_path / "clean")
+    assert rows["toolkit_checkpoint"] == [("sales", expected)]
     report(f"verified: {expected:,} public events on the stream once each in log order; the "
           "read model equal row by row to a clean build, checkpoint at the head")  # fmt: skip
 

@@ -9,13 +9,13 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import wait_for
-from tests.flow import project_all, relay_all
+from tests.flow import assert_equal_to_a_clean_build, relay_all
 from tests.test_relay_faults import free_port
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
 from toolkit.home import ProjectionHome
 from toolkit.projector import Projector
-from toolkit.store import ReadModelStore, dump
+from toolkit.store import ReadModelStore
 
 
 async def test_projector_rides_out_a_server_restart(data_dir: Path, tmp_path: Path) -> None:
@@ -38,14 +38,7 @@ async def test_projector_rides_out_a_server_restart(data_dir: Path, tmp_path: Pa
         stop.set()
         await running
         store.close()
-        clean = tmp_path / "clean"
-        await project_all(Accounts(), clean, nc)
-        with (
-            ProjectionHome(data_dir, "billing").reader() as faulted,
-            ProjectionHome(clean, "billing").reader() as reference,
-        ):
-            assert faulted is not None and reference is not None
-            assert dump(faulted) == dump(reference)
+        await assert_equal_to_a_clean_build(data_dir, Accounts(), nc, tmp_path / "clean")
     finally:
         sales.close()
         await nc.close()
