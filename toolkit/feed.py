@@ -34,6 +34,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
+from toolkit import problems
 from toolkit.config import Settings
 from toolkit.connection import open_nats
 from toolkit.errors import ToolkitError
@@ -98,17 +99,6 @@ class NatsLink:
 
 def unavailable(detail: str) -> HTTPException:
     return HTTPException(503, detail, headers={"Retry-After": "5"})
-
-
-def reject_unknown_parameters(request: Request, known: Iterable[str]) -> None:
-    """A misspelt query parameter is an error, not a silent default."""
-    allowed = set(known)
-    unknown = sorted(set(request.query_params) - allowed)
-    if unknown:
-        raise HTTPException(
-            400,
-            f"unknown query parameter {unknown[0]!r} (known: {', '.join(sorted(allowed))})",
-        )
 
 
 # -- the page's documented shape (OpenAPI); the body itself is encoded by msgspec ---------
@@ -371,7 +361,7 @@ def router(contexts: Iterable[str], nats: NatsLink, *, feed: Feed | None = None)
         """Events at stream positions after+1 .. after+limit. Complete pages never change
         and are cacheable for a year; the head page for a moment. Follow `next` from the
         first page to the head; poll the head page (with If-None-Match) for more."""
-        reject_unknown_parameters(request, ("after", "limit"))
+        problems.reject_unknown_parameters(request)
         if context not in known:
             raise HTTPException(
                 404, f"no feed for context {context!r} (known: {', '.join(known) or 'none'})"

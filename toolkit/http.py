@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
-from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
 
 from toolkit import caching, feed, health, problems, webhooks
 from toolkit.auth import BearerAuth
@@ -57,7 +55,7 @@ class ReadModel:
         self.max_wait = max_wait
 
     async def __call__(self, request: Request, response: Response) -> AsyncIterator[Connection]:
-        _reject_unknown_parameters(request)
+        problems.reject_unknown_parameters(request)
         token = _consistency_token(request)
         db, current = self._open()
         reusable = False
@@ -109,27 +107,6 @@ class ReadModel:
                 f"{applied.position} (stream sequence {applied.sequence}), not yet {token}",
                 headers={"Retry-After": "1", HEADER: f"{token.context}:{applied.position}"},
             )
-
-
-def _reject_unknown_parameters(request: Request) -> None:
-    """A misspelt filter is an error, not a silently unfiltered list."""
-    route = request.scope.get("route")
-    if not request.query_params or not isinstance(route, APIRoute):
-        return
-    known = _query_parameters(route.dependant)
-    unknown = sorted(set(request.query_params) - known)
-    if unknown:
-        raise HTTPException(
-            400,
-            f"unknown query parameter {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})",
-        )
-
-
-def _query_parameters(dependant: Dependant) -> set[str]:
-    names = {param.alias for param in dependant.query_params}
-    for dependency in dependant.dependencies:
-        names |= _query_parameters(dependency)
-    return names
 
 
 def _consistency_token(request: Request) -> ConsistencyToken | None:

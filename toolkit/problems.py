@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -43,6 +45,29 @@ async def _invalid_request(_: Request, exc: Exception) -> Response:
     ]
     detail = "; ".join(f"{e['where']}: {e['problem']}" for e in errors) or "invalid request"
     return problem(422, detail, errors=errors)
+
+
+def reject_unknown_parameters(request: Request) -> None:
+    """A misspelt query parameter is an error (400), not a silent default or a silently
+    unfiltered list. The known ones are those the route declares, its dependencies'
+    included."""
+    route = request.scope.get("route")
+    if not request.query_params or not isinstance(route, APIRoute):
+        return
+    known = _query_parameters(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise HTTPException(
+            400,
+            f"unknown query parameter {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})",
+        )
+
+
+def _query_parameters(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_parameters(dependency)
+    return names
 
 
 def install(app: FastAPI) -> None:
