@@ -14,7 +14,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from nats.js import JetStreamContext
@@ -80,13 +80,12 @@ class Consistency:
 
     js: JetStreamContext
     poll_interval: float = 0.005
-    _positions: dict[tuple[str, int], int] | None = None
+    _positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
     async def position_at(self, stream: str, sequence: int) -> int:
         if sequence <= 0:
             return 0
-        cache = self._positions if self._positions is not None else {}
-        self._positions = cache
+        cache = self._positions
         key = (stream, sequence)
         if key not in cache:
             try:

@@ -92,7 +92,10 @@ class ReadModel:
         link = getattr(request.app.state, "nats", None)
         if link is None:
             raise HTTPException(503, "consistency tokens need the API's NATS connection")
-        consistency = Consistency((await link.client()).jetstream())
+        consistency = getattr(request.app.state, "consistency", None)
+        if consistency is None:  # one per app: it keeps the positions it has looked up
+            consistency = Consistency((await link.client()).jetstream())
+            request.app.state.consistency = consistency
         longest = self.max_wait
         if longest is None:
             longest = getattr(request.app.state, "consistency_wait", 2.0)
