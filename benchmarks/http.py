@@ -40,7 +40,7 @@ from projections.shipping import Shipments
 from projections.shipping.api import Shipment  # FastAPI resolves the annotation here
 from toolkit import Relay
 from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
+from toolkit.embedded import EmbeddedServer, free_ports
 from toolkit.home import ProjectionHome
 from toolkit.projector import Projector
 from toolkit.store import ReadModelStore
@@ -110,9 +110,7 @@ def build_read_model(data_dir: Path, orders: int) -> list[str]:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import sys
 import threading
 import time
@@ -24,15 +23,13 @@ from tests.conftest import wait_for
 from tests.flow import read_all
 from toolkit import Relay
 from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
+from toolkit.embedded import EmbeddedServer, free_ports
 
 LINE = {"sku": "tea", "quantity": 1, "unit_price": "2.00"}
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def public_positions(sales: Sales) -> list[int]:

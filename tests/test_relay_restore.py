@@ -17,6 +17,7 @@ from projections.shipping import Shipments
 from tests.conftest import Report, wait_for
 from tests.flow import read_all
 from tests.test_relay import place_orders
+from tests.test_relay_faults import public_positions
 from toolkit import Relay
 from toolkit.home import ProjectionHome
 from toolkit.projector import Projector
@@ -24,13 +25,6 @@ from toolkit.store import ReadModelStore, dump
 from toolkit.streams import StreamSpec, ensure_stream
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def public_positions(sales: Sales) -> list[int]:
-    topics = sales.published_language.topics
-    return [
-        n.id for n in sales.recorder.select_notifications(start=None, limit=10**6, topics=topics)
-    ]
 
 
 async def stream_positions(nc: Client) -> list[int]:

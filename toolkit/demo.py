@@ -12,7 +12,6 @@ import contextlib
 import json
 import random
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -31,6 +30,7 @@ from contexts.sales import Sales
 from contexts.system import system
 from toolkit.config import Settings
 from toolkit.connection import open_nats
+from toolkit.embedded import free_ports
 from toolkit.errors import ToolkitError
 from toolkit.home import ProjectionHome
 from toolkit.http import create_app
@@ -93,9 +93,7 @@ def drive_sales(
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def _get(url: str) -> tuple[int, object]:
