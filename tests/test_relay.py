@@ -12,7 +12,11 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from tests.conftest import wait_for
 from tests.flow import read_all
+from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError
+from toolkit.connection import connect
+from toolkit.embedded import EmbeddedServer
+from toolkit.outbox import Outbox
 
 LINE = {"sku": "mug-blue", "quantity": 2, "unit_price": "4.50"}
 
@@ -136,3 +140,51 @@ async def test_a_relay_on_its_own_sees_writes_of_other_processes(
         stop.set()
         await task
         writer.close()
+
+
+async def test_two_relays_racing_on_one_stream_store_each_event_once_in_order(
+    sales: Sales, nats_server: EmbeddedServer
+) -> None:
+    """Only every tenth message asks for an acknowledgement, so a refusal in between is
+    seen at the next one that asks; each relay then starts over from the stream. The
+    chain (Nats-Expected-Last-Sequence on every message) keeps the stream the log's
+    public events, once each, in order, whoever wins each race."""
+    place_orders(sales, 600)
+    clients = [await connect(nats_server.url) for _ in range(2)]
+    try:
+        relays = [
+            Relay(
+                sales,
+                nc,
+                batch_size=50,
+                window=40,
+                ack_every=10,
+                retry_delay=0.001,
+                max_retry_delay=0.001,
+            )
+            for nc in clients
+        ]
+        await asyncio.gather(*(relay.run(until_head=True) for relay in relays))
+        messages = await read_all(clients[0])
+    finally:
+        for nc in clients:
+            await nc.close()
+    positions = [orjson.loads(m.data)["logposition"] for m in messages]
+    assert positions == public_positions(sales)
+    assert [m.sequence for m in messages] == list(range(1, len(positions) + 1))
+    assert sum(relay.stats.restarts for relay in relays) > 0  # they did race
+
+
+def test_the_outbox_reads_the_log_as_eventsourcing_does(sales: Sales) -> None:
+    """On SQLite the outbox queries the events table itself; on any log it must give
+    what eventsourcing's own query gives, page by page."""
+    place_orders(sales, 40)
+    outbox = Outbox(sales)
+    head = sales.recorder.max_notification_id() or 0
+    for after, limit in ((0, 7), (5, 100), (head - 3, 10), (head, 10)):
+        assert outbox._rows(after, head, limit) == outbox._notification_rows(after, head, limit)
+    page = outbox.read(0, head, 1000)
+    assert page.position == head
+    assert [m.log_position for m in page.messages] == public_positions(sales)
+    assert outbox.read(0, head, 5).position == public_positions(sales)[4]  # a full page ends
+    # at its last row (private events are not read)

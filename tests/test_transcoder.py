@@ -81,3 +81,27 @@ def test_unregistered_types_are_refused_clearly() -> None:
 
 def test_contexts_use_it_by_default(sales: Sales) -> None:
     assert isinstance(sales.mapper.transcoder, OrjsonTranscoder)
+
+
+def test_every_form_uuid_accepts_still_decodes() -> None:
+    """UUIDs decode in C for the forms eventsourcing writes; the other forms ``UUID``
+    accepts go to ``UUID`` itself, and a malformed one is refused as before."""
+    fast = registered(OrjsonTranscoder())
+    u = UUID("5f0c7f3e-9c1e-4a59-8f0e-2b6f3f1a0c11")
+    for written in (u.hex, str(u), str(u).upper(), f"{{{u}}}", f"urn:uuid:{u}"):
+        state = fast.decode(b'{"id": {"_type_": "uuid_hex", "_data_": "%s"}}' % written.encode())
+        assert state == {"id": u} and type(state["id"]) is UUID
+    with pytest.raises(ValueError):
+        fast.decode(b'{"id": {"_type_": "uuid_hex", "_data_": "not-a-uuid"}}')
+
+
+def test_a_transcoding_registered_under_a_standard_name_is_the_one_used() -> None:
+    class UpperDecimal(DecimalAsStr):
+        def decode(self, data: str) -> Decimal:
+            return Decimal(data) * 2
+
+    fast = registered(OrjsonTranscoder())
+    fast.register(UpperDecimal())
+    assert fast.decode(b'{"p": [{"_type_": "decimal_str", "_data_": "1.5"}]}') == {
+        "p": [Decimal("3.0")]
+    }

@@ -21,11 +21,9 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import cast
 
 import nats.errors
 import orjson
-from eventsourcing.persistence import Notification
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -34,7 +32,8 @@ from toolkit import wire
 from toolkit.connection import on_permission_denied
 from toolkit.context import BoundedContext
 from toolkit.errors import RelayError
-from toolkit.published import OutgoingMessage, Publishable
+from toolkit.outbox import Outbox
+from toolkit.published import OutgoingMessage
 from toolkit.streams import StreamSpec, ensure_stream, last_message
 from toolkit.watch import LogWatcher
 
@@ -54,27 +53,46 @@ class RelayStats:
 
 
 class _AckWindow:
-    """Publishes with a reply inbox and keeps up to ``size`` acknowledgements in flight."""
+    """Publishes with chained, pipelined acknowledgements.
+
+    Every message carries ``Nats-Expected-Last-Sequence``, so JetStream stores message n
+    only right after message n-1: an acknowledgement of message n vouches for every
+    message before it. So only every ``ack_every``-th message asks for one (and the last
+    message before the relay waits), and at most ``size`` messages are unconfirmed.
+    A refusal of a message that asked for no acknowledgement refuses the rest of the
+    chain too, up to the next message that asks, whose answer says so.
+    """
 
     def __init__(
-        self, client: Client, context: str, stream: str, size: int, ack_timeout: float, epoch: int
+        self,
+        client: Client,
+        context: str,
+        stream: str,
+        size: int,
+        ack_every: int,
+        ack_timeout: float,
+        epoch: int,
     ) -> None:
         self.client = client
         self.context = context
         self.stream = stream
         self.epoch = epoch
         self.size = size
+        self.ack_every = ack_every
         self.ack_timeout = ack_timeout
         self.inbox = client.new_inbox()
         self.pending: OrderedDict[int, tuple[int, float]] = OrderedDict()
-        """Token -> (log position, time sent) of each message not yet acknowledged."""
-        self.acked: set[int] = set()
-        self.next_token = 0
+        """Stream sequence -> (log position, time sent) of each message that asked for an
+        acknowledgement and has not had it."""
+        self.held: OutgoingMessage | None = None
+        """The last message given, not yet sent: whether it asks for an acknowledgement
+        depends on what comes after it."""
         self.last_sequence = 0  # stream sequence of the last message sent
+        self.unasked = 0  # messages sent since the last one that asked
         self.confirmed_position = 0  # log position of the last acknowledged message
         self.confirmed_sequence = 0
         self.error: RelayError | None = None
-        self.changed = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._sub: object | None = None
 
     async def open(self, last_sequence: int, position: int) -> None:
@@ -87,29 +105,75 @@ class _AckWindow:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
 
+    @property
+    def unconfirmed(self) -> bool:
+        return self.held is not None or self.last_sequence > self.confirmed_sequence
+
     async def publish(self, message: OutgoingMessage) -> None:
-        while len(self.pending) >= self.size:
-            await self._wait_for_change()
-        self._raise_if_failed()
-        token = self.next_token
-        self.next_token += 1
-        headers = {**message.headers, wire.EXPECTED_LAST_SEQUENCE: str(self.last_sequence)}
-        if self.epoch:
-            headers[wire.MSG_ID] = wire.message_id(self.context, message.log_position, self.epoch)
-        self.last_sequence += 1
-        self.pending[token] = (message.log_position, time.monotonic())
-        await self.client.publish(
-            message.subject, message.body, reply=f"{self.inbox}.{token}", headers=headers
-        )
+        held, self.held = self.held, message
+        if held is None:
+            return
+        if (
+            self.unasked + 1 < self.ack_every
+            and self.last_sequence - self.confirmed_sequence < self.size
+            and self.error is None
+        ):
+            # The common case, inline: a message that asks for nothing.
+            self.unasked += 1
+            sequence = self.last_sequence
+            self.last_sequence = sequence + 1
+            await self.client.publish(
+                held.subject,
+                held.body,
+                headers={
+                    wire.MSG_ID: wire.message_id(self.context, held.log_position, self.epoch)
+                    if self.epoch
+                    else held.headers[wire.MSG_ID],
+                    wire.EXPECTED_LAST_SEQUENCE: str(sequence),
+                },
+            )
+        else:
+            await self._send(held, ask=self.unasked + 1 >= self.ack_every)
 
     async def drain(self) -> None:
-        """Wait until every message sent is acknowledged (or raise why not)."""
-        await self.client.flush()
+        """Wait until every message given is acknowledged (or raise why not)."""
+        held, self.held = self.held, None
+        if held is not None:
+            await self._send(held, ask=True)
         while self.pending:
-            await self._wait_for_change()
+            await self._wait()
         self._raise_if_failed()
 
-    async def _wait_for_change(self) -> None:
+    async def _send(self, message: OutgoingMessage, *, ask: bool) -> None:
+        if self.last_sequence - self.confirmed_sequence >= self.size:
+            while self.last_sequence - self.confirmed_sequence >= self.size:
+                await self._wait()
+        elif self.error is not None:
+            raise self.error
+        position = message.log_position
+        headers = {
+            wire.MSG_ID: wire.message_id(self.context, position, self.epoch)
+            if self.epoch
+            else message.headers[wire.MSG_ID],
+            wire.EXPECTED_LAST_SEQUENCE: str(self.last_sequence),
+        }
+        self.last_sequence += 1
+        if not ask:
+            self.unasked += 1
+            await self.client.publish(message.subject, message.body, headers=headers)
+            return
+        self.unasked = 0
+        sequence = self.last_sequence
+        self.pending[sequence] = (position, time.monotonic())
+        await self.client.publish(
+            message.subject, message.body, reply=f"{self.inbox}.{sequence}", headers=headers
+        )
+        # Let nats-py's flusher write what is buffered, so the server stores this run
+        # while the relay builds the next one.
+        await asyncio.sleep(0)
+
+    async def _wait(self) -> None:
+        """Wait for an acknowledgement, at most until the oldest one is overdue."""
         self._raise_if_failed()
         oldest = next(iter(self.pending.values()))[1]
         remaining = oldest + self.ack_timeout - time.monotonic()
@@ -118,9 +182,15 @@ class _AckWindow:
                 f"no acknowledgement from stream {self.stream} within {self.ack_timeout:g}s",
                 transient=True,
             )
-        self.changed.clear()
+        self._waiter = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.changed.wait(), remaining)
+            async with asyncio.timeout(remaining):
+                await self._waiter
+        self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def deny(self, reason: str) -> None:
         """The server refused a publish or a subscription of this connection: waiting
@@ -131,7 +201,7 @@ class _AckWindow:
                 f"connects with must allow publishing to '{self.stream}.>' and the JetStream "
                 "API of that stream, and nothing else (see the README's security section)"
             )
-            self.changed.set()
+            self._wake()
 
     def _raise_if_failed(self) -> None:
         if self.error is not None:
@@ -142,11 +212,11 @@ class _AckWindow:
             self._settle(msg)
         except Exception as exc:  # a bug here must stop the relay, not vanish in nats-py
             self.error = self.error or RelayError(f"unreadable acknowledgement: {exc!r}")
-        self.changed.set()
+        self._wake()
 
     def _settle(self, msg: Msg) -> None:
-        token = int(msg.subject.rpartition(".")[2])
-        entry = self.pending.get(token)
+        sequence = int(msg.subject.rpartition(".")[2])
+        entry = self.pending.get(sequence)
         if entry is None:
             return
         if msg.headers and msg.headers.get("Status") == "503":
@@ -173,15 +243,13 @@ class _AckWindow:
                 transient=True,
             )
             return
-        self.acked.add(token)
+        # Stored right after the message before it, so everything up to it is stored.
         while self.pending:
-            first = next(iter(self.pending))
-            if first not in self.acked:
+            first, (position, _) = self.pending.popitem(last=False)
+            if first == sequence:
                 break
-            _, (position, _) = self.pending.popitem(last=False)
-            self.acked.discard(first)
-            self.confirmed_position = position
-            self.confirmed_sequence += 1
+        self.confirmed_position = position
+        self.confirmed_sequence = sequence
 
 
 class Relay:
@@ -196,7 +264,8 @@ class Relay:
         *,
         stream: StreamSpec | None = None,
         batch_size: int = 1000,
-        window: int = 2000,
+        window: int = 10_000,
+        ack_every: int = 200,
         ack_timeout: float = 10.0,
         poll_interval: float = 0.25,
         retry_delay: float = 0.25,
@@ -207,7 +276,12 @@ class Relay:
         self.js: JetStreamContext = client.jetstream()
         self.stream = stream or StreamSpec(context.name)
         self.batch_size = batch_size
+        if window < 1 or ack_every < 1:
+            raise ValueError(f"window and ack_every must be positive, not {window}, {ack_every}")
         self.window_size = window
+        # A window full of messages that asked for nothing would wait for ever.
+        self.ack_every = min(ack_every, max(1, window // 2))
+        self.outbox = Outbox(context)
         self.ack_timeout = ack_timeout
         self.poll_interval = poll_interval
         self.retry_delay = retry_delay
@@ -245,7 +319,7 @@ class Relay:
                 f"{self.context.name} log ends at {head}: the stream was written from another "
                 "log (point the context at its own log, or at an empty stream)"
             )
-        if raw.seq != last_seq:
+        if (raw.seq or 0) < last_seq:  # (a later one: another relay published meanwhile)
             log.warning(
                 "relay %s: stream %s ends at sequence %d but its last message is %d (log "
                 "position %d): messages were lost; carrying the log again from there",
@@ -316,6 +390,7 @@ class Relay:
             self.context.name,
             self.stream.name,
             self.window_size,
+            self.ack_every,
             self.ack_timeout,
             self._epoch,
         )
@@ -329,12 +404,11 @@ class Relay:
             published_before = self.stats.published
 
             def settle() -> None:  # what is known to be on the stream
-                self.stats.position = window.confirmed_position if window.pending else position
+                self.stats.position = window.confirmed_position if window.unconfirmed else position
                 self.stats.stream_sequence = window.confirmed_sequence
                 self.stats.published = published_before + window.confirmed_sequence - first_sequence
 
             settle()
-            topics = self.context.published_language.topics
             recorder = self.context.recorder
             # The first message goes alone: once it is stored right after the sequence
             # and position read from the stream, those two are known to belong together,
@@ -345,28 +419,16 @@ class Relay:
                 self._wake.clear()  # before reading: a save from now on wakes the wait below
                 head = recorder.max_notification_id() or 0
                 progressed = head > position
-                if progressed and topics:
-                    # Only published events are read: private ones are skipped by the query.
-                    notifications = recorder.select_notifications(
-                        start=position,
-                        limit=self.batch_size,
-                        stop=head,
-                        topics=topics,
-                        inclusive_of_start=False,
-                    )
-                    for notification in notifications:
-                        message = self._message(notification)
-                        if message is not None:
-                            await window.publish(message)
-                            if not anchored:
-                                await window.drain()
-                                anchored = True
-                    full = len(notifications) == self.batch_size
-                    position = notifications[-1].id if full else head
-                elif progressed:
-                    position = head  # nothing is published: the whole log is private
+                if progressed:
+                    page = self.outbox.read(position, head, self.batch_size)
+                    for message in page.messages:
+                        await window.publish(message)
+                        if not anchored:
+                            await window.drain()
+                            anchored = True
+                    position = page.position
                 caught_up = target is not None and position >= target
-                if window.pending and (not progressed or caught_up):
+                if window.unconfirmed and (not progressed or caught_up):
                     await window.drain()
                 settle()
                 if caught_up:
@@ -385,11 +447,3 @@ class Relay:
             stop_listening()
             await window.close()
         return self.stats
-
-    def _message(self, notification: Notification) -> OutgoingMessage | None:
-        language = self.context.published_language
-        mapping = language.mapping(notification.topic)
-        if mapping is None:
-            return None
-        domain_event = self.context.mapper.to_domain_event(notification)
-        return language.message(mapping, cast(Publishable, domain_event), notification.id)
