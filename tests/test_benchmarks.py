@@ -21,7 +21,7 @@ async def test_relay_benchmark_measures_relay_and_raw_publishers(tmp_path: Path)
     assert relay.BASELINE in rates and "toolkit Relay, from the SQLite log" in rates
     assert relay.BUILD_ONLY in rates
     assert all(rate > 0 for rate in rates.values())
-    assert relay.report(300, rates).row_count == 6
+    assert relay.report(300, rates).row_count == 7
 
 
 async def test_catchup_benchmark_measures_every_consumer(tmp_path: Path) -> None:
