@@ -111,28 +111,7 @@ class _AckWindow:
 
     async def publish(self, message: OutgoingMessage) -> None:
         held, self.held = self.held, message
-        if held is None:
-            return
-        if (
-            self.unasked + 1 < self.ack_every
-            and self.last_sequence - self.confirmed_sequence < self.size
-            and self.error is None
-        ):
-            # The common case, inline: a message that asks for nothing.
-            self.unasked += 1
-            sequence = self.last_sequence
-            self.last_sequence = sequence + 1
-            await self.client.publish(
-                held.subject,
-                held.body,
-                headers={
-                    wire.MSG_ID: wire.message_id(self.context, held.log_position, self.epoch)
-                    if self.epoch
-                    else held.headers[wire.MSG_ID],
-                    wire.EXPECTED_LAST_SEQUENCE: str(sequence),
-                },
-            )
-        else:
+        if held is not None:
             await self._send(held, ask=self.unasked + 1 >= self.ack_every)
 
     async def drain(self) -> None:
