@@ -40,6 +40,7 @@ from contexts.sales import Order, OrderLine, Sales
 from toolkit import Relay, StreamSpec, ensure_stream
 from toolkit.connection import connect
 from toolkit.embedded import EmbeddedServer
+from toolkit.outbox import Outbox
 from toolkit.published import OutgoingMessage
 from toolkit.wire import EXPECTED_LAST_SEQUENCE
 
@@ -63,16 +64,9 @@ def fill_log(sales: Sales, orders: int) -> None:
 
 
 def built_messages(sales: Sales) -> Messages:
-    """The messages the relay publishes, built once, for the raw publishers."""
-    language = sales.published_language
-    messages: Messages = []
-    for n in sales.recorder.select_notifications(start=None, limit=10**9):
-        mapping = language.mapping(n.topic)
-        if mapping is not None:
-            message = language.message(mapping, sales.mapper.to_domain_event(n), n.id)  # type: ignore[arg-type]
-            if message is not None:
-                messages.append(message)
-    return messages
+    """The messages the relay publishes, built once by its outbox, for the raw publishers."""
+    head = sales.recorder.max_notification_id() or 0
+    return Outbox(sales).read(0, head, head + 1).messages
 
 
 async def js_publish(nc: Client, messages: Messages) -> int:

@@ -124,11 +124,9 @@ class _AckWindow:
         self._raise_if_failed()
 
     async def _send(self, message: OutgoingMessage, *, ask: bool) -> None:
-        if self.last_sequence - self.confirmed_sequence >= self.size:
-            while self.last_sequence - self.confirmed_sequence >= self.size:
-                await self._wait()
-        elif self.error is not None:
-            raise self.error
+        while self.last_sequence - self.confirmed_sequence >= self.size:
+            await self._wait()
+        self._raise_if_failed()
         position = message.log_position
         headers = {
             wire.MSG_ID: wire.message_id(self.context, position, self.epoch)

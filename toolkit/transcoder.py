@@ -124,12 +124,11 @@ def decode_uuid(data: str) -> UUID:
     """``UUID(data)`` in C (msgspec) for the hex and canonical forms; any other form
     ``UUID`` accepts goes to ``UUID``, so what decodes is unchanged."""
     try:
-        return _to_uuid(data, UUID)
+        return msgspec.convert(data, UUID)
     except msgspec.ValidationError:
         return UUID(data)
 
 
-_to_uuid = msgspec.convert
 _FAST_DECODERS: dict[type[Transcoding], Callable[[str], Any]] = {
     UUIDAsHex: decode_uuid,
     DecimalAsStr: Decimal,
