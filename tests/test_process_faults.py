@@ -21,7 +21,12 @@ from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, postgres, wait_for
 from tests.flow import assert_equal_to_a_clean_build, project_all, relay_orders
-from tests.test_relay_faults import assert_stream_is_the_log, public_positions
+from tests.test_relay_faults import (
+    assert_stream_is_the_log,
+    kill_points,
+    public_positions,
+    stream_holds,
+)
 from toolkit.config import Settings
 from toolkit.embedded import EmbeddedServer
 from toolkit.home import ProjectionHome
@@ -38,21 +43,24 @@ async def test_relay_and_projection_killed_at_the_same_moment_lose_and_repeat_no
     sales = Sales(data_dir=data_dir)
     try:
         fill_log(sales, 30_000)
+        total = len(public_positions(sales))
     finally:
         sales.close()
     base = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
     base += ["--nats-url", nats_server.url]
     rng = random.Random(7)
     kills = []
-    for _ in range(5):
+    for point in kill_points(rng, total, 5):
         relay = await asyncio.create_subprocess_exec(*base, "relay", "sales", stderr=PIPE)
         project = await asyncio.create_subprocess_exec(*base, "project", "billing", stderr=PIPE)
         assert relay.stderr is not None and project.stderr is not None
-        await asyncio.gather(relay.stderr.readline(), project.stderr.readline())  # started
-        await asyncio.sleep(rng.uniform(0.2, 0.8))
-        for process in (relay, project):  # the same moment
-            process.send_signal(signal.SIGKILL)
-        await asyncio.gather(relay.wait(), project.wait())
+        try:
+            await asyncio.gather(relay.stderr.readline(), project.stderr.readline())  # started
+            await stream_holds(nc, point)  # a random point in the relay's work
+        finally:
+            for process in (relay, project):  # the same moment
+                process.send_signal(signal.SIGKILL)
+            await asyncio.gather(relay.wait(), project.wait())
         head = (await nc.jetstream().stream_info("sales")).state.last_seq
         kills.append(head)
     report(f"injected: relay and projection SIGKILLed together 5 times, stream heads {kills}")

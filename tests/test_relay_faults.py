@@ -16,6 +16,7 @@ from subprocess import PIPE
 
 import orjson
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from benchmarks.relay import fill_log
 from contexts.sales import Sales
@@ -53,6 +54,30 @@ async def assert_stream_is_the_log(nc: Client, sales: Sales) -> None:
     positions = [orjson.loads(m.data)["logposition"] for m in messages]
     assert positions == expected
     assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"sales:{p}" for p in expected]
+
+
+def kill_points(rng: random.Random, total: int, kills: int) -> list[int]:
+    """Stream lengths to kill the relay at: a random point in each of ``kills`` equal
+    stretches of its work, so every kill lands mid-relay however fast the machine is."""
+    stretch = total // (kills + 1)
+    return [i * stretch + rng.randrange(stretch // 2) for i in range(1, kills + 1)]
+
+
+async def stream_holds(nc: Client, count: int, within: float = 60.0) -> int:
+    """Await until stream ``sales`` holds at least ``count`` messages; returns how many."""
+    js = nc.jetstream()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            held = (await js.stream_info("sales")).state.messages
+        except NotFoundError:  # the relay has not created it yet
+            held = 0
+        if held >= count:
+            return held
+        if loop.time() > deadline:
+            raise AssertionError(f"stream sales holds {held} of {count} messages after {within}s")
+        await asyncio.sleep(0.002)
 
 
 def place_orders_until(sales: Sales, done: threading.Event) -> None:
@@ -105,22 +130,22 @@ async def test_relay_killed_again_and_again_loses_and_repeats_nothing(
     rng = random.Random(4)
     command = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
     command += ["--nats-url", nats_server.url, "relay", "sales"]
-    kills = 0
+    total = len(public_positions(sales))
     relayed: list[int] = []
     try:
-        while kills < 6:
+        for point in kill_points(rng, total, 6):
             relay = await asyncio.create_subprocess_exec(*command, stderr=PIPE, env=env)
             assert relay.stderr is not None
-            await relay.stderr.readline()  # "relaying sales ..." once it is connected
-            await asyncio.sleep(rng.uniform(0.05, 0.5))  # a random point in its work
-            relay.send_signal(signal.SIGKILL)
-            await relay.wait()
-            kills += 1
+            try:
+                await relay.stderr.readline()  # "relaying sales ..." once it is connected
+                await stream_holds(nc, point)  # a random point in its work
+            finally:
+                relay.send_signal(signal.SIGKILL)
+                await relay.wait()
             relayed.append((await nc.jetstream().stream_info("sales")).state.messages)
         finished = await asyncio.create_subprocess_exec(*command, "--once", stderr=PIPE, env=env)
         _, errors = await asyncio.wait_for(finished.communicate(), 120)
         assert finished.returncode == 0, errors.decode()
-        total = len(public_positions(sales))
         assert total >= 50_000
         assert len([n for n in relayed if 0 < n < total]) >= 5, relayed  # killed mid-relay
         print("stream length at each kill:", relayed, "of", total)

@@ -36,7 +36,7 @@ class BoundedContext(Application[UUID]):
     def __init__(self, env: EnvType | None = None, *, data_dir: Path | str | None = None) -> None:
         check_name("context", self.name)
         self.data_dir = Path(data_dir or os.environ.get("TOOLKIT_DATA_DIR") or ".toolkit")
-        self._saved_listeners: list[Callable[[int], None]] = []
+        self._saved_listeners: list[Callable[[list[Recording[Any]]], None]] = []
         self._listeners_lock = threading.Lock()
         self._recorded = threading.local()
         super().__init__(env)
@@ -63,9 +63,10 @@ class BoundedContext(Application[UUID]):
                 "nothing was saved: reload it and try again"
             ) from None
 
-    def on_saved(self, listener: Callable[[int], None]) -> Callable[[], None]:
-        """Call ``listener(last_notification_id)`` after each save (from the saving
-        thread); returns a function that removes it. The in-process relay wakes this way."""
+    def on_saved(self, listener: Callable[[list[Recording[Any]]], None]) -> Callable[[], None]:
+        """Call ``listener(recordings)`` after each save has committed (from the saving
+        thread, in the order listeners were added); returns a function that removes it.
+        The in-process relay wakes this way, and its outbox takes the saved events."""
         with self._listeners_lock:
             self._saved_listeners.append(listener)
 
@@ -95,8 +96,7 @@ class BoundedContext(Application[UUID]):
         into = getattr(self._recorded, "into", None)
         if into is not None:
             into.extend(recordings)
-        last = recordings[-1].notification.id
         with self._listeners_lock:
             listeners = list(self._saved_listeners)
         for listener in listeners:
-            listener(last)
+            listener(recordings)

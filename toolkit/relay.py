@@ -231,7 +231,8 @@ class _AckWindow:
 
 class Relay:
     """Carries one context's log onto its stream. Run it in the context's process (it
-    wakes right after each save) or on its own (it polls the log every
+    wakes right after each save, and takes the messages the save built instead of
+    reading them back: see :mod:`toolkit.outbox`) or on its own (it polls the log every
     ``poll_interval``, and on PostgreSQL also wakes on the log's NOTIFY)."""
 
     def __init__(
@@ -247,6 +248,7 @@ class Relay:
         poll_interval: float = 0.25,
         retry_delay: float = 0.25,
         max_retry_delay: float = 5.0,
+        handoff_limit: int = 10_000,
     ) -> None:
         self.context = context
         self.client = client
@@ -258,7 +260,7 @@ class Relay:
         self.window_size = window
         # A window full of messages that asked for nothing would wait for ever.
         self.ack_every = min(ack_every, max(1, window // 2))
-        self.outbox = Outbox(context)
+        self.outbox = Outbox(context, handoff_limit=handoff_limit)
         self.ack_timeout = ack_timeout
         self.poll_interval = poll_interval
         self.retry_delay = retry_delay
@@ -319,7 +321,10 @@ class Relay:
         starts over from the stream's last message once it is back, with back-off; errors
         that waiting cannot mend (a stream written from another log) are raised.
         """
-        stop = stop or asyncio.Event()
+        with self.outbox.handing_over():
+            return await self._run(stop or asyncio.Event(), until_head)
+
+    async def _run(self, stop: asyncio.Event, until_head: bool) -> RelayStats:
         target = (self.context.recorder.max_notification_id() or 0) if until_head else None
         delay = self.retry_delay
         while True:
@@ -347,7 +352,7 @@ class Relay:
     async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
         loop = asyncio.get_running_loop()
 
-        def wake(_: int) -> None:
+        def wake(_: object) -> None:
             loop.call_soon_threadsafe(self._wake.set)
 
         remove = self.context.on_saved(wake)
@@ -358,7 +363,7 @@ class Relay:
                 window.deny(reason)
 
         stop_listening = on_permission_denied(self.client, denied)
-        watcher = LogWatcher(self.context.recorder, lambda: wake(0))
+        watcher = LogWatcher(self.context.recorder, lambda: wake(None))
         watcher.start()
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: self._wake.set())
