@@ -73,6 +73,8 @@ class Outbox:
         self._handed_messages = 0
         self._handed_lock = threading.Lock()
         self._handing_over = False
+        self._read_up_to = 0
+        """The position the last read ended at: a save at or before it comes too late."""
 
     @contextlib.contextmanager
     def handing_over(self) -> Iterator[None]:
@@ -100,6 +102,8 @@ class Outbox:
         last = recordings[-1].notification.id
         if last - first + 1 != len(recordings):
             return  # not one run of the log: the relay reads it from there
+        if last <= self._read_up_to:
+            return  # read from the log already (another thread's save woke the relay first)
         if self._handed_messages + len(recordings) > self.handoff_limit:
             return
         mapping_of = self.language.mapping
@@ -130,9 +134,11 @@ class Outbox:
                     self._handed_messages -= max(1, len(page.messages))
             if page is not None:
                 self.pages_handed_over += 1
+                self._read_up_to = page.position
                 return page
         page = self._read_log(after, stop, limit)
         self.pages_read += 1
+        self._read_up_to = page.position
         if self._handed:
             self._forget_up_to(page.position)
         return page
