@@ -1,6 +1,7 @@
 """Faults on a three-server JetStream cluster (streams of three replicas): the stream
-leader killed during a relay and during a catch-up, the whole cluster restarted mid-way.
-Each test prints what it injected and what it verified."""
+leader killed during a relay and during a catch-up, the whole cluster restarted mid-way,
+a relay publishing what another relay stored. Each test prints what it injected and
+what it verified."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from nats.aio.client import Client
 
@@ -15,6 +17,8 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, wait_for
+from tests.flow import read_all
+from tests.test_relay import place_orders
 from tests.test_relay_faults import assert_stream_is_the_log, public_positions
 from toolkit import Relay, StreamSpec
 from toolkit.connection import connect
@@ -158,4 +162,48 @@ async def test_relay_and_projection_ride_out_the_whole_cluster_restarted(
     finally:
         stop.set()
         store.close()
+        sales.close()
+
+
+def stale_start(relay: Relay, sequence: int, position: int) -> None:
+    """Make the relay's first start read the stream as it was earlier (as when another
+    relay publishes between its read and its first publish)."""
+    real = relay.resume_position
+    starts = iter([(sequence, position)])
+
+    async def resume_position() -> tuple[int, int]:
+        return next(starts, None) or await real()
+
+    relay.resume_position = resume_position  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("seen", ["where it chains", "before where it chains"])
+async def test_a_duplicate_of_what_another_relay_stored_is_not_a_loss(
+    cnc: Client, data_dir: Path, seen: str
+) -> None:
+    """A relay that read the stream before another relay published more publishes what
+    the other stored. A replicated stream checks message ids before the expected last
+    sequence, so it answers with a duplicate acknowledgement: at the very sequence the
+    relay chained it to (all is well: it goes on), or at another (it looks at that
+    sequence, finds the message there and starts over). Either way nothing is published
+    again under new ids, as it would be for a stream that lost messages."""
+    sales = Sales(data_dir=data_dir)
+    place_orders(sales, 20)
+    await Relay(sales, cnc, stream=R3).run(until_head=True)  # the other relay: 21 stored
+    positions = public_positions(sales)
+    place_orders(sales, 5)
+    relay = Relay(sales, cnc, stream=R3, ack_every=1)
+    if seen == "where it chains":
+        stale_start(relay, 10, positions[9])  # it publishes the 11th as the 11th
+    else:
+        stale_start(relay, 10, positions[8])  # it publishes the 10th as the 11th
+    try:
+        stats = await relay.run(until_head=True)
+        assert stats.republished_from is None
+        assert stats.restarts == (0 if seen == "where it chains" else 1)
+        messages = await read_all(cnc)
+        logged = [orjson.loads(m.data)["logposition"] for m in messages]
+        assert logged == public_positions(sales)
+        assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"sales:{p}" for p in logged]
+    finally:
         sales.close()

@@ -35,11 +35,21 @@ class RelayError(ToolkitError):
     """The relay could not carry the log onto the stream. A transient one (the server
     went away, an acknowledgement did not come) is retried by the relay itself."""
 
-    def __init__(self, message: str, *, transient: bool = False, lost: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool = False,
+        lost: bool = False,
+        duplicate: tuple[int, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.transient = transient
         self.lost = lost
         """The stream lost messages it had stored: publish them again under new ids."""
+        self.duplicate = duplicate
+        """(stream sequence, message id) of a duplicate acknowledgement that suggested
+        the loss: if the stream holds that message there, another relay stored it."""
 
 
 class ProjectionError(ToolkitError):

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import nats.errors
+import nats.js.errors
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -129,9 +130,7 @@ class _AckWindow:
         self._raise_if_failed()
         position = message.log_position
         headers = {
-            wire.MSG_ID: wire.message_id(self.context, position, self.epoch)
-            if self.epoch
-            else message.headers[wire.MSG_ID],
+            wire.MSG_ID: self.message_id(position) if self.epoch else message.headers[wire.MSG_ID],
             wire.EXPECTED_LAST_SEQUENCE: str(self.last_sequence),
         }
         self.last_sequence += 1
@@ -148,6 +147,9 @@ class _AckWindow:
         # Let nats-py's flusher write what is buffered, so the server stores this run
         # while the relay builds the next one.
         await asyncio.sleep(0)
+
+    def message_id(self, position: int) -> str:
+        return wire.message_id(self.context, position, self.epoch)
 
     async def _wait(self) -> None:
         """Wait for an acknowledgement, at most until the oldest one is overdue."""
@@ -203,14 +205,19 @@ class _AckWindow:
             return
         # A success ({"stream":..,"seq":..}) needs no parsing; "error" in it may be a name.
         error = orjson.loads(msg.data).get("error") if b'"error"' in msg.data else None
-        if not error and b'"duplicate"' in msg.data and orjson.loads(msg.data).get("duplicate"):
-            # JetStream remembers this id but the stream does not hold it where it should
-            # be: the message was lost after it was stored. Start over, with new ids.
+        ack = orjson.loads(msg.data) if not error and b'"duplicate"' in msg.data else {}
+        if ack.get("duplicate") and ack.get("seq") != sequence:
+            # JetStream remembers this id, and not at the sequence this relay chained it
+            # to (there, an earlier attempt of this relay stored it: all is well). Either
+            # the stream lost the message after it was stored (start over, with new ids)
+            # or another relay stored it (start over): the relay looks to tell which.
+            position = entry[0]
             self.error = self.error or RelayError(
-                f"stream {self.stream} already saw log position {entry[0]} but does not "
-                "hold it at the end: it lost messages; publishing them again",
+                f"stream {self.stream} already saw log position {position} at sequence "
+                f"{ack.get('seq')}, not where this relay put it",
                 transient=True,
                 lost=True,
+                duplicate=(int(ack.get("seq") or 0), self.message_id(position)),
             )
             return
         if error:
@@ -333,7 +340,7 @@ class Relay:
             except (RelayError, nats.errors.Error, TimeoutError, OSError) as exc:
                 if isinstance(exc, RelayError) and not exc.transient:
                     raise
-                if isinstance(exc, RelayError) and exc.lost:
+                if isinstance(exc, RelayError) and exc.lost and await self._lost(exc):
                     self._epoch = time.time_ns() // 1000  # ids JetStream has not seen
                     self.stats.republished_from = self.stats.position
                 self.stats.restarts += 1
@@ -348,6 +355,21 @@ class Relay:
                 if stop.is_set():
                     return self.stats
                 delay = min(delay * 2, self.max_retry_delay)
+
+    async def _lost(self, error: RelayError) -> bool:
+        """Whether the message a duplicate acknowledgement named is gone from the stream
+        (lost: publish again under new ids) rather than stored there by another relay
+        racing this one (start over from the stream, ids unchanged)."""
+        if error.duplicate is None:
+            return True
+        sequence, msg_id = error.duplicate
+        try:
+            stored = await self.js.get_msg(self.stream.name, sequence)
+        except nats.js.errors.NotFoundError:
+            return True
+        except (nats.errors.Error, TimeoutError, OSError):
+            return False  # cannot tell now: the next attempt meets the duplicate again
+        return (stored.headers or {}).get(wire.MSG_ID) != msg_id
 
     async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
         loop = asyncio.get_running_loop()
