@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from uuid import UUID
 
@@ -106,17 +106,10 @@ class Outbox:
             return  # read from the log already (another thread's save woke the relay first)
         if self._handed_messages + len(recordings) > self.handoff_limit:
             return
-        mapping_of = self.language.mapping
-        message = self.language.message
-        messages = []
         try:
-            for recording in recordings:
-                mapping = mapping_of(recording.notification.topic)
-                if mapping is not None:
-                    event = cast(Publishable, recording.domain_event)
-                    built = message(mapping, event, recording.notification.id)
-                    if built is not None:
-                        messages.append(built)
+            messages = self._messages(
+                (r.notification.topic, r.domain_event, r.notification.id) for r in recordings
+            )
         except Exception:  # the command succeeded: the relay reads this save from the
             return  # log and reports the failing translation there
         with self._handed_lock:
@@ -153,19 +146,22 @@ class Outbox:
         if not self.topics:
             return Page([], stop)  # nothing is published: the whole log is private
         rows = self._rows(after, stop, limit)
-        to_domain_event = self.context.mapper.to_domain_event
+        decode = self.context.mapper.to_domain_event  # rows are of published topics only
+        messages = self._messages((r.topic, decode(r), r.id) for r in rows)  # type: ignore[arg-type]
+        return Page(messages, rows[-1].id if len(rows) == limit else stop)
+
+    def _messages(self, events: Iterable[tuple[str, object, int]]) -> list[OutgoingMessage]:
+        """The messages of (topic, domain event, log position), published ones only."""
         mapping_of = self.language.mapping
         message = self.language.message
         messages = []
-        for row in rows:
-            mapping = mapping_of(row.topic)
-            if mapping is None:
-                continue
-            event = cast(Publishable, to_domain_event(row))  # type: ignore[arg-type]
-            built = message(mapping, event, row.id)
-            if built is not None:
-                messages.append(built)
-        return Page(messages, rows[-1].id if len(rows) == limit else stop)
+        for topic, event, position in events:
+            mapping = mapping_of(topic)
+            if mapping is not None:
+                built = message(mapping, cast(Publishable, event), position)
+                if built is not None:
+                    messages.append(built)
+        return messages
 
     def _notification_rows(self, after: int, stop: int, limit: int) -> list[StoredRow]:
         """Any recorder (PostgreSQL, the JetStream log): eventsourcing's own query."""

@@ -204,9 +204,10 @@ class _AckWindow:
             )
             return
         # A success ({"stream":..,"seq":..}) needs no parsing; "error" in it may be a name.
-        error = orjson.loads(msg.data).get("error") if b'"error"' in msg.data else None
-        ack = orjson.loads(msg.data) if not error and b'"duplicate"' in msg.data else {}
-        if ack.get("duplicate") and ack.get("seq") != sequence:
+        data = msg.data
+        ack = orjson.loads(data) if b'"error"' in data or b'"duplicate"' in data else {}
+        error = ack.get("error")
+        if not error and ack.get("duplicate") and ack.get("seq") != sequence:
             # JetStream remembers this id, and not at the sequence this relay chained it
             # to (there, an earlier attempt of this relay stored it: all is well). Either
             # the stream lost the message after it was stored (start over, with new ids)
