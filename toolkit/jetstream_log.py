@@ -61,7 +61,10 @@ is in the body. ``subscribe()`` follows the log live with an ordered push consum
 Threads. eventsourcing's recorders are synchronous and nats-py is asyncio: a factory runs a
 private event loop in a daemon thread owning one NATS connection; the recorders' methods
 submit one coroutine to it and wait for its result. All of a recorder's bookkeeping happens
-in that loop, so it needs no locks.
+in that loop, so it needs no locks. A process that exits without closing its application
+has its datastores closed at exit, while their threads still run: otherwise eventsourcing's
+``Application.__del__`` would wait, during interpreter shutdown, for a loop whose daemon
+thread no longer runs.
 
 Replicated streams. With ``JETSTREAM_REPLICAS`` above 1, direct gets may be answered by a
 follower that has not applied the latest writes yet: reads are then eventually consistent,
@@ -72,12 +75,14 @@ stale read turns into a conflict on save, never into a lost update.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import functools
 import itertools
 import queue
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Coroutine, Sequence
@@ -219,6 +224,17 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(TimeoutError())
 
 
+_open_datastores: weakref.WeakSet[JetStreamDatastore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_datastores() -> None:
+    """Close what the process left open while the loops' threads still run (atexit
+    comes before interpreter shutdown stops daemon threads)."""
+    for datastore in list(_open_datastores):
+        datastore.close()
+
+
 class JetStreamDatastore:
     """A NATS connection owned by a private event loop in a daemon thread, and the
     settings of the streams the recorders use. Recorders call into it with :meth:`call`."""
@@ -253,6 +269,7 @@ class JetStreamDatastore:
         except BaseException:
             self._stop_loop()
             raise
+        _open_datastores.add(self)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -281,7 +298,7 @@ class JetStreamDatastore:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` in the datastore's loop and return its result (from any thread
         but the loop's own)."""
-        if self._closed:
+        if self._closed or sys.is_finalizing():  # finalizing: the loop's thread is stopped
             coro.close()
             raise OperationalError("the JetStream log's connection is closed")
         if threading.get_ident() == self._thread.ident:
@@ -309,7 +326,9 @@ class JetStreamDatastore:
         task.add_done_callback(functools.partial(_settle, future))
 
     def close(self) -> None:
-        if self._closed:
+        _open_datastores.discard(self)
+        if self._closed or sys.is_finalizing():  # finalizing: nothing would answer
+            self._closed = True
             return
         for subscription in list(self.subscriptions):
             subscription.stop()

@@ -1,0 +1,59 @@
+"""A process whose context logs to JetStream exits promptly without ``close()`` (issue 16,
+#15: it used to hang about 50 s, eventsourcing's ``Application.__del__`` waiting at
+interpreter shutdown for the log's event loop, whose daemon thread no longer ran)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from contexts.sales import Sales
+from toolkit.embedded import EmbeddedServer
+
+SCRIPT = """
+import sys
+from contexts.sales import Sales
+sales = Sales(env={{"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": sys.argv[1]}},
+              data_dir=sys.argv[2])
+ann = sales.register_customer("Ann", "ann@example.com")
+{extra}
+print(ann, flush=True)
+"""  # and no sales.close()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        # a live subscription to the log, never stopped
+        "subscription = sales.recorder.subscribe(gt=0)\nnext(subscription)",
+    ],
+    ids=["after-a-save", "with-a-live-subscription"],
+)
+def test_a_process_that_exits_without_close_exits_at_once(
+    nats_server: EmbeddedServer, data_dir: Path, extra: str
+) -> None:
+    script = textwrap.dedent(SCRIPT).format(extra=extra)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script, nats_server.url, str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert took < 8, f"the process took {took:.1f}s to exit"
+    # What it saved before exiting is in the log.
+    sales = Sales(env={"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": nats_server.url})
+    try:
+        customer = sales.repository.get(UUID(done.stdout.split()[0]))
+        assert customer.name == "Ann"
+    finally:
+        sales.close()
