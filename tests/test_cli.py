@@ -246,13 +246,16 @@ def test_replay_options_rewind_and_versions(tmp_path: Path, read_models: Setting
             assert db is not None
             return len(dump(db)["shipment"])
 
-    # A replay of a range, reported as JSON: sequences 4..8 are five orders.
+    # A replay of a range, reported as JSON: sequences 4..8 are five orders; readers
+    # are switched to that partial model only because they are told to.
     done = toolkit(
-        *run, "replay", "shipping", "--from-seq", "4", "--to-seq", "8", "--json", tmp=tmp_path
-    )
+        *run, "replay", "shipping", "--from-seq", "4", "--to-seq", "8", "--switch-partial",
+        "--json", tmp=tmp_path,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["applied"] == 5 and report["checkpoints"] == {"sales": 8}
+    assert report["switched"] and report["partial_from"] == {"sales": 4}
     assert shipments() == 5
 
     # Rewind: the model as it was after sequence 3 (the customer and two orders).

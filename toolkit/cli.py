@@ -34,10 +34,10 @@ from toolkit.config import Settings, read_model_url
 from toolkit.connection import open_nats, redact_urls
 from toolkit.errors import ConfigurationError, ProjectionVersionError, ToolkitError
 from toolkit.projection import Projection, StartPosition
-from toolkit.projector import Projector, ProjectorStats
-from toolkit.readmodel import ReadModelHome, open_home
+from toolkit.projector import Projector
+from toolkit.readmodel import Generation, ReadModelHome, open_home
 from toolkit.relay import Relay
-from toolkit.replay import rebuild
+from toolkit.replay import rebuild, rewind
 from toolkit.store import ReadModelStore, read_dead_letters
 from toolkit.streams import StreamSpec
 from toolkit.system import System, load_system
@@ -135,23 +135,44 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser(
         "replay",
-        help="rebuild a projection from the start of its streams",
-        description="Build a new generation of a projection's read model up to the streams' "
-        "heads, beside the live one, then switch readers to it atomically. A running "
-        "'toolkit project' goes on in the new generation by itself; an interrupted replay "
-        "resumes when run again.",
+        help="rebuild a projection from its streams into a new generation",
+        description="Build a new generation of a projection's read model from its streams "
+        "up to their heads (as they are when it starts), beside the live one; then switch "
+        "readers to it atomically and drop the previous generation. A running 'toolkit "
+        "project' goes on in the new generation by itself. From a later start (--from-seq, "
+        "--from-time) the model is partial: it holds only the events from there on, says so "
+        "in 'toolkit status', and is kept beside the live one, which readers go on using, "
+        "unless --switch-partial. An interrupted replay resumes when run again with the "
+        "same start (another start begins anew). Refused when a stream does not exist or "
+        "--from-seq is past its head; nothing changes then.",
     )
     replay.add_argument("projection", help="projection name, e.g. shipping")
     start = replay.add_mutually_exclusive_group()
     start.add_argument("--from-start", action="store_true", help="from sequence 1 (default)")
-    start.add_argument("--from-seq", type=_positive, metavar="N", help="from stream sequence N")
+    start.add_argument(
+        "--from-seq", type=_positive, metavar="N",
+        help="from stream sequence N: a partial model, kept beside the live one",
+    )  # fmt: skip
     start.add_argument(
         "--from-time", type=_moment, metavar="T", help="from the first event at or after T "
-        "(ISO 8601, e.g. 2026-11-24T06:00:00Z; UTC when no zone is given)"
+        "(ISO 8601, e.g. 2026-11-24T06:00:00Z; UTC when no zone is given): a partial model, "
+        "kept beside the live one"
     )  # fmt: skip
-    replay.add_argument("--to-seq", type=_positive, metavar="M", help="stop at sequence M")
     replay.add_argument(
-        "--keep-previous", action="store_true", help="keep the previous generation (file or schema)"
+        "--to-seq", type=_positive, metavar="M",
+        help="stop at sequence M (readers get the model as it was after M; a running "
+        "projector goes on from M+1)",
+    )  # fmt: skip
+    replay.add_argument(
+        "--switch-partial",
+        action="store_true",
+        help="switch readers to a partial model (--from-seq, --from-time) too: they then "
+        "see only the events from its start on",
+    )
+    replay.add_argument(
+        "--keep-previous",
+        action="store_true",
+        help="keep the previous generation (file or schema) when switching readers",
     )
     replay.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -159,11 +180,15 @@ def _parser() -> argparse.ArgumentParser:
         "rewind",
         help="put a projection back to how it was at a stream sequence",
         description="Rebuild the projection's read model as it was after sequence N (a "
-        "replay up to N, beside the live one) and switch readers to it; the projection goes "
-        "on from N+1 when it next runs. Refused while the projection is running.",
+        "replay up to N, beside the live one), switch readers to it and drop the previous "
+        "generation; the projection goes on from N+1 when it next runs. Refused, with "
+        "nothing changed, while the projection runs, when a stream it reads does not "
+        "exist, or when N is past a stream's head.",
     )
     rewind.add_argument("projection", help="projection name, e.g. shipping")
-    rewind.add_argument("--to-seq", type=int, required=True, metavar="N", help="the sequence")
+    rewind.add_argument(
+        "--to-seq", type=int, required=True, metavar="N", help="the sequence (0 or more)"
+    )
 
     dlq = commands.add_parser(
         "dlq",
@@ -185,7 +210,8 @@ def _parser() -> argparse.ArgumentParser:
         help="show streams, relays and projections: positions, lag, state",
         description="For each stream its head; for each context its relay's lag; for each "
         "projection its version, checkpoint per stream, lag in events and in time, state "
-        "(running, stopped, rebuild due) and dead letters.",
+        "(running, stopped, rebuild due) and dead letters; for a partial model where it "
+        "starts, and the generations kept beside the one readers use.",
     )
     status.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -340,26 +366,28 @@ async def _replay(settings: Settings, system: System, args: argparse.Namespace) 
     projection = system.projection(name)()
     start: StartPosition = args.from_seq or args.from_time or "beginning"
     async with open_nats(settings, name=f"replay-{name}") as nats:
-        heads = [
-            (await nats.js.stream_info(t.stream)).state.last_seq for t in projection.translators
-        ]
-        total = sum(min(h, args.to_seq) if args.to_seq else h for h in heads)
         started = time.monotonic()
-        with _Progress(name, total, quiet=args.json) as progress, _home(settings, name) as home:
+        with _Progress(name, quiet=args.json) as progress, _home(settings, name) as home:
             result = await rebuild(
                 projection,
                 home,
                 nats.client,
+                switch_partial=args.switch_partial,
                 keep_previous=args.keep_previous,
                 starts_at=start,
                 to_sequence=args.to_seq,
                 progress=progress.update,
             )
     seconds = time.monotonic() - started
+    previous = result.previous.name if result.previous is not None else None
     if args.json:
         report = {
             "projection": name,
             "generation": result.generation.name,
+            "partial_from": result.partial_from or None,
+            "switched": result.switched,
+            "previous": previous,
+            "previous_dropped": result.dropped,
             "applied": result.stats.applied,
             "skipped": result.stats.skipped,
             "dead_lettered": result.stats.dead_lettered,
@@ -370,17 +398,39 @@ async def _replay(settings: Settings, system: System, args: argparse.Namespace) 
         print(orjson.dumps(report).decode())
         return
     resumed = f" (resumed from sequence {result.resumed_from})" if result.resumed_from else ""
+    partial = ", ".join(f"{s} from sequence {n}" for s, n in result.partial_from.items())
     console.print(
         f"replayed {name}: {result.stats.applied} applied into {result.generation.name}"
-        f"{resumed}; readers switched; checkpoints {result.stats.checkpoints}"
+        f"{resumed}; checkpoints {result.stats.checkpoints}"
+        + (f"; a partial model: it holds only the events of {partial} on" if partial else "")
     )
+    if result.switched:
+        left = "dropped" if result.dropped else "kept"
+        console.print(
+            "readers switched to it"
+            + (f"; the previous generation {previous} is {left}" if previous else "")
+        )
+        return
+    console.print(
+        "readers go on using "
+        + (previous or "no model (there is none yet)")
+        + f"; it is kept beside: {_where(result.generation)}; to have readers use a partial "
+        "model, run the replay with --switch-partial"
+    )
+
+
+def _where(generation: Generation) -> str:
+    """How to look at a generation readers do not use."""
+    if isinstance(generation, Path):
+        return f"look at it with: sqlite3 -readonly {generation}"
+    return f"look at it in schema {generation.name} (SET search_path TO {generation.name})"
 
 
 class _Progress:
     """A bar on a terminal, a line every few seconds otherwise, nothing with --json."""
 
-    def __init__(self, name: str, total: int, *, quiet: bool) -> None:
-        self.name, self.total, self.quiet = name, total, quiet
+    def __init__(self, name: str, *, quiet: bool) -> None:
+        self.name, self.quiet = name, quiet
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         self.last_line = 0.0
@@ -396,17 +446,17 @@ class _Progress:
                 console=console,
             )
             self.bar.start()
-            self.task = self.bar.add_task("replay", total=self.total)
+            self.task = self.bar.add_task("replay", total=None)
         return self
 
-    def update(self, stats: ProjectorStats) -> None:
-        done = sum(stats.checkpoints.values())
+    def update(self, done: int, total: int) -> None:
+        """``done`` of the ``total`` events this replay applies (from where it starts)."""
         if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, completed=done)
+            self.bar.update(self.task, completed=done, total=total)
         elif not self.quiet and time.monotonic() - self.last_line >= 2.0:
             self.last_line = time.monotonic()
             rate = done / max(1e-9, self.last_line - self.started)
-            console.print(f"replaying {self.name}: {done}/{self.total} events, {rate:,.0f}/s")
+            console.print(f"replaying {self.name}: {done}/{total} events, {rate:,.0f}/s")
 
     def __exit__(self, *_: object) -> None:
         if self.bar is not None:
@@ -414,17 +464,15 @@ class _Progress:
 
 
 async def _rewind(settings: Settings, system: System, name: str, to_seq: int) -> None:
-    if to_seq < 0:
-        raise ConfigurationError(f"--to-seq {to_seq} must be 0 or more")
     projection = system.projection(name)()
     async with open_nats(settings, name=f"rewind-{name}") as nats:
         with _home(settings, name) as home:
-            result = await rebuild(
-                projection, home, nats.client, to_sequence=to_seq, exclusive=True
-            )
+            result = await rewind(projection, home, nats.client, to_seq)
+    dropped = f" ({result.previous.name} dropped)" if result.previous is not None else ""
     console.print(
         f"rewound {name} to sequence {to_seq}: {result.stats.applied} applied into "
-        f"{result.generation.name}; readers switched; it goes on from {to_seq + 1}"
+        f"{result.generation.name}; readers switched{dropped}; it goes on from {to_seq + 1} "
+        "when it next runs"
     )
 
 

@@ -89,3 +89,8 @@ class ProjectionVersionError(ProjectionError):
 
 class ProjectionBusyError(ProjectionError):
     """Another process is writing this projection."""
+
+
+class MarkerError(ProjectionError):
+    """A read model's marker (the generation readers use, or the one a replay builds)
+    cannot be read: the message names it and says what to do."""

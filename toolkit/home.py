@@ -2,9 +2,11 @@
 the generations of its read model (see :mod:`toolkit.readmodel`).
 
 Generations are ``g000001.sqlite``, ``g000002.sqlite``, ...; ``CURRENT`` names the one
-readers use and ``BUILDING`` the one an unfinished replay writes. Switching readers is
-an atomic rename of ``CURRENT``. Lock files keep writers apart: one live projector (or
-one per partition) and one replay at a time.
+readers use and ``BUILDING`` the one an unfinished replay writes. Both markers are
+written to a temporary file, synced and renamed over the old one, so a process killed at
+any point leaves the old name or the new, never a part of one; switching readers is that
+rename of ``CURRENT``. Lock files keep writers apart: one live projector (or one per
+partition) and one replay at a time.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import fcntl
 import os
 import re
 import sqlite3
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from toolkit.errors import ProjectionBusyError
+from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.readmodel import Connection, Dialect, Generation, ReadModelHome
 
 _GENERATION = re.compile(r"g(\d{6})\.sqlite")
@@ -52,6 +55,32 @@ def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
     return db
 
 
+def _sync_folder(folder: Path) -> None:
+    """Make a rename or removal in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with a file holding ``text``: written and synced under a name
+    of its own, then renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _sync_folder(path.parent)
+
+
 class ProjectionHome(ReadModelHome):
     """The folder of one projection: its generations, ``CURRENT`` and its writer lock."""
 
@@ -67,31 +96,46 @@ class ProjectionHome(ReadModelHome):
         see each commit, as they leave no transaction open)."""
         self._idle_generation: Path | None = None
 
-    @property
-    def _pointer(self) -> Path:
-        return self.path / "CURRENT"
+    def _marker(self, name: str, remedy: Callable[[], str]) -> Path | None:
+        """The generation a marker names (None without the marker); a marker that
+        names none is refused with its path and ``remedy``."""
+        marker = self.path / name
+        try:
+            text = marker.read_bytes().decode(errors="replace").strip()
+        except FileNotFoundError:
+            return None
+        if not _GENERATION.fullmatch(text):
+            held = f"holds {text[:40]!r}" if text else "is empty"
+            raise MarkerError(
+                f"the marker {marker} should name a generation of projection {self.name} "
+                f"(like g000001.sqlite) but {held}: {remedy()}"
+            )
+        return self.path / text
 
     def current(self) -> Path | None:
         """The generation readers use, or None before the first one."""
-        try:
-            name = self._pointer.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return self.path / name
+        return self._marker(
+            "CURRENT",
+            lambda: (
+                "write into it the name of the generation readers should use (there "
+                f"are: {', '.join(p.name for p in self.generations()) or 'none'}), or remove "
+                f"it and run 'toolkit replay {self.name}'"
+            ),
+        )
 
     def building(self) -> Path | None:
         """The generation an unfinished replay was writing, if any."""
-        try:
-            return self.path / (self.path / "BUILDING").read_text().strip()
-        except FileNotFoundError:
-            return None
+        return self._marker(
+            "BUILDING", lambda: f"remove it and run 'toolkit replay {self.name}' (it starts over)"
+        )
 
     def mark_building(self, generation: Generation | None) -> None:
         marker = self.path / "BUILDING"
         if generation is None:
             marker.unlink(missing_ok=True)
+            _sync_folder(self.path)
         else:
-            marker.write_text(generation.name + "\n")
+            _write_atomically(marker, generation.name + "\n")
 
     def generations(self) -> list[Path]:
         return sorted(p for p in self.path.iterdir() if _GENERATION.fullmatch(p.name))
@@ -104,14 +148,12 @@ class ProjectionHome(ReadModelHome):
 
     def switch_to(self, generation: Generation) -> None:
         """Point readers at ``generation`` atomically."""
-        tmp = self._pointer.with_suffix(".tmp")
-        tmp.write_text(generation.name + "\n")
-        with open(tmp) as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self._pointer)
+        _write_atomically(self.path / "CURRENT", generation.name + "\n")
 
     def drop(self, generation: Generation) -> None:
-        for suffix in ("", "-wal", "-shm"):
+        # The database file last: while it is there, the generation is listed, and a
+        # drop cut short is done again (see toolkit.replay).
+        for suffix in ("-wal", "-shm", ""):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path / f"{generation.name}{suffix}")
 

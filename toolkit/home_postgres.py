@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import sql
 
-from toolkit.errors import ConfigurationError, ProjectionBusyError
+from toolkit.errors import ConfigurationError, MarkerError, ProjectionBusyError
 from toolkit.readmodel import Connection, Dialect, Generation, ReadModelHome
 
 _POINTERS = [
@@ -161,7 +161,21 @@ class PostgresHome(ReadModelHome):
             ),
             (self.name,),
         )
-        return None if not rows or rows[0][0] is None else self._generation(rows[0][0])
+        if not rows or rows[0][0] is None:
+            return None
+        schema = rows[0][0]
+        if not self._pattern.fullmatch(schema):
+            remedy = (
+                "set it to the schema readers should use, or to NULL and run"
+                if column == "current"
+                else "set it to NULL and run"
+            )
+            raise MarkerError(
+                f"toolkit.read_model.{column} of projection {self.name} (database "
+                f"{self.db.info.dbname}) should name a schema like {self.name}_g000001 but "
+                f"holds {schema[:70]!r}: {remedy} 'toolkit replay {self.name}'"
+            )
+        return self._generation(schema)
 
     def _point(self, column: str, schema: str | None) -> None:
         self._execute(

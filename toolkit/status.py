@@ -2,7 +2,9 @@
 
 For each stream its head; for each context its log head and the relay's lag; for each
 projection its version (and whether a rebuild is due), checkpoint per stream (per
-partition when partitioned), lag in events and in time, state and dead-letter count.
+partition when partitioned), lag in events and in time, state and dead-letter count; for
+a partial model (a replay from a later start) where it starts in each stream, and the
+generations kept beside the one readers use.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from rich.table import Table
 
 from toolkit import wire
 from toolkit.config import Settings
-from toolkit.errors import ProjectionBusyError
-from toolkit.readmodel import ReadModelHome, open_home
+from toolkit.errors import MarkerError, ProjectionBusyError
+from toolkit.readmodel import Generation, ReadModelHome, connect, open_home
+from toolkit.replay import partial_from
 from toolkit.system import System
 
 
@@ -107,11 +110,18 @@ def _read(
     meta: dict[str, str] = {}
     checkpoints: dict[str, int] = {}
     dead = 0
-    opened = home.open_reader()
+    try:
+        building = home.building()
+        opened = home.open_reader()
+    except MarkerError as exc:  # the message names the marker and what to do
+        report.update(state="unreadable", reason=str(exc))
+        return report, meta, checkpoints, dead
+    report["beside"] = _beside(home, opened[0] if opened else None, building)
     if opened is not None:
         current, db = opened
         report["generation"] = current.name
         try:
+            report["partial_from"] = partial_from(db) or None
             meta = dict(db.execute("SELECT key, value FROM toolkit_meta"))
             checkpoints = dict(db.execute("SELECT stream, sequence FROM toolkit_checkpoint"))
             (dead,) = db.execute("SELECT count(*) FROM toolkit_dead_letter").fetchone()
@@ -120,6 +130,30 @@ def _read(
         finally:
             home.close_reader(db)
     return report, meta, checkpoints, dead
+
+
+def _beside(
+    home: ReadModelHome, current: Generation | None, building: Generation | None
+) -> list[dict[str, Any]]:
+    """The generations kept beside the one readers use (a partial replay's, a previous
+    one kept): where each starts when partial, and its checkpoints."""
+    kept: list[dict[str, Any]] = []
+    skip = {g.name for g in (current, building) if g is not None}
+    for generation in home.generations():
+        if generation.name in skip:
+            continue
+        entry: dict[str, Any] = {"generation": generation.name, "partial_from": None}
+        with contextlib.suppress(Exception):  # dropped meanwhile, or never written to
+            db = connect(generation, readonly=True)
+            try:
+                entry["partial_from"] = partial_from(db) or None
+                entry["checkpoints"] = dict(
+                    db.execute("SELECT stream, sequence FROM toolkit_checkpoint")
+                )
+            finally:
+                db.close()
+        kept.append(entry)
+    return kept
 
 
 def _state(home: ReadModelHome) -> str:
@@ -153,14 +187,30 @@ def render(report: dict[str, Any]) -> Table:
         if p.get("stored_version") not in (None, p["version"]):
             version += f" (stored v{p['stored_version']})"
         rows = p.get("streams") or {"": None}
+        starts = p.get("partial_from") or {}
         for key, position in rows.items():
+            start = starts.get(key.partition("#")[0])
             table.add_row(
                 f"projection {name} {version}",
                 p["state"],
-                f"{key} {position['checkpoint']}" if position else "no read model",
+                f"{key} {position['checkpoint']}" + (f" (partial: from {start})" if start else "")
+                if position
+                else p.get("reason", "no read model"),
                 f"{position['lag_events']} events, {position['lag_seconds']:.1f}s"
                 if position
                 else "",
                 str(p.get("dead_letters", "")),
+            )
+        for kept in p.get("beside", []):
+            partial = kept["partial_from"] or {}
+            table.add_row(
+                f"projection {name} {kept['generation']}",
+                "kept beside",
+                ", ".join(
+                    f"{s} {n}" + (f" (partial: from {partial[s]})" if s in partial else "")
+                    for s, n in kept.get("checkpoints", {}).items()
+                ),
+                "",
+                "",
             )
     return table
