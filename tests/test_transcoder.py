@@ -1,18 +1,26 @@
 from __future__ import annotations
 
+import json
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+from unittest import skip
 from uuid import UUID
 
 import pytest
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
     JSONTranscoder,
+    Transcoder,
     TranscodingNotRegisteredError,
     UUIDAsHex,
 )
+from eventsourcing.tests import persistence as upstream
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,12 +40,14 @@ zones = st.sampled_from(
 leaves = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(-(2**63), 2**63 - 1),
+    st.integers(),  # of any size: orjson alone refuses ints beyond 64 bits
+    st.integers(2**63 - 2, 2**64 + 1) | st.integers(-(2**63) - 1, -(2**63) + 1),
     st.text(),
     st.uuids(),
     st.decimals(allow_nan=False, allow_infinity=False),
     st.datetimes(timezones=zones),
-    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(),  # NaN and ±infinity too: orjson alone writes them as null
+    st.sampled_from([2.0**63, -(2.0**63), 2.0**64, 1e300]),  # floats where ints may be
 )
 states = st.dictionaries(
     st.text(),
@@ -50,12 +60,138 @@ states = st.dictionaries(
 )
 
 
+def same(a: Any, b: Any) -> bool:
+    """Equal, of the same types all the way down, NaN being the same as NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
 @given(states)
 def test_round_trips_and_reads_what_eventsourcing_wrote(state: dict[str, Any]) -> None:
     fast, standard = registered(OrjsonTranscoder()), registered(JSONTranscoder())
-    assert fast.decode(fast.encode(state)) == state
-    assert fast.decode(standard.encode(state)) == state
-    assert standard.decode(fast.encode(state)) == state
+    assert same(fast.decode(fast.encode(state)), state)
+    assert same(fast.decode(standard.encode(state)), state)
+    assert same(standard.decode(fast.encode(state)), state)
+
+
+EXTREMES: dict[str, Any] = {
+    "nan": math.nan,
+    "infinity": math.inf,
+    "minus infinity": -math.inf,
+    "beyond 64 bits": 2**64,
+    "below -2**63": -(2**63) - 1,
+    "googol": 10**100,
+    "just inside": [2**64 - 1, -(2**63)],
+    "float where an int may be": 2.0**64,
+    "nested": [{"x": math.inf, "n": -(10**30), "price": Decimal("1.5")}, [math.nan]],
+    "tagged": UUID(int=2**128 - 1),
+}
+
+
+def test_nan_infinity_and_ints_of_any_size_round_trip_in_eventsourcings_bytes() -> None:
+    """What orjson cannot write or read (NaN and ±infinity, which it writes as null; ints
+    beyond 64 bits, which it refuses to write and reads as floats) is written in the very
+    bytes ``JSONTranscoder`` writes, and both read either's bytes back exactly."""
+    fast, standard = registered(OrjsonTranscoder()), registered(JSONTranscoder())
+    written = fast.encode(EXTREMES)
+    assert written == standard.encode(EXTREMES)
+    assert b"NaN" in written and b"-Infinity" in written and b"%d" % 10**100 in written
+    assert same(fast.decode(written), EXTREMES)
+    assert same(standard.decode(written), EXTREMES)
+    for value in EXTREMES.values():  # alone, at the top of a document, too
+        assert same(fast.decode(fast.encode(value)), value)
+        assert same(fast.decode(standard.encode(value)), value)
+
+
+def test_what_neither_reads_is_refused_as_json_refuses_it() -> None:
+    with pytest.raises(json.JSONDecodeError):
+        registered(OrjsonTranscoder()).decode(b'{"x": nan}')
+
+
+class Reading(Aggregate):
+    class Taken(Aggregate.Created):
+        value: float
+        count: int
+
+    @event(Taken)
+    def __init__(self, value: float, count: int) -> None:
+        self.value = value
+        self.count = count
+
+
+@pytest.mark.parametrize(
+    ("writer", "reader"),
+    [(JSONTranscoder, OrjsonTranscoder), (OrjsonTranscoder, JSONTranscoder)],
+    ids=["eventsourcing-wrote", "toolkit-wrote"],
+)
+def test_a_log_written_by_either_transcoder_is_read_by_the_other(
+    tmp_path: Path, writer: type[Transcoder], reader: type[Transcoder]
+) -> None:
+    """The README's promise: switching the transcoder either way keeps the log readable,
+    NaN, infinity and big counts included."""
+
+    def app(transcoder: type[Transcoder]) -> Application[UUID]:
+        return Application(
+            env={
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(tmp_path / "log.sqlite"),
+                "TRANSCODER_TOPIC": f"{transcoder.__module__}:{transcoder.__qualname__}",
+            }
+        )
+
+    values = [(math.nan, 2**64), (math.inf, -(10**40)), (-math.inf, 0), (0.25, 2**63 - 1)]
+    with app(writer) as before:
+        readings = [Reading(value, count) for value, count in values]
+        before.save(*readings)
+    with app(reader) as after:
+        assert isinstance(after.mapper.transcoder, reader)
+        for written, (value, count) in zip(readings, values, strict=True):
+            read: Reading = after.repository.get(written.id)
+            assert same([read.value, read.count], [value, count])
+
+
+class TestOrjsonTranscoder(upstream.TranscoderTestCase):
+    """eventsourcing's own tests of a transcoder, skipping what upstream skips for its
+    ``JSONTranscoder`` (tests/persistence_tests/test_transcoder.py): both write tuples
+    and subclasses of dict, list, str and int as their base type."""
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = OrjsonTranscoder()
+        transcoder.register(upstream.CustomType1AsDict())
+        transcoder.register(upstream.CustomType2AsDict())
+        transcoder.register(UUIDAsHex())
+        return transcoder
+
+    @skip("test_tuple(): JSONTranscoder converts tuples to lists")
+    def test_tuple(self) -> None:
+        pass
+
+    @skip("test_mixed(): JSONTranscoder converts tuples to lists")
+    def test_mixed(self) -> None:
+        pass
+
+    @skip("test_dict_subclass(): JSONTranscoder converts dict subclasses to dict")
+    def test_dict_subclass(self) -> None:
+        pass
+
+    @skip("test_list_subclass(): JSONTranscoder converts list subclasses to list")
+    def test_list_subclass(self) -> None:
+        pass
+
+    @skip("test_str_subclass(): JSONTranscoder converts str subclasses to str")
+    def test_str_subclass(self) -> None:
+        pass
+
+    @skip("test_int_subclass(): JSONTranscoder converts int subclasses to int")
+    def test_int_subclass(self) -> None:
+        pass
 
 
 def test_types_survive_exactly() -> None:

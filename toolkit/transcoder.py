@@ -4,6 +4,15 @@ stored format (custom types as ``{"_type_": name, "_data_": value}`` objects).
 Logs written by eventsourcing's ``JSONTranscoder`` read back unchanged, and the other way
 round, so switching costs nothing but the install. Registered transcodings work as with
 ``JSONTranscoder`` (UUID, Decimal and datetime are registered by ``Application``).
+
+What orjson cannot do, the json module does, as ``JSONTranscoder`` itself would: orjson
+writes NaN and ±infinity as ``null``, refuses ints beyond 64 bits (and reads them as
+floats), and refuses the ``NaN``/``Infinity`` that the json module writes. A document
+holding one of those is written or read by the json module instead, in the bytes
+``JSONTranscoder`` writes (``NaN``, ``Infinity``, ``-Infinity``, ints of any size), so
+every value ``JSONTranscoder`` round-trips does here. Telling those documents apart costs
+the common path a check a float, nothing else. (Some floats are spelt differently by the
+two, ``0.00001`` for ``1e-05``: the same value either way.)
 """
 
 from __future__ import annotations
@@ -25,8 +34,22 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 
-_PLAIN = frozenset({str, int, float, bool, type(None)})
+_PLAIN = frozenset({str, int, bool, type(None)})
+"""Written as they are by orjson and the json module alike (a float is checked first)."""
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+_EXACT = 2.0**63
+"""orjson reads an integer beyond 64 bits as a float: a float this large or larger may have
+been one, so its document is read again by the json module."""
+
+
+class _NonFinite(float):
+    """A NaN or ±infinity on its way out: orjson refuses float subclasses (it would write a
+    plain one as ``null``), so the document goes to the json module, which writes ``NaN``,
+    ``Infinity`` or ``-Infinity`` as eventsourcing does."""
+
+
+class _Inexact(Exception):
+    """orjson read a float where the json module may read an int beyond 64 bits."""
 
 
 class OrjsonTranscoder(JSONTranscoder):
@@ -49,12 +72,21 @@ class OrjsonTranscoder(JSONTranscoder):
             self._decoders[transcoding.name] = fast
 
     def encode(self, obj: Any) -> bytes:
-        return orjson.dumps(self._tag(obj), option=_OPTIONS)
+        tagged = self._tag(obj)
+        try:
+            return orjson.dumps(tagged, option=_OPTIONS)
+        except orjson.JSONEncodeError:  # NaN, ±infinity, an int beyond 64 bits, nesting
+            return self.encoder.encode(tagged).encode("utf8")  # deeper than 255 levels
 
     def decode(self, data: bytes) -> Any:
-        obj = orjson.loads(data)
-        t = type(obj)
-        return self._untag(obj) if t is dict or t is list else obj
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:  # NaN, ±Infinity (or not JSON: the json module
+            return super().decode(data)  # says so as JSONTranscoder does)
+        try:
+            return self._untag(obj)
+        except _Inexact:
+            return super().decode(data)
 
     def _tag(self, o: Any) -> Any:
         t = type(o)
@@ -65,6 +97,8 @@ class OrjsonTranscoder(JSONTranscoder):
             return out
         if t in _PLAIN:
             return o
+        if t is float:
+            return o if o - o == 0.0 else _NonFinite(o)  # NaN - NaN and inf - inf are NaN
         if t is list or t is tuple:
             return [v if type(v) in _PLAIN else self._tag(v) for v in o]
         transcoding = self.types.get(t)
@@ -84,13 +118,19 @@ class OrjsonTranscoder(JSONTranscoder):
     def _untag(self, o: Any) -> Any:
         """Replace tagged objects in what orjson decoded, in place. Plain values (most of
         them) cost one type check each; a tagged value met inside a dict or list is
-        decoded there, without a call per level."""
-        if type(o) is dict:
+        decoded there, without a call per level. Raises ``_Inexact`` for a float that
+        may have been an int beyond 64 bits."""
+        t = type(o)
+        if t is dict:
             if "_type_" in o and len(o) == 2 and "_data_" in o:
                 return self._decode_tagged(o)
             items: Any = o.items()
-        else:  # a list
+        elif t is list:
             items = enumerate(o)
+        elif t is float and not -_EXACT < o < _EXACT:
+            raise _Inexact
+        else:
+            return o
         decoders = self._decoders
         for k, v in items:
             t = type(v)
@@ -104,6 +144,8 @@ class OrjsonTranscoder(JSONTranscoder):
                 o[k] = self._untag(v)
             elif t is list:
                 o[k] = self._untag(v)
+            elif t is float and not -_EXACT < v < _EXACT:
+                raise _Inexact
         return o
 
     def _decode_tagged(self, o: dict[str, Any]) -> Any:
@@ -114,10 +156,7 @@ class OrjsonTranscoder(JSONTranscoder):
                 f"Data serialized with name '{name}' is not deserializable. "
                 "Please register a custom transcoding for this type."
             )
-        data = o["_data_"]
-        if type(data) is dict or type(data) is list:
-            data = self._untag(data)
-        return transcoding.decode(data)
+        return transcoding.decode(self._untag(o["_data_"]))
 
 
 def decode_uuid(data: str) -> UUID:
