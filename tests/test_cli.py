@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -281,3 +282,127 @@ def test_replay_options_rewind_and_versions(tmp_path: Path, read_models: Setting
     )
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert shipments() == 10
+
+
+def relayed_and_projected(tmp_path: Path, orders: int) -> tuple[list[str], ProjectionHome]:
+    """A data folder whose sales log (a customer, then ``orders`` orders) is relayed and
+    projected into shipping: its CLI options and shipping's home."""
+    data = sales_log(tmp_path / "data", orders=orders)
+    run = ["--data-dir", str(data)]
+    assert toolkit(*run, "relay", "sales", "--once", tmp=tmp_path).returncode == 0
+    assert toolkit(*run, "project", "shipping", "--once", tmp=tmp_path).returncode == 0
+    return run, ProjectionHome(data, "shipping")
+
+
+def test_a_replay_from_a_sequence_is_kept_beside_the_live_model(tmp_path: Path) -> None:
+    run, home = relayed_and_projected(tmp_path, orders=10)  # sequences 1 to 11
+    with home.reader() as db:
+        assert db is not None
+        live = dump(db)
+
+    def status() -> dict[str, Any]:
+        done = toolkit(*run, "status", "--json", tmp=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout)["projections"]["shipping"])
+
+    done = toolkit(*run, "replay", "shipping", "--from-seq", "4", tmp=tmp_path)
+    assert done.returncode == 0, done.stderr
+    kept = home.path / "g000002.sqlite"
+    assert "a partial model: it holds only the events of sales from sequence 4 on" in done.stderr
+    assert "readers go on using g000001.sqlite" in done.stderr
+    assert re.search(r"replaying shipping: \d+/8 events", done.stderr)  # 4 to 11, not 11
+    assert f"sqlite3 -readonly {kept}" in done.stderr and "--switch-partial" in done.stderr
+    assert home.current() == home.path / "g000001.sqlite"
+    with home.reader() as db:
+        assert db is not None and dump(db) == live  # readers: the whole model
+    shipping = status()
+    assert shipping["generation"] == "g000001.sqlite" and shipping["partial_from"] is None
+    assert shipping["beside"] == [
+        {"generation": kept.name, "partial_from": {"sales": 4}, "checkpoints": {"sales": 11}}
+    ]
+
+    done = toolkit(
+        *run, "replay", "shipping", "--from-seq", "4", "--switch-partial", "--json", tmp=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["switched"] and report["partial_from"] == {"sales": 4}
+    assert report["previous"] == "g000001.sqlite" and report["previous_dropped"]
+    shipping = status()
+    assert shipping["generation"] == "g000003.sqlite"
+    assert shipping["partial_from"] == {"sales": 4}  # readers see a partial model: said
+    assert [g["generation"] for g in shipping["beside"]] == [kept.name]
+
+    described = toolkit("replay", "--help", tmp=tmp_path).stdout
+    assert "--switch-partial" in described and "kept beside the live one" in described
+
+
+def test_rewind_past_the_head_or_of_a_missing_stream_is_refused(tmp_path: Path) -> None:
+    nowhere = tmp_path / "nowhere"  # no stream sales on its server
+    missing = toolkit(
+        "--data-dir", str(nowhere), "rewind", "shipping", "--to-seq", "0", tmp=tmp_path
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "toolkit: error: stream sales does not exist on this NATS server, so projection "
+        "shipping has nothing to replay (nothing changed; is this the server its context "
+        "publishes to?)"
+    )
+    empty = ProjectionHome(nowhere, "shipping")
+    assert empty.current() is None and empty.generations() == []
+
+    run, home = relayed_and_projected(tmp_path, orders=10)  # sequences 1 to 11
+    with home.reader() as db:
+        assert db is not None
+        live = dump(db)
+    before = sorted(p.name for p in home.path.iterdir())
+    past = toolkit(*run, "rewind", "shipping", "--to-seq", "12", tmp=tmp_path)
+    assert past.returncode == 1
+    assert past.stderr.strip() == (
+        "toolkit: error: cannot rewind shipping to sequence 12: stream sales ends at "
+        "sequence 11 (nothing changed)"
+    )
+    below = toolkit(*run, "rewind", "shipping", "--to-seq", "-1", tmp=tmp_path)
+    assert below.returncode == 1 and len(below.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in home.path.iterdir()) == before
+    with home.reader() as db:
+        assert db is not None and dump(db) == live
+
+    at_head = toolkit(*run, "rewind", "shipping", "--to-seq", "11", tmp=tmp_path)
+    assert at_head.returncode == 0, at_head.stderr
+    assert "it goes on from 12 when it next runs" in at_head.stderr
+    described = toolkit("rewind", "--help", tmp=tmp_path).stdout
+    assert "past a stream's head" in " ".join(described.split())
+
+
+def test_an_unreadable_marker_is_named_with_what_to_do(tmp_path: Path) -> None:
+    run, home = relayed_and_projected(tmp_path, orders=3)
+    building = home.path / "BUILDING"
+    building.write_bytes(b"")  # what a replay killed as it wrote the marker used to leave
+    done = toolkit(*run, "replay", "shipping", tmp=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"toolkit: error: the marker {building} should name a generation of projection "
+        "shipping (like g000001.sqlite) but is empty: remove it and run 'toolkit replay "
+        "shipping' (it starts over)"
+    )
+    building.unlink()
+    done = toolkit(*run, "replay", "shipping", tmp=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    current = home.path / "CURRENT"
+    current.write_text("g0000")  # half a name
+    done = toolkit(*run, "project", "shipping", "--once", tmp=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"toolkit: error: the marker {current} should name a generation of projection "
+        "shipping (like g000001.sqlite) but holds 'g0000': write into it the name of the "
+        "generation readers should use (there are: g000002.sqlite), or remove it and run "
+        "'toolkit replay shipping'"
+    )
+    status = toolkit(*run, "status", "--json", tmp=tmp_path)
+    assert status.returncode == 0, status.stderr
+    shipping = json.loads(status.stdout)["projections"]["shipping"]
+    assert shipping["state"] == "unreadable" and str(current) in shipping["reason"]
+    current.write_text("g000002.sqlite\n")
+    assert toolkit(*run, "project", "shipping", "--once", tmp=tmp_path).returncode == 0

@@ -228,7 +228,7 @@ async def test_a_replay_killed_at_any_step_leaves_a_state_the_next_one_finishes(
         undisturbed = await rebuild(Shipments(), home, nc, starts_at=start)
     expected = model(undisturbed.generation)
     whole = model(template / "shipping" / "g000001.sqlite")
-    assert "rename .BUILDING" in " ".join(steps), steps  # the marker is among them
+    assert any("BUILDING" in step for step in steps), steps  # the marker is among them
 
     for at, what in enumerate(steps):
         home = fresh(f"killed-{at}")
