@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import httpx
 import pytest
 from nats.aio.client import Client
 
 from contexts.sales import Sales
 from contexts.system import system
 from projections.shipping import Shipments
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, serving
 from tests.flow import home_of, project_all, relay_all, relay_orders
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError, ProjectionError
 from toolkit.home import ProjectionHome
+from toolkit.http import create_app
 from toolkit.projection import StartPosition
 from toolkit.readmodel import Generation, ReadModelHome, connect
 from toolkit.replay import rebuild
@@ -334,3 +336,23 @@ async def test_an_interrupted_replay_is_resumed_only_by_the_same_request(
     assert whole.resumed_from is None and whole.partial_from == {} and whole.switched
     assert len(model(whole.generation)["shipment"]) == 10
     assert [g.name for g in home.generations()] == [whole.generation.name]
+
+
+async def test_readers_are_told_when_the_current_marker_is_unreadable(
+    sqlite_sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    await ten_orders(sqlite_sales, nc)
+    await project_all(Shipments(), data_dir, nc)
+    current = data_dir / "projections" / "shipping" / "CURRENT"
+    current.write_text("g0000")  # half a name
+    app = create_app(system, Settings(data_dir=data_dir), relay=False)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+        broken = await http.get("/shipping/shipments")
+        assert broken.status_code == 503, broken.text
+        assert broken.json()["detail"] == (
+            "projection shipping cannot tell which read model readers use ('toolkit status' "
+            "says why)"
+        )  # not "no read model yet": there is one
+        current.write_text("g000001.sqlite\n")
+        mended = await http.get("/shipping/shipments")
+        assert mended.status_code == 200 and len(mended.json()["items"]) == 10

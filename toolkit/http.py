@@ -19,6 +19,7 @@ from toolkit import caching, feed, health, problems, webhooks
 from toolkit.auth import BearerAuth
 from toolkit.config import Settings
 from toolkit.consistency import HEADER, Consistency, ConsistencyToken, InvalidToken
+from toolkit.errors import MarkerError
 from toolkit.health import Metrics
 from toolkit.readmodel import Connection, Generation, ReadModelHome, open_home
 from toolkit.relay import Relay
@@ -78,7 +79,16 @@ class ReadModel:
 
     def _open(self) -> tuple[Connection, Generation]:
         """A connection to the current generation (the home keeps idle ones for reuse)."""
-        opened = self.home.open_reader()
+        try:
+            opened = self.home.open_reader()
+        except MarkerError as exc:  # the operator's to mend: the log says how
+            log.error("%s", exc)
+            raise HTTPException(
+                503,
+                f"projection {self.home.name} cannot tell which read model readers use "
+                "('toolkit status' says why)",
+                headers={"Retry-After": "5"},
+            ) from None
         if opened is None:
             raise HTTPException(
                 503,
