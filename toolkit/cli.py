@@ -143,20 +143,21 @@ def _parser() -> argparse.ArgumentParser:
         "--from-time) the model is partial: it holds only the events from there on, says so "
         "in 'toolkit status', and is kept beside the live one, which readers go on using, "
         "unless --switch-partial. An interrupted replay resumes when run again with the "
-        "same start (another start begins anew). Refused when a stream does not exist or "
-        "--from-seq is past its head; nothing changes then.",
+        "same start and no --to-seq below where it got (otherwise it begins anew). Refused, "
+        "with nothing changed, when a stream does not exist, --from-seq is past its head or "
+        "--to-seq before --from-seq, or another replay or a rewind runs.",
     )
     replay.add_argument("projection", help="projection name, e.g. shipping")
     start = replay.add_mutually_exclusive_group()
     start.add_argument("--from-start", action="store_true", help="from sequence 1 (default)")
     start.add_argument(
         "--from-seq", type=_positive, metavar="N",
-        help="from stream sequence N: a partial model, kept beside the live one",
+        help="from stream sequence N (after 1, a partial model: kept beside the live one)",
     )  # fmt: skip
     start.add_argument(
         "--from-time", type=_moment, metavar="T", help="from the first event at or after T "
-        "(ISO 8601, e.g. 2026-11-24T06:00:00Z; UTC when no zone is given): a partial model, "
-        "kept beside the live one"
+        "(ISO 8601, e.g. 2026-11-24T06:00:00Z; UTC when no zone is given); after the first "
+        "event, a partial model: kept beside the live one"
     )  # fmt: skip
     replay.add_argument(
         "--to-seq", type=_positive, metavar="M",
@@ -182,8 +183,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Rebuild the projection's read model as it was after sequence N (a "
         "replay up to N, beside the live one), switch readers to it and drop the previous "
         "generation; the projection goes on from N+1 when it next runs. Refused, with "
-        "nothing changed, while the projection runs, when a stream it reads does not "
-        "exist, or when N is past a stream's head.",
+        "nothing changed, while the projection or a replay of it runs, when a stream it "
+        "reads does not exist, or when N is past a stream's head.",
     )
     rewind.add_argument("projection", help="projection name, e.g. shipping")
     rewind.add_argument(
@@ -210,7 +211,8 @@ def _parser() -> argparse.ArgumentParser:
         help="show streams, relays and projections: positions, lag, state",
         description="For each stream its head; for each context its relay's lag; for each "
         "projection its version, checkpoint per stream, lag in events and in time, state "
-        "(running, stopped, rebuild due) and dead letters; for a partial model where it "
+        "(live, replaying, paused, failing, rebuild due, or unreadable: a marker names no "
+        "generation) and dead letters; for a partial model where it "
         "starts, and the generations kept beside the one readers use.",
     )
     status.add_argument("--json", action="store_true", help="print JSON for machines")
