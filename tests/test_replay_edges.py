@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -356,3 +357,20 @@ async def test_readers_are_told_when_the_current_marker_is_unreadable(
         current.write_text("g000001.sqlite\n")
         mended = await http.get("/shipping/shipments")
         assert mended.status_code == 200 and len(mended.json()["items"]) == 10
+
+
+async def test_a_start_is_partial_only_when_it_leaves_events_out(
+    sqlite_sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    await ten_orders(sqlite_sales, nc)
+    await project_all(Shipments(), data_dir, nc)
+    home = ProjectionHome(data_dir, "shipping")
+    fourth = (await nc.jetstream().get_msg("sales", seq=4)).time
+    assert fourth is not None
+    from_time = await rebuild(Shipments(), home, nc, starts_at=fourth)
+    assert from_time.partial_from == {"sales": 4} and not from_time.switched
+    assert len(model(from_time.generation)["shipment"]) == 8
+    for whole in (1, fourth - timedelta(days=1)):  # from the first event: all of them
+        result = await rebuild(Shipments(), home, nc, starts_at=whole)
+        assert result.partial_from == {} and result.switched, whole
+        assert len(model(result.generation)["shipment"]) == 10
