@@ -25,6 +25,7 @@ from contexts.system import system
 from projections.shipping import Shipments
 from tests.conftest import BACKENDS, serving
 from tests.flow import home_of, project_all, relay_all, relay_orders
+from tests.systems import ShipmentsV2
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError, ProjectionError
 from toolkit.home import ProjectionHome
@@ -337,6 +338,14 @@ async def test_an_interrupted_replay_is_resumed_only_by_the_same_request(
     assert whole.resumed_from is None and whole.partial_from == {} and whole.switched
     assert len(model(whole.generation)["shipment"]) == 10
     assert [g.name for g in home.generations()] == [whole.generation.name]
+
+    # A replay killed, then the code moves to version 2: its replay starts over.
+    with dying_in(home, ["switch_to"], 0, []), pytest.raises(Killed):
+        await rebuild(Shipments(), home, nc)
+    v2 = await rebuild(ShipmentsV2(), home, nc)
+    assert v2.resumed_from is None and v2.switched
+    assert [g.name for g in home.generations()] == [v2.generation.name]
+    assert len(model(v2.generation)["shipment"]) == 10
 
 
 async def test_readers_are_told_when_the_current_marker_is_unreadable(
