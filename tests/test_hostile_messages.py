@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from projections.shipping import Shipments
+from tests.envelopes import relayed
 from tests.flow import project_all
 from toolkit import ContractError, StreamSpec, ensure_stream
 from toolkit.home import ProjectionHome
@@ -19,24 +19,24 @@ from toolkit.reader import StreamMessage
 from toolkit.translator import UnknownEvent
 
 
-async def publish(nc: Client, body: bytes, headers: dict[str, str] | None = None) -> None:
-    await nc.jetstream().publish("sales.order.x.OrderPlaced", body, headers=headers)
+async def publish(
+    nc: Client, body: bytes, headers: dict[str, str] | None = None, subject: str = "sales.order.x.E"
+) -> None:
+    await nc.jetstream().publish(subject, body, headers=headers)
 
 
-def good(order_id: str) -> bytes:
-    return msgspec.json.encode(
-        {
-            "specversion": "1.0",
-            "type": "sales.OrderPlaced",
-            "schemaversion": 1,
-            "data": {
-                "order_id": order_id,
-                "customer_id": "6a2f41a0-6f5b-4b4b-9b1a-2b6f3f1a0c11",
-                "lines": [{"sku": "tea", "quantity": 1}],
-                "placed_at": "2026-11-24T06:43:30Z",
-            },
-        }
+def placed(order_id: str, position: int) -> tuple[bytes, dict[str, str], str]:
+    """The relay's OrderPlaced for ``order_id`` at log position ``position``."""
+    data = {
+        "order_id": order_id,
+        "customer_id": "6a2f41a0-6f5b-4b4b-9b1a-2b6f3f1a0c11",
+        "lines": [{"sku": "tea", "quantity": 1}],
+        "placed_at": "2026-11-24T06:43:30Z",
+    }
+    subject, body, headers = relayed(
+        "sales", position, "sales.OrderPlaced", data, aggregate_id=order_id
     )
+    return body, headers, subject
 
 
 async def test_junk_on_the_stream_is_dead_lettered_and_the_rest_applied(
@@ -44,23 +44,26 @@ async def test_junk_on_the_stream_is_dead_lettered_and_the_rest_applied(
 ) -> None:
     await ensure_stream(nc.jetstream(), StreamSpec("sales"))
     first, last = "5f0c7f3e-9c1e-4a59-8f0e-2b6f3f1a0c11", "7e0c7f3e-9c1e-4a59-8f0e-2b6f3f1a0c11"
-    await publish(nc, good(first))
+    body, headers, subject = placed(first, 1)
+    await publish(nc, body, headers, subject)
     await publish(nc, b"")  # empty
     await publish(nc, b"\xff\xfe not utf-8")
     await publish(nc, b'{"type": 7, "schemaversion": "one", "data": 1}')  # wrong types
     await publish(nc, b"[1, 2, 3]")
-    await publish(nc, good("not-a-uuid"))
-    await publish(nc, good(first), headers={"Status": "503", "Description": "lies"})
-    await publish(nc, good(last), headers={"Nats-Msg-Id": "", "X-Junk": "é" * 100})
+    await publish(nc, *placed("not-a-uuid", 2))  # the relay's, but breaks its contract
+    await publish(nc, body, headers={"Status": "503", "Description": "lies"})
+    body, headers, subject = placed(last, 3)
+    await publish(nc, body, {**headers, "X-Junk": "é" * 100}, subject)
     stats = await project_all(Shipments(), data_dir, nc)
     assert stats.checkpoints["sales"] == 8
-    assert stats.dead_lettered == 5
+    assert (stats.dead_lettered, stats.untrusted, stats.applied) == (6, 5, 2)
     with ProjectionHome(data_dir, "shipping").reader() as db:
         assert db is not None
         assert {r[0] for r in db.execute("SELECT shipment_id FROM shipment")} == {first, last}
         reasons = dict(db.execute("SELECT sequence, reason FROM toolkit_dead_letter"))
-    assert set(reasons) == {2, 3, 4, 5, 6}
+    assert set(reasons) == {2, 3, 4, 5, 6, 7}
     assert all(reason for reason in reasons.values())
+    assert "not published by the sales relay: it has no Nats-Msg-Id" in reasons[7]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))

@@ -7,7 +7,9 @@ from typing import ClassVar
 
 import msgspec
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
+from tests.envelopes import relayed
 from tests.flow import project_all
 from toolkit import IntegrationEvent, StreamSpec, contract, ensure_stream
 from toolkit.home import ProjectionHome
@@ -57,8 +59,13 @@ class Activity(Projection):
         db.execute("INSERT INTO seen VALUES (?, ?)", (fact.source, fact.key))
 
 
-def envelope(type_: str, data: dict[str, str]) -> bytes:
-    return msgspec.json.encode({"type": type_, "schemaversion": 1, "data": data})
+async def publish(js: JetStreamContext, context: str, position: int, type_: str, key: str) -> None:
+    """The relay of ``context`` publishes its event at log ``position``."""
+    field = "order_id" if context == "sales" else "sku"
+    subject, body, headers = relayed(
+        context, position, type_, {field: key}, aggregate_id=key, aggregate_type="thing"
+    )
+    await js.publish(subject, body, headers=headers)
 
 
 async def test_each_stream_has_its_own_checkpoint(nc: Client, data_dir: Path) -> None:
@@ -66,19 +73,12 @@ async def test_each_stream_has_its_own_checkpoint(nc: Client, data_dir: Path) ->
     for context in ("sales", "catalog"):
         await ensure_stream(js, StreamSpec(context))
     for i in range(5):
-        await js.publish(
-            f"sales.order.o{i}.OrderPlaced", envelope("sales.OrderPlaced", {"order_id": f"o{i}"})
-        )
+        await publish(js, "sales", i + 1, "sales.OrderPlaced", f"o{i}")
     for i in range(3):
-        await js.publish(
-            f"catalog.product.p{i}.ProductListed",
-            envelope("catalog.ProductListed", {"sku": f"p{i}"}),
-        )
+        await publish(js, "catalog", i + 1, "catalog.ProductListed", f"p{i}")
     stats = await project_all(Activity(), data_dir, nc)
     assert stats.checkpoints == {"sales": 5, "catalog": 3}
-    await js.publish(
-        "catalog.product.p9.ProductListed", envelope("catalog.ProductListed", {"sku": "p9"})
-    )
+    await publish(js, "catalog", 9, "catalog.ProductListed", "p9")
     stats = await project_all(Activity(), data_dir, nc)  # a restart: each from its own place
     assert stats.checkpoints == {"sales": 5, "catalog": 4} and stats.applied == 1
     with ProjectionHome(data_dir, "activity").reader() as db:

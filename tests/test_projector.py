@@ -13,6 +13,7 @@ from projections.billing.translation import cents
 from projections.shipping import Shipments
 from projections.shipping.translation import ShipmentAwaitingDispatch
 from tests.conftest import BACKENDS, wait_for
+from tests.envelopes import stream_message
 from tests.flow import Where, home_of, project_all, read_all, relay_all
 from toolkit.config import Settings
 from toolkit.errors import ProjectionBusyError
@@ -101,17 +102,15 @@ async def test_redelivered_messages_are_not_applied_twice(
 
 
 def message(seq: int, body: bytes) -> StreamMessage:
+    """A message with the relay's message id but a body of any bytes."""
     return StreamMessage(
         "sales", seq, f"sales.order.x{seq}.E", {"Nats-Msg-Id": f"sales:{seq}"}, body
     )
 
 
-def envelope(type_: str, data: bytes, version: int = 1) -> bytes:
-    return b'{"specversion":"1.0","type":"%s","schemaversion":%d,"data":%s}' % (
-        type_.encode(),
-        version,
-        data,
-    )
+def event(seq: int, type_: str, data: bytes, version: int = 1) -> StreamMessage:
+    """The relay's message at ``seq`` (log position ``seq``), of aggregate ``x<seq>``."""
+    return stream_message(seq, type_, data, schemaversion=version, aggregate_id=f"x{seq}")
 
 
 def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(read_models: Settings) -> None:
@@ -122,14 +121,15 @@ def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(read_models: Set
         result = store.apply(
             translator,
             [
-                message(1, envelope("sales.SomethingNew", b"{}")),
-                message(2, envelope("sales.OrderPlaced", b"{}", version=2)),
-                message(3, envelope("sales.OrderPlaced", b'{"order_id": "nope"}')),
+                event(1, "sales.SomethingNew", b"{}"),
+                event(2, "sales.OrderPlaced", b"{}", version=2),
+                event(3, "sales.OrderPlaced", b'{"order_id": "nope"}'),
                 message(4, b"not json"),
                 message(5, b'{"type": "sales.OrderPlaced", "data": {}}'),
             ],
         )
         assert (result.applied, result.skipped, result.dead_lettered) == (0, 1, 4)
+        assert result.untrusted == 2  # bodies that are no envelope of the relay's
         assert store.checkpoint("sales") == 5  # nothing blocks the stream
         reasons = dict(store.db.execute("SELECT sequence, reason FROM toolkit_dead_letter"))
         assert "v2 is newer than this consumer reads (up to v1)" in reasons[2]
@@ -144,7 +144,7 @@ def test_a_writer_that_went_around_the_lock_writes_nothing(read_models: Settings
     """Two stores on one generation (as if a lock had been lost): the one whose checkpoint
     is stale is refused, its batch rolled back, so nothing is applied twice."""
     translator: Translator = Shipments.translators[0]
-    skipped = [message(seq, envelope("sales.SomethingNew", b"{}")) for seq in (1, 2, 3)]
+    skipped = [event(seq, "sales.SomethingNew", b"{}") for seq in (1, 2, 3)]
     with home_of(read_models, "shipping") as home:
         first = ReadModelStore(home.live(), Shipments())
         second = ReadModelStore(home.live(), Shipments())

@@ -115,12 +115,24 @@ async def test_a_stream_written_from_another_log_is_refused(
         other.close()
 
 
-async def test_a_foreign_writer_on_the_stream_is_detected(sales: Sales, nc: Client) -> None:
+async def test_a_foreign_writer_on_the_stream_is_passed_over(
+    sales: Sales, nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another publisher's message after the relay's last neither stops the relay nor
+    moves where it goes on: the next events follow it, each once."""
     place_orders(sales, 2)
-    await Relay(sales, nc).run(until_head=True)
+    first = (await Relay(sales, nc).run(until_head=True)).stream_sequence
     await nc.jetstream().publish("sales.order.x.Intruder", b"{}")
-    with pytest.raises(RelayError, match="something other than this relay"):
-        await Relay(sales, nc).run(until_head=True)
+    place_orders(sales, 2)
+    stats = await Relay(sales, nc).run(until_head=True)
+    assert f"published by something else (sequence {first + 1}" in caplog.text
+    positions = [
+        int(m.headers["Nats-Msg-Id"].partition(":")[2])
+        for m in await read_all(nc)
+        if "Nats-Msg-Id" in m.headers
+    ]
+    assert positions == public_positions(sales)  # each once, in log order
+    assert stats.stream_sequence == len(positions) + 1
 
 
 async def test_a_relay_on_its_own_sees_writes_of_other_processes(

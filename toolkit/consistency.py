@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from toolkit import wire
+from toolkit import streams
 from toolkit.context import BoundedContext
 from toolkit.errors import ToolkitError
 
@@ -92,7 +92,8 @@ class Consistency:
                 message = await self.js.get_msg(stream, seq=sequence)
             except NotFoundError:  # removed by the stream's limits: the next checkpoint
                 return 0  # decides; until then nothing is claimed
-            position = wire.log_position((message.headers or {}).get(wire.MSG_ID, "")) or 0
+            relayed = streams.relayed(stream, message)  # another publisher's claims nothing
+            position = 0 if isinstance(relayed, str) else relayed.position
             if len(cache) > 4096:
                 cache.clear()
             cache[key] = position

@@ -40,8 +40,14 @@ class Projection(ABC):
     (only events published after it joins), a stream sequence, or a time. Afterwards
     it always goes on from its checkpoint."""
     on_poison: ClassVar[Literal["park-aggregate", "skip-event"]] = "park-aggregate"
-    """When a message keeps failing: park it and every later message of its aggregate
-    (per-aggregate order holds), or park only it and carry on."""
+    """When a message keeps failing, or cannot be read (a contract version newer than
+    the translator knows, a broken contract): park it and every later message of its
+    aggregate (per-aggregate order holds), or park only it and carry on."""
+    on_untrusted: ClassVar[Literal["dead-letter", "skip"]] = "dead-letter"
+    """A message on a stream that its relay did not publish (another client's, or
+    malformed: see :func:`toolkit.wire.relay_position`): keep it in the dead letters with
+    the reason, or skip it and only count it. Either way it moves no log position and
+    parks nothing, so it cannot hide the relay's events."""
     retries: ClassVar[int] = 3
     """Tries after the first before a failing message is parked."""
     retry_delay: ClassVar[float] = 0.2

@@ -35,6 +35,8 @@ class ProjectorStats:
     dead_lettered: int = 0
     foreign: int = 0
     """Messages of aggregates another partition worker owns."""
+    untrusted: int = 0
+    """Messages the stream's relay did not publish (dead-lettered or skipped)."""
     retries: int = 0
     parked: int = 0
     """Messages that kept failing and were put in the dead letters."""
@@ -220,6 +222,7 @@ class Projector:
             total.duplicates += result.duplicates
             total.dead_lettered += result.dead_lettered
             total.foreign += result.foreign
+            total.untrusted += result.untrusted
 
     async def _sequence_at(self, stream: str, moment: datetime) -> int:
         """The first sequence stored at or after ``moment`` (head + 1 when none is)."""
@@ -354,6 +357,14 @@ class Projector:
                     self.stats.duplicates += result.duplicates
                     self.stats.dead_lettered += result.dead_lettered
                     self.stats.foreign += result.foreign
+                    self.stats.untrusted += result.untrusted
+                    if result.untrusted:
+                        log.warning(
+                            "%s: %d message(s) on stream %s up to sequence %d were not "
+                            "published by its relay (%s)", self.name, result.untrusted, stream,
+                            batch[-1].sequence, "dead-lettered"
+                            if self.projection.on_untrusted == "dead-letter" else "skipped",
+                        )  # fmt: skip
                 elif asyncio.get_running_loop().time() - idle_since > 5.0:
                     idle_since = asyncio.get_running_loop().time()
                     if await self.past_head(stream) is not None:  # lost under a live reader

@@ -21,6 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from uuid import UUID
 
 import nats.errors
 import nats.js.errors
@@ -35,7 +36,7 @@ from toolkit.context import BoundedContext
 from toolkit.errors import RelayError
 from toolkit.outbox import Outbox
 from toolkit.published import OutgoingMessage
-from toolkit.streams import StreamSpec, ensure_stream, last_message
+from toolkit.streams import Relayed, StreamSpec, ensure_stream, relay_tail, relayed
 from toolkit.watch import LogWatcher
 
 log = logging.getLogger(__name__)
@@ -281,38 +282,89 @@ class Relay:
         """Non-zero once messages were lost: part of the message ids (see wire.message_id)."""
 
     async def resume_position(self) -> tuple[int, int]:
-        """(stream sequence to publish after, log position of the last message on the
-        stream), read one after the other: the relay's first publish checks that they
-        still belong together. The position is read from the last message that exists: when the
-        stream lost its tail (deleted messages, a restore from an older snapshot), the
-        relay carries the missing events again; when it was deleted and recreated, it
-        carries the whole log again."""
+        """(stream sequence to publish after, log position of the relay's last message on
+        the stream), read one after the other: the relay's first publish checks that
+        they still belong together.
+
+        The position is read from the relay's last message that exists: when the stream
+        lost its tail (deleted messages, a restore from an older snapshot), the relay
+        carries the missing events again; when it was deleted and recreated, the whole
+        log. Messages others published after it are passed over (consumers dead-letter
+        them). That message must be the log's event at its position, and come after the
+        relay's message before it: otherwise the stream was written from elsewhere, and
+        the relay stops and says so rather than publish anything twice."""
         info = await ensure_stream(self.js, self.stream)
         last_seq = info.state.last_seq
-        raw = await last_message(self.js, self.stream.name) if info.state.messages else None
-        if raw is None:
+        if not info.state.messages:
             return last_seq, 0
-        msg_id = (raw.headers or {}).get(wire.MSG_ID, "")
-        position = wire.log_position(msg_id)
-        if position is None or wire.message_id_context(msg_id) != self.context.name:
+        name = self.stream.name
+        tail = await relay_tail(self.js, name)
+        if tail.others:
+            sequence, why = tail.others[0]
+            log.warning(
+                "relay %s: %d message(s) on stream %s after the relay's last were published "
+                "by something else (sequence %d: %s); consumers dead-letter them, and only "
+                "the relay should have the right to publish on '%s.>'",
+                self.context.name, len(tail.others), name, sequence, why, name,
+            )  # fmt: skip
+        last = tail.last
+        if last is None:
+            if tail.others and tail.others[-1][1].startswith("the search"):
+                raise RelayError(
+                    f"stream {name} ends in more messages than the relay looks through "
+                    f"that it did not publish (up to sequence {tail.others[0][0]}): remove "
+                    "them, or point the context at a stream of its own"
+                )
+            return last_seq, 0
+        self._check_against_log(last)
+        if tail.before is not None and tail.before.position >= last.position:
             raise RelayError(
-                f"the last message on stream {self.stream.name} (sequence {raw.seq}) has no "
-                f"{wire.MSG_ID} of this relay: something other than this relay writes to it"
+                f"stream {name} sequence {last.sequence} repeats log position {last.position} "
+                f"after sequence {tail.before.sequence} carried {tail.before.position}: it was "
+                f"published again by something other than the relay; remove it (nats stream "
+                f"rmm {name} {last.sequence}) and start the relay again"
             )
-        head = self.context.recorder.max_notification_id() or 0
-        if position > head:
-            raise RelayError(
-                f"stream {self.stream.name} holds events up to log position {position} but the "
-                f"{self.context.name} log ends at {head}: the stream was written from another "
-                "log (point the context at its own log, or at an empty stream)"
-            )
-        if (raw.seq or 0) < last_seq:  # (a later one: another relay published meanwhile)
+        if last.sequence < last_seq and not tail.others:
             log.warning(
                 "relay %s: stream %s ends at sequence %d but its last message is %d (log "
                 "position %d): messages were lost; carrying the log again from there",
-                self.context.name, self.stream.name, last_seq, raw.seq, position,
+                self.context.name, name, last_seq, last.sequence, last.position,
             )  # fmt: skip
-        return last_seq, position
+        return last_seq, last.position
+
+    def _check_against_log(self, last: Relayed) -> None:
+        """The relay's last message must carry the log's event at its log position."""
+        name = self.stream.name
+        head = self.context.recorder.max_notification_id() or 0
+        if last.position > head:
+            raise RelayError(
+                f"stream {name} holds events up to log position {last.position} but the "
+                f"{self.context.name} log ends at {head}: the stream was written from another "
+                "log (point the context at its own log, or at an empty stream)"
+            )
+        held = self._differs_from_log(last)
+        if held is not None:
+            raise RelayError(
+                f"stream {name} sequence {last.sequence} ({wire.MSG_ID} {last.msg_id}) says "
+                f"log position {last.position} is {wire.brief(last.aggregate_id)} version "
+                f"{last.aggregate_version}, but the {self.context.name} log holds {held} "
+                f"there: it was not published from this log; remove it (nats stream rmm "
+                f"{name} {last.sequence}) if something else wrote it, or point the context "
+                "at its own log"
+            )
+
+    def _differs_from_log(self, message: Relayed) -> str | None:
+        """What the log holds at the message's position, if not the event it carries."""
+        found = self.context.recorder.select_notifications(message.position, 1, message.position)
+        event = found[0] if found and found[0].id == message.position else None
+        if event is None:
+            return "no event"
+        if (
+            not _same_id(event.originator_id, message.aggregate_id)
+            or event.originator_version != message.aggregate_version
+        ):
+            return f"{event.originator_id} version {event.originator_version}"
+        return None
 
     def lag(self) -> int:
         """Log events not yet carried onto the stream (log head minus last relayed)."""
@@ -370,7 +422,14 @@ class Relay:
             return True
         except (nats.errors.Error, TimeoutError, OSError):
             return False  # cannot tell now: the next attempt meets the duplicate again
-        return (stored.headers or {}).get(wire.MSG_ID) != msg_id
+        found = relayed(self.stream.name, stored)
+        # Stored by another relay of this log, or taken by another publisher that used
+        # the id first (then only new ids get the event onto the stream).
+        return (
+            isinstance(found, str)
+            or found.msg_id != msg_id
+            or self._differs_from_log(found) is not None
+        )
 
     async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
         loop = asyncio.get_running_loop()
@@ -452,3 +511,14 @@ class Relay:
             stop_listening()
             await window.close()
         return self.stats
+
+
+def _same_id(stored: object, published: str) -> bool:
+    """Whether a log's originator id is the aggregate id an envelope names (logs may give
+    a UUID back as an object or as its 32 hex digits)."""
+    if str(stored) == published:
+        return True
+    try:
+        return UUID(str(stored)) == UUID(published)
+    except ValueError:
+        return False

@@ -18,11 +18,11 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from rich.table import Table
 
-from toolkit import wire
 from toolkit.config import Settings
 from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.readmodel import Generation, ReadModelHome, connect, open_home
 from toolkit.replay import partial_from
+from toolkit.streams import relay_tail
 from toolkit.system import System
 
 
@@ -59,8 +59,8 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
             relayed = 0
             if head:
                 with contextlib.suppress(Exception):
-                    last = await js.get_msg(name, seq=head)
-                    relayed = wire.log_position((last.headers or {}).get(wire.MSG_ID, "")) or 0
+                    last = (await relay_tail(js, name)).last  # others' messages claim nothing
+                    relayed = last.position if last is not None else 0
             relay.update(log_head=log_head, relayed_to=relayed, relay_lag=log_head - relayed)
         contexts[name] = relay
 

@@ -129,6 +129,9 @@ class BatchResult:
     dead_lettered: int = 0
     foreign: int = 0
     """Messages of aggregates another partition owns (partitioned projections)."""
+    untrusted: int = 0
+    """Messages the stream's relay did not publish (another publisher's, or malformed):
+    dead-lettered or skipped as the projection's ``on_untrusted`` says."""
     retry: bool = False
     """The partitioning changed while the batch was being applied: nothing was written."""
 
@@ -346,53 +349,75 @@ class ReadModelStore:
         facts: list[object] = []
         origins: list[tuple[int, int]] = []  # (stream sequence, facts it gave) a message
         dead: list[tuple[StreamMessage, str]] = []
-        parked = self._parked.get(stream)
+        parked = self._parked.get(stream, {})
+        newly_parked: dict[str, int] = {}  # aggregate -> the sequence of this batch parking it
+        park_aggregates = self.projection.on_poison == "park-aggregate"
+        keep_untrusted = self.projection.on_untrusted == "dead-letter"
         passed_over = self._passed_over
         key = self._key(stream)
         last_position = self._positions.get(key)
         msg_id = wire.MSG_ID
+        relay_position = wire.relay_position
         for message in messages:
-            if message.sequence <= checkpoint:
+            sequence = message.sequence
+            if sequence <= checkpoint:
                 result.duplicates += 1
                 continue
-            position = (
-                wire.log_position(message.headers.get(msg_id, "")) if message.headers else None
-            )
-            if position is not None:
-                if last_position is not None and position <= last_position:
-                    result.duplicates += 1  # published again after the stream lost it
-                    checkpoint = message.sequence
+            checkpoint = sequence
+            head: wire.EnvelopeHead | None
+            position: int | str
+            try:
+                head = translator.head(message)
+            except ContractError as exc:
+                head, position = None, str(exc)
+            else:
+                position = relay_position(
+                    stream, message.headers.get(msg_id), head.source, head.id, head.logposition
+                )
+            if isinstance(position, str) or head is None:  # not the relay's: moves nothing
+                if owns is not None and not owns(message):
+                    result.foreign += 1
                     continue
-                last_position = position
+                result.untrusted += 1
+                if keep_untrusted:
+                    dead.append((message, f"not published by the {stream} relay: {position}"))
+                    result.dead_lettered += 1
+                continue
+            if last_position is not None and position <= last_position:
+                result.duplicates += 1  # published again after the stream lost it
+                continue
+            last_position = position
             if owns is not None and not owns(message):
                 result.foreign += 1
-                checkpoint = message.sequence
                 continue
-            if passed_over and (stream, message.sequence) in passed_over:
+            if passed_over and (stream, sequence) in passed_over:
                 result.dead_lettered += 1  # parked earlier: already in the dead letters
-                checkpoint = message.sequence
                 continue
-            if parked:
-                behind = parked.get(aggregate_token(message.subject))
-                if behind is not None:
+            token = None
+            if parked or newly_parked:
+                token = aggregate_token(message.subject)
+                behind = parked.get(token, newly_parked.get(token))
+                if behind is not None and sequence > behind:  # never the ones before it
                     dead.append((message, f"parked behind {stream} sequence {behind}"))
                     result.dead_lettered += 1
-                    checkpoint = message.sequence
                     continue
             try:
-                translated = translator.translate(message)
+                translated = translator.translate(message, head)
             except UnknownEvent:
                 result.skipped += 1
             except ContractError as exc:
+                # A version this consumer cannot read yet, or a broken contract: the
+                # aggregate's later messages wait behind it, as for a failing handler.
                 dead.append((message, str(exc)))
                 result.dead_lettered += 1
+                if park_aggregates:
+                    newly_parked.setdefault(token or aggregate_token(message.subject), sequence)
             except Exception as exc:
                 raise self._poison(message, exc) from exc
             else:
                 facts += translated
-                origins.append((message.sequence, len(translated)))
+                origins.append((sequence, len(translated)))
                 result.applied += 1
-            checkpoint = message.sequence
         if checkpoint == self.checkpoint(stream):
             return result
         try:
@@ -401,6 +426,11 @@ class ReadModelStore:
                     raise _Repartitioned  # since ownership was decided
                 for message, reason in dead:
                     self._dead_letter(message, reason)
+                for token, sequence in newly_parked.items():
+                    self._execute(
+                        "INSERT INTO toolkit_parked VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                        (stream, token, sequence),
+                    )
                 if facts:
                     self.projection.apply_batch(facts, db)
                 self._advance(stream, checkpoint)
@@ -425,18 +455,20 @@ class ReadModelStore:
                     f"projection {self.projection.name} cannot write its read model: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            sequence, cause = self._culprit(facts, origins, exc)
-            if sequence is None:
+            at, cause = self._culprit(facts, origins, exc)
+            if at is None:
                 raise BatchFailure(
                     f"projection {self.projection.name} could not apply {stream} "
                     f"sequences {messages[0].sequence} to {checkpoint}: "
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
-            culprit = next(m for m in messages if m.sequence == sequence)
+            culprit = next(m for m in messages if m.sequence == at)
             raise self._poison(culprit, cause) from cause
         self._checkpoints[key] = checkpoint
         if last_position is not None:
             self._positions[key] = last_position
+        if newly_parked:
+            self._parked[stream] = {**newly_parked, **parked}
         return result
 
     def _advance(self, stream: str, checkpoint: int) -> None:
@@ -563,8 +595,23 @@ class ReadModelStore:
             with self._writing:
                 try:
                     with self._transaction() as db:
+                        head = translator.head(message)
+                        if isinstance(
+                            why := wire.relay_position(
+                                letter.stream,
+                                letter.headers.get(wire.MSG_ID),
+                                head.source,
+                                head.id,
+                                head.logposition,
+                            ),
+                            str,
+                        ):
+                            raise ContractError(
+                                f"not published by the {letter.stream} relay: {why} "
+                                "(drop it: it is never applied)"
+                            )
                         try:
-                            facts = translator.translate(message)
+                            facts = translator.translate(message, head)
                         except UnknownEvent:
                             facts = []
                         if facts:

@@ -4,8 +4,9 @@ otherwise)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -19,7 +20,7 @@ from nats.js.errors import NotFoundError
 
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError
-from toolkit.wire import check_name
+from toolkit.wire import MSG_ID, check_name, relay_position
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,92 @@ async def last_message(js: JetStreamContext, stream: str) -> RawStreamMsg | None
         return await js.get_msg(stream, subject=f"{stream}.>")
     except NotFoundError:
         return None
+
+
+class _Origin(msgspec.Struct):
+    """What a relayed message says of where it comes from."""
+
+    id: str | None = None
+    source: str | None = None
+    logposition: int | None = None
+    subject: str | None = None
+    aggregateversion: int | None = None
+
+
+_decode_origin = msgspec.json.Decoder(_Origin).decode
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """A message of the stream's relay: its sequence, the log event it carries (position,
+    aggregate id, aggregate version) and its message id."""
+
+    sequence: int
+    position: int
+    aggregate_id: str
+    aggregate_version: int
+    msg_id: str
+
+
+@dataclass
+class Tail:
+    """The end of a stream as its relay sees it."""
+
+    last: Relayed | None
+    """The relay's last message that still exists (None: there is none)."""
+    before: Relayed | None = None
+    """The relay's message before ``last`` (None: none was found within the probes)."""
+    others: list[tuple[int, str]] = field(default_factory=list)
+    """(sequence, why) of each message after ``last`` that the relay did not publish."""
+
+
+def relayed(stream: str, raw: RawStreamMsg) -> Relayed | str:
+    """The message as one of the relay's, or why it is not one (see
+    :func:`toolkit.wire.relay_position`)."""
+    header = (raw.headers or {}).get(MSG_ID)
+    # (nats-py's get_msg parses headers as email does: a value that is not ASCII comes
+    # back as an email.header.Header)
+    msg_id = None if header is None else str(header)
+    try:
+        origin = _decode_origin(raw.data or b"")
+    except msgspec.DecodeError as exc:
+        return f"its body is not a CloudEvents JSON envelope: {exc}"
+    position = relay_position(stream, msg_id, origin.source, origin.id, origin.logposition)
+    if isinstance(position, str):
+        return position
+    if origin.subject is None or origin.aggregateversion is None:
+        return "its envelope has no subject or aggregateversion"
+    assert msg_id is not None
+    return Relayed(raw.seq or 0, position, origin.subject, origin.aggregateversion, msg_id)
+
+
+async def relay_tail(js: JetStreamContext, stream: str, *, probes: int = 1000) -> Tail:
+    """The relay's last message on ``stream`` and the one before it, passing over (and
+    naming) messages others published after it and sequences deleted in between, at
+    most ``probes`` lookups. Others' messages cannot move the relay: it goes on after
+    the last message it published itself."""
+    last = await last_message(js, stream)
+    tail = Tail(None)
+    sequence = (last.seq or 0) if last is not None else 0
+    raw = last
+    while sequence > 0 and probes > 0:
+        if raw is not None:
+            found = relayed(stream, raw)
+            if isinstance(found, str):
+                if tail.last is None:
+                    tail.others.append((sequence, found))
+            elif tail.last is None:
+                tail.last = found
+            else:
+                tail.before = found
+                return tail
+        sequence -= 1
+        probes -= 1
+        if sequence > 0 and probes > 0:
+            try:
+                raw = await js.get_msg(stream, sequence)
+            except NotFoundError:
+                raw = None  # deleted
+    if tail.last is None and sequence > 0:
+        tail.others.append((sequence, "the search for the relay's last message gave up here"))
+    return tail

@@ -96,19 +96,29 @@ class Translator:
             routes[key] = (decoder.decode, _chain(steps, handler))
         self._routes = routes
 
-    def translate(self, message: StreamMessage) -> list[object]:
-        """The facts one message means to this consumer.
-
-        Raises :class:`UnknownEvent` for an event type it does not read, and
-        :class:`~toolkit.errors.ContractError` for a message that breaks its contract.
-        """
+    @staticmethod
+    def head(message: StreamMessage) -> wire.EnvelopeHead:
+        """The message's envelope, as far as a reader needs it; a
+        :class:`~toolkit.errors.ContractError` when it is not one."""
         try:
-            head = wire.decode_head(message.data)
+            return wire.decode_head(message.data)
         except msgspec.DecodeError as exc:
             raise ContractError(
                 f"message {message.stream}/{message.sequence} is not a CloudEvents JSON "
                 f"envelope with type, schemaversion and data: {exc}"
             ) from None
+
+    def translate(
+        self, message: StreamMessage, head: wire.EnvelopeHead | None = None
+    ) -> list[object]:
+        """The facts one message means to this consumer (``head``: its envelope, when
+        already decoded).
+
+        Raises :class:`UnknownEvent` for an event type it does not read, and
+        :class:`~toolkit.errors.ContractError` for a message that breaks its contract.
+        """
+        if head is None:
+            head = self.head(message)
         route = self._routes.get((head.type, head.schemaversion))
         if route is None:
             raise self._unreadable(head.type, head.schemaversion)

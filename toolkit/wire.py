@@ -59,21 +59,76 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class EnvelopeHead(msgspec.Struct):
-    """What a reader needs to pick a decoder; the rest of the envelope is skipped."""
+    """What a reader needs to pick a decoder and to tell the relay's messages from others;
+    the rest of the envelope is skipped."""
 
     type: str
     schemaversion: int
     data: msgspec.Raw
+    id: str | None = None
+    source: str | None = None
+    logposition: int | None = None
 
 
 encode_envelope = msgspec.json.Encoder().encode
 decode_head = msgspec.json.Decoder(EnvelopeHead).decode
 
 
+MAX_LOG_POSITION = 2**63 - 1
+"""Logs number their events with signed 64-bit integers (SQLite, PostgreSQL's BIGINT)."""
+_MSG_ID = re.compile(r"([A-Za-z][A-Za-z0-9_-]{0,63})(?:@([0-9]{1,20}))?:([0-9]{1,19})")
+
+
 def log_position(msg_id: str) -> int | None:
-    """The log position in a ``Nats-Msg-Id`` (``sales:1042`` -> 1042), if it is one."""
-    _, sep, position = msg_id.rpartition(":")
-    return int(position) if sep and position.isdigit() else None
+    """The log position in a ``Nats-Msg-Id`` of the relay's form (``sales:1042`` or
+    ``sales@1732456789:1042`` -> 1042), if it is one."""
+    match = _MSG_ID.fullmatch(msg_id)
+    if match is None:
+        return None
+    position = int(match[3])
+    return position if 0 < position <= MAX_LOG_POSITION else None
+
+
+def relay_position(
+    stream: str, msg_id: str | None, source: str | None, id: str | None, position: int | None
+) -> int | str:
+    """The log position of a message that the relay of ``stream`` published, or why the
+    message is not one of the relay's (another publisher's, or malformed).
+
+    A message is the relay's only when its ``Nats-Msg-Id`` has the relay's form for this
+    stream and its envelope's ``source``, ``id`` and ``logposition`` agree with it: only
+    such messages may move a consumer's log position (see :mod:`toolkit.store`) or the
+    relay's own (see :mod:`toolkit.relay`). Any client allowed to publish on the stream can
+    still copy that form exactly; keeping others from publishing there is the credentials'
+    job (the README's security section)."""
+    if (
+        msg_id == id
+        and source == stream
+        and position is not None
+        and 0 < position <= MAX_LOG_POSITION
+        and msg_id == f"{stream}:{position}"
+    ):
+        return position  # the common case, without the regular expression
+    if not msg_id:
+        return f"it has no {MSG_ID} header"
+    match = _MSG_ID.fullmatch(msg_id)
+    if match is None or match[1] != stream:
+        return f"its {MSG_ID} {brief(msg_id)} is not of the form the {stream} relay writes"
+    number = int(match[3])
+    if not 0 < number <= MAX_LOG_POSITION:
+        return f"its {MSG_ID} {brief(msg_id)} names no log position"
+    if source != stream or id != f"{stream}:{number}" or position != number:
+        return (
+            f"its envelope (source {brief(source)}, id {brief(id)}, logposition "
+            f"{brief(position)}) does not agree with its {MSG_ID} {brief(msg_id)}"
+        )
+    return number
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: hostile values end up in reasons."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")

@@ -1,0 +1,183 @@
+"""The trust boundary on a context's stream: only the relay's own messages move a
+consumer's log position or the relay's resume point. Whatever another client publishes
+on the stream, with any headers, ends as a dead letter and hides, repeats or reorders
+none of the relay's events (issue 16, cases 1 and 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from uuid import UUID
+
+import orjson
+import pytest
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from projections.shipping import Shipments
+from tests.envelopes import relayed, stream_message
+from tests.flow import (
+    assert_equal_to_a_clean_build,
+    home_of,
+    place_orders,
+    project_all,
+    read_all,
+)
+from tests.test_relay_faults import public_positions
+from toolkit import Relay, RelayError, StreamSpec, ensure_stream
+from toolkit.home import ProjectionHome
+from toolkit.reader import StreamMessage
+from toolkit.store import ReadModelStore, dump, read_dead_letters
+
+
+def foreign_messages(position: int) -> list[tuple[bytes, dict[str, str]]]:
+    """Messages another publisher might put on ``sales.>``: ids that name a log position
+    far ahead (64 bits and beyond), other contexts' ids, unicode digits, envelopes that
+    disagree with their id, and a perfect copy of the relay's id over a foreign body."""
+    _, body, _ = relayed("sales", position, "sales.OrderCancelled", {"order_id": "x"})
+    envelope = orjson.loads(body)
+    after = {**envelope, "id": f"sales:{position + 1}"}
+    return [  # (JetStream drops a message id it has seen: each is new)
+        (b"{}", {"Nats-Msg-Id": "sales:999999999"}),
+        (b"{}", {"Nats-Msg-Id": f"sales:{2**64}"}),
+        (b"{}", {"Nats-Msg-Id": "billing:999999999"}),
+        (b"{}", {"Nats-Msg-Id": "sales:\u00b2"}),  # a digit to str.isdigit, not to int()
+        (b"{}", {"Nats-Msg-Id": "x:sales:999999999"}),
+        (body, {"Nats-Msg-Id": "sales:999999998"}),  # the id disagrees with the envelope
+        (orjson.dumps({**envelope, "source": "billing"}), {"Nats-Msg-Id": f"sales:{position}"}),
+        (
+            json.dumps({**after, "logposition": 2**70}).encode(),
+            {"Nats-Msg-Id": f"sales:{position + 1}"},
+        ),
+        (body, {}),
+    ]
+
+
+async def test_another_publishers_messages_hide_no_event_from_consumers(
+    data_dir: Path, nc: Client, tmp_path: Path
+) -> None:
+    """Case 1: a message whose Nats-Msg-Id ends in a large number made every projection
+    skip every later event as a 'duplicate', and a replay lost them too."""
+    sales = Sales(data_dir=data_dir)
+    try:
+        place_orders(sales, 3, cancel_every=2)
+        await Relay(sales, nc).run(until_head=True)
+        for body, headers in foreign_messages(10**6):
+            await nc.jetstream().publish("sales.order.x.OrderCancelled", body, headers=headers)
+        place_orders(sales, 4, cancel_every=3)
+        await Relay(sales, nc).run(until_head=True)
+        placed = {
+            str(UUID(str(n.originator_id)))
+            for n in sales.recorder.select_notifications(start=1, limit=10_000)
+            if n.topic.endswith("Order.Placed")
+        }
+    finally:
+        sales.close()
+    stats = await project_all(Shipments(), data_dir, nc)
+    foreign = len(foreign_messages(1))
+    assert (stats.untrusted, stats.duplicates) == (foreign, 0)
+    with ProjectionHome(data_dir, "shipping").reader() as db:
+        assert db is not None
+        assert {row[0] for row in db.execute("SELECT shipment_id FROM shipment")} == placed
+        letters = read_dead_letters(db)
+    assert len(letters) == foreign
+    assert all(letter.reason.startswith("not published by the sales relay: ") for letter in letters)
+    assert all(len(letter.reason) < 400 for letter in letters)
+    await assert_equal_to_a_clean_build(data_dir, Shipments(), nc, tmp_path / "clean")
+
+
+async def relay_stops(sales: Sales, nc: Client, match: str) -> None:
+    """The relay refuses to go on, at once and for good (no spinning), saying ``match``."""
+    with pytest.raises(RelayError, match=match) as raised:
+        async with asyncio.timeout(10):
+            await Relay(sales, nc, retry_delay=0.01).run(until_head=True)
+    assert not raised.value.transient and "\n" not in str(raised.value)
+
+
+async def test_a_forged_last_message_stops_the_relay_without_publishing_twice(
+    sales: Sales, nc: Client
+) -> None:
+    """Case 2: a forged last message in the relay's own form made the relay resume from
+    whatever position it named: events were published twice, or it started over for ever."""
+    place_orders(sales, 6, cancel_every=2)
+    head = (await Relay(sales, nc).run(until_head=True)).stream_sequence
+    positions = public_positions(sales)
+    # The relay's form exactly, but not the log's event at that position.
+    subject, body, _ = relayed(
+        "sales", positions[1], "sales.OrderPlaced", {}, aggregate_id="someone-else"
+    )
+    await nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": f"sales@1:{positions[1]}"})
+    place_orders(sales, 2, cancel_every=5)
+    await relay_stops(sales, nc, r"says log position \d+ is 'someone-else' version 1, but")
+    assert len(await read_all(nc)) == head + 1  # nothing published after it
+
+    # Once it is removed, the relay goes on after its own last message, each event once.
+    await nc.jetstream().delete_msg("sales", head + 1)
+    await Relay(sales, nc).run(until_head=True)
+    relayed_positions = [
+        int(m.headers["Nats-Msg-Id"].rpartition(":")[2]) for m in await read_all(nc)
+    ]
+    assert relayed_positions == public_positions(sales)
+
+
+async def test_a_copy_of_an_earlier_event_stops_the_relay_without_publishing_twice(
+    sales: Sales, nc: Client
+) -> None:
+    """A genuine earlier message published again by someone else (under an id JetStream
+    has not seen) agrees with the log; that it repeats an earlier position gives it away."""
+    place_orders(sales, 6, cancel_every=2)
+    head = (await Relay(sales, nc).run(until_head=True)).stream_sequence
+    copy = (await read_all(nc))[1]
+    position = copy.headers["Nats-Msg-Id"].rpartition(":")[2]
+    await nc.jetstream().publish(
+        copy.subject, copy.data, headers={"Nats-Msg-Id": f"sales@7:{position}"}
+    )
+    place_orders(sales, 2, cancel_every=5)
+    await relay_stops(sales, nc, rf"sequence {head + 1} repeats log position {position} after")
+    assert len(await read_all(nc)) == head + 1
+
+
+async def test_a_stream_of_only_others_messages_gets_the_whole_log(
+    sales: Sales, nc: Client
+) -> None:
+    await ensure_stream(nc.jetstream(), StreamSpec("sales"))
+    for body, headers in foreign_messages(3):
+        await nc.jetstream().publish("sales.order.x.OrderCancelled", body, headers=headers)
+    place_orders(sales, 3, cancel_every=2)
+    await Relay(sales, nc).run(until_head=True)
+    mine = [m for m in await read_all(nc) if m.sequence > len(foreign_messages(3))]
+    assert [int(m.headers["Nats-Msg-Id"].rpartition(":")[2]) for m in mine] == public_positions(
+        sales
+    )
+
+
+def test_a_foreign_message_id_moves_no_log_position(tmp_path: Path) -> None:
+    """Case 1 at the store: after another publisher's ``sales:999999999`` the relay's
+    next events were skipped as 'duplicates' (their positions are smaller)."""
+    shipments = [str(UUID(int=i)) for i in (1, 2, 3)]
+    data = {"customer_id": str(UUID(int=9)), "lines": [], "placed_at": "2026-11-24T06:43:30Z"}
+
+    def placed(sequence: int, position: int, order: str) -> StreamMessage:
+        return stream_message(
+            sequence, "sales.OrderPlaced", {**data, "order_id": order}, position=position,
+            aggregate_id=order,
+        )  # fmt: skip
+
+    foreign = [
+        StreamMessage("sales", 2, "sales.order.x.E", headers, body)
+        for body, headers in foreign_messages(10**6)[:1]
+    ]
+    with home_of(tmp_path, "shipping") as home:
+        store = ReadModelStore(home.live(), Shipments())
+        try:
+            translator = Shipments.translators[0]
+            result = store.apply(translator, [placed(1, 1, shipments[0]), *foreign])
+            result = store.apply(
+                translator, [placed(3, 2, shipments[1]), placed(4, 4, shipments[2])]
+            )
+            assert (result.applied, result.duplicates) == (2, 0)
+            rows = dump(store.db)["shipment"]
+        finally:
+            store.close()
+    assert sorted(row[0] for row in rows) == shipments
