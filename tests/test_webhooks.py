@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import sys
 import time
@@ -38,11 +39,14 @@ from contexts.sales import Sales
 from contexts.system import system
 from tests.conftest import serving, wait_for
 from tests.flow import place_orders, read_all, relay_all
-from toolkit import problems
+from tests.test_relay_faults import public_positions
+from toolkit import Relay, problems
 from toolkit.config import Settings
 from toolkit.embedded import EmbeddedServer
+from toolkit.errors import ConfigurationError
 from toolkit.feed import NatsLink
 from toolkit.http import create_app
+from toolkit.streams import StreamSpec, ensure_stream
 from toolkit.webhooks import Dispatcher, WebhookStore, new_secret, router, sign, verify
 
 
@@ -232,12 +236,12 @@ async def test_a_subscriber_that_keeps_failing_is_parked_with_the_reason(
 
             # Once the receiver is mended, the dead letter is retried on request.
             broken.failures = 0
-            retried = await api.post(f"/webhooks/sales/dead-letters/{broken_id}/{position}/retry")
+            retried = await api.post(f"/webhooks/sales/dead-letters/{broken_id}/{event_id}/retry")
             assert retried.status_code == 202
             await wait_for(lambda: len(broken.accepted) == 1, within=30)
         left = (await api.get("/webhooks/sales/dead-letters")).json()
         assert [letter["subscription_id"] for letter in left] == [gone_id]
-        again = await api.post(f"/webhooks/sales/dead-letters/{broken_id}/{position}/retry")
+        again = await api.post(f"/webhooks/sales/dead-letters/{broken_id}/{event_id}/retry")
         assert again.status_code == 404
 
     assert f"parked {event_id}" in caplog.text and "HTTP 503" in caplog.text
@@ -414,9 +418,156 @@ def test_the_example_systems_api_documents_webhooks_and_the_feed(data_dir: Path)
         "/webhooks/{context}/subscriptions",
         "/webhooks/{context}/subscriptions/{subscription_id}",
         "/webhooks/{context}/dead-letters",
-        "/webhooks/{context}/dead-letters/{subscription_id}/{position}/retry",
+        "/webhooks/{context}/dead-letters/{subscription_id}/{event_id}/retry",
     } <= set(schema["paths"])
     new = schema["components"]["schemas"]["NewSubscription"]
     assert set(new["required"]) == {"url", "event_type", "secret"}
     assert new["properties"]["secret"]["writeOnly"] is True  # never in a response
     assert {"FeedPage", "Subscription", "DeadLetter"} <= set(schema["components"]["schemas"])
+
+
+EVENT_TYPES = ("sales.CustomerRegistered", "sales.OrderPlaced", "sales.OrderCancelled")
+
+
+async def test_a_resequenced_stream_delivers_every_event_once_under_its_id(
+    nc: Client, api: httpx.AsyncClient, sales: Sales, data_dir: Path
+) -> None:
+    """After the stream lost its tail, the relay publishes those events again at new
+    sequences; later the stream is created again and refilled from sequence 1, so the
+    sequences of the republished events hold other events. Keyed by stream sequence, the
+    first sent the republished events twice and the second took new events for done."""
+    hooks = Receiver()
+    js = nc.jetstream()
+    store = WebhookStore.of(data_dir, "sales")
+
+    async def deliver(reads: int) -> None:
+        """Run a dispatcher until it read ``reads`` messages and nothing waits."""
+        async with dispatching(nc, data_dir) as dispatcher:
+            await wait_for(
+                lambda: dispatcher.stats.read == reads and store.counts()["pending"] == 0,
+                within=30,
+            )
+
+    try:
+        async with serving(hooks.app()) as receiver:
+            for event_type in EVENT_TYPES:
+                await subscribe(api, f"{receiver}/hook", event_type, new_secret())
+            place_orders(sales, 20, cancel_every=6)
+            head = await relay_all(sales, nc)
+            await deliver(head)
+            assert len(hooks.accepted) == head == 25
+
+            for sequence in range(head - 9, head + 1):  # the stream loses its last ten
+                await js.delete_msg("sales", sequence)
+            place_orders(sales, 3, cancel_every=6)
+            relayed = await Relay(sales, nc).run(until_head=True)
+            assert relayed.republished_from == public_positions(sales)[head - 11]  # the last kept
+            await deliver(relayed.stream_sequence - head)  # its queue goes on after `head`
+
+            await js.delete_stream("sales")
+            await ensure_stream(js, StreamSpec("sales"))
+            place_orders(sales, 3, cancel_every=6)
+            last = await relay_all(sales, nc)
+            await deliver(last)  # a new queue, from sequence 1
+    finally:
+        store.close()
+
+    wanted = [f"sales:{position}" for position in public_positions(sales)]
+    assert len(wanted) == last == 35
+    received = Counter(c.headers["webhook-id"] for c in hooks.accepted)
+    sent_twice = [event_id for event_id, times in received.items() if times > 1]
+    never_sent = [event_id for event_id in wanted if event_id not in received]
+    assert (sent_twice, never_sent) == ([], [])
+    assert received == Counter(wanted)  # each event once, under its own id, nothing else
+    bodies = {orjson.loads(m.data)["id"]: m.data for m in await read_all(nc)}
+    assert all(call.body == bodies[call.headers["webhook-id"]] for call in hooks.calls)
+
+
+async def test_messages_the_relay_did_not_publish_are_not_delivered_nor_hide_events(
+    nc: Client, sales: Sales, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another client's message carrying the id of an event still to come: delivered, it
+    would reach subscribers as that event, and the real one would pass for done."""
+    hooks = Receiver()
+    async with serving(hooks.app()) as receiver:
+        with WebhookStore.of(data_dir, "sales") as store:
+            store.subscribe("sales.OrderPlaced", f"{receiver}/hook", new_secret(), after=0)
+        place_orders(sales, 1, cancel_every=6)
+        await relay_all(sales, nc)
+        (real,) = [m.data for m in await read_all(nc) if b'"sales.OrderPlaced"' in m.data]
+        next_id = "sales:5"  # log: a customer, an order, its cancellation; then a customer
+        forged = orjson.dumps(orjson.loads(real) | {"id": next_id, "data": {"forged": True}})
+        await nc.jetstream().publish(
+            "sales.Order.mallory.Placed", forged, headers={"Nats-Msg-Id": "mallory-1"}
+        )
+        place_orders(sales, 1, cancel_every=6)
+        await relay_all(sales, nc)
+        async with dispatching(nc, data_dir) as dispatcher:
+            await wait_for(lambda: len(hooks.accepted) == 2 and dispatcher.stats.read == 7)
+        assert dispatcher.stats.untrusted == 1
+    relayed = {m.headers["Nats-Msg-Id"]: m.data for m in await read_all(nc)}
+    assert {c.headers["webhook-id"]: c.body for c in hooks.calls} == {
+        "sales:2": relayed["sales:2"],
+        next_id: relayed[next_id],  # the real event, not the forged one before it
+    }
+    assert "sequence 4 was not published by the sales relay" in caplog.text
+
+
+OLD_STORE = """
+CREATE TABLE subscription (
+    id TEXT PRIMARY KEY, event_type TEXT NOT NULL, url TEXT NOT NULL, secret TEXT NOT NULL,
+    after INTEGER NOT NULL, created_at TEXT NOT NULL, UNIQUE (event_type, url)
+);
+CREATE TABLE event (position INTEGER PRIMARY KEY, id TEXT NOT NULL, type TEXT NOT NULL,
+    body BLOB NOT NULL);
+CREATE TABLE delivery (
+    subscription_id TEXT NOT NULL, position INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'parked')),
+    attempts INTEGER NOT NULL DEFAULT 0, due REAL NOT NULL, reason TEXT,
+    updated_at TEXT NOT NULL, PRIMARY KEY (subscription_id, position)
+);
+CREATE INDEX delivery_due ON delivery (due) WHERE state = 'pending';
+CREATE INDEX delivery_position ON delivery (position);
+INSERT INTO subscription VALUES
+    ('a', 'sales.OrderPlaced', 'https://a.example/hook', 'whsec_a', 0, '2025-01-01T00:00:00Z'),
+    ('b', 'sales.OrderPlaced', 'https://b.example/hook', 'whsec_b', 0, '2025-01-01T00:00:00Z');
+INSERT INTO event VALUES
+    (5, 'sales:5', 'sales.OrderPlaced', x'7b7d'),
+    (7, 'sales:7', 'sales.OrderPlaced', x'7b7d'),
+    (12, 'sales:5', 'sales.OrderPlaced', x'7b7d');
+INSERT INTO delivery VALUES
+    ('a', 3, 'delivered', 1, 0, NULL, '2025-01-01T00:00:00Z'),
+    ('a', 5, 'pending', 2, 0, 'HTTP 500', '2025-01-01T00:00:00Z'),
+    ('b', 5, 'delivered', 1, 0, NULL, '2025-01-01T00:00:00Z'),
+    ('a', 7, 'parked', 8, 0, 'gave up', '2025-01-01T00:00:00Z'),
+    ('b', 12, 'pending', 0, 0, NULL, '2025-01-01T00:00:00Z');
+"""
+"""A store as the toolkit wrote it before deliveries were keyed by event id: subscription
+b got sales:5 at sequence 5 and waits for it again at sequence 12 (the stream was
+re-sequenced); a's done delivery at sequence 3 has no event body left."""
+
+
+def test_a_store_keyed_by_stream_sequence_is_converted_once(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = data_dir / "webhooks" / "sales.sqlite"
+    path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(OLD_STORE)
+    with WebhookStore(path, "sales") as store:
+        assert store.counts() == {"pending": 1, "delivered": 1, "parked": 1}
+        (due,) = store.claim_due(10, lease=60)
+        assert (due.subscription_id, due.event_id, due.attempts) == ("a", "sales:5", 2)
+        (letter,) = store.dead_letters()
+        assert (letter.subscription_id, letter.event_id, letter.position) == ("a", "sales:7", 7)
+        assert store.fan_out("sales:5", 40, "sales.OrderPlaced", b"{}") == 0  # b has it
+    assert "3 kept; 1 done ones whose event id is no longer known forgotten" in caplog.text
+    caplog.clear()
+    with WebhookStore(path, "sales") as store:  # converted once
+        assert store.counts() == {"pending": 1, "delivered": 1, "parked": 1}
+    assert "converted" not in caplog.text
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 2")
+    with pytest.raises(ConfigurationError, match="schema 2, written by a newer toolkit"):
+        WebhookStore(path, "sales")

@@ -13,15 +13,22 @@ then acknowledges it; the delivery records are the queue its senders work from. 
 delivery is POSTed as the event's CloudEvents envelope, byte for byte as on the stream
 (``Content-Type: application/cloudevents+json``), signed the Standard Webhooks way:
 
-- ``webhook-id``: the event's id (``<context>:<log position>``), the same on every retry,
-  so a receiver can drop a delivery it has already processed;
+- ``webhook-id``: the event's id (``<context>:<log position>``), the same on every retry
+  and wherever the event sits on the stream, so a receiver can drop a delivery it has
+  already processed;
 - ``webhook-timestamp``: Unix seconds of this attempt;
 - ``webhook-signature``: ``v1,`` and the base64 HMAC-SHA256, keyed by the subscriber's
   secret, of ``<webhook-id>.<webhook-timestamp>.<body>`` (:func:`verify` checks one).
 
 A 2xx answer marks the delivery done, and a done delivery is never sent again, whatever
 restarts: the records outlive the process and the fan-out ignores what it already has.
-Only a crash between a receiver's 2xx and that record can send one twice, with the same
+Records are keyed by the event's id, not by its stream sequence: when the stream lost
+messages and the relay published them again at new sequences (or the stream was created
+again and refilled), an event already recorded is known at its new sequence, and a
+sequence that now holds another event takes nothing for done. Only the relay's own
+messages are fanned out (:func:`toolkit.wire.relay_position`): another publisher's
+message names no event of the log, and could carry a real event's id; it is skipped with
+a warning. Only a crash between a receiver's 2xx and that record can send one twice, with the same
 ``webhook-id``. Anything else (another status, a redirect, a timeout, a refused
 connection) is retried with exponential back-off (doubling from ``backoff`` up to
 ``max_backoff``, with a little jitter, or after ``Retry-After`` when the receiver says),
@@ -60,6 +67,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from toolkit import wire
 from toolkit.config import Settings
 from toolkit.connection import open_nats, redact_urls
 from toolkit.context import BoundedContext
@@ -135,6 +143,10 @@ def _where(url: str) -> str:
 
 # -- the store --------------------------------------------------------------------------------
 
+SCHEMA_VERSION = 1
+"""The store's layout, in SQLite's ``user_version``: 0 keyed deliveries by stream sequence
+(converted on opening, see :meth:`WebhookStore._migrate`), 1 keys them by event id."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscription (
     id TEXT PRIMARY KEY,
@@ -146,24 +158,41 @@ CREATE TABLE IF NOT EXISTS subscription (
     UNIQUE (event_type, url)
 );
 CREATE TABLE IF NOT EXISTS event (
-    position INTEGER PRIMARY KEY,
-    id TEXT NOT NULL,
+    id TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
     type TEXT NOT NULL,
     body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS delivery (
     subscription_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'parked')),
     attempts INTEGER NOT NULL DEFAULT 0,
     due REAL NOT NULL,
     reason TEXT,
     updated_at TEXT NOT NULL,
-    PRIMARY KEY (subscription_id, position)
+    PRIMARY KEY (subscription_id, event_id)
 );
 CREATE INDEX IF NOT EXISTS delivery_due ON delivery (due) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS delivery_position ON delivery (position);
+CREATE INDEX IF NOT EXISTS delivery_event ON delivery (event_id);
 """
+
+_FROM_SEQUENCES = (
+    "ALTER TABLE delivery RENAME TO delivery_0",
+    "ALTER TABLE event RENAME TO event_0",
+    "DROP INDEX delivery_due",
+    "DROP INDEX delivery_position",
+    *_SCHEMA.split(";"),
+    # the latest sequence an event was read at; for one event twice (the fault fixed here),
+    # what was done wins over what waits, and that over what was parked
+    "INSERT OR IGNORE INTO event (id, sequence, type, body)"
+    " SELECT id, position, type, body FROM event_0 ORDER BY position DESC",
+    "INSERT OR IGNORE INTO delivery"
+    " (subscription_id, event_id, state, attempts, due, reason, updated_at)"
+    " SELECT d.subscription_id, e.id, d.state, d.attempts, d.due, d.reason, d.updated_at"
+    " FROM delivery_0 d JOIN event_0 e ON e.position = d.position"
+    " ORDER BY d.state = 'delivered' DESC, d.state = 'pending' DESC",
+)
 
 
 class Subscription(BaseModel):
@@ -182,7 +211,7 @@ class DeadLetter(BaseModel):
     url: str
     event_id: str
     event_type: str
-    position: int
+    position: int = Field(description="the stream sequence the event was last read at")
     attempts: int
     reason: str
     parked_at: str
@@ -192,11 +221,10 @@ class Due(NamedTuple):
     """A delivery to attempt now."""
 
     subscription_id: str
-    position: int
+    event_id: str
     attempts: int
     url: str
     secret: str
-    event_id: str
     body: bytes
 
 
@@ -224,7 +252,13 @@ class WebhookStore:
         self.db.execute("PRAGMA busy_timeout=5000")
         if fresh:
             os.chmod(path, 0o600)  # it holds the subscribers' secrets
-        self.db.executescript(_SCHEMA)
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version != SCHEMA_VERSION:
+            try:
+                self._migrate()
+            except BaseException:
+                self.db.close()
+                raise
 
     @classmethod
     def of(cls, data_dir: Path, context: str) -> "WebhookStore":
@@ -238,6 +272,47 @@ class WebhookStore:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    def _migrate(self) -> None:
+        """Create the tables, or convert a store whose deliveries are keyed by stream
+        sequence (before schema 1). Pending and parked deliveries, and done ones whose
+        event is still kept, are converted exactly (their event's body holds its id). A
+        done delivery's body is dropped once sent, so for those the id is unknown here,
+        and they are forgotten: such an event is sent again (with its ``webhook-id``) only
+        if the dispatcher reads it again, which it does after its consumer is deleted or
+        the stream re-sequenced, never on its own (its consumer goes on from where it
+        acknowledged). Keeping them by sequence instead would take another event at that
+        sequence, after a re-sequencing, for done: a loss rather than a repeat."""
+        with self._transaction() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version == SCHEMA_VERSION:
+                return  # another process converted it meanwhile
+            if version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"{self.path} has webhook store schema {version}, written by a newer "
+                    f"toolkit (this one knows {SCHEMA_VERSION}): run that version"
+                )
+            old = db.execute(
+                "SELECT 1 FROM pragma_table_info('delivery') WHERE name = 'position'"
+            ).fetchone()
+            for statement in _FROM_SEQUENCES if old else _SCHEMA.split(";"):
+                db.execute(statement)
+            if old:
+                (forgotten,) = db.execute(
+                    "SELECT count(*) FROM delivery_0 d WHERE NOT EXISTS"
+                    " (SELECT 1 FROM event_0 e WHERE e.position = d.position)"
+                ).fetchone()
+                (kept,) = db.execute("SELECT count(*) FROM delivery").fetchone()
+                db.execute("DROP TABLE delivery_0")
+                db.execute("DROP TABLE event_0")
+                log.warning(
+                    "webhooks %s: delivery records converted from stream sequences to event "
+                    "ids: %d kept; %d done ones whose event id is no longer known forgotten "
+                    "(sent again only if the dispatcher's consumer is deleted or the stream "
+                    "re-sequenced)",
+                    self.context, kept, forgotten,
+                )  # fmt: skip
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -294,23 +369,24 @@ class WebhookStore:
 
     # the dispatcher's queue
 
-    def fan_out(self, position: int, event_id: str, event_type: str, body: bytes) -> int:
-        """Record one pending delivery of an event per subscription that wants it; what
-        is already recorded (pending, done or parked) is left as it is. Returns how many
-        deliveries are new."""
+    def fan_out(self, event_id: str, sequence: int, event_type: str, body: bytes) -> int:
+        """Record one pending delivery of an event, read at stream ``sequence``, per
+        subscription that wants it; a delivery of the event already recorded (pending,
+        done or parked, read at this sequence or another) is left as it is. Returns how
+        many deliveries are new."""
         now = time.time()
         with self._transaction() as db:
             created = db.execute(
                 "INSERT OR IGNORE INTO delivery"
-                " (subscription_id, position, state, attempts, due, updated_at)"
+                " (subscription_id, event_id, state, attempts, due, updated_at)"
                 " SELECT id, ?, 'pending', 0, ?, ? FROM subscription"
                 " WHERE event_type = ? AND after < ?",
-                (position, now, _now_text(), event_type, position),
+                (event_id, now, _now_text(), event_type, sequence),
             ).rowcount
             if created:
                 db.execute(
-                    "INSERT OR IGNORE INTO event (position, id, type, body) VALUES (?, ?, ?, ?)",
-                    (position, event_id, event_type, body),
+                    "INSERT OR IGNORE INTO event (id, sequence, type, body) VALUES (?, ?, ?, ?)",
+                    (event_id, sequence, event_type, body),
                 )
         return int(created)
 
@@ -320,14 +396,14 @@ class WebhookStore:
         now = time.time()
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT d.subscription_id, d.position, d.attempts, s.url, s.secret, e.id, e.body"
+                "SELECT d.subscription_id, d.event_id, d.attempts, s.url, s.secret, e.body"
                 " FROM delivery d JOIN subscription s ON s.id = d.subscription_id"
-                " JOIN event e ON e.position = d.position"
-                " WHERE d.state = 'pending' AND d.due <= ? ORDER BY d.due, d.position LIMIT ?",
+                " JOIN event e ON e.id = d.event_id"
+                " WHERE d.state = 'pending' AND d.due <= ? ORDER BY d.due, e.sequence LIMIT ?",
                 (now, limit),
             ).fetchall()
             db.executemany(
-                "UPDATE delivery SET due = ? WHERE subscription_id = ? AND position = ?",
+                "UPDATE delivery SET due = ? WHERE subscription_id = ? AND event_id = ?",
                 [(now + lease, row[0], row[1]) for row in rows],
             )
         return [Due(*row) for row in rows]
@@ -343,36 +419,36 @@ class WebhookStore:
         with self._transaction() as db:
             db.execute(
                 "UPDATE delivery SET state = ?, attempts = attempts + 1, due = ?, reason = ?,"
-                " updated_at = ? WHERE subscription_id = ? AND position = ? AND state = 'pending'",
-                (state, retry_at, reason or None, _now_text(), due.subscription_id, due.position),
+                " updated_at = ? WHERE subscription_id = ? AND event_id = ? AND state = 'pending'",
+                (state, retry_at, reason or None, _now_text(), due.subscription_id, due.event_id),
             )
             if delivered:
-                self._forget_delivered(db, due.position)
+                self._forget_delivered(db, due.event_id)
         return state
 
-    def _forget_delivered(self, db: sqlite3.Connection, position: int | None = None) -> None:
+    def _forget_delivered(self, db: sqlite3.Connection, event_id: str | None = None) -> None:
         """Drop the bodies of events no delivery waits for any more (done records stay)."""
         db.execute(
-            "DELETE FROM event WHERE (? IS NULL OR position = ?) AND NOT EXISTS (SELECT 1"
-            " FROM delivery d WHERE d.position = event.position AND d.state != 'delivered')",
-            (position, position),
+            "DELETE FROM event WHERE (? IS NULL OR id = ?) AND NOT EXISTS (SELECT 1"
+            " FROM delivery d WHERE d.event_id = event.id AND d.state != 'delivered')",
+            (event_id, event_id),
         )
 
     def dead_letters(self) -> list[DeadLetter]:
         rows = self.db.execute(
-            "SELECT d.subscription_id, s.url, e.id, e.type, d.position, d.attempts, d.reason,"
+            "SELECT d.subscription_id, s.url, e.id, e.type, e.sequence, d.attempts, d.reason,"
             " d.updated_at FROM delivery d JOIN subscription s ON s.id = d.subscription_id"
-            " JOIN event e ON e.position = d.position WHERE d.state = 'parked'"
-            " ORDER BY d.position, d.subscription_id"
+            " JOIN event e ON e.id = d.event_id WHERE d.state = 'parked'"
+            " ORDER BY e.sequence, d.subscription_id"
         ).fetchall()
         return [DeadLetter(**dict(zip(DeadLetter.model_fields, r, strict=True))) for r in rows]
 
-    def retry(self, subscription_id: str, position: int) -> bool:
+    def retry(self, subscription_id: str, event_id: str) -> bool:
         """Put a parked delivery back in the queue, due now, with a fresh count."""
         changed = self.db.execute(
             "UPDATE delivery SET state = 'pending', attempts = 0, due = ?, reason = NULL,"
-            " updated_at = ? WHERE subscription_id = ? AND position = ? AND state = 'parked'",
-            (time.time(), _now_text(), subscription_id, position),
+            " updated_at = ? WHERE subscription_id = ? AND event_id = ? AND state = 'parked'",
+            (time.time(), _now_text(), subscription_id, event_id),
         )
         return changed.rowcount > 0
 
@@ -385,20 +461,15 @@ class WebhookStore:
 # -- the dispatcher -------------------------------------------------------------------------
 
 
-class _Head(msgspec.Struct):
-    id: str
-    type: str
-
-
-_decode_head = msgspec.json.Decoder(_Head).decode
-
-
 @dataclass
 class DispatchStats:
     read: int = 0
     """Events taken from the dispatcher's queue."""
     fanned_out: int = 0
     """Deliveries recorded from them."""
+    untrusted: int = 0
+    """Messages the context's relay did not publish (another client's, or malformed):
+    nothing delivered."""
     delivered: int = 0
     retried: int = 0
     parked: int = 0
@@ -480,14 +551,24 @@ class Dispatcher:
     async def _fan_out(self, store: WebhookStore, message: StreamMessage) -> None:
         self.stats.read += 1
         try:
-            head = _decode_head(message.data)
+            head = wire.decode_head(message.data)
         except msgspec.DecodeError as exc:
+            why: int | str = f"its body is not a CloudEvents JSON envelope: {exc}"
+        else:
+            why = wire.relay_position(
+                self.context, message.headers.get(wire.MSG_ID), head.source, head.id,
+                head.logposition,
+            )  # fmt: skip
+        if isinstance(why, str):
+            self.stats.untrusted += 1
             log.warning(
-                "webhooks %s: sequence %d is not an event, nothing to deliver: %s",
-                self.context, message.sequence, exc,
+                "webhooks %s: sequence %d was not published by the %s relay, nothing to "
+                "deliver: %s",
+                self.context, message.sequence, self.context, why,
             )  # fmt: skip
             return
-        created = store.fan_out(message.sequence, head.id, head.type, message.data)
+        assert head.id is not None  # relay_position checked it
+        created = store.fan_out(head.id, message.sequence, head.type, message.data)
         if created:
             self.stats.fanned_out += created
             self._wake.set()
@@ -726,13 +807,13 @@ def router(
             return webhooks.dead_letters()
 
     @api.post(
-        "/dead-letters/{subscription_id}/{position}/retry", status_code=202, response_model=None
+        "/dead-letters/{subscription_id}/{event_id}/retry", status_code=202, response_model=None
     )
-    async def retry(context: str, subscription_id: str, position: int) -> Response:
+    async def retry(context: str, subscription_id: str, event_id: str) -> Response:
         """Put a parked delivery back in the queue, with a fresh count of attempts."""
         with store(context) as webhooks:
-            if not webhooks.retry(subscription_id, position):
-                raise HTTPException(404, f"no dead letter of {subscription_id} at {position}")
+            if not webhooks.retry(subscription_id, event_id):
+                raise HTTPException(404, f"no dead letter of {subscription_id} for {event_id}")
         return Response(status_code=202)
 
     return api
