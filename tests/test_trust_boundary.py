@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from uuid import UUID
 
+import httpx
 import orjson
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from contexts.sales import Sales
+from contexts.system import system
 from projections.shipping import Shipments
+from tests.conftest import serving
 from tests.envelopes import relayed, stream_message
 from tests.flow import (
     assert_equal_to_a_clean_build,
@@ -26,7 +31,11 @@ from tests.flow import (
 )
 from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError, StreamSpec, ensure_stream
+from toolkit.config import Settings
+from toolkit.connection import connect
+from toolkit.embedded import EmbeddedServer
 from toolkit.home import ProjectionHome
+from toolkit.http import create_app
 from toolkit.reader import StreamMessage
 from toolkit.store import ReadModelStore, dump, read_dead_letters
 
@@ -181,3 +190,61 @@ def test_a_foreign_message_id_moves_no_log_position(tmp_path: Path) -> None:
         finally:
             store.close()
     assert sorted(row[0] for row in rows) == shipments
+
+
+async def test_the_relay_in_serve_goes_on_by_itself_once_a_forged_message_is_removed(
+    nats_server: EmbeddedServer, data_dir: Path
+) -> None:
+    """Case 3: after a foreign message stopped the relay inside `toolkit serve` and was
+    removed, the relay never started again until serve restarted, and readiness kept
+    the stale reason."""
+    settings = Settings(nats_url=nats_server.url, data_dir=data_dir)
+    nc = await connect(nats_server.url)
+    try:
+        async with (
+            serving(create_app(system, settings)) as base,
+            httpx.AsyncClient(base_url=base, timeout=10) as http,
+        ):
+            customer = await http.post("/sales/customers", json={"name": "A", "email": "a@x"})
+            assert customer.status_code == 201
+            await eventually(lambda: has_messages(nc, 1))
+            copy = (await read_all(nc))[0]
+            # A copy under an epoch id the relay never used, so JetStream stores it.
+            await nc.jetstream().publish(
+                copy.subject, copy.data, headers={"Nats-Msg-Id": "sales@9:1"}
+            )
+            await http.post("/sales/customers", json={"name": "B", "email": "b@x"})
+
+            async def stopped_saying_why() -> bool:
+                ready = await http.get("/health/ready")
+                return ready.status_code == 503 and any(
+                    "repeats log position 1" in reason for reason in ready.json()["reasons"]
+                )
+
+            async def ready() -> bool:
+                return (await http.get("/health/ready")).status_code == 200
+
+            await eventually(stopped_saying_why)
+            await nc.jetstream().delete_msg("sales", 2)
+            # It looks again by itself, within seconds, and goes on.
+            await eventually(lambda: has_messages(nc, 2))
+            await eventually(ready)
+            positions = [m.headers["Nats-Msg-Id"] for m in await read_all(nc)]
+            assert positions == ["sales:1", "sales:2"]
+    finally:
+        await nc.close()
+
+
+async def has_messages(nc: Client, count: int) -> bool:
+    """Whether the sales stream holds at least ``count`` messages now."""
+    try:
+        return int((await nc.jetstream().stream_info("sales")).state.messages) >= count
+    except NotFoundError:
+        return False
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Await until ``check()`` is true; fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 (a condition in other processes)
+            await asyncio.sleep(0.02)

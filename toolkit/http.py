@@ -159,11 +159,12 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
     homes = [open_home(settings, name) for name in system.routers]  # read models
     relay_trouble: dict[str, str] = {}
     """Why a context's relay is not running, by context."""
+    relays: dict[str, Relay] = {}
 
     async def run_relay(name: str, context: BoundedContext, stop: asyncio.Event) -> None:
         """The context's relay, started once NATS answers: the API serves reads while
         NATS is away, and readiness says why the relay is not running."""
-        delay = 0.25
+        delay, stopped = 0.25, 1.0
         while not stop.is_set():
             try:
                 client = await relay_link.client()
@@ -175,12 +176,19 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
                 continue
             relay_trouble.pop(name, None)
             spec = StreamSpec.from_settings(name, settings)
+            relays[name] = Relay(context, client, stream=spec)
             try:
-                await Relay(context, client, stream=spec).run(stop)
+                await relays[name].run(stop)
+                return
             except Exception as exc:
+                # Something an operator must mend (a foreign message in the relay's form,
+                # a stream written from another log, refused credentials): say so, and
+                # look again now and then, so that the relay goes on once it is mended.
                 relay_trouble[name] = f"relay {name} stopped: {exc}"
-                log.error("relay %s stopped: %s", name, exc)
-            return
+                log.error("relay %s stopped: %s; trying again in %.0fs", name, exc, stopped)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), stopped)
+            stopped = min(stopped * 2, 30.0)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -229,7 +237,12 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
         return None
 
     def relays_ok() -> str | None:
-        return "; ".join(relay_trouble.values()) or None
+        reasons = [  # (a relay that runs again has mended what stopped it)
+            reason
+            for name, reason in relay_trouble.items()
+            if name not in relays or not relays[name].running
+        ]
+        return "; ".join(reasons) or None
 
     app.include_router(
         health.router(

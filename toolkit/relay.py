@@ -277,6 +277,8 @@ class Relay:
         self.stats = RelayStats()
         self.idle = False
         """True while the relay has carried everything and waits for the log to grow."""
+        self.running = False
+        """True from when the relay has found where to go on until it stops or starts over."""
         self._wake = asyncio.Event()
         self._epoch = 0
         """Non-zero once messages were lost: part of the message ids (see wire.message_id)."""
@@ -462,6 +464,7 @@ class Relay:
         try:
             first_sequence, position = await self.resume_position()
             await window.open(first_sequence, position)
+            self.running = True
             confirmed = self.stats.stream_sequence
             if 0 < confirmed < first_sequence:  # stored by the last attempt, ack lost
                 self.stats.published += first_sequence - confirmed
@@ -505,6 +508,7 @@ class Relay:
             await window.drain()
             settle()
         finally:
+            self.running = False
             stopping.cancel()
             watcher.stop()
             remove()
