@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import uvicorn
@@ -26,6 +27,8 @@ from toolkit.embedded import EmbeddedServer
 
 if TYPE_CHECKING:
     import psycopg
+
+T = TypeVar("T")
 
 
 def child_nats_servers(pid: int | None = None) -> list[int]:
@@ -178,6 +181,22 @@ async def wait_for(condition: object, within: float = 10.0, interval: float = 0.
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], within: float = 10.0, interval: float = 0.02
+) -> T:
+    """Await ``probe()`` until it returns something other than None, and return that;
+    fail after ``within`` seconds (for what only an await can tell, like an HTTP answer)."""
+    deadline = asyncio.get_running_loop().time() + within
+    for _ in itertools.count():
+        found = await probe()
+        if found is not None:
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{getattr(probe, '__name__', probe)} gave nothing within {within}s")
 
 
 @contextlib.asynccontextmanager

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -7,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 
-from tests.conftest import nats_servers_using
+from contexts.sales import Sales
+from tests.conftest import nats_servers_using, wait_for
 from tests.fake_nats import FakeNatsServer
-from toolkit import ServerVersionError
-from toolkit.connection import check_server_version, connect, redact, redact_urls
+from tests.flow import read_all
+from toolkit import Relay, ServerVersionError
+from toolkit.connection import Connection, check_server_version, connect, redact, redact_urls
 from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConnectError
 
@@ -87,3 +91,59 @@ def test_demo_against_a_real_old_server(tmp_path: Path) -> None:
 def test_credentials_are_removed_from_any_text() -> None:
     text = "failed: nats://alice:s3cret@h1:4222 and tls://tok@h2 but not mailto:bob@example.com"
     assert redact_urls(text) == "failed: nats://h1:4222 and tls://h2 but not mailto:bob@example.com"
+
+
+async def close_by_server(client: Client) -> None:
+    """Publish a subject longer than the server's control-line limit (4096 bytes): the
+    server answers -ERR 'Maximum Control Line Exceeded' and closes the connection."""
+    await client.publish("x." + "x" * 70_000, b"")
+    await wait_for(lambda: client.is_closed)
+    assert "maximum control line exceeded" in str(client.last_error)
+
+
+async def test_a_connection_replaces_a_client_the_server_closed(
+    nats_server: EmbeddedServer,
+) -> None:
+    prepared: list[Client] = []
+
+    async def prepare(client: Client) -> None:
+        prepared.append(client)
+
+    connection = await Connection(nats_server.url, on_connect=prepare).open()
+    try:
+        first = connection.client
+        await close_by_server(first)
+        second = await connection.current()
+        assert second is not first and second.is_connected
+        assert prepared == [first, second]  # what the owner needs, on each client
+        assert (connection.replaced, connection.trouble) == (1, None)
+        info = await connection.js.account_info()  # the JetStream context follows
+        assert info.streams == 0
+    finally:
+        await connection.close()
+    assert second.is_closed  # closed here: not replaced, and said so
+    with pytest.raises(ConnectError, match="is closed"):
+        connection.client  # noqa: B018
+
+
+async def test_a_relay_on_a_bare_client_the_server_closed_stops_and_says_why(
+    nats_server: EmbeddedServer, data_dir: Path
+) -> None:
+    """A nats-py client handed in directly cannot be connected again (its settings are
+    not known): the relay stops with one line instead of retrying on it for ever."""
+    sales = Sales(data_dir=data_dir)
+    nc = await connect(nats_server.url)
+    try:
+        sales.register_customer("Ann", "ann@example.org")
+        await Relay(sales, nc).run(until_head=True)
+        await close_by_server(nc)
+        sales.register_customer("Bob", "bob@example.org")
+        with pytest.raises(ConnectError, match=r"give a toolkit\.connection\.Connection instead"):
+            await asyncio.wait_for(Relay(sales, nc).run(until_head=True), 10)
+    finally:
+        sales.close()
+    check = await connect(nats_server.url)
+    try:
+        assert len(await read_all(check)) == 1
+    finally:
+        await check.close()

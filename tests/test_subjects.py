@@ -4,24 +4,24 @@ and each subject matches only its own aggregate."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
 import orjson
 import pytest
-from eventsourcing.domain import (
-    BaseAggregate,
-    CanInitAggregate,
-    CanMutateAggregate,
-    MetaDomainEvent,
-    event,
-)
+from eventsourcing.domain import event
 from nats.aio.client import Client
 
 from tests.flow import project_all, read_all
-from toolkit import BoundedContext, IntegrationEvent, PublishedLanguage, Relay, contract
+from toolkit import (
+    BoundedContext,
+    IntegrationEvent,
+    PublishedLanguage,
+    Relay,
+    TextAggregate,
+    contract,
+)
 from toolkit.home import ProjectionHome
 from toolkit.projection import Projection
 from toolkit.reader import StreamReader
@@ -44,19 +44,7 @@ AWKWARD_IDS = [
 ]
 
 
-class TextIdAggregate(BaseAggregate[str]):
-    """Base of aggregates whose ids are text (eventsourcing's DomainEvent insists on UUIDs)."""
-
-    class Event(CanMutateAggregate[str], metaclass=MetaDomainEvent):
-        originator_id: str
-        originator_version: int
-        timestamp: datetime
-
-    class Created(Event, CanInitAggregate[str]):
-        originator_topic: str
-
-
-class Product(TextIdAggregate):
+class Product(TextAggregate):
     """An aggregate whose id is its SKU, whatever characters that holds."""
 
     @staticmethod
@@ -83,7 +71,7 @@ def product_listed(e: Any) -> ProductListed:
     return ProductListed(sku=e.sku, name=e.name)
 
 
-class Catalog(BoundedContext):
+class Catalog(BoundedContext[str]):
     name = "catalog"
     published_language = language
 
@@ -115,7 +103,7 @@ class Shelf(Projection):
 
 @pytest.fixture
 def catalog(data_dir: Path, log_env: dict[str, str]) -> Iterator[Catalog]:
-    app = Catalog(env={**log_env, "ORIGINATOR_ID_TYPE": "text"}, data_dir=data_dir)
+    app = Catalog(env=log_env, data_dir=data_dir)
     yield app
     app.close()
 
@@ -125,7 +113,7 @@ async def test_awkward_ids_are_stored_relayed_and_consumed_intact(
 ) -> None:
     for sku in AWKWARD_IDS:
         catalog.save(Product(sku=sku, name=f"name of {sku}"))
-    assert {catalog.repository.get(sku).name for sku in AWKWARD_IDS} == {  # type: ignore[arg-type]
+    assert {catalog.repository.get(sku).name for sku in AWKWARD_IDS} == {
         f"name of {sku}" for sku in AWKWARD_IDS
     }
     await Relay(catalog, nc).run(until_head=True)

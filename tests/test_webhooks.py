@@ -281,7 +281,8 @@ GOOD = {"url": "https://example.com/hooks", "event_type": "sales.OrderPlaced", "
         ("sales", GOOD | {"url": "http:///no-host"}, 422, "body.url"),
         ("sales", GOOD | {"event_type": "sales.OrderShipped"}, 422, "unknown event type "
          "'sales.OrderShipped' for sales (known: sales.CustomerRegistered, "
-         "sales.OrderCancelled, sales.OrderPlaced)"),
+         "sales.OrderCancelled, sales.OrderPlaced, sales.ProductListed, "
+         "sales.ProductRepriced)"),
         ("sales", {"url": GOOD["url"], "event_type": "sales.OrderPlaced"}, 422, "body.secret: "
          "Field required"),
         ("sales", GOOD | {"secret": "hunter2"}, 422, "body.secret: Value error, the secret "

@@ -1,7 +1,8 @@
 """Event-sourced bounded contexts that integrate through NATS JetStream, with replay."""
 
+from toolkit.aggregate import TextAggregate
 from toolkit.config import Settings
-from toolkit.connection import Nats, connect, open_nats
+from toolkit.connection import Connection, Nats, connect, open_nats
 from toolkit.context import BoundedContext
 from toolkit.contracts import ContractRegistry, IntegrationEvent, contract
 from toolkit.embedded import EmbeddedServer
@@ -23,6 +24,7 @@ __all__ = [
     "BoundedContext",
     "ConfigurationError",
     "ConflictError",
+    "Connection",
     "ContractError",
     "ContractRegistry",
     "EmbeddedServer",
@@ -36,6 +38,7 @@ __all__ = [
     "ServerVersionError",
     "Settings",
     "StreamSpec",
+    "TextAggregate",
     "ToolkitError",
     "connect",
     "contract",

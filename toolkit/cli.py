@@ -313,7 +313,7 @@ async def _relay(settings: Settings, system: System, name: str, once: bool) -> N
     context = system.context(name)(data_dir=settings.data_dir)
     try:
         async with open_nats(settings, name=f"relay-{name}") as nats:
-            relay = Relay(context, nats.client, stream=StreamSpec.from_settings(name, settings))
+            relay = Relay(context, nats.connection, stream=StreamSpec.from_settings(name, settings))
             console.print(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
             stats = await _until_signalled(lambda stop: relay.run(stop, until_head=once))
             console.print(
@@ -348,7 +348,7 @@ async def _project(
                 console.print(f"rebuilding {name}: its read model is of another version")
                 await rebuild(projection, home, nats.client, locked=True)
                 store = ReadModelStore(home.live(), projection, partition=partition)
-            projector = Projector(projection, store, nats.client, partitions=partitions)
+            projector = Projector(projection, store, nats.connection, partitions=partitions)
             try:
                 console.print(f"projecting {name} into {store.generation} from {nats.url}")
                 stats = await _until_signalled(

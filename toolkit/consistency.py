@@ -50,7 +50,7 @@ class ConsistencyToken(NamedTuple):
         return cls(match[1], int(match[2]))
 
 
-def token_for(context: BoundedContext, recordings: Sequence[Any]) -> ConsistencyToken:
+def token_for(context: BoundedContext[Any], recordings: Sequence[Any]) -> ConsistencyToken:
     """The token of a save: the log position of its last event that leaves the context
     (private events never reach a projection of another context, so none is waited for)."""
     language = context.published_language

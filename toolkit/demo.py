@@ -146,10 +146,10 @@ async def _run(settings: Settings, orders: int, customers: int, log: str) -> int
                 f"the sales log in {LOGS[log]}"
             )
             sales = Sales(env=log_env(log, nats.url), data_dir=settings.data_dir)
-            relay = Relay(sales, nats.client)
+            relay = Relay(sales, nats.connection)
             await ensure_stream(nats.js, relay.stream)
             projectors = {
-                name: Projector(store.projection, store, nats.client)
+                name: Projector(store.projection, store, nats.connection)
                 for name, store in stores.items()
             }
             relay_task = asyncio.create_task(relay.run(stop))

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from toolkit import problems
 from toolkit.config import Settings
-from toolkit.connection import open_nats
+from toolkit.connection import Connection, open_nats
 from toolkit.errors import ToolkitError
 from toolkit.reader import StreamMessage, StreamReader
 
@@ -61,18 +61,19 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 class NatsLink:
     """The API's connection to NATS, opened on first use (an API that serves only read
     models never needs one), shared by the feed and webhook endpoints, closed with the
-    app. ``settings.nats_url`` or, without one, the embedded server of the data folder."""
+    app. ``settings.nats_url`` or, without one, the embedded server of the data folder.
+    A client the server closed is replaced (:class:`~toolkit.connection.Connection`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client: Client | None = None
+        self._connection: Connection | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
 
-    async def client(self) -> Client:
-        if self._client is None:
+    async def connection(self) -> Connection:
+        if self._connection is None:
             async with self._lock:
-                if self._client is None:
+                if self._connection is None:
                     stack = contextlib.AsyncExitStack()
                     try:
                         link = await stack.enter_async_context(
@@ -81,11 +82,20 @@ class NatsLink:
                     except ToolkitError as exc:
                         await stack.aclose()
                         raise unavailable(str(exc)) from None
-                    self._stack, self._client = stack, link.client
-        return self._client
+                    self._stack, self._connection = stack, link.connection
+        return self._connection
+
+    async def client(self) -> Client:
+        """The current client (one being replaced is waited for, a few seconds at most)."""
+        return await (await self.connection()).current()
+
+    @property
+    def trouble(self) -> str | None:
+        """Why the link cannot be used right now, once opened (see Connection.trouble)."""
+        return None if self._connection is None else self._connection.trouble
 
     async def close(self) -> None:
-        stack, self._stack, self._client = self._stack, None, None
+        stack, self._stack, self._connection = self._stack, None, None
         if stack is not None:
             await stack.aclose()
 

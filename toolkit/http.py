@@ -102,10 +102,11 @@ class ReadModel:
         link = getattr(request.app.state, "nats", None)
         if link is None:
             raise HTTPException(503, "consistency tokens need the API's NATS connection")
-        consistency = getattr(request.app.state, "consistency", None)
-        if consistency is None:  # one per app: it keeps the positions it has looked up
-            consistency = Consistency((await link.client()).jetstream())
-            request.app.state.consistency = consistency
+        client = await link.client()
+        made_for, consistency = getattr(request.app.state, "consistency", (None, None))
+        if consistency is None or made_for is not client:  # one per app and client: it
+            consistency = Consistency(client.jetstream())  # keeps positions looked up
+            request.app.state.consistency = (client, consistency)
         longest = self.max_wait
         if longest is None:
             longest = getattr(request.app.state, "consistency_wait", 2.0)
@@ -161,13 +162,13 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
     """Why a context's relay is not running, by context."""
     relays: dict[str, Relay] = {}
 
-    async def run_relay(name: str, context: BoundedContext, stop: asyncio.Event) -> None:
+    async def run_relay(name: str, context: BoundedContext[Any], stop: asyncio.Event) -> None:
         """The context's relay, started once NATS answers: the API serves reads while
         NATS is away, and readiness says why the relay is not running."""
         delay, stopped = 0.25, 1.0
         while not stop.is_set():
             try:
-                client = await relay_link.client()
+                connection = await relay_link.connection()
             except HTTPException as exc:
                 relay_trouble[name] = str(exc.detail)
                 with contextlib.suppress(TimeoutError):
@@ -176,7 +177,7 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
                 continue
             relay_trouble.pop(name, None)
             spec = StreamSpec.from_settings(name, settings)
-            relays[name] = Relay(context, client, stream=spec)
+            relays[name] = Relay(context, connection, stream=spec)
             try:
                 await relays[name].run(stop)
                 return
@@ -233,7 +234,7 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
         try:
             await (await nats.client()).flush(timeout=2)
         except Exception as exc:  # any failure means not ready
-            return f"NATS does not answer: {str(exc) or type(exc).__name__}"
+            return f"NATS does not answer: {nats.trouble or str(exc) or type(exc).__name__}"
         return None
 
     def relays_ok() -> str | None:
@@ -242,6 +243,9 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
             for name, reason in relay_trouble.items()
             if name not in relays or not relays[name].running
         ]
+        connection = relay_link.trouble  # the relays would sit on it, making no progress
+        if connection is not None and relay and contexts:
+            reasons.append(f"the relays' NATS connection: {connection}")
         return "; ".join(reasons) or None
 
     app.include_router(

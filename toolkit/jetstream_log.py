@@ -123,7 +123,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 from nats.nuid import NUID
 
-from toolkit.connection import connect
+from toolkit.connection import Connection
 from toolkit.wire import decode_token, encode_token
 
 T = TypeVar("T")
@@ -264,11 +264,17 @@ class JetStreamDatastore:
         self._tokens = itertools.count(1)
         self._waiting: dict[str, _Waiter] = {}
         self._nuid = NUID()
+        self.connection = Connection(url, name=f"jetstream-log-{name}", on_connect=self._prepare)
+        """Replaces a client the server closed (saves go on without a restart)."""
         try:
-            self.client: Client = self.call(self._connect(name))
+            self.call(self.connection.open())
         except BaseException:
             self._stop_loop()
             raise
+
+    @property
+    def client(self) -> Client:
+        return self.connection.client
         _open_datastores.add(self)
 
     def _run(self) -> None:
@@ -283,17 +289,14 @@ class JetStreamDatastore:
         finally:
             self.loop.close()
 
-    async def _connect(self, name: str) -> Client:
-        client = await connect(self.url, name=f"jetstream-log-{name}")
+    async def _prepare(self, client: Client) -> None:
+        """What each client of the datastore needs (the first, and any replacing one)."""
         client._parse_header_lines = _parse_header_lines  # type: ignore[method-assign]
-        try:
-            check_server_version(client.connected_server_version._server_version, self.url)
-            self._inbox = client.new_inbox() + "."
-            await client.subscribe(self._inbox + "*", cb=self._on_reply)
-        except BaseException:
-            await client.close()
-            raise
-        return client
+        check_server_version(client.connected_server_version._server_version, self.url)
+        self._inbox = client.new_inbox() + "."
+        await client.subscribe(self._inbox + "*", cb=self._on_reply)
+        for subscription in list(self.subscriptions):  # they followed the closed client
+            subscription.lose("the server closed the JetStream log's connection")
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` in the datastore's loop and return its result (from any thread
@@ -338,7 +341,7 @@ class JetStreamDatastore:
         self._stop_loop()
 
     async def _close(self) -> None:
-        await self.client.close()
+        await self.connection.close(drain=False)
 
     def _stop_loop(self) -> None:
         self._closed = True
@@ -369,7 +372,8 @@ class JetStreamDatastore:
 
         future.add_done_callback(forget)
         try:
-            await self.client.publish(subject, payload, reply=self._inbox + token, headers=headers)
+            client = await self.connection.current()  # waits for a replacement under way
+            await client.publish(subject, payload, reply=self._inbox + token, headers=headers)
         except BaseException:
             future.cancel()
             raise
@@ -906,6 +910,11 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             self._resume()
         self._last_notification_id = item.id
         return item
+
+    def lose(self, reason: str) -> None:
+        """End the iteration with :class:`OperationalError` (its consumer is gone)."""
+        self._error = OperationalError(f"{reason}: subscribe to the log again")
+        self._buffer.put(None)
 
     def _resume(self) -> None:
         room = self._room

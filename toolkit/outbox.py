@@ -58,7 +58,7 @@ Rows = Callable[[int, int, int], Sequence[StoredRow]]
 class Outbox:
     """Reads a context's published events as outgoing messages, a page at a time."""
 
-    def __init__(self, context: BoundedContext, *, handoff_limit: int = 10_000) -> None:
+    def __init__(self, context: BoundedContext[Any], *, handoff_limit: int = 10_000) -> None:
         self.context = context
         self.language = context.published_language
         self.topics = self.language.topics
@@ -173,7 +173,7 @@ class Outbox:
         ]
 
 
-def _sqlite_rows(context: BoundedContext, topics: list[str]) -> Rows | None:
+def _sqlite_rows(context: BoundedContext[Any], topics: list[str]) -> Rows | None:
     """The query of eventsourcing's SQLite recorder, returning tuples."""
     recorder = context.recorder
     if type(recorder) is not SQLiteApplicationRecorder or not topics:

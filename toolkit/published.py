@@ -18,7 +18,7 @@ from eventsourcing.utils import get_topic
 
 from toolkit import wire
 from toolkit.contracts import IntegrationEvent, contract_of, event_name
-from toolkit.errors import ContractError
+from toolkit.errors import ContractError, SubjectError
 
 D = TypeVar("D")
 I = TypeVar("I", bound=IntegrationEvent)  # noqa: E741
@@ -141,7 +141,12 @@ class PublishedLanguage:
             aggregate_id = token = str(originator_id)  # a UUID is always a safe token
         else:
             aggregate_id = str(originator_id)
-            token = wire.encode_token(aggregate_id)
+            try:
+                token = wire.encode_token(aggregate_id)
+            except SubjectError as exc:  # stored before saves checked ids
+                raise SubjectError(
+                    f"log position {log_position} cannot be published: {exc}"
+                ) from None
         msg_id = wire.message_id(self.context, log_position)
         envelope = wire.Envelope(
             specversion=wire.SPECVERSION,

@@ -19,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import nats.errors
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -135,6 +136,8 @@ class StreamReader:
         return batch
 
     async def _keep_requests_alive(self) -> None:
+        if self.client.is_closed:  # for good (nats-py reconnects otherwise): say so
+            raise nats.errors.ConnectionClosedError
         if self._reset_needed:
             await self._reset()
         self._drop_silent_requests()

@@ -21,6 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import nats.errors
@@ -31,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from toolkit import wire
-from toolkit.connection import on_permission_denied
+from toolkit.connection import Connection, on_permission_denied
 from toolkit.context import BoundedContext
 from toolkit.errors import RelayError
 from toolkit.outbox import Outbox
@@ -246,8 +247,8 @@ class Relay:
 
     def __init__(
         self,
-        context: BoundedContext,
-        client: Client,
+        context: BoundedContext[Any],
+        client: Client | Connection,
         *,
         stream: StreamSpec | None = None,
         batch_size: int = 1000,
@@ -260,8 +261,8 @@ class Relay:
         handoff_limit: int = 10_000,
     ) -> None:
         self.context = context
-        self.client = client
-        self.js: JetStreamContext = client.jetstream()
+        self.connection = Connection.of(client)
+        """Each attempt takes its current client: one the server closed is replaced."""
         self.stream = stream or StreamSpec(context.name)
         self.batch_size = batch_size
         if window < 1 or ack_every < 1:
@@ -282,6 +283,14 @@ class Relay:
         self._wake = asyncio.Event()
         self._epoch = 0
         """Non-zero once messages were lost: part of the message ids (see wire.message_id)."""
+
+    @property
+    def client(self) -> Client:
+        return self.connection.client
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.connection.js
 
     async def resume_position(self) -> tuple[int, int]:
         """(stream sequence to publish after, log position of the relay's last message on
@@ -379,9 +388,10 @@ class Relay:
         """Relay until ``stop`` is set (or, with ``until_head``, until the log head as it
         was when called is on the stream).
 
-        When the server goes away or stops answering, the relay says so in the log and
-        starts over from the stream's last message once it is back, with back-off; errors
-        that waiting cannot mend (a stream written from another log) are raised.
+        When the server goes away, stops answering or closes the connection (which its
+        :class:`~toolkit.connection.Connection` replaces), the relay says so in the log
+        and starts over from the stream's last message once it is back, with back-off;
+        errors that waiting cannot mend (a stream written from another log) are raised.
         """
         with self.outbox.handing_over():
             return await self._run(stop or asyncio.Event(), until_head)
@@ -435,6 +445,7 @@ class Relay:
 
     async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
         loop = asyncio.get_running_loop()
+        client = self.client  # first: ConnectError if closed for good, before registering
 
         def wake(_: object) -> None:
             loop.call_soon_threadsafe(self._wake.set)
@@ -446,13 +457,13 @@ class Relay:
             for window in window_box:
                 window.deny(reason)
 
-        stop_listening = on_permission_denied(self.client, denied)
+        stop_listening = on_permission_denied(client, denied)
         watcher = LogWatcher(self.context.recorder, lambda: wake(None))
         watcher.start()
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: self._wake.set())
         window = _AckWindow(
-            self.client,
+            client,
             self.context.name,
             self.stream.name,
             self.window_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from toolkit.context import BoundedContext
 from toolkit.errors import ConfigurationError
@@ -13,7 +14,7 @@ from toolkit.projection import Projection
 
 @dataclass(frozen=True)
 class System:
-    contexts: dict[str, type[BoundedContext]] = field(default_factory=dict)
+    contexts: dict[str, type[BoundedContext[Any]]] = field(default_factory=dict)
     projections: dict[str, type[Projection]] = field(default_factory=dict)
     routers: dict[str, RouterFactory] = field(default_factory=dict)
     """Read endpoints, by projection name."""
@@ -21,7 +22,7 @@ class System:
     """Command endpoints, by context name: ``factory(context) -> APIRouter``. The API
     process then owns that context's log, and runs its relay (woken after each save)."""
 
-    def context(self, name: str) -> type[BoundedContext]:
+    def context(self, name: str) -> type[BoundedContext[Any]]:
         try:
             return self.contexts[name]
         except KeyError:

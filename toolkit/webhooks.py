@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
@@ -69,7 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from toolkit import wire
 from toolkit.config import Settings
-from toolkit.connection import open_nats, redact_urls
+from toolkit.connection import Connection, open_nats, redact_urls
 from toolkit.context import BoundedContext
 from toolkit.contracts import contract_of
 from toolkit.errors import ConfigurationError
@@ -480,7 +480,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        client: Client,
+        client: Client | Connection,
         context: str,
         data_dir: Path,
         *,
@@ -493,7 +493,8 @@ class Dispatcher:
     ) -> None:
         if max_attempts < 1 or backoff <= 0 or concurrency < 1:
             raise ConfigurationError("max_attempts and concurrency must be 1 or more, backoff > 0")
-        self.client = client
+        self.connection = Connection.of(client)
+        """The queue's: a client the server closed is replaced."""
         self.context = context
         self.data_dir = Path(data_dir)
         self.max_attempts = max_attempts
@@ -505,7 +506,7 @@ class Dispatcher:
         """How often due deliveries are looked for when nothing wakes the dispatcher
         (a dead letter retried through the API is noticed within this)."""
         self.stats = DispatchStats()
-        self.queue = WorkQueue(client, context, QUEUE, ack_wait=30.0, max_deliver=10)
+        self.queue = WorkQueue(self.connection, context, QUEUE, ack_wait=30.0, max_deliver=10)
         self._wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> DispatchStats:
@@ -679,7 +680,7 @@ async def dispatch(
 ) -> DispatchStats:
     """What ``toolkit webhooks <context>`` runs: the dispatcher until ``stop`` is set."""
     async with open_nats(settings, name=f"webhooks-{context}") as link:
-        dispatcher = Dispatcher(link.client, context, settings.data_dir)
+        dispatcher = Dispatcher(link.connection, context, settings.data_dir)
         say(f"delivering {context} events to webhook subscribers from {link.url}")
         stats = await dispatcher.run(stop)
     say(
@@ -725,7 +726,7 @@ class NewSubscription(BaseModel):
 
 
 def router(
-    contexts: Mapping[str, type[BoundedContext]], data_dir: Path, link: NatsLink
+    contexts: Mapping[str, type[BoundedContext[Any]]], data_dir: Path, link: NatsLink
 ) -> APIRouter:
     """Subscriptions and dead letters of each context's webhooks."""
     event_types = {

@@ -18,8 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from toolkit.connection import Connection
 from toolkit.reader import StreamMessage
 from toolkit.wire import check_name
 
@@ -38,7 +40,7 @@ class WorkQueue:
 
     def __init__(
         self,
-        client: Client,
+        client: Client | Connection,
         stream: str,
         name: str,
         *,
@@ -47,14 +49,18 @@ class WorkQueue:
         max_deliver: int = 5,
         retry_delay: float = 1.0,
     ) -> None:
-        self.client = client
-        self.js = client.jetstream()
+        self.connection = Connection.of(client)
+        """Each call takes its current client: one the server closed is replaced."""
         self.stream = check_name("stream", stream)
         self.name = check_name("queue", name)
         self.subjects = subjects
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
         self.retry_delay = retry_delay
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.connection.js
 
     async def ensure(self) -> None:
         """Create the queue's durable consumer (it starts at the stream's beginning), or

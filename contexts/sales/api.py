@@ -17,6 +17,13 @@ from pydantic import BaseModel, Field
 from contexts.sales.application import MAX_LINES, Sales
 from toolkit.consistency import HEADER, token_for
 from toolkit.errors import ConflictError, InvalidCommand, UnknownAggregate
+from toolkit.wire import MAX_ID_TOKEN
+
+SKU_DESCRIPTION = (
+    "the product's id: any text, at most 1024 characters once percent-encoded for a NATS "
+    "subject (letters, digits, `_` and `-` take one each, other characters three for each "
+    "UTF-8 byte: 113 CJK characters), not empty, no NUL"
+)
 
 
 class NewCustomer(BaseModel):
@@ -39,12 +46,31 @@ class Cancellation(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
+class NewProduct(BaseModel):
+    sku: str = Field(max_length=MAX_ID_TOKEN, description=SKU_DESCRIPTION)
+    name: str = Field(min_length=1, max_length=200)
+    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+
+
+class Repricing(BaseModel):
+    sku: str = Field(max_length=MAX_ID_TOKEN, description=SKU_DESCRIPTION)
+    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+
+
+TOKEN_DESCRIPTION = (
+    "send it back in the `Consistency-Token` header of a read to see this command's effect "
+    "(`<context>:<log position>`)"
+)
+
+
 class Accepted(BaseModel):
     id: UUID
-    consistency_token: str = Field(
-        description="send it back in the `Consistency-Token` header of a read to see this "
-        "command's effect (`<context>:<log position>`)"
-    )
+    consistency_token: str = Field(description=TOKEN_DESCRIPTION)
+
+
+class ProductAccepted(BaseModel):
+    sku: str
+    consistency_token: str = Field(description=TOKEN_DESCRIPTION)
 
 
 _ERRORS: dict[int | str, dict[str, str]] = {
@@ -62,6 +88,15 @@ def router(sales: Sales) -> APIRouter:
     ) -> Accepted:
         """Run a command; an unknown aggregate is 404 when the path names it (``unknown``),
         422 when the body does."""
+        result, token = run_command(response, command, *args, unknown=unknown)
+        aggregate_id = result if isinstance(result, UUID) else args[0]
+        assert isinstance(aggregate_id, UUID)
+        return Accepted(id=aggregate_id, consistency_token=token)
+
+    def run_command(
+        response: Response, command: Callable[..., object], *args: object, unknown: int
+    ) -> tuple[object, str]:
+        """The command's result and consistency token (also set in ``response``)."""
         with sales.recordings() as saved:
             try:
                 result = command(*args)
@@ -73,9 +108,7 @@ def router(sales: Sales) -> APIRouter:
                 raise HTTPException(409, str(exc)) from None
         token = str(token_for(sales, saved))
         response.headers[HEADER] = token
-        aggregate_id = result if isinstance(result, UUID) else args[0]
-        assert isinstance(aggregate_id, UUID)
-        return Accepted(id=aggregate_id, consistency_token=token)
+        return result, token
 
     @api.post("/customers", status_code=201)
     def register_customer(customer: NewCustomer, response: Response) -> Accepted:
@@ -91,5 +124,21 @@ def router(sales: Sales) -> APIRouter:
         order_id: UUID, cancellation: Annotated[Cancellation, Body()], response: Response
     ) -> Accepted:
         return run(response, sales.cancel_order, order_id, cancellation.reason, unknown=404)
+
+    @api.post("/products", status_code=201, responses={409: {"description": "listed already"}})
+    def list_product(product: NewProduct, response: Response) -> ProductAccepted:
+        """List a product under its SKU. SKUs go in bodies, not paths: any text is one."""
+        command = sales.list_product
+        _, token = run_command(
+            response, command, product.sku, product.name, product.unit_price, unknown=422
+        )
+        return ProductAccepted(sku=product.sku, consistency_token=token)
+
+    @api.post("/products/repricing")
+    def reprice_product(repricing: Repricing, response: Response) -> ProductAccepted:
+        _, token = run_command(
+            response, sales.reprice_product, repricing.sku, repricing.unit_price, unknown=422
+        )
+        return ProductAccepted(sku=repricing.sku, consistency_token=token)
 
     return api

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
-from contexts.sales.domain import Customer, Order, OrderLine
+from contexts.sales.domain import Customer, Order, OrderLine, Product
 from contexts.sales.published import language
 from toolkit import BoundedContext, InvalidCommand
 from toolkit.errors import UnknownAggregate
@@ -16,9 +16,33 @@ from toolkit.errors import UnknownAggregate
 MAX_LINES = 100
 
 
-class Sales(BoundedContext):
+class Sales(BoundedContext[UUID | str]):  # customers and orders by UUID, products by SKU
     name = "sales"
     published_language = language
+
+    def list_product(self, sku: str, name: str, unit_price: Decimal) -> str:
+        """Add a product to the catalogue under ``sku``, any text (the context refuses
+        an empty one, or one too long for a subject); listing a SKU twice conflicts."""
+        name = name.strip()
+        if not name:
+            raise InvalidCommand("a product needs a name")
+        product = Product(id=sku, name=name, unit_price=_price(unit_price))
+        self.save(product)
+        return product.id
+
+    def reprice_product(self, sku: str, unit_price: Decimal) -> None:
+        product = self.get_product(sku)
+        product.reprice(unit_price=_price(unit_price))
+        self.save(product)
+
+    def get_product(self, sku: str) -> Product:
+        try:
+            product: object = self.repository.get(sku)
+        except AggregateNotFoundError:
+            product = None
+        if not isinstance(product, Product):
+            raise UnknownAggregate(f"no product {sku!r}")
+        return product
 
     def register_customer(self, name: str, email: str) -> UUID:
         name, email = name.strip(), email.strip()
@@ -93,6 +117,10 @@ def _line(raw: dict[str, Any]) -> OrderLine:
         raise InvalidCommand("a line needs a sku")
     if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 1:
         raise InvalidCommand(f"quantity {quantity!r} must be a whole number of at least 1")
+    return OrderLine(sku=sku, quantity=quantity, unit_price=_price(unit_price))
+
+
+def _price(unit_price: Decimal) -> Decimal:
     if not unit_price.is_finite() or unit_price < 0:
         raise InvalidCommand(f"unit_price {unit_price} must be zero or more")
-    return OrderLine(sku=sku, quantity=quantity, unit_price=unit_price)
+    return unit_price

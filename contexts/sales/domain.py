@@ -1,4 +1,5 @@
-"""Sales' aggregates: plain eventsourcing aggregates, nothing toolkit-specific.
+"""Sales' aggregates: plain eventsourcing aggregates. Customers and orders are known by
+UUIDs; a product by its SKU, text the business chose (:class:`~toolkit.TextAggregate`).
 
 Event classes are declared explicitly, so the published language (and a type checker)
 can name their fields.
@@ -11,6 +12,8 @@ from typing import TypedDict
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
+
+from toolkit.aggregate import TextAggregate
 
 
 class OrderLine(TypedDict):
@@ -61,3 +64,28 @@ class Order(Aggregate):
     @event(NoteAdded)
     def add_note(self, text: str) -> None:
         self.notes.append(text)
+
+
+class Product(TextAggregate):
+    """A catalogue entry, known by its SKU: any text (``tea.green``, ``GIFT BOX 10%``,
+    ``绿茶-500g``) of at most :data:`toolkit.wire.MAX_ID_TOKEN` characters once encoded."""
+
+    class Listed(TextAggregate.Created):
+        name: str
+        unit_price: Decimal
+
+    class Repriced(TextAggregate.Event):
+        unit_price: Decimal
+
+    @event(Listed)
+    def __init__(self, id: str, name: str, unit_price: Decimal) -> None:
+        self.name = name
+        self.unit_price = unit_price
+
+    @property
+    def sku(self) -> str:
+        return self.id
+
+    @event(Repriced)
+    def reprice(self, unit_price: Decimal) -> None:
+        self.unit_price = unit_price

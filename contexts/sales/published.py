@@ -8,7 +8,7 @@ from uuid import UUID
 
 import msgspec
 
-from contexts.sales.domain import Customer, Order
+from contexts.sales.domain import Customer, Order, Product
 from toolkit import IntegrationEvent, PublishedLanguage, contract
 
 language = PublishedLanguage("sales")
@@ -43,6 +43,23 @@ class OrderCancelled(IntegrationEvent, frozen=True, kw_only=True):
     cancelled_at: datetime
 
 
+@contract("sales.ProductListed", version=1)
+class ProductListed(IntegrationEvent, frozen=True, kw_only=True):
+    """A product entered the catalogue. Its SKU is the aggregate id: any text, carried
+    as is here and in the envelope's ``subject``, percent-encoded in the NATS subject."""
+
+    sku: str
+    name: str
+    unit_price: Decimal
+
+
+@contract("sales.ProductRepriced", version=1)
+class ProductRepriced(IntegrationEvent, frozen=True, kw_only=True):
+    sku: str
+    unit_price: Decimal
+    repriced_at: datetime
+
+
 @language.maps(Customer.Registered, to=CustomerRegistered)
 def customer_registered(e: Customer.Registered) -> CustomerRegistered:
     return CustomerRegistered(customer_id=e.originator_id, name=e.name, email=e.email)
@@ -63,3 +80,13 @@ def order_placed(e: Order.Placed) -> OrderPlaced:
 @language.maps(Order.Cancelled, to=OrderCancelled)
 def order_cancelled(e: Order.Cancelled) -> OrderCancelled:
     return OrderCancelled(order_id=e.originator_id, reason=e.reason, cancelled_at=e.timestamp)
+
+
+@language.maps(Product.Listed, to=ProductListed)
+def product_listed(e: Product.Listed) -> ProductListed:
+    return ProductListed(sku=e.originator_id, name=e.name, unit_price=e.unit_price)
+
+
+@language.maps(Product.Repriced, to=ProductRepriced)
+def product_repriced(e: Product.Repriced) -> ProductRepriced:
+    return ProductRepriced(sku=e.originator_id, unit_price=e.unit_price, repriced_at=e.timestamp)
