@@ -16,6 +16,7 @@ from contexts.sales import Sales
 from tests.conftest import BACKENDS, wait_for
 from tests.flow import home_of, read_all, relay_all
 from toolkit import IntegrationEvent, Settings, contract
+from toolkit.errors import ConfigurationError, ProjectionBusyError
 from toolkit.projection import Projection
 from toolkit.projector import Projector, owner
 from toolkit.readmodel import Connection, Dialect
@@ -162,3 +163,55 @@ async def test_partition_workers_and_a_third_joining_mid_stream(
     assert all(w.stats.foreign > 0 for w in stats)  # each passed over the others' work
     assert sum(w.stats.applied for w in stats) == 600
     assert third.stats.applied > 0
+
+
+@BACKENDS
+async def test_a_model_kept_by_one_worker_is_handed_to_partition_workers_where_it_is(
+    sales: Sales, nc: Client, read_models: Settings
+) -> None:
+    """Case 9 of issue 16: turning an existing projection into partition workers started
+    them from sequence 1, applying every event again. Now they go on from the single
+    worker's checkpoint, and the two never run together."""
+    customer = sales.register_customer("C", "c@example.com")
+    first = [sales.place_order(customer, LINE) for _ in range(30)]
+    await relay_all(sales, nc)
+    with home_of(read_models, "ledger") as home, home_of(read_models, "ledger") as other:
+        with home.writer_lock():
+            store = ReadModelStore(home.live(), Ledger(-1))
+            before = await Projector(Ledger(-1), store, nc).run(until_head=True)
+            store.close()
+            with (
+                pytest.raises(ProjectionBusyError, match="worker of the whole stream"),
+                other.writer_lock(0),
+            ):
+                pass
+        for order in first[:10]:
+            sales.cancel_order(order, "later")
+        [sales.place_order(customer, LINE) for _ in range(20)]
+        head = await relay_all(sales, nc)
+        workers = []
+        with home.writer_lock(0), other.writer_lock(1):
+            with pytest.raises(ProjectionBusyError), other.writer_lock():
+                pass
+            for index in (0, 1):
+                store = ReadModelStore(home.live(), Ledger(index), partition=index)
+                worker = Projector(Ledger(index), store, nc, partitions=2)
+                await worker.run(until_head=True)
+                workers.append(worker)
+                assert store.checkpoint("sales") == head
+        assert sum(w.stats.applied for w in workers) == 30  # only what came after
+        assert [w.stats.dead_lettered for w in workers] == [0, 0]
+        with home.reader() as db:
+            assert db is not None
+            rows = db.execute("SELECT order_id, kind, worker FROM entry").fetchall()
+        assert len(rows) == before.applied + 30 == 60  # each order event once
+        assert {w for _, _, w in rows if w >= 0} == {0, 1}
+        # The worker of the whole is refused now, with what to run instead.
+        store = ReadModelStore(home.live(), Ledger(-1))
+        try:
+            with pytest.raises(ConfigurationError, match="--partitions 2"):
+                await Projector(Ledger(-1), store, nc).run(until_head=True)
+        finally:
+            store.close()
+        for worker in workers:
+            worker.store.close()

@@ -160,16 +160,27 @@ class ProjectionHome(ReadModelHome):
     @contextlib.contextmanager
     def writer_lock(self, partition: int | str | None = None) -> Iterator[None]:
         """Held by whoever writes the projection (or one partition of it, or a replay:
-        ``"replay"``); a second one is refused."""
-        name = "lock" if partition is None else f"lock.{partition}"
+        ``"replay"``); a second one is refused. Partition workers also share the
+        projection's own lock, so that they and a worker of the whole never run together
+        (see :meth:`~toolkit.store.ReadModelStore.repartition`)."""
+        with contextlib.ExitStack() as held:
+            if isinstance(partition, int):
+                held.enter_context(self._flock("lock", shared=True))
+            held.enter_context(self._flock("lock" if partition is None else f"lock.{partition}"))
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, *, shared: bool = False) -> Iterator[None]:
         fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise ProjectionBusyError(
                     f"projection {self.name} is being written by another process "
-                    f"(lock {self.path / name}); stop it first"
+                    f"(lock {self.path / name}"
+                    + (", held by a worker of the whole stream, or a rewind" if shared else "")
+                    + "); stop it first"
                 ) from None
             yield
         finally:

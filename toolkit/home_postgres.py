@@ -231,17 +231,25 @@ class PostgresHome(ReadModelHome):
         label = self.name if partition is None else f"{self.name}.{partition}"
         db = _connect(self.url)
         try:
-            (locked,) = db.execute(f"SELECT pg_try_advisory_lock({_key(label)})").fetchone() or (
-                False,
-            )
-            if not locked:
-                raise ProjectionBusyError(
-                    f"projection {self.name} is being written by another process (advisory "
-                    f"lock {label!r} in database {db.info.dbname}); stop it first"
-                )
+            # Partition workers also share the projection's own lock, so that they and a
+            # worker of the whole never run together.
+            if isinstance(partition, int):
+                self._try_lock(db, self.name, "pg_try_advisory_lock_shared")
+            self._try_lock(db, label, "pg_try_advisory_lock")
             yield
         finally:
-            db.close()  # which releases the lock
+            db.close()  # which releases the locks
+
+    def _try_lock(self, db: PostgresConnection, label: str, function: str) -> None:
+        (locked,) = db.execute(f"SELECT {function}({_key(label)})").fetchone() or (False,)
+        if not locked:
+            whole = (
+                ", held by its worker of the whole stream" if function.endswith("shared") else ""
+            )
+            raise ProjectionBusyError(
+                f"projection {self.name} is being written by another process (advisory "
+                f"lock {label!r} in database {db.info.dbname}{whole}); stop it first"
+            )
 
     def _open(self, generation: Generation) -> Connection | None:
         with self._guard:

@@ -13,12 +13,10 @@ from datetime import datetime
 
 import nats.errors
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from toolkit.connection import Connection
-from toolkit.errors import BatchFailure, PoisonMessage
+from toolkit.errors import BatchFailure, ConfigurationError, PoisonMessage
 from toolkit.projection import Projection, StartPosition
 from toolkit.reader import StreamMessage, StreamReader
 from toolkit.readmodel import ReadModelHome
@@ -56,7 +54,7 @@ class Projector:
         self,
         projection: Projection,
         store: ReadModelStore,
-        client: Client | Connection,
+        client: Client,
         *,
         batch_size: int = 1000,
         transaction_size: int = 5000,
@@ -67,8 +65,8 @@ class Projector:
     ) -> None:
         self.projection = projection
         self.store = store
-        self.connection = Connection.of(client)
-        """Each attempt takes its current client: one the server closed is replaced."""
+        self.client = client
+        self.js = client.jetstream()
         self.batch_size = batch_size
         self.stop_at = stop_at
         """Apply nothing past this stream sequence (a replay ``--to-seq``)."""
@@ -86,14 +84,6 @@ class Projector:
         """Events applied in one transaction at most while catching up."""
         self.name = name or projection.name
         self.stats = ProjectorStats()
-
-    @property
-    def client(self) -> Client:
-        return self.connection.client
-
-    @property
-    def js(self) -> JetStreamContext:
-        return self.connection.js
 
     async def head(self, stream: str) -> int:
         """The stream's last sequence (0 when it is empty or does not exist yet)."""
@@ -162,6 +152,14 @@ class Projector:
         if self.partitions is not None:
             await self._join_partitioned(stream)
             return
+        epochs = self.store.epochs(stream)
+        if epochs:
+            raise ConfigurationError(
+                f"projection {self.projection.name} is kept by {epochs[-1][1]} partition "
+                f"workers from {stream} sequence {epochs[-1][0]} on: run them (--partition K "
+                f"--partitions {epochs[-1][1]}); to go back to one worker, run --partition 0 "
+                "--partitions 1"
+            )
         if self.store.joined(stream):
             return
         start = self.starts_at

@@ -303,13 +303,26 @@ class ReadModelStore:
     def repartition(self, stream: str, partitions: int, head: int) -> list[tuple[int, int]]:
         """Make ``partitions`` the partitioning of ``stream`` from ``head + 1`` on, unless
         it already is; the workers of the previous partitioning finish everything up to
-        ``head`` first (see :class:`~toolkit.projector.Projector`)."""
+        ``head`` first (see :class:`~toolkit.projector.Projector`).
+
+        The first partitioning of a model that one worker kept so far starts right after
+        that worker's checkpoint, which it hands over: partition workers and a worker of
+        the whole never run together (the home's writer lock), so nothing is applied
+        twice or skipped."""
         with self._writing:
             self._reconnect()
         with self._writing, self._transaction("exclusive"):
             epochs = self._epochs(stream)
             if not epochs or epochs[-1][1] != partitions:
-                start = 1 if not epochs else max(head + 1, epochs[-1][0] + 1)
+                if epochs:
+                    start = max(head + 1, epochs[-1][0] + 1)
+                else:
+                    row = self._execute(
+                        "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?", (stream,)
+                    ).fetchone()
+                    start = 1 if row is None else int(row[0]) + 1
+                    for table in ("toolkit_checkpoint", "toolkit_position"):
+                        self._execute(f"DELETE FROM {table} WHERE stream = ?", (stream,))
                 self._execute(
                     "INSERT INTO toolkit_epoch VALUES (?, ?, ?)", (stream, start, partitions)
                 )
