@@ -13,9 +13,11 @@ from datetime import datetime
 
 import nats.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from toolkit.connection import Connection
 from toolkit.errors import BatchFailure, ConfigurationError, PoisonMessage
 from toolkit.projection import Projection, StartPosition
 from toolkit.reader import StreamMessage, StreamReader
@@ -54,7 +56,7 @@ class Projector:
         self,
         projection: Projection,
         store: ReadModelStore,
-        client: Client,
+        client: Client | Connection,
         *,
         batch_size: int = 1000,
         transaction_size: int = 5000,
@@ -65,8 +67,8 @@ class Projector:
     ) -> None:
         self.projection = projection
         self.store = store
-        self.client = client
-        self.js = client.jetstream()
+        self.connection = Connection.of(client)
+        """Each attempt takes its current client: one the server closed is replaced."""
         self.batch_size = batch_size
         self.stop_at = stop_at
         """Apply nothing past this stream sequence (a replay ``--to-seq``)."""
@@ -84,6 +86,14 @@ class Projector:
         """Events applied in one transaction at most while catching up."""
         self.name = name or projection.name
         self.stats = ProjectorStats()
+
+    @property
+    def client(self) -> Client:
+        return self.connection.client
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.connection.js
 
     async def head(self, stream: str) -> int:
         """The stream's last sequence (0 when it is empty or does not exist yet)."""
