@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
 import re
 import ssl
 import weakref
@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from toolkit.config import NatsAuth, Settings
-from toolkit.embedded import EmbeddedServer
+from toolkit.embedded import SharedServer
 from toolkit.errors import ConnectError, ServerVersionError
 
 log = logging.getLogger(__name__)
@@ -363,7 +363,8 @@ class Nats:
 
     connection: Connection
     url: str
-    embedded: EmbeddedServer | None
+    embedded: SharedServer | None
+    """The data folder's embedded server, when ``NATS_URL`` names none."""
 
     @property
     def client(self) -> Client:
@@ -374,36 +375,41 @@ class Nats:
         return self.connection.js
 
 
-def running_embedded_url(folder: Path) -> str | None:
-    """The URL of an embedded server another toolkit process runs in ``folder``, if any:
-    processes sharing a data folder share its server instead of fighting over its files."""
-    try:
-        pid_text, url = (folder / "server.url").read_text().split()
-        os.kill(int(pid_text), 0)
-    except (OSError, ValueError):
-        return None
-    return url
+def _point_at(connection: Connection, url: str) -> None:
+    """Point ``connection`` at the data folder's server, which now listens at ``url``."""
+    log.warning("nats %s: the embedded server now listens at %s", connection.name, url)
+    connection.url = url  # where a replacement client connects
+    with contextlib.suppress(ConnectError, nats.errors.ConnectionClosedError):
+        connection.client.set_server_pool([url])  # where this one reconnects
 
 
 @contextlib.asynccontextmanager
 async def open_nats(settings: Settings, *, name: str = "toolkit") -> AsyncIterator[Nats]:
-    """Yield a connection to ``settings.nats_url``, or to an embedded server started in
-    ``<data_dir>/nats`` and stopped on the way out (also on errors and Ctrl-C)."""
-    embedded: EmbeddedServer | None = None
+    """Yield a connection to ``settings.nats_url``, or to the embedded server of
+    ``<data_dir>/nats``, shared with the other processes on that folder
+    (:class:`~toolkit.embedded.SharedServer`): started when none runs, started again
+    (and followed) when it stops while the connection is open; the server this process
+    started is stopped on the way out (also on errors and Ctrl-C)."""
+    shared: SharedServer | None = None
     url = settings.nats_url
     if url is None:
-        folder = Path(settings.data_dir) / "nats"
-        url = running_embedded_url(folder)
-        if url is None:
-            embedded = EmbeddedServer(folder, binary=settings.nats_server)
-            embedded.start()
-            url = embedded.url
+        shared = SharedServer(Path(settings.data_dir) / "nats", binary=settings.nats_server)
+        url = await shared.url()
     try:
         connection = await Connection(url, name=name, auth=settings.nats_auth).open()
+        keeping = None
+        if shared is not None:
+            keeping = asyncio.create_task(
+                shared.keep(url, functools.partial(_point_at, connection))
+            )
         try:
-            yield Nats(connection=connection, url=url, embedded=embedded)
+            yield Nats(connection=connection, url=url, embedded=shared)
         finally:
+            if keeping is not None:
+                keeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeping
             await connection.close()
     finally:
-        if embedded is not None:
-            embedded.stop()
+        if shared is not None:
+            shared.leave()

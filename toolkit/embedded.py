@@ -3,15 +3,19 @@ as a child process with JetStream in a data folder, on a loopback port it choose
 
 The child is tied to this process: it gets SIGTERM when the parent dies, even by SIGKILL
 (Linux ``PR_SET_PDEATHSIG``), and :meth:`EmbeddedServer.stop` runs on exit, errors and
-Ctrl-C, so no server is left behind.
+Ctrl-C, so no server is left behind. :class:`SharedServer` is the one server of a data
+folder that every toolkit process on it uses, whichever of them started it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,10 +25,13 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
 from toolkit.errors import ServerStartError
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -74,6 +81,7 @@ class EmbeddedServer:
         binary: str | None = None,
         extra_args: list[str] | None = None,
         ready_timeout: float = 20.0,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self._owns_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="toolkit-nats-"))
@@ -81,6 +89,9 @@ class EmbeddedServer:
         self.binary = find_server_binary(binary)
         self.extra_args = list(extra_args or [])
         self.ready_timeout = ready_timeout
+        self.pass_fds = pass_fds
+        """Open files the server inherits (and so keeps open, with their locks, until it
+        exits)."""
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
 
@@ -95,8 +106,23 @@ class EmbeddedServer:
         return self.data_dir / "nats-server.log"
 
     def start(self) -> EmbeddedServer:
-        if self.process is not None:
-            return self
+        if self.process is None:
+            ports_dir = self._spawn()
+            with self._starting(ports_dir):
+                self.port = self._wait_for_port(ports_dir)
+        return self
+
+    async def start_async(self) -> EmbeddedServer:
+        """:meth:`start` without blocking the event loop while the server gets ready. The
+        child is started from the loop's thread, the thread whose end it dies with."""
+        if self.process is None:
+            ports_dir = self._spawn()
+            with self._starting(ports_dir):
+                self.port = await asyncio.to_thread(self._wait_for_port, ports_dir)
+        return self
+
+    def _spawn(self) -> Path:
+        """Start the child; returns the folder where it will write its ports."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ports_dir = Path(tempfile.mkdtemp(prefix="ports-", dir=self.data_dir))
         args = [
@@ -116,19 +142,23 @@ class EmbeddedServer:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                pass_fds=self.pass_fds,
             )
         except OSError as exc:
+            shutil.rmtree(ports_dir, ignore_errors=True)
             raise ServerStartError(f"could not start {self.binary}: {exc}") from exc
         atexit.register(self.stop)
+        return ports_dir
+
+    @contextlib.contextmanager
+    def _starting(self, ports_dir: Path) -> Iterator[None]:
         try:
-            self.port = self._wait_for_port(ports_dir)
-            (self.data_dir / "server.url").write_text(f"{self.process.pid} {self.url}\n")
+            yield
         except BaseException:
             self.stop()
             raise
         finally:
             shutil.rmtree(ports_dir, ignore_errors=True)
-        return self
 
     def _wait_for_port(self, ports_dir: Path) -> int:
         assert self.process is not None
@@ -161,8 +191,6 @@ class EmbeddedServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / "server.url").unlink()
         if process is not None:
             atexit.unregister(self.stop)
             if process.poll() is None:
@@ -194,6 +222,149 @@ class EmbeddedServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class SharedServer:
+    """The embedded server of a data folder, shared by every toolkit process on it
+    (``serve``, ``relay``, ``project``, ``status`` ...), whichever of them started it.
+
+    The process that finds no server running starts one as its child, so no server
+    outlives the processes using it: it stops with the process that started it (also by
+    SIGKILL). The processes still using it then start another by themselves
+    (:meth:`keep`) and follow it:
+
+    - The running server holds ``server.lock`` in the folder: it inherits the locked file
+      from the process that starts it. So the lock is free exactly when no server runs,
+      whatever ended the last one (a stop, SIGKILL of it or of its parent, a reboot:
+      locks do not outlive processes, so a stale ``server.url`` means nothing). Taking
+      the lock is how one of several processes starting at once gets to start the server;
+      it is free only once the last server has exited, so two servers never share the
+      folder's JetStream files.
+    - ``server.url`` says where the server listens: replaced atomically once it is ready,
+      read by the others while the lock is held.
+    - A new server listens on the port of the one before it, which the processes that
+      used that one dial already: nats-py reconnects them and subscribes again. When
+      something else took the port meanwhile, it listens on another, and every process's
+      :meth:`keep` points its connection there.
+    """
+
+    def __init__(
+        self, folder: Path | str, *, binary: str | None = None, ready_timeout: float = 20.0
+    ) -> None:
+        self.folder = Path(folder)
+        self.binary = find_server_binary(binary)
+        self.ready_timeout = ready_timeout
+        self.server: EmbeddedServer | None = None
+        """The server this process started, if any: it stops it on the way out."""
+
+    @property
+    def lock_path(self) -> Path:
+        return self.folder / "server.lock"
+
+    @property
+    def url_path(self) -> Path:
+        return self.folder / "server.url"
+
+    def recorded_url(self) -> str | None:
+        """The URL in ``server.url``: where the server listens, while one runs."""
+        try:
+            _, url = self.url_path.read_text().split()
+        except (OSError, ValueError):
+            return None
+        return url
+
+    async def url(self) -> str:
+        """Where the folder's server listens; started by this process when none runs."""
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            recorded = self.recorded_url()  # read before the lock says a server runs
+            url = await self._start_unless_running() or recorded
+            if url is not None:
+                return url
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"the embedded nats-server of {self.folder}, started by another process, "
+                    f"did not become ready within {self.ready_timeout:g}s (see its log, "
+                    f"{self.folder / 'nats-server.log'})"
+                )
+            await asyncio.sleep(0.02)
+
+    async def keep(self, url: str, on_moved: Callable[[str], None], every: float = 0.25) -> None:
+        """Until cancelled: start the folder's server again whenever none runs, and call
+        ``on_moved(url)`` when it listens elsewhere than ``url``, where this process
+        connected."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                started = await self._start_unless_running()
+            except ServerStartError as exc:
+                log.warning("%s; trying again", exc)
+                continue
+            if started is not None:
+                log.warning("the embedded nats-server of %s had stopped: started it again "
+                            "at %s", self.folder, started)  # fmt: skip
+            latest = started or self.recorded_url()
+            if latest is not None and latest != url:
+                url = latest
+                on_moved(url)
+
+    def leave(self) -> None:
+        """Stop the server this process started, if any: processes still using it start
+        another on the same port."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+
+    async def _start_unless_running(self) -> str | None:
+        """Start a server when none runs and return its URL; None when one runs (or
+        another process is starting one)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            return await self._start(lock)
+        finally:
+            os.close(lock)  # a server started holds the lock through its own copy
+
+    async def _start(self, lock: int) -> str:
+        port = _port_of(self.recorded_url())
+        self.url_path.unlink(missing_ok=True)
+        if self.server is not None:
+            self.server.stop()  # this process's last server, which has exited: reap it
+        try:
+            server = await self._server(port, lock)
+        except ServerStartError:
+            if port == -1:
+                raise
+            log.warning("port %d of the last embedded nats-server is taken; using another", port)
+            server = await self._server(-1, lock)
+        assert server.process is not None
+        written = self.url_path.with_name(f"server.url.{os.getpid()}")
+        written.write_text(f"{server.process.pid} {server.url}\n")
+        os.replace(written, self.url_path)
+        self.server = server
+        return server.url
+
+    async def _server(self, port: int, lock: int) -> EmbeddedServer:
+        server = EmbeddedServer(
+            self.folder,
+            port=port,
+            binary=self.binary,
+            ready_timeout=self.ready_timeout,
+            pass_fds=(lock,),
+        )
+        return await server.start_async()
+
+
+def _port_of(url: str | None) -> int:
+    """The port of a recorded URL, or -1 (any free port)."""
+    try:
+        return int((url or "").rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 def free_ports(count: int) -> list[int]:
