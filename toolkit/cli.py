@@ -32,11 +32,17 @@ from rich.progress import (
 
 from toolkit.config import Settings, read_model_url
 from toolkit.connection import open_nats, redact_urls
-from toolkit.errors import ConfigurationError, ProjectionVersionError, ToolkitError
+from toolkit.errors import (
+    ConfigurationError,
+    ProjectionVersionError,
+    RelayBusyError,
+    ToolkitError,
+)
 from toolkit.projection import Projection, StartPosition
 from toolkit.projector import Projector
 from toolkit.readmodel import Generation, ReadModelHome, open_home
 from toolkit.relay import Relay
+from toolkit.relay_lock import relay_lock
 from toolkit.replay import rebuild, rewind
 from toolkit.store import ReadModelStore, read_dead_letters
 from toolkit.streams import StreamSpec
@@ -101,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         "relay",
         help="carry a context's log onto its stream",
         description="Relay a context's published events from its log onto its JetStream "
-        "stream, in log order, exactly once. Runs until stopped (Ctrl-C or SIGTERM).",
+        "stream, in log order, exactly once. Runs until stopped (Ctrl-C or SIGTERM). Refused "
+        "while another relay of the context runs ('toolkit relay', or 'toolkit serve' "
+        "running it); the error names it.",
     )
     relay.add_argument("context", help="context name, e.g. sales")
     relay.add_argument("--once", action="store_true", help="stop when the log head is relayed")
@@ -232,7 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-relay",
         action="store_true",
-        help="do not run the relays of the contexts served (another process runs them)",
+        help="do not run the relays of the contexts served (another process runs them); "
+        "without it, serve is refused while another relay of one of them runs",
     )
     hooks = commands.add_parser(
         "webhooks",
@@ -311,7 +320,7 @@ async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[Any]]) -> An
 
 async def _relay(settings: Settings, system: System, name: str, once: bool) -> None:
     context = system.context(name)(data_dir=settings.data_dir)
-    try:
+    with contextlib.closing(context), relay_lock(context, f"toolkit relay {name}"):
         async with open_nats(settings, name=f"relay-{name}") as nats:
             relay = Relay(context, nats.connection, stream=StreamSpec.from_settings(name, settings))
             console.print(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
@@ -320,8 +329,6 @@ async def _relay(settings: Settings, system: System, name: str, once: bool) -> N
                 f"relayed to log position {stats.position}: {stats.published} published "
                 f"(stream sequence {stats.stream_sequence})"
             )
-    finally:
-        context.close()
 
 
 async def _project(
@@ -551,8 +558,17 @@ def _serve(settings: Settings, system: System, host: str, port: int, *, relay: b
 
     from toolkit.http import create_app
 
-    app = create_app(system, settings, relay=relay)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    with contextlib.ExitStack() as locks:  # the relays run here: no other may run
+        for name in system.commands if relay else ():
+            context = system.context(name)(data_dir=settings.data_dir)
+            try:
+                locks.enter_context(relay_lock(context, "toolkit serve"))
+            except RelayBusyError as exc:
+                raise RelayBusyError(f"{exc} (or serve with --no-relay)") from None
+            finally:
+                context.close()
+        app = create_app(system, settings, relay=relay)
+        uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 async def _webhooks(settings: Settings, system: System, name: str) -> None:

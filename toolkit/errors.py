@@ -52,6 +52,10 @@ class RelayError(ToolkitError):
         the loss: if the stream holds that message there, another relay stored it."""
 
 
+class RelayBusyError(RelayError):
+    """Another relay of the context runs (see :mod:`toolkit.relay_lock`)."""
+
+
 class ProjectionError(ToolkitError):
     """A projection could not apply its stream."""
 
