@@ -86,18 +86,21 @@ def guarded(tmp_path: Path) -> Iterator[Guarded]:
 
 
 @contextlib.contextmanager
-def running(*args: str, nats_url: str, tmp: Path) -> Iterator[subprocess.Popen[str]]:
-    """``toolkit <args>`` in a process of its own, stopped (SIGTERM) afterwards."""
+def running(*args: str, nats_url: str, tmp: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """``toolkit <args>`` in a process of its own, stopped (SIGTERM) afterwards; yields
+    it and the file its log (stderr) goes to."""
     env = {**os.environ, "NATS_URL": nats_url, "TMPDIR": str(tmp)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "toolkit.cli", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    said = tmp / f"{'-'.join(args[2:])}.log"
+    with said.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "toolkit.cli", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
     try:
-        yield process
+        yield process, said
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -105,6 +108,11 @@ def running(*args: str, nats_url: str, tmp: Path) -> Iterator[subprocess.Popen[s
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def tried_again(log: Path) -> bool:
+    """Whether the process has tried to connect again, and was refused."""
+    return "cannot connect to NATS" in log.read_text()
 
 
 def shipments(data_dir: Path) -> int:
@@ -121,21 +129,23 @@ async def test_relay_and_projector_processes_go_on_after_the_server_closed_them(
         sales.place_order(ann, [LINE])
         where = ("--data-dir", str(data_dir))
         with (
-            running(*where, "relay", "sales", nats_url=guarded.url, tmp=tmp_path) as relay,
-            running(*where, "project", "shipping", nats_url=guarded.url, tmp=tmp_path) as project,
+            running(*where, "relay", "sales", nats_url=guarded.url, tmp=tmp_path) as (relay, r),
+            running(*where, "project", "shipping", nats_url=guarded.url, tmp=tmp_path) as (
+                project,
+                p,
+            ),
         ):
             await wait_for(lambda: shipments(data_dir) == 1, within=30)
 
             async with guarded.revoked():  # both processes' connections are closed
                 sales.place_order(ann, [LINE])
-                await asyncio.sleep(1)  # a while with no way to connect
+                await wait_for(lambda: all(tried_again(log) for log in (r, p)), within=30)
             sales.place_order(ann, [LINE])
 
             await wait_for(lambda: shipments(data_dir) == 3, within=30)
             assert relay.poll() is None and project.poll() is None
-        for process in (relay, project):
-            assert process.stderr is not None
-            said = process.stderr.read()
+        for log in (r, p):
+            said = log.read_text()
             assert "the server closed the connection (authorization" in said
             assert "connected again" in said
     finally:
@@ -181,7 +191,7 @@ async def test_serve_goes_on_and_is_not_ready_while_its_relay_is_cut_off(
 
 
 async def test_the_webhook_dispatcher_goes_on_after_the_server_closed_it(
-    guarded: Guarded, data_dir: Path
+    guarded: Guarded, data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     hooks = Receiver()
     sales = Sales(data_dir=data_dir)
@@ -205,7 +215,11 @@ async def test_the_webhook_dispatcher_goes_on_after_the_server_closed_it(
             await wait_for(lambda: len(hooks.accepted) == 1, within=30)
 
             async with guarded.revoked():  # the dispatcher's connection is closed
-                await asyncio.sleep(0.5)
+
+                def refused() -> bool:  # its first try to connect again
+                    return "nats webhooks-sales: cannot connect to NATS" in caplog.text
+
+                await wait_for(refused, within=30)
             sales.register_customer("Bob", "bob@example.org")
             await relay()
             await wait_for(lambda: len(hooks.accepted) == 2, within=30)
