@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from contexts.system import system
 from tests.conftest import serving
+from tests.envelopes import relayed
 from tests.flow import place_orders, read_all, relay_all
 from toolkit import StreamSpec, ensure_stream
 from toolkit.config import Settings
@@ -126,8 +127,8 @@ async def test_a_recreated_stream_is_never_answered_from_cached_pages(
     async def fill(tag: str, count: int) -> None:
         await ensure_stream(js, StreamSpec("sales"))
         for i in range(count):
-            body = {"specversion": "1.0", "id": f"sales:{i}", "source": "sales", "type": tag}
-            await js.publish(f"sales.order.{i}.Tagged", orjson.dumps(body))
+            subject, body, headers = relayed("sales", i + 1, tag, {}, aggregate_id=str(i))
+            await js.publish(subject, body, headers=headers)
 
     await fill("old", 12)
     before = await feed.get("/feed/sales", params={"limit": 10})
@@ -146,18 +147,23 @@ async def test_a_message_that_is_not_an_event_keeps_its_place_and_says_why(
 ) -> None:
     js = nc.jetstream()
     await ensure_stream(js, StreamSpec("sales"))
-    good = {"specversion": "1.0", "id": "sales:1", "source": "sales", "type": "sales.X"}
-    await js.publish("sales.order.a.X", orjson.dumps(good))
+    subject, good, headers = relayed("sales", 1, "sales.X", {}, aggregate_id="a")
+    await js.publish(subject, good, headers=headers)
     await js.publish("sales.order.b.X", b"\xff not json")
     await js.publish("sales.order.c.X", b'{"type": "no specversion"}')
+    # Another publisher's copy of the relay's event, under an id it never used: a reader
+    # that keys on the envelope's id must not be handed it as sales:1.
+    await js.publish(subject, good, headers={"Nats-Msg-Id": "someone:1"})
     page = (await feed.get("/feed/sales")).json()
     assert [(e["position"], e["event"] is None) for e in page["events"]] == [
         (1, False),
         (2, True),
         (3, True),
+        (4, True),
     ]
     assert page["events"][1]["problem"].startswith("not a CloudEvents event: ")
     assert "specversion" in page["events"][2]["problem"]
+    assert page["events"][3]["problem"].startswith("not published by the sales relay: ")
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
-from toolkit import problems
+from toolkit import problems, wire
 from toolkit.config import Settings
 from toolkit.connection import Connection, open_nats
 from toolkit.errors import ToolkitError
@@ -176,12 +176,14 @@ class _Page(msgspec.Struct):
 
 
 class _EnvelopeCheck(msgspec.Struct):
-    """The attributes CloudEvents requires; decoding checks the body is such an object."""
+    """The attributes CloudEvents requires, and the log position the relay adds; decoding
+    checks the body is such an object."""
 
     specversion: str
     id: str
     source: str
     type: str
+    logposition: int | None = None
 
 
 _check_envelope = msgspec.json.Decoder(_EnvelopeCheck).decode
@@ -189,10 +191,20 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _entry(message: StreamMessage) -> _Entry:
+    """The message as a feed entry; one the stream's relay did not publish keeps its place
+    but not its body, so that a reader that keys on ``id`` is never handed another
+    publisher's message as one of the context's events."""
     try:
-        _check_envelope(message.data)
+        envelope = _check_envelope(message.data)
     except msgspec.DecodeError as exc:
         return _Entry(message.sequence, message.subject, None, f"not a CloudEvents event: {exc}")
+    stream = message.stream
+    position = wire.relay_position(
+        stream, message.headers.get(wire.MSG_ID), envelope.source, envelope.id, envelope.logposition
+    )
+    if isinstance(position, str):
+        why = f"not published by the {stream} relay: {position}"
+        return _Entry(message.sequence, message.subject, None, why)
     return _Entry(message.sequence, message.subject, msgspec.Raw(message.data))
 
 
