@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from uuid import UUID
 
+import orjson
 from nats.aio.client import Client
 
 from contexts.sales import Sales
 from projections.notifications import Confirmations
 from tests.conftest import wait_for
 from tests.flow import relay_all
+from toolkit import StreamSpec, ensure_stream
 
 LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
 
@@ -57,3 +60,31 @@ async def test_jobs_of_a_worker_that_dies_go_to_the_others(
     stats = await survivor
     assert {order for order, _, _ in confirmations.sent()} == orders
     assert stats.done == 100
+
+
+async def test_a_job_another_publisher_put_on_the_stream_is_never_done(
+    sales: Sales, nc: Client, tmp_path: Path
+) -> None:
+    """A forged OrderPlaced for a real order, ahead of the relay's, took the order's place
+    in the keyed outbox: the real confirmation was then never sent (issue 16's trust
+    boundary, for work queues)."""
+    customer = sales.register_customer("Ann", "ann@example.com")
+    order = sales.place_order(customer, LINE)
+    await ensure_stream(nc.jetstream(), StreamSpec("sales"))
+    forged = {
+        "specversion": "1.0", "id": "sales:2", "source": "sales", "type": "sales.OrderPlaced",
+        "schemaversion": 1, "logposition": 2,
+        "data": {"order_id": str(order), "customer_id": str(UUID(int=666))},
+    }  # fmt: skip
+    await nc.jetstream().publish(
+        f"sales.order.{order}.OrderPlaced", orjson.dumps(forged), headers={"Nats-Msg-Id": "x:2"}
+    )
+    await relay_all(sales, nc)
+    confirmations = Confirmations(nc, tmp_path / "outbox.sqlite", ack_wait=1.0)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(confirmations.worker("w", stop))
+    await wait_for(lambda: len(confirmations.sent()) == 1, within=30)
+    stop.set()
+    stats = await worker
+    assert [(o, c) for o, c, _ in confirmations.sent()] == [(str(order), str(customer))]
+    assert (stats.done, stats.untrusted) == (1, 1)

@@ -17,10 +17,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from toolkit import wire
 from toolkit.connection import Connection
 from toolkit.reader import StreamMessage
 from toolkit.wire import check_name
@@ -33,6 +35,8 @@ class WorkStats:
     done: int = 0
     retried: int = 0
     given_up: int = 0
+    untrusted: int = 0
+    """Messages the stream's relay did not publish: acknowledged without being done."""
 
 
 class WorkQueue:
@@ -48,6 +52,7 @@ class WorkQueue:
         ack_wait: float = 30.0,
         max_deliver: int = 5,
         retry_delay: float = 1.0,
+        relayed_only: bool = True,
     ) -> None:
         self.connection = Connection.of(client)
         """Each call takes its current client: one the server closed is replaced."""
@@ -57,6 +62,11 @@ class WorkQueue:
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
         self.retry_delay = retry_delay
+        self.relayed_only = relayed_only
+        """Jobs are the stream relay's events (a context's stream): a message another
+        client put there is never done, since its job could stand in for a real one (an
+        idempotent job keyed by order would then skip the real order). False for a queue
+        that others publish jobs into."""
 
     @property
     def js(self) -> JetStreamContext:
@@ -99,6 +109,14 @@ class WorkQueue:
                     message = StreamMessage(
                         self.stream, meta.sequence.stream, job.subject, job.headers or {}, job.data
                     )
+                    if self.relayed_only and (why := self._not_relayed(message)):
+                        await job.term()
+                        stats.untrusted += 1
+                        log.warning(
+                            "queue %s skipped %s sequence %d, not published by its relay: %s",
+                            self.name, self.stream, message.sequence, why,
+                        )  # fmt: skip
+                        continue
                     try:
                         await do(message)
                     except Exception as exc:
@@ -118,3 +136,14 @@ class WorkQueue:
         finally:
             await sub.unsubscribe()
         return stats
+
+    def _not_relayed(self, message: StreamMessage) -> str | None:
+        """Why the stream's relay did not publish ``message`` (None: it did)."""
+        try:
+            head = wire.decode_head(message.data)
+        except msgspec.DecodeError as exc:
+            return f"its body is not a CloudEvents JSON envelope: {exc}"
+        found = wire.relay_position(
+            self.stream, message.headers.get(wire.MSG_ID), head.source, head.id, head.logposition
+        )
+        return found if isinstance(found, str) else None
