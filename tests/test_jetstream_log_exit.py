@@ -14,11 +14,13 @@ from uuid import UUID
 import pytest
 
 from contexts.sales import Sales
+from contexts.sales.domain import Customer
 from toolkit.embedded import EmbeddedServer
 
 SCRIPT = """
 import sys
 from contexts.sales import Sales
+from contexts.sales.domain import Customer
 sales = Sales(env={{"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": sys.argv[1]}},
               data_dir=sys.argv[2])
 ann = sales.register_customer("Ann", "ann@example.com")
@@ -53,7 +55,7 @@ def test_a_process_that_exits_without_close_exits_at_once(
     # What it saved before exiting is in the log.
     sales = Sales(env={"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": nats_server.url})
     try:
-        customer = sales.repository.get(UUID(done.stdout.split()[0]))
+        customer: Customer = sales.repository.get(UUID(done.stdout.split()[0]))
         assert customer.name == "Ann"
     finally:
         sales.close()

@@ -44,6 +44,7 @@ from toolkit.readmodel import Generation, ReadModelHome, open_home
 from toolkit.relay import Relay
 from toolkit.relay_lock import relay_lock
 from toolkit.replay import rebuild, rewind
+from toolkit.reports import Reporter
 from toolkit.store import ReadModelStore, read_dead_letters
 from toolkit.streams import StreamSpec
 from toolkit.system import System, load_system
@@ -217,11 +218,15 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         help="show streams, relays and projections: positions, lag, state",
-        description="For each stream its head; for each context its relay's lag; for each "
-        "projection its version, checkpoint per stream, lag in events and in time, state "
-        "(live, replaying, paused, failing, rebuild due, or unreadable: a marker names no "
-        "generation) and dead letters; for a partial model where it "
-        "starts, and the generations kept beside the one readers use.",
+        description="For each stream its head; for each context its relay's lag and state "
+        "(running, stopped); for each projection its version, checkpoint per stream, lag in "
+        "events and in time, state (live, replaying, paused, failing, rebuild due, or "
+        "unreadable: a marker names no generation) and dead letters; for a partial model "
+        "where it starts, and the generations kept beside the one readers use. Relays and "
+        "projectors running on the data folder report what they go through: one that "
+        "cannot reach NATS is 'unreachable', one that stopped reporting 'unresponsive', one "
+        "whose backlog has not moved for TOOLKIT_STALL_AFTER seconds (30) 'stalled'; each "
+        "problem is listed with its reason.",
     )
     status.add_argument("--json", action="store_true", help="print JSON for machines")
 
@@ -321,8 +326,19 @@ async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[Any]]) -> An
 async def _relay(settings: Settings, system: System, name: str, once: bool) -> None:
     context = system.context(name)(data_dir=settings.data_dir)
     with contextlib.closing(context), relay_lock(context, f"toolkit relay {name}"):
-        async with open_nats(settings, name=f"relay-{name}") as nats:
+        async with (
+            open_nats(settings, name=f"relay-{name}") as nats,
+            Reporter(settings.data_dir) as reporter,
+        ):
             relay = Relay(context, nats.connection, stream=StreamSpec.from_settings(name, settings))
+            reporter.watch(
+                f"relay.{name}",
+                f"relay {name}",
+                name=name,
+                nats=lambda: nats.connection.trouble,
+                position=lambda: relay.stats.position,
+                backlog=relay.lag,
+            )
             console.print(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
             stats = await _until_signalled(lambda stop: relay.run(stop, until_head=once))
             console.print(
@@ -356,11 +372,23 @@ async def _project(
                 await rebuild(projection, home, nats.client, locked=True)
                 store = ReadModelStore(home.live(), projection, partition=partition)
             projector = Projector(projection, store, nats.connection, partitions=partitions)
+            worker = (
+                ("", "") if partition is None else (f".p{partition}", f" partition {partition}")
+            )
             try:
                 console.print(f"projecting {name} into {store.generation} from {nats.url}")
-                stats = await _until_signalled(
-                    lambda stop: projector.run(stop, until_head=once, home=home)
-                )
+                async with Reporter(settings.data_dir) as reporter:
+                    reporter.watch(
+                        f"projection.{name}{worker[0]}",
+                        f"projection {name}{worker[1]}",
+                        name=name,
+                        nats=lambda: nats.connection.trouble,
+                        position=lambda: sum(projector.stats.checkpoints.values()),
+                        backlog=lambda: sum(projector.stats.lag.values()),
+                    )
+                    stats = await _until_signalled(
+                        lambda stop: projector.run(stop, until_head=once, home=home)
+                    )
                 console.print(
                     f"{name}: {stats.applied} applied, {stats.skipped} skipped, "
                     f"{stats.dead_lettered} dead-lettered; checkpoints {stats.checkpoints}"

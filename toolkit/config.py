@@ -84,6 +84,9 @@ class Settings:
     """Bearer tokens the API accepts; empty: the API is open (see :mod:`toolkit.auth`)."""
     ready_max_lag: int = 1000
     """Events a projection may be behind its stream while the API says it is ready."""
+    stall_after: float = 30.0
+    """Seconds a relay or projector may leave a backlog unmoved before ``toolkit status``
+    and ``/health/ready`` call it stalled (see :mod:`toolkit.reports`)."""
     consistency_wait: float = 2.0
     """Longest wait of a read for a consistency token, in seconds."""
 
@@ -108,6 +111,7 @@ class Settings:
                 t.strip() for t in env.get("TOOLKIT_API_TOKENS", "").split(",") if t.strip()
             ),
             ready_max_lag=_number(env, "TOOLKIT_READY_MAX_LAG", 1000, int, 0, 10**9),
+            stall_after=_number(env, "TOOLKIT_STALL_AFTER", 30.0, float, 0.1, 86400),
             consistency_wait=_number(env, "TOOLKIT_CONSISTENCY_WAIT", 2.0, float, 0, 60),
         )
 

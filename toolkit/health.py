@@ -1,9 +1,11 @@
 """Health, readiness and metrics of an API process.
 
 ``/health/live`` says the process answers; ``/health/ready`` says it can serve what it
-promises: NATS answers, the in-process relays are running, and every projection with
-endpoints is within ``max_lag`` events of its streams (a load balancer stops sending
-reads to an instance whose models fall behind). ``/metrics`` is Prometheus' text format,
+promises: NATS answers, the in-process relays are running, no relay or projector on the
+data folder reports a problem (it cannot reach NATS, hangs, or leaves a backlog unmoved:
+see :mod:`toolkit.reports`), and every projection with endpoints is within ``max_lag``
+events of its streams (a load balancer stops sending reads to an instance whose models
+fall behind). ``/metrics`` is Prometheus' text format,
 made by ``prometheus_client``: events applied and lag per projection and stream, dead
 letters, relay lag, and request latencies per route template (never the raw path: ids
 in label values would grow the registry without bound).
@@ -120,6 +122,7 @@ def router(
         reasons = [r for r in (await nats_ok(), relays_ok()) if r]
         if not reasons:
             status = await report()
+            reasons += status["problems"]  # relays and projectors that make no progress
             for name, projection in status["projections"].items():
                 for stream, position in (projection.get("streams") or {}).items():
                     if position["lag_events"] > max_lag:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from toolkit.errors import MarkerError
 from toolkit.health import Metrics
 from toolkit.readmodel import Connection, Generation, ReadModelHome, open_home
 from toolkit.relay import Relay
+from toolkit.reports import Reporter
 from toolkit.streams import StreamSpec
 
 if TYPE_CHECKING:
@@ -191,6 +193,17 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
                 await asyncio.wait_for(stop.wait(), stopped)
             stopped = min(stopped * 2, 30.0)
 
+    def relay_stopped(name: str) -> str | None:
+        """Why the context's relay is not running (one that runs again has mended it)."""
+        running = name in relays and relays[name].running
+        return None if running else relay_trouble.get(name)
+
+    def relay_position(name: str) -> int:
+        return relays[name].stats.position if name in relays else 0
+
+    def relay_backlog(name: str) -> int:
+        return relays[name].lag() if name in relays else 0
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -198,11 +211,24 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
             asyncio.create_task(run_relay(name, context, stop))
             for name, context in (contexts.items() if relay else ())
         ]
+        reporter = Reporter(settings.data_dir)  # what status and readiness read about them
+        for name in contexts if relay else ():
+            reporter.watch(
+                f"relay.{name}",
+                f"relay {name}",
+                name=name,
+                nats=lambda: relay_link.trouble,
+                failing=functools.partial(relay_stopped, name),
+                position=functools.partial(relay_position, name),
+                backlog=functools.partial(relay_backlog, name),
+            )
+        reporter.start()
         try:
             yield
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await reporter.close()
             await relay_link.close()
             await nats.close()
             for context in contexts.values():
@@ -238,11 +264,7 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
         return None
 
     def relays_ok() -> str | None:
-        reasons = [  # (a relay that runs again has mended what stopped it)
-            reason
-            for name, reason in relay_trouble.items()
-            if name not in relays or not relays[name].running
-        ]
+        reasons = [reason for name in relay_trouble if (reason := relay_stopped(name))]
         connection = relay_link.trouble  # the relays would sit on it, making no progress
         if connection is not None and relay and contexts:
             reasons.append(f"the relays' NATS connection: {connection}")

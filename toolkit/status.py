@@ -4,12 +4,16 @@ For each stream its head; for each context its log head and the relay's lag; for
 projection its version (and whether a rebuild is due), checkpoint per stream (per
 partition when partitioned), lag in events and in time, state and dead-letter count; for
 a partial model (a replay from a later start) where it starts in each stream, and the
-generations kept beside the one readers use.
+generations kept beside the one readers use. Relays and projectors running on the data
+folder say what they go through (:mod:`toolkit.reports`): one that cannot reach NATS,
+hangs, or leaves a backlog unmoved for ``stall_after`` seconds gets that state, and the
+reason in ``problems``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from rich.table import Table
 
+from toolkit import reports
 from toolkit.config import Settings
 from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.readmodel import Generation, ReadModelHome, connect, open_home
@@ -98,7 +103,46 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
                 }
             report["streams"] = positions
         projections[name] = report
-    return {"streams": streams, "contexts": contexts, "projections": projections}
+    found = _problems(contexts, projections, reports.read(settings.data_dir), settings.stall_after)
+    return {
+        "streams": streams,
+        "contexts": contexts,
+        "projections": projections,
+        "problems": found,
+    }
+
+
+def _problems(
+    contexts: dict[str, Any],
+    projections: dict[str, Any],
+    running: dict[str, dict[str, Any]],
+    stall_after: float,
+) -> list[str]:
+    """Give each relay and projection the state and problems its processes report; all
+    the problems, each naming its process."""
+    now, found = time.time(), []
+    for kind, entries in (("relay", contexts), ("projection", projections)):
+        for name, entry in entries.items():
+            mine = [r for k, r in sorted(running.items()) if k.split(".")[:2] == [kind, name]]
+            states: list[str] = []
+            for report in mine:
+                worker = report["what"].removeprefix(f"{kind} {name}").strip()  # a partition
+                for state, reason in reports.problems(report, now=now, stall_after=stall_after):
+                    states.append(state)
+                    entry.setdefault("problems", []).append(
+                        f"{worker}: {reason}" if worker else reason
+                    )
+                    found.append(f"{report['what']}: {reason}")
+            if kind == "relay":
+                entry["processes"] = [{"pid": r["pid"], "host": r["host"]} for r in mine]
+                entry["state"] = "running" if mine else "stopped"
+            if states and entry["state"] not in ("rebuild due", "unreadable"):
+                entry["state"] = min(states, key=_GRAVITY.index)
+    return found
+
+
+_GRAVITY = ["unresponsive", "unreachable", "failing", "stalled"]
+"""Report states, the gravest first."""
 
 
 def _read(
@@ -179,7 +223,7 @@ def render(report: dict[str, Any]) -> Table:
     for name, c in report["contexts"].items():
         if "log_head" in c:
             table.add_row(
-                f"relay {name}", "", f"log {c['log_head']}, relayed {c['relayed_to']}",
+                f"relay {name}", c["state"], f"log {c['log_head']}, relayed {c['relayed_to']}",
                 f"{c['relay_lag']} events", "",
             )  # fmt: skip
     for name, p in report["projections"].items():
@@ -213,4 +257,5 @@ def render(report: dict[str, Any]) -> Table:
                 "",
                 "",
             )
+    table.caption = "\n".join(report["problems"])  # each with its reason
     return table

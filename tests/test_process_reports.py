@@ -1,0 +1,192 @@
+"""What relays and projectors say about themselves in ``toolkit status`` and
+``/health/ready`` (issue 16, "What to build"): a process that cannot reach NATS says so
+within seconds, and a relay or projector whose backlog makes no progress for a while
+(``TOOLKIT_STALL_AFTER``, short here) is reported with the reason. Both used to look
+live: status read heads and checkpoints, never what the processes behind them went
+through."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client
+from nats.js.api import DiscardPolicy
+
+from contexts.sales import Sales
+from contexts.system import system
+from tests.conftest import eventually, serving, wait_for
+from toolkit.config import Settings
+from toolkit.embedded import EmbeddedServer
+from toolkit.home import ProjectionHome
+from toolkit.http import create_app
+from toolkit.status import collect
+from toolkit.store import dump
+from toolkit.streams import StreamSpec
+
+LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
+
+
+def _sales_log(data: Path, orders: int) -> None:
+    sales = Sales(data_dir=data)
+    try:
+        ann = sales.register_customer("Ann", "ann@example.com")
+        for _ in range(orders):
+            sales.place_order(ann, LINE)
+    finally:
+        sales.close()
+
+
+def _toolkit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "toolkit.cli", *args]
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a toolkit command to its end (a wide terminal: rich wraps status otherwise)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        _toolkit(*args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+
+
+@pytest.fixture
+def running() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in started:
+        process.wait(20)
+
+
+def _start(running: list[subprocess.Popen[bytes]], log: Path, *args: str) -> None:
+    with log.open("wb") as out:
+        running.append(subprocess.Popen(_toolkit(*args), stdout=out, stderr=out))
+
+
+async def _state_becomes(
+    settings: Settings, nc: Client, state: str, path: tuple[str, str], within: float
+) -> dict[str, Any]:
+    """The status report once the relay or projection at ``path`` is in ``state``."""
+
+    async def probe() -> dict[str, Any] | None:
+        report = await collect(system, settings, nc)
+        return report if report[path[0]][path[1]]["state"] == state else None
+
+    return await eventually(probe, within=within, interval=0.2)
+
+
+@pytest.mark.timeout(120)
+async def test_a_projector_that_cannot_reach_nats_says_so_within_seconds(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Client, running: list[subprocess.Popen[bytes]]
+) -> None:
+    data = tmp_path / "data"
+    _sales_log(data, 3)
+    own = EmbeddedServer(tmp_path / "its-nats").start()  # the projector's, stopped below
+    try:
+        where = ["--data-dir", str(data), "--nats-url", own.url]
+        relayed = await _cli(*where, "relay", "sales", "--once")
+        assert relayed.returncode == 0, relayed.stderr
+        _start(running, tmp_path / "project.log", *where, "project", "shipping")
+
+        def shipments() -> int:
+            with ProjectionHome(data, "shipping").reader() as db:
+                return len(dump(db)["shipment"]) if db is not None else 0
+
+        await wait_for(lambda: shipments() == 3, within=30)
+    finally:
+        own.stop()
+    stopped = time.monotonic()
+    # status, run with another server (the projector's is gone), says what it goes through
+    settings = Settings(data_dir=data, nats_url=nats_server.url)
+    report = await _state_becomes(settings, nc, "unreachable", ("projections", "shipping"), 15)
+    assert time.monotonic() - stopped < 10
+    (reason,) = report["projections"]["shipping"]["problems"]
+    assert reason.startswith("cannot reach NATS (for ")
+    assert f"projection shipping: {reason}" in report["problems"]
+
+    shown = await _cli("--data-dir", str(data), "--nats-url", nats_server.url, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "unreachable" in shown.stdout
+    assert "projection shipping: cannot reach NATS" in shown.stdout
+
+
+def _stalling_after_a_second(data_dir: Path, nats_url: str) -> Settings:
+    return Settings.from_env(
+        {"TOOLKIT_DATA_DIR": str(data_dir), "NATS_URL": nats_url, "TOOLKIT_STALL_AFTER": "1"}
+    )
+
+
+async def _full_stream(nc: Client, max_msgs: int) -> None:
+    """The sales stream as the relay makes it, but holding at most ``max_msgs`` messages
+    and refusing more (limits an operator set): the relay's backlog cannot move."""
+    config = replace(StreamSpec("sales").config(), discard=DiscardPolicy.NEW, max_msgs=max_msgs)
+    await nc.jetstream().add_stream(config)
+
+
+@pytest.mark.timeout(120)
+async def test_a_relay_whose_backlog_does_not_move_is_reported_with_the_reason(
+    data_dir: Path, nats_server: EmbeddedServer, nc: Client, running: list[subprocess.Popen[bytes]]
+) -> None:
+    _sales_log(data_dir, 3)  # 4 events
+    await _full_stream(nc, 2)
+    where = ["--data-dir", str(data_dir), "--nats-url", nats_server.url]
+    _start(running, data_dir.parent / "relay.log", *where, "relay", "sales")
+    settings = _stalling_after_a_second(data_dir, nats_server.url)
+
+    report = await _state_becomes(settings, nc, "stalled", ("contexts", "sales"), 30)
+    sales = report["contexts"]["sales"]
+    assert sales["processes"] == [{"pid": running[0].pid, "host": os.uname().nodename}]
+    (reason,) = sales["problems"]
+    assert reason.startswith("2 events behind, no progress for ")
+    assert "maximum messages exceeded" in reason  # the relay's own warning: the cause
+    assert report["problems"] == [f"relay sales: {reason}"]
+
+    # What the operator mends, the relay goes on from; status says so.
+    config = (await nc.jetstream().stream_info("sales")).config
+    await nc.jetstream().update_stream(replace(config, max_msgs=-1))
+    report = await _state_becomes(settings, nc, "running", ("contexts", "sales"), 30)
+    assert report["contexts"]["sales"]["relay_lag"] == 0
+    assert report["problems"] == []
+
+    shown = await _cli(*where, "status", "--json")
+    assert json.loads(shown.stdout)["contexts"]["sales"]["state"] == "running"
+    running[0].send_signal(signal.SIGTERM)
+    running[0].wait(20)
+    report = await collect(system, settings, nc)
+    assert report["contexts"]["sales"]["state"] == "stopped"
+
+
+@pytest.mark.timeout(120)
+async def test_readiness_names_a_stalled_relay_of_the_api(
+    data_dir: Path, nats_server: EmbeddedServer, nc: Client
+) -> None:
+    _sales_log(data_dir, 3)
+    await _full_stream(nc, 2)
+    settings = _stalling_after_a_second(data_dir, nats_server.url)
+    async with serving(create_app(system, settings)) as base, httpx.AsyncClient() as http:
+
+        async def not_ready() -> dict[str, Any] | None:
+            answer = await http.get(f"{base}/health/ready")
+            return answer.json() if answer.status_code == 503 else None
+
+        body = await eventually(not_ready, within=30, interval=0.2)
+        (reason,) = body["reasons"]
+        assert reason.startswith("relay sales: 2 events behind, no progress for ")
+        assert "maximum messages exceeded" in reason
