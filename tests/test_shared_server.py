@@ -145,6 +145,7 @@ from toolkit.config import Settings
 from toolkit.connection import open_nats
 
 async def main() -> None:
+    await asyncio.to_thread(sys.stdin.readline)  # all start at once
     async with open_nats(Settings(data_dir=Path(sys.argv[1]))) as nats:
         await nats.js.account_info()
         print(nats.url, flush=True)
@@ -165,6 +166,12 @@ def test_processes_starting_at_once_share_one_server(tmp_path: Path) -> None:
         for _ in range(4)
     ]
     try:
+        for p in starting:  # ready to go: now at once
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+        for p in starting:
+            assert p.stdin is not None
+            p.stdin.flush()
         urls = {p.stdout.readline().strip() for p in starting if p.stdout is not None}
         assert len(urls) == 1 and urls != {""}
         assert len(nats_servers_using(tmp_path)) == 1
@@ -223,9 +230,14 @@ async def test_a_process_follows_the_server_to_another_port(tmp_path: Path) -> N
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("127.0.0.1", port))
             squatter.listen()
-            await wait_for(lambda: second.connection.url != first.url, within=20)
-            await wait_for(lambda: second.client.is_connected, within=20)
+            await wait_for(lambda: _recorded(tmp_path)[1] not in ("", first.url), within=20)
+            moved = _recorded(tmp_path)[1]
+
+            def connected_to_it() -> bool:
+                at = second.client.connected_url
+                return second.client.is_connected and f"nats://{at and at.netloc}" == moved
+
+            await wait_for(connected_to_it, within=20)
             info = await asyncio.wait_for(second.js.account_info(), 10)
             assert info.limits is not None
-            assert _recorded(tmp_path)[1] == second.connection.url
     assert not nats_servers_using(tmp_path)
