@@ -226,6 +226,8 @@ def render(report: dict[str, Any]) -> Table:
                 f"relay {name}", c["state"], f"log {c['log_head']}, relayed {c['relayed_to']}",
                 f"{c['relay_lag']} events", "",
             )  # fmt: skip
+        elif c["state"] != "stopped":  # a relay of a log status does not read
+            table.add_row(f"relay {name}", c["state"], "", "", "")
     for name, p in report["projections"].items():
         version = f"v{p['version']}"
         if p.get("stored_version") not in (None, p["version"]):
@@ -258,4 +260,5 @@ def render(report: dict[str, Any]) -> Table:
                 "",
             )
     table.caption = "\n".join(report["problems"])  # each with its reason
+    table.caption_justify = "left"
     return table
