@@ -216,10 +216,15 @@ class Projector:
             )
             if boundary is not None:
                 start, previous = epochs[boundary][0], epochs[boundary - 1][1]
-                ready = all(
-                    (self.store.partition_checkpoint(stream, i) or 0) >= start - 1
-                    for i in range(previous)
-                )
+                ready = True
+                for i in range(previous):
+                    # A worker below the boundary has reached it when no message is left
+                    # before it: the last ones may have been deleted (the stream lost its
+                    # tail), and no reader delivers a deleted sequence.
+                    reached = self.store.partition_checkpoint(stream, i) or 0
+                    if reached < start - 1 and await self._exists(stream, reached + 1, start - 1):
+                        ready = False
+                        break
                 if not ready:
                     todo = [m for m in todo if m.sequence < start]
                     if not todo:
@@ -328,14 +333,16 @@ class Projector:
     ) -> None:
         stream = translator.stream
         await self._join(stream)
-        await self._wait_for_head(stream, stop)
-        self.stats.past_head.pop(stream, None)
-        target = await self.head(stream) if until_head else None
+        # Up to the last message that exists: the stream's last sequence may name one
+        # deleted since, which no reader ever delivers.
+        target = await self._last_sequence(stream) if until_head else None
         if self.stop_at is not None:
             target = self.stop_at if target is None else min(target, self.stop_at)
         self.stats.checkpoints[stream] = self.store.checkpoint(stream)
         if target is not None and self.store.checkpoint(stream) >= target:
             return
+        await self._wait_for_head(stream, stop)
+        self.stats.past_head.pop(stream, None)
         while not stop.is_set():
             try:
                 reader = StreamReader(
@@ -363,6 +370,9 @@ class Projector:
                     if not more:
                         break
                     batch += more
+                # Done once a message past the target came, or none is left up to it
+                # (those in between were deleted): the checkpoint may stay below it.
+                done = target is not None and bool(batch) and batch[-1].sequence >= target
                 if batch and self.stop_at is not None and batch[-1].sequence > self.stop_at:
                     batch = [m for m in batch if m.sequence <= self.stop_at]
                 if batch:
@@ -391,10 +401,27 @@ class Projector:
                 self.stats.checkpoints[stream] = checkpoint
                 if reader.pending is not None:
                     self.stats.lag[stream] = reader.pending
-                if target is not None and checkpoint >= target:
+                if target is not None and (
+                    done
+                    or checkpoint >= target
+                    or (not batch and not await self._exists(stream, checkpoint + 1, target))
+                ):
                     return
         finally:
             await reader.close()
+
+    async def _last_sequence(self, stream: str) -> int:
+        """The sequence of the stream's last message that exists (0: none, or no stream)."""
+        last = await last_message(self.js, stream)
+        return 0 if last is None or last.seq is None else int(last.seq)
+
+    async def _exists(self, stream: str, first: int, last: int) -> bool:
+        """Whether the stream holds a message from sequence ``first`` to ``last``."""
+        try:
+            found = await self.js.get_msg(stream, seq=first, next=True)
+        except NotFoundError:
+            return False
+        return found.seq is not None and found.seq <= last
 
     async def _apply(
         self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event

@@ -1,0 +1,104 @@
+"""Bugs the pipeline state machine (tests/test_pipeline_states.py) found, each as the
+smallest sequence of steps that shows it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from contexts.sales import Sales
+from projections.shipping import Shipments
+from tests.conftest import wait_for
+from tests.flow import home_of, place_orders, relay_all
+from toolkit.projector import Projector
+from toolkit.readmodel import ReadModelHome
+from toolkit.replay import rebuild, rewind
+from toolkit.store import ReadModelStore, dump
+
+
+async def test_a_replay_ends_when_the_last_messages_of_the_stream_were_deleted(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    """The relay stops at another publisher's message in its form and says to remove it;
+    once it was removed, every replay (and ``project --once``) waited for ever for the
+    stream's last sequence, which no reader delivers any more."""
+    place_orders(sales, 2, cancel_every=2)
+    head = await relay_all(sales, nc)
+    js = nc.jetstream()
+    ack = await js.publish("sales.order.x.OrderCancelled", b"{}", headers={"Nats-Msg-Id": "x"})
+    await js.delete_msg("sales", ack.seq)
+    with home_of(data_dir, "shipping") as home:
+        async with asyncio.timeout(10):
+            replayed = await rebuild(Shipments(), home, nc)
+        assert replayed.switched and replayed.stats.checkpoints == {"sales": head}
+        with home.reader() as db:
+            assert db is not None
+            assert len(dump(db)["shipment"]) == 2
+
+
+async def test_a_rewind_to_a_deleted_sequence_ends(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    """A rewind to a sequence whose message was deleted (the stream lost its tail and the
+    relay carried it again after it) waited for ever for that sequence."""
+    place_orders(sales, 3, cancel_every=5)  # 5 events: the third order is the last
+    assert await relay_all(sales, nc) == 5
+    await nc.jetstream().delete_msg("sales", 5)
+    assert await relay_all(sales, nc) == 6  # the third order again, at 6
+    with home_of(data_dir, "shipping") as home:
+        async with asyncio.timeout(10):
+            rewound = await rewind(Shipments(), home, nc, 5)
+        assert rewound.stats.checkpoints["sales"] == 4  # nothing at 5: it goes on from 6
+        with home.reader() as db:
+            assert db is not None
+            assert len(dump(db)["shipment"]) == 2
+
+
+@contextlib.asynccontextmanager
+async def partition_worker(
+    home: ReadModelHome, nc: Client, partition: int, partitions: int
+) -> AsyncIterator[ReadModelStore]:
+    """Partition worker ``partition`` of ``partitions`` running while the block runs."""
+    with home.writer_lock(partition):
+        store = ReadModelStore(home.live(), Shipments(), partition=partition)
+        stop = asyncio.Event()
+        projector = Projector(Shipments(), store, nc, partitions=partitions)
+        running = asyncio.create_task(projector.run(stop))
+        try:
+            yield store
+        finally:
+            stop.set()
+            await running
+            store.close()
+
+
+async def test_fewer_partition_workers_go_on_after_the_stream_lost_its_last_message(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    """Two partition workers had read everything there was, but the stream's last
+    message was deleted before they got to it; going back to one worker recorded the new
+    partitioning after the stream's last sequence, and that worker waited for ever for
+    the other to reach a sequence no reader delivers."""
+    place_orders(sales, 4, cancel_every=2)
+    head = await relay_all(sales, nc)
+    js = nc.jetstream()
+    ack = await js.publish("sales.order.x.OrderCancelled", b"{}")  # another publisher's,
+    await js.delete_msg("sales", ack.seq)  # removed before the workers read it
+    with home_of(data_dir, "shipping") as home:
+        async with (
+            partition_worker(home, nc, 0, 2) as first,
+            partition_worker(home, nc, 1, 2) as second,
+        ):
+            await wait_for(lambda: first.checkpoint("sales") == second.checkpoint("sales") == head)
+        async with partition_worker(home, nc, 0, 1) as store:  # one worker from now on
+            await wait_for(lambda: len(store.epochs("sales")) == 2)
+            place_orders(sales, 3, cancel_every=5)
+            head = await relay_all(sales, nc)
+            await wait_for(lambda: store.checkpoint("sales") == head)
+        with home.reader() as db:
+            assert db is not None
+            assert len(dump(db)["shipment"]) == 4 + 3
