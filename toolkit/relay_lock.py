@@ -73,8 +73,7 @@ def _holder(role: str) -> dict[str, Any]:
 
 def _busy(name: str, holder: str) -> RelayBusyError:
     return RelayBusyError(
-        f"a relay of {name} already runs ({holder}); a second one is refused: stop that "
-        "one first"
+        f"a relay of {name} already runs ({holder}); a second one is refused: stop that one first"
     )
 
 
