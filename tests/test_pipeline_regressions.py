@@ -8,12 +8,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
+import pytest
 from nats.aio.client import Client
 
 from contexts.sales import Sales
 from projections.shipping import Shipments
-from tests.conftest import wait_for
-from tests.flow import home_of, place_orders, relay_all
+from tests.conftest import eventually, wait_for
+from tests.flow import home_of, place_orders, read_all, relay_all
+from tests.test_relay_faults import public_positions
+from toolkit import Relay
 from toolkit.projector import Projector
 from toolkit.readmodel import ReadModelHome
 from toolkit.replay import rebuild, rewind
@@ -102,3 +106,38 @@ async def test_fewer_partition_workers_go_on_after_the_stream_lost_its_last_mess
         with home.reader() as db:
             assert db is not None
             assert len(dump(db)["shipment"]) == 4 + 3
+
+
+@pytest.mark.parametrize("then", ["nothing", "a command at once"])
+async def test_a_running_relay_carries_again_the_tail_the_stream_lost(
+    sales: Sales, nc: Client, then: str
+) -> None:
+    """Messages deleted at the end of the stream under a relay that runs leave the
+    stream's last sequence where it was: the relay chained its next publish on them and
+    never carried their events again (they were lost for good: a restart resumes after
+    the newest message)."""
+    place_orders(sales, 4, cancel_every=2)
+    relay = Relay(sales, nc, retry_delay=0.05)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.idle and relay.stats.published == 7)
+        js = nc.jetstream()
+        for sequence in (6, 7):
+            await js.delete_msg("sales", sequence)
+        if then == "a command at once":
+            place_orders(sales, 1, cancel_every=2)
+        expected = public_positions(sales)
+
+        async def carried() -> bool | None:
+            return await stream_positions(nc) == expected or None
+
+        await eventually(carried)
+        assert relay.stats.republished_from is not None
+    finally:
+        stop.set()
+        await running
+
+
+async def stream_positions(nc: Client) -> list[int]:
+    return [orjson.loads(m.data)["logposition"] for m in await read_all(nc)]

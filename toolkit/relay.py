@@ -37,7 +37,14 @@ from toolkit.context import BoundedContext
 from toolkit.errors import RelayError
 from toolkit.outbox import Outbox
 from toolkit.published import OutgoingMessage
-from toolkit.streams import Relayed, StreamSpec, ensure_stream, relay_tail, relayed
+from toolkit.streams import (
+    Relayed,
+    StreamSpec,
+    ensure_stream,
+    last_message,
+    relay_tail,
+    relayed,
+)
 from toolkit.watch import LogWatcher
 
 log = logging.getLogger(__name__)
@@ -283,6 +290,8 @@ class Relay:
         self._wake = asyncio.Event()
         self._epoch = 0
         """Non-zero once messages were lost: part of the message ids (see wire.message_id)."""
+        self._last_own = 0
+        """The sequence of the relay's last message on the stream when it resumed."""
 
     @property
     def client(self) -> Client:
@@ -306,10 +315,12 @@ class Relay:
         the relay stops and says so rather than publish anything twice."""
         info = await ensure_stream(self.js, self.stream)
         last_seq = info.state.last_seq
+        self._last_own = 0
         if not info.state.messages:
             return last_seq, 0
         name = self.stream.name
         tail = await relay_tail(self.js, name)
+        self._last_own = 0 if tail.last is None else tail.last.sequence
         if tail.others:
             sequence, why = tail.others[0]
             log.warning(
@@ -342,6 +353,24 @@ class Relay:
                 self.context.name, name, last_seq, last.sequence, last.position,
             )  # fmt: skip
         return last_seq, last.position
+
+    async def _check_tail(self, own: int) -> None:
+        """After a wait, before publishing on: the stream must still hold the relay's last
+        message, at sequence ``own``, or others' after it. Messages deleted at its end
+        leave its last sequence where it was, so the next publish would chain on them as
+        if they were there, and the events they carried would never be on the stream
+        again: the relay starts over instead, and carries them again under new ids."""
+        if not own:
+            return
+        last = await last_message(self.js, self.stream.name)
+        ends = 0 if last is None or last.seq is None else int(last.seq)
+        if ends < own:
+            raise RelayError(
+                f"stream {self.stream.name} lost its last messages: it ends at sequence "
+                f"{ends}, the relay's last message was at {own}",
+                transient=True,
+                lost=True,
+            )
 
     def _check_against_log(self, last: Relayed) -> None:
         """The relay's last message must carry the log's event at its log position."""
@@ -493,8 +522,13 @@ class Relay:
             # and the pipeline may chain on it. (A publish of an earlier attempt may still
             # arrive after a reconnect and move the stream on between the two reads.)
             anchored = False
+            rested = False
             while not stop.is_set():
                 self._wake.clear()  # before reading: a save from now on wakes the wait below
+                if rested:  # the stream may have lost its tail while the relay waited
+                    own = window.last_sequence if window.last_sequence > first_sequence else 0
+                    await self._check_tail(own or self._last_own)
+                    rested = False
                 head = recorder.max_notification_id() or 0
                 progressed = head > position
                 if progressed:
@@ -516,6 +550,7 @@ class Relay:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_interval)
                     self.idle = False
+                    rested = True
             await window.drain()
             settle()
         finally:
