@@ -370,32 +370,25 @@ class ReadModelStore:
         key = self._key(stream)
         last_position = self._positions.get(key)
         msg_id = wire.MSG_ID
-        relay_position = wire.relay_position
+        relayed_head = wire.relayed_head
         for message in messages:
             sequence = message.sequence
             if sequence <= checkpoint:
                 result.duplicates += 1
                 continue
             checkpoint = sequence
-            head: wire.EnvelopeHead | None
-            position: int | str
-            try:
-                head = translator.head(message)
-            except ContractError as exc:
-                head, position = None, str(exc)
-            else:
-                position = relay_position(
-                    stream, message.headers.get(msg_id), head.source, head.id, head.logposition
-                )
-            if isinstance(position, str) or head is None:  # not the relay's: moves nothing
+            head = relayed_head(stream, message.headers.get(msg_id), message.data)
+            if isinstance(head, str):  # not the relay's: it moves nothing, parks nothing
                 if owns is not None and not owns(message):
                     result.foreign += 1
                     continue
                 result.untrusted += 1
                 if keep_untrusted:
-                    dead.append((message, f"not published by the {stream} relay: {position}"))
+                    dead.append((message, f"not published by the {stream} relay: {head}"))
                     result.dead_lettered += 1
                 continue
+            position = head.logposition
+            assert position is not None  # relayed_head checked it
             if last_position is not None and position <= last_position:
                 result.duplicates += 1  # published again after the stream lost it
                 continue
@@ -608,19 +601,12 @@ class ReadModelStore:
             with self._writing:
                 try:
                     with self._transaction() as db:
-                        head = translator.head(message)
-                        if isinstance(
-                            why := wire.relay_position(
-                                letter.stream,
-                                letter.headers.get(wire.MSG_ID),
-                                head.source,
-                                head.id,
-                                head.logposition,
-                            ),
-                            str,
-                        ):
+                        head = wire.relayed_head(
+                            letter.stream, letter.headers.get(wire.MSG_ID), letter.body
+                        )
+                        if isinstance(head, str):
                             raise ContractError(
-                                f"not published by the {letter.stream} relay: {why} "
+                                f"not published by the {letter.stream} relay: {head} "
                                 "(drop it: it is never applied)"
                             )
                         try:

@@ -125,6 +125,19 @@ def relay_position(
     return number
 
 
+def relayed_head(stream: str, msg_id: str | None, body: bytes) -> EnvelopeHead | str:
+    """The envelope of a message the relay of ``stream`` published (see
+    :func:`relay_position`), as far as a reader needs it, or why it is not one."""
+    try:
+        head = decode_head(body)
+    except msgspec.DecodeError as exc:
+        return (
+            f"its body is not a CloudEvents JSON envelope with type, schemaversion and data: {exc}"
+        )
+    found = relay_position(stream, msg_id, head.source, head.id, head.logposition)
+    return found if isinstance(found, str) else head
+
+
 def brief(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters: hostile values end up in reasons."""
     text = repr(value)

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -139,11 +138,5 @@ class WorkQueue:
 
     def _not_relayed(self, message: StreamMessage) -> str | None:
         """Why the stream's relay did not publish ``message`` (None: it did)."""
-        try:
-            head = wire.decode_head(message.data)
-        except msgspec.DecodeError as exc:
-            return f"its body is not a CloudEvents JSON envelope: {exc}"
-        found = wire.relay_position(
-            self.stream, message.headers.get(wire.MSG_ID), head.source, head.id, head.logposition
-        )
+        found = wire.relayed_head(self.stream, message.headers.get(wire.MSG_ID), message.data)
         return found if isinstance(found, str) else None
