@@ -38,6 +38,7 @@ from toolkit.home import ProjectionHome
 from toolkit.http import create_app
 from toolkit.reader import StreamMessage
 from toolkit.store import ReadModelStore, dump, read_dead_letters
+from toolkit.streams import relay_tail
 
 
 def foreign_messages(position: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -248,3 +249,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0)
     async with asyncio.timeout(within):
         while not await check():  # noqa: ASYNC110 (a condition in other processes)
             await asyncio.sleep(0.02)
+
+
+async def test_the_search_for_the_relays_last_message_is_bounded(sales: Sales, nc: Client) -> None:
+    place_orders(sales, 1, cancel_every=2)
+    await Relay(sales, nc).run(until_head=True)
+    for body, headers in foreign_messages(3):
+        await nc.jetstream().publish("sales.order.x.OrderCancelled", body, headers=headers)
+    head = (await nc.jetstream().stream_info("sales")).state.last_seq
+    found = await relay_tail(nc.jetstream(), "sales")
+    assert found.last is not None and found.gave_up_at is None
+    assert [sequence for sequence, _ in found.others] == list(range(head, found.last.sequence, -1))
+    cut = await relay_tail(nc.jetstream(), "sales", probes=3)
+    assert cut.last is None and cut.gave_up_at == head - 3
+    assert [sequence for sequence, _ in cut.others] == [head, head - 1, head - 2]

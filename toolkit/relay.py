@@ -331,11 +331,12 @@ class Relay:
             )  # fmt: skip
         last = tail.last
         if last is None:
-            if tail.others and tail.others[-1][1].startswith("the search"):
+            if tail.gave_up_at is not None:
                 raise RelayError(
-                    f"stream {name} ends in more messages than the relay looks through "
-                    f"that it did not publish (up to sequence {tail.others[0][0]}): remove "
-                    "them, or point the context at a stream of its own"
+                    f"stream {name} ends in more messages that the relay did not publish "
+                    f"(or deleted ones) than it looks through, sequences {tail.gave_up_at} to "
+                    f"{tail.others[0][0]}: remove them, or point the context at a stream of "
+                    "its own"
                 )
             return last_seq, 0
         self._check_against_log(last)

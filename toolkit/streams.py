@@ -136,6 +136,8 @@ class Tail:
     """The relay's message before ``last`` (None: none was found within the probes)."""
     others: list[tuple[int, str]] = field(default_factory=list)
     """(sequence, why) of each message after ``last`` that the relay did not publish."""
+    gave_up_at: int | None = None
+    """Where the search for ``last`` ran out of probes without finding it."""
 
 
 def relayed(stream: str, raw: RawStreamMsg) -> Relayed | str:
@@ -186,5 +188,5 @@ async def relay_tail(js: JetStreamContext, stream: str, *, probes: int = 1000) -
             except NotFoundError:
                 raw = None  # deleted
     if tail.last is None and sequence > 0:
-        tail.others.append((sequence, "the search for the relay's last message gave up here"))
+        tail.gave_up_at = sequence
     return tail
