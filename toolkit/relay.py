@@ -379,9 +379,12 @@ class Relay:
         head = self.context.recorder.max_notification_id() or 0
         if last.position > head:
             raise RelayError(
-                f"stream {name} holds events up to log position {last.position} but the "
-                f"{self.context.name} log ends at {head}: the stream was written from another "
-                "log (point the context at its own log, or at an empty stream)"
+                f"stream {name} holds events up to log position {last.position} (sequence "
+                f"{last.sequence}, {wire.MSG_ID} {last.msg_id}) but the {self.context.name} "
+                f"log ends at {head}: if something else published that message, remove it "
+                f"(nats stream rmm {name} {last.sequence}) and start the relay again; if the "
+                "stream was written from another log, point the context at its own log, or "
+                "at an empty stream"
             )
         held = self._differs_from_log(last)
         if held is not None:
