@@ -144,14 +144,6 @@ async def stream_positions(nc: Client) -> list[int]:
     return [orjson.loads(m.data)["logposition"] for m in await read_all(nc)]
 
 
-FEWER_WORKERS = pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: going back to fewer partition workers waits for a worker of the "
-    "old partitioning that cannot run any more (see the pipeline state machine's KNOWN)",
-)
-
-
-@FEWER_WORKERS
 async def test_back_to_one_partition_worker_after_stopping_both(
     sales: Sales, nc: Client, data_dir: Path
 ) -> None:
@@ -177,7 +169,6 @@ async def test_back_to_one_partition_worker_after_stopping_both(
             assert len(dump(db)["shipment"]) == 4 + 4 + 1
 
 
-@FEWER_WORKERS
 async def test_back_to_one_partition_worker_before_two_applied_anything(
     sales: Sales, nc: Client, data_dir: Path
 ) -> None:

@@ -18,7 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from toolkit.connection import Connection
-from toolkit.errors import BatchFailure, ConfigurationError, PoisonMessage
+from toolkit.errors import BatchFailure, ConfigurationError, PoisonMessage, ProjectionBusyError
 from toolkit.projection import Projection, StartPosition
 from toolkit.reader import StreamMessage, StreamReader
 from toolkit.readmodel import ReadModelHome
@@ -64,6 +64,7 @@ class Projector:
         partitions: int | None = None,
         starts_at: StartPosition | None = None,
         stop_at: int | None = None,
+        takes_over: bool = False,
     ) -> None:
         self.projection = projection
         self.store = store
@@ -82,6 +83,9 @@ class Projector:
             raise ValueError("a partitioned projector needs both partitions and store.partition")
         if partitions is not None and not 0 <= (store.partition or 0) < partitions:
             raise ValueError(f"partition {store.partition} is not below {partitions}")
+        self.takes_over = takes_over
+        """Finishing the share of a partition no worker runs any more (see
+        :meth:`_take_over`): the partitioning is left as it is."""
         self.transaction_size = transaction_size
         """Events applied in one transaction at most while catching up."""
         self.name = name or projection.name
@@ -187,7 +191,10 @@ class Projector:
         """Record the partitioning this worker runs with (a new one starts after the
         stream's head) and, the first time, start where this partition first exists."""
         assert self.partitions is not None and self.store.partition is not None
-        epochs = self.store.repartition(stream, self.partitions, await self.head(stream))
+        if self.takes_over:
+            epochs = self.store.epochs(stream)
+        else:
+            epochs = self.store.repartition(stream, self.partitions, await self.head(stream))
         if self.store.joined(stream):
             return
         first = next(start for start, count in epochs if self.store.partition < count)
@@ -225,6 +232,8 @@ class Projector:
                     if reached < start - 1 and await self._exists(stream, reached + 1, start - 1):
                         ready = False
                         break
+                if not ready and await self._take_over(translator, epochs, boundary, stop):
+                    continue  # a share was finished: look again
                 if not ready:
                     todo = [m for m in todo if m.sequence < start]
                     if not todo:
@@ -246,6 +255,56 @@ class Projector:
             total.dead_lettered += result.dead_lettered
             total.foreign += result.foreign
             total.untrusted += result.untrusted
+
+    async def _take_over(
+        self,
+        translator: Translator,
+        epochs: list[tuple[int, int]],
+        boundary: int,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Finish, up to a repartitioning, the shares of workers that have no place in
+        the partitioning after it (going back to fewer workers, such a worker cannot be
+        started again to finish its share): partition K of them is finished by worker
+        K mod N of the new one, under K's own checkpoint, which moves only from where it
+        was (so a worker K brought back anyway is refused rather than doubled). Returns
+        whether anything was finished."""
+        stream = translator.stream
+        start, previous = epochs[boundary][0], epochs[boundary - 1][1]
+        current = epochs[boundary][1]
+        finished = False
+        for retired in range(current, previous):
+            if retired % current != self.store.partition:
+                continue
+            reached = self.store.partition_checkpoint(stream, retired) or 0
+            if reached >= start - 1 or not await self._exists(stream, reached + 1, start - 1):
+                continue
+            log.warning(
+                "%s: partition %d of %d has no place in the %d from %s sequence %d on; "
+                "partition %d finishes its share from sequence %d",
+                self.name, retired, previous, current, stream, start, self.store.partition,
+                reached + 1,
+            )  # fmt: skip
+            store = ReadModelStore(self.store.generation, self.projection, partition=retired)
+            try:
+                finisher = Projector(
+                    self.projection,
+                    store,
+                    self.connection,
+                    batch_size=self.batch_size,
+                    transaction_size=self.transaction_size,
+                    name=f"{self.name}-{retired}",
+                    partitions=previous,
+                    stop_at=start - 1,
+                    takes_over=True,
+                )
+                await finisher._follow(translator, stop, until_head=True)
+            except ProjectionBusyError:
+                pass  # its own worker came back and writes it: nothing to take over
+            finally:
+                store.close()
+            finished = not stop.is_set()
+        return finished
 
     async def _sequence_at(self, stream: str, moment: datetime) -> int:
         """The first sequence stored at or after ``moment`` (head + 1 when none is)."""
