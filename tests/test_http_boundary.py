@@ -284,9 +284,9 @@ async def test_readiness_and_metrics_say_how_far_projections_are(
         await a.stop_projector()
         await place_order(a.http)
         relayed = False
-        for _ in range(200):  # until the relay has put the new events on the stream
+        for _ in range(200):  # until the relay has put both new events on the stream
             not_ready = await a.http.get("/health/ready")
-            if not_ready.status_code == 503:
+            if not_ready.status_code == 503 and "2 events" in not_ready.text:
                 relayed = True
                 break
             await asyncio.sleep(0.01)

@@ -37,6 +37,7 @@ from toolkit.embedded import EmbeddedServer
 from toolkit.home import ProjectionHome
 from toolkit.http import create_app
 from toolkit.reader import StreamMessage
+from toolkit.status import collect
 from toolkit.store import ReadModelStore, dump, read_dead_letters
 from toolkit.streams import relay_tail
 
@@ -263,3 +264,33 @@ async def test_the_search_for_the_relays_last_message_is_bounded(sales: Sales, n
     cut = await relay_tail(nc.jetstream(), "sales", probes=3)
     assert cut.last is None and cut.gave_up_at == head - 3
     assert [sequence for sequence, _ in cut.others] == [head, head - 1, head - 2]
+
+
+async def test_status_believes_no_forgery_and_counts_no_deleted_message(
+    data_dir: Path, nc: Client, nats_server: EmbeddedServer
+) -> None:
+    """Found by the pipeline state machine: status took a forgery in the relay's exact
+    form for the relay's last message (relayed_to past the log's head, nothing said of
+    the relay stopping), and counted messages deleted at the stream's end as events a
+    projection was behind, for ever."""
+    sales = Sales(data_dir=data_dir)
+    try:
+        place_orders(sales, 2, cancel_every=2)
+        relayed_to = (await Relay(sales, nc).run(until_head=True)).position
+        await project_all(Shipments(), data_dir, nc)
+        subject, body, headers = relayed("sales", 10**6, "sales.OrderCancelled", {})
+        forged = (await nc.jetstream().publish(subject, body, headers=headers)).seq
+        settings = Settings(nats_url=nats_server.url, data_dir=data_dir)
+        said = await collect(system, settings, nc)
+        relay = said["contexts"]["sales"]
+        assert (relay["relayed_to"], relay["relay_lag"]) == (relayed_to, 0)
+        assert f"remove it (nats stream rmm sales {forged})" in relay["problems"][0]
+        assert any(f"sales sequence {forged}" in p for p in said["problems"])
+        lag = said["projections"]["shipping"]["streams"]["sales"]["lag_events"]
+        assert lag == 1  # the forgery, which the projection will dead-letter
+        await nc.jetstream().delete_msg("sales", forged)  # as the relay says to
+        said = await collect(system, settings, nc)
+        assert said["projections"]["shipping"]["streams"]["sales"]["lag_events"] == 0
+        assert "problems" not in said["contexts"]["sales"]
+    finally:
+        sales.close()

@@ -386,7 +386,7 @@ class Relay:
                 "stream was written from another log, point the context at its own log, or "
                 "at an empty stream"
             )
-        held = self._differs_from_log(last)
+        held = contradicts_log(self.context, last)
         if held is not None:
             raise RelayError(
                 f"stream {name} sequence {last.sequence} ({wire.MSG_ID} {last.msg_id}) says "
@@ -396,19 +396,6 @@ class Relay:
                 f"{name} {last.sequence}) if something else wrote it, or point the context "
                 "at its own log"
             )
-
-    def _differs_from_log(self, message: Relayed) -> str | None:
-        """What the log holds at the message's position, if not the event it carries."""
-        found = self.context.recorder.select_notifications(message.position, 1, message.position)
-        event = found[0] if found and found[0].id == message.position else None
-        if event is None:
-            return "no event"
-        if (
-            not _same_id(event.originator_id, message.aggregate_id)
-            or event.originator_version != message.aggregate_version
-        ):
-            return f"{event.originator_id} version {event.originator_version}"
-        return None
 
     def lag(self) -> int:
         """Log events not yet carried onto the stream (log head minus last relayed)."""
@@ -473,7 +460,7 @@ class Relay:
         return (
             isinstance(found, str)
             or found.msg_id != msg_id
-            or self._differs_from_log(found) is not None
+            or contradicts_log(self.context, found) is not None
         )
 
     async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
@@ -565,6 +552,24 @@ class Relay:
             stop_listening()
             await window.close()
         return self.stats
+
+
+def contradicts_log(context: BoundedContext[Any], message: Relayed) -> str | None:
+    """What the log holds at the position a relay's message names, if not the event it
+    carries (same aggregate and version); None when it agrees."""
+    position = message.position
+    if position > (context.recorder.max_notification_id() or 0):
+        return "nothing (that is past its head)"
+    found = context.recorder.select_notifications(position, 1, position)
+    event = found[0] if found and found[0].id == position else None
+    if event is None:
+        return "no event"
+    if (
+        not _same_id(event.originator_id, message.aggregate_id)
+        or event.originator_version != message.aggregate_version
+    ):
+        return f"{event.originator_id} version {event.originator_version}"
+    return None
 
 
 def _same_id(stored: object, published: str) -> bool:

@@ -19,30 +19,59 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
 from nats.js.errors import NotFoundError
 from rich.table import Table
 
 from toolkit import reports
 from toolkit.config import Settings
+from toolkit.context import BoundedContext
 from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.readmodel import Generation, ReadModelHome, connect, open_home
+from toolkit.relay import contradicts_log
 from toolkit.replay import partial_from
 from toolkit.streams import relay_tail
 from toolkit.system import System
+from toolkit.wire import MSG_ID
 
 
 async def collect(system: System, settings: Settings, client: Client) -> dict[str, Any]:
     js = client.jetstream()
     streams: dict[str, dict[str, Any]] = {}
 
+    states: dict[str, StreamState] = {}
+
     async def stream(name: str) -> dict[str, Any]:
         if name not in streams:
             try:
-                state = (await js.stream_info(name)).state
+                state = states[name] = (await js.stream_info(name)).state
                 streams[name] = {"head": state.last_seq, "messages": state.messages}
             except NotFoundError:
                 streams[name] = {"head": 0, "messages": 0, "missing": True}
         return streams[name]
+
+    async def behind(name: str, checkpoint: int) -> int:
+        """Messages the stream holds after ``checkpoint``: deleted ones (a lost tail,
+        another publisher's message removed) are not waiting for anybody."""
+        await stream(name)
+        state = states.get(name)
+        if state is None or checkpoint >= state.last_seq:
+            return 0
+        if not state.num_deleted:
+            return int(state.last_seq - max(checkpoint, state.first_seq - 1))
+        config = ConsumerConfig(  # the server counts what a consumer from there would get
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=checkpoint + 1,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=5.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        info = await js.add_consumer(name, config)
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(name, info.name)
+        return int(info.num_pending or 0)
 
     async def time_of(name: str, sequence: int) -> datetime | None:
         with contextlib.suppress(Exception):
@@ -59,13 +88,9 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
             context = context_cls(data_dir=settings.data_dir)
             try:
                 log_head = context.recorder.max_notification_id() or 0
+                relayed = await _relayed_to(js, name, context, relay) if head else 0
             finally:
                 context.close()
-            relayed = 0
-            if head:
-                with contextlib.suppress(Exception):
-                    last = (await relay_tail(js, name)).last  # others' messages claim nothing
-                    relayed = last.position if last is not None else 0
             relay.update(log_head=log_head, relayed_to=relayed, relay_lag=log_head - relayed)
         contexts[name] = relay
 
@@ -90,8 +115,7 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
             positions: dict[str, Any] = {}
             for key, checkpoint in sorted(checkpoints.items()):
                 stream_name = key.partition("#")[0]
-                head = (await stream(stream_name))["head"]
-                events = max(0, head - checkpoint)
+                events = await behind(stream_name, checkpoint)
                 seconds = 0.0
                 if events:
                     oldest = await time_of(stream_name, checkpoint + 1)
@@ -103,13 +127,41 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
                 }
             report["streams"] = positions
         projections[name] = report
-    found = _problems(contexts, projections, reports.read(settings.data_dir), settings.stall_after)
+    found = [
+        f"relay {name}: {problem}"
+        for name, relay in contexts.items()
+        for problem in relay.get("problems", ())
+    ]
+    found += _problems(contexts, projections, reports.read(settings.data_dir), settings.stall_after)
     return {
         "streams": streams,
         "contexts": contexts,
         "projections": projections,
         "problems": found,
     }
+
+
+async def _relayed_to(
+    js: JetStreamContext, name: str, context: BoundedContext[Any], relay: dict[str, Any]
+) -> int:
+    """The log position the relay has carried: that of its last message on the stream
+    (others' messages claim nothing). One in its form that the log contradicts stops the
+    relay: it is a problem, and the relay's message before it says how far it got."""
+    with contextlib.suppress(Exception):  # a stream being changed: nothing claimed
+        tail = await relay_tail(js, name)
+        for message in (tail.last, tail.before):
+            if message is None:
+                return 0
+            held = contradicts_log(context, message)
+            if held is None:
+                return message.position
+            relay.setdefault("problems", []).append(
+                f"stream {name} sequence {message.sequence} ({MSG_ID} {message.msg_id}) "
+                f"is not the log's event at position {message.position} (the log holds "
+                f"{held}): the relay stops at it; remove it (nats stream rmm {name} "
+                f"{message.sequence}) if something else published it"
+            )
+    return 0
 
 
 def _problems(
