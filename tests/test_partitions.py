@@ -4,6 +4,7 @@ each aggregate's order, and a worker joining mid-stream loses and repeats nothin
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import ClassVar
 from uuid import UUID
 
@@ -13,14 +14,15 @@ import pytest
 from nats.aio.client import Client
 
 from contexts.sales import Sales
+from projections.billing import Accounts
 from tests.conftest import BACKENDS, wait_for
 from tests.flow import home_of, read_all, relay_all
 from toolkit import IntegrationEvent, Settings, contract
 from toolkit.errors import ConfigurationError, ProjectionBusyError
 from toolkit.projection import Projection
-from toolkit.projector import Projector, owner
-from toolkit.readmodel import Connection, Dialect
-from toolkit.store import ReadModelStore, aggregate_token
+from toolkit.projector import Projector, ProjectorStats, owner
+from toolkit.readmodel import Connection, Dialect, ReadModelHome
+from toolkit.store import ReadModelStore, aggregate_token, read_dead_letters
 from toolkit.translator import Translator
 
 orders_stream = Translator("sales")
@@ -215,3 +217,43 @@ async def test_a_model_kept_by_one_worker_is_handed_to_partition_workers_where_i
             store.close()
         for worker in workers:
             worker.store.close()
+
+
+async def test_events_carried_again_after_more_workers_joined_are_not_applied_twice(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    """Two workers applied everything, the stream lost its last events, a third worker
+    joined (a new partitioning from the head on) and the relay carried the lost events
+    again: the third worker, which may own some of them now, knows them by the log
+    position the others had reached at its start (billing's keys would refuse them)."""
+    customers = [sales.register_customer(f"C{i}", f"c{i}@x.org") for i in range(6)]
+    for customer in customers:
+        sales.place_order(customer, LINE)
+    head = await relay_all(sales, nc)
+    with home_of(data_dir, "billing") as home:
+        await run_partitions(home, nc, 2)
+        for sequence in range(head - 5, head + 1):  # the tail is lost
+            await nc.jetstream().delete_msg("sales", sequence)
+        await run_partitions(home, nc, 3)  # a new partitioning from the head on
+        await relay_all(sales, nc)  # the lost events again, at new sequences
+        workers = await run_partitions(home, nc, 3)
+        assert sum(w.applied for w in workers) == 0
+        assert sum(w.duplicates for w in workers) > 0
+        with home.reader() as db:
+            assert db is not None
+            assert read_dead_letters(db) == []
+
+
+async def run_partitions(home: ReadModelHome, nc: Client, partitions: int) -> list[ProjectorStats]:
+    """Run billing's ``partitions`` workers to the stream's head, one after the other."""
+    done = []
+    for partition in range(partitions):
+        with home.writer_lock(partition):
+            store = ReadModelStore(home.live(), Accounts(), partition=partition)
+            try:
+                projector = Projector(Accounts(), store, nc, partitions=partitions)
+                async with asyncio.timeout(20):
+                    done.append(await projector.run(until_head=True))
+            finally:
+                store.close()
+    return done

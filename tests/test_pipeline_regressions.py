@@ -13,16 +13,17 @@ import pytest
 from nats.aio.client import Client
 
 from contexts.sales import Sales
+from projections.billing import Accounts
 from projections.shipping import Shipments
 from tests.conftest import eventually, wait_for
 from tests.envelopes import relayed
-from tests.flow import home_of, place_orders, read_all, relay_all
+from tests.flow import home_of, place_orders, project_all, read_all, relay_all
 from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError
-from toolkit.projector import Projector
+from toolkit.projector import Projector, ProjectorStats
 from toolkit.readmodel import ReadModelHome
 from toolkit.replay import rebuild, rewind
-from toolkit.store import ReadModelStore, dump
+from toolkit.store import ReadModelStore, dump, read_dead_letters
 
 
 async def test_a_replay_ends_when_the_last_messages_of_the_stream_were_deleted(
@@ -206,3 +207,42 @@ async def test_a_forged_position_past_the_log_names_the_message_to_remove(
     await nc.jetstream().delete_msg("sales", forged)
     await relay_all(sales, nc)
     assert await stream_positions(nc) == public_positions(sales)
+
+
+async def test_events_carried_again_after_a_handover_to_partition_workers_are_not_applied_twice(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    """One worker applied everything, then handed the model to two partition workers;
+    the stream lost its last two events and the relay carried them again. The handover
+    dropped the log position the one worker had passed (which keeps events carried again
+    from being applied twice), so their owner applied them again: billing's charges
+    failed on their key and were parked (an additive model counts them twice)."""
+    place_orders(sales, 4, cancel_every=9)
+    head = await relay_all(sales, nc)
+    await project_all(Accounts(), data_dir, nc)  # one worker: everything applied
+    js = nc.jetstream()
+    for sequence in (head - 1, head):
+        await js.delete_msg("sales", sequence)
+    with home_of(data_dir, "billing") as home:
+        await project_partitions(home, nc)  # the handover: 2 workers from here on
+        await relay_all(sales, nc)  # the two lost events again
+        workers = await project_partitions(home, nc)
+        assert [w.applied for w in workers] == [0, 0]
+        with home.reader() as db:
+            assert db is not None
+            assert read_dead_letters(db) == []
+
+
+async def project_partitions(home: ReadModelHome, nc: Client) -> list[ProjectorStats]:
+    """Run billing's two partition workers to the stream's head, one after the other."""
+    done = []
+    for partition in (0, 1):
+        with home.writer_lock(partition):
+            store = ReadModelStore(home.live(), Accounts(), partition=partition)
+            try:
+                projector = Projector(Accounts(), store, nc, partitions=2)
+                async with asyncio.timeout(20):
+                    done.append(await projector.run(until_head=True))
+            finally:
+                store.close()
+    return done

@@ -259,18 +259,31 @@ class ReadModelStore:
         """Whether the projection has a position in ``stream`` yet."""
         return self._key(stream) in self._checkpoints
 
-    def join(self, stream: str, sequence: int) -> None:
-        """Record where the projection joins a stream: it goes on from ``sequence + 1``."""
+    def join(self, stream: str, sequence: int, position: int | None = None) -> None:
+        """Record where the projection joins a stream: it goes on from ``sequence + 1``,
+        having passed log ``position`` (when known: events the relay carries again
+        after a loss, up to it, are not applied)."""
         key = self._key(stream)
         with self._writing:
             self._reconnect()
-            self._execute(
-                "INSERT INTO toolkit_checkpoint VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (key, sequence),
-            )
+            with self._transaction():
+                self._execute(
+                    "INSERT INTO toolkit_checkpoint VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (key, sequence),
+                )
+                if position is not None:
+                    self._execute(
+                        "INSERT INTO toolkit_position VALUES (?, ?) ON CONFLICT DO NOTHING",
+                        (key, position),
+                    )
             (self._checkpoints[key],) = self._execute(
                 "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?", (key,)
             ).fetchone()
+            row = self._execute(
+                "SELECT position FROM toolkit_position WHERE stream = ?", (key,)
+            ).fetchone()
+            if row is not None:  # (a handover from one worker may have set it)
+                self._positions[key] = int(row[0])
 
     def checkpoint(self, stream: str) -> int:
         """The last stream sequence applied (0 when none)."""
@@ -321,11 +334,25 @@ class ReadModelStore:
                         "SELECT sequence FROM toolkit_checkpoint WHERE stream = ?", (stream,)
                     ).fetchone()
                     start = 1 if row is None else int(row[0]) + 1
-                    for table in ("toolkit_checkpoint", "toolkit_position"):
-                        self._execute(f"DELETE FROM {table} WHERE stream = ?", (stream,))
                 self._execute(
                     "INSERT INTO toolkit_epoch VALUES (?, ?, ?)", (stream, start, partitions)
                 )
+                # A partition that has no log position yet starts from the highest one
+                # a worker had reached by the new partitioning's start (none is past it
+                # yet, or its checkpoint says so): events the relay carries again after
+                # a loss, up to it, were applied, whoever owned them.
+                for index in range(partitions):
+                    self._execute(
+                        "INSERT INTO toolkit_position SELECT ?, max(p.position) "
+                        "FROM toolkit_position p JOIN toolkit_checkpoint c ON c.stream = "
+                        "p.stream WHERE (p.stream = ? OR substr(p.stream, 1, length(?) + 1) "
+                        "= ? || '#') AND c.sequence <= ? HAVING max(p.position) IS NOT NULL "
+                        "ON CONFLICT DO NOTHING",
+                        (self._key(stream, index), stream, stream, stream, start - 1),
+                    )
+                if len(epochs) == 0:  # the one worker's place is handed over
+                    for table in ("toolkit_checkpoint", "toolkit_position"):
+                        self._execute(f"DELETE FROM {table} WHERE stream = ?", (stream,))
         return self._epochs(stream)
 
     def apply(
