@@ -246,3 +246,55 @@ async def project_partitions(home: ReadModelHome, nc: Client) -> list[ProjectorS
             finally:
                 store.close()
     return done
+
+
+async def test_partition_workers_follow_a_replay_into_the_new_generation(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    """A replay switches readers to the model it built; a projector of the whole goes on
+    in it by itself, but partition workers went on writing the generation the replay had
+    dropped: readers' model stood still for good, and status called the workers live."""
+    place_orders(sales, 3, cancel_every=2)
+    head = await relay_all(sales, nc)
+    with home_of(data_dir, "shipping") as home, home_of(data_dir, "shipping") as other:
+        async with (
+            following_worker(home, nc, 0, 2) as first,
+            following_worker(other, nc, 1, 2) as second,
+        ):
+            await wait_for(lambda: first.stats.checkpoints.get("sales") == head)
+            await wait_for(lambda: second.stats.checkpoints.get("sales") == head)
+            replayed = await rebuild(Shipments(), home, nc)
+            assert replayed.switched
+            place_orders(sales, 3, cancel_every=2)
+            head = await relay_all(sales, nc)
+
+            def readers_at_head() -> bool:
+                with home.reader() as db:
+                    assert db is not None
+                    rows = dict(db.execute("SELECT stream, sequence FROM toolkit_checkpoint"))
+                return rows.get("sales#0") == rows.get("sales#1") == head
+
+            await wait_for(readers_at_head)
+        with home.reader() as db:
+            assert db is not None
+            assert len(dump(db)["shipment"]) == 6
+
+
+@contextlib.asynccontextmanager
+async def following_worker(
+    home: ReadModelHome, nc: Client, partition: int, partitions: int
+) -> AsyncIterator[Projector]:
+    """Partition worker ``partition`` of ``partitions``, run as ``toolkit project`` runs
+    it (following replays), while the block runs."""
+    with home.writer_lock(partition):
+        store = ReadModelStore(home.live(), Shipments(), partition=partition)
+        projector = Projector(Shipments(), store, nc, partitions=partitions)
+        stop = asyncio.Event()
+        running = asyncio.create_task(projector.run(stop, home=home))
+        try:
+            yield projector
+        finally:
+            stop.set()
+            await running
+            projector.store.close()
+            store.close()

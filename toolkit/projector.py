@@ -120,8 +120,9 @@ class Projector:
         Given the projection's ``home``, a live projector follows a replay: when readers
         are switched to a rebuilt generation, it goes on writing that one, from its
         checkpoint, without a restart (a generation built by another version of the
-        projection stops it with :class:`~toolkit.errors.ProjectionVersionError`).
-        """
+        projection stops it with :class:`~toolkit.errors.ProjectionVersionError`). A
+        partition worker goes on in it too, as partition workers take over a model one
+        worker kept (the rebuilt one has no partitioning yet)."""
         stop = stop or asyncio.Event()
         while True:
             switched, pause = asyncio.Event(), asyncio.Event()
@@ -129,7 +130,7 @@ class Projector:
             stopping.add_done_callback(functools.partial(_set, pause))
             watching = (
                 asyncio.create_task(self._watch(home, switched, pause))
-                if home is not None and self.partitions is None
+                if home is not None
                 else None
             )
             try:
@@ -146,8 +147,9 @@ class Projector:
             current = home.current()
             assert current is not None
             log.warning("%s: readers moved to %s; projecting into it", self.name, current.name)
+            partition = self.store.partition  # a partition worker hands the model over
             self.store.close()
-            self.store = ReadModelStore(current, self.projection)
+            self.store = ReadModelStore(current, self.projection, partition=partition)
 
     async def _watch(
         self, home: ReadModelHome, switched: asyncio.Event, pause: asyncio.Event
