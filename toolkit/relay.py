@@ -6,9 +6,11 @@ because:
 
 - the resume position is read from the stream itself (the log position in the header of
   its last message), so there is no side table that could disagree with it;
-- every publish carries ``Nats-Expected-Last-Sequence``: JetStream stores message n+1
-  only right after message n, so a pipeline that fails midway leaves a prefix, never a
-  gap, and a second relay running by mistake is refused instead of interleaving;
+- every publish carries ``Nats-Expected-Last-Sequence`` (and, after the first of a
+  start, ``Nats-Expected-Last-Msg-Id``): JetStream stores message n+1 only right after
+  message n, so a pipeline that fails midway, or that another publisher's message gets
+  into, leaves a prefix, never a gap, and a second relay running by mistake is refused
+  instead of interleaving;
 - every publish carries ``Nats-Msg-Id`` built from the log position, so a retried publish
   inside the duplicate window is dropped by JetStream.
 """
@@ -65,10 +67,15 @@ class RelayStats:
 class _AckWindow:
     """Publishes with chained, pipelined acknowledgements.
 
-    Every message carries ``Nats-Expected-Last-Sequence``, so JetStream stores message n
-    only right after message n-1: an acknowledgement of message n vouches for every
-    message before it. So only every ``ack_every``-th message asks for one (and the last
-    message before the relay waits), and at most ``size`` messages are unconfirmed.
+    Every message carries ``Nats-Expected-Last-Sequence`` and, but the first of a start
+    (which goes alone), ``Nats-Expected-Last-Msg-Id``, the id of the message sent before
+    it, so JetStream stores message n only right after message n-1: an acknowledgement of
+    message n vouches for every message before it. (The sequence alone does not hold the
+    chain: a message of another publisher getting in shifts the stream by one, so the
+    relay's next message is refused and the one after it finds the sequence it expects,
+    and is stored: a gap nobody is told of.) So only every ``ack_every``-th message asks
+    for one (and the last message before the relay waits), and at most ``size`` messages
+    are unconfirmed.
     A refusal of a message that asked for no acknowledgement refuses the rest of the
     chain too, up to the next message that asks, whose answer says so.
     """
@@ -98,6 +105,9 @@ class _AckWindow:
         """The last message given, not yet sent: whether it asks for an acknowledgement
         depends on what comes after it."""
         self.last_sequence = 0  # stream sequence of the last message sent
+        self.last_id: str | None = None
+        """The message id of the last message sent (None before the first of a start,
+        which goes alone): the next one must follow exactly it on the stream."""
         self.unasked = 0  # messages sent since the last one that asked
         self.confirmed_position = 0  # log position of the last acknowledged message
         self.confirmed_sequence = 0
@@ -138,10 +148,11 @@ class _AckWindow:
             await self._wait()
         self._raise_if_failed()
         position = message.log_position
-        headers = {
-            wire.MSG_ID: self.message_id(position) if self.epoch else message.headers[wire.MSG_ID],
-            wire.EXPECTED_LAST_SEQUENCE: str(self.last_sequence),
-        }
+        msg_id = self.message_id(position) if self.epoch else message.headers[wire.MSG_ID]
+        headers = {wire.MSG_ID: msg_id, wire.EXPECTED_LAST_SEQUENCE: str(self.last_sequence)}
+        if self.last_id is not None:
+            headers[wire.EXPECTED_LAST_MSG_ID] = self.last_id
+        self.last_id = msg_id
         self.last_sequence += 1
         if not ask:
             self.unasked += 1

@@ -6,7 +6,9 @@ A message on a context's stream is one integration event:
   by :func:`encode_token` so that no id can change what a subject matches;
 - body: a CloudEvents 1.0 JSON envelope (structured content mode), the event in ``data``;
 - headers: only ``Nats-Msg-Id`` (``<context>:<log position>``, so JetStream drops
-  duplicates) and the relay's ``Nats-Expected-Last-Sequence``.
+  duplicates) and the relay's ``Nats-Expected-Last-Sequence`` and
+  ``Nats-Expected-Last-Msg-Id`` (which keep its messages a chain: see
+  :mod:`toolkit.relay`).
 
 Metadata rides in the body, not in headers, because nats-py pays per header on both
 sides: thirteen ``ce-*`` headers halved publishing and reading rates (66k and 64k msg/s
@@ -27,6 +29,7 @@ from toolkit.errors import SubjectError
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 SPECVERSION = "1.0"
 DATACONTENTTYPE = "application/json"
 
