@@ -294,3 +294,26 @@ async def test_status_believes_no_forgery_and_counts_no_deleted_message(
         assert "problems" not in said["contexts"]["sales"]
     finally:
         sales.close()
+
+
+async def test_status_counts_only_public_events_as_relay_lag(
+    data_dir: Path, nc: Client, nats_server: EmbeddedServer
+) -> None:
+    """Found by the pipeline state machine: events the published language does not map
+    (order notes) counted as relay lag, so a relay that had carried everything was said
+    to be behind."""
+    sales = Sales(data_dir=data_dir)
+    try:
+        place_orders(sales, 2, cancel_every=2)
+        await Relay(sales, nc).run(until_head=True)
+        line = {"sku": "tea", "quantity": 1, "unit_price": "1.00"}
+        order = sales.place_order(sales.register_customer("B", "b@x.org"), [line])
+        sales.add_order_note(order, "private")  # the log now ends in a private event
+        settings = Settings(nats_url=nats_server.url, data_dir=data_dir)
+        relay = (await collect(system, settings, nc))["contexts"]["sales"]
+        assert relay["relay_lag"] == 2  # the customer and the order; not the note
+        await Relay(sales, nc).run(until_head=True)
+        relay = (await collect(system, settings, nc))["contexts"]["sales"]
+        assert relay["relay_lag"] == 0 and relay["log_head"] > relay["relayed_to"]
+    finally:
+        sales.close()

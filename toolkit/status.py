@@ -89,9 +89,10 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
             try:
                 log_head = context.recorder.max_notification_id() or 0
                 relayed = await _relayed_to(js, name, context, relay) if head else 0
+                lag = _to_carry(context, relayed, log_head)
             finally:
                 context.close()
-            relay.update(log_head=log_head, relayed_to=relayed, relay_lag=log_head - relayed)
+            relay.update(log_head=log_head, relayed_to=relayed, relay_lag=lag)
         contexts[name] = relay
 
     projections: dict[str, Any] = {}
@@ -139,6 +140,25 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
         "projections": projections,
         "problems": found,
     }
+
+
+_COUNTED = 100_000
+"""Public events after the relay's position that status counts one by one; beyond, the
+lag is given as the log's head minus the position (private events included)."""
+
+
+def _to_carry(context: BoundedContext[Any], relayed: int, log_head: int) -> int:
+    """Events of the published language the log holds after ``relayed``: private events
+    (those the language does not map) are never carried, so they are no lag."""
+    if log_head <= relayed:
+        return 0
+    topics = context.published_language.topics
+    if not topics:
+        return 0
+    found = context.recorder.select_notifications(
+        relayed, _COUNTED, topics=topics, inclusive_of_start=False
+    )
+    return len(found) if len(found) < _COUNTED else log_head - relayed
 
 
 async def _relayed_to(
