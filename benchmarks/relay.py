@@ -266,10 +266,20 @@ def _timed_fill(sales: Sales, events: int) -> float:
 
 
 async def _fresh_stream(nc: Client) -> None:
+    """An empty ``sales`` stream. A publisher measured before may still have messages in
+    flight when it is deleted, which then land in the new one: the relay would rightly
+    refuse a stream that holds another log's events, so the stream is made again until
+    it stays empty."""
     js = nc.jetstream()
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await js.delete_stream("sales")
-    await ensure_stream(js, StreamSpec("sales"))
+    for _ in range(50):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream("sales")
+        await ensure_stream(js, StreamSpec("sales"))
+        await nc.flush()
+        await asyncio.sleep(0.05)  # (late messages of another connection: no event to await)
+        if not (await js.stream_info("sales")).state.messages:
+            return
+    raise RuntimeError("the sales stream does not stay empty: something publishes to it")
 
 
 def report(events: int, measured: Measured) -> Table:
