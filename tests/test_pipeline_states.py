@@ -150,7 +150,16 @@ def step(**arguments: st.SearchStrategy[Any]) -> Callable[[Callable[..., None]],
     return decorate
 
 
-KNOWN: dict[str, str] = {}
+KNOWN: dict[str, str] = {
+    "status takes a copy for the relay's own": (
+        "A copy of one of the relay's earlier messages published again under another id "
+        "(sales@7:12) stops the relay ('repeats log position'), but toolkit status takes "
+        "it for the relay's last message: it agrees with the log at its position, so "
+        "status names no problem, says relayed_to is that earlier position and counts the "
+        "events after it as relay lag. toolkit/status.py is being changed: reported, not "
+        "fixed; the machine expects that for now."
+    ),
+}
 """Bugs this machine found that are not fixed yet, in code others are changing: where
 one shows, the check expects what the code does today (and the run says so). Delete an
 entry once its fix lands, and the machine checks it again."""
@@ -264,8 +273,9 @@ bodies = st.one_of(
 
 @dataclass(frozen=True)
 class Forgery:
-    """A message in the relay's form exactly (its id and envelope agree), about an
-    aggregate the log does not hold at that position."""
+    """A message in the relay's form exactly (its id and envelope agree) about an
+    aggregate the log does not hold at that position, or a copy of one of the relay's
+    messages under another id."""
 
     position: int
     epoch: int
@@ -277,7 +287,7 @@ forgeries = st.builds(
     Forgery,
     st.one_of(st.integers(1, 60), st.just(wire.MAX_LOG_POSITION)),
     st.sampled_from([0, 7]),
-    st.sampled_from(["repriced", "cancelled", "unreadable"]),
+    st.sampled_from(["repriced", "cancelled", "unreadable", "copy"]),
     indexes,
 )
 tampering = st.sampled_from(["source", "id", "logposition", "header", "no header"])
@@ -439,6 +449,8 @@ class Pipeline(RuleBasedStateMachine):
         """Sequences of others' messages in the relay's form, on the stream now."""
         self.was_forged: set[int] = set()
         self.forged_ids: set[str] = set()
+        self.copies: set[int] = set()
+        """Sequences of the forgeries that are copies of the relay's own messages."""
         self.lost_from: int | None = None
         """The first sequence of the relay's messages the stream lost, until the relay has
         carried their events again."""
@@ -748,11 +760,19 @@ class Pipeline(RuleBasedStateMachine):
 
     def _publish_forgery(self, forgery: Forgery) -> None:
         """A message in the relay's form exactly, that the log disagrees with."""
-        self.run(self._foreign(*self._forged(forgery)))
+        subject, body, headers = self._forged(forgery)
+        sequence = self.run(self._foreign(subject, body, headers))
+        if sequence is not None and any(m.data == body for m in self.run(self._relayed())):
+            self.copies.add(sequence)
 
     def _forged(self, forgery: Forgery) -> tuple[str, bytes, dict[str, str]]:
         position = forgery.position
-        if forgery.kind == "repriced" and self.products:
+        relayed_messages = self.run(self._relayed()) if forgery.kind == "copy" else []
+        if relayed_messages:  # one of the relay's messages again, under another id
+            copied = relayed_messages[forgery.sku_index % len(relayed_messages)]
+            position = orjson.loads(copied.data)["logposition"]
+            subject, body = copied.subject, copied.data
+        elif forgery.kind == "repriced" and self.products:
             sku = list(self.products)[forgery.sku_index % len(self.products)]
             data: Any = {"sku": sku, "unit_price": "0.01", "repriced_at": "2026-01-01T00:00:00Z"}
             subject, body, _ = relay_message(
@@ -770,12 +790,14 @@ class Pipeline(RuleBasedStateMachine):
             subject, body, _ = relay_message(
                 "sales", position, "sales.OrderPlaced", b'"unreadable"', aggregate_version=99
             )
-        return subject, body, {wire.MSG_ID: wire.message_id("sales", position, forgery.epoch)}
+        epoch = forgery.epoch or (7 if relayed_messages else 0)  # a copy needs a new id
+        return subject, body, {wire.MSG_ID: wire.message_id("sales", position, epoch)}
 
-    async def _foreign(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+    async def _foreign(self, subject: str, body: bytes, headers: dict[str, str]) -> int | None:
+        """Publish as another client; the sequence it got, if it was stored."""
         sequence = await self._publish(subject, body, headers)
         if sequence is None:
-            return
+            return None
         stored = await self.nc.jetstream().get_msg("sales", sequence)
         if isinstance(relayed("sales", stored), str):
             self.untrusted.add(sequence)
@@ -783,6 +805,7 @@ class Pipeline(RuleBasedStateMachine):
             self.forged.add(sequence)
             self.was_forged.add(sequence)
             self.forged_ids.add(orjson.loads(body)["id"])
+        return sequence
 
     @precondition(lambda self: self.forged)
     @step()
@@ -1207,6 +1230,16 @@ class Pipeline(RuleBasedStateMachine):
         relayed_to = (
             orjson.loads(relayed_messages[-1].data)["logposition"] if relayed_messages else 0
         )
+        ends_in = [m.sequence for m in await self._messages() if mine(m)][-1:]
+        if ends_in and ends_in[0] in self.forged:  # the relay stops at it: status says so
+            if ends_in[0] in self.copies and known("status takes a copy for the relay's own"):
+                copy = next(m for m in await self._messages() if m.sequence == ends_in[0])
+                relayed_to = orjson.loads(copy.data)["logposition"]
+            else:
+                assert any(
+                    f"nats stream rmm sales {ends_in[0]}" in problem
+                    for problem in sales.get("problems", [])
+                ), sales
         assert sales["relayed_to"] == relayed_to, (sales, relayed_to)
         public = public_positions(self.sales)
         lag = sum(1 for position in public if position > relayed_to)  # events to carry
