@@ -21,7 +21,7 @@ from tests.flow import home_of, place_orders, project_all, read_all, relay_all
 from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError, wire
 from toolkit.config import Settings
-from toolkit.projector import Projector, ProjectorStats
+from toolkit.projector import Projector, ProjectorStats, owner
 from toolkit.readmodel import ReadModelHome
 from toolkit.replay import rebuild, rewind
 from toolkit.status import collect
@@ -361,3 +361,33 @@ async def test_status_names_a_copy_of_an_earlier_event_that_stops_the_relay(
         assert any(f"nats stream rmm sales {copied.seq}" in p for p in relay.get("problems", []))
     finally:
         sales.close()
+
+
+async def test_billing_partition_workers_count_a_charge_applied_before_its_account(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    """Partition workers apply each aggregate in its order, but not one aggregate before
+    another: the worker of an order may raise its charge before the worker of its
+    customer opens the account. Billing added the charge to the account with an UPDATE,
+    which found no account then: the amount owed was lost for good."""
+    while True:  # a customer and an order that two different workers own
+        customer = sales.register_customer("Ann", "ann@example.com")
+        order = sales.place_order(customer, [{"sku": "tea", "quantity": 3, "unit_price": "2.50"}])
+        if owner(str(customer), 2) != owner(str(order), 2):
+            break
+    await relay_all(sales, nc)
+    with home_of(data_dir, "billing") as home:
+        for partition in (owner(str(order), 2), owner(str(customer), 2)):  # the order first
+            with home.writer_lock(partition):
+                store = ReadModelStore(home.live(), Accounts(), partition=partition)
+                try:
+                    await Projector(Accounts(), store, nc, partitions=2).run(until_head=True)
+                finally:
+                    store.close()
+        with home.reader() as db:
+            assert db is not None
+            row = db.execute(
+                "SELECT holder, owed_cents, open_charges FROM account WHERE account_id = ?",
+                (str(customer),),
+            ).fetchone()
+    assert tuple(row) == ("Ann", 750, 1)

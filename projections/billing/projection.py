@@ -11,6 +11,12 @@ from toolkit.readmodel import Connection, Dialect
 
 
 class Accounts(Projection):
+    """An account per customer, with what its orders owe. Partition workers apply each
+    aggregate in its order but not one aggregate before another, so a customer's charges
+    may come before their account is opened: a charge opens the account (with no holder
+    yet), and the account's opening fills the holder in. Either way round, the rows end
+    the same as applied in log order."""
+
     name: ClassVar[str] = "billing"
     version: ClassVar[int] = 1
     translators = (sales,)
@@ -39,9 +45,9 @@ class Accounts(Projection):
         p = db.dialect.param  # ? or %s
         if isinstance(facts[0], AccountOpened):
             opened = cast(list[AccountOpened], facts)
-            db.executemany(
+            db.executemany(  # its charges may have come first (see the class)
                 f"INSERT INTO account (account_id, holder) VALUES ({p}, {p})"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT (account_id) DO UPDATE SET holder = excluded.holder",
                 [(f.account_id, f.holder) for f in opened],
             )
         elif isinstance(facts[0], ChargeRaised):
@@ -56,9 +62,11 @@ class Accounts(Projection):
                 total[0] += cents
                 total[1] += 1
             db.executemany(  # in key order: concurrent partition workers never deadlock
-                f"UPDATE account SET owed_cents = owed_cents + {p}, "
-                f"open_charges = open_charges + {p} WHERE account_id = {p}",
-                [(c, n, account_id) for account_id, (c, n) in sorted(owed.items())],
+                "INSERT INTO account (account_id, holder, owed_cents, open_charges) "
+                f"VALUES ({p}, '', {p}, {p}) ON CONFLICT (account_id) DO UPDATE SET "
+                "owed_cents = account.owed_cents + excluded.owed_cents, "
+                "open_charges = account.open_charges + excluded.open_charges",
+                [(account_id, c, n) for account_id, (c, n) in sorted(owed.items())],
             )
         elif isinstance(facts[0], ChargeWaived):
             for fact in cast(list[ChargeWaived], facts):
