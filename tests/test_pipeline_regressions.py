@@ -333,11 +333,6 @@ async def test_another_publishers_message_between_two_runs_of_the_relay_loses_no
         await running
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed (toolkit/status.py is being changed): status takes a copy of an "
-    "earlier event for the relay's last message",
-)
 async def test_status_names_a_copy_of_an_earlier_event_that_stops_the_relay(
     nc: Client, data_dir: Path
 ) -> None:

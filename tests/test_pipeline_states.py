@@ -150,16 +150,7 @@ def step(**arguments: st.SearchStrategy[Any]) -> Callable[[Callable[..., None]],
     return decorate
 
 
-KNOWN: dict[str, str] = {
-    "status takes a copy for the relay's own": (
-        "A copy of one of the relay's earlier messages published again under another id "
-        "(sales@7:12) stops the relay ('repeats log position'), but toolkit status takes "
-        "it for the relay's last message: it agrees with the log at its position, so "
-        "status names no problem, says relayed_to is that earlier position and counts the "
-        "events after it as relay lag. toolkit/status.py is being changed: reported, not "
-        "fixed; the machine expects that for now."
-    ),
-}
+KNOWN: dict[str, str] = {}
 """Bugs this machine found that are not fixed yet, in code others are changing: where
 one shows, the check expects what the code does today (and the run says so). Delete an
 entry once its fix lands, and the machine checks it again."""

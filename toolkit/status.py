@@ -173,12 +173,24 @@ async def _relayed_to(
             if message is None:
                 return 0
             held = contradicts_log(context, message)
-            if held is None:
+            if held is not None:
+                why = (
+                    f"is not the log's event at position {message.position} (the log holds {held})"
+                )
+            elif (
+                message is tail.last
+                and tail.before is not None
+                and tail.before.position >= message.position
+            ):
+                why = (
+                    f"repeats log position {message.position} after sequence "
+                    f"{tail.before.sequence} carried {tail.before.position}"
+                )
+            else:
                 return message.position
             relay.setdefault("problems", []).append(
                 f"stream {name} sequence {message.sequence} ({MSG_ID} {message.msg_id}) "
-                f"is not the log's event at position {message.position} (the log holds "
-                f"{held}): the relay stops at it; remove it (nats stream rmm {name} "
+                f"{why}: the relay stops at it; remove it (nats stream rmm {name} "
                 f"{message.sequence}) if something else published it"
             )
     return 0
