@@ -150,7 +150,15 @@ def step(**arguments: st.SearchStrategy[Any]) -> Callable[[Callable[..., None]],
     return decorate
 
 
-KNOWN: dict[str, str] = {}
+KNOWN: dict[str, str] = {
+    "status looks back two messages": (
+        "toolkit status looks for how far the relay got in the relay's last two messages "
+        "in its form on the stream: behind two forgeries the log contradicts, it says "
+        "relayed_to 0 and counts every public event as relay lag, though the relay "
+        "carried all up to the first of them. toolkit/status.py is being changed: "
+        "reported, not fixed; the machine expects that for now."
+    ),
+}
 """Bugs this machine found that are not fixed yet, in code others are changing: where
 one shows, the check expects what the code does today (and the run says so). Delete an
 entry once its fix lands, and the machine checks it again."""
@@ -940,7 +948,10 @@ class Pipeline(RuleBasedStateMachine):
             if how == "killed process":
                 killed = Process(self.folder, self.url, self.env(), *args)
                 self.run(asyncio.sleep(kill_after))
-                self.run(killed.stop("kill"))
+                if self.run(killed.stop("kill")) == 0:  # it had finished: a model of its own
+                    done = orjson.loads(killed.stdout())
+                    if not done["switched"]:
+                        self.beside[name][done["generation"]] = start
             process = Process(self.folder, self.url, self.env(), *args)
             code = self.run(process.finished(60))
             assert code == 0, process.describe()
@@ -1221,16 +1232,22 @@ class Pipeline(RuleBasedStateMachine):
         relayed_to = (
             orjson.loads(relayed_messages[-1].data)["logposition"] if relayed_messages else 0
         )
-        ends_in = [m.sequence for m in await self._messages() if mine(m)][-1:]
-        if ends_in and ends_in[0] in self.forged:  # the relay stops at it: status says so
-            if ends_in[0] in self.copies and known("status takes a copy for the relay's own"):
-                copy = next(m for m in await self._messages() if m.sequence == ends_in[0])
+        ends_in = [m.sequence for m in await self._messages() if mine(m)][-2:]
+        if ends_in and ends_in[-1] in self.forged:  # the relay stops at it: status says so
+            if ends_in[-1] in self.copies and known("status takes a copy for the relay's own"):
+                copy = next(m for m in await self._messages() if m.sequence == ends_in[-1])
                 relayed_to = orjson.loads(copy.data)["logposition"]
             else:
                 assert any(
-                    f"nats stream rmm sales {ends_in[0]}" in problem
+                    f"nats stream rmm sales {ends_in[-1]}" in problem
                     for problem in sales.get("problems", [])
                 ), sales
+            if (
+                len(ends_in) == 2
+                and set(ends_in) <= self.forged - self.copies
+                and known("status looks back two messages")
+            ):
+                relayed_to = 0
         assert sales["relayed_to"] == relayed_to, (sales, relayed_to)
         public = public_positions(self.sales)
         lag = sum(1 for position in public if position > relayed_to)  # events to carry
