@@ -388,11 +388,6 @@ async def test_billing_partition_workers_count_a_charge_applied_before_its_accou
     assert tuple(row) == ("Ann", 750, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed (toolkit/status.py is being changed): status looks for the relay's "
-    "position in its last two messages only",
-)
 async def test_status_says_how_far_the_relay_got_behind_two_forgeries(
     nc: Client, data_dir: Path
 ) -> None:

@@ -150,15 +150,7 @@ def step(**arguments: st.SearchStrategy[Any]) -> Callable[[Callable[..., None]],
     return decorate
 
 
-KNOWN: dict[str, str] = {
-    "status looks back two messages": (
-        "toolkit status looks for how far the relay got in the relay's last two messages "
-        "in its form on the stream: behind two forgeries the log contradicts, it says "
-        "relayed_to 0 and counts every public event as relay lag, though the relay "
-        "carried all up to the first of them. toolkit/status.py is being changed: "
-        "reported, not fixed; the machine expects that for now."
-    ),
-}
+KNOWN: dict[str, str] = {}
 """Bugs this machine found that are not fixed yet, in code others are changing: where
 one shows, the check expects what the code does today (and the run says so). Delete an
 entry once its fix lands, and the machine checks it again."""

@@ -169,7 +169,8 @@ async def _relayed_to(
     relay: it is a problem, and the relay's message before it says how far it got."""
     with contextlib.suppress(Exception):  # a stream being changed: nothing claimed
         tail = await relay_tail(js, name)
-        for message in (tail.last, tail.before):
+        for _ in range(100):  # (as many messages in its form that stop it, at most)
+            message = tail.last
             if message is None:
                 return 0
             held = contradicts_log(context, message)
@@ -177,11 +178,7 @@ async def _relayed_to(
                 why = (
                     f"is not the log's event at position {message.position} (the log holds {held})"
                 )
-            elif (
-                message is tail.last
-                and tail.before is not None
-                and tail.before.position >= message.position
-            ):
+            elif tail.before is not None and tail.before.position >= message.position:
                 why = (
                     f"repeats log position {message.position} after sequence "
                     f"{tail.before.sequence} carried {tail.before.position}"
@@ -193,6 +190,7 @@ async def _relayed_to(
                 f"{why}: the relay stops at it; remove it (nats stream rmm {name} "
                 f"{message.sequence}) if something else published it"
             )
+            tail = await relay_tail(js, name, below=message.sequence)
     return 0
 
 

@@ -160,15 +160,19 @@ def relayed(stream: str, raw: RawStreamMsg) -> Relayed | str:
     return Relayed(raw.seq or 0, position, origin.subject, origin.aggregateversion, msg_id)
 
 
-async def relay_tail(js: JetStreamContext, stream: str, *, probes: int = 1000) -> Tail:
-    """The relay's last message on ``stream`` and the one before it, passing over (and
-    naming) messages others published after it and sequences deleted in between, at
-    most ``probes`` lookups. Others' messages cannot move the relay: it goes on after
-    the last message it published itself."""
-    last = await last_message(js, stream)
+async def relay_tail(
+    js: JetStreamContext, stream: str, *, probes: int = 1000, below: int | None = None
+) -> Tail:
+    """The relay's last message on ``stream`` (before sequence ``below``, if given) and
+    the one before it, passing over (and naming) messages others published after it and
+    sequences deleted in between, at most ``probes`` lookups. Others' messages cannot
+    move the relay: it goes on after the last message it published itself."""
     tail = Tail(None)
-    sequence = (last.seq or 0) if last is not None else 0
-    raw = last
+    if below is None:
+        raw = await last_message(js, stream)
+        sequence = (raw.seq or 0) if raw is not None else 0
+    else:
+        sequence, raw = below, None  # (the loop steps to below - 1 first)
     while sequence > 0 and probes > 0:
         if raw is not None:
             found = relayed(stream, raw)
