@@ -54,12 +54,12 @@ from projections.billing import Accounts
 from projections.billing.translation import cents
 from projections.billing.translation import sales as billing_sales
 from toolkit import Relay
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.reader import StreamMessage
-from toolkit.store import ReadModelStore
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.projector import Projector
+from toolkit.read.reader import StreamMessage
+from toolkit.read.store import ReadModelStore
+from toolkit.readmodels.sqlite import ProjectionHome
 from toolkit.wire import decode_head
 
 BASELINE = "raw client limit: ordered push consumer, decode only"

@@ -39,11 +39,11 @@ from contexts.sales import Sales
 from projections.shipping import Shipments
 from projections.shipping.api import Shipment  # FastAPI resolves the annotation here
 from toolkit import Relay
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer, free_ports
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.store import ReadModelStore
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer, free_ports
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore
+from toolkit.readmodels.sqlite import ProjectionHome
 
 BASELINE = "bare FastAPI endpoint, same query (baseline)"
 TOOLKIT = "toolkit read endpoint (toolkit serve)"
@@ -75,7 +75,7 @@ def bare_app(model: Path) -> object:
 def toolkit_app(data_dir: Path) -> object:
     from contexts.system import system
     from toolkit.config import Settings
-    from toolkit.http import create_app
+    from toolkit.http.app import create_app
 
     return create_app(system, Settings(data_dir=data_dir), relay=False)
 

@@ -44,13 +44,13 @@ from rich.table import Table
 from contexts.sales import Sales
 from projections.shipping import Shipments
 from toolkit import Relay
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.reader import StreamMessage
-from toolkit.store import ReadModelStore, aggregate_token
-from toolkit.translator import Translator
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.projector import Projector
+from toolkit.read.reader import StreamMessage
+from toolkit.read.store import ReadModelStore, aggregate_token
+from toolkit.read.translator import Translator
+from toolkit.readmodels.sqlite import ProjectionHome
 
 TOOLKIT = "toolkit: command -> relay -> projector -> read model row"
 RAW = "raw hop: js.publish -> ordered push consumer (baseline)"

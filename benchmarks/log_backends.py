@@ -11,7 +11,7 @@ Each backend gets the same eventsourcing application and the same work, one thre
 - reads of an aggregate of ten events (``repository.get``, no cache);
 - reads of the whole log in pages of 1000 notifications (what a relay does).
 
-JetStream is the embedded nats-server (file storage) with ``toolkit.jetstream_log``;
+JetStream is the embedded nats-server (file storage) with ``toolkit.logs.jetstream``;
 SQLite a file in a temporary folder; PostgreSQL the server at 127.0.0.1:5432 (trust auth,
 database ``test``) in a fresh schema of its own, dropped afterwards. A backend that is not
 there (no PostgreSQL) is reported as such rather than failing the run.
@@ -35,7 +35,7 @@ from eventsourcing.domain import Aggregate, event
 from rich.console import Console
 from rich.table import Table
 
-from toolkit.embedded import EmbeddedServer
+from toolkit.nats.embedded import EmbeddedServer
 
 BACKENDS = ("JetStream", "SQLite", "PostgreSQL")
 MEASURES = (
@@ -45,7 +45,7 @@ MEASURES = (
     "log read, events/s (pages of 1000)",
 )
 POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
-TRANSCODER = "toolkit.transcoder:OrjsonTranscoder"
+TRANSCODER = "toolkit.write.transcoder:OrjsonTranscoder"
 
 
 class Account(Aggregate):
@@ -128,7 +128,7 @@ def run_workload(env: dict[str, str], saves: int, reads: int) -> dict[str, float
 @contextlib.contextmanager
 def jetstream(folder: Path) -> Iterator[dict[str, str]]:
     with EmbeddedServer(folder / "nats") as server:
-        yield {"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": server.url}
+        yield {"PERSISTENCE_MODULE": "toolkit.logs.jetstream", "NATS_URL": server.url}
 
 
 @contextlib.contextmanager

@@ -24,9 +24,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from rich.console import Console
 from rich.table import Table
 
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.reader import StreamReader
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.reader import StreamReader
 
 STREAM = "bench"
 BODY = b'{"order_id":"5f0c7f3e-9c1e-4a59-8f0e-2b6f3f1a0c11","total":"12.30","lines":3}' * 2

@@ -41,11 +41,11 @@ from rich.table import Table
 
 from contexts.sales import Order, OrderLine, Sales
 from toolkit import Relay, StreamSpec, ensure_stream
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.outbox import Outbox
-from toolkit.published import OutgoingMessage
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
 from toolkit.wire import EXPECTED_LAST_SEQUENCE
+from toolkit.write.outbox import Outbox
+from toolkit.write.published import OutgoingMessage
 
 Messages = list[OutgoingMessage]
 

@@ -27,10 +27,10 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from toolkit import Relay
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.replay import rebuild
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.replay import rebuild
+from toolkit.readmodels.sqlite import ProjectionHome
 
 
 async def _replay(data_dir: Path, url: str) -> dict[str, float]:

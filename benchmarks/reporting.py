@@ -125,7 +125,7 @@ def _memory() -> str:
 
 
 def _nats_server_version() -> str:
-    from toolkit.embedded import find_server_binary
+    from toolkit.nats.embedded import find_server_binary
 
     try:
         out = subprocess.run(

@@ -434,7 +434,7 @@ def log_backends_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
         "The event log: JetStream, SQLite and PostgreSQL",
         intro=(
             "eventsourcing's persistence modules under the same application and work: "
-            "`toolkit.jetstream_log`, SQLite and PostgreSQL (see "
+            "`toolkit.logs.jetstream`, SQLite and PostgreSQL (see "
             "`benchmarks/log_backends.py`). Ratios are to SQLite, the default log."
         ),
     )

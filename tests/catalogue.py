@@ -20,10 +20,10 @@ from contexts.sales import Sales
 from projections.billing import Accounts
 from projections.shipping import Shipments
 from toolkit import IntegrationEvent, contract
-from toolkit.projection import Projection
-from toolkit.readmodel import Connection, Dialect
+from toolkit.read.projection import Projection
+from toolkit.read.translator import Translator
+from toolkit.readmodels import Connection, Dialect
 from toolkit.system import System
-from toolkit.translator import Translator
 
 FAILS = "CATALOGUE_FAILS"
 

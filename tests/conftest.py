@@ -22,8 +22,8 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from toolkit.config import Settings
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
 
 if TYPE_CHECKING:
     import psycopg

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from toolkit import wire
-from toolkit.reader import StreamMessage
+from toolkit.read.reader import StreamMessage
 
 
 def relayed(

@@ -10,12 +10,13 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from toolkit import Relay, Settings
-from toolkit.home import ProjectionHome
-from toolkit.projection import Projection
-from toolkit.projector import Projector, ProjectorStats
-from toolkit.reader import StreamMessage, StreamReader
-from toolkit.readmodel import ReadModelHome, open_home
-from toolkit.store import ReadModelStore, dump
+from toolkit.read.projection import Projection
+from toolkit.read.projector import Projector, ProjectorStats
+from toolkit.read.reader import StreamMessage, StreamReader
+from toolkit.read.store import ReadModelStore, dump
+from toolkit.readmodels import ReadModelHome
+from toolkit.readmodels.backends import open_home
+from toolkit.readmodels.sqlite import ProjectionHome
 
 Where = Path | Settings
 """Where read models live: a data folder (SQLite files) or settings (either backend)."""

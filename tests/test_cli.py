@@ -18,8 +18,8 @@ from contexts.sales import Sales
 from tests.conftest import nats_servers_using
 from tests.flow import cli_args, home_of
 from toolkit.config import Settings
-from toolkit.home import ProjectionHome
-from toolkit.store import dump
+from toolkit.read.store import dump
+from toolkit.readmodels.sqlite import ProjectionHome
 
 SUBCOMMANDS = ["demo", "relay", "project", "replay", "rewind", "status", "serve"]
 
@@ -30,7 +30,7 @@ def toolkit(
     env = {**os.environ, "TMPDIR": str(tmp)}
     env.pop("NATS_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "toolkit.cli", *args],
+        [sys.executable, "-m", "toolkit", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -95,7 +95,7 @@ def test_an_interrupted_demo_leaves_no_server(tmp_path: Path, sig: signal.Signal
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     env.pop("NATS_URL", None)
     demo = subprocess.Popen(
-        [sys.executable, "-m", "toolkit.cli", "demo", "--orders", "100000"],
+        [sys.executable, "-m", "toolkit", "demo", "--orders", "100000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

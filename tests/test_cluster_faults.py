@@ -21,11 +21,11 @@ from tests.flow import read_all
 from tests.test_relay import place_orders
 from tests.test_relay_faults import assert_stream_is_the_log, public_positions
 from toolkit import Relay, StreamSpec
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedCluster
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.store import ReadModelStore, dump
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedCluster
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore, dump
+from toolkit.readmodels.sqlite import ProjectionHome
 
 pytestmark = pytest.mark.timeout(150)
 

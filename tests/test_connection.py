@@ -15,9 +15,9 @@ from tests.conftest import nats_servers_using, wait_for
 from tests.fake_nats import FakeNatsServer
 from tests.flow import read_all
 from toolkit import Relay, ServerVersionError
-from toolkit.connection import Connection, check_server_version, connect, redact, redact_urls
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConnectError
+from toolkit.nats.connection import Connection, check_server_version, connect, redact, redact_urls
+from toolkit.nats.embedded import EmbeddedServer
 
 OLD_BINARY = "/usr/sbin/nats-server"
 
@@ -56,7 +56,7 @@ def _toolkit(
     *args: str, env: dict[str, str], timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "toolkit.cli", *args],
+        [sys.executable, "-m", "toolkit", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **env},

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from toolkit import ContractError, ContractRegistry, IntegrationEvent, contract
-from toolkit.contracts import encode, event_name
 from toolkit.errors import SubjectError
 from toolkit.wire import check_name, decode_token, encode_token, subject
+from toolkit.wire.contracts import encode, event_name
 
 
 @contract("sales.Thing", version=2)

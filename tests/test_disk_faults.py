@@ -16,9 +16,9 @@ from nats.aio.client import Client
 from projections.billing import Accounts
 from tests.conftest import Report, wait_for
 from tests.flow import project_all, relay_orders
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.store import ReadModelStore, dump
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore, dump
+from toolkit.readmodels.sqlite import ProjectionHome
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,8 +15,8 @@ from tests.flow import Where, cli_args, home_of, project_all, relay_all
 from tests.test_cli import toolkit
 from tests.test_projector import dead_letters, poisoned, shipments, three_orders
 from toolkit.config import Settings
-from toolkit.embedded import EmbeddedServer
-from toolkit.store import ReadModelStore
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.store import ReadModelStore
 
 
 def store(where: Where, projection: Shipments) -> ReadModelStore:
@@ -94,8 +94,8 @@ async def test_status_says_failing_while_a_message_is_retried(
     sales: Sales, nc: Client, read_models: Settings
 ) -> None:
     from contexts.system import system
-    from toolkit.projector import Projector
-    from toolkit.status import collect
+    from toolkit.ops.status import collect
+    from toolkit.read.projector import Projector
 
     a, _, _ = three_orders(sales)
     await relay_all(sales, nc)

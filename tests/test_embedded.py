@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import nats_servers_using
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ServerStartError
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
 
 
 async def test_embedded_server_runs_jetstream_on_loopback_and_stops(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_no_server_outlives_its_process(tmp_path: Path, how: str) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
-        from toolkit.embedded import EmbeddedServer
+        from toolkit.nats.embedded import EmbeddedServer
         server = EmbeddedServer({str(tmp_path / "nats")!r}).start()
         print(server.process.pid, flush=True)
         if {how!r} == "exception":

@@ -13,7 +13,7 @@ from projections.shipping import Shipments
 from tests.conftest import BACKENDS, serving
 from tests.flow import project_all, relay_all
 from toolkit.config import Settings
-from toolkit.http import create_app
+from toolkit.http.app import create_app
 
 
 @BACKENDS

@@ -21,9 +21,9 @@ from tests.envelopes import relayed
 from tests.flow import place_orders, read_all, relay_all
 from toolkit import StreamSpec, ensure_stream
 from toolkit.config import Settings
-from toolkit.embedded import EmbeddedServer
-from toolkit.feed import IMMUTABLE, FeedPage
-from toolkit.http import create_app
+from toolkit.http.app import create_app
+from toolkit.http.feed import IMMUTABLE, FeedPage
+from toolkit.nats.embedded import EmbeddedServer
 
 
 @pytest.fixture

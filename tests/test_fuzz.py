@@ -20,14 +20,15 @@ from hypothesis import strategies as st
 from contexts.system import system
 from projections.billing import Accounts
 from projections.shipping import Shipments
-from toolkit import ContractError, cli, wire
+from toolkit import ContractError, wire
+from toolkit.cli import commands as cli
 from toolkit.config import Settings
-from toolkit.consistency import ConsistencyToken, InvalidToken
 from toolkit.errors import SubjectError
-from toolkit.http import create_app
-from toolkit.reader import StreamMessage
-from toolkit.resources import CursorError, decode_cursor, encode_cursor
-from toolkit.translator import UnknownEvent
+from toolkit.http.app import create_app
+from toolkit.http.consistency import ConsistencyToken, InvalidToken
+from toolkit.http.resources import CursorError, decode_cursor, encode_cursor
+from toolkit.read.reader import StreamMessage
+from toolkit.read.translator import UnknownEvent
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -24,8 +24,8 @@ from tests.flow import read_all
 from tests.test_relay import place_orders
 from tests.test_relay_faults import public_positions
 from toolkit import BoundedContext, IntegrationEvent, PublishedLanguage, Relay, contract
-from toolkit.outbox import Outbox
-from toolkit.published import OutgoingMessage
+from toolkit.write.outbox import Outbox
+from toolkit.write.published import OutgoingMessage
 
 lines = st.lists(
     st.builds(

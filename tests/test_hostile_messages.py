@@ -14,9 +14,9 @@ from projections.shipping import Shipments
 from tests.envelopes import relayed
 from tests.flow import project_all
 from toolkit import ContractError, StreamSpec, ensure_stream
-from toolkit.home import ProjectionHome
-from toolkit.reader import StreamMessage
-from toolkit.translator import UnknownEvent
+from toolkit.read.reader import StreamMessage
+from toolkit.read.translator import UnknownEvent
+from toolkit.readmodels.sqlite import ProjectionHome
 
 
 async def publish(

@@ -18,12 +18,12 @@ from contexts.system import system
 from projections.shipping import Shipments
 from tests.conftest import serving
 from toolkit.config import Settings
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.http import create_app
-from toolkit.projector import Projector
-from toolkit.store import ReadModelStore
+from toolkit.http.app import create_app
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore
+from toolkit.readmodels.sqlite import ProjectionHome
 
 pytestmark = pytest.mark.timeout(90)
 

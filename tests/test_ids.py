@@ -18,9 +18,9 @@ from tests.conftest import POSTGRES, postgres
 from tests.flow import project_all, read_all
 from tests.test_subjects import Catalog, Product, Shelf
 from toolkit import InvalidCommand, Relay
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.reader import StreamReader
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.reader import StreamReader
+from toolkit.readmodels.sqlite import ProjectionHome
 from toolkit.wire import encode_token
 
 TOO_LONG = [
@@ -46,7 +46,7 @@ def catalog(
     """The catalog context (products known by text ids) on each kind of log."""
     env = {"ORIGINATOR_ID_TYPE": "text"}
     if request.param == "jetstream":
-        env |= {"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": nats_server.url}
+        env |= {"PERSISTENCE_MODULE": "toolkit.logs.jetstream", "NATS_URL": nats_server.url}
     if request.param != "postgres":
         app = Catalog(env=env, data_dir=data_dir)
         yield app

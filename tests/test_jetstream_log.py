@@ -1,5 +1,5 @@
 """JetStream as the event log: eventsourcing's own recorder suites against
-``toolkit.jetstream_log``, and what they do not cover (atomic saves across aggregates,
+``toolkit.logs.jetstream``, and what they do not cover (atomic saves across aggregates,
 racing writers, stale knowledge, live subscriptions, a lost server, the sales context
 relayed from it). Every test has a nats-server of its own on a free loopback port."""
 
@@ -37,10 +37,8 @@ from contexts.sales import Sales
 from contexts.sales.domain import Order
 from tests.conftest import nats_servers_using
 from tests.flow import read_all, relay_all
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConflictError
-from toolkit.jetstream_log import (
+from toolkit.logs.jetstream import (
     BATCH_ID,
     BATCH_SEQUENCE,
     JetStreamAggregateRecorder,
@@ -50,8 +48,10 @@ from toolkit.jetstream_log import (
     JetStreamTrackingRecorder,
     check_server_version,
 )
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
 
-MODULE = "toolkit.jetstream_log"
+MODULE = "toolkit.logs.jetstream"
 
 
 class OnJetStream:
@@ -161,7 +161,7 @@ class TestExampleApplication(OnJetStream, suites_app.ExampleApplicationTestCase)
     """eventsourcing's example application (snapshots, the notification log) on
     JetStream, selected through the environment as a user would."""
 
-    expected_factory_topic = "toolkit.jetstream_log:JetStreamFactory"
+    expected_factory_topic = "toolkit.logs.jetstream:JetStreamFactory"
     saved: ClassVar[dict[str, str | None]] = {}
 
     def setUp(self) -> None:
@@ -561,7 +561,16 @@ def test_the_demo_runs_end_to_end_on_a_jetstream_log(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     env.pop("NATS_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "toolkit.cli", "demo", "--log", "jetstream", "--orders", "200"],
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "demo",
+            "--log",
+            "jetstream",
+            "--orders",
+            "200",
+        ],
         capture_output=True,
         text=True,
         env=env,

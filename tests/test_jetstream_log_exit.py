@@ -15,13 +15,13 @@ import pytest
 
 from contexts.sales import Sales
 from contexts.sales.domain import Customer
-from toolkit.embedded import EmbeddedServer
+from toolkit.nats.embedded import EmbeddedServer
 
 SCRIPT = """
 import sys
 from contexts.sales import Sales
 from contexts.sales.domain import Customer
-sales = Sales(env={{"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": sys.argv[1]}},
+sales = Sales(env={{"PERSISTENCE_MODULE": "toolkit.logs.jetstream", "NATS_URL": sys.argv[1]}},
               data_dir=sys.argv[2])
 ann = sales.register_customer("Ann", "ann@example.com")
 {extra}
@@ -53,7 +53,7 @@ def test_a_process_that_exits_without_close_exits_at_once(
     assert done.returncode == 0, done.stderr
     assert took < 8, f"the process took {took:.1f}s to exit"
     # What it saved before exiting is in the log.
-    sales = Sales(env={"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": nats_server.url})
+    sales = Sales(env={"PERSISTENCE_MODULE": "toolkit.logs.jetstream", "NATS_URL": nats_server.url})
     try:
         customer: Customer = sales.repository.get(UUID(done.stdout.split()[0]))
         assert customer.name == "Ann"

@@ -12,10 +12,10 @@ from nats.js import JetStreamContext
 from tests.envelopes import relayed
 from tests.flow import project_all
 from toolkit import IntegrationEvent, StreamSpec, contract, ensure_stream
-from toolkit.home import ProjectionHome
-from toolkit.projection import Projection
-from toolkit.readmodel import Connection
-from toolkit.translator import Translator
+from toolkit.read.projection import Projection
+from toolkit.read.translator import Translator
+from toolkit.readmodels import Connection
+from toolkit.readmodels.sqlite import ProjectionHome
 
 sales, catalog = Translator("sales"), Translator("catalog")
 

@@ -16,10 +16,10 @@ from projections.shipping.translation import ShipmentCalledOff
 from tests.envelopes import relayed
 from tests.flow import home_of, project_all
 from toolkit import StreamSpec, contract, ensure_stream
-from toolkit.home import ProjectionHome
-from toolkit.readmodel import Connection
-from toolkit.store import ReadModelStore, dump, read_dead_letters
-from toolkit.translator import Translator
+from toolkit.read.store import ReadModelStore, dump, read_dead_letters
+from toolkit.read.translator import Translator
+from toolkit.readmodels import Connection
+from toolkit.readmodels.sqlite import ProjectionHome
 
 A, B = str(uuid.UUID(int=0xA)), str(uuid.UUID(int=0xB))
 CUSTOMER = str(uuid.UUID(int=0xC))

@@ -19,11 +19,11 @@ from tests.conftest import BACKENDS, wait_for
 from tests.flow import home_of, read_all, relay_all
 from toolkit import IntegrationEvent, Settings, contract
 from toolkit.errors import ConfigurationError, ProjectionBusyError
-from toolkit.projection import Projection
-from toolkit.projector import Projector, ProjectorStats, owner
-from toolkit.readmodel import Connection, Dialect, ReadModelHome
-from toolkit.store import ReadModelStore, aggregate_token, read_dead_letters
-from toolkit.translator import Translator
+from toolkit.read.projection import Projection
+from toolkit.read.projector import Projector, ProjectorStats, owner
+from toolkit.read.store import ReadModelStore, aggregate_token, read_dead_letters
+from toolkit.read.translator import Translator
+from toolkit.readmodels import Connection, Dialect, ReadModelHome
 
 orders_stream = Translator("sales")
 

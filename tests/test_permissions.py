@@ -19,12 +19,12 @@ from tests.conftest import Report
 from tests.test_relay import place_orders
 from toolkit import Relay, RelayError
 from toolkit.config import NatsAuth, Settings
-from toolkit.connection import connect, on_permission_denied
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConnectError
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.store import ReadModelStore
+from toolkit.nats.connection import connect, on_permission_denied
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore
+from toolkit.readmodels.sqlite import ProjectionHome
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,11 +21,11 @@ from tests.flow import home_of, place_orders, project_all, read_all, relay_all
 from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError, wire
 from toolkit.config import Settings
-from toolkit.projector import Projector, ProjectorStats, owner
-from toolkit.readmodel import ReadModelHome
-from toolkit.replay import rebuild, rewind
-from toolkit.status import collect
-from toolkit.store import ReadModelStore, dump, read_dead_letters
+from toolkit.ops.status import collect
+from toolkit.read.projector import Projector, ProjectorStats, owner
+from toolkit.read.replay import rebuild, rewind
+from toolkit.read.store import ReadModelStore, dump, read_dead_letters
+from toolkit.readmodels import ReadModelHome
 
 
 async def test_a_replay_ends_when_the_last_messages_of_the_stream_were_deleted(

@@ -4,12 +4,12 @@ commands and faults on a real nats-server, with real ``toolkit`` processes, and 
 every step checks the toolkit's promises:
 
 - the stream holds each public event of the log once, in log order (only the relay's
-  own messages count: :func:`toolkit.streams.relayed`; forgeries the test published are
+  own messages count: :func:`toolkit.nats.streams.relayed`; forgeries the test published are
   known by their sequences);
 - every read model readers use equals a clean build from the stream (up to its
   checkpoint, from where a partial model starts, with the same deploy of the failing
   projection), and its dead letters are what the stream explains;
-- ``toolkit status`` (:func:`toolkit.status.collect`, and the CLI in a rule of its own)
+- ``toolkit status`` (:func:`toolkit.ops.status.collect`, and the CLI in a rule of its own)
   tells the truth: relay lag, projection states, checkpoints, lag, dead letters, partial
   models and the generations kept beside.
 
@@ -85,8 +85,6 @@ from tests.test_relay_faults import public_positions
 from tests.test_text_ids import ALPHABET
 from toolkit import Relay, wire
 from toolkit.config import Settings
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import (
     ConflictError,
     InvalidCommand,
@@ -94,15 +92,17 @@ from toolkit.errors import (
     RelayError,
     SubjectError,
 )
-from toolkit.home import ProjectionHome
-from toolkit.home import connect as open_generation
-from toolkit.projection import Projection, StartPosition
-from toolkit.projector import Projector
-from toolkit.reader import StreamMessage
-from toolkit.replay import partial_from, rebuild, rewind
-from toolkit.status import collect
-from toolkit.store import DeadLetter, ReadModelStore, dump, read_dead_letters
-from toolkit.streams import Relayed, last_message, relayed
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.nats.streams import Relayed, last_message, relayed
+from toolkit.ops.status import collect
+from toolkit.read.projection import Projection, StartPosition
+from toolkit.read.projector import Projector
+from toolkit.read.reader import StreamMessage
+from toolkit.read.replay import partial_from, rebuild, rewind
+from toolkit.read.store import DeadLetter, ReadModelStore, dump, read_dead_letters
+from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import connect as open_generation
 
 T = TypeVar("T")
 
@@ -349,12 +349,12 @@ class Worker:
 
 
 def as_raw(message: StreamMessage) -> Any:
-    """A stream message as :func:`toolkit.streams.relayed` takes it."""
+    """A stream message as :func:`toolkit.nats.streams.relayed` takes it."""
     return SimpleNamespace(headers=message.headers, data=message.data, seq=message.sequence)
 
 
 def message(raw: Any) -> StreamMessage:
-    """A message as :func:`toolkit.streams.last_message` gives it, as a reader would."""
+    """A message as :func:`toolkit.nats.streams.last_message` gives it, as a reader would."""
     headers = {k: str(v) for k, v in (raw.headers or {}).items()}
     return StreamMessage("sales", int(raw.seq or 0), raw.subject or "", headers, raw.data or b"")
 

@@ -28,11 +28,11 @@ from tests.test_relay_faults import (
     stream_holds,
 )
 from toolkit.config import Settings
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.readmodel import open_home
-from toolkit.store import ReadModelStore, dump
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore, dump
+from toolkit.readmodels.backends import open_home
+from toolkit.readmodels.sqlite import ProjectionHome
 
 pytestmark = pytest.mark.timeout(240)
 

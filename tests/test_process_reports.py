@@ -28,12 +28,12 @@ from contexts.sales import Sales
 from contexts.system import system
 from tests.conftest import eventually, serving, wait_for
 from toolkit.config import Settings
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.http import create_app
-from toolkit.status import collect
-from toolkit.store import dump
-from toolkit.streams import StreamSpec
+from toolkit.http.app import create_app
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.nats.streams import StreamSpec
+from toolkit.ops.status import collect
+from toolkit.read.store import dump
+from toolkit.readmodels.sqlite import ProjectionHome
 
 LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
 
@@ -49,7 +49,7 @@ def _sales_log(data: Path, orders: int) -> None:
 
 
 def _toolkit(*args: str) -> list[str]:
-    return [sys.executable, "-m", "toolkit.cli", *args]
+    return [sys.executable, "-m", "toolkit", *args]
 
 
 async def _cli(*args: str) -> subprocess.CompletedProcess[str]:

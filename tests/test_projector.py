@@ -17,11 +17,11 @@ from tests.envelopes import stream_message
 from tests.flow import Where, home_of, project_all, read_all, relay_all
 from toolkit.config import Settings
 from toolkit.errors import ProjectionBusyError
-from toolkit.projector import Projector
-from toolkit.reader import StreamMessage
-from toolkit.readmodel import Connection, ReadModelHome
-from toolkit.store import ReadModelStore
-from toolkit.translator import Translator
+from toolkit.read.projector import Projector
+from toolkit.read.reader import StreamMessage
+from toolkit.read.store import ReadModelStore
+from toolkit.read.translator import Translator
+from toolkit.readmodels import Connection, ReadModelHome
 
 
 def place(sales: Sales, customers: int, orders: int) -> dict[UUID, int]:

@@ -18,9 +18,9 @@ from nats.aio.client import Client
 from projections.billing import Accounts
 from tests.conftest import wait_for
 from tests.flow import project_all, relay_orders
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.store import ReadModelStore, dump
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.store import ReadModelStore, dump
+from toolkit.readmodels.sqlite import ProjectionHome
 
 
 async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(

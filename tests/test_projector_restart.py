@@ -11,11 +11,11 @@ from projections.billing import Accounts
 from tests.conftest import wait_for
 from tests.flow import assert_equal_to_a_clean_build, relay_all
 from tests.test_relay_faults import free_port
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.store import ReadModelStore
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore
+from toolkit.readmodels.sqlite import ProjectionHome
 
 
 async def test_projector_rides_out_a_server_restart(data_dir: Path, tmp_path: Path) -> None:

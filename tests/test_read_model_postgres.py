@@ -24,13 +24,14 @@ from projections.shipping import Shipments
 from tests.conftest import postgres, serving, wait_for
 from tests.flow import home_of, project_all, relay_orders
 from toolkit.config import Settings
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConfigurationError
-from toolkit.http import create_app
-from toolkit.projector import Projector
-from toolkit.readmodel import Dialect, open_home
-from toolkit.replay import rebuild
-from toolkit.store import ReadModelStore, dump
+from toolkit.http.app import create_app
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.projector import Projector
+from toolkit.read.replay import rebuild
+from toolkit.read.store import ReadModelStore, dump
+from toolkit.readmodels import Dialect
+from toolkit.readmodels.backends import open_home
 
 ON_POSTGRES = pytest.mark.parametrize("read_models", ["postgres"], indirect=True)
 

@@ -4,7 +4,7 @@ from nats.aio.client import Client
 
 from tests.conftest import wait_for
 from toolkit import StreamSpec, ensure_stream
-from toolkit.reader import StreamReader
+from toolkit.read.reader import StreamReader
 
 
 async def fill(nc: Client, count: int) -> None:

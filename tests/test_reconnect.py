@@ -32,12 +32,12 @@ from contexts.system import system
 from tests.conftest import eventually, serving, wait_for
 from tests.test_webhooks import Receiver
 from toolkit.config import Settings
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.http import create_app
-from toolkit.relay import Relay
+from toolkit.http.app import create_app
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.readmodels.sqlite import ProjectionHome
 from toolkit.webhooks import WebhookStore, dispatch, new_secret
+from toolkit.write.relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,7 +93,7 @@ def running(*args: str, nats_url: str, tmp: Path) -> Iterator[tuple[subprocess.P
     said = tmp / f"{'-'.join(args[2:])}.log"
     with said.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "toolkit.cli", *args],
+            [sys.executable, "-m", "toolkit", *args],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -235,7 +235,7 @@ async def test_the_webhook_dispatcher_goes_on_after_the_server_closed_it(
 async def test_the_jetstream_log_saves_again_after_the_server_closed_its_connection(
     guarded: Guarded, data_dir: Path
 ) -> None:
-    env = {"PERSISTENCE_MODULE": "toolkit.jetstream_log", "NATS_URL": guarded.url}
+    env = {"PERSISTENCE_MODULE": "toolkit.logs.jetstream", "NATS_URL": guarded.url}
     sales = Sales(env=env, data_dir=data_dir)
     try:
         ann = sales.register_customer("Ann", "ann@example.org")

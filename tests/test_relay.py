@@ -14,9 +14,9 @@ from tests.conftest import wait_for
 from tests.flow import read_all
 from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.outbox import Outbox
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.write.outbox import Outbox
 
 LINE = {"sku": "mug-blue", "quantity": 2, "unit_price": "4.50"}
 

@@ -23,8 +23,8 @@ from contexts.sales import Sales
 from tests.conftest import wait_for
 from tests.flow import read_all
 from toolkit import Relay
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer, free_ports
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer, free_ports
 
 LINE = {"sku": "tea", "quantity": 1, "unit_price": "2.00"}
 

@@ -29,7 +29,7 @@ def _env(tmp: Path, log_env: dict[str, str]) -> dict[str, str]:
 
 
 def _command(data: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "toolkit.cli", "--data-dir", str(data), *args]
+    return [sys.executable, "-m", "toolkit", "--data-dir", str(data), *args]
 
 
 def _refused(done: subprocess.CompletedProcess[str], pid: int, role: str) -> None:
@@ -126,7 +126,7 @@ async def test_a_relay_beside_serve_is_refused(
 
 def test_the_lock_names_its_holder_in_process(data_dir: Path, log_env: dict[str, str]) -> None:
     from toolkit.errors import RelayBusyError  # (imported here: the old code has neither)
-    from toolkit.relay_lock import relay_lock
+    from toolkit.write.relay_lock import relay_lock
 
     first, second = (Sales(env=log_env, data_dir=data_dir) for _ in range(2))
     try:

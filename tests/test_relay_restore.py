@@ -19,10 +19,10 @@ from tests.flow import read_all
 from tests.test_relay import place_orders
 from tests.test_relay_faults import public_positions
 from toolkit import Relay
-from toolkit.home import ProjectionHome
-from toolkit.projector import Projector
-from toolkit.store import ReadModelStore, dump
-from toolkit.streams import StreamSpec, ensure_stream
+from toolkit.nats.streams import StreamSpec, ensure_stream
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore, dump
+from toolkit.readmodels.sqlite import ProjectionHome
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,14 +17,14 @@ from projections.shipping import Shipments
 from tests.conftest import BACKENDS, wait_for
 from tests.flow import home_of, project_all, relay_all
 from toolkit.config import Settings
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.projection import Projection
-from toolkit.projector import Projector
-from toolkit.readmodel import ReadModelHome
-from toolkit.replay import rebuild
-from toolkit.store import ReadModelStore, dump
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.projection import Projection
+from toolkit.read.projector import Projector
+from toolkit.read.replay import rebuild
+from toolkit.read.store import ReadModelStore, dump
+from toolkit.readmodels import ReadModelHome
+from toolkit.readmodels.sqlite import ProjectionHome
 
 # A command: ("customer",), ("order", customer_pick, quantities), ("cancel", order_pick),
 # ("note", order_pick), ("sync",) to let the live projections catch up mid-way.

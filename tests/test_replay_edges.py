@@ -28,13 +28,14 @@ from tests.flow import home_of, project_all, relay_all, relay_orders
 from tests.systems import ShipmentsV2
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError, ProjectionError
-from toolkit.home import ProjectionHome
-from toolkit.http import create_app
-from toolkit.projection import StartPosition
-from toolkit.readmodel import Generation, ReadModelHome, connect
-from toolkit.replay import rebuild
-from toolkit.status import collect
-from toolkit.store import dump
+from toolkit.http.app import create_app
+from toolkit.ops.status import collect
+from toolkit.read.projection import StartPosition
+from toolkit.read.replay import rebuild
+from toolkit.read.store import dump
+from toolkit.readmodels import Generation, ReadModelHome
+from toolkit.readmodels.backends import connect
+from toolkit.readmodels.sqlite import ProjectionHome
 
 Model = dict[str, list[tuple[Any, ...]]]
 

@@ -21,9 +21,9 @@ from projections.shipping import Shipments
 from tests.conftest import serving, wait_for
 from tests.flow import project_all, relay_all
 from toolkit.config import Settings
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.http import create_app
+from toolkit.http.app import create_app
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.readmodels.sqlite import ProjectionHome
 
 
 @pytest.mark.timeout(240)

@@ -18,9 +18,9 @@ from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import wait_for
 from tests.flow import project_all, relay_all
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.store import dump
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.store import dump
+from toolkit.readmodels.sqlite import ProjectionHome
 
 
 def building_checkpoint(home: ProjectionHome) -> int:

@@ -22,9 +22,9 @@ import pytest
 from contexts.sales import Sales
 from tests.conftest import nats_servers_using, wait_for
 from toolkit.config import Settings
-from toolkit.connection import open_nats
-from toolkit.home import ProjectionHome
-from toolkit.store import dump
+from toolkit.nats.connection import open_nats
+from toolkit.read.store import dump
+from toolkit.readmodels.sqlite import ProjectionHome
 
 LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
 
@@ -68,7 +68,7 @@ class _Processes:
         log = self.tmp / f"{len(self.running)}-{args[0]}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "toolkit.cli", "--data-dir", str(self.data), *args],
+                [sys.executable, "-m", "toolkit", "--data-dir", str(self.data), *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -142,7 +142,7 @@ OPEN = """
 import asyncio, sys
 from pathlib import Path
 from toolkit.config import Settings
-from toolkit.connection import open_nats
+from toolkit.nats.connection import open_nats
 
 async def main() -> None:
     await asyncio.to_thread(sys.stdin.readline)  # all start at once

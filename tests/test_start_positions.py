@@ -12,8 +12,8 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from projections.shipping import Shipments
 from tests.flow import project_all, relay_all
-from toolkit.home import ProjectionHome
-from toolkit.projection import StartPosition
+from toolkit.read.projection import StartPosition
+from toolkit.readmodels.sqlite import ProjectionHome
 
 LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
 

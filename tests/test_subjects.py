@@ -22,11 +22,11 @@ from toolkit import (
     TextAggregate,
     contract,
 )
-from toolkit.home import ProjectionHome
-from toolkit.projection import Projection
-from toolkit.reader import StreamReader
-from toolkit.readmodel import Connection
-from toolkit.translator import Translator
+from toolkit.read.projection import Projection
+from toolkit.read.reader import StreamReader
+from toolkit.read.translator import Translator
+from toolkit.readmodels import Connection
+from toolkit.readmodels.sqlite import ProjectionHome
 from toolkit.wire import encode_token
 
 AWKWARD_IDS = [

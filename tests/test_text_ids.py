@@ -24,10 +24,10 @@ from tests.conftest import eventually, serving
 from tests.flow import read_all
 from toolkit import ConfigurationError, InvalidCommand, Relay
 from toolkit.config import Settings
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import SubjectError
-from toolkit.http import create_app
-from toolkit.reader import StreamReader
+from toolkit.http.app import create_app
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.reader import StreamReader
 from toolkit.wire import MAX_ID_TOKEN, encode_token
 
 ALPHABET = (

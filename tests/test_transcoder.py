@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contexts.sales import Sales
-from toolkit.transcoder import OrjsonTranscoder
+from toolkit.write.transcoder import OrjsonTranscoder
 
 
 def registered(transcoder: JSONTranscoder) -> JSONTranscoder:

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from toolkit import ContractError, IntegrationEvent, contract
-from toolkit.reader import StreamMessage
-from toolkit.translator import Translator, UnknownEvent
+from toolkit.read.reader import StreamMessage
+from toolkit.read.translator import Translator, UnknownEvent
 
 
 @contract("sales.OrderPlaced", version=1)

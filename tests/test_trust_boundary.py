@@ -32,14 +32,14 @@ from tests.flow import (
 from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError, StreamSpec, ensure_stream
 from toolkit.config import Settings
-from toolkit.connection import connect
-from toolkit.embedded import EmbeddedServer
-from toolkit.home import ProjectionHome
-from toolkit.http import create_app
-from toolkit.reader import StreamMessage
-from toolkit.status import collect
-from toolkit.store import ReadModelStore, dump, read_dead_letters
-from toolkit.streams import relay_tail
+from toolkit.http.app import create_app
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.nats.streams import relay_tail
+from toolkit.ops.status import collect
+from toolkit.read.reader import StreamMessage
+from toolkit.read.store import ReadModelStore, dump, read_dead_letters
+from toolkit.readmodels.sqlite import ProjectionHome
 
 
 def foreign_messages(position: int) -> list[tuple[bytes, dict[str, str]]]:

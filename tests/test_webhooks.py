@@ -40,13 +40,14 @@ from contexts.system import system
 from tests.conftest import serving, wait_for
 from tests.flow import place_orders, read_all, relay_all
 from tests.test_relay_faults import public_positions
-from toolkit import Relay, problems
+from toolkit import Relay
 from toolkit.config import Settings
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import ConfigurationError
-from toolkit.feed import NatsLink
-from toolkit.http import create_app
-from toolkit.streams import StreamSpec, ensure_stream
+from toolkit.http import problems
+from toolkit.http.app import create_app
+from toolkit.http.feed import NatsLink
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.nats.streams import StreamSpec, ensure_stream
 from toolkit.webhooks import Dispatcher, WebhookStore, new_secret, router, sign, verify
 
 
@@ -387,7 +388,7 @@ async def test_the_dispatcher_runs_from_the_cli_once_per_data_folder(
         place_orders(sales, 3, cancel_every=6)
         await relay_all(sales, nc)
         command = [
-            sys.executable, "-m", "toolkit.cli", "--nats-url", nats_server.url,
+            sys.executable, "-m", "toolkit", "--nats-url", nats_server.url,
             "--data-dir", str(data_dir), "webhooks", "sales",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}

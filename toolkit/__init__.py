@@ -1,11 +1,7 @@
 """Event-sourced bounded contexts that integrate through NATS JetStream, with replay."""
 
-from toolkit.aggregate import TextAggregate
+from toolkit import _moved
 from toolkit.config import Settings
-from toolkit.connection import Connection, Nats, connect, open_nats
-from toolkit.context import BoundedContext
-from toolkit.contracts import ContractRegistry, IntegrationEvent, contract
-from toolkit.embedded import EmbeddedServer
 from toolkit.errors import (
     ConfigurationError,
     ConflictError,
@@ -16,9 +12,16 @@ from toolkit.errors import (
     ServerVersionError,
     ToolkitError,
 )
-from toolkit.published import PublishedLanguage
-from toolkit.relay import Relay
-from toolkit.streams import StreamSpec, ensure_stream
+from toolkit.nats.connection import Connection, Nats, connect, open_nats
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.nats.streams import StreamSpec, ensure_stream
+from toolkit.wire.contracts import ContractRegistry, IntegrationEvent, contract
+from toolkit.write.aggregate import TextAggregate
+from toolkit.write.context import BoundedContext
+from toolkit.write.published import PublishedLanguage
+from toolkit.write.relay import Relay
+
+_moved.install()
 
 __all__ = [
     "BoundedContext",

@@ -81,12 +81,12 @@ class Settings:
     nats_auth: NatsAuth = field(default_factory=lambda: NatsAuth())
     """Credentials for NATS beyond what ``NATS_URL`` holds (``TOOLKIT_NATS_*``)."""
     api_tokens: tuple[str, ...] = ()
-    """Bearer tokens the API accepts; empty: the API is open (see :mod:`toolkit.auth`)."""
+    """Bearer tokens the API accepts; empty: the API is open (see :mod:`toolkit.http.auth`)."""
     ready_max_lag: int = 1000
     """Events a projection may be behind its stream while the API says it is ready."""
     stall_after: float = 30.0
     """Seconds a relay or projector may leave a backlog unmoved before ``toolkit status``
-    and ``/health/ready`` call it stalled (see :mod:`toolkit.reports`)."""
+    and ``/health/ready`` call it stalled (see :mod:`toolkit.ops.reports`)."""
     consistency_wait: float = 2.0
     """Longest wait of a read for a consistency token, in seconds."""
 

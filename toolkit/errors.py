@@ -53,7 +53,7 @@ class RelayError(ToolkitError):
 
 
 class RelayBusyError(RelayError):
-    """Another relay of the context runs (see :mod:`toolkit.relay_lock`)."""
+    """Another relay of the context runs (see :mod:`toolkit.write.relay_lock`)."""
 
 
 class ProjectionError(ToolkitError):

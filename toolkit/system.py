@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from toolkit.context import BoundedContext
 from toolkit.errors import ConfigurationError
-from toolkit.http import CommandRouterFactory, RouterFactory
-from toolkit.projection import Projection
+from toolkit.read.projection import Projection
+from toolkit.write.context import BoundedContext
+
+if TYPE_CHECKING:  # only the HTTP boundary imports FastAPI; the CLI's other commands never do
+    from fastapi import APIRouter
+
+    from toolkit.readmodels import ReadModelHome
+
+RouterFactory = Callable[["ReadModelHome"], "APIRouter"]
+"""Read endpoints of one projection: ``factory(home) -> APIRouter``."""
+CommandRouterFactory = Callable[[Any], "APIRouter"]
+"""Command endpoints of one context: ``factory(context) -> APIRouter``."""
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Body, HTTPException, Response
 from pydantic import BaseModel, Field
 
 from contexts.sales.application import MAX_LINES, Sales
-from toolkit.consistency import HEADER, token_for
 from toolkit.errors import ConflictError, InvalidCommand, UnknownAggregate
+from toolkit.http.consistency import HEADER, token_for
 from toolkit.wire import MAX_ID_TOKEN
 
 SKU_DESCRIPTION = (

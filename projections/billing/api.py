@@ -7,8 +7,8 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 
-from toolkit.http import ReadModel
-from toolkit.readmodel import Connection, ReadModelHome
+from toolkit.http.app import ReadModel
+from toolkit.readmodels import Connection, ReadModelHome
 
 
 class Account(BaseModel):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import ClassVar, cast
 
 from projections.billing.translation import AccountOpened, ChargeRaised, ChargeWaived, sales
-from toolkit.projection import Projection
-from toolkit.readmodel import Connection, Dialect
+from toolkit.read.projection import Projection
+from toolkit.readmodels import Connection, Dialect
 
 
 class Accounts(Projection):

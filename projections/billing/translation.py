@@ -13,7 +13,7 @@ from typing import Annotated
 import msgspec
 
 from toolkit import IntegrationEvent, contract
-from toolkit.translator import Translator
+from toolkit.read.translator import Translator
 
 sales = Translator("sales")
 

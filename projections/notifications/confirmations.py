@@ -15,10 +15,10 @@ import msgspec
 from nats.aio.client import Client
 
 from toolkit import IntegrationEvent, contract
-from toolkit.reader import StreamMessage
-from toolkit.store import connect
-from toolkit.translator import Translator, UnknownEvent
-from toolkit.workqueue import WorkQueue, WorkStats
+from toolkit.read.reader import StreamMessage
+from toolkit.read.store import connect
+from toolkit.read.translator import Translator, UnknownEvent
+from toolkit.read.workqueue import WorkQueue, WorkStats
 
 sales = Translator("sales")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import ClassVar, cast
 
 from projections.shipping.translation import ShipmentAwaitingDispatch, ShipmentCalledOff, sales
-from toolkit.projection import Projection
-from toolkit.readmodel import Connection, Dialect
+from toolkit.read.projection import Projection
+from toolkit.readmodels import Connection, Dialect
 
 
 class Shipments(Projection):

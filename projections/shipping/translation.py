@@ -12,7 +12,7 @@ from uuid import UUID
 import msgspec
 
 from toolkit import IntegrationEvent, contract
-from toolkit.translator import Translator
+from toolkit.read.translator import Translator
 
 sales = Translator("sales")
 

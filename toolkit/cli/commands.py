@@ -1,0 +1,672 @@
+"""The ``toolkit`` command: run a context's relay and projections, replay, serve, demo.
+
+Exit codes: 0 success; 1 a toolkit error (one line on stderr says why); 2 bad usage;
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from toolkit.config import Settings, read_model_url
+from toolkit.errors import (
+    ConfigurationError,
+    ProjectionVersionError,
+    RelayBusyError,
+    ToolkitError,
+)
+from toolkit.nats.connection import open_nats, redact_urls
+from toolkit.nats.streams import StreamSpec
+from toolkit.ops.reports import Reporter
+from toolkit.read.projection import Projection, StartPosition
+from toolkit.read.projector import Projector
+from toolkit.read.replay import rebuild, rewind
+from toolkit.read.store import ReadModelStore, read_dead_letters
+from toolkit.readmodels import Generation, ReadModelHome
+from toolkit.readmodels.backends import open_home
+from toolkit.system import System, load_system
+from toolkit.write.relay import Relay
+from toolkit.write.relay_lock import relay_lock
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toolkit",
+        description=(
+            "Event-sourced bounded contexts integrated through NATS JetStream. Without "
+            "NATS_URL (or --nats-url) the toolkit starts an embedded nats-server."
+        ),
+        epilog="Exit codes: 0 ok, 1 error (one line says why), 2 bad usage, 130 interrupted.",
+    )
+    parser.add_argument("--nats-url", help="NATS server URL (env NATS_URL; default: embedded)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder for logs, read models and the embedded server (env TOOLKIT_DATA_DIR; "
+        "default .toolkit)",
+    )
+    parser.add_argument(
+        "--system",
+        help="module:attribute of the System to run (env TOOLKIT_SYSTEM; default "
+        "contexts.system:system, the example system)",
+    )
+    parser.add_argument(
+        "--read-model-url",
+        metavar="URL",
+        help="a PostgreSQL database (postgresql://...) for the projections' read models "
+        "(env TOOLKIT_READ_MODEL_URL; default: SQLite files in the data folder)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--version", action="version", version=f"toolkit {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the example system end to end on an embedded server",
+        description=(
+            "Start NATS, drive commands through sales, relay them, run the shipping and "
+            "billing projections to the head, replay shipping from zero and check it equals "
+            "the live model, query the read endpoints, and print a summary."
+        ),
+    )
+    demo.add_argument("--orders", type=_positive, default=3000, help="orders to place (3000)")
+    demo.add_argument("--customers", type=_positive, default=300, help="customers (300)")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's data folder")
+    demo.add_argument(
+        "--log",
+        choices=["sqlite", "jetstream"],
+        default="sqlite",
+        help="where sales keeps its event log: a SQLite file (default) or a JetStream stream",
+    )
+
+    relay = commands.add_parser(
+        "relay",
+        help="carry a context's log onto its stream",
+        description="Relay a context's published events from its log onto its JetStream "
+        "stream, in log order, exactly once. Runs until stopped (Ctrl-C or SIGTERM). Refused "
+        "while another relay of the context runs ('toolkit relay', or 'toolkit serve' "
+        "running it); the error names it.",
+    )
+    relay.add_argument("context", help="context name, e.g. sales")
+    relay.add_argument("--once", action="store_true", help="stop when the log head is relayed")
+
+    project = commands.add_parser(
+        "project",
+        help="keep a projection's read model up to date",
+        description="Apply the streams a projection reads to its read model, from its "
+        "checkpoint on. Runs until stopped (Ctrl-C or SIGTERM).",
+    )
+    project.add_argument("projection", help="projection name, e.g. shipping")
+    project.add_argument("--once", action="store_true", help="stop at the streams' heads")
+    project.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="when the read model was built by another version of the projection, "
+        "rebuild it first (otherwise that is refused)",
+    )
+    project.add_argument(
+        "--partition",
+        type=int,
+        metavar="K",
+        help="run as partition worker K (from 0) of --partitions N sharing one read model",
+    )
+    project.add_argument(
+        "--partitions",
+        type=_positive,
+        metavar="N",
+        help="how many partition workers there are; a new N repartitions from the head",
+    )
+
+    replay = commands.add_parser(
+        "replay",
+        help="rebuild a projection from its streams into a new generation",
+        description="Build a new generation of a projection's read model from its streams "
+        "up to their heads (as they are when it starts), beside the live one; then switch "
+        "readers to it atomically and drop the previous generation. A running 'toolkit "
+        "project' goes on in the new generation by itself. From a later start (--from-seq, "
+        "--from-time) the model is partial: it holds only the events from there on, says so "
+        "in 'toolkit status', and is kept beside the live one, which readers go on using, "
+        "unless --switch-partial. An interrupted replay resumes when run again with the "
+        "same start and no --to-seq below where it got (otherwise it begins anew). Refused, "
+        "with nothing changed, when a stream does not exist, --from-seq is past its head or "
+        "--to-seq before --from-seq, or another replay or a rewind runs.",
+    )
+    replay.add_argument("projection", help="projection name, e.g. shipping")
+    start = replay.add_mutually_exclusive_group()
+    start.add_argument("--from-start", action="store_true", help="from sequence 1 (default)")
+    start.add_argument(
+        "--from-seq", type=_positive, metavar="N",
+        help="from stream sequence N (after 1, a partial model: kept beside the live one)",
+    )  # fmt: skip
+    start.add_argument(
+        "--from-time", type=_moment, metavar="T", help="from the first event at or after T "
+        "(ISO 8601, e.g. 2026-11-24T06:00:00Z; UTC when no zone is given); after the first "
+        "event, a partial model: kept beside the live one"
+    )  # fmt: skip
+    replay.add_argument(
+        "--to-seq", type=_positive, metavar="M",
+        help="stop at sequence M (readers get the model as it was after M; a running "
+        "projector goes on from M+1)",
+    )  # fmt: skip
+    replay.add_argument(
+        "--switch-partial",
+        action="store_true",
+        help="switch readers to a partial model (--from-seq, --from-time) too: they then "
+        "see only the events from its start on",
+    )
+    replay.add_argument(
+        "--keep-previous",
+        action="store_true",
+        help="keep the previous generation (file or schema) when switching readers",
+    )
+    replay.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    rewind = commands.add_parser(
+        "rewind",
+        help="put a projection back to how it was at a stream sequence",
+        description="Rebuild the projection's read model as it was after sequence N (a "
+        "replay up to N, beside the live one), switch readers to it and drop the previous "
+        "generation; the projection goes on from N+1 when it next runs. Refused, with "
+        "nothing changed, while the projection or a replay of it runs, when a stream it "
+        "reads does not exist, or when N is past a stream's head.",
+    )
+    rewind.add_argument("projection", help="projection name, e.g. shipping")
+    rewind.add_argument(
+        "--to-seq", type=int, required=True, metavar="N", help="the sequence (0 or more)"
+    )
+
+    dlq = commands.add_parser(
+        "dlq",
+        help="list, show, retry or drop a projection's dead letters",
+        description="Dead letters are messages a projection could not apply (a broken "
+        "contract, or a handler that kept failing), kept with the reason in its read model. "
+        "retry applies them again with the code as it is now (oldest first; an aggregate's "
+        "parked messages after the one that holds it); drop gives one up. retry and drop "
+        "are refused while the projection runs.",
+    )
+    dlq.add_argument("action", choices=["list", "show", "retry", "drop"])
+    dlq.add_argument("projection", help="projection name, e.g. shipping")
+    dlq.add_argument("--seq", type=_positive, metavar="N", help="the dead letter at sequence N")
+    dlq.add_argument("--stream", help="its stream (needed when the projection reads several)")
+    dlq.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    status = commands.add_parser(
+        "status",
+        help="show streams, relays and projections: positions, lag, state",
+        description="For each stream its head; for each context its relay's lag and state "
+        "(running, stopped); for each projection its version, checkpoint per stream, lag in "
+        "events and in time, state (live, replaying, paused, failing, rebuild due, or "
+        "unreadable: a marker names no generation) and dead letters; for a partial model "
+        "where it starts, and the generations kept beside the one readers use. Relays and "
+        "projectors running on the data folder report what they go through: one that "
+        "cannot reach NATS is 'unreachable', one that stopped reporting 'unresponsive', one "
+        "whose backlog has not moved for TOOLKIT_STALL_AFTER seconds (30) 'stalled'; each "
+        "problem is listed with its reason.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the system's API over HTTP (reads, commands, feed, health, metrics)",
+        description=(
+            "Serve the system's API with uvicorn (OpenAPI at /docs): projections' read "
+            "endpoints, contexts' command endpoints (their relays run in this process), "
+            "the event feed, /health/live, /health/ready and /metrics. Projections run "
+            "apart ('toolkit project'). TOOLKIT_API_TOKENS turns on bearer-token auth."
+        ),
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="do not run the relays of the contexts served (another process runs them); "
+        "without it, serve is refused while another relay of one of them runs",
+    )
+    hooks = commands.add_parser(
+        "webhooks",
+        help="deliver a context's events to its webhook subscribers",
+        description="POST each event of a context's stream to the callback URLs subscribed "
+        "to its type (registered at /webhooks/<context>/subscriptions of 'toolkit serve'), "
+        "signed, retried with back-off; what keeps failing is parked (listed at "
+        "/webhooks/<context>/dead-letters). Runs until stopped (Ctrl-C or SIGTERM).",
+    )
+    hooks.add_argument("context", help="context name, e.g. sales")
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("toolkit")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if args.nats_url:
+        settings = replace(settings, nats_url=args.nats_url)
+    if args.data_dir:
+        settings = replace(settings, data_dir=args.data_dir)
+    if args.system:
+        settings = replace(settings, system=args.system)
+    if args.read_model_url:
+        url = read_model_url(args.read_model_url, "--read-model-url")
+        settings = replace(settings, read_model_url=url)
+    return settings
+
+
+@contextlib.contextmanager
+def _home(settings: Settings, name: str) -> Iterator[ReadModelHome]:
+    home = open_home(settings, name)
+    try:
+        yield home
+    finally:
+        home.close()
+
+
+async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
+    """Run with a stop event that SIGINT and SIGTERM set, for a clean shutdown."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _relay(settings: Settings, system: System, name: str, once: bool) -> None:
+    context = system.context(name)(data_dir=settings.data_dir)
+    with contextlib.closing(context), relay_lock(context, f"toolkit relay {name}"):
+        async with (
+            open_nats(settings, name=f"relay-{name}") as nats,
+            Reporter(settings.data_dir) as reporter,
+        ):
+            relay = Relay(context, nats.connection, stream=StreamSpec.from_settings(name, settings))
+            reporter.watch(
+                f"relay.{name}",
+                f"relay {name}",
+                name=name,
+                nats=lambda: nats.connection.trouble,
+                position=lambda: relay.stats.position,
+                backlog=relay.lag,
+            )
+            console.print(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
+            stats = await _until_signalled(lambda stop: relay.run(stop, until_head=once))
+            console.print(
+                f"relayed to log position {stats.position}: {stats.published} published "
+                f"(stream sequence {stats.stream_sequence})"
+            )
+
+
+async def _project(
+    settings: Settings,
+    system: System,
+    name: str,
+    once: bool,
+    partition: int | None = None,
+    partitions: int | None = None,
+    rebuild_if_stale: bool = False,
+) -> None:
+    if (partition is None) != (partitions is None):
+        raise ConfigurationError("--partition and --partitions go together")
+    if partition is not None and partitions is not None and not 0 <= partition < partitions:
+        raise ConfigurationError(f"--partition {partition} must be from 0 to {partitions - 1}")
+    projection = system.projection(name)()
+    with _home(settings, name) as home, home.writer_lock(partition):
+        async with open_nats(settings, name=f"project-{name}") as nats:
+            try:
+                store = ReadModelStore(home.live(), projection, partition=partition)
+            except ProjectionVersionError:
+                if not rebuild_if_stale or partition is not None:
+                    raise
+                console.print(f"rebuilding {name}: its read model is of another version")
+                await rebuild(projection, home, nats.client, locked=True)
+                store = ReadModelStore(home.live(), projection, partition=partition)
+            projector = Projector(projection, store, nats.connection, partitions=partitions)
+            worker = (
+                ("", "") if partition is None else (f".p{partition}", f" partition {partition}")
+            )
+            try:
+                console.print(f"projecting {name} into {store.generation} from {nats.url}")
+                async with Reporter(settings.data_dir) as reporter:
+                    reporter.watch(
+                        f"projection.{name}{worker[0]}",
+                        f"projection {name}{worker[1]}",
+                        name=name,
+                        nats=lambda: nats.connection.trouble,
+                        position=lambda: sum(projector.stats.checkpoints.values()),
+                        backlog=lambda: sum(projector.stats.lag.values()),
+                    )
+                    stats = await _until_signalled(
+                        lambda stop: projector.run(stop, until_head=once, home=home)
+                    )
+                console.print(
+                    f"{name}: {stats.applied} applied, {stats.skipped} skipped, "
+                    f"{stats.dead_lettered} dead-lettered; checkpoints {stats.checkpoints}"
+                )
+            finally:
+                projector.store.close()  # the one it ended in, after following a replay
+                store.close()
+
+
+async def _replay(settings: Settings, system: System, args: argparse.Namespace) -> None:
+    name = args.projection
+    projection = system.projection(name)()
+    start: StartPosition = args.from_seq or args.from_time or "beginning"
+    async with open_nats(settings, name=f"replay-{name}") as nats:
+        started = time.monotonic()
+        with _Progress(name, quiet=args.json) as progress, _home(settings, name) as home:
+            result = await rebuild(
+                projection,
+                home,
+                nats.client,
+                switch_partial=args.switch_partial,
+                keep_previous=args.keep_previous,
+                starts_at=start,
+                to_sequence=args.to_seq,
+                progress=progress.update,
+            )
+    seconds = time.monotonic() - started
+    previous = result.previous.name if result.previous is not None else None
+    if args.json:
+        report = {
+            "projection": name,
+            "generation": result.generation.name,
+            "partial_from": result.partial_from or None,
+            "switched": result.switched,
+            "previous": previous,
+            "previous_dropped": result.dropped,
+            "applied": result.stats.applied,
+            "skipped": result.stats.skipped,
+            "dead_lettered": result.stats.dead_lettered,
+            "checkpoints": result.stats.checkpoints,
+            "resumed_from": result.resumed_from,
+            "seconds": round(seconds, 3),
+        }
+        print(orjson.dumps(report).decode())
+        return
+    resumed = f" (resumed from sequence {result.resumed_from})" if result.resumed_from else ""
+    partial = ", ".join(f"{s} from sequence {n}" for s, n in result.partial_from.items())
+    console.print(
+        f"replayed {name}: {result.stats.applied} applied into {result.generation.name}"
+        f"{resumed}; checkpoints {result.stats.checkpoints}"
+        + (f"; a partial model: it holds only the events of {partial} on" if partial else "")
+    )
+    if result.switched:
+        left = "dropped" if result.dropped else "kept"
+        console.print(
+            "readers switched to it"
+            + (f"; the previous generation {previous} is {left}" if previous else "")
+        )
+        return
+    console.print(
+        "readers go on using "
+        + (previous or "no model (there is none yet)")
+        + f"; it is kept beside: {_where(result.generation)}; to have readers use a partial "
+        "model, run the replay with --switch-partial"
+    )
+
+
+def _where(generation: Generation) -> str:
+    """How to look at a generation readers do not use."""
+    if isinstance(generation, Path):
+        return f"look at it with: sqlite3 -readonly {generation}"
+    return f"look at it in schema {generation.name} (SET search_path TO {generation.name})"
+
+
+class _Progress:
+    """A bar on a terminal, a line every few seconds otherwise, nothing with --json."""
+
+    def __init__(self, name: str, *, quiet: bool) -> None:
+        self.name, self.quiet = name, quiet
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.last_line = 0.0
+        self.started = time.monotonic()
+
+    def __enter__(self) -> _Progress:
+        if not self.quiet and console.is_terminal:
+            self.bar = Progress(
+                TextColumn(f"replaying {self.name}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("replay", total=None)
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        """``done`` of the ``total`` events this replay applies (from where it starts)."""
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, completed=done, total=total)
+        elif not self.quiet and time.monotonic() - self.last_line >= 2.0:
+            self.last_line = time.monotonic()
+            rate = done / max(1e-9, self.last_line - self.started)
+            console.print(f"replaying {self.name}: {done}/{total} events, {rate:,.0f}/s")
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+async def _rewind(settings: Settings, system: System, name: str, to_seq: int) -> None:
+    projection = system.projection(name)()
+    async with open_nats(settings, name=f"rewind-{name}") as nats:
+        with _home(settings, name) as home:
+            result = await rewind(projection, home, nats.client, to_seq)
+    dropped = f" ({result.previous.name} dropped)" if result.previous is not None else ""
+    console.print(
+        f"rewound {name} to sequence {to_seq}: {result.stats.applied} applied into "
+        f"{result.generation.name}; readers switched{dropped}; it goes on from {to_seq + 1} "
+        "when it next runs"
+    )
+
+
+def _dlq(settings: Settings, system: System, args: argparse.Namespace) -> None:
+    projection = system.projection(args.projection)()
+    with _home(settings, args.projection) as home:
+        _dead_letters(home, projection, args)
+
+
+def _dead_letters(home: ReadModelHome, projection: Projection, args: argparse.Namespace) -> None:
+    streams = [t.stream for t in projection.translators]
+    stream = args.stream or (streams[0] if len(streams) == 1 else None)
+    if args.seq is not None and stream is None:
+        raise ConfigurationError(f"--stream is needed: {args.projection} reads {streams}")
+    if args.action in ("show", "drop") and args.seq is None:
+        raise ConfigurationError(f"dlq {args.action} needs --seq")
+    with home.reader() as db:
+        if db is None:
+            raise ConfigurationError(f"projection {args.projection} has no read model yet")
+        letters = read_dead_letters(db)
+    chosen = [
+        d for d in letters if args.seq is None or (d.stream, d.sequence) == (stream, args.seq)
+    ]
+    if args.seq is not None and not chosen:
+        raise ConfigurationError(f"no dead letter at {stream} sequence {args.seq}")
+    if args.action == "list":  # reading only: fine while the projection runs
+        rows = [
+            {"stream": d.stream, "sequence": d.sequence, "subject": d.subject, "reason": d.reason}
+            for d in chosen
+        ]
+        if args.json:
+            print(orjson.dumps(rows).decode())
+        for row in [] if args.json else rows:
+            print(f"{row['stream']} {row['sequence']} {row['subject']}: {row['reason']}")
+        return
+    if args.action == "show":
+        (letter,) = chosen
+        shown = letter._asdict() | {"body": letter.body.decode(errors="replace")}
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        return
+    current = home.current()
+    assert current is not None
+    with home.writer_lock():  # changing dead letters: not while the projection runs
+        store = ReadModelStore(current, projection)
+        try:
+            if args.action == "drop":
+                store.drop_dead_letter(chosen[0].stream, chosen[0].sequence)
+                console.print(f"dropped {stream} sequence {args.seq}")
+                return
+            only = {(d.stream, d.sequence) for d in chosen}
+            done, failed = store.retry_dead_letters(projection.translators, only)
+            for letter in failed:
+                console.print(f"{letter.stream} {letter.sequence}: still failing: {letter.reason}")
+            console.print(f"retried {done} dead letters, {len(failed)} still failing")
+            if failed:
+                raise ToolkitError(f"{len(failed)} dead letters still fail")
+        finally:
+            store.close()
+
+
+async def _status(settings: Settings, system: System, as_json: bool) -> None:
+    from toolkit.ops.status import collect, render
+
+    async with open_nats(settings, name="status") as nats:
+        report = await collect(system, settings, nats.client)
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        Console().print(render(report))
+
+
+def _serve(settings: Settings, system: System, host: str, port: int, *, relay: bool) -> None:
+    import uvicorn
+
+    from toolkit.http.app import create_app
+
+    with contextlib.ExitStack() as locks:  # the relays run here: no other may run
+        for name in system.commands if relay else ():
+            context = system.context(name)(data_dir=settings.data_dir)
+            try:
+                locks.enter_context(relay_lock(context, "toolkit serve"))
+            except RelayBusyError as exc:
+                raise RelayBusyError(f"{exc} (or serve with --no-relay)") from None
+            finally:
+                context.close()
+        app = create_app(system, settings, relay=relay)
+        uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+async def _webhooks(settings: Settings, system: System, name: str) -> None:
+    from toolkit.webhooks import dispatch
+
+    system.context(name)  # an unknown name: one clear line
+    await _until_signalled(lambda stop: dispatch(settings, name, stop, console.print))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = _settings(args)
+        if args.command == "demo":
+            from toolkit.cli.demo import run_demo
+
+            return asyncio.run(
+                run_demo(settings, args.orders, args.customers, keep=args.keep, log=args.log)
+            )
+        system = load_system(settings.system)
+        if args.command == "relay":
+            asyncio.run(_relay(settings, system, args.context, args.once))
+        elif args.command == "project":
+            asyncio.run(
+                _project(
+                    settings,
+                    system,
+                    args.projection,
+                    args.once,
+                    args.partition,
+                    args.partitions,
+                    args.rebuild,
+                )
+            )
+        elif args.command == "replay":
+            asyncio.run(_replay(settings, system, args))
+        elif args.command == "rewind":
+            asyncio.run(_rewind(settings, system, args.projection, args.to_seq))
+        elif args.command == "dlq":
+            _dlq(settings, system, args)
+        elif args.command == "status":
+            asyncio.run(_status(settings, system, args.json))
+        elif args.command == "serve":
+            _serve(settings, system, args.host, args.port, relay=not args.no_relay)
+        elif args.command == "webhooks":
+            asyncio.run(_webhooks(settings, system, args.context))
+    except ToolkitError as exc:
+        print(f"toolkit: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        again = " (run the replay again to resume it)" if args.command == "replay" else ""
+        print(f"toolkit: interrupted{again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # anything else still gets one line; -v shows the traceback
+        if args.verbose:
+            raise
+        detail = redact_urls(" ".join(str(exc).split()) or "no detail")
+        print(
+            f"toolkit: error: {type(exc).__name__}: {detail} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

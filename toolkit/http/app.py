@@ -1,0 +1,275 @@
+"""The HTTP boundary: thin FastAPI read endpoints over projections, command endpoints of
+contexts, and the app that serves them (REST at the edge of every context).
+
+Read endpoints read the projection's current generation through a read-only connection;
+no endpoint ever calls another context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+
+from toolkit import webhooks
+from toolkit.config import Settings
+from toolkit.errors import MarkerError
+from toolkit.http import caching, feed, health, problems
+from toolkit.http.auth import BearerAuth
+from toolkit.http.consistency import HEADER, Consistency, ConsistencyToken, InvalidToken
+from toolkit.http.health import Metrics
+from toolkit.nats.streams import StreamSpec
+from toolkit.ops.reports import Reporter
+from toolkit.readmodels import Connection, Generation, ReadModelHome
+from toolkit.readmodels.backends import open_home
+from toolkit.write.relay import Relay
+
+if TYPE_CHECKING:
+    from toolkit.system import System
+    from toolkit.write.context import BoundedContext
+
+log = logging.getLogger(__name__)
+
+
+class ReadModel:
+    """A FastAPI dependency: a read-only connection to a projection's current model.
+
+    It also answers what every read endpoint shares: an ``ETag`` derived from the model's
+    checkpoints (unchanged model, same tag: ``If-None-Match`` gets 304 before the endpoint
+    runs), ``Cache-Control``, the generation read (``X-Read-Model``), and read-your-writes:
+    a request carrying a ``Consistency-Token`` waits, at most ``max_wait`` seconds (by
+    default the app's ``TOOLKIT_CONSISTENCY_WAIT``; less with ``Prefer: wait=N``), until
+    the model has applied the token's position, and otherwise gets 503 with
+    ``Retry-After`` and the position reached.
+    """
+
+    def __init__(
+        self,
+        home: ReadModelHome,
+        *,
+        cache_control: str = "no-cache",
+        max_wait: float | None = None,
+    ) -> None:
+        self.home = home
+        self.cache_control = cache_control
+        self.max_wait = max_wait
+
+    async def __call__(self, request: Request, response: Response) -> AsyncIterator[Connection]:
+        problems.reject_unknown_parameters(request)
+        token = _consistency_token(request)
+        db, current = self._open()
+        reusable = False
+        try:
+            if token is not None:
+                await self._wait_for(token, request, db)
+            tag = caching.entity_tag(current.stem, caching.checkpoints(db))
+            response.headers["ETag"] = tag
+            response.headers["Cache-Control"] = self.cache_control
+            response.headers["X-Read-Model"] = f"{self.home.name}/{current.stem}"
+            if caching.matches(request.headers.get("if-none-match"), tag):
+                raise HTTPException(304, headers=dict(response.headers))
+            yield db
+            reusable = True
+        except HTTPException:  # an answer, not a broken connection
+            reusable = True
+            raise
+        finally:
+            self.home.close_reader(db, reusable=reusable)
+
+    def _open(self) -> tuple[Connection, Generation]:
+        """A connection to the current generation (the home keeps idle ones for reuse)."""
+        try:
+            opened = self.home.open_reader()
+        except MarkerError as exc:  # the operator's to mend: the log says how
+            log.error("%s", exc)
+            raise HTTPException(
+                503,
+                f"projection {self.home.name} cannot tell which read model readers use "
+                "('toolkit status' says why)",
+                headers={"Retry-After": "5"},
+            ) from None
+        if opened is None:
+            raise HTTPException(
+                503,
+                f"projection {self.home.name} has no read model yet",
+                headers={"Retry-After": "1"},
+            )
+        current, db = opened
+        return db, current
+
+    async def _wait_for(self, token: ConsistencyToken, request: Request, db: Connection) -> None:
+        link = getattr(request.app.state, "nats", None)
+        if link is None:
+            raise HTTPException(503, "consistency tokens need the API's NATS connection")
+        client = await link.client()
+        made_for, consistency = getattr(request.app.state, "consistency", (None, None))
+        if consistency is None or made_for is not client:  # one per app and client: it
+            consistency = Consistency(client.jetstream())  # keeps positions looked up
+            request.app.state.consistency = (client, consistency)
+        longest = self.max_wait
+        if longest is None:
+            longest = getattr(request.app.state, "consistency_wait", 2.0)
+        wait = min(longest, _preferred_wait(request, longest))
+        done, applied = await consistency.wait(
+            token, lambda stream: caching.checkpoint_of(db, stream), wait
+        )
+        if not done:
+            raise HTTPException(
+                503,
+                f"projection {self.home.name} has applied {token.context} up to log position "
+                f"{applied.position} (stream sequence {applied.sequence}), not yet {token}",
+                headers={"Retry-After": "1", HEADER: f"{token.context}:{applied.position}"},
+            )
+
+
+def _consistency_token(request: Request) -> ConsistencyToken | None:
+    text = request.headers.get(HEADER)
+    if text is None:
+        return None
+    try:
+        return ConsistencyToken.parse(text)
+    except InvalidToken as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _preferred_wait(request: Request, default: float) -> float:
+    """``Prefer: wait=N`` (RFC 7240) shortens the wait for a consistency token."""
+    for preference in request.headers.get("prefer", "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                raise HTTPException(400, f"Prefer: wait={value!r} is not seconds") from None
+    return default
+
+
+def create_app(system: System, settings: Settings, *, relay: bool = True) -> FastAPI:
+    """The system's API: read endpoints of its projections, command endpoints of its
+    contexts (whose relays run here unless ``relay`` is False), the event feed, health,
+    readiness and metrics; bearer-token auth when ``settings.api_tokens`` is set."""
+    nats = feed.NatsLink(settings)  # opened on first use
+    relay_link = feed.NatsLink(settings)  # the relays' own, open until they have stopped
+    contexts = {name: system.context(name)(data_dir=settings.data_dir) for name in system.commands}
+    homes = [open_home(settings, name) for name in system.routers]  # read models
+    relay_trouble: dict[str, str] = {}
+    """Why a context's relay is not running, by context."""
+    relays: dict[str, Relay] = {}
+
+    async def run_relay(name: str, context: BoundedContext[Any], stop: asyncio.Event) -> None:
+        """The context's relay, started once NATS answers: the API serves reads while
+        NATS is away, and readiness says why the relay is not running."""
+        delay, stopped = 0.25, 1.0
+        while not stop.is_set():
+            try:
+                connection = await relay_link.connection()
+            except HTTPException as exc:
+                relay_trouble[name] = str(exc.detail)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            relay_trouble.pop(name, None)
+            spec = StreamSpec.from_settings(name, settings)
+            relays[name] = Relay(context, connection, stream=spec)
+            try:
+                await relays[name].run(stop)
+                return
+            except Exception as exc:
+                # Something an operator must mend (a foreign message in the relay's form,
+                # a stream written from another log, refused credentials): say so, and
+                # look again now and then, so that the relay goes on once it is mended.
+                relay_trouble[name] = f"relay {name} stopped: {exc}"
+                log.error("relay %s stopped: %s; trying again in %.0fs", name, exc, stopped)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), stopped)
+            stopped = min(stopped * 2, 30.0)
+
+    def relay_stopped(name: str) -> str | None:
+        """Why the context's relay is not running (one that runs again has mended it)."""
+        running = name in relays and relays[name].running
+        return None if running else relay_trouble.get(name)
+
+    def relay_position(name: str) -> int:
+        return relays[name].stats.position if name in relays else 0
+
+    def relay_backlog(name: str) -> int:
+        return relays[name].lag() if name in relays else 0
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(run_relay(name, context, stop))
+            for name, context in (contexts.items() if relay else ())
+        ]
+        reporter = Reporter(settings.data_dir)  # what status and readiness read about them
+        for name in contexts if relay else ():
+            reporter.watch(
+                f"relay.{name}",
+                f"relay {name}",
+                name=name,
+                nats=lambda: relay_link.trouble,
+                failing=functools.partial(relay_stopped, name),
+                position=functools.partial(relay_position, name),
+                backlog=functools.partial(relay_backlog, name),
+            )
+        reporter.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await reporter.close()
+            await relay_link.close()
+            await nats.close()
+            for context in contexts.values():
+                context.close()
+            for home in homes:
+                home.close()
+
+    app = FastAPI(title=f"{settings.system} API", version="1", lifespan=lifespan)
+    app.state.nats = nats  # reads that carry a consistency token use it
+    app.state.consistency_wait = settings.consistency_wait
+    problems.install(app)
+    metrics = Metrics()
+    if settings.api_tokens:
+        app.add_middleware(BearerAuth(settings.api_tokens).middleware)
+    app.add_middleware(metrics.middleware)  # the outermost: it times refusals too
+    for home in homes:
+        app.include_router(system.routers[home.name](home))
+    for name, command_factory in system.commands.items():
+        app.include_router(command_factory(contexts[name]))
+    app.include_router(feed.router(system.contexts, nats))
+    app.include_router(webhooks.router(system.contexts, settings.data_dir, nats))
+
+    async def report() -> dict[str, Any]:
+        from toolkit.ops.status import collect  # status reads systems: imported when used
+
+        return await collect(system, settings, await nats.client())
+
+    async def nats_ok() -> str | None:
+        try:
+            await (await nats.client()).flush(timeout=2)
+        except Exception as exc:  # any failure means not ready
+            return f"NATS does not answer: {nats.trouble or str(exc) or type(exc).__name__}"
+        return None
+
+    def relays_ok() -> str | None:
+        reasons = [reason for name in relay_trouble if (reason := relay_stopped(name))]
+        connection = relay_link.trouble  # the relays would sit on it, making no progress
+        if connection is not None and relay and contexts:
+            reasons.append(f"the relays' NATS connection: {connection}")
+        return "; ".join(reasons) or None
+
+    app.include_router(
+        health.router(
+            metrics, report, nats_ok=nats_ok, relays_ok=relays_ok, max_lag=settings.ready_max_lag
+        )
+    )
+    return app

@@ -1,0 +1,121 @@
+"""Read-your-writes across contexts, without calling the writing context.
+
+A command answers with a consistency token, ``<context>:<log position>``: the position of
+the last event it published (``<context>:0`` when it published none, so there is nothing
+to wait for). A read that carries the token waits, bounded, until the projection has
+applied that position; the projection's checkpoint is a stream sequence, and the message
+at that sequence names its log position (``Nats-Msg-Id``), which the relay writes in log
+order, so "applied up to the checkpoint" means "applied up to its log position".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from toolkit.errors import ToolkitError
+from toolkit.nats import streams
+from toolkit.write.context import BoundedContext
+
+HEADER = "Consistency-Token"
+_TOKEN = re.compile(r"([A-Za-z][A-Za-z0-9_-]{0,63}):(0|[1-9][0-9]{0,18})")
+
+
+class InvalidToken(ToolkitError):
+    """A consistency token that is not ``<context>:<log position>``."""
+
+
+class ConsistencyToken(NamedTuple):
+    context: str
+    position: int
+
+    def __str__(self) -> str:
+        return f"{self.context}:{self.position}"
+
+    @classmethod
+    def parse(cls, text: str) -> ConsistencyToken:
+        match = _TOKEN.fullmatch(text.strip())
+        if match is None:
+            raise InvalidToken(
+                f"consistency token {text[:40]!r} is not '<context>:<log position>', "
+                "e.g. 'sales:1042'"
+            )
+        return cls(match[1], int(match[2]))
+
+
+def token_for(context: BoundedContext[Any], recordings: Sequence[Any]) -> ConsistencyToken:
+    """The token of a save: the log position of its last event that leaves the context
+    (private events never reach a projection of another context, so none is waited for)."""
+    language = context.published_language
+    position = 0
+    for recording in recordings:
+        mapping = language.mapping(recording.notification.topic)
+        if mapping is not None and mapping.translate(recording.domain_event) is not None:
+            position = max(position, recording.notification.id)
+    return ConsistencyToken(context.name, position)
+
+
+class Applied(NamedTuple):
+    """How far a projection has got in one context's stream."""
+
+    sequence: int
+    position: int
+    """Log position of the message at ``sequence`` (0 before the first)."""
+
+
+@dataclass
+class Consistency:
+    """Waits until a projection has applied a token's position.
+
+    ``checkpoint()`` reads the projection's checkpoint for a stream (the lowest of its
+    partitions'); the log position at a sequence is read from the stream once and kept.
+    """
+
+    js: JetStreamContext
+    poll_interval: float = 0.005
+    _positions: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    async def position_at(self, stream: str, sequence: int) -> int:
+        if sequence <= 0:
+            return 0
+        cache = self._positions
+        key = (stream, sequence)
+        if key not in cache:
+            try:
+                message = await self.js.get_msg(stream, seq=sequence)
+            except NotFoundError:  # removed by the stream's limits: the next checkpoint
+                return 0  # decides; until then nothing is claimed
+            relayed = streams.relayed(stream, message)  # another publisher's claims nothing
+            position = 0 if isinstance(relayed, str) else relayed.position
+            if len(cache) > 4096:
+                cache.clear()
+            cache[key] = position
+        return cache[key]
+
+    async def wait(
+        self,
+        token: ConsistencyToken,
+        checkpoint: Callable[[str], int | None],
+        within: float,
+    ) -> tuple[bool, Applied]:
+        """(whether the token's position is applied, how far the projection got),
+        waiting at most ``within`` seconds. ``checkpoint(stream)`` is None when the
+        projection does not read ``stream``."""
+        deadline = time.monotonic() + within
+        while True:
+            sequence = checkpoint(token.context)
+            if sequence is None:
+                raise InvalidToken(f"this read model does not read context {token.context}")
+            applied = Applied(sequence, await self.position_at(token.context, sequence))
+            if applied.position >= token.position:
+                return True, applied
+            if time.monotonic() >= deadline:
+                return False, applied
+            await asyncio.sleep(self.poll_interval)

@@ -1,0 +1,2 @@
+"""Event logs: eventsourcing persistence modules of the toolkit's own (the log as a
+JetStream stream; a PostgreSQL log for text ids)."""

@@ -1,0 +1,347 @@
+"""``toolkit status``: where every stream, relay and projection of a system stands.
+
+For each stream its head; for each context its log head and the relay's lag; for each
+projection its version (and whether a rebuild is due), checkpoint per stream (per
+partition when partitioned), lag in events and in time, state and dead-letter count; for
+a partial model (a replay from a later start) where it starts in each stream, and the
+generations kept beside the one readers use. Relays and projectors running on the data
+folder say what they go through (:mod:`toolkit.ops.reports`): one that cannot reach NATS,
+hangs, or leaves a backlog unmoved for ``stall_after`` seconds gets that state, and the
+reason in ``problems``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
+from nats.js.errors import NotFoundError
+from rich.table import Table
+
+from toolkit.config import Settings
+from toolkit.errors import MarkerError, ProjectionBusyError
+from toolkit.nats.streams import relay_tail
+from toolkit.ops import reports
+from toolkit.read.replay import partial_from
+from toolkit.readmodels import Generation, ReadModelHome
+from toolkit.readmodels.backends import connect, open_home
+from toolkit.system import System
+from toolkit.wire import MSG_ID
+from toolkit.write.context import BoundedContext
+from toolkit.write.relay import contradicts_log
+
+
+async def collect(system: System, settings: Settings, client: Client) -> dict[str, Any]:
+    js = client.jetstream()
+    streams: dict[str, dict[str, Any]] = {}
+
+    states: dict[str, StreamState] = {}
+
+    async def stream(name: str) -> dict[str, Any]:
+        if name not in streams:
+            try:
+                state = states[name] = (await js.stream_info(name)).state
+                streams[name] = {"head": state.last_seq, "messages": state.messages}
+            except NotFoundError:
+                streams[name] = {"head": 0, "messages": 0, "missing": True}
+        return streams[name]
+
+    async def behind(name: str, checkpoint: int) -> int:
+        """Messages the stream holds after ``checkpoint``: deleted ones (a lost tail,
+        another publisher's message removed) are not waiting for anybody."""
+        await stream(name)
+        state = states.get(name)
+        if state is None or checkpoint >= state.last_seq:
+            return 0
+        if not state.num_deleted:
+            return int(state.last_seq - max(checkpoint, state.first_seq - 1))
+        config = ConsumerConfig(  # the server counts what a consumer from there would get
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=checkpoint + 1,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=5.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        info = await js.add_consumer(name, config)
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(name, info.name)
+        return int(info.num_pending or 0)
+
+    async def time_of(name: str, sequence: int) -> datetime | None:
+        with contextlib.suppress(Exception):
+            message = await js.get_msg(name, seq=sequence, next=True)
+            return message.time
+        return None
+
+    contexts: dict[str, Any] = {}
+    for name, context_cls in system.contexts.items():
+        head = (await stream(name))["head"]
+        relay: dict[str, Any] = {"stream_head": head}
+        log_file = Path(settings.data_dir) / f"{name}.sqlite"
+        if log_file.exists():
+            context = context_cls(data_dir=settings.data_dir)
+            try:
+                log_head = context.recorder.max_notification_id() or 0
+                relayed = await _relayed_to(js, name, context, relay) if head else 0
+                lag = _to_carry(context, relayed, log_head)
+            finally:
+                context.close()
+            relay.update(log_head=log_head, relayed_to=relayed, relay_lag=lag)
+        contexts[name] = relay
+
+    projections: dict[str, Any] = {}
+    now = datetime.now(UTC)
+    for name, projection_cls in system.projections.items():
+        version = projection_cls.version
+        home = open_home(settings, name)
+        try:
+            report, meta, checkpoints, dead = _read(home, version)
+        finally:
+            home.close()
+        if report["generation"] is not None:
+            stored = int(meta.get("version", version))
+            report["stored_version"] = stored
+            if stored != version:
+                report["state"] = "rebuild due"
+            elif "failing" in meta:
+                report["state"] = "failing"
+                report["failing"] = meta["failing"]
+            report["dead_letters"] = dead
+            positions: dict[str, Any] = {}
+            for key, checkpoint in sorted(checkpoints.items()):
+                stream_name = key.partition("#")[0]
+                events = await behind(stream_name, checkpoint)
+                seconds = 0.0
+                if events:
+                    oldest = await time_of(stream_name, checkpoint + 1)
+                    seconds = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+                positions[key] = {
+                    "checkpoint": checkpoint,
+                    "lag_events": events,
+                    "lag_seconds": round(seconds, 3),
+                }
+            report["streams"] = positions
+        projections[name] = report
+    found = [
+        f"relay {name}: {problem}"
+        for name, relay in contexts.items()
+        for problem in relay.get("problems", ())
+    ]
+    found += _problems(contexts, projections, reports.read(settings.data_dir), settings.stall_after)
+    return {
+        "streams": streams,
+        "contexts": contexts,
+        "projections": projections,
+        "problems": found,
+    }
+
+
+_COUNTED = 100_000
+"""Public events after the relay's position that status counts one by one; beyond, the
+lag is given as the log's head minus the position (private events included)."""
+
+
+def _to_carry(context: BoundedContext[Any], relayed: int, log_head: int) -> int:
+    """Events of the published language the log holds after ``relayed``: private events
+    (those the language does not map) are never carried, so they are no lag."""
+    if log_head <= relayed:
+        return 0
+    topics = context.published_language.topics
+    if not topics:
+        return 0
+    found = context.recorder.select_notifications(
+        relayed, _COUNTED, topics=topics, inclusive_of_start=False
+    )
+    return len(found) if len(found) < _COUNTED else log_head - relayed
+
+
+async def _relayed_to(
+    js: JetStreamContext, name: str, context: BoundedContext[Any], relay: dict[str, Any]
+) -> int:
+    """The log position the relay has carried: that of its last message on the stream
+    (others' messages claim nothing). One in its form that the log contradicts stops the
+    relay: it is a problem, and the relay's message before it says how far it got."""
+    with contextlib.suppress(Exception):  # a stream being changed: nothing claimed
+        tail = await relay_tail(js, name)
+        for _ in range(100):  # (as many messages in its form that stop it, at most)
+            message = tail.last
+            if message is None:
+                return 0
+            held = contradicts_log(context, message)
+            if held is not None:
+                why = (
+                    f"is not the log's event at position {message.position} (the log holds {held})"
+                )
+            elif tail.before is not None and tail.before.position >= message.position:
+                why = (
+                    f"repeats log position {message.position} after sequence "
+                    f"{tail.before.sequence} carried {tail.before.position}"
+                )
+            else:
+                return message.position
+            relay.setdefault("problems", []).append(
+                f"stream {name} sequence {message.sequence} ({MSG_ID} {message.msg_id}) "
+                f"{why}: the relay stops at it; remove it (nats stream rmm {name} "
+                f"{message.sequence}) if something else published it"
+            )
+            tail = await relay_tail(js, name, below=message.sequence)
+    return 0
+
+
+def _problems(
+    contexts: dict[str, Any],
+    projections: dict[str, Any],
+    running: dict[str, dict[str, Any]],
+    stall_after: float,
+) -> list[str]:
+    """Give each relay and projection the state and problems its processes report; all
+    the problems, each naming its process."""
+    now, found = time.time(), []
+    for kind, entries in (("relay", contexts), ("projection", projections)):
+        for name, entry in entries.items():
+            mine = [r for k, r in sorted(running.items()) if k.split(".")[:2] == [kind, name]]
+            states: list[str] = []
+            for report in mine:
+                worker = report["what"].removeprefix(f"{kind} {name}").strip()  # a partition
+                for state, reason in reports.problems(report, now=now, stall_after=stall_after):
+                    states.append(state)
+                    entry.setdefault("problems", []).append(
+                        f"{worker}: {reason}" if worker else reason
+                    )
+                    found.append(f"{report['what']}: {reason}")
+            if kind == "relay":
+                entry["processes"] = [{"pid": r["pid"], "host": r["host"]} for r in mine]
+                entry["state"] = "running" if mine else "stopped"
+            if states and entry["state"] not in ("rebuild due", "unreadable"):
+                entry["state"] = min(states, key=_GRAVITY.index)
+    return found
+
+
+_GRAVITY = ["unresponsive", "unreachable", "failing", "stalled"]
+"""Report states, the gravest first."""
+
+
+def _read(
+    home: ReadModelHome, version: int
+) -> tuple[dict[str, Any], dict[str, str], dict[str, int], int]:
+    """The projection's report so far, and its current generation's meta, checkpoints
+    and dead-letter count."""
+    report: dict[str, Any] = {"version": version, "state": _state(home), "generation": None}
+    meta: dict[str, str] = {}
+    checkpoints: dict[str, int] = {}
+    dead = 0
+    try:
+        building = home.building()
+        opened = home.open_reader()
+    except MarkerError as exc:  # the message names the marker and what to do
+        report.update(state="unreadable", reason=str(exc))
+        return report, meta, checkpoints, dead
+    report["beside"] = _beside(home, opened[0] if opened else None, building)
+    if opened is not None:
+        current, db = opened
+        report["generation"] = current.name
+        try:
+            report["partial_from"] = partial_from(db) or None
+            meta = dict(db.execute("SELECT key, value FROM toolkit_meta"))
+            checkpoints = dict(db.execute("SELECT stream, sequence FROM toolkit_checkpoint"))
+            (dead,) = db.execute("SELECT count(*) FROM toolkit_dead_letter").fetchone()
+        except db.Error:
+            meta, checkpoints, dead = {}, {}, 0
+        finally:
+            home.close_reader(db)
+    return report, meta, checkpoints, dead
+
+
+def _beside(
+    home: ReadModelHome, current: Generation | None, building: Generation | None
+) -> list[dict[str, Any]]:
+    """The generations kept beside the one readers use (a partial replay's, a previous
+    one kept): where each starts when partial, and its checkpoints."""
+    kept: list[dict[str, Any]] = []
+    skip = {g.name for g in (current, building) if g is not None}
+    for generation in home.generations():
+        if generation.name in skip:
+            continue
+        entry: dict[str, Any] = {"generation": generation.name, "partial_from": None}
+        with contextlib.suppress(Exception):  # dropped meanwhile, or never written to
+            db = connect(generation, readonly=True)
+            try:
+                entry["partial_from"] = partial_from(db) or None
+                entry["checkpoints"] = dict(
+                    db.execute("SELECT stream, sequence FROM toolkit_checkpoint")
+                )
+            finally:
+                db.close()
+        kept.append(entry)
+    return kept
+
+
+def _state(home: ReadModelHome) -> str:
+    """``replaying`` while a replay runs, ``live`` while a projector runs, else
+    ``paused``."""
+    for lock, busy in (("replay", "replaying"), (None, "live")):
+        try:
+            with home.writer_lock(lock):
+                pass
+        except ProjectionBusyError:
+            return busy
+    return "paused"
+
+
+def render(report: dict[str, Any]) -> Table:
+    table = Table(title="toolkit status")
+    for column in ("what", "state", "position", "lag", "dead letters"):
+        table.add_column(column)
+    for name, s in report["streams"].items():
+        table.add_row(
+            f"stream {name}", "missing" if s.get("missing") else "", f"head {s['head']}", "", ""
+        )
+    for name, c in report["contexts"].items():
+        if "log_head" in c:
+            table.add_row(
+                f"relay {name}", c["state"], f"log {c['log_head']}, relayed {c['relayed_to']}",
+                f"{c['relay_lag']} events", "",
+            )  # fmt: skip
+        elif c["state"] != "stopped":  # a relay of a log status does not read
+            table.add_row(f"relay {name}", c["state"], "", "", "")
+    for name, p in report["projections"].items():
+        version = f"v{p['version']}"
+        if p.get("stored_version") not in (None, p["version"]):
+            version += f" (stored v{p['stored_version']})"
+        rows = p.get("streams") or {"": None}
+        starts = p.get("partial_from") or {}
+        for key, position in rows.items():
+            start = starts.get(key.partition("#")[0])
+            table.add_row(
+                f"projection {name} {version}",
+                p["state"],
+                f"{key} {position['checkpoint']}" + (f" (partial: from {start})" if start else "")
+                if position
+                else p.get("reason", "no read model"),
+                f"{position['lag_events']} events, {position['lag_seconds']:.1f}s"
+                if position
+                else "",
+                str(p.get("dead_letters", "")),
+            )
+        for kept in p.get("beside", []):
+            partial = kept["partial_from"] or {}
+            table.add_row(
+                f"projection {name} {kept['generation']}",
+                "kept beside",
+                ", ".join(
+                    f"{s} {n}" + (f" (partial: from {partial[s]})" if s in partial else "")
+                    for s, n in kept.get("checkpoints", {}).items()
+                ),
+                "",
+                "",
+            )
+    table.caption = "\n".join(report["problems"])  # each with its reason
+    table.caption_justify = "left"
+    return table

@@ -1,0 +1,550 @@
+"""The projector: reads each stream a projection consumes, from the checkpoint on, and
+applies batches to its read model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from toolkit.errors import BatchFailure, ConfigurationError, PoisonMessage, ProjectionBusyError
+from toolkit.nats.connection import Connection
+from toolkit.nats.streams import last_message
+from toolkit.read.projection import Projection, StartPosition
+from toolkit.read.reader import StreamMessage, StreamReader
+from toolkit.read.store import BatchResult, ReadModelStore, aggregate_token
+from toolkit.read.translator import Translator
+from toolkit.readmodels import ReadModelHome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProjectorStats:
+    applied: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    foreign: int = 0
+    """Messages of aggregates another partition worker owns."""
+    untrusted: int = 0
+    """Messages the stream's relay did not publish (dead-lettered or skipped)."""
+    retries: int = 0
+    parked: int = 0
+    """Messages that kept failing and were put in the dead letters."""
+    checkpoints: dict[str, int] = field(default_factory=dict)
+    lag: dict[str, int] = field(default_factory=dict)
+    """Messages in each stream after the checkpoint, as last reported by the server."""
+    past_head: dict[str, int] = field(default_factory=dict)
+    """Streams whose head is behind the checkpoint (they lost messages), with the head."""
+
+
+class Projector:
+    """Keeps one read model up to date with the streams its projection reads."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        store: ReadModelStore,
+        client: Client | Connection,
+        *,
+        batch_size: int = 1000,
+        transaction_size: int = 5000,
+        name: str | None = None,
+        partitions: int | None = None,
+        starts_at: StartPosition | None = None,
+        stop_at: int | None = None,
+        takes_over: bool = False,
+    ) -> None:
+        self.projection = projection
+        self.store = store
+        self.connection = Connection.of(client)
+        """Each attempt takes its current client: one the server closed is replaced."""
+        self.batch_size = batch_size
+        self.stop_at = stop_at
+        """Apply nothing past this stream sequence (a replay ``--to-seq``)."""
+        self.starts_at = projection.starts_at if starts_at is None else starts_at
+        """Where to join a stream the first time (the projection's own choice unless
+        overridden, as a replay does with ``"beginning"``)."""
+        self.partitions = partitions
+        """With ``store.partition`` set: how many partition workers share the read model
+        (this worker's proposal; a different number repartitions from the stream's head)."""
+        if (partitions is None) != (store.partition is None):
+            raise ValueError("a partitioned projector needs both partitions and store.partition")
+        if partitions is not None and not 0 <= (store.partition or 0) < partitions:
+            raise ValueError(f"partition {store.partition} is not below {partitions}")
+        self.takes_over = takes_over
+        """Finishing the share of a partition no worker runs any more (see
+        :meth:`_take_over`): the partitioning is left as it is."""
+        self.transaction_size = transaction_size
+        """Events applied in one transaction at most while catching up."""
+        self.name = name or projection.name
+        self.stats = ProjectorStats()
+
+    @property
+    def client(self) -> Client:
+        return self.connection.client
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.connection.js
+
+    async def head(self, stream: str) -> int:
+        """The stream's last sequence (0 when it is empty or does not exist yet)."""
+        try:
+            info = await self.js.stream_info(stream)
+        except NotFoundError:
+            return 0
+        return int(info.state.last_seq)
+
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        until_head: bool = False,
+        home: ReadModelHome | None = None,
+    ) -> ProjectorStats:
+        """Project until ``stop`` is set, or with ``until_head`` until every stream's
+        head (as it was when called) is applied.
+
+        Given the projection's ``home``, a live projector follows a replay: when readers
+        are switched to a rebuilt generation, it goes on writing that one, from its
+        checkpoint, without a restart (a generation built by another version of the
+        projection stops it with :class:`~toolkit.errors.ProjectionVersionError`). A
+        partition worker goes on in it too, as partition workers take over a model one
+        worker kept (the rebuilt one has no partitioning yet)."""
+        stop = stop or asyncio.Event()
+        while True:
+            switched, pause = asyncio.Event(), asyncio.Event()
+            stopping = asyncio.ensure_future(stop.wait())  # stop also pauses the followers
+            stopping.add_done_callback(functools.partial(_set, pause))
+            watching = (
+                asyncio.create_task(self._watch(home, switched, pause))
+                if home is not None
+                else None
+            )
+            try:
+                await asyncio.gather(
+                    *(self._follow(t, pause, until_head) for t in self.projection.translators)
+                )
+            finally:
+                stopping.cancel()
+                if watching is not None:
+                    watching.cancel()
+            if stop.is_set() or not switched.is_set():
+                return self.stats
+            assert home is not None
+            current = home.current()
+            assert current is not None
+            log.warning("%s: readers moved to %s; projecting into it", self.name, current.name)
+            partition = self.store.partition  # a partition worker hands the model over
+            self.store.close()
+            self.store = ReadModelStore(current, self.projection, partition=partition)
+
+    async def _watch(
+        self, home: ReadModelHome, switched: asyncio.Event, pause: asyncio.Event
+    ) -> None:
+        while not pause.is_set():
+            current = home.current()
+            if current is not None and current != self.store.generation:
+                switched.set()
+                pause.set()
+                return
+            await _wait(pause, 0.25)
+
+    async def _join(self, stream: str) -> None:
+        """The first time, record where the projection joins the stream (its
+        ``starts_at``), so that a restart goes on from there rather than choosing again."""
+        if self.partitions is not None:
+            await self._join_partitioned(stream)
+            return
+        epochs = self.store.epochs(stream)
+        if epochs:
+            raise ConfigurationError(
+                f"projection {self.projection.name} is kept by {epochs[-1][1]} partition "
+                f"workers from {stream} sequence {epochs[-1][0]} on: run them (--partition K "
+                f"--partitions {epochs[-1][1]}); to go back to one worker, run --partition 0 "
+                "--partitions 1"
+            )
+        if self.store.joined(stream):
+            return
+        start = self.starts_at
+        if start == "beginning":
+            before = 0
+        elif start == "new":
+            before = await self.head(stream)
+        elif isinstance(start, datetime):
+            before = await self._sequence_at(stream, start) - 1
+        else:
+            before = max(0, int(start) - 1)
+        self.store.join(stream, before)
+
+    async def _join_partitioned(self, stream: str) -> None:
+        """Record the partitioning this worker runs with (a new one starts after the
+        stream's head) and, the first time, start where this partition first exists."""
+        assert self.partitions is not None and self.store.partition is not None
+        if self.takes_over:
+            epochs = self.store.epochs(stream)
+        else:
+            epochs = self.store.repartition(stream, self.partitions, await self.head(stream))
+        if self.store.joined(stream):
+            return
+        first = next(start for start, count in epochs if self.store.partition < count)
+        self.store.join(stream, first - 1)
+
+    async def _store_apply(
+        self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
+    ) -> BatchResult | None:
+        """Apply a batch, as a partition worker when partitioned: only the aggregates
+        this partition owns, and never past a repartitioning until every worker of the
+        previous partitioning has reached it (so each aggregate's order holds)."""
+        if self.partitions is None:
+            return self.store.apply(translator, batch)
+        stream = translator.stream
+        index = self.store.partition
+        total = BatchResult()
+        while True:
+            epochs = self.store.epochs(stream)
+            checkpoint = self.store.checkpoint(stream)
+            todo = [m for m in batch if m.sequence > checkpoint]
+            if not todo:
+                return total
+            # The first repartitioning after the checkpoint is a barrier.
+            boundary = next(
+                (i for i, (start, _) in enumerate(epochs) if i and start > checkpoint), None
+            )
+            if boundary is not None:
+                start, previous = epochs[boundary][0], epochs[boundary - 1][1]
+                ready = True
+                for i in range(previous):
+                    # A worker below the boundary has reached it when no message is left
+                    # before it: the last ones may have been deleted (the stream lost its
+                    # tail), and no reader delivers a deleted sequence.
+                    reached = self.store.partition_checkpoint(stream, i) or 0
+                    if reached < start - 1 and await self._exists(stream, reached + 1, start - 1):
+                        ready = False
+                        break
+                if not ready and await self._take_over(translator, epochs, boundary, stop):
+                    continue  # a share was finished: look again
+                if not ready:
+                    todo = [m for m in todo if m.sequence < start]
+                    if not todo:
+                        await _wait(stop, 0.05)  # the others are still before the boundary
+                        if stop.is_set():
+                            return None
+                        continue
+
+            def owns(message: StreamMessage, epochs: list[tuple[int, int]] = epochs) -> bool:
+                count = next(c for s, c in reversed(epochs) if s <= message.sequence)
+                return owner(aggregate_token(message.subject), count) == index
+
+            result = self.store.apply(translator, todo, owns=owns, epochs=len(epochs))
+            if result.retry:
+                continue
+            total.applied += result.applied
+            total.skipped += result.skipped
+            total.duplicates += result.duplicates
+            total.dead_lettered += result.dead_lettered
+            total.foreign += result.foreign
+            total.untrusted += result.untrusted
+
+    async def _take_over(
+        self,
+        translator: Translator,
+        epochs: list[tuple[int, int]],
+        boundary: int,
+        stop: asyncio.Event,
+    ) -> bool:
+        """Finish, up to a repartitioning, the shares of workers that have no place in
+        the partitioning after it (going back to fewer workers, such a worker cannot be
+        started again to finish its share): partition K of them is finished by worker
+        K mod N of the new one, under K's own checkpoint, which moves only from where it
+        was (so a worker K brought back anyway is refused rather than doubled). Returns
+        whether anything was finished."""
+        stream = translator.stream
+        start, previous = epochs[boundary][0], epochs[boundary - 1][1]
+        current = epochs[boundary][1]
+        finished = False
+        for retired in range(current, previous):
+            if retired % current != self.store.partition:
+                continue
+            reached = self.store.partition_checkpoint(stream, retired) or 0
+            if reached >= start - 1 or not await self._exists(stream, reached + 1, start - 1):
+                continue
+            log.warning(
+                "%s: partition %d of %d has no place in the %d from %s sequence %d on; "
+                "partition %d finishes its share from sequence %d",
+                self.name, retired, previous, current, stream, start, self.store.partition,
+                reached + 1,
+            )  # fmt: skip
+            store = ReadModelStore(self.store.generation, self.projection, partition=retired)
+            try:
+                finisher = Projector(
+                    self.projection,
+                    store,
+                    self.connection,
+                    batch_size=self.batch_size,
+                    transaction_size=self.transaction_size,
+                    name=f"{self.name}-{retired}",
+                    partitions=previous,
+                    stop_at=start - 1,
+                    takes_over=True,
+                )
+                await finisher._follow(translator, stop, until_head=True)
+            except ProjectionBusyError:
+                pass  # its own worker came back and writes it: nothing to take over
+            finally:
+                store.close()
+            finished = not stop.is_set()
+        return finished
+
+    async def _sequence_at(self, stream: str, moment: datetime) -> int:
+        """The first sequence stored at or after ``moment`` (head + 1 when none is)."""
+        try:
+            sub = await self.js.pull_subscribe(
+                f"{stream}.>",
+                stream=stream,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME,
+                    opt_start_time=moment,
+                    ack_policy=AckPolicy.NONE,
+                    inactive_threshold=10.0,
+                ),
+            )
+        except NotFoundError:
+            return 1
+        try:
+            first = await sub.fetch(1, timeout=1.0)
+            return int(first[0].metadata.sequence.stream)
+        except nats.errors.TimeoutError:
+            return await self.head(stream) + 1
+        finally:
+            await sub.unsubscribe()
+
+    async def _follow(self, translator: Translator, stop: asyncio.Event, until_head: bool) -> None:
+        """Follow one stream. When the server goes away, stops answering, or a cluster
+        elects a new leader, say so and go on from the checkpoint once it answers."""
+        delay = 0.25
+        while not stop.is_set():
+            try:
+                await self._follow_stream(translator, stop, until_head)
+                return
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                self.stats.retries += 1
+                log.warning(
+                    "%s: reading stream %s failed (%s); going on from checkpoint %d in %.1fs",
+                    self.name, translator.stream, str(exc) or type(exc).__name__,
+                    self.store.checkpoint(translator.stream), delay,
+                )  # fmt: skip
+                await _wait(stop, delay)
+                delay = min(delay * 2, 5.0)
+
+    async def past_head(self, stream: str) -> int | None:
+        """The stream's head when the checkpoint is past it (the stream lost messages:
+        deleted and created again, its tail removed, or restored from an older state),
+        else None."""
+        checkpoint = self.store.checkpoint(stream)
+        try:
+            info = await self.js.stream_info(stream)
+        except NotFoundError:
+            return 0 if checkpoint else None
+        head = int(info.state.last_seq)
+        if checkpoint > head:
+            return head
+        if info.state.messages and checkpoint and head == checkpoint:
+            last = await last_message(self.js, stream)  # the tail may be deleted
+            if last is not None and last.seq is not None and last.seq < checkpoint:
+                return int(last.seq)
+        return None
+
+    async def _wait_for_head(self, stream: str, stop: asyncio.Event) -> None:
+        """Wait, saying so once, while the checkpoint is past the stream's head: the
+        context's relay publishes what the stream lost again (the same events, known
+        by their log positions, are not applied twice)."""
+        said = False
+        while not stop.is_set():
+            head = await self.past_head(stream)
+            if head is None:
+                if said:
+                    log.warning("%s: stream %s is past checkpoint again", self.name, stream)
+                return
+            if not said:
+                log.warning(
+                    "%s: checkpoint %d is past the head %d of stream %s: the stream lost "
+                    "messages; waiting for its relay to publish them again",
+                    self.name, self.store.checkpoint(stream), head, stream,
+                )  # fmt: skip
+                said = True
+            self.stats.past_head[stream] = head
+            await _wait(stop, 1.0)
+        self.stats.past_head.pop(stream, None)
+
+    async def _follow_stream(
+        self, translator: Translator, stop: asyncio.Event, until_head: bool
+    ) -> None:
+        stream = translator.stream
+        await self._join(stream)
+        # Up to the last message that exists: the stream's last sequence may name one
+        # deleted since, which no reader ever delivers.
+        target = await self._last_sequence(stream) if until_head else None
+        if self.stop_at is not None:
+            target = self.stop_at if target is None else min(target, self.stop_at)
+        self.stats.checkpoints[stream] = self.store.checkpoint(stream)
+        if target is not None and self.store.checkpoint(stream) >= target:
+            return
+        await self._wait_for_head(stream, stop)
+        self.stats.past_head.pop(stream, None)
+        while not stop.is_set():
+            try:
+                reader = StreamReader(
+                    self.client,
+                    stream,
+                    start_sequence=self.store.checkpoint(stream) + 1,
+                    batch_size=self.batch_size,
+                    name=self.name,
+                )
+                await reader.open()
+                break
+            except NotFoundError:
+                log.warning("stream %s does not exist yet; waiting for its context", stream)
+                await _wait(stop, 1.0)
+        else:
+            return
+        idle_since = asyncio.get_running_loop().time()
+        try:
+            while not stop.is_set():
+                batch = await reader.next_batch(max_wait=0.25)
+                # Catching up, gather a bigger transaction: a commit rewrites every page
+                # it touched, so fewer, larger ones write far less. At the head, apply at once.
+                while batch and reader.pending and len(batch) < self.transaction_size:
+                    more = await reader.next_batch(max_wait=1.0)
+                    if not more:
+                        break
+                    batch += more
+                # Done once a message past the target came, or none is left up to it
+                # (those in between were deleted): the checkpoint may stay below it.
+                done = target is not None and bool(batch) and batch[-1].sequence >= target
+                if batch and self.stop_at is not None and batch[-1].sequence > self.stop_at:
+                    batch = [m for m in batch if m.sequence <= self.stop_at]
+                if batch:
+                    idle_since = asyncio.get_running_loop().time()
+                    result = await self._apply(translator, batch, stop)
+                    if result is None:
+                        return  # stopped while waiting to retry
+                    self.stats.applied += result.applied
+                    self.stats.skipped += result.skipped
+                    self.stats.duplicates += result.duplicates
+                    self.stats.dead_lettered += result.dead_lettered
+                    self.stats.foreign += result.foreign
+                    self.stats.untrusted += result.untrusted
+                    if result.untrusted:
+                        log.warning(
+                            "%s: %d message(s) on stream %s up to sequence %d were not "
+                            "published by its relay (%s)", self.name, result.untrusted, stream,
+                            batch[-1].sequence, "dead-lettered"
+                            if self.projection.on_untrusted == "dead-letter" else "skipped",
+                        )  # fmt: skip
+                elif asyncio.get_running_loop().time() - idle_since > 5.0:
+                    idle_since = asyncio.get_running_loop().time()
+                    if await self.past_head(stream) is not None:  # lost under a live reader
+                        await self._wait_for_head(stream, stop)
+                checkpoint = self.store.checkpoint(stream)
+                self.stats.checkpoints[stream] = checkpoint
+                if reader.pending is not None:
+                    self.stats.lag[stream] = reader.pending
+                if target is not None and (
+                    done
+                    or checkpoint >= target
+                    or (not batch and not await self._exists(stream, checkpoint + 1, target))
+                ):
+                    return
+        finally:
+            await reader.close()
+
+    async def _last_sequence(self, stream: str) -> int:
+        """The sequence of the stream's last message that exists (0: none, or no stream)."""
+        last = await last_message(self.js, stream)
+        return 0 if last is None or last.seq is None else int(last.seq)
+
+    async def _exists(self, stream: str, first: int, last: int) -> bool:
+        """Whether the stream holds a message from sequence ``first`` to ``last``."""
+        try:
+            found = await self.js.get_msg(stream, seq=first, next=True)
+        except NotFoundError:
+            return False
+        return found.seq is not None and found.seq <= last
+
+    async def _apply(
+        self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
+    ) -> BatchResult | None:
+        """Apply a batch; a message whose handling raises is retried with back-off, then
+        parked (with its aggregate, if the projection says so) and the batch goes on."""
+        projection = self.projection
+        attempts: dict[int, int] = {}
+        failures = 0
+        while True:
+            try:
+                result = await self._store_apply(translator, batch, stop)
+                self.store.note_failing(None)
+                return result
+            except BatchFailure as failure:
+                # Nothing to blame but the surroundings: say so, and keep trying.
+                self.store.note_failing(str(failure))
+                failures += 1
+                delay = min(projection.retry_delay * 2 ** (failures - 1), 5.0)
+                self.stats.retries += 1
+                log.warning("%s; retrying in %.1fs", failure, delay)
+                await _wait(stop, delay)
+                if stop.is_set():
+                    return None
+            except PoisonMessage as poison:
+                tries = attempts[poison.sequence] = attempts.get(poison.sequence, 0) + 1
+                self.store.note_failing(str(poison))
+                if tries <= projection.retries:
+                    delay = projection.retry_delay * 2 ** (tries - 1)
+                    self.stats.retries += 1
+                    log.warning("%s; retry %d in %.1fs", poison, tries, delay)
+                    await _wait(stop, delay)
+                    if stop.is_set():
+                        return None
+                    continue
+                message = next(m for m in batch if m.sequence == poison.sequence)
+                whole = projection.on_poison == "park-aggregate"
+                cause = poison.cause
+                self.store.park(
+                    message,
+                    f"{type(cause).__name__}: {cause} (failed {tries} times)",
+                    aggregate=whole,
+                )
+                self.stats.parked += 1
+                log.error(
+                    "%s; parked %s in the dead letters%s",
+                    poison,
+                    f"{poison.stream} sequence {poison.sequence}",
+                    " with the rest of its aggregate" if whole else "",
+                )
+
+
+def owner(aggregate: str, partitions: int) -> int:
+    """The partition that owns an aggregate: the same in every process and language
+    (CRC-32 of the subject token, modulo the number of partitions)."""
+    return zlib.crc32(aggregate.encode()) % partitions
+
+
+def _set(event: asyncio.Event, _: object) -> None:
+    event.set()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,7 @@
+"""Read-model backends: the interface projections and the HTTP boundary use, and its
+adapters (SQLite files, PostgreSQL schemas) beside it. This package exports only the
+interface; :mod:`toolkit.readmodels.backends` picks an adapter."""
+
+from toolkit.readmodels.interface import Connection, Dialect, Generation, ReadModelHome, Rows
+
+__all__ = ["Connection", "Dialect", "Generation", "ReadModelHome", "Rows"]

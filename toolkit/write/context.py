@@ -1,0 +1,168 @@
+"""A bounded context: an ``eventsourcing`` Application whose log is a SQLite file by
+default, whose name names its stream, and whose published language says what leaves it.
+
+Persistence is eventsourcing's own: set ``PERSISTENCE_MODULE`` (and its variables, e.g.
+``POSTGRES_DBNAME``) to use PostgreSQL, or ``toolkit.logs.jetstream`` (with ``NATS_URL``)
+for a JetStream stream ``<name>_log``; otherwise the log is ``<data_dir>/<name>.sqlite``.
+Events are stored with :class:`~toolkit.write.transcoder.OrjsonTranscoder` unless
+``TRANSCODER_TOPIC`` names another; its format is eventsourcing's own.
+
+Aggregate ids are UUIDs unless the context says otherwise in its type:
+``BoundedContext[UUID | str]`` saves aggregates with UUIDs and with text ids
+(:class:`~toolkit.write.aggregate.TextAggregate`), and makes its log store text ids
+(eventsourcing's ``ORIGINATOR_ID_TYPE=text``). Every save checks its ids before anything
+is stored, whichever the log (see :func:`check_id`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, get_args, get_origin
+from uuid import UUID
+
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.utils import Environment, EnvType
+from typing_extensions import TypeVar
+
+from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, SubjectError
+from toolkit.wire import check_name, encode_token
+from toolkit.write.published import PublishedLanguage
+
+ID = TypeVar("ID", bound=UUID | str, default=UUID)
+"""The ids of a context's aggregates: UUIDs unless it says ``BoundedContext[UUID | str]``."""
+
+
+class BoundedContext(Application[ID]):
+    """Base for a context's write side. Subclasses set ``name`` and ``published_language``;
+    one that saves aggregates with text ids says so in its type argument,
+    ``BoundedContext[UUID | str]`` (or ``[str]``)."""
+
+    name = "context"
+    published_language: ClassVar[PublishedLanguage]
+    text_ids: ClassVar[bool] = False
+    """Whether the context's type argument admits text ids: its log is then made to store
+    them (``ORIGINATOR_ID_TYPE=text``)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            if get_origin(base) is BoundedContext:
+                (ids,) = get_args(base)
+                cls.text_ids = str in (get_args(ids) or (ids,))
+
+    def __init__(self, env: EnvType | None = None, *, data_dir: Path | str | None = None) -> None:
+        check_name("context", self.name)
+        self.data_dir = Path(data_dir or os.environ.get("TOOLKIT_DATA_DIR") or ".toolkit")
+        self._saved_listeners: list[Callable[[list[Recording[Any]]], None]] = []
+        self._listeners_lock = threading.Lock()
+        self._recorded = threading.local()
+        super().__init__(env)
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        environment = super().construct_env(name, env)
+        if self.text_ids:
+            id_type = environment.get("ORIGINATOR_ID_TYPE") or "text"
+            if id_type.lower() != "text":
+                raise ConfigurationError(
+                    f"context {self.name} saves aggregates with text ids, but its "
+                    f"ORIGINATOR_ID_TYPE is {id_type!r}: its log could not store them. Leave "
+                    "it unset (or 'text'); a PostgreSQL log created for UUIDs needs its "
+                    "originator_id column turned into text first (see the README)"
+                )
+            environment["ORIGINATOR_ID_TYPE"] = "text"
+            postgres = environment.get("PERSISTENCE_MODULE") == "eventsourcing.postgres"
+            if postgres and not environment.get("APPLICATION_RECORDER_TOPIC"):
+                environment["APPLICATION_RECORDER_TOPIC"] = (
+                    "toolkit.logs.postgres:TextIdPostgresRecorder"  # UUIDs too, as text
+                )
+        if not environment.get("TRANSCODER_TOPIC"):
+            environment["TRANSCODER_TOPIC"] = "toolkit.write.transcoder:OrjsonTranscoder"
+        if not environment.get("PERSISTENCE_MODULE"):
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            environment["PERSISTENCE_MODULE"] = "eventsourcing.sqlite"
+            if not environment.get("SQLITE_DBNAME"):
+                environment["SQLITE_DBNAME"] = str(self.data_dir / f"{self.name}.sqlite")
+        return environment
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[ID]]:
+        """Save like eventsourcing does; a concurrent change of the same aggregate raises
+        :class:`~toolkit.errors.ConflictError`, an id no log could keep alike or no
+        subject could carry :class:`~toolkit.errors.InvalidCommand`, and either stores
+        nothing of this save."""
+        try:
+            return super().save(*objs, **kwargs)
+        except IntegrityError:
+            raise ConflictError(
+                "an aggregate was changed by another command since it was loaded; "
+                "nothing was saved: reload it and try again"
+            ) from None
+
+    def _record(self, processing_event: ProcessingEvent[ID]) -> list[Recording[ID]]:
+        """Every save passes here before its events go to the log, whichever the log."""
+        for domain_event in processing_event.events:
+            originator_id = domain_event.originator_id
+            if type(originator_id) is not UUID:
+                check_id(originator_id)
+        return super()._record(processing_event)
+
+    def on_saved(self, listener: Callable[[list[Recording[Any]]], None]) -> Callable[[], None]:
+        """Call ``listener(recordings)`` after each save has committed (from the saving
+        thread, in the order listeners were added); returns a function that removes it.
+        The in-process relay wakes this way, and its outbox takes the saved events."""
+        with self._listeners_lock:
+            self._saved_listeners.append(listener)
+
+        def remove() -> None:
+            with self._listeners_lock, contextlib.suppress(ValueError):
+                self._saved_listeners.remove(listener)
+
+        return remove
+
+    @contextlib.contextmanager
+    def recordings(self) -> Iterator[list[Recording[Any]]]:
+        """Collect what this thread saves inside the block (e.g. to answer a command
+        with a consistency token, see :mod:`toolkit.http.consistency`)."""
+        outer = getattr(self._recorded, "into", None)
+        collected: list[Recording[Any]] = []
+        self._recorded.into = collected
+        try:
+            yield collected
+        finally:
+            self._recorded.into = outer
+            if outer is not None:
+                outer.extend(collected)
+
+    def _notify(self, recordings: list[Recording[Any]]) -> None:
+        if not recordings:
+            return
+        into = getattr(self._recorded, "into", None)
+        if into is not None:
+            into.extend(recordings)
+        with self._listeners_lock:
+            listeners = list(self._saved_listeners)
+        for listener in listeners:
+            listener(recordings)
+
+
+def check_id(originator_id: UUID | str) -> None:
+    """Refuse a text id that not every log keeps alike or that no subject can carry, with
+    :class:`~toolkit.errors.InvalidCommand`: empty, holding NUL (PostgreSQL's text cannot
+    hold it), not encodable as UTF-8 (a lone surrogate), or longer than
+    :data:`~toolkit.wire.MAX_ID_TOKEN` characters once encoded for a subject.
+
+    Every aggregate is checked, not only those whose events are published: on the
+    JetStream log every event goes to a subject of its own, and a mapping added to the
+    published language later publishes events stored before it."""
+    if not originator_id:
+        raise InvalidCommand("an aggregate id must not be empty")
+    if isinstance(originator_id, str) and "\x00" in originator_id:
+        raise InvalidCommand("an aggregate id must not contain NUL (U+0000)")
+    try:
+        encode_token(str(originator_id))
+    except SubjectError as exc:
+        raise InvalidCommand(str(exc)) from None

@@ -1,0 +1,199 @@
+"""A context's log read as an outbox: the published events after a log position, as
+messages ready for the stream.
+
+The relay spends its time here, so this reads the way eventsourcing would, minus what a
+relay does not need: on a SQLite log the rows come straight from the events table as
+tuples (no ``Notification`` objects, ids converted in C), and only the topics of the
+published language are selected. Decoding into domain events is eventsourcing's own
+mapper (cipher, compression and upcasting included), because the published language's
+mappings are written against domain events.
+
+In the context's own process the log need not be read back at all: while the relay runs
+there (:meth:`Outbox.handing_over`), each save of this process builds its messages from
+the domain events it just stored and hands them over, keyed by log position. The log
+stays the only source of truth: a page is taken from the hand-off only when it starts
+right after the position asked for, and whatever was not handed over (saves of other
+processes, a hand-off that was full, a translation that failed) is read from the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from uuid import UUID
+
+from eventsourcing.persistence import Recording
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+from toolkit.write.published import OutgoingMessage, Publishable
+from toolkit.write.transcoder import decode_uuid
+
+if TYPE_CHECKING:
+    from toolkit.write.context import BoundedContext
+
+
+class StoredRow(NamedTuple):
+    """One stored event with its log position; it has what eventsourcing's mapper reads
+    of a ``StoredEvent``."""
+
+    id: int
+    originator_id: UUID | str
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+class Page(NamedTuple):
+    messages: list[OutgoingMessage]
+    position: int
+    """The log position read up to: the last row read, or ``stop`` when fewer than
+    ``limit`` rows were left (private events between are skipped by the query)."""
+
+
+Rows = Callable[[int, int, int], Sequence[StoredRow]]
+
+
+class Outbox:
+    """Reads a context's published events as outgoing messages, a page at a time."""
+
+    def __init__(self, context: BoundedContext[Any], *, handoff_limit: int = 10_000) -> None:
+        self.context = context
+        self.language = context.published_language
+        self.topics = self.language.topics
+        self._rows: Rows = _sqlite_rows(context, self.topics) or self._notification_rows
+        self.handoff_limit = handoff_limit
+        """At most this many messages wait in the hand-off; saves beyond it are read
+        from the log when their turn comes (the relay is away or far behind)."""
+        self.pages_handed_over = 0
+        self.pages_read = 0
+        self._handed: dict[int, Page] = {}
+        """First log position of a save -> its messages and its last log position."""
+        self._handed_messages = 0
+        self._handed_lock = threading.Lock()
+        self._handing_over = False
+        self._read_up_to = 0
+        """The position the last read ended at: a save at or before it comes too late."""
+
+    @contextlib.contextmanager
+    def handing_over(self) -> Iterator[None]:
+        """While inside, every save of this process hands its messages over, built from
+        the domain events it stored, so :meth:`read` need not read them back. Costs the
+        saving thread the translation of its events (a few µs each); a no-op when
+        already handing over or when nothing is published."""
+        if self._handing_over or not self.topics:
+            yield
+            return
+        self._handing_over = True
+        stop = self.context.on_saved(self._hand_over)
+        try:
+            yield
+        finally:
+            stop()
+            self._handing_over = False
+            with self._handed_lock:
+                self._handed.clear()
+                self._handed_messages = 0
+
+    def _hand_over(self, recordings: Sequence[Recording[Any]]) -> None:
+        """Called by the saving thread right after its save committed."""
+        first = recordings[0].notification.id
+        last = recordings[-1].notification.id
+        if last - first + 1 != len(recordings):
+            return  # not one run of the log: the relay reads it from there
+        if last <= self._read_up_to:
+            return  # read from the log already (another thread's save woke the relay first)
+        if self._handed_messages + len(recordings) > self.handoff_limit:
+            return
+        try:
+            messages = self._messages(
+                (r.notification.topic, r.domain_event, r.notification.id) for r in recordings
+            )
+        except Exception:  # the command succeeded: the relay reads this save from the
+            return  # log and reports the failing translation there
+        with self._handed_lock:
+            self._handed[first] = Page(messages, last)
+            self._handed_messages += max(1, len(messages))
+
+    def read(self, after: int, stop: int, limit: int) -> Page:
+        """The messages of the published events in ``(after, stop]``, at most ``limit``
+        events read from the log; a save handed over is taken whole, and may end after
+        ``stop`` (it is stored: saves hand over after they commit)."""
+        if self._handed:
+            with self._handed_lock:
+                page = self._handed.pop(after + 1, None)
+                if page is not None:
+                    self._handed_messages -= max(1, len(page.messages))
+            if page is not None:
+                self.pages_handed_over += 1
+                self._read_up_to = page.position
+                return page
+        page = self._read_log(after, stop, limit)
+        self.pages_read += 1
+        self._read_up_to = page.position
+        if self._handed:
+            self._forget_up_to(page.position)
+        return page
+
+    def _forget_up_to(self, position: int) -> None:
+        """Drop saves handed over that a log read went past."""
+        with self._handed_lock:
+            for first in [first for first in self._handed if first <= position]:
+                self._handed_messages -= max(1, len(self._handed.pop(first).messages))
+
+    def _read_log(self, after: int, stop: int, limit: int) -> Page:
+        if not self.topics:
+            return Page([], stop)  # nothing is published: the whole log is private
+        rows = self._rows(after, stop, limit)
+        decode = self.context.mapper.to_domain_event  # rows are of published topics only
+        messages = self._messages((r.topic, decode(r), r.id) for r in rows)  # type: ignore[arg-type]
+        return Page(messages, rows[-1].id if len(rows) == limit else stop)
+
+    def _messages(self, events: Iterable[tuple[str, object, int]]) -> list[OutgoingMessage]:
+        """The messages of (topic, domain event, log position), published ones only."""
+        mapping_of = self.language.mapping
+        message = self.language.message
+        messages = []
+        for topic, event, position in events:
+            mapping = mapping_of(topic)
+            if mapping is not None:
+                built = message(mapping, cast(Publishable, event), position)
+                if built is not None:
+                    messages.append(built)
+        return messages
+
+    def _notification_rows(self, after: int, stop: int, limit: int) -> list[StoredRow]:
+        """Any recorder (PostgreSQL, the JetStream log): eventsourcing's own query."""
+        return [
+            StoredRow(n.id, n.originator_id, n.originator_version, n.topic, n.state)
+            for n in self.context.recorder.select_notifications(
+                start=after, limit=limit, stop=stop, topics=self.topics, inclusive_of_start=False
+            )
+        ]
+
+
+def _sqlite_rows(context: BoundedContext[Any], topics: list[str]) -> Rows | None:
+    """The query of eventsourcing's SQLite recorder, returning tuples."""
+    recorder = context.recorder
+    if type(recorder) is not SQLiteApplicationRecorder or not topics:
+        return None
+    datastore = recorder.datastore
+    statement = (
+        f"SELECT rowid, originator_id, originator_version, topic, state "
+        f"FROM {recorder.events_table_name} WHERE rowid>? AND rowid<=? "
+        f"AND topic IN ({','.join('?' * len(topics))}) ORDER BY rowid LIMIT ?"
+    )
+    to_id: Callable[[str], Any] = (
+        decode_uuid if datastore.originator_id_type == "uuid" else lambda id_: id_
+    )
+    make = StoredRow
+
+    def rows(after: int, stop: int, limit: int) -> list[StoredRow]:
+        with datastore.transaction(commit=False) as transaction:
+            cursor = transaction.sqlite_cursor
+            cursor.row_factory = None  # tuples, not sqlite3.Row
+            cursor.execute(statement, (after, stop, *topics, limit))
+            return [make(p, to_id(i), v, t, s) for p, i, v, t, s in cursor.fetchall()]
+
+    return rows

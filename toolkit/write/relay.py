@@ -1,0 +1,594 @@
+"""The relay: carries a context's log onto its stream, in log order, exactly once.
+
+It follows the log by notification id (an outbox with no extra table) and publishes each
+published-language event with pipelined acknowledgements. Exactly once and in order hold
+because:
+
+- the resume position is read from the stream itself (the log position in the header of
+  its last message), so there is no side table that could disagree with it;
+- every publish carries ``Nats-Expected-Last-Sequence`` (and, after the first of a
+  start, ``Nats-Expected-Last-Msg-Id``): JetStream stores message n+1 only right after
+  message n, so a pipeline that fails midway, or that another publisher's message gets
+  into, leaves a prefix, never a gap, and a second relay running by mistake is refused
+  instead of interleaving;
+- every publish carries ``Nats-Msg-Id`` built from the log position, so a retried publish
+  inside the duplicate window is dropped by JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from toolkit import wire
+from toolkit.errors import RelayError
+from toolkit.nats.connection import Connection, on_permission_denied
+from toolkit.nats.streams import (
+    Relayed,
+    StreamSpec,
+    ensure_stream,
+    last_message,
+    relay_tail,
+    relayed,
+)
+from toolkit.write.context import BoundedContext
+from toolkit.write.outbox import Outbox
+from toolkit.write.published import OutgoingMessage
+from toolkit.write.watch import LogWatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    position: int = 0
+    """Log position of the last event known to be on the stream (or skipped)."""
+    stream_sequence: int = 0
+    restarts: int = 0
+    """Times the relay started over after the server went away or stopped answering."""
+    republished_from: int | None = None
+    """Log position after which events lost by the stream were published again."""
+
+
+class _AckWindow:
+    """Publishes with chained, pipelined acknowledgements.
+
+    Every message carries ``Nats-Expected-Last-Sequence`` and, but the first of a start
+    (which goes alone), ``Nats-Expected-Last-Msg-Id``, the id of the message sent before
+    it, so JetStream stores message n only right after message n-1: an acknowledgement of
+    message n vouches for every message before it. (The sequence alone does not hold the
+    chain: a message of another publisher getting in shifts the stream by one, so the
+    relay's next message is refused and the one after it finds the sequence it expects,
+    and is stored: a gap nobody is told of.) So only every ``ack_every``-th message asks
+    for one (and the last message before the relay waits), and at most ``size`` messages
+    are unconfirmed.
+    A refusal of a message that asked for no acknowledgement refuses the rest of the
+    chain too, up to the next message that asks, whose answer says so.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        context: str,
+        stream: str,
+        size: int,
+        ack_every: int,
+        ack_timeout: float,
+        epoch: int,
+    ) -> None:
+        self.client = client
+        self.context = context
+        self.stream = stream
+        self.epoch = epoch
+        self.size = size
+        self.ack_every = ack_every
+        self.ack_timeout = ack_timeout
+        self.inbox = client.new_inbox()
+        self.pending: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        """Stream sequence -> (log position, time sent) of each message that asked for an
+        acknowledgement and has not had it."""
+        self.held: OutgoingMessage | None = None
+        """The last message given, not yet sent: whether it asks for an acknowledgement
+        depends on what comes after it."""
+        self.last_sequence = 0  # stream sequence of the last message sent
+        self.last_id: str | None = None
+        """The message id of the last message sent (None before the first of a start,
+        which goes alone): the next one must follow exactly it on the stream."""
+        self.unasked = 0  # messages sent since the last one that asked
+        self.confirmed_position = 0  # log position of the last acknowledged message
+        self.confirmed_sequence = 0
+        self.error: RelayError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._sub: object | None = None
+
+    async def open(self, last_sequence: int, position: int) -> None:
+        self.last_sequence = self.confirmed_sequence = last_sequence
+        self.confirmed_position = position
+        self._sub = await self.client.subscribe(f"{self.inbox}.*", cb=self._on_ack)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+
+    @property
+    def unconfirmed(self) -> bool:
+        return self.held is not None or self.last_sequence > self.confirmed_sequence
+
+    async def publish(self, message: OutgoingMessage) -> None:
+        held, self.held = self.held, message
+        if held is not None:
+            await self._send(held, ask=self.unasked + 1 >= self.ack_every)
+
+    async def drain(self) -> None:
+        """Wait until every message given is acknowledged (or raise why not)."""
+        held, self.held = self.held, None
+        if held is not None:
+            await self._send(held, ask=True)
+        while self.pending:
+            await self._wait()
+        self._raise_if_failed()
+
+    async def _send(self, message: OutgoingMessage, *, ask: bool) -> None:
+        while self.last_sequence - self.confirmed_sequence >= self.size:
+            await self._wait()
+        self._raise_if_failed()
+        position = message.log_position
+        msg_id = self.message_id(position) if self.epoch else message.headers[wire.MSG_ID]
+        headers = {wire.MSG_ID: msg_id, wire.EXPECTED_LAST_SEQUENCE: str(self.last_sequence)}
+        if self.last_id is not None:
+            headers[wire.EXPECTED_LAST_MSG_ID] = self.last_id
+        self.last_id = msg_id
+        self.last_sequence += 1
+        if not ask:
+            self.unasked += 1
+            await self.client.publish(message.subject, message.body, headers=headers)
+            return
+        self.unasked = 0
+        sequence = self.last_sequence
+        self.pending[sequence] = (position, time.monotonic())
+        await self.client.publish(
+            message.subject, message.body, reply=f"{self.inbox}.{sequence}", headers=headers
+        )
+        # Let nats-py's flusher write what is buffered, so the server stores this run
+        # while the relay builds the next one.
+        await asyncio.sleep(0)
+
+    def message_id(self, position: int) -> str:
+        return wire.message_id(self.context, position, self.epoch)
+
+    async def _wait(self) -> None:
+        """Wait for an acknowledgement, at most until the oldest one is overdue."""
+        self._raise_if_failed()
+        oldest = next(iter(self.pending.values()))[1]
+        remaining = oldest + self.ack_timeout - time.monotonic()
+        if remaining <= 0:
+            raise RelayError(
+                f"no acknowledgement from stream {self.stream} within {self.ack_timeout:g}s",
+                transient=True,
+            )
+        self._waiter = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await self._waiter
+        self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def deny(self, reason: str) -> None:
+        """The server refused a publish or a subscription of this connection: waiting
+        mends nothing, so the relay stops and says why."""
+        if "publish" in reason.lower() or self.inbox in reason:
+            self.error = self.error or RelayError(
+                f"NATS refused the relay of {self.context}: {reason}. The credentials it "
+                f"connects with must allow publishing to '{self.stream}.>' and the JetStream "
+                "API of that stream, and nothing else (see the README's security section)"
+            )
+            self._wake()
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            self._settle(msg)
+        except Exception as exc:  # a bug here must stop the relay, not vanish in nats-py
+            self.error = self.error or RelayError(f"unreadable acknowledgement: {exc!r}")
+        self._wake()
+
+    def _settle(self, msg: Msg) -> None:
+        sequence = int(msg.subject.rpartition(".")[2])
+        entry = self.pending.get(sequence)
+        if entry is None:
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            self.error = self.error or RelayError(
+                f"stream {self.stream} does not exist or has no responders", transient=True
+            )
+            return
+        # A success ({"stream":..,"seq":..}) needs no parsing; "error" in it may be a name.
+        data = msg.data
+        ack = orjson.loads(data) if b'"error"' in data or b'"duplicate"' in data else {}
+        error = ack.get("error")
+        if not error and ack.get("duplicate") and ack.get("seq") != sequence:
+            # JetStream remembers this id, and not at the sequence this relay chained it
+            # to (there, an earlier attempt of this relay stored it: all is well). Either
+            # the stream lost the message after it was stored (start over, with new ids)
+            # or another relay stored it (start over): the relay looks to tell which.
+            position = entry[0]
+            self.error = self.error or RelayError(
+                f"stream {self.stream} already saw log position {position} at sequence "
+                f"{ack.get('seq')}, not where this relay put it",
+                transient=True,
+                lost=True,
+                duplicate=(int(ack.get("seq") or 0), self.message_id(position)),
+            )
+            return
+        if error:
+            self.error = self.error or RelayError(
+                f"stream {self.stream} refused log position {entry[0]}: "
+                f"{error.get('description', error)} (code {error.get('err_code')})",
+                transient=True,
+            )
+            return
+        # Stored right after the message before it, so everything up to it is stored.
+        while self.pending:
+            first, (position, _) = self.pending.popitem(last=False)
+            if first == sequence:
+                break
+        self.confirmed_position = position
+        self.confirmed_sequence = sequence
+
+
+class Relay:
+    """Carries one context's log onto its stream. Run it in the context's process (it
+    wakes right after each save, and takes the messages the save built instead of
+    reading them back: see :mod:`toolkit.write.outbox`) or on its own (it polls the log every
+    ``poll_interval``, and on PostgreSQL also wakes on the log's NOTIFY)."""
+
+    def __init__(
+        self,
+        context: BoundedContext[Any],
+        client: Client | Connection,
+        *,
+        stream: StreamSpec | None = None,
+        batch_size: int = 1000,
+        window: int = 10_000,
+        ack_every: int = 200,
+        ack_timeout: float = 10.0,
+        poll_interval: float = 0.25,
+        retry_delay: float = 0.25,
+        max_retry_delay: float = 5.0,
+        handoff_limit: int = 10_000,
+    ) -> None:
+        self.context = context
+        self.connection = Connection.of(client)
+        """Each attempt takes its current client: one the server closed is replaced."""
+        self.stream = stream or StreamSpec(context.name)
+        self.batch_size = batch_size
+        if window < 1 or ack_every < 1:
+            raise ValueError(f"window and ack_every must be positive, not {window}, {ack_every}")
+        self.window_size = window
+        # A window full of messages that asked for nothing would wait for ever.
+        self.ack_every = min(ack_every, max(1, window // 2))
+        self.outbox = Outbox(context, handoff_limit=handoff_limit)
+        self.ack_timeout = ack_timeout
+        self.poll_interval = poll_interval
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.stats = RelayStats()
+        self.idle = False
+        """True while the relay has carried everything and waits for the log to grow."""
+        self.running = False
+        """True from when the relay has found where to go on until it stops or starts over."""
+        self._wake = asyncio.Event()
+        self._epoch = 0
+        """Non-zero once messages were lost: part of the message ids (see wire.message_id)."""
+        self._last_own = 0
+        """The sequence of the relay's last message on the stream when it resumed."""
+
+    @property
+    def client(self) -> Client:
+        return self.connection.client
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.connection.js
+
+    async def resume_position(self) -> tuple[int, int]:
+        """(stream sequence to publish after, log position of the relay's last message on
+        the stream), read one after the other: the relay's first publish checks that
+        they still belong together.
+
+        The position is read from the relay's last message that exists: when the stream
+        lost its tail (deleted messages, a restore from an older snapshot), the relay
+        carries the missing events again; when it was deleted and recreated, the whole
+        log. Messages others published after it are passed over (consumers dead-letter
+        them). That message must be the log's event at its position, and come after the
+        relay's message before it: otherwise the stream was written from elsewhere, and
+        the relay stops and says so rather than publish anything twice."""
+        info = await ensure_stream(self.js, self.stream)
+        last_seq = info.state.last_seq
+        self._last_own = 0
+        if not info.state.messages:
+            return last_seq, 0
+        name = self.stream.name
+        tail = await relay_tail(self.js, name)
+        self._last_own = 0 if tail.last is None else tail.last.sequence
+        if tail.others:
+            sequence, why = tail.others[0]
+            log.warning(
+                "relay %s: %d message(s) on stream %s after the relay's last were published "
+                "by something else (sequence %d: %s); consumers dead-letter them, and only "
+                "the relay should have the right to publish on '%s.>'",
+                self.context.name, len(tail.others), name, sequence, why, name,
+            )  # fmt: skip
+        last = tail.last
+        if last is None:
+            if tail.gave_up_at is not None:
+                raise RelayError(
+                    f"stream {name} ends in more messages that the relay did not publish "
+                    f"(or deleted ones) than it looks through, sequences {tail.gave_up_at} to "
+                    f"{tail.others[0][0]}: remove them, or point the context at a stream of "
+                    "its own"
+                )
+            return last_seq, 0
+        self._check_against_log(last)
+        if tail.before is not None and tail.before.position >= last.position:
+            raise RelayError(
+                f"stream {name} sequence {last.sequence} repeats log position {last.position} "
+                f"after sequence {tail.before.sequence} carried {tail.before.position}: it was "
+                f"published again by something other than the relay; remove it (nats stream "
+                f"rmm {name} {last.sequence}) and start the relay again"
+            )
+        if last.sequence < last_seq and not tail.others:
+            log.warning(
+                "relay %s: stream %s ends at sequence %d but its last message is %d (log "
+                "position %d): messages were lost; carrying the log again from there",
+                self.context.name, name, last_seq, last.sequence, last.position,
+            )  # fmt: skip
+        return last_seq, last.position
+
+    async def _check_tail(self, own: int) -> None:
+        """After a wait, before publishing on: the stream must still hold the relay's last
+        message, at sequence ``own``, or others' after it. Messages deleted at its end
+        leave its last sequence where it was, so the next publish would chain on them as
+        if they were there, and the events they carried would never be on the stream
+        again: the relay starts over instead, and carries them again under new ids."""
+        if not own:
+            return
+        last = await last_message(self.js, self.stream.name)
+        ends = 0 if last is None or last.seq is None else int(last.seq)
+        if ends < own:
+            raise RelayError(
+                f"stream {self.stream.name} lost its last messages: it ends at sequence "
+                f"{ends}, the relay's last message was at {own}",
+                transient=True,
+                lost=True,
+            )
+
+    def _check_against_log(self, last: Relayed) -> None:
+        """The relay's last message must carry the log's event at its log position."""
+        name = self.stream.name
+        head = self.context.recorder.max_notification_id() or 0
+        if last.position > head:
+            raise RelayError(
+                f"stream {name} holds events up to log position {last.position} (sequence "
+                f"{last.sequence}, {wire.MSG_ID} {last.msg_id}) but the {self.context.name} "
+                f"log ends at {head}: if something else published that message, remove it "
+                f"(nats stream rmm {name} {last.sequence}) and start the relay again; if the "
+                "stream was written from another log, point the context at its own log, or "
+                "at an empty stream"
+            )
+        held = contradicts_log(self.context, last)
+        if held is not None:
+            raise RelayError(
+                f"stream {name} sequence {last.sequence} ({wire.MSG_ID} {last.msg_id}) says "
+                f"log position {last.position} is {wire.brief(last.aggregate_id)} version "
+                f"{last.aggregate_version}, but the {self.context.name} log holds {held} "
+                f"there: it was not published from this log; remove it (nats stream rmm "
+                f"{name} {last.sequence}) if something else wrote it, or point the context "
+                "at its own log"
+            )
+
+    def lag(self) -> int:
+        """Log events not yet carried onto the stream (log head minus last relayed)."""
+        head = self.context.recorder.max_notification_id() or 0
+        return max(0, head - self.stats.position)
+
+    async def run(
+        self, stop: asyncio.Event | None = None, *, until_head: bool = False
+    ) -> RelayStats:
+        """Relay until ``stop`` is set (or, with ``until_head``, until the log head as it
+        was when called is on the stream).
+
+        When the server goes away, stops answering or closes the connection (which its
+        :class:`~toolkit.nats.connection.Connection` replaces), the relay says so in the log
+        and starts over from the stream's last message once it is back, with back-off;
+        errors that waiting cannot mend (a stream written from another log) are raised.
+        """
+        with self.outbox.handing_over():
+            return await self._run(stop or asyncio.Event(), until_head)
+
+    async def _run(self, stop: asyncio.Event, until_head: bool) -> RelayStats:
+        target = (self.context.recorder.max_notification_id() or 0) if until_head else None
+        delay = self.retry_delay
+        while True:
+            try:
+                return await self._relay(stop, target)
+            except (RelayError, nats.errors.Error, TimeoutError, OSError) as exc:
+                if isinstance(exc, RelayError) and not exc.transient:
+                    raise
+                if isinstance(exc, RelayError) and exc.lost and await self._lost(exc):
+                    self._epoch = time.time_ns() // 1000  # ids JetStream has not seen
+                    self.stats.republished_from = self.stats.position
+                self.stats.restarts += 1
+                log.warning(
+                    "relay %s: %s; starting over from the stream in %.1fs",
+                    self.context.name,
+                    str(exc) or type(exc).__name__,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return self.stats
+                delay = min(delay * 2, self.max_retry_delay)
+
+    async def _lost(self, error: RelayError) -> bool:
+        """Whether the message a duplicate acknowledgement named is gone from the stream
+        (lost: publish again under new ids) rather than stored there by another relay
+        racing this one (start over from the stream, ids unchanged)."""
+        if error.duplicate is None:
+            return True
+        sequence, msg_id = error.duplicate
+        try:
+            stored = await self.js.get_msg(self.stream.name, sequence)
+        except nats.js.errors.NotFoundError:
+            return True
+        except (nats.errors.Error, TimeoutError, OSError):
+            return False  # cannot tell now: the next attempt meets the duplicate again
+        found = relayed(self.stream.name, stored)
+        # Stored by another relay of this log, or taken by another publisher that used
+        # the id first (then only new ids get the event onto the stream).
+        return (
+            isinstance(found, str)
+            or found.msg_id != msg_id
+            or contradicts_log(self.context, found) is not None
+        )
+
+    async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
+        loop = asyncio.get_running_loop()
+        client = self.client  # first: ConnectError if closed for good, before registering
+
+        def wake(_: object) -> None:
+            loop.call_soon_threadsafe(self._wake.set)
+
+        remove = self.context.on_saved(wake)
+        window_box: list[_AckWindow] = []
+
+        def denied(reason: str) -> None:
+            for window in window_box:
+                window.deny(reason)
+
+        stop_listening = on_permission_denied(client, denied)
+        watcher = LogWatcher(self.context.recorder, lambda: wake(None))
+        watcher.start()
+        stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(lambda _: self._wake.set())
+        window = _AckWindow(
+            client,
+            self.context.name,
+            self.stream.name,
+            self.window_size,
+            self.ack_every,
+            self.ack_timeout,
+            self._epoch,
+        )
+        window_box.append(window)
+        try:
+            first_sequence, position = await self.resume_position()
+            await window.open(first_sequence, position)
+            self.running = True
+            confirmed = self.stats.stream_sequence
+            if 0 < confirmed < first_sequence:  # stored by the last attempt, ack lost
+                self.stats.published += first_sequence - confirmed
+            published_before = self.stats.published
+
+            def settle() -> None:  # what is known to be on the stream
+                self.stats.position = window.confirmed_position if window.unconfirmed else position
+                self.stats.stream_sequence = window.confirmed_sequence
+                self.stats.published = published_before + window.confirmed_sequence - first_sequence
+
+            settle()
+            recorder = self.context.recorder
+            # The first message goes alone: once it is stored right after the sequence
+            # and position read from the stream, those two are known to belong together,
+            # and the pipeline may chain on it. (A publish of an earlier attempt may still
+            # arrive after a reconnect and move the stream on between the two reads.)
+            anchored = False
+            rested = False
+            while not stop.is_set():
+                self._wake.clear()  # before reading: a save from now on wakes the wait below
+                if rested:  # the stream may have lost its tail while the relay waited
+                    own = window.last_sequence if window.last_sequence > first_sequence else 0
+                    await self._check_tail(own or self._last_own)
+                    rested = False
+                head = recorder.max_notification_id() or 0
+                progressed = head > position
+                if progressed:
+                    page = self.outbox.read(position, head, self.batch_size)
+                    for message in page.messages:
+                        await window.publish(message)
+                        if not anchored:
+                            await window.drain()
+                            anchored = True
+                    position = page.position
+                caught_up = target is not None and position >= target
+                if window.unconfirmed and (not progressed or caught_up):
+                    await window.drain()
+                settle()
+                if caught_up:
+                    break
+                if not progressed:
+                    self.idle = True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    self.idle = False
+                    rested = True
+            await window.drain()
+            settle()
+        finally:
+            self.running = False
+            stopping.cancel()
+            watcher.stop()
+            remove()
+            stop_listening()
+            await window.close()
+        return self.stats
+
+
+def contradicts_log(context: BoundedContext[Any], message: Relayed) -> str | None:
+    """What the log holds at the position a relay's message names, if not the event it
+    carries (same aggregate and version); None when it agrees."""
+    position = message.position
+    if position > (context.recorder.max_notification_id() or 0):
+        return "nothing (that is past its head)"
+    found = context.recorder.select_notifications(position, 1, position)
+    event = found[0] if found and found[0].id == position else None
+    if event is None:
+        return "no event"
+    if (
+        not _same_id(event.originator_id, message.aggregate_id)
+        or event.originator_version != message.aggregate_version
+    ):
+        return f"{event.originator_id} version {event.originator_version}"
+    return None
+
+
+def _same_id(stored: object, published: str) -> bool:
+    """Whether a log's originator id is the aggregate id an envelope names (logs may give
+    a UUID back as an object or as its 32 hex digits)."""
+    if str(stored) == published:
+        return True
+    try:
+        return UUID(str(stored)) == UUID(published)
+    except ValueError:
+        return False

@@ -1,0 +1,142 @@
+"""One relay per context: a second one is refused at start, with one line naming the first.
+
+Two relays of one context never interleave on its stream (each publish carries
+``Nats-Expected-Last-Sequence``), but both would keep going, each refused half the time.
+So ``toolkit relay`` and ``toolkit serve`` hold this lock while their relay runs. It has
+to go when its holder goes, however it goes (a relay killed by SIGKILL must not keep the
+next one out), and it lives with the log the relay reads, since the log is what makes
+two relays the same relay:
+
+- A log in a SQLite file: an ``flock`` on ``<log file>.relay-lock``, beside it. The
+  kernel releases it with its holder's last descriptor, SIGKILL included; only processes
+  of this host can open that log anyway.
+- A PostgreSQL log: a session advisory lock in the log's database, taken on a connection
+  of its own. The server releases it when the session ends (its holder died or lost the
+  connection), and relays on any host see it; the holder is named by the session's
+  ``application_name``.
+- Any other log (the JetStream log): an ``flock`` on ``<data dir>/<context>.relay-lock``,
+  which keeps out the relays of one data folder; relays of one JetStream log on other
+  hosts are not refused at start (they still never interleave).
+
+A lock on NATS (a KV entry with a time to live) was not chosen: a holder killed by SIGKILL
+would keep every new relay out until its entry expired, and a holder cut off from NATS
+for longer than that would lose the lock while it still runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from toolkit.errors import RelayBusyError
+from toolkit.write.context import BoundedContext
+
+
+@contextlib.contextmanager
+def relay_lock(context: BoundedContext[Any], role: str) -> Iterator[None]:
+    """Hold the lock of ``context``'s relay while the block runs; raise
+    :class:`~toolkit.errors.RelayBusyError`, naming the holder, when another holds it.
+    ``role`` says what runs the relay (``toolkit relay``), for that message."""
+    datastore = getattr(context.recorder, "datastore", None)
+    postgres = sys.modules.get("eventsourcing.postgres")  # imported when the log is there
+    if postgres is not None and isinstance(datastore, postgres.PostgresDatastore):
+        with _advisory_lock(datastore, context.name, role):
+            yield
+        return
+    pool = getattr(datastore, "pool", None)  # eventsourcing's SQLite connection pool
+    db_name = getattr(pool, "db_name", None)
+    if isinstance(db_name, str) and getattr(pool, "is_sqlite_memory_mode", None) is False:
+        path = Path(db_name).with_name(Path(db_name).name + ".relay-lock")
+    else:
+        path = context.data_dir / f"{context.name}.relay-lock"
+    with _file_lock(path, context.name, role):
+        yield
+
+
+def _holder(role: str) -> dict[str, Any]:
+    return {
+        "role": role,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _busy(name: str, holder: str) -> RelayBusyError:
+    return RelayBusyError(
+        f"a relay of {name} already runs ({holder}); a second one is refused: stop that one first"
+    )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, name: str, role: str) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(name, _described(os.pread(fd, 4096, 0), path)) from None
+        holder = orjson.dumps(_holder(role))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder, 0)
+        yield
+    finally:
+        os.close(fd)  # which releases the lock
+
+
+def _described(written: bytes, path: Path) -> str:
+    """Who holds a lock file, from what its holder wrote in it."""
+    try:
+        h = orjson.loads(written)
+        return f"{h['role']}, pid {h['pid']} on {h['host']} since {h['since']}"
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return f"the lock {path} is held"
+
+
+@contextlib.contextmanager
+def _advisory_lock(datastore: Any, name: str, role: str) -> Iterator[None]:
+    import psycopg
+
+    from toolkit.readmodels.postgres import _key
+
+    holder = _holder(role)
+    params = {k: v for k, v in (datastore.pool.kwargs or {}).items() if k != "row_factory"}
+    described = f"{role}, pid {holder['pid']} on {holder['host']}"
+    key = _key(f"relay:{datastore.schema}.{name}")
+    db = psycopg.connect(
+        **params, autocommit=True, connect_timeout=5, application_name=described[:63]
+    )
+    try:
+        (locked,) = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() or (False,)
+        if not locked:
+            raise _busy(name, _session_holding(db, key))
+        yield
+    finally:
+        db.close()  # which releases the lock
+
+
+def _session_holding(db: Any, key: int) -> str:
+    """Who holds advisory lock ``key`` of ``db``'s database: its session's application
+    name, address and start."""
+    row = db.execute(
+        "SELECT a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+        "AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 1 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+    ).fetchone()
+    if row is None:
+        return "its session has just ended: try again"
+    application, address, started = row
+    where = f" from {address}" if address else ""
+    return f"{application or 'a session'}{where}, connected since {started:%Y-%m-%dT%H:%M:%S%z}"
