@@ -1,0 +1,88 @@
+"""The one back-off helper: doubling up to a cap, jitter within its bounds, a fresh start
+after a success, and a wait that ends when the loop is told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from toolkit.backoff import Backoff, delay_after, pause
+
+
+def test_delays_double_up_to_the_maximum() -> None:
+    backoff = Backoff(first=0.25, maximum=5.0)
+    delays = [backoff.advance() for _ in range(8)]
+    assert delays == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert backoff.failures == 8
+
+
+def test_a_success_starts_from_the_first_delay_again() -> None:
+    backoff = Backoff(first=1.0, maximum=30.0)
+    for _ in range(4):
+        backoff.advance()
+    assert backoff.delay == 16.0
+    backoff.reset()
+    assert (backoff.failures, backoff.delay) == (0, 1.0)
+    assert backoff.advance() == 1.0
+    assert backoff.delay == 2.0
+
+
+def test_jitter_lengthens_each_delay_by_at_most_its_fraction() -> None:
+    backoff = Backoff(first=0.25, maximum=5.0, jitter=0.25)
+    for _ in range(200):
+        base = min(0.25 * 2 ** min(backoff.failures, 10), 5.0)
+        taken = backoff.advance()
+        assert base <= taken <= base * 1.25
+
+
+def test_jitter_bounds_at_the_ends_of_the_uniform_draw() -> None:
+    draws = itertools.cycle([0.0, 1.0])
+    low = Backoff(first=2.0, maximum=2.0, jitter=0.5, uniform=lambda: next(draws))
+    assert low.advance() == 2.0
+    assert low.advance() == 3.0
+
+
+def test_the_delay_quoted_before_a_wait_is_the_delay_waited() -> None:
+    backoff = Backoff(first=0.5, maximum=5.0, jitter=1.0)
+    quoted = backoff.delay
+    assert backoff.advance() == quoted
+
+
+def test_delay_after_a_count_kept_elsewhere() -> None:
+    assert [delay_after(n, 10.0, 60.0) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
+    assert delay_after(0, 10.0, 60.0) == 10.0
+    assert delay_after(10_000, 0.25, 5.0) == 5.0  # no overflow after many failures
+    assert delay_after(1, 10.0, 60.0, jitter=0.25, uniform=lambda: 1.0) == 12.5
+
+
+def test_settings_that_cannot_back_off_are_refused() -> None:
+    with pytest.raises(ValueError, match="first"):
+        Backoff(first=0.0)
+    with pytest.raises(ValueError, match="first"):
+        Backoff(first=2.0, maximum=1.0)
+    with pytest.raises(ValueError, match="jitter"):
+        Backoff(jitter=-0.1)
+
+
+async def test_a_wait_ends_when_stop_is_set() -> None:
+    backoff = Backoff(first=60.0, maximum=60.0)
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(backoff.wait(stop))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stop.set()
+    assert await asyncio.wait_for(waiting, 5.0) is True
+
+
+async def test_a_wait_after_stop_returns_at_once() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    assert await asyncio.wait_for(Backoff(first=60.0, maximum=60.0).wait(stop), 1.0) is True
+
+
+async def test_a_wait_that_is_not_stopped_says_so() -> None:
+    stop = asyncio.Event()
+    assert await Backoff(first=0.01, maximum=0.01).wait(stop) is False
+    assert await pause(None, 0.0) is False

@@ -1,0 +1,121 @@
+"""Back-off between attempts: the one owner of "wait longer each time it fails".
+
+Every loop that retries something (the relay starting over from the stream, a connection
+replacing a closed client, a projector going on from its checkpoint, a webhook delivery)
+waits a delay that doubles from ``first`` up to ``maximum``, starts from ``first`` again
+once an attempt succeeds, and stops waiting the moment it is told to stop.
+
+A kernel module: it imports nothing from the toolkit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+
+__all__ = ["Backoff", "delay_after", "pause"]
+
+_MAX_DOUBLINGS = 64
+"""Past this many doublings every delay is capped anyway (and 2**n stays a float)."""
+
+
+def delay_after(
+    failures: int,
+    first: float,
+    maximum: float,
+    *,
+    jitter: float = 0.0,
+    uniform: Callable[[], float] = random.random,
+) -> float:
+    """The delay after ``failures`` failures in a row (1 gives ``first``): doubled each
+    time, capped at ``maximum``, then lengthened by up to ``jitter`` of itself (0.25: up
+    to a quarter), so that many clients that failed together do not retry together.
+
+    For loops whose count of failures lives elsewhere (a delivery's attempts in a table);
+    a loop that keeps its own count uses :class:`Backoff`.
+    """
+    doublings = min(max(failures - 1, 0), _MAX_DOUBLINGS)
+    delay = min(first * 2.0**doublings, maximum)
+    if jitter:
+        delay *= 1.0 + jitter * uniform()
+    return delay
+
+
+async def pause(stop: asyncio.Event | None, seconds: float) -> bool:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile; whether it is set."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return False
+    if not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+class Backoff:
+    """Delays between the attempts of one retry loop.
+
+    ``delay`` is how long the next :meth:`wait` waits (jitter included, drawn once, so a
+    log line that quotes it before waiting tells the truth). Each wait doubles the next
+    delay up to ``maximum``; :meth:`reset` after a success starts from ``first`` again,
+    so a loop that ran well for an hour does not wait the maximum at its next hiccup.
+
+    ::
+
+        backoff = Backoff(first=0.25, maximum=5.0)
+        while not stop.is_set():
+            try:
+                await attempt()
+            except TransientError as exc:
+                log.warning("%s; again in %.1fs", exc, backoff.delay)
+                if await backoff.wait(stop):
+                    break
+            else:
+                backoff.reset()
+    """
+
+    def __init__(
+        self,
+        first: float = 0.25,
+        maximum: float = 5.0,
+        *,
+        jitter: float = 0.0,
+        uniform: Callable[[], float] = random.random,
+    ) -> None:
+        if first <= 0 or maximum < first:
+            raise ValueError(f"back-off needs 0 < first <= maximum, not {first}, {maximum}")
+        if jitter < 0:
+            raise ValueError(f"back-off jitter must not be negative, not {jitter}")
+        self.first = first
+        self.maximum = maximum
+        self.jitter = jitter
+        self._uniform = uniform
+        self.failures = 0
+        """Waits since the last success (or since the start)."""
+        self.delay = self._draw()
+
+    def _draw(self) -> float:
+        return delay_after(
+            self.failures + 1, self.first, self.maximum, jitter=self.jitter, uniform=self._uniform
+        )
+
+    def reset(self) -> None:
+        """An attempt succeeded: the next failure waits ``first`` again."""
+        if self.failures:
+            self.failures = 0
+            self.delay = self._draw()
+
+    def advance(self) -> float:
+        """Take the current delay (for a loop that waits by other means) and double the
+        next one; returns the delay taken."""
+        taken = self.delay
+        self.failures += 1
+        self.delay = self._draw()
+        return taken
+
+    async def wait(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait the current delay, or less if ``stop`` is set meanwhile (the loop then
+        ends at once rather than after the delay); whether ``stop`` is set."""
+        return await pause(stop, self.advance())
