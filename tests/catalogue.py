@@ -1,6 +1,6 @@
 """A projection of sales' products (text ids: SKUs) whose handler fails for some of them
 until a fixed version is deployed, and the system that runs it beside shipping and
-billing, for the pipeline state machine (tests/test_pipeline_states.py) and the
+billing, for the pipeline state machine (tests/faults/test_pipeline_states.py) and the
 processes it starts.
 
 The handler fails for every SKU holding the text in ``CATALOGUE_FAILS`` (read when the

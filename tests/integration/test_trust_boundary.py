@@ -22,6 +22,7 @@ from contexts.system import system
 from projections.shipping import Shipments
 from tests.conftest import serving
 from tests.envelopes import relayed, stream_message
+from tests.faults.test_relay_faults import public_positions
 from tests.flow import (
     assert_equal_to_a_clean_build,
     home_of,
@@ -29,7 +30,6 @@ from tests.flow import (
     project_all,
     read_all,
 )
-from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError, StreamSpec, ensure_stream
 from toolkit.config import Settings
 from toolkit.http.app import create_app

@@ -12,8 +12,8 @@ from contexts.sales import Sales
 from projections.shipping import Shipments
 from tests.conftest import BACKENDS, wait_for
 from tests.flow import Where, cli_args, home_of, project_all, relay_all
-from tests.test_cli import toolkit
-from tests.test_projector import dead_letters, poisoned, shipments, three_orders
+from tests.integration.test_cli import toolkit
+from tests.integration.test_projector import dead_letters, poisoned, shipments, three_orders
 from toolkit.config import Settings
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.store import ReadModelStore

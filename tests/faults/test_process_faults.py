@@ -20,13 +20,13 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, postgres, wait_for
-from tests.flow import assert_equal_to_a_clean_build, project_all, relay_orders
-from tests.test_relay_faults import (
+from tests.faults.test_relay_faults import (
     assert_stream_is_the_log,
     kill_points,
     public_positions,
     stream_holds,
 )
+from tests.flow import assert_equal_to_a_clean_build, project_all, relay_orders
 from toolkit.config import Settings
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector

@@ -15,9 +15,9 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from projections.shipping import Shipments
 from tests.conftest import Report, wait_for
+from tests.faults.test_relay_faults import public_positions
 from tests.flow import read_all
-from tests.test_relay import place_orders
-from tests.test_relay_faults import public_positions
+from tests.integration.test_relay import place_orders
 from toolkit import Relay
 from toolkit.nats.streams import StreamSpec, ensure_stream
 from toolkit.read.projector import Projector

@@ -38,8 +38,8 @@ from starlette.routing import Route
 from contexts.sales import Sales
 from contexts.system import system
 from tests.conftest import serving, wait_for
+from tests.faults.test_relay_faults import public_positions
 from tests.flow import place_orders, read_all, relay_all
-from tests.test_relay_faults import public_positions
 from toolkit import Relay
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError

@@ -16,7 +16,7 @@ import pytest
 from contexts.sales import Sales
 from projections.shipping import Shipments
 from tests.conftest import Report
-from tests.test_relay import place_orders
+from tests.integration.test_relay import place_orders
 from toolkit import Relay, RelayError
 from toolkit.config import NatsAuth, Settings
 from toolkit.errors import ConnectError

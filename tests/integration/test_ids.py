@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from tests.conftest import POSTGRES, postgres
 from tests.flow import project_all, read_all
-from tests.test_subjects import Catalog, Product, Shelf
+from tests.integration.test_subjects import Catalog, Product, Shelf
 from toolkit import InvalidCommand, Relay
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.reader import StreamReader

@@ -30,7 +30,7 @@ from eventsourcing.persistence import OperationalError
 from contexts.sales import Sales
 from contexts.system import system
 from tests.conftest import eventually, serving, wait_for
-from tests.test_webhooks import Receiver
+from tests.integration.test_webhooks import Receiver
 from toolkit.config import Settings
 from toolkit.http.app import create_app
 from toolkit.nats.connection import connect

@@ -1,4 +1,4 @@
-"""Bugs the pipeline state machine (tests/test_pipeline_states.py) found, each as the
+"""Bugs the pipeline state machine (tests/faults/test_pipeline_states.py) found, each as the
 smallest sequence of steps that shows it."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from projections.billing import Accounts
 from projections.shipping import Shipments
 from tests.conftest import eventually, wait_for
 from tests.envelopes import relayed
+from tests.faults.test_relay_faults import public_positions
 from tests.flow import home_of, place_orders, project_all, read_all, relay_all
-from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError, wire
 from toolkit.config import Settings
 from toolkit.ops.status import collect

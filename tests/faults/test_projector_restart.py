@@ -9,8 +9,8 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import wait_for
+from tests.faults.test_relay_faults import free_port
 from tests.flow import assert_equal_to_a_clean_build, relay_all
-from tests.test_relay_faults import free_port
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector

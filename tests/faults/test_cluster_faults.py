@@ -17,9 +17,9 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, wait_for
+from tests.faults.test_relay_faults import assert_stream_is_the_log, public_positions
 from tests.flow import read_all
-from tests.test_relay import place_orders
-from tests.test_relay_faults import assert_stream_is_the_log, public_positions
+from tests.integration.test_relay import place_orders
 from toolkit import Relay, StreamSpec
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedCluster

@@ -20,9 +20,9 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from contexts.sales.domain import Order, OrderLine
 from tests.conftest import wait_for
+from tests.faults.test_relay_faults import public_positions
 from tests.flow import read_all
-from tests.test_relay import place_orders
-from tests.test_relay_faults import public_positions
+from tests.integration.test_relay import place_orders
 from toolkit import BoundedContext, IntegrationEvent, PublishedLanguage, Relay, contract
 from toolkit.write.outbox import Outbox
 from toolkit.write.published import OutgoingMessage

@@ -11,8 +11,8 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from tests.conftest import wait_for
+from tests.faults.test_relay_faults import public_positions
 from tests.flow import read_all
-from tests.test_relay_faults import public_positions
 from toolkit import Relay, RelayError
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer

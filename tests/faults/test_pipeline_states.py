@@ -27,7 +27,7 @@ killed and run again) and rewinds; partition workers (one worker -> 2 -> 1); the
 losing its tail.
 
 Every step is followed by a few commands, so traffic goes on while things break. Each bug
-it found has a test of its own in tests/test_pipeline_regressions.py.
+it found has a test of its own in tests/faults/test_pipeline_regressions.py.
 
 In the suite it runs 6 examples of up to 15 steps from a fixed seed, the same every run
 (about 35 s on two cores). The nightly run explores: ``TOOLKIT_NIGHTLY=1`` draws random
@@ -80,9 +80,9 @@ from projections.shipping import Shipments
 from tests.catalogue import FAILS, Catalogue
 from tests.catalogue import system as pipeline_system
 from tests.envelopes import relayed as relay_message
+from tests.faults.test_relay_faults import public_positions
 from tests.flow import read_all
-from tests.test_relay_faults import public_positions
-from tests.test_text_ids import ALPHABET
+from tests.integration.test_text_ids import ALPHABET
 from toolkit import Relay, wire
 from toolkit.config import Settings
 from toolkit.errors import (
