@@ -30,6 +30,30 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+KINDS = ("unit", "integration", "faults")
+"""The folders under tests/, each also a marker (registered in pyproject.toml): ``unit``
+needs no server, no file and no subprocess; ``integration`` runs real nats-server,
+SQLite files, PostgreSQL, uvicorn or the CLI; ``faults`` injects them: killed processes,
+cluster and disk faults, reconnects, restarts, lost stream tails."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the folder it is in, so ``-m unit`` (or ``-m "not faults"``)
+    selects by kind; a test outside the three folders is refused, as it would have none."""
+    root = Path(__file__).parent
+    astray: set[str] = set()
+    for item in items:
+        parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
+        if len(parts) > 1 and parts[0] in KINDS:
+            item.add_marker(parts[0])
+        else:
+            astray.add(item.nodeid.split("::")[0])
+    if astray:
+        raise pytest.UsageError(
+            f"tests belong in tests/{{{','.join(KINDS)}}}/, not in: {', '.join(sorted(astray))}"
+        )
+
 
 def child_nats_servers(pid: int | None = None) -> list[int]:
     """PIDs of nats-server processes whose parent is ``pid`` (default: this process)."""
