@@ -59,3 +59,28 @@ def test_a_process_that_exits_without_close_exits_at_once(
         assert customer.name == "Ann"
     finally:
         sales.close()
+
+
+CHECK_AT_EXIT = """
+import atexit
+import sys
+atexit.register(lambda: print("closed at exit:", sales.factory.datastore._closed, flush=True))
+# (registered before the log's module is imported: atexit runs it after the log's own)
+from contexts.sales import Sales
+sales = Sales(env={"PERSISTENCE_MODULE": "toolkit.logs.jetstream", "NATS_URL": sys.argv[1]},
+              data_dir=sys.argv[2])
+sales.register_customer("Ann", "ann@example.com")
+"""  # and no sales.close()
+
+
+def test_a_datastore_left_open_is_closed_at_exit(
+    nats_server: EmbeddedServer, data_dir: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHECK_AT_EXIT), nats_server.url, str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "closed at exit: True" in done.stdout, done.stdout + done.stderr

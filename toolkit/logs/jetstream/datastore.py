@@ -155,11 +155,11 @@ class JetStreamDatastore:
         except BaseException:
             self._stop_loop()
             raise
+        _open_datastores.add(self)
 
     @property
     def client(self) -> Client:
         return self.connection.client
-        _open_datastores.add(self)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
