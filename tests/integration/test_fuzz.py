@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from contexts.system import system
 from projections.billing import Accounts
 from projections.shipping import Shipments
-from toolkit import ContractError, wire
-from toolkit.cli import commands as cli
+from toolkit import ContractError, cli, wire
+from toolkit.cli.parser import parser
 from toolkit.config import Settings
 from toolkit.errors import SubjectError
 from toolkit.http.app import create_app
@@ -199,11 +199,11 @@ words = st.sampled_from(
 @given(argv=st.lists(words | st.text(max_size=12), max_size=6))
 def test_any_command_line_is_parsed_or_refused_with_usage(argv: list[str]) -> None:
     """The parser never raises anything but argparse's exit (code 2 with a usage line)."""
-    parser = cli._parser()
+    command_line = parser()
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            parser.parse_args(argv)
+            command_line.parse_args(argv)
         except SystemExit as exc:
             assert exc.code in (0, 2)
             assert "Traceback" not in err.getvalue()

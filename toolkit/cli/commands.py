@@ -1,4 +1,4 @@
-"""The ``toolkit`` command: run a context's relay and projections, replay, serve, demo.
+"""The ``toolkit`` commands: run a context's relay and projections, replay, serve, demo.
 
 Exit codes: 0 success; 1 a toolkit error (one line on stderr says why); 2 bad usage;
 130 interrupted (Ctrl-C).
@@ -13,9 +13,8 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,239 +52,6 @@ from toolkit.write.relay_lock import relay_lock
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="toolkit",
-        description=(
-            "Event-sourced bounded contexts integrated through NATS JetStream. Without "
-            "NATS_URL (or --nats-url) the toolkit starts an embedded nats-server."
-        ),
-        epilog="Exit codes: 0 ok, 1 error (one line says why), 2 bad usage, 130 interrupted.",
-    )
-    parser.add_argument("--nats-url", help="NATS server URL (env NATS_URL; default: embedded)")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        help="folder for logs, read models and the embedded server (env TOOLKIT_DATA_DIR; "
-        "default .toolkit)",
-    )
-    parser.add_argument(
-        "--system",
-        help="module:attribute of the System to run (env TOOLKIT_SYSTEM; default "
-        "contexts.system:system, the example system)",
-    )
-    parser.add_argument(
-        "--read-model-url",
-        metavar="URL",
-        help="a PostgreSQL database (postgresql://...) for the projections' read models "
-        "(env TOOLKIT_READ_MODEL_URL; default: SQLite files in the data folder)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    parser.add_argument("--version", action="version", version=f"toolkit {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    demo = commands.add_parser(
-        "demo",
-        help="run the example system end to end on an embedded server",
-        description=(
-            "Start NATS, drive commands through sales, relay them, run the shipping and "
-            "billing projections to the head, replay shipping from zero and check it equals "
-            "the live model, query the read endpoints, and print a summary."
-        ),
-    )
-    demo.add_argument("--orders", type=_positive, default=3000, help="orders to place (3000)")
-    demo.add_argument("--customers", type=_positive, default=300, help="customers (300)")
-    demo.add_argument("--keep", action="store_true", help="keep the demo's data folder")
-    demo.add_argument(
-        "--log",
-        choices=["sqlite", "jetstream"],
-        default="sqlite",
-        help="where sales keeps its event log: a SQLite file (default) or a JetStream stream",
-    )
-
-    relay = commands.add_parser(
-        "relay",
-        help="carry a context's log onto its stream",
-        description="Relay a context's published events from its log onto its JetStream "
-        "stream, in log order, exactly once. Runs until stopped (Ctrl-C or SIGTERM). Refused "
-        "while another relay of the context runs ('toolkit relay', or 'toolkit serve' "
-        "running it); the error names it.",
-    )
-    relay.add_argument("context", help="context name, e.g. sales")
-    relay.add_argument("--once", action="store_true", help="stop when the log head is relayed")
-
-    project = commands.add_parser(
-        "project",
-        help="keep a projection's read model up to date",
-        description="Apply the streams a projection reads to its read model, from its "
-        "checkpoint on. Runs until stopped (Ctrl-C or SIGTERM).",
-    )
-    project.add_argument("projection", help="projection name, e.g. shipping")
-    project.add_argument("--once", action="store_true", help="stop at the streams' heads")
-    project.add_argument(
-        "--rebuild",
-        action="store_true",
-        help="when the read model was built by another version of the projection, "
-        "rebuild it first (otherwise that is refused)",
-    )
-    project.add_argument(
-        "--partition",
-        type=int,
-        metavar="K",
-        help="run as partition worker K (from 0) of --partitions N sharing one read model",
-    )
-    project.add_argument(
-        "--partitions",
-        type=_positive,
-        metavar="N",
-        help="how many partition workers there are; a new N repartitions from the head",
-    )
-
-    replay = commands.add_parser(
-        "replay",
-        help="rebuild a projection from its streams into a new generation",
-        description="Build a new generation of a projection's read model from its streams "
-        "up to their heads (as they are when it starts), beside the live one; then switch "
-        "readers to it atomically and drop the previous generation. A running 'toolkit "
-        "project' goes on in the new generation by itself. From a later start (--from-seq, "
-        "--from-time) the model is partial: it holds only the events from there on, says so "
-        "in 'toolkit status', and is kept beside the live one, which readers go on using, "
-        "unless --switch-partial. An interrupted replay resumes when run again with the "
-        "same start and no --to-seq below where it got (otherwise it begins anew). Refused, "
-        "with nothing changed, when a stream does not exist, --from-seq is past its head or "
-        "--to-seq before --from-seq, or another replay or a rewind runs.",
-    )
-    replay.add_argument("projection", help="projection name, e.g. shipping")
-    start = replay.add_mutually_exclusive_group()
-    start.add_argument("--from-start", action="store_true", help="from sequence 1 (default)")
-    start.add_argument(
-        "--from-seq", type=_positive, metavar="N",
-        help="from stream sequence N (after 1, a partial model: kept beside the live one)",
-    )  # fmt: skip
-    start.add_argument(
-        "--from-time", type=_moment, metavar="T", help="from the first event at or after T "
-        "(ISO 8601, e.g. 2026-11-24T06:00:00Z; UTC when no zone is given); after the first "
-        "event, a partial model: kept beside the live one"
-    )  # fmt: skip
-    replay.add_argument(
-        "--to-seq", type=_positive, metavar="M",
-        help="stop at sequence M (readers get the model as it was after M; a running "
-        "projector goes on from M+1)",
-    )  # fmt: skip
-    replay.add_argument(
-        "--switch-partial",
-        action="store_true",
-        help="switch readers to a partial model (--from-seq, --from-time) too: they then "
-        "see only the events from its start on",
-    )
-    replay.add_argument(
-        "--keep-previous",
-        action="store_true",
-        help="keep the previous generation (file or schema) when switching readers",
-    )
-    replay.add_argument("--json", action="store_true", help="print the result as JSON")
-
-    rewind = commands.add_parser(
-        "rewind",
-        help="put a projection back to how it was at a stream sequence",
-        description="Rebuild the projection's read model as it was after sequence N (a "
-        "replay up to N, beside the live one), switch readers to it and drop the previous "
-        "generation; the projection goes on from N+1 when it next runs. Refused, with "
-        "nothing changed, while the projection or a replay of it runs, when a stream it "
-        "reads does not exist, or when N is past a stream's head.",
-    )
-    rewind.add_argument("projection", help="projection name, e.g. shipping")
-    rewind.add_argument(
-        "--to-seq", type=int, required=True, metavar="N", help="the sequence (0 or more)"
-    )
-
-    dlq = commands.add_parser(
-        "dlq",
-        help="list, show, retry or drop a projection's dead letters",
-        description="Dead letters are messages a projection could not apply (a broken "
-        "contract, or a handler that kept failing), kept with the reason in its read model. "
-        "retry applies them again with the code as it is now (oldest first; an aggregate's "
-        "parked messages after the one that holds it); drop gives one up. retry and drop "
-        "are refused while the projection runs.",
-    )
-    dlq.add_argument("action", choices=["list", "show", "retry", "drop"])
-    dlq.add_argument("projection", help="projection name, e.g. shipping")
-    dlq.add_argument("--seq", type=_positive, metavar="N", help="the dead letter at sequence N")
-    dlq.add_argument("--stream", help="its stream (needed when the projection reads several)")
-    dlq.add_argument("--json", action="store_true", help="print JSON for machines")
-
-    status = commands.add_parser(
-        "status",
-        help="show streams, relays and projections: positions, lag, state",
-        description="For each stream its head; for each context its relay's lag and state "
-        "(running, stopped); for each projection its version, checkpoint per stream, lag in "
-        "events and in time, state (live, replaying, paused, failing, rebuild due, or "
-        "unreadable: a marker names no generation) and dead letters; for a partial model "
-        "where it starts, and the generations kept beside the one readers use. Relays and "
-        "projectors running on the data folder report what they go through: one that "
-        "cannot reach NATS is 'unreachable', one that stopped reporting 'unresponsive', one "
-        "whose backlog has not moved for TOOLKIT_STALL_AFTER seconds (30) 'stalled'; each "
-        "problem is listed with its reason.",
-    )
-    status.add_argument("--json", action="store_true", help="print JSON for machines")
-
-    serve = commands.add_parser(
-        "serve",
-        help="serve the system's API over HTTP (reads, commands, feed, health, metrics)",
-        description=(
-            "Serve the system's API with uvicorn (OpenAPI at /docs): projections' read "
-            "endpoints, contexts' command endpoints (their relays run in this process), "
-            "the event feed, /health/live, /health/ready and /metrics. Projections run "
-            "apart ('toolkit project'). TOOLKIT_API_TOKENS turns on bearer-token auth."
-        ),
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
-    serve.add_argument(
-        "--no-relay",
-        action="store_true",
-        help="do not run the relays of the contexts served (another process runs them); "
-        "without it, serve is refused while another relay of one of them runs",
-    )
-    hooks = commands.add_parser(
-        "webhooks",
-        help="deliver a context's events to its webhook subscribers",
-        description="POST each event of a context's stream to the callback URLs subscribed "
-        "to its type (registered at /webhooks/<context>/subscriptions of 'toolkit serve'), "
-        "signed, retried with back-off; what keeps failing is parked (listed at "
-        "/webhooks/<context>/dead-letters). Runs until stopped (Ctrl-C or SIGTERM).",
-    )
-    hooks.add_argument("context", help="context name, e.g. sales")
-    return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("toolkit")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _moment(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -607,8 +373,8 @@ async def _webhooks(settings: Settings, system: System, name: str) -> None:
     await _until_signalled(lambda stop: dispatch(settings, name, stop, console.print))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` name (parsed by :func:`toolkit.cli.parser.parser`)."""
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -665,8 +431,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_ERROR
     return EXIT_OK
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
