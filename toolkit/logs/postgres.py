@@ -13,33 +13,29 @@ for event classes with UUID ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from uuid import UUID
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
-from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PgStoredEvent, PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder
+
+M = TypeVar("M", bound=Callable[..., Any])
+
+
+def _with_text_id(method: M) -> M:
+    """``method`` of eventsourcing's recorder, given its ``originator_id`` as text (by
+    position or by name): its signature stays eventsourcing's own."""
+
+    @functools.wraps(method)
+    def with_text_id(self: object, originator_id: object, *args: Any, **kwargs: Any) -> Any:
+        return method(self, str(originator_id), *args, **kwargs)
+
+    return cast(M, with_text_id)
 
 
 class TextIdPostgresRecorder(PostgresApplicationRecorder):
-    """eventsourcing's PostgreSQL application recorder, with UUIDs passed as text."""
+    """eventsourcing's PostgreSQL application recorder, with UUIDs passed as text: in
+    what it writes (the stored events' composite values) and in the ids it looks up."""
 
-    def construct_pg_stored_event(
-        self, originator_id: UUID | str, originator_version: int, topic: str, state: bytes
-    ) -> PgStoredEvent:
-        return super().construct_pg_stored_event(
-            str(originator_id), originator_version, topic, state
-        )
-
-    def select_events(
-        self,
-        originator_id: UUID | str,
-        *,
-        gt: int | None = None,
-        lte: int | None = None,
-        desc: bool = False,
-        limit: int | None = None,
-    ) -> Sequence[StoredEvent]:
-        found: Sequence[StoredEvent] = super().select_events(
-            str(originator_id), gt=gt, lte=lte, desc=desc, limit=limit
-        )
-        return found
+    construct_pg_stored_event = _with_text_id(PostgresApplicationRecorder.construct_pg_stored_event)
+    select_events = _with_text_id(PostgresApplicationRecorder.select_events)
