@@ -1,0 +1,282 @@
+"""The webhook dispatcher (``toolkit webhooks <context>``): a consumer with its own queue.
+
+A durable JetStream consumer (a :class:`~toolkit.read.workqueue.WorkQueue` named
+``webhooks``) fans each event out into one delivery record per matching subscription, in
+one SQLite transaction (:meth:`~toolkit.webhooks.store.WebhookStore.fan_out`), and only
+then acknowledges it; the delivery records are the queue its senders work from. Only the
+relay's own messages are fanned out (:func:`toolkit.wire.relayed_head`): another
+publisher's message names no event of the log, and could carry a real event's id; it is
+skipped with a warning.
+
+Each delivery is POSTed as the event's CloudEvents envelope, byte for byte as on the
+stream, signed (:mod:`toolkit.webhooks.signing`). A 2xx answer marks it done; anything else
+(another status, a redirect, a timeout, a refused connection) is retried after a delay that
+doubles from ``backoff`` up to ``max_backoff``, with a little jitter, or after
+``Retry-After`` when the receiver says; after ``max_attempts`` the delivery is parked as a
+dead letter. One failing subscriber delays nobody else.
+
+No FastAPI here: the CLI command imports this module alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import nats.errors
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from toolkit import wire
+from toolkit.backoff import delay_after, pause
+from toolkit.config import Settings
+from toolkit.errors import ConfigurationError
+from toolkit.nats.connection import Connection, open_nats, redact_urls
+from toolkit.read.reader import StreamMessage
+from toolkit.read.workqueue import WorkQueue
+from toolkit.webhooks.signing import sign
+from toolkit.webhooks.store import Due, WebhookStore
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/cloudevents+json"
+QUEUE = "webhooks"
+"""The name of the dispatcher's durable consumer on the context's stream."""
+
+
+def _where(url: str) -> str:
+    """A callback URL fit for logs: no credentials, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+@dataclass
+class DispatchStats:
+    read: int = 0
+    """Events taken from the dispatcher's queue."""
+    fanned_out: int = 0
+    """Deliveries recorded from them."""
+    untrusted: int = 0
+    """Messages the context's relay did not publish (another client's, or malformed):
+    nothing delivered."""
+    delivered: int = 0
+    retried: int = 0
+    parked: int = 0
+
+
+class Dispatcher:
+    """Delivers a context's events to its webhook subscribers (one per data folder)."""
+
+    def __init__(
+        self,
+        client: Client | Connection,
+        context: str,
+        data_dir: Path,
+        *,
+        max_attempts: int = 8,
+        backoff: float = 1.0,
+        max_backoff: float = 600.0,
+        timeout: float = 10.0,
+        concurrency: int = 16,
+        poll: float = 1.0,
+    ) -> None:
+        if max_attempts < 1 or backoff <= 0 or concurrency < 1:
+            raise ConfigurationError("max_attempts and concurrency must be 1 or more, backoff > 0")
+        self.connection = Connection.of(client)
+        """The queue's: a client the server closed is replaced."""
+        self.context = context
+        self.data_dir = Path(data_dir)
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.poll = poll
+        """How often due deliveries are looked for when nothing wakes the dispatcher
+        (a dead letter retried through the API is noticed within this)."""
+        self.stats = DispatchStats()
+        self.queue = WorkQueue(  # (it sees others' messages: _fan_out counts and names them)
+            self.connection, context, QUEUE, ack_wait=30.0, max_deliver=10, relayed_only=False
+        )
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> DispatchStats:
+        """Fan events out and deliver them until ``stop`` is set; attempts under way are
+        finished (each within ``timeout``) before it returns."""
+        lock_path = self.data_dir / "webhooks" / f"{self.context}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigurationError(
+                    f"a webhook dispatcher for {self.context} already runs on {self.data_dir}"
+                ) from None
+            with WebhookStore.of(self.data_dir, self.context) as store:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._follow(store, stop))
+                    tasks.create_task(self._deliver(store, stop))
+                    tasks.create_task(self._wake_on(stop))
+        return self.stats
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    async def _follow(self, store: WebhookStore, stop: asyncio.Event) -> None:
+        """Fan the stream out into deliveries, through the dispatcher's own queue; a
+        missing stream is waited for, a lost server reconnected to."""
+        while not stop.is_set():
+            try:
+                await self.queue.ensure()
+                await self.queue.work(lambda m: self._fan_out(store, m), stop, batch=100)
+            except NotFoundError:
+                log.warning("stream %s does not exist yet; waiting for its context", self.context)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning(
+                    "webhooks %s: reading the queue failed (%s); again in a second",
+                    self.context, type(exc).__name__,
+                )  # fmt: skip
+            await pause(stop, 1.0)
+
+    async def _fan_out(self, store: WebhookStore, message: StreamMessage) -> None:
+        self.stats.read += 1
+        head = wire.relayed_head(self.context, message.headers.get(wire.MSG_ID), message.data)
+        if isinstance(head, str):
+            self.stats.untrusted += 1
+            log.warning(
+                "webhooks %s: sequence %d was not published by the %s relay, nothing to "
+                "deliver: %s",
+                self.context, message.sequence, self.context, head,
+            )  # fmt: skip
+            return
+        assert head.id is not None  # relayed_head checked it
+        created = store.fan_out(head.id, message.sequence, head.type, message.data)
+        if created:
+            self.stats.fanned_out += created
+            self._wake.set()
+
+    async def _deliver(self, store: WebhookStore, stop: asyncio.Event) -> None:
+        lease = self.timeout + 30.0
+        running: set[asyncio.Task[None]] = set()
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
+            while not stop.is_set():
+                self._wake.clear()
+                free = self.concurrency - len(running)
+                for due in store.claim_due(free, lease) if free > 0 else []:
+                    task = asyncio.create_task(self._attempt(http, store, due))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _: self._wake.set())
+                wait = self.poll  # when full, a finishing attempt wakes the loop
+                next_due = store.next_due() if len(running) < self.concurrency else None
+                if next_due is not None:
+                    wait = min(wait, max(0.0, next_due - time.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            if running:
+                await asyncio.wait(running)
+
+    async def _attempt(self, http: httpx.AsyncClient, store: WebhookStore, due: Due) -> None:
+        try:
+            await self._post(http, store, due)
+        except Exception:  # the delivery stays leased: it is tried again after the lease
+            log.exception(
+                "webhooks %s: attempt of %s for subscription %s failed",
+                self.context, due.event_id, due.subscription_id,
+            )  # fmt: skip
+
+    async def _post(self, http: httpx.AsyncClient, store: WebhookStore, due: Due) -> None:
+        timestamp = int(time.time())
+        headers = {
+            "content-type": MEDIA_TYPE,
+            "user-agent": "toolkit-webhooks",
+            "webhook-id": due.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(due.secret, due.event_id, timestamp, due.body),
+        }
+        retry_after: float | None = None
+        answer = b""
+        try:
+            async with http.stream("POST", due.url, content=due.body, headers=headers) as response:
+                if not response.is_success:  # the start of its answer says why, at most
+                    async for chunk in response.aiter_bytes():
+                        answer += chunk
+                        if len(answer) >= 200:
+                            break
+        except httpx.HTTPError as exc:
+            reason = f"{type(exc).__name__}: {redact_urls(str(exc)) or 'no answer'}"
+        else:
+            if response.is_success:
+                store.record(due, delivered=True)
+                self.stats.delivered += 1
+                log.info(
+                    "webhooks %s: delivered %s to %s (subscription %s, attempt %d)",
+                    self.context, due.event_id, _where(due.url), due.subscription_id,
+                    due.attempts + 1,
+                )  # fmt: skip
+                return
+            said = " ".join(answer[:200].decode(errors="replace").split())
+            reason = f"HTTP {response.status_code}{f': {said}' if said else ''}"
+            retry_after = _retry_after(response.headers.get("retry-after"))
+        attempts = due.attempts + 1
+        if attempts >= self.max_attempts:
+            store.record(
+                due, delivered=False, reason=f"gave up after {attempts} attempts: {reason}"
+            )
+            self.stats.parked += 1
+            log.error(
+                "webhooks %s: parked %s for %s (subscription %s) after %d attempts: %s",
+                self.context, due.event_id, _where(due.url), due.subscription_id, attempts, reason,
+            )  # fmt: skip
+            return
+        # jitter: receivers that recover are not stampeded
+        delay = delay_after(attempts, self.backoff, self.max_backoff, jitter=0.25)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff))
+        store.record(due, delivered=False, reason=reason, retry_at=time.time() + delay)
+        self.stats.retried += 1
+        log.warning(
+            "webhooks %s: %s to %s failed (attempt %d of %d, again in %.3gs): %s",
+            self.context, due.event_id, _where(due.url), attempts, self.max_attempts, delay, reason,
+        )  # fmt: skip
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+async def dispatch(
+    settings: Settings,
+    context: str,
+    stop: asyncio.Event,
+    say: Callable[[str], object] = print,
+) -> DispatchStats:
+    """What ``toolkit webhooks <context>`` runs: the dispatcher until ``stop`` is set."""
+    async with open_nats(settings, name=f"webhooks-{context}") as link:
+        dispatcher = Dispatcher(link.connection, context, settings.data_dir)
+        say(f"delivering {context} events to webhook subscribers from {link.url}")
+        stats = await dispatcher.run(stop)
+    say(
+        f"webhooks {context}: {stats.delivered} delivered, {stats.retried} retried, "
+        f"{stats.parked} parked"
+    )
+    return stats

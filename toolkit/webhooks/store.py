@@ -1,0 +1,362 @@
+"""The webhooks' store: subscriptions, the events awaiting delivery, and each delivery's
+record, in one SQLite file per context (``<data dir>/webhooks/<context>.sqlite``, readable
+by its owner only: it holds the subscribers' secrets).
+
+The records are the dispatcher's queue and its memory: a done delivery is never sent
+again, whatever restarts. They are keyed by the event's id, not by its stream sequence, so
+an event the relay published again at a new sequence is known there, and a sequence that
+now holds another event takes nothing for done.
+
+The API and the dispatcher (another process) share the file (WAL, a busy timeout). One
+store object is one connection: use it from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+from toolkit.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""The store's layout, in SQLite's ``user_version``: 0 keyed deliveries by stream sequence
+(converted on opening, see :meth:`WebhookStore._migrate`), 1 keys them by event id."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscription (
+    id TEXT PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    after INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (event_type, url)
+);
+CREATE TABLE IF NOT EXISTS event (
+    id TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS delivery (
+    subscription_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'parked')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL,
+    reason TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (subscription_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS delivery_due ON delivery (due) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS delivery_event ON delivery (event_id);
+"""
+
+_FROM_SEQUENCES = (
+    "ALTER TABLE delivery RENAME TO delivery_0",
+    "ALTER TABLE event RENAME TO event_0",
+    "DROP INDEX delivery_due",
+    "DROP INDEX delivery_position",
+    *_SCHEMA.split(";"),
+    # the latest sequence an event was read at; for one event twice (the fault fixed here),
+    # what was done wins over what waits, and that over what was parked
+    "INSERT OR IGNORE INTO event (id, sequence, type, body)"
+    " SELECT id, position, type, body FROM event_0 ORDER BY position DESC",
+    "INSERT OR IGNORE INTO delivery"
+    " (subscription_id, event_id, state, attempts, due, reason, updated_at)"
+    " SELECT d.subscription_id, e.id, d.state, d.attempts, d.due, d.reason, d.updated_at"
+    " FROM delivery_0 d JOIN event_0 e ON e.position = d.position"
+    " ORDER BY d.state = 'delivered' DESC, d.state = 'pending' DESC",
+)
+
+
+_DOCUMENTED: dict[str, Any] = {"use_attribute_docstrings": True}
+"""How the API documents the records below: the attribute docstrings become the fields'
+descriptions (pydantic reads ``__pydantic_config__``; a plain dict, so that this module
+does not import pydantic)."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A callback URL that receives one event type of a context."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _DOCUMENTED
+
+    id: str
+    context: str
+    event_type: str
+    url: str
+    after: int
+    """events after this stream position are delivered"""
+    created_at: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery that kept failing, parked until it is retried."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = _DOCUMENTED
+
+    subscription_id: str
+    url: str
+    event_id: str
+    event_type: str
+    position: int
+    """the stream sequence the event was last read at"""
+    attempts: int
+    reason: str
+    parked_at: str
+
+
+class Due(NamedTuple):
+    """A delivery to attempt now."""
+
+    subscription_id: str
+    event_id: str
+    attempts: int
+    url: str
+    secret: str
+    body: bytes
+
+
+class DuplicateSubscription(Exception):
+    """The event type already goes to that URL, as subscription ``existing``."""
+
+    def __init__(self, existing: str) -> None:
+        super().__init__(existing)
+        self.existing = existing
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class WebhookStore:
+    """Subscriptions, the events awaiting delivery, and each delivery's record, in one
+    SQLite file per context."""
+
+    def __init__(self, path: Path, context: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.context = context
+        fresh = not path.exists()
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")  # the API and the dispatcher share it
+        self.db.execute("PRAGMA busy_timeout=5000")
+        if fresh:
+            os.chmod(path, 0o600)  # it holds the subscribers' secrets
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version != SCHEMA_VERSION:
+            try:
+                self._migrate()
+            except BaseException:
+                self.db.close()
+                raise
+
+    @classmethod
+    def of(cls, data_dir: Path, context: str) -> WebhookStore:
+        return cls(Path(data_dir) / "webhooks" / f"{context}.sqlite", context)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> WebhookStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        """Create the tables, or convert a store whose deliveries are keyed by stream
+        sequence (before schema 1). Pending and parked deliveries, and done ones whose
+        event is still kept, are converted exactly (their event's body holds its id). A
+        done delivery's body is dropped once sent, so for those the id is unknown here,
+        and they are forgotten: such an event is sent again (with its ``webhook-id``) only
+        if the dispatcher reads it again, which it does after its consumer is deleted or
+        the stream re-sequenced, never on its own (its consumer goes on from where it
+        acknowledged). Keeping them by sequence instead would take another event at that
+        sequence, after a re-sequencing, for done: a loss rather than a repeat."""
+        with self._transaction() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version == SCHEMA_VERSION:
+                return  # another process converted it meanwhile
+            if version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"{self.path} has webhook store schema {version}, written by a newer "
+                    f"toolkit (this one knows {SCHEMA_VERSION}): run that version"
+                )
+            old = db.execute(
+                "SELECT 1 FROM pragma_table_info('delivery') WHERE name = 'position'"
+            ).fetchone()
+            for statement in _FROM_SEQUENCES if old else _SCHEMA.split(";"):
+                db.execute(statement)
+            if old:
+                (forgotten,) = db.execute(
+                    "SELECT count(*) FROM delivery_0 d WHERE NOT EXISTS"
+                    " (SELECT 1 FROM event_0 e WHERE e.position = d.position)"
+                ).fetchone()
+                (kept,) = db.execute("SELECT count(*) FROM delivery").fetchone()
+                db.execute("DROP TABLE delivery_0")
+                db.execute("DROP TABLE event_0")
+                log.warning(
+                    "webhooks %s: delivery records converted from stream sequences to event "
+                    "ids: %d kept; %d done ones whose event id is no longer known forgotten "
+                    "(sent again only if the dispatcher's consumer is deleted or the stream "
+                    "re-sequenced)",
+                    self.context, kept, forgotten,
+                )  # fmt: skip
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # subscriptions
+
+    def subscribe(self, event_type: str, url: str, secret: str, after: int) -> Subscription:
+        row = Subscription(
+            id=uuid.uuid4().hex,
+            context=self.context,
+            event_type=event_type,
+            url=url,
+            after=after,
+            created_at=_now_text(),
+        )
+        try:
+            self.db.execute(
+                "INSERT INTO subscription (id, event_type, url, secret, after, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (row.id, event_type, url, secret, after, row.created_at),
+            )
+        except sqlite3.IntegrityError:
+            (existing,) = self.db.execute(
+                "SELECT id FROM subscription WHERE event_type = ? AND url = ?", (event_type, url)
+            ).fetchone()
+            raise DuplicateSubscription(existing) from None
+        return row
+
+    def subscriptions(self, subscription_id: str | None = None) -> list[Subscription]:
+        rows = self.db.execute(
+            "SELECT id, event_type, url, after, created_at FROM subscription"
+            " WHERE ? IS NULL OR id = ? ORDER BY created_at, id",
+            (subscription_id, subscription_id),
+        ).fetchall()
+        fields = ("id", "event_type", "url", "after", "created_at")
+        return [
+            Subscription(context=self.context, **dict(zip(fields, r, strict=True))) for r in rows
+        ]
+
+    def unsubscribe(self, subscription_id: str) -> bool:
+        """Remove a subscription and its deliveries (pending, done or parked)."""
+        with self._transaction() as db:
+            gone = db.execute("DELETE FROM subscription WHERE id = ?", (subscription_id,))
+            db.execute("DELETE FROM delivery WHERE subscription_id = ?", (subscription_id,))
+            self._forget_delivered(db)
+        return gone.rowcount > 0
+
+    # the dispatcher's queue
+
+    def fan_out(self, event_id: str, sequence: int, event_type: str, body: bytes) -> int:
+        """Record one pending delivery of an event, read at stream ``sequence``, per
+        subscription that wants it; a delivery of the event already recorded (pending,
+        done or parked, read at this sequence or another) is left as it is. Returns how
+        many deliveries are new."""
+        now = time.time()
+        with self._transaction() as db:
+            created = db.execute(
+                "INSERT OR IGNORE INTO delivery"
+                " (subscription_id, event_id, state, attempts, due, updated_at)"
+                " SELECT id, ?, 'pending', 0, ?, ? FROM subscription"
+                " WHERE event_type = ? AND after < ?",
+                (event_id, now, _now_text(), event_type, sequence),
+            ).rowcount
+            if created:
+                db.execute(
+                    "INSERT OR IGNORE INTO event (id, sequence, type, body) VALUES (?, ?, ?, ?)",
+                    (event_id, sequence, event_type, body),
+                )
+        return int(created)
+
+    def claim_due(self, limit: int, lease: float) -> list[Due]:
+        """Up to ``limit`` deliveries that are due, oldest due first; each is leased for
+        ``lease`` seconds (a dispatcher that dies mid-attempt retries it after that)."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT d.subscription_id, d.event_id, d.attempts, s.url, s.secret, e.body"
+                " FROM delivery d JOIN subscription s ON s.id = d.subscription_id"
+                " JOIN event e ON e.id = d.event_id"
+                " WHERE d.state = 'pending' AND d.due <= ? ORDER BY d.due, e.sequence LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE delivery SET due = ? WHERE subscription_id = ? AND event_id = ?",
+                [(now + lease, row[0], row[1]) for row in rows],
+            )
+        return [Due(*row) for row in rows]
+
+    def next_due(self) -> float | None:
+        (due,) = self.db.execute("SELECT min(due) FROM delivery WHERE state = 'pending'").fetchone()
+        return None if due is None else float(due)
+
+    def record(self, due: Due, *, delivered: bool, reason: str = "", retry_at: float = 0) -> str:
+        """Record an attempt: done, due again at ``retry_at``, or (``retry_at`` 0) parked.
+        Returns the delivery's new state."""
+        state = "delivered" if delivered else ("pending" if retry_at else "parked")
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE delivery SET state = ?, attempts = attempts + 1, due = ?, reason = ?,"
+                " updated_at = ? WHERE subscription_id = ? AND event_id = ? AND state = 'pending'",
+                (state, retry_at, reason or None, _now_text(), due.subscription_id, due.event_id),
+            )
+            if delivered:
+                self._forget_delivered(db, due.event_id)
+        return state
+
+    def _forget_delivered(self, db: sqlite3.Connection, event_id: str | None = None) -> None:
+        """Drop the bodies of events no delivery waits for any more (done records stay)."""
+        db.execute(
+            "DELETE FROM event WHERE (? IS NULL OR id = ?) AND NOT EXISTS (SELECT 1"
+            " FROM delivery d WHERE d.event_id = event.id AND d.state != 'delivered')",
+            (event_id, event_id),
+        )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        rows = self.db.execute(
+            "SELECT d.subscription_id, s.url, e.id, e.type, e.sequence, d.attempts, d.reason,"
+            " d.updated_at FROM delivery d JOIN subscription s ON s.id = d.subscription_id"
+            " JOIN event e ON e.id = d.event_id WHERE d.state = 'parked'"
+            " ORDER BY e.sequence, d.subscription_id"
+        ).fetchall()
+        return [DeadLetter(*r) for r in rows]
+
+    def retry(self, subscription_id: str, event_id: str) -> bool:
+        """Put a parked delivery back in the queue, due now, with a fresh count."""
+        changed = self.db.execute(
+            "UPDATE delivery SET state = 'pending', attempts = 0, due = ?, reason = NULL,"
+            " updated_at = ? WHERE subscription_id = ? AND event_id = ? AND state = 'parked'",
+            (time.time(), _now_text(), subscription_id, event_id),
+        )
+        return changed.rowcount > 0
+
+    def counts(self) -> dict[str, int]:
+        """Deliveries by state."""
+        rows = self.db.execute("SELECT state, count(*) FROM delivery GROUP BY state")
+        return {"pending": 0, "delivered": 0, "parked": 0} | dict(rows.fetchall())
