@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import stat
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -317,6 +318,46 @@ async def test_bad_registrations_get_problem_details(
     secret = body.get("secret", "") if isinstance(body, dict) else ""
     assert not secret or secret not in answer.text  # a secret is never echoed
     assert (await api_without_nats.get("/webhooks/sales/subscriptions")).json() == []
+
+
+async def test_the_api_opens_a_store_once_and_keeps_sqlite_off_the_event_loop(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API opened a store (and checked its schema) per request, on the event loop."""
+    opened: list[str] = []
+    closed: list[str] = []
+    threads: set[int] = set()
+    real_open, real_close = WebhookStore.__init__, WebhookStore.close
+    real_subscriptions = WebhookStore.subscriptions
+
+    def open_store(store: WebhookStore, path: Path, context: str) -> None:
+        opened.append(context)
+        real_open(store, path, context)
+
+    def close(store: WebhookStore) -> None:
+        closed.append(store.context)
+        real_close(store)
+
+    def subscriptions(store: WebhookStore, subscription_id: str | None = None) -> list[Any]:
+        threads.add(threading.get_ident())
+        return real_subscriptions(store, subscription_id)
+
+    monkeypatch.setattr(WebhookStore, "__init__", open_store)
+    monkeypatch.setattr(WebhookStore, "close", close)
+    monkeypatch.setattr(WebhookStore, "subscriptions", subscriptions)
+    async with (
+        serving(webhooks_app(data_dir, nowhere("nats"))) as base,
+        httpx.AsyncClient(base_url=base) as api,
+    ):
+        url = "/webhooks/sales/subscriptions"
+        created = await api.post(url, json=GOOD | {"after": 0})  # no NATS asked
+        assert created.status_code == 201, created.text
+        listed = await asyncio.gather(*(api.get(url) for _ in range(10)))
+        assert {len(answer.json()) for answer in listed} == {1}
+        assert (await api.get(created.headers["location"])).status_code == 200
+        assert (opened, closed) == (["sales"], [])
+    assert threads and threading.get_ident() not in threads  # not the event loop's thread
+    assert closed == ["sales"]  # with the app
 
 
 async def test_subscriptions_are_registered_listed_and_removed(
