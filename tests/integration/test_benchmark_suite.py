@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks import suite
-from benchmarks.reporting import Target, markdown_table
+from benchmarks.reporting import markdown_table
 
 PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path"}
 
@@ -64,30 +63,3 @@ def test_the_command_runs_one_workload_into_the_folder_it_is_given(tmp_path: Pat
     report = (tmp_path / "report.md").read_text()
     assert "## Relay: the log onto JetStream" in report and "## Catch-up" not in report
     assert (tmp_path / "relay.png").exists() and not (tmp_path / "catchup.png").exists()
-
-
-@pytest.mark.timeout(10)
-def test_a_target_says_whether_it_was_met_and_by_how_much() -> None:
-    assert Target("ratio", 0.72, 0.6).verdict() == "met, 20% to spare"
-    assert Target("ratio", 0.45, 0.6).verdict() == "missed by 0.15 (25%)"
-    slow = Target("p99", 30.0, 20.0, at_least=False, unit=" ms")
-    assert not slow.met and slow.verdict() == "missed by 10.00 ms (50%)"
-    assert slow.goal_text() == "< 20.00 ms"
-
-
-@pytest.mark.timeout(10)
-def test_a_table_becomes_markdown_with_its_alignment_and_caption() -> None:
-    table = Table(title="t")
-    table.add_column("name")
-    table.add_column("rate", justify="right")
-    table.add_row("a|b", "1,000")
-    table.caption = "2 cores"
-    assert markdown_table(table).splitlines() == [
-        "**t**",
-        "",
-        "| name | rate |",
-        "|---|---:|",
-        "| a\\|b | 1,000 |",
-        "",
-        "*2 cores*",
-    ]

@@ -3,19 +3,14 @@ its reason, events it does not read are skipped, and the rest is applied."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from projections.shipping import Shipments
 from tests.envelopes import relayed
 from tests.flow import project_all
-from toolkit import ContractError, StreamSpec, ensure_stream
-from toolkit.read.reader import StreamMessage
-from toolkit.read.translator import UnknownEvent
+from toolkit import StreamSpec, ensure_stream
 from toolkit.readmodels.sqlite import ProjectionHome
 
 
@@ -64,14 +59,3 @@ async def test_junk_on_the_stream_is_dead_lettered_and_the_rest_applied(
     assert set(reasons) == {2, 3, 4, 5, 6, 7}
     assert all(reason for reason in reasons.values())
     assert "not published by the sales relay: it has no Nats-Msg-Id" in reasons[7]
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-@given(bodies=st.lists(st.binary(max_size=200) | st.text(max_size=200).map(str.encode), max_size=8))
-def test_no_body_stops_the_translator(bodies: list[bytes]) -> None:
-    """Any body ends as facts, a skip or a contract error (a dead letter), never as
-    another exception that would stop the consumer."""
-    translator = Shipments.translators[0]
-    for i, body in enumerate(bodies):
-        with contextlib.suppress(ContractError, UnknownEvent):
-            translator.translate(StreamMessage("sales", i + 1, "sales.order.x.E", {}, body))

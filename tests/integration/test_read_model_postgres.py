@@ -208,11 +208,3 @@ async def test_readers_see_a_whole_postgresql_model_throughout_a_replay(
     assert generations[0] == "shipping/g000001" and generations[-1] == "shipping/g000002"
     switch = generations.index(generations[-1])
     assert set(generations[switch:]) == {generations[-1]}  # once switched, never back
-
-
-def test_the_read_model_url_is_checked() -> None:
-    settings = Settings.from_env({"TOOLKIT_READ_MODEL_URL": "postgresql://h/db"})
-    assert settings.read_model_url == "postgresql://h/db"
-    assert Settings.from_env({}).read_model_url is None
-    with pytest.raises(ConfigurationError, match="must be a postgresql:// URL"):
-        Settings.from_env({"TOOLKIT_READ_MODEL_URL": "mysql://h/db"})

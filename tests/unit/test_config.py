@@ -41,3 +41,11 @@ def test_stream_settings_come_from_the_environment() -> None:
 def test_bad_settings_are_named_in_the_error(name: str, value: str, reason: str) -> None:
     with pytest.raises(ConfigurationError, match=f"{name}={value!r} .*{reason}"):
         Settings.from_env({name: value})
+
+
+def test_the_read_model_url_is_checked() -> None:
+    settings = Settings.from_env({"TOOLKIT_READ_MODEL_URL": "postgresql://h/db"})
+    assert settings.read_model_url == "postgresql://h/db"
+    assert Settings.from_env({}).read_model_url is None
+    with pytest.raises(ConfigurationError, match="must be a postgresql:// URL"):
+        Settings.from_env({"TOOLKIT_READ_MODEL_URL": "mysql://h/db"})

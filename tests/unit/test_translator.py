@@ -1,13 +1,17 @@
 """Schema evolution at the consumer: older versions upcast, newer ones dead-lettered,
-unknown types skipped."""
+unknown types skipped; and no body, however hostile, stops a translator."""
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from projections.shipping import Shipments
 from toolkit import ContractError, IntegrationEvent, contract
 from toolkit.read.reader import StreamMessage
 from toolkit.read.translator import Translator, UnknownEvent
@@ -101,3 +105,14 @@ def test_one_reading_per_version() -> None:
     sales = translator()
     with pytest.raises(ContractError, match="already read"):
         sales.on(PlacedV3)(lambda e: None)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bodies=st.lists(st.binary(max_size=200) | st.text(max_size=200).map(str.encode), max_size=8))
+def test_no_body_stops_the_translator(bodies: list[bytes]) -> None:
+    """Any body ends as facts, a skip or a contract error (a dead letter), never as
+    another exception that would stop the consumer."""
+    translator = Shipments.translators[0]
+    for i, body in enumerate(bodies):
+        with contextlib.suppress(ContractError, UnknownEvent):
+            translator.translate(StreamMessage("sales", i + 1, "sales.order.x.E", {}, body))

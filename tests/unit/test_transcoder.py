@@ -4,14 +4,11 @@ import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from unittest import skip
 from uuid import UUID
 
 import pytest
-from eventsourcing.application import Application
-from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -24,7 +21,6 @@ from eventsourcing.tests import persistence as upstream
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contexts.sales import Sales
 from toolkit.write.transcoder import OrjsonTranscoder
 
 
@@ -115,48 +111,6 @@ def test_what_neither_reads_is_refused_as_json_refuses_it() -> None:
         registered(OrjsonTranscoder()).decode(b'{"x": nan}')
 
 
-class Reading(Aggregate):
-    class Taken(Aggregate.Created):
-        value: float
-        count: int
-
-    @event(Taken)
-    def __init__(self, value: float, count: int) -> None:
-        self.value = value
-        self.count = count
-
-
-@pytest.mark.parametrize(
-    ("writer", "reader"),
-    [(JSONTranscoder, OrjsonTranscoder), (OrjsonTranscoder, JSONTranscoder)],
-    ids=["eventsourcing-wrote", "toolkit-wrote"],
-)
-def test_a_log_written_by_either_transcoder_is_read_by_the_other(
-    tmp_path: Path, writer: type[Transcoder], reader: type[Transcoder]
-) -> None:
-    """The README's promise: switching the transcoder either way keeps the log readable,
-    NaN, infinity and big counts included."""
-
-    def app(transcoder: type[Transcoder]) -> Application[UUID]:
-        return Application(
-            env={
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": str(tmp_path / "log.sqlite"),
-                "TRANSCODER_TOPIC": f"{transcoder.__module__}:{transcoder.__qualname__}",
-            }
-        )
-
-    values = [(math.nan, 2**64), (math.inf, -(10**40)), (-math.inf, 0), (0.25, 2**63 - 1)]
-    with app(writer) as before:
-        readings = [Reading(value, count) for value, count in values]
-        before.save(*readings)
-    with app(reader) as after:
-        assert isinstance(after.mapper.transcoder, reader)
-        for written, (value, count) in zip(readings, values, strict=True):
-            read: Reading = after.repository.get(written.id)
-            assert same([read.value, read.count], [value, count])
-
-
 class TestOrjsonTranscoder(upstream.TranscoderTestCase):
     """eventsourcing's own tests of a transcoder, skipping what upstream skips for its
     ``JSONTranscoder`` (tests/persistence_tests/test_transcoder.py): both write tuples
@@ -213,10 +167,6 @@ def test_unregistered_types_are_refused_clearly() -> None:
         registered(OrjsonTranscoder()).encode({"x": object()})
     with pytest.raises(TranscodingNotRegisteredError, match="not deserializable"):
         registered(OrjsonTranscoder()).decode(b'{"x": {"_type_": "nope", "_data_": 1}}')
-
-
-def test_contexts_use_it_by_default(sales: Sales) -> None:
-    assert isinstance(sales.mapper.transcoder, OrjsonTranscoder)
 
 
 def test_every_form_uuid_accepts_still_decodes() -> None:
