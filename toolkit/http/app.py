@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, HTTPException, Request, Response
 
 from toolkit import webhooks
+from toolkit.backoff import Backoff
 from toolkit.config import Settings
 from toolkit.errors import MarkerError
 from toolkit.http import caching, feed, health, problems
@@ -164,16 +165,15 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
     async def run_relay(name: str, context: BoundedContext[Any], stop: asyncio.Event) -> None:
         """The context's relay, started once NATS answers: the API serves reads while
         NATS is away, and readiness says why the relay is not running."""
-        delay, stopped = 0.25, 1.0
+        unreachable, stopped = Backoff(0.25, 5.0), Backoff(1.0, 30.0)
         while not stop.is_set():
             try:
                 connection = await relay_link.connection()
             except HTTPException as exc:
                 relay_trouble[name] = str(exc.detail)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 5.0)
+                await unreachable.wait(stop)
                 continue
+            unreachable.reset()
             relay_trouble.pop(name, None)
             spec = StreamSpec.from_settings(name, settings)
             relays[name] = Relay(context, connection, stream=spec)
@@ -184,11 +184,11 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
                 # Something an operator must mend (a foreign message in the relay's form,
                 # a stream written from another log, refused credentials): say so, and
                 # look again now and then, so that the relay goes on once it is mended.
+                if relays[name].stats.published:  # it was mended, and broke again
+                    stopped.reset()
                 relay_trouble[name] = f"relay {name} stopped: {exc}"
-                log.error("relay %s stopped: %s; trying again in %.0fs", name, exc, stopped)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), stopped)
-            stopped = min(stopped * 2, 30.0)
+                log.error("relay %s stopped: %s; trying again in %.0fs", name, exc, stopped.delay)
+            await stopped.wait(stop)
 
     def relay_stopped(name: str) -> str | None:
         """Why the context's relay is not running (one that runs again has mended it)."""

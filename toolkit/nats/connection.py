@@ -25,6 +25,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from toolkit.backoff import Backoff
 from toolkit.config import NatsAuth, Settings
 from toolkit.errors import ConnectError, ServerVersionError
 from toolkit.nats.embedded import SharedServer
@@ -310,15 +311,14 @@ class Connection:
             "nats %s: the server closed the connection (%s); connecting again",
             self.name, _closed_by(closed),
         )  # fmt: skip
-        delay = 0.25
+        backoff = Backoff(0.25, 5.0)  # one per replacement: it starts afresh each time
         while not self._closing:
             try:
                 client = await self._connect()
             except Exception as exc:  # ConnectError, or what on_connect raised
                 self._failure = redact_urls(str(exc) or type(exc).__name__)
-                log.warning("nats %s: %s; again in %.1fs", self.name, self._failure, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("nats %s: %s; again in %.1fs", self.name, self._failure, backoff.delay)
+                await backoff.wait()  # close() cancels this task: no stop event needed
                 continue
             if self._closing:
                 await client.close()

@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from toolkit import wire
+from toolkit.backoff import Backoff
 from toolkit.errors import RelayError
 from toolkit.nats.connection import Connection, on_permission_denied
 from toolkit.nats.streams import (
@@ -429,8 +430,9 @@ class Relay:
 
     async def _run(self, stop: asyncio.Event, until_head: bool) -> RelayStats:
         target = (self.context.recorder.max_notification_id() or 0) if until_head else None
-        delay = self.retry_delay
+        backoff = Backoff(self.retry_delay, self.max_retry_delay)
         while True:
+            carried = self.stats.published
             try:
                 return await self._relay(stop, target)
             except (RelayError, nats.errors.Error, TimeoutError, OSError) as exc:
@@ -440,17 +442,16 @@ class Relay:
                     self._epoch = time.time_ns() // 1000  # ids JetStream has not seen
                     self.stats.republished_from = self.stats.position
                 self.stats.restarts += 1
+                if self.stats.published > carried:  # this attempt got events across
+                    backoff.reset()
                 log.warning(
                     "relay %s: %s; starting over from the stream in %.1fs",
                     self.context.name,
                     str(exc) or type(exc).__name__,
-                    delay,
+                    backoff.delay,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
+                if await backoff.wait(stop):
                     return self.stats
-                delay = min(delay * 2, self.max_retry_delay)
 
     async def _lost(self, error: RelayError) -> bool:
         """Whether the message a duplicate acknowledgement named is gone from the stream
