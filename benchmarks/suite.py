@@ -33,7 +33,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import catchup, http, latency, read_path, relay, replay, write_path
+from benchmarks import catchup, http, latency, read_path, relay, replay, startup, write_path
 from benchmarks.reporting import (
     Section,
     Target,
@@ -68,6 +68,7 @@ class Sizes:
     read_messages: int
     log_saves: int
     log_reads: int
+    startup_runs: int
 
 
 _SIZES: dict[str, tuple[Any, Any, Any]] = {
@@ -87,7 +88,10 @@ _SIZES: dict[str, tuple[Any, Any, Any]] = {
     "read_messages": (100_000, 50_000, 3000),
     "log_saves": (2000, 300, 20),
     "log_reads": (2000, 300, 20),
+    "startup_runs": (30, 10, 2),
 }
+STARTUP_GOAL = 5.0
+"""``toolkit --help`` answers within this many times the bare interpreter's start."""
 SIZES = {
     name: Sizes(**{field: sizes[n] for field, sizes in _SIZES.items()})
     for n, name in enumerate(("full", "quick", "smallest"))
@@ -466,6 +470,48 @@ def log_backends_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
     return section
 
 
+def startup_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
+    medians = startup.measure(sizes.startup_runs)
+    section = Section(
+        "startup",
+        "CLI start: --help without the world",
+        intro=(
+            "`toolkit --help` and `toolkit status --help` from start to exit, beside the "
+            "bare interpreter (`python -c pass`), the baseline, taking turns. Arguments are "
+            "parsed before any command's module is imported and `toolkit`'s public names "
+            "load on first use, so `--help` imports neither nats-py, eventsourcing nor "
+            "FastAPI; the last row is the HTTP boundary's import, which only `serve` and "
+            "`demo` pay."
+        ),
+        tables=[startup.report(sizes.startup_runs, medians)],
+    )
+    section.plots.append(
+        bar_chart(
+            out / "startup.png",
+            section.title,
+            "starts/s",
+            {name: 1 / seconds for name, seconds in medians.items()},
+            startup.BASELINE,
+        )
+    )
+    ratio = medians[startup.HELP] / medians[startup.BASELINE]
+    section.targets.append(
+        Target(
+            "toolkit --help / the bare interpreter's start",
+            ratio,
+            STARTUP_GOAL,
+            at_least=False,
+            unit=" times",
+            why=(
+                f"--help took {medians[startup.HELP] * 1000:.0f} ms against the "
+                f"interpreter's {medians[startup.BASELINE] * 1000:.0f} ms: something "
+                "imported before parsing (python -X importtime -m toolkit --help says what)."
+            ),
+        )
+    )
+    return section
+
+
 def _optional(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
@@ -485,6 +531,7 @@ WORKLOADS: dict[str, Workload] = {
     "scaling": scaling_workload,
     "read_path": read_path_workload,
     "log_backends": log_backends_workload,
+    "startup": startup_workload,
 }
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from benchmarks import suite
 from benchmarks.reporting import markdown_table
 
-PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path"}
+PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path", "startup"}
 
 
 @pytest.mark.timeout(120)
@@ -43,8 +43,9 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         "catch-up at 200",
         "end-to-end p99 at 1,000 commands/s",
         "HTTP reads",
+        "toolkit --help / the bare interpreter's start",
     }
-    assert len(run.targets) == 6
+    assert len(run.targets) == 7
     for target in run.targets:
         assert target.measured > 0 and target.verdict() in report
         assert target.met or target.why in report  # a miss says why, with its figures
