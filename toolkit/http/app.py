@@ -22,6 +22,7 @@ from toolkit.config import Settings
 from toolkit.errors import MarkerError
 from toolkit.http import caching, feed, health, problems
 from toolkit.http.auth import BearerAuth
+from toolkit.http.conditional import none_match
 from toolkit.http.consistency import HEADER, Consistency, ConsistencyToken, InvalidToken
 from toolkit.http.health import Metrics
 from toolkit.nats.streams import StreamSpec
@@ -72,7 +73,7 @@ class ReadModel:
             response.headers["ETag"] = tag
             response.headers["Cache-Control"] = self.cache_control
             response.headers["X-Read-Model"] = f"{self.home.name}/{current.stem}"
-            if caching.matches(request.headers.get("if-none-match"), tag):
+            if none_match(request.headers.get("if-none-match"), tag):
                 raise HTTPException(304, headers=dict(response.headers))
             yield db
             reusable = True

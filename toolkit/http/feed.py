@@ -38,6 +38,7 @@ from toolkit import wire
 from toolkit.config import Settings
 from toolkit.errors import ToolkitError
 from toolkit.http import problems
+from toolkit.http.conditional import none_match
 from toolkit.nats.connection import Connection, open_nats
 from toolkit.read.reader import StreamMessage, StreamReader
 
@@ -211,14 +212,6 @@ def _entry(message: StreamMessage) -> _Entry:
 
 def etag_of(body: bytes) -> str:
     return f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 weak comparison of ``If-None-Match`` with an entity tag."""
-    if not if_none_match:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -395,7 +388,7 @@ def router(contexts: Iterable[str], nats: NatsLink, *, feed: Feed | None = None)
             "Cache-Control": pages.cache_control(page),
             "Link": _link_header(page.links),
         }
-        if etag_matches(request.headers.get("if-none-match"), page.etag):
+        if none_match(request.headers.get("if-none-match"), page.etag):
             return Response(status_code=304, headers=headers)
         return Response(page.body, media_type="application/json", headers=headers)
 
