@@ -53,19 +53,32 @@ def redact_urls(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1", text)
 
 
-def check_server_version(version: str, url: str) -> None:
+def server_version_problem(
+    version: str,
+    url: str,
+    *,
+    minimum: tuple[int, int] = MIN_SERVER_VERSION,
+    needed_by: str = "the toolkit requires",
+) -> str | None:
+    """Why the server at ``url``, which reports ``version``, is too old for what needs
+    ``minimum`` (``needed_by`` says who), or None when it is recent enough. The one
+    reading of a server's version: the toolkit's own check and the JetStream log's
+    (which needs a newer server, and raises eventsourcing's error) both ask it."""
+    required = f"{needed_by} {minimum[0]}.{minimum[1]} or newer"
     try:
         major, minor = (int(p) for p in version.split("-")[0].split(".")[:2])
     except ValueError:
-        raise ServerVersionError(
-            f"NATS server at {redact(url)} reports an unreadable version {version!r}; "
-            f"the toolkit requires {MIN_SERVER_VERSION[0]}.{MIN_SERVER_VERSION[1]} or newer"
-        ) from None
-    if (major, minor) < MIN_SERVER_VERSION:
-        raise ServerVersionError(
-            f"NATS server at {redact(url)} is version {version}; the toolkit requires "
-            f"{MIN_SERVER_VERSION[0]}.{MIN_SERVER_VERSION[1]} or newer"
-        )
+        return f"NATS server at {redact(url)} reports an unreadable version {version!r}; {required}"
+    if (major, minor) < minimum:
+        return f"NATS server at {redact(url)} is version {version}; {required}"
+    return None
+
+
+def check_server_version(version: str, url: str) -> None:
+    """Refuse a server older than the toolkit supports (:class:`ServerVersionError`)."""
+    problem = server_version_problem(version, url)
+    if problem is not None:
+        raise ServerVersionError(problem)
 
 
 _denial_listeners: weakref.WeakKeyDictionary[Client, list[Callable[[str], None]]] = (

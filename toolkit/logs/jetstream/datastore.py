@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StorageType
 from nats.nuid import NUID
 
-from toolkit.nats.connection import Connection
+from toolkit.nats.connection import Connection, server_version_problem
 
 T = TypeVar("T")
 
@@ -48,12 +48,11 @@ class Follower(Protocol):
 
 
 def check_server_version(version: str, url: str) -> None:
-    major, minor = (int(p) for p in version.split("-")[0].split(".")[:2])
-    if (major, minor) < MIN_SERVER_VERSION:
-        raise OperationalError(
-            f"NATS server at {url} is version {version}; JetStream as the event log needs "
-            f"{MIN_SERVER_VERSION[0]}.{MIN_SERVER_VERSION[1]} or newer (atomic batch publish)"
-        )
+    problem = server_version_problem(
+        version, url, minimum=MIN_SERVER_VERSION, needed_by="JetStream as the event log needs"
+    )
+    if problem is not None:
+        raise OperationalError(f"{problem} (atomic batch publish)")
 
 
 class _Waiter:
