@@ -1,6 +1,8 @@
 """``toolkit status``: where every stream, relay and projection of a system stands.
 
-For each stream its head; for each context its log head and the relay's lag; for each
+For each stream its head; for each context its log head and the relay's lag, whichever
+the log (SQLite, PostgreSQL, JetStream: the context is built from the environment as its
+relay builds it, creating nothing; a log it cannot read is a problem, with why); for each
 projection its version (and whether a rebuild is due), checkpoint per stream (per
 partition when partitioned), lag in events and in time, state and dead-letter count; for
 a partial model (a replay from a later start) where it starts in each stream, and the
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from eventsourcing.utils import Environment
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
@@ -84,16 +87,21 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
     for name, context_cls in system.contexts.items():
         head = (await stream(name))["head"]
         relay: dict[str, Any] = {"stream_head": head}
-        log_file = Path(settings.data_dir) / f"{name}.sqlite"
-        if log_file.exists():
-            context = context_cls(data_dir=settings.data_dir)
+        try:
+            context = _open_log(context_cls, Path(settings.data_dir))
+        except Exception as exc:  # a database down, a setting wrong: that relay's problem
+            relay.setdefault("problems", []).append(f"cannot read its log: {exc}")
+            context = None
+        if context is not None:
             try:
                 log_head = context.recorder.max_notification_id() or 0
                 relayed = await _relayed_to(js, name, context, relay) if head else 0
                 lag = _to_carry(context, relayed, log_head)
+                relay.update(log_head=log_head, relayed_to=relayed, relay_lag=lag)
+            except Exception as exc:  # no table or stream yet, a server gone meanwhile
+                relay.setdefault("problems", []).append(f"cannot read its log: {exc}")
             finally:
                 context.close()
-            relay.update(log_head=log_head, relayed_to=relayed, relay_lag=lag)
         contexts[name] = relay
 
     projections: dict[str, Any] = {}
@@ -141,6 +149,20 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
         "projections": projections,
         "problems": found,
     }
+
+
+def _open_log(context_cls: type[BoundedContext[Any]], data_dir: Path) -> BoundedContext[Any] | None:
+    """The context as its relay builds it (from its environment, in the data folder), to
+    read its log, whichever it is (SQLite, PostgreSQL, JetStream), creating nothing: no
+    table or stream that is not there yet (eventsourcing's ``CREATE_TABLE``), and no
+    SQLite file: None when the log is one not made yet."""
+    keys = Environment(context_cls.name).create_keys("CREATE_TABLE")  # SALES_CREATE_TABLE too
+    context = context_cls(env=dict.fromkeys(keys, "false"), data_dir=data_dir)
+    log_file = context.log_file
+    if log_file is not None and not log_file.exists():
+        context.close()
+        return None
+    return context
 
 
 _COUNTED = 100_000

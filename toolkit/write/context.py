@@ -137,6 +137,17 @@ class BoundedContext(Application[ID]):
             if outer is not None:
                 outer.extend(collected)
 
+    @property
+    def log_file(self) -> Path | None:
+        """The SQLite file of the context's log; None for a log elsewhere (PostgreSQL,
+        JetStream, SQLite in memory)."""
+        from eventsourcing.sqlite import SQLiteDatastore  # (over sqlite3: cheap to import)
+
+        datastore = getattr(self.recorder, "datastore", None)
+        if isinstance(datastore, SQLiteDatastore) and not datastore.pool.is_sqlite_memory_mode:
+            return Path(datastore.pool.db_name)
+        return None
+
     def _notify(self, recordings: list[Recording[Any]]) -> None:
         if not recordings:
             return
