@@ -43,6 +43,7 @@ from toolkit.logs.jetstream import (
     BATCH_SEQUENCE,
     JetStreamAggregateRecorder,
     JetStreamApplicationRecorder,
+    JetStreamDatastore,
     JetStreamFactory,
     JetStreamProcessRecorder,
     JetStreamTrackingRecorder,
@@ -465,6 +466,17 @@ def test_the_factory_needs_a_url_and_a_recent_server() -> None:
     with pytest.raises(OperationalError, match=r"2\.12 or newer"):
         check_server_version("2.11.4", "nats://127.0.0.1:4")
     check_server_version("2.12.0", "nats://127.0.0.1:4")
+
+
+def test_no_answer_names_the_server_without_its_credentials(nats_server: EmbeddedServer) -> None:
+    datastore = JetStreamDatastore(nats_server.url.replace("nats://", "nats://ann:secret@"))
+    try:
+        datastore.timeout = 0.01  # the call waits ten times as long for its coroutine
+        with pytest.raises(OperationalError, match="no answer from the JetStream log") as raised:
+            datastore.call(asyncio.sleep(5))
+        assert "secret" not in str(raised.value) and "127.0.0.1" in str(raised.value)
+    finally:
+        datastore.close()
 
 
 # -- the sales context on a JetStream log ------------------------------------------------

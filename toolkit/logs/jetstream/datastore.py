@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StorageType
 from nats.nuid import NUID
 
-from toolkit.nats.connection import Connection, server_version_problem
+from toolkit.nats.connection import Connection, redact, server_version_problem
 
 T = TypeVar("T")
 
@@ -200,7 +200,7 @@ class JetStreamDatastore:
             return future.result(self.timeout * 10)
         except TimeoutError:  # an answer that did not come (also concurrent.futures')
             raise OperationalError(
-                f"no answer from the JetStream log at {self.url} within {self.timeout:g}s"
+                f"no answer from the JetStream log at {redact(self.url)} within {self.timeout:g}s"
             ) from None
         except nats.errors.Error as exc:
             raise OperationalError(f"NATS: {exc!r}") from exc
