@@ -13,7 +13,6 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
+from toolkit import locks
 from toolkit.errors import ServerStartError
 
 log = logging.getLogger(__name__)
@@ -319,15 +319,12 @@ class SharedServer:
         """Start a server when none runs and return its URL; None when one runs (or
         another process is starting one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None
-            return await self._start(lock)
-        finally:
-            os.close(lock)  # a server started holds the lock through its own copy
+            # A server started holds the lock through its own copy of the descriptor.
+            with locks.file_lock(self.lock_path) as lock:
+                return await self._start(lock)
+        except locks.LockHeld:
+            return None  # another process is starting one
 
     async def _start(self, lock: int) -> str:
         port = _port_of(self.recorded_url())

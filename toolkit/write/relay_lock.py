@@ -26,7 +26,6 @@ for longer than that would lose the lock while it still runs.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from toolkit import locks
 from toolkit.errors import RelayBusyError
 from toolkit.write.context import BoundedContext
 
@@ -80,18 +80,11 @@ def _busy(name: str, holder: str) -> RelayBusyError:
 @contextlib.contextmanager
 def _file_lock(path: Path, name: str, role: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _busy(name, _described(os.pread(fd, 4096, 0), path)) from None
-        holder = orjson.dumps(_holder(role))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder, 0)
+    holder = orjson.dumps(_holder(role))
+    with locks.file_lock(
+        path, holder=holder, refused=lambda held: _busy(name, _described(held.written, path))
+    ):
         yield
-    finally:
-        os.close(fd)  # which releases the lock
 
 
 def _described(written: bytes, path: Path) -> str:
@@ -107,36 +100,16 @@ def _described(written: bytes, path: Path) -> str:
 def _advisory_lock(datastore: Any, name: str, role: str) -> Iterator[None]:
     import psycopg
 
-    from toolkit.readmodels.postgres import _key
-
     holder = _holder(role)
     params = {k: v for k, v in (datastore.pool.kwargs or {}).items() if k != "row_factory"}
     described = f"{role}, pid {holder['pid']} on {holder['host']}"
-    key = _key(f"relay:{datastore.schema}.{name}")
+    label = f"relay:{datastore.schema}.{name}"
     db = psycopg.connect(
         **params, autocommit=True, connect_timeout=5, application_name=described[:63]
     )
     try:
-        (locked,) = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone() or (False,)
-        if not locked:
-            raise _busy(name, _session_holding(db, key))
+        if not locks.try_advisory_lock(db, label):
+            raise _busy(name, locks.advisory_holder(db, label))
         yield
     finally:
         db.close()  # which releases the lock
-
-
-def _session_holding(db: Any, key: int) -> str:
-    """Who holds advisory lock ``key`` of ``db``'s database: its session's application
-    name, address and start."""
-    row = db.execute(
-        "SELECT a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
-        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-        "AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 1 "
-        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
-    ).fetchone()
-    if row is None:
-        return "its session has just ended: try again"
-    application, address, started = row
-    where = f" from {address}" if address else ""
-    return f"{application or 'a session'}{where}, connected since {started:%Y-%m-%dT%H:%M:%S%z}"
