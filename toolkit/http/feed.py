@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -32,7 +31,9 @@ import nats.errors
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.functional_validators import PlainValidator
+from pydantic.json_schema import WithJsonSchema
 
 from toolkit import wire
 from toolkit.config import Settings
@@ -116,24 +117,29 @@ def unavailable(detail: str) -> HTTPException:
 # -- the page's documented shape (OpenAPI); the body itself is encoded by msgspec ---------
 
 
-class CloudEvent(BaseModel):
-    """An integration event in CloudEvents 1.0 JSON, as on the stream (see the README's
-    wire format); attributes not listed here may appear and should be ignored."""
+def _as_envelope(value: object) -> wire.Envelope:
+    return msgspec.convert(value, wire.Envelope, strict=False)
 
-    model_config = ConfigDict(extra="allow")
 
-    specversion: str
-    id: str = Field(description="`<context>:<log position>`, unique per source")
-    source: str
-    type: str = Field(description="the contract's name, e.g. `sales.OrderPlaced`")
-    schemaversion: int | None = None
-    subject: str | None = Field(None, description="the aggregate id")
-    time: datetime | None = None
-    aggregatetype: str | None = None
-    aggregateversion: int | None = None
-    logposition: int | None = None
-    datacontenttype: str | None = None
-    data: Any = None
+class CloudEvent(
+    RootModel[
+        Annotated[
+            wire.Envelope,
+            PlainValidator(_as_envelope),
+            WithJsonSchema(
+                wire.envelope_json_schema()
+                | {
+                    "title": "CloudEvent",
+                    "description": "An integration event in CloudEvents 1.0 JSON, exactly as on "
+                    "the stream (see the README's wire format); attributes not listed here may "
+                    "appear and should be ignored.",
+                }
+            ),
+        ]
+    ]
+):
+    """The wire package's envelope (:class:`toolkit.wire.Envelope`), as the OpenAPI
+    schema shows it: the feed passes envelopes on unchanged, so it has no shape of its own."""
 
 
 class FeedEntry(BaseModel):
@@ -168,7 +174,7 @@ class _Entry(msgspec.Struct, omit_defaults=True):
     problem: str | None = None
 
 
-class _Page(msgspec.Struct):
+class _PageBody(msgspec.Struct):
     context: str
     after: int
     limit: int
@@ -177,18 +183,6 @@ class _Page(msgspec.Struct):
     links: dict[str, str | None]
 
 
-class _EnvelopeCheck(msgspec.Struct):
-    """The attributes CloudEvents requires, and the log position the relay adds; decoding
-    checks the body is such an object."""
-
-    specversion: str
-    id: str
-    source: str
-    type: str
-    logposition: int | None = None
-
-
-_check_envelope = msgspec.json.Decoder(_EnvelopeCheck).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -197,7 +191,7 @@ def _entry(message: StreamMessage) -> _Entry:
     but not its body, so that a reader that keys on ``id`` is never handed another
     publisher's message as one of the context's events."""
     try:
-        envelope = _check_envelope(message.data)
+        envelope = wire.decode_attributes(message.data)
     except msgspec.DecodeError as exc:
         return _Entry(message.sequence, message.subject, None, f"not a CloudEvents event: {exc}")
     stream = message.stream
@@ -214,7 +208,9 @@ def etag_of(body: bytes) -> str:
     return f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
 
 
-class Page(msgspec.Struct, frozen=True):
+class EncodedPage(msgspec.Struct, frozen=True):
+    """A page of the feed as served: its encoded body, and what its headers say."""
+
     body: bytes
     etag: str
     complete: bool
@@ -227,15 +223,15 @@ class _PageCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0
-        self._pages: OrderedDict[tuple[object, ...], Page] = OrderedDict()
+        self._pages: OrderedDict[tuple[object, ...], EncodedPage] = OrderedDict()
 
-    def get(self, key: tuple[object, ...]) -> Page | None:
+    def get(self, key: tuple[object, ...]) -> EncodedPage | None:
         page = self._pages.get(key)
         if page is not None:
             self._pages.move_to_end(key)
         return page
 
-    def put(self, key: tuple[object, ...], page: Page) -> None:
+    def put(self, key: tuple[object, ...], page: EncodedPage) -> None:
         if len(page.body) > self.max_bytes or key in self._pages:
             return
         self._pages[key] = page
@@ -261,10 +257,10 @@ class Feed:
         self.read_timeout = read_timeout
         self._cache = _PageCache(cache_bytes)
 
-    def cache_control(self, page: Page) -> str:
+    def cache_control(self, page: EncodedPage) -> str:
         return IMMUTABLE if page.complete else f"public, max-age={self.head_max_age}"
 
-    async def page(self, stream: str, after: int, limit: int, path: str) -> Page:
+    async def page(self, stream: str, after: int, limit: int, path: str) -> EncodedPage:
         """The page of ``stream`` after position ``after``; ``path`` is the feed's URL
         path, from which the links are made."""
         client = await self.nats.client()
@@ -302,7 +298,7 @@ class Feed:
         complete: bool,
         messages: list[StreamMessage],
         path: str,
-    ) -> Page:
+    ) -> EncodedPage:
         def link(start: int, size: int) -> str:
             return f"{path}?after={start}&limit={size}"
 
@@ -312,8 +308,10 @@ class Feed:
             "prev": link(max(0, after - limit), min(limit, after)) if after > 0 else None,
             "next": link(after + limit, limit) if complete else None,
         }
-        body = _encode(_Page(context, after, limit, complete, [_entry(m) for m in messages], links))
-        return Page(body, etag_of(body), complete, links)
+        body = _encode(
+            _PageBody(context, after, limit, complete, [_entry(m) for m in messages], links)
+        )
+        return EncodedPage(body, etag_of(body), complete, links)
 
     async def _read(
         self, client: Client, stream: str, first: int, last: int

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -29,6 +29,10 @@ EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 SPECVERSION = "1.0"
 DATACONTENTTYPE = "application/json"
+
+
+_DATE_TIME = msgspec.Meta(extra_json_schema={"format": "date-time"})
+"""(msgspec's JSON Schema of a datetime says only "string".)"""
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -46,7 +50,7 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The contract version."""
     subject: str
     """The aggregate id, not encoded."""
-    time: datetime
+    time: Annotated[datetime, _DATE_TIME]
     aggregatetype: str
     aggregateversion: int
     logposition: int
@@ -56,6 +60,11 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     data: Any
     """The integration event (a contract Struct when publishing, plain JSON values when
     decoded without a contract)."""
+
+
+# Views of the one envelope above: each decodes only the attributes its reader needs (the
+# rest, data included, is skipped, not decoded); tests/unit/test_envelope.py checks that
+# each attribute is the Envelope's, of its type.
 
 
 class EnvelopeHead(msgspec.Struct):
@@ -70,8 +79,29 @@ class EnvelopeHead(msgspec.Struct):
     logposition: int | None = None
 
 
+class EnvelopeAttributes(msgspec.Struct):
+    """What a consumer that passes envelopes on unchanged (the HTTP feed) checks: the
+    attributes CloudEvents requires of every event, and the log position the relay adds
+    (to tell the relay's messages from others)."""
+
+    specversion: str
+    id: str
+    source: str
+    type: str
+    logposition: int | None = None
+
+
 encode_envelope = msgspec.json.Encoder().encode
 decode_head = msgspec.json.Decoder(EnvelopeHead).decode
+decode_attributes = msgspec.json.Decoder(EnvelopeAttributes).decode
+
+
+def envelope_json_schema() -> dict[str, Any]:
+    """The envelope's JSON Schema, self-contained (no references), for documents that
+    show it (the OpenAPI schema of the feed)."""
+    (_,), components = msgspec.json.schema_components((Envelope,))
+    schema: dict[str, Any] = components["Envelope"]
+    return schema
 
 
 MAX_LOG_POSITION = 2**63 - 1
