@@ -52,10 +52,9 @@ def relay_lock(context: BoundedContext[Any], role: str) -> Iterator[None]:
         with _advisory_lock(datastore, context.name, role):
             yield
         return
-    pool = getattr(datastore, "pool", None)  # eventsourcing's SQLite connection pool
-    db_name = getattr(pool, "db_name", None)
-    if isinstance(db_name, str) and getattr(pool, "is_sqlite_memory_mode", None) is False:
-        path = Path(db_name).with_name(Path(db_name).name + ".relay-lock")
+    log_file = context.log_file
+    if log_file is not None:
+        path = log_file.with_name(log_file.name + ".relay-lock")
     else:
         path = context.data_dir / f"{context.name}.relay-lock"
     with _file_lock(path, context.name, role):
