@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import itertools
 import os
-import socket
+import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from toolkit.config import Settings
 from toolkit.nats.connection import connect
-from toolkit.nats.embedded import EmbeddedServer
+from toolkit.nats.embedded import EmbeddedServer, free_ports
 
 if TYPE_CHECKING:
     import psycopg
@@ -223,12 +224,28 @@ async def eventually(
     raise AssertionError(f"{getattr(probe, '__name__', probe)} gave nothing within {within}s")
 
 
+def free_port() -> int:
+    """A loopback port free right now, for a server a test starts itself."""
+    return free_ports(1)[0]
+
+
+@pytest.fixture
+def running() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The toolkit processes a test starts (it appends them): each still running at the
+    end is stopped with SIGTERM, and every one is waited for."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in started:
+        process.wait(20)
+
+
 @contextlib.asynccontextmanager
 async def serving(app: object) -> AsyncIterator[str]:
     """Run ``app`` in a real uvicorn server on a free loopback port; yield its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
     task = asyncio.create_task(server.serve())
     try:

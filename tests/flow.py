@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
+import orjson
 from nats.aio.client import Client
 
 from contexts.sales import Sales
@@ -78,14 +80,65 @@ async def read_all(nc: Client, stream: str = "sales") -> list[StreamMessage]:
     return messages
 
 
-def place_orders(sales: Sales, count: int, *, cancel_every: int) -> None:
-    """One customer and ``count`` orders of two teas; the first order and every
-    ``cancel_every``-th after it are cancelled."""
+TEAS = {"sku": "tea", "quantity": 2, "unit_price": "1.25"}
+MUGS = {"sku": "mug-blue", "quantity": 2, "unit_price": "4.50"}
+
+
+def place_orders(
+    sales: Sales,
+    count: int,
+    *,
+    cancel_every: int | None = None,
+    note_every: int | None = None,
+    line: dict[str, object] = TEAS,
+) -> tuple[UUID, list[UUID]]:
+    """One customer and ``count`` orders of ``line``; the first order and every
+    ``cancel_every``-th after it are cancelled, the first and every ``note_every``-th
+    get a private note (an event the relay keeps in the context). Returns the customer
+    and the orders."""
     customer = sales.register_customer("Ann", "ann@example.com")
+    orders: list[UUID] = []
     for i in range(count):
-        order = sales.place_order(customer, [{"sku": "tea", "quantity": 2, "unit_price": "1.25"}])
-        if i % cancel_every == 0:
+        order = sales.place_order(customer, [line])
+        if note_every and i % note_every == 0:
+            sales.add_order_note(order, "private")
+        if cancel_every and i % cancel_every == 0:
             sales.cancel_order(order, "changed her mind")
+        orders.append(order)
+    return customer, orders
+
+
+def sales_log(data_dir: Path, orders: int) -> None:
+    """A sales log in ``data_dir``, written by a context closed again: one customer and
+    ``orders`` orders (4 events for 3 orders)."""
+    sales = Sales(data_dir=data_dir)
+    try:
+        place_orders(sales, orders)
+    finally:
+        sales.close()
+
+
+def public_positions(sales: Sales) -> list[int]:
+    """Log positions of every event the published language maps, in log order."""
+    positions: list[int] = []
+    start = 0
+    while batch := sales.recorder.select_notifications(
+        start=start, limit=5000, inclusive_of_start=False
+    ):
+        language = sales.published_language
+        positions += [n.id for n in batch if language.mapping(n.topic) is not None]
+        start = batch[-1].id
+    return positions
+
+
+async def assert_stream_is_the_log(nc: Client, sales: Sales) -> None:
+    """Sequence by sequence: stream message n carries the n-th public event of the log."""
+    messages = await read_all(nc)
+    expected = public_positions(sales)
+    assert [m.sequence for m in messages] == list(range(1, len(messages) + 1))
+    positions = [orjson.loads(m.data)["logposition"] for m in messages]
+    assert positions == expected
+    assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"sales:{p}" for p in expected]
 
 
 async def assert_equal_to_a_clean_build(

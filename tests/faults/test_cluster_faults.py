@@ -17,9 +17,7 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, wait_for
-from tests.faults.test_relay_faults import assert_stream_is_the_log, public_positions
-from tests.flow import read_all
-from tests.integration.test_relay import place_orders
+from tests.flow import MUGS, assert_stream_is_the_log, place_orders, public_positions, read_all
 from toolkit import Relay, StreamSpec
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedCluster
@@ -188,10 +186,10 @@ async def test_a_duplicate_of_what_another_relay_stored_is_not_a_loss(
     sequence, finds the message there and starts over). Either way nothing is published
     again under new ids, as it would be for a stream that lost messages."""
     sales = Sales(data_dir=data_dir)
-    place_orders(sales, 20)
+    place_orders(sales, 20, note_every=3, line=MUGS)
     await Relay(sales, cnc, stream=R3).run(until_head=True)  # the other relay: 21 stored
     positions = public_positions(sales)
-    place_orders(sales, 5)
+    place_orders(sales, 5, note_every=3, line=MUGS)
     relay = Relay(sales, cnc, stream=R3, ack_every=1)
     if seen == "where it chains":
         stale_start(relay, 10, positions[9])  # it publishes the 11th as the 11th

@@ -17,8 +17,7 @@ from projections.billing import Accounts
 from projections.shipping import Shipments
 from tests.conftest import eventually, wait_for
 from tests.envelopes import relayed
-from tests.faults.test_relay_faults import public_positions
-from tests.flow import home_of, place_orders, project_all, read_all, relay_all
+from tests.flow import home_of, place_orders, project_all, public_positions, read_all, relay_all
 from toolkit import Relay, RelayError, wire
 from toolkit.config import Settings
 from toolkit.ops.status import collect

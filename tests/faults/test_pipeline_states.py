@@ -80,8 +80,7 @@ from projections.shipping import Shipments
 from tests.catalogue import FAILS, Catalogue
 from tests.catalogue import system as pipeline_system
 from tests.envelopes import relayed as relay_message
-from tests.faults.test_relay_faults import public_positions
-from tests.flow import read_all
+from tests.flow import public_positions, read_all
 from tests.integration.test_text_ids import ALPHABET
 from toolkit import Relay, wire
 from toolkit.config import Settings
@@ -120,7 +119,7 @@ REPRODUCE = os.environ.get("TOOLKIT_PIPELINE_REPRODUCE")
 SHRINK = os.environ.get("TOOLKIT_PIPELINE_SHRINK") != "0"
 """Shrink a failing example (minutes with real processes; ``0`` reports it as found)."""
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = "tests.catalogue:system"
 PROJECTIONS = ("shipping", "billing", "catalogue")
 MARK = "✗"

@@ -20,13 +20,14 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, postgres, wait_for
-from tests.faults.test_relay_faults import (
+from tests.faults.test_relay_faults import kill_points, stream_holds
+from tests.flow import (
+    assert_equal_to_a_clean_build,
     assert_stream_is_the_log,
-    kill_points,
+    project_all,
     public_positions,
-    stream_holds,
+    relay_orders,
 )
-from tests.flow import assert_equal_to_a_clean_build, project_all, relay_orders
 from toolkit.config import Settings
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector

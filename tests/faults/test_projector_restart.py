@@ -8,8 +8,7 @@ from pathlib import Path
 from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
-from tests.conftest import wait_for
-from tests.faults.test_relay_faults import free_port
+from tests.conftest import free_port, wait_for
 from tests.flow import assert_equal_to_a_clean_build, relay_all
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer

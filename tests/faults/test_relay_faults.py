@@ -14,46 +14,18 @@ import time
 from pathlib import Path
 from subprocess import PIPE
 
-import orjson
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from benchmarks.relay import fill_log
 from contexts.sales import Sales
-from tests.conftest import wait_for
-from tests.flow import read_all
+from tests.conftest import free_port, wait_for
+from tests.flow import assert_stream_is_the_log, public_positions
 from toolkit import Relay
 from toolkit.nats.connection import connect
-from toolkit.nats.embedded import EmbeddedServer, free_ports
+from toolkit.nats.embedded import EmbeddedServer
 
 LINE = {"sku": "tea", "quantity": 1, "unit_price": "2.00"}
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def public_positions(sales: Sales) -> list[int]:
-    """Log positions of every event the published language maps, in log order."""
-    positions: list[int] = []
-    start = 0
-    while batch := sales.recorder.select_notifications(
-        start=start, limit=5000, inclusive_of_start=False
-    ):
-        language = sales.published_language
-        positions += [n.id for n in batch if language.mapping(n.topic) is not None]
-        start = batch[-1].id
-    return positions
-
-
-async def assert_stream_is_the_log(nc: Client, sales: Sales) -> None:
-    """Sequence by sequence: stream message n carries the n-th public event of the log."""
-    messages = await read_all(nc)
-    expected = public_positions(sales)
-    assert [m.sequence for m in messages] == list(range(1, len(messages) + 1))
-    positions = [orjson.loads(m.data)["logposition"] for m in messages]
-    assert positions == expected
-    assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"sales:{p}" for p in expected]
 
 
 def kill_points(rng: random.Random, total: int, kills: int) -> list[int]:

@@ -11,13 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from contexts.sales import Sales
-from tests.conftest import nats_servers_using, wait_for
+from tests.conftest import free_port, nats_servers_using, wait_for
 
 LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
 
@@ -51,17 +50,6 @@ def _run(data: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPro
         raise AssertionError(f"toolkit {' '.join(args)} ran beside the first relay") from None
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in started:
-        process.wait(20)
-
-
 def _start(
     running: list[subprocess.Popen[bytes]], data: Path, env: dict[str, str], *args: str
 ) -> tuple[subprocess.Popen[bytes], Path]:
@@ -70,12 +58,6 @@ def _start(
         process = subprocess.Popen(_command(data, *args), stdout=out, stderr=out, env=env)
     running.append(process)
     return process, log
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.timeout(180)
@@ -92,9 +74,7 @@ async def test_a_second_relay_is_refused_and_the_lock_goes_with_its_holder(
     assert first.poll() is None, log.read_text()
 
     _refused(_run(data, env, "relay", "sales"), first.pid, "toolkit relay sales")
-    _refused(
-        _run(data, env, "serve", "--port", str(_free_port())), first.pid, "toolkit relay sales"
-    )
+    _refused(_run(data, env, "serve", "--port", str(free_port())), first.pid, "toolkit relay sales")
     assert first.poll() is None  # the first one goes on
 
     first.send_signal(signal.SIGKILL)
@@ -112,11 +92,11 @@ async def test_a_relay_beside_serve_is_refused(
 ) -> None:
     data = tmp_path / "data"
     env = _env(tmp_path, {})
-    serve, log = _start(running, data, env, "serve", "--port", str(_free_port()))
+    serve, log = _start(running, data, env, "serve", "--port", str(free_port()))
     await wait_for(lambda: b"Application startup complete" in log.read_bytes() or serve.poll())
     assert serve.poll() is None, log.read_text()
     _refused(_run(data, env, "relay", "sales"), serve.pid, "toolkit serve")
-    second = _run(data, env, "serve", "--port", str(_free_port()))
+    second = _run(data, env, "serve", "--port", str(free_port()))
     _refused(second, serve.pid, "toolkit serve")
     assert second.stderr.strip().endswith("(or serve with --no-relay)")
     serve.send_signal(signal.SIGTERM)

@@ -15,9 +15,7 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from projections.shipping import Shipments
 from tests.conftest import Report, wait_for
-from tests.faults.test_relay_faults import public_positions
-from tests.flow import read_all
-from tests.integration.test_relay import place_orders
+from tests.flow import MUGS, place_orders, public_positions, read_all
 from toolkit import Relay
 from toolkit.nats.streams import StreamSpec, ensure_stream
 from toolkit.read.projector import Projector
@@ -34,7 +32,7 @@ async def stream_positions(nc: Client) -> list[int]:
 async def test_a_stream_that_lost_its_tail_gets_the_missing_events_again(
     report: Report, sales: Sales, nc: Client
 ) -> None:
-    place_orders(sales, 40)
+    place_orders(sales, 40, note_every=3, line=MUGS)
     first = await Relay(sales, nc).run(until_head=True)
     assert first.published == 41
     js = nc.jetstream()
@@ -53,7 +51,7 @@ async def test_a_stream_that_lost_its_tail_gets_the_missing_events_again(
     report(f"verified: {len(positions)} public events in the stream, log order, 0 lost, 0 twice")
 
     # Afterwards the relay goes on as usual, with nothing published twice.
-    place_orders(sales, 3)
+    place_orders(sales, 3, note_every=3, line=MUGS)
     await Relay(sales, nc).run(until_head=True)
     assert await stream_positions(nc) == public_positions(sales)
 
@@ -61,7 +59,7 @@ async def test_a_stream_that_lost_its_tail_gets_the_missing_events_again(
 async def test_a_deleted_and_recreated_stream_gets_the_whole_log_again(
     report: Report, sales: Sales, nc: Client
 ) -> None:
-    place_orders(sales, 25)
+    place_orders(sales, 25, note_every=3, line=MUGS)
     await Relay(sales, nc).run(until_head=True)
     js = nc.jetstream()
     await js.delete_stream("sales")
@@ -78,7 +76,7 @@ async def test_a_deleted_and_recreated_stream_gets_the_whole_log_again(
 async def test_a_running_relay_refills_a_stream_recreated_under_it(
     sales: Sales, nc: Client
 ) -> None:
-    place_orders(sales, 10)
+    place_orders(sales, 10, note_every=3, line=MUGS)
     relay = Relay(sales, nc, retry_delay=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
@@ -87,7 +85,8 @@ async def test_a_running_relay_refills_a_stream_recreated_under_it(
         js = nc.jetstream()
         await js.delete_stream("sales")
         await ensure_stream(js, StreamSpec("sales"))
-        place_orders(sales, 5)  # the next publish finds the stream empty: it starts over
+        # The next publish finds the stream empty: it starts over.
+        place_orders(sales, 5, note_every=3, line=MUGS)
         head = sales.recorder.max_notification_id()
         await wait_for(lambda: relay.idle and relay.stats.position == head)
         assert relay.stats.restarts >= 1
@@ -106,7 +105,7 @@ async def test_a_consumer_past_the_new_head_says_so_and_applies_nothing_twice(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    place_orders(sales, 30)
+    place_orders(sales, 30, note_every=3, line=MUGS)
     await Relay(sales, nc).run(until_head=True)
     home = ProjectionHome(tmp_path / "models", "shipping")
     store = ReadModelStore(home.live(), Shipments())
@@ -136,7 +135,7 @@ async def test_a_consumer_past_the_new_head_says_so_and_applies_nothing_twice(
         await Relay(sales, nc).run(until_head=True)  # the relay publishes them again
         await wait_for(lambda: not projector.stats.past_head, within=15)
         assert dump(store.db) == before  # nothing applied twice
-        _, orders = place_orders(sales, 2)
+        _, orders = place_orders(sales, 2, note_every=3, line=MUGS)
         await Relay(sales, nc).run(until_head=True)
         head_now = (await js.stream_info("sales")).state.last_seq
         await wait_for(lambda: store.checkpoint("sales") == head_now)

@@ -19,24 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from contexts.sales import Sales
-from tests.conftest import nats_servers_using, wait_for
+from tests.conftest import free_port, nats_servers_using, wait_for
+from tests.flow import sales_log
 from toolkit.config import Settings
 from toolkit.nats.connection import open_nats
 from toolkit.read.store import dump
 from toolkit.readmodels.sqlite import ProjectionHome
-
-LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
-
-
-def _place_orders(data: Path, count: int) -> None:
-    sales = Sales(data_dir=data)
-    try:
-        ann = sales.register_customer("Ann", "ann@example.com")
-        for _ in range(count):
-            sales.place_order(ann, LINE)
-    finally:
-        sales.close()
 
 
 def _shipments(data: Path) -> int:
@@ -115,7 +103,7 @@ async def test_processes_on_a_data_folder_keep_their_server_when_its_starter_sto
     joins it; the relay stops (or its server is killed) and a new relay starts: the
     projector goes on projecting what the new relay publishes."""
     data = processes.data
-    _place_orders(data, 3)
+    sales_log(data, 3)
     first = processes.start("relay", "sales")
     await wait_for(lambda: (data / "nats" / "server.url").exists(), within=30)
     processes.start("project", "shipping")
@@ -128,7 +116,7 @@ async def test_processes_on_a_data_folder_keep_their_server_when_its_starter_sto
             first.send_signal(getattr(signal, stop))
             first.wait(20)
             processes.start("relay", "sales")
-        _place_orders(data, 2)
+        sales_log(data, 2)
         await wait_for(lambda: _shipments(data) == 5, within=40)
         assert _recorded(data)[1] == url  # started again where everyone dials
         assert len(nats_servers_using(data)) == 1
@@ -184,16 +172,10 @@ def test_processes_starting_at_once_share_one_server(tmp_path: Path) -> None:
     assert not nats_servers_using(tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_a_stale_record_after_a_reboot_is_not_trusted(tmp_path: Path) -> None:
     """After a reboot ``server.url`` names a server that no longer runs, and its pid may
     belong to another process by now: a server is started (on the recorded port)."""
-    port = _free_port()
+    port = free_port()
     (tmp_path / "nats").mkdir()
     (tmp_path / "nats" / "server.url").write_text(f"{os.getpid()} nats://127.0.0.1:{port}\n")
     async with open_nats(Settings(data_dir=tmp_path)) as nats:

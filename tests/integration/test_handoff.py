@@ -20,9 +20,7 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from contexts.sales.domain import Order, OrderLine
 from tests.conftest import wait_for
-from tests.faults.test_relay_faults import public_positions
-from tests.flow import read_all
-from tests.integration.test_relay import place_orders
+from tests.flow import MUGS, place_orders, public_positions, read_all
 from toolkit import BoundedContext, IntegrationEvent, PublishedLanguage, Relay, contract
 from toolkit.write.outbox import Outbox
 from toolkit.write.published import OutgoingMessage
@@ -113,7 +111,7 @@ async def test_the_relay_in_the_process_publishes_what_saves_hand_over(
     task = asyncio.create_task(relay.run(stop))
     try:
         await wait_for(lambda: relay.idle)
-        place_orders(sales, 20)  # 1 customer, 20 orders, 7 private notes
+        place_orders(sales, 20, note_every=3, line=MUGS)  # 1 customer, 20 orders, 7 private notes
         await wait_for(lambda: relay.stats.stream_sequence == 21)
     finally:
         stop.set()
@@ -139,7 +137,7 @@ async def test_saves_of_another_process_in_between_are_read_from_the_log(
         task = asyncio.create_task(relay.run(stop))
         try:
             for owner in (sales, writer, sales, writer, sales):
-                place_orders(owner, 4)
+                place_orders(owner, 4, note_every=3, line=MUGS)
                 await wait_for(lambda: relay.lag() == 0)
         finally:
             stop.set()

@@ -16,7 +16,7 @@ import pytest
 from contexts.sales import Sales
 from projections.shipping import Shipments
 from tests.conftest import Report
-from tests.integration.test_relay import place_orders
+from tests.flow import MUGS, place_orders
 from toolkit import Relay, RelayError
 from toolkit.config import NatsAuth, Settings
 from toolkit.errors import ConnectError
@@ -28,7 +28,7 @@ from toolkit.readmodels.sqlite import ProjectionHome
 
 pytestmark = pytest.mark.timeout(60)
 
-CONFIG = Path(__file__).resolve().parent.parent / "contexts" / "nats-server.conf"
+CONFIG = Path(__file__).resolve().parents[2] / "contexts" / "nats-server.conf"
 PASSWORDS = {name: "pw" + secrets.token_hex(16) for name in ("sales", "shipping", "billing")}
 
 
@@ -54,7 +54,7 @@ async def test_each_context_writes_only_its_own_stream(
     caplog.set_level(logging.DEBUG)
     sales = Sales(data_dir=data_dir)
     try:
-        place_orders(sales, 5)
+        place_orders(sales, 5, note_every=3, line=MUGS)
         sales_nc = await connect(secured.url, auth=as_("sales"))
         shipping_nc = await connect(secured.url, auth=as_("shipping"))
         try:
@@ -92,7 +92,7 @@ async def test_each_context_writes_only_its_own_stream(
             report(f"injected: shipping published into sales; verified: refused ({denials[0]})")
 
             # A relay running with another context's credentials stops with one clear line.
-            place_orders(sales, 1)
+            place_orders(sales, 1, note_every=3, line=MUGS)
             with pytest.raises(RelayError) as stopped:
                 await Relay(sales, shipping_nc, ack_timeout=5).run(until_head=True)
             assert str(stopped.value).startswith("NATS refused the relay of sales: ")

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy
 
-from contexts.sales import Sales
 from contexts.system import system
 from tests.conftest import eventually, serving, wait_for
+from tests.flow import sales_log
 from toolkit.config import Settings
 from toolkit.http.app import create_app
 from toolkit.nats.embedded import EmbeddedServer
@@ -34,18 +33,6 @@ from toolkit.nats.streams import StreamSpec
 from toolkit.ops.status import collect
 from toolkit.read.store import dump
 from toolkit.readmodels.sqlite import ProjectionHome
-
-LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
-
-
-def _sales_log(data: Path, orders: int) -> None:
-    sales = Sales(data_dir=data)
-    try:
-        ann = sales.register_customer("Ann", "ann@example.com")
-        for _ in range(orders):
-            sales.place_order(ann, LINE)
-    finally:
-        sales.close()
 
 
 def _toolkit(*args: str) -> list[str]:
@@ -62,17 +49,6 @@ async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         env={**os.environ, "COLUMNS": "300"},
     )
-
-
-@pytest.fixture
-def running() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in started:
-        process.wait(20)
 
 
 def _start(running: list[subprocess.Popen[bytes]], log: Path, *args: str) -> None:
@@ -105,7 +81,7 @@ async def test_a_projector_that_cannot_reach_nats_says_so_within_seconds(
     tmp_path: Path, nats_server: EmbeddedServer, nc: Client, running: list[subprocess.Popen[bytes]]
 ) -> None:
     data = tmp_path / "data"
-    _sales_log(data, 3)
+    sales_log(data, 3)
     own = EmbeddedServer(tmp_path / "its-nats").start()  # the projector's, stopped below
     try:
         where = ["--data-dir", str(data), "--nats-url", own.url]
@@ -152,7 +128,7 @@ async def _full_stream(nc: Client, max_msgs: int) -> None:
 async def test_a_relay_whose_backlog_does_not_move_is_reported_with_the_reason(
     data_dir: Path, nats_server: EmbeddedServer, nc: Client, running: list[subprocess.Popen[bytes]]
 ) -> None:
-    _sales_log(data_dir, 3)  # 4 events
+    sales_log(data_dir, 3)  # 4 events
     await _full_stream(nc, 2)
     where = ["--data-dir", str(data_dir), "--nats-url", nats_server.url]
     _start(running, data_dir.parent / "relay.log", *where, "relay", "sales")
@@ -184,7 +160,7 @@ async def test_a_relay_whose_backlog_does_not_move_is_reported_with_the_reason(
 async def test_readiness_names_a_stalled_relay_of_the_api(
     data_dir: Path, nats_server: EmbeddedServer, nc: Client
 ) -> None:
-    _sales_log(data_dir, 3)
+    sales_log(data_dir, 3)
     await _full_stream(nc, 2)
     settings = _stalling_after_a_second(data_dir, nats_server.url)
     async with serving(create_app(system, settings)) as base, httpx.AsyncClient() as http:

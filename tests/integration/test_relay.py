@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from pathlib import Path
-from uuid import UUID
 
 import orjson
 import pytest
@@ -11,31 +10,17 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from tests.conftest import wait_for
-from tests.faults.test_relay_faults import public_positions
-from tests.flow import read_all
+from tests.flow import MUGS, place_orders, public_positions, read_all
 from toolkit import Relay, RelayError
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.write.outbox import Outbox
 
-LINE = {"sku": "mug-blue", "quantity": 2, "unit_price": "4.50"}
-
-
-def place_orders(sales: Sales, n: int) -> tuple[UUID, list[UUID]]:
-    customer = sales.register_customer("Ann", "ann@example.com")
-    orders = []
-    for i in range(n):
-        order = sales.place_order(customer, [LINE])
-        if i % 3 == 0:
-            sales.add_order_note(order, "private")
-        orders.append(order)
-    return customer, orders
-
 
 async def test_relay_publishes_the_published_language_in_log_order(
     sales: Sales, nc: Client
 ) -> None:
-    customer, orders = place_orders(sales, 30)
+    customer, orders = place_orders(sales, 30, note_every=3, line=MUGS)
     sales.cancel_order(orders[4], "too late")
     stats = await Relay(sales, nc, batch_size=7, window=5).run(until_head=True)
     assert stats.published == 32  # the ten notes stay in sales
@@ -79,10 +64,10 @@ async def test_relay_publishes_the_published_language_in_log_order(
 
 
 async def test_restarted_relays_resume_without_duplicates(sales: Sales, nc: Client) -> None:
-    place_orders(sales, 20)
+    place_orders(sales, 20, note_every=3, line=MUGS)
     await Relay(sales, nc).run(until_head=True)
     await Relay(sales, nc).run(until_head=True)  # nothing new: publishes nothing
-    place_orders(sales, 5)
+    place_orders(sales, 5, note_every=3, line=MUGS)
     stats = await Relay(sales, nc).run(until_head=True)
     assert stats.published == 6  # one customer and five orders, no more
     messages = await read_all(nc)
@@ -95,7 +80,7 @@ async def test_live_relay_is_woken_by_saves_and_reports_lag(sales: Sales, nc: Cl
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     await wait_for(lambda: relay.stats.stream_sequence == 0 and not task.done())
-    place_orders(sales, 3)
+    place_orders(sales, 3, note_every=3, line=MUGS)
     await wait_for(lambda: relay.stats.stream_sequence == 4)
     assert relay.lag() == 0
     stop.set()
@@ -105,7 +90,7 @@ async def test_live_relay_is_woken_by_saves_and_reports_lag(sales: Sales, nc: Cl
 async def test_a_stream_written_from_another_log_is_refused(
     sales: Sales, nc: Client, tmp_path: Path
 ) -> None:
-    place_orders(sales, 5)
+    place_orders(sales, 5, note_every=3, line=MUGS)
     await Relay(sales, nc).run(until_head=True)
     other = Sales(data_dir=tmp_path / "other")  # an empty log, same stream name
     try:
@@ -120,10 +105,10 @@ async def test_a_foreign_writer_on_the_stream_is_passed_over(
 ) -> None:
     """Another publisher's message after the relay's last neither stops the relay nor
     moves where it goes on: the next events follow it, each once."""
-    place_orders(sales, 2)
+    place_orders(sales, 2, note_every=3, line=MUGS)
     first = (await Relay(sales, nc).run(until_head=True)).stream_sequence
     await nc.jetstream().publish("sales.order.x.Intruder", b"{}")
-    place_orders(sales, 2)
+    place_orders(sales, 2, note_every=3, line=MUGS)
     stats = await Relay(sales, nc).run(until_head=True)
     assert f"published by something else (sequence {first + 1}" in caplog.text
     positions = [
@@ -146,7 +131,7 @@ async def test_a_relay_on_its_own_sees_writes_of_other_processes(
     task = asyncio.create_task(relay.run(stop))
     try:
         await wait_for(lambda: relay.idle)
-        place_orders(writer, 3)
+        place_orders(writer, 3, note_every=3, line=MUGS)
         await wait_for(lambda: relay.stats.stream_sequence == 4, within=5)
     finally:
         stop.set()
@@ -161,7 +146,7 @@ async def test_two_relays_racing_on_one_stream_store_each_event_once_in_order(
     seen at the next one that asks; each relay then starts over from the stream. The
     chain (Nats-Expected-Last-Sequence on every message) keeps the stream the log's
     public events, once each, in order, whoever wins each race."""
-    place_orders(sales, 600)
+    place_orders(sales, 600, note_every=3, line=MUGS)
     clients = [await connect(nats_server.url) for _ in range(2)]
     try:
         relays = [
@@ -194,7 +179,7 @@ async def test_two_relays_racing_on_one_stream_store_each_event_once_in_order(
 def test_the_outbox_reads_the_log_as_eventsourcing_does(sales: Sales) -> None:
     """On SQLite the outbox queries the events table itself; on any log it must give
     what eventsourcing's own query gives, page by page."""
-    place_orders(sales, 40)
+    place_orders(sales, 40, note_every=3, line=MUGS)
     outbox = Outbox(sales)
     head = sales.recorder.max_notification_id() or 0
     for after, limit in ((0, 7), (5, 100), (head - 3, 10), (head, 10)):

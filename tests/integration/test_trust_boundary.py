@@ -22,12 +22,12 @@ from contexts.system import system
 from projections.shipping import Shipments
 from tests.conftest import serving
 from tests.envelopes import relayed, stream_message
-from tests.faults.test_relay_faults import public_positions
 from tests.flow import (
     assert_equal_to_a_clean_build,
     home_of,
     place_orders,
     project_all,
+    public_positions,
     read_all,
 )
 from toolkit import Relay, RelayError, StreamSpec, ensure_stream

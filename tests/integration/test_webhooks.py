@@ -39,8 +39,7 @@ from starlette.routing import Route
 from contexts.sales import Sales
 from contexts.system import system
 from tests.conftest import serving, wait_for
-from tests.faults.test_relay_faults import public_positions
-from tests.flow import place_orders, read_all, relay_all
+from tests.flow import place_orders, public_positions, read_all, relay_all
 from toolkit import Relay
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError

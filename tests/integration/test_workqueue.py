@@ -8,12 +8,12 @@ from collections import Counter
 from pathlib import Path
 from uuid import UUID
 
-import orjson
 from nats.aio.client import Client
 
 from contexts.sales import Sales
 from projections.notifications import Confirmations
 from tests.conftest import wait_for
+from tests.envelopes import relayed
 from tests.flow import relay_all
 from toolkit import StreamSpec, ensure_stream
 
@@ -71,14 +71,9 @@ async def test_a_job_another_publisher_put_on_the_stream_is_never_done(
     customer = sales.register_customer("Ann", "ann@example.com")
     order = sales.place_order(customer, LINE)
     await ensure_stream(nc.jetstream(), StreamSpec("sales"))
-    forged = {
-        "specversion": "1.0", "id": "sales:2", "source": "sales", "type": "sales.OrderPlaced",
-        "schemaversion": 1, "logposition": 2,
-        "data": {"order_id": str(order), "customer_id": str(UUID(int=666))},
-    }  # fmt: skip
-    await nc.jetstream().publish(
-        f"sales.order.{order}.OrderPlaced", orjson.dumps(forged), headers={"Nats-Msg-Id": "x:2"}
-    )
+    forged = {"order_id": str(order), "customer_id": str(UUID(int=666))}
+    subject, body, _ = relayed("sales", 2, "sales.OrderPlaced", forged, aggregate_id=str(order))
+    await nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": "x:2"})
     await relay_all(sales, nc)
     confirmations = Confirmations(nc, tmp_path / "outbox.sqlite", ack_wait=1.0)
     stop = asyncio.Event()

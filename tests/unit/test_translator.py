@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projections.shipping import Shipments
+from tests.envelopes import stream_message
 from toolkit import ContractError, IntegrationEvent, contract
 from toolkit.read.reader import StreamMessage
 from toolkit.read.translator import Translator, UnknownEvent
@@ -62,8 +63,8 @@ def translator() -> Translator:
 
 
 def message(type_: str, version: int, data: object) -> StreamMessage:
-    body = msgspec.json.encode({"type": type_, "schemaversion": version, "data": data})
-    return StreamMessage("sales", 1, "sales.order.o1.OrderPlaced", {}, body)
+    """The relay's message for order ``o1`` at sequence 1, of ``type_`` at ``version``."""
+    return stream_message(1, type_, data, schemaversion=version, aggregate_id="o1")
 
 
 def test_older_versions_are_upcast_step_by_step() -> None:
