@@ -33,9 +33,10 @@ T = TypeVar("T")
 
 KINDS = ("unit", "integration", "faults")
 """The folders under tests/, each also a marker (registered in pyproject.toml): ``unit``
-needs no server, no file and no subprocess; ``integration`` runs real nats-server,
-SQLite files, PostgreSQL, uvicorn or the CLI; ``faults`` injects them: killed processes,
-cluster and disk faults, reconnects, restarts, lost stream tails."""
+needs no nats-server, no database and no network, and runs in seconds; ``integration``
+runs real nats-server, SQLite logs and read models, PostgreSQL, uvicorn or the CLI;
+``faults`` injects faults into them: killed processes, cluster and disk faults,
+reconnects, restarts, lost stream tails."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
