@@ -37,7 +37,7 @@ from toolkit.readmodels.backends import connect, open_home
 from toolkit.system import System
 from toolkit.wire import MSG_ID
 from toolkit.write.context import BoundedContext
-from toolkit.write.relay import contradicts_log
+from toolkit.write.resume import contradicts_log
 
 
 async def collect(system: System, settings: Settings, client: Client) -> dict[str, Any]:

@@ -24,10 +24,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import nats.errors
-import nats.js.errors
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -37,17 +35,11 @@ from toolkit import wire
 from toolkit.backoff import Backoff
 from toolkit.errors import RelayError
 from toolkit.nats.connection import Connection, on_permission_denied
-from toolkit.nats.streams import (
-    Relayed,
-    StreamSpec,
-    ensure_stream,
-    last_message,
-    relay_tail,
-    relayed,
-)
+from toolkit.nats.streams import StreamSpec
 from toolkit.write.context import BoundedContext
 from toolkit.write.outbox import Outbox
 from toolkit.write.published import OutgoingMessage
+from toolkit.write.resume import check_tail, lost, resume_point
 from toolkit.write.watch import LogWatcher
 
 log = logging.getLogger(__name__)
@@ -315,99 +307,10 @@ class Relay:
 
     async def resume_position(self) -> tuple[int, int]:
         """(stream sequence to publish after, log position of the relay's last message on
-        the stream), read one after the other: the relay's first publish checks that
-        they still belong together.
-
-        The position is read from the relay's last message that exists: when the stream
-        lost its tail (deleted messages, a restore from an older snapshot), the relay
-        carries the missing events again; when it was deleted and recreated, the whole
-        log. Messages others published after it are passed over (consumers dead-letter
-        them). That message must be the log's event at its position, and come after the
-        relay's message before it: otherwise the stream was written from elsewhere, and
-        the relay stops and says so rather than publish anything twice."""
-        info = await ensure_stream(self.js, self.stream)
-        last_seq = info.state.last_seq
-        self._last_own = 0
-        if not info.state.messages:
-            return last_seq, 0
-        name = self.stream.name
-        tail = await relay_tail(self.js, name)
-        self._last_own = 0 if tail.last is None else tail.last.sequence
-        if tail.others:
-            sequence, why = tail.others[0]
-            log.warning(
-                "relay %s: %d message(s) on stream %s after the relay's last were published "
-                "by something else (sequence %d: %s); consumers dead-letter them, and only "
-                "the relay should have the right to publish on '%s.>'",
-                self.context.name, len(tail.others), name, sequence, why, name,
-            )  # fmt: skip
-        last = tail.last
-        if last is None:
-            if tail.gave_up_at is not None:
-                raise RelayError(
-                    f"stream {name} ends in more messages that the relay did not publish "
-                    f"(or deleted ones) than it looks through, sequences {tail.gave_up_at} to "
-                    f"{tail.others[0][0]}: remove them, or point the context at a stream of "
-                    "its own"
-                )
-            return last_seq, 0
-        self._check_against_log(last)
-        if tail.before is not None and tail.before.position >= last.position:
-            raise RelayError(
-                f"stream {name} sequence {last.sequence} repeats log position {last.position} "
-                f"after sequence {tail.before.sequence} carried {tail.before.position}: it was "
-                f"published again by something other than the relay; remove it (nats stream "
-                f"rmm {name} {last.sequence}) and start the relay again"
-            )
-        if last.sequence < last_seq and not tail.others:
-            log.warning(
-                "relay %s: stream %s ends at sequence %d but its last message is %d (log "
-                "position %d): messages were lost; carrying the log again from there",
-                self.context.name, name, last_seq, last.sequence, last.position,
-            )  # fmt: skip
-        return last_seq, last.position
-
-    async def _check_tail(self, own: int) -> None:
-        """After a wait, before publishing on: the stream must still hold the relay's last
-        message, at sequence ``own``, or others' after it. Messages deleted at its end
-        leave its last sequence where it was, so the next publish would chain on them as
-        if they were there, and the events they carried would never be on the stream
-        again: the relay starts over instead, and carries them again under new ids."""
-        if not own:
-            return
-        last = await last_message(self.js, self.stream.name)
-        ends = 0 if last is None or last.seq is None else int(last.seq)
-        if ends < own:
-            raise RelayError(
-                f"stream {self.stream.name} lost its last messages: it ends at sequence "
-                f"{ends}, the relay's last message was at {own}",
-                transient=True,
-                lost=True,
-            )
-
-    def _check_against_log(self, last: Relayed) -> None:
-        """The relay's last message must carry the log's event at its log position."""
-        name = self.stream.name
-        head = self.context.recorder.max_notification_id() or 0
-        if last.position > head:
-            raise RelayError(
-                f"stream {name} holds events up to log position {last.position} (sequence "
-                f"{last.sequence}, {wire.MSG_ID} {last.msg_id}) but the {self.context.name} "
-                f"log ends at {head}: if something else published that message, remove it "
-                f"(nats stream rmm {name} {last.sequence}) and start the relay again; if the "
-                "stream was written from another log, point the context at its own log, or "
-                "at an empty stream"
-            )
-        held = contradicts_log(self.context, last)
-        if held is not None:
-            raise RelayError(
-                f"stream {name} sequence {last.sequence} ({wire.MSG_ID} {last.msg_id}) says "
-                f"log position {last.position} is {wire.brief(last.aggregate_id)} version "
-                f"{last.aggregate_version}, but the {self.context.name} log holds {held} "
-                f"there: it was not published from this log; remove it (nats stream rmm "
-                f"{name} {last.sequence}) if something else wrote it, or point the context "
-                "at its own log"
-            )
+        the stream), checked against the log: see :func:`toolkit.write.resume.resume_point`."""
+        point = await resume_point(self.js, self.stream, self.context)
+        self._last_own = point.own
+        return point.sequence, point.position
 
     def lag(self) -> int:
         """Log events not yet carried onto the stream (log head minus last relayed)."""
@@ -438,7 +341,11 @@ class Relay:
             except (RelayError, nats.errors.Error, TimeoutError, OSError) as exc:
                 if isinstance(exc, RelayError) and not exc.transient:
                     raise
-                if isinstance(exc, RelayError) and exc.lost and await self._lost(exc):
+                if (
+                    isinstance(exc, RelayError)
+                    and exc.lost
+                    and await lost(self.js, self.stream.name, self.context, exc)
+                ):
                     self._epoch = time.time_ns() // 1000  # ids JetStream has not seen
                     self.stats.republished_from = self.stats.position
                 self.stats.restarts += 1
@@ -452,28 +359,6 @@ class Relay:
                 )
                 if await backoff.wait(stop):
                     return self.stats
-
-    async def _lost(self, error: RelayError) -> bool:
-        """Whether the message a duplicate acknowledgement named is gone from the stream
-        (lost: publish again under new ids) rather than stored there by another relay
-        racing this one (start over from the stream, ids unchanged)."""
-        if error.duplicate is None:
-            return True
-        sequence, msg_id = error.duplicate
-        try:
-            stored = await self.js.get_msg(self.stream.name, sequence)
-        except nats.js.errors.NotFoundError:
-            return True
-        except (nats.errors.Error, TimeoutError, OSError):
-            return False  # cannot tell now: the next attempt meets the duplicate again
-        found = relayed(self.stream.name, stored)
-        # Stored by another relay of this log, or taken by another publisher that used
-        # the id first (then only new ids get the event onto the stream).
-        return (
-            isinstance(found, str)
-            or found.msg_id != msg_id
-            or contradicts_log(self.context, found) is not None
-        )
 
     async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
         loop = asyncio.get_running_loop()
@@ -530,7 +415,7 @@ class Relay:
                 self._wake.clear()  # before reading: a save from now on wakes the wait below
                 if rested:  # the stream may have lost its tail while the relay waited
                     own = window.last_sequence if window.last_sequence > first_sequence else 0
-                    await self._check_tail(own or self._last_own)
+                    await check_tail(self.js, self.stream.name, own or self._last_own)
                     rested = False
                 head = recorder.max_notification_id() or 0
                 progressed = head > position
@@ -564,32 +449,3 @@ class Relay:
             stop_listening()
             await window.close()
         return self.stats
-
-
-def contradicts_log(context: BoundedContext[Any], message: Relayed) -> str | None:
-    """What the log holds at the position a relay's message names, if not the event it
-    carries (same aggregate and version); None when it agrees."""
-    position = message.position
-    if position > (context.recorder.max_notification_id() or 0):
-        return "nothing (that is past its head)"
-    found = context.recorder.select_notifications(position, 1, position)
-    event = found[0] if found and found[0].id == position else None
-    if event is None:
-        return "no event"
-    if (
-        not _same_id(event.originator_id, message.aggregate_id)
-        or event.originator_version != message.aggregate_version
-    ):
-        return f"{event.originator_id} version {event.originator_version}"
-    return None
-
-
-def _same_id(stored: object, published: str) -> bool:
-    """Whether a log's originator id is the aggregate id an envelope names (logs may give
-    a UUID back as an object or as its 32 hex digits)."""
-    if str(stored) == published:
-        return True
-    try:
-        return UUID(str(stored)) == UUID(published)
-    except ValueError:
-        return False
