@@ -117,7 +117,7 @@ async def test_a_relay_on_a_bare_client_the_server_closed_stops_and_says_why(
         await Relay(sales, nc).run(until_head=True)
         await close_by_server(nc)
         sales.register_customer("Bob", "bob@example.org")
-        with pytest.raises(ConnectError, match=r"give a toolkit\.connection\.Connection instead"):
+        with pytest.raises(ConnectError, match=r"give a toolkit\.Connection instead"):
             await asyncio.wait_for(Relay(sales, nc).run(until_head=True), 10)
     finally:
         sales.close()

@@ -269,7 +269,7 @@ class Connection:
                 + (f" ({_closed_by(client)})" if client.last_error else "")
                 + (
                     ": it was given as a nats-py client, which the toolkit cannot connect "
-                    "again; give a toolkit.nats.connection.Connection instead"
+                    "again; give a toolkit.Connection instead"
                     if self.url is None and not self._closing
                     else ""
                 )
