@@ -20,7 +20,7 @@ from nats.js.errors import NotFoundError
 
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError
-from toolkit.wire import MSG_ID, check_name, relay_position
+from toolkit.wire import MSG_ID, check_name, decode_origin, relay_position
 
 
 @dataclass(frozen=True)
@@ -101,19 +101,6 @@ async def last_message(js: JetStreamContext, stream: str) -> RawStreamMsg | None
         return None
 
 
-class _Origin(msgspec.Struct):
-    """What a relayed message says of where it comes from."""
-
-    id: str | None = None
-    source: str | None = None
-    logposition: int | None = None
-    subject: str | None = None
-    aggregateversion: int | None = None
-
-
-_decode_origin = msgspec.json.Decoder(_Origin).decode
-
-
 @dataclass(frozen=True)
 class Relayed:
     """A message of the stream's relay: its sequence, the log event it carries (position,
@@ -148,7 +135,7 @@ def relayed(stream: str, raw: RawStreamMsg) -> Relayed | str:
     # back as an email.header.Header)
     msg_id = None if header is None else str(header)
     try:
-        origin = _decode_origin(raw.data or b"")
+        origin = decode_origin(raw.data or b"")
     except msgspec.DecodeError as exc:
         return f"its body is not a CloudEvents JSON envelope: {exc}"
     position = relay_position(stream, msg_id, origin.source, origin.id, origin.logposition)

@@ -91,9 +91,23 @@ class EnvelopeAttributes(msgspec.Struct):
     logposition: int | None = None
 
 
+class EnvelopeOrigin(msgspec.Struct):
+    """Where a message comes from, as the relay checks its own last message on the stream
+    against its log (and status, the relay's progress): the relay's attributes and the
+    aggregate and version it carries; nothing is required, so that another publisher's
+    message is told apart, not refused."""
+
+    id: str | None = None
+    source: str | None = None
+    logposition: int | None = None
+    subject: str | None = None
+    aggregateversion: int | None = None
+
+
 encode_envelope = msgspec.json.Encoder().encode
 decode_head = msgspec.json.Decoder(EnvelopeHead).decode
 decode_attributes = msgspec.json.Decoder(EnvelopeAttributes).decode
+decode_origin = msgspec.json.Decoder(EnvelopeOrigin).decode
 
 
 def envelope_json_schema() -> dict[str, Any]:
