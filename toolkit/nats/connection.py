@@ -368,16 +368,12 @@ def _closed_by(client: Client) -> str:
     return redact_urls((str(error) or type(error).__name__).removeprefix("nats: "))
 
 
-@dataclass
-class Nats:
-    """An open connection (one that replaces a client the server closed), and where it
-    points. Hand ``connection`` to what runs for long (relay, projector, dispatcher);
-    ``client`` and ``js`` are its current client and JetStream context."""
+class OnConnection:
+    """For what holds a :class:`Connection` and runs for long (relay, projector, work
+    queue): :attr:`client` and :attr:`js` are the connection's current ones, taken
+    afresh for each attempt, so that one after a replaced client uses the new one."""
 
     connection: Connection
-    url: str
-    embedded: SharedServer | None
-    """The data folder's embedded server, when ``NATS_URL`` names none."""
 
     @property
     def client(self) -> Client:
@@ -386,6 +382,18 @@ class Nats:
     @property
     def js(self) -> JetStreamContext:
         return self.connection.js
+
+
+@dataclass
+class Nats(OnConnection):
+    """An open connection (one that replaces a client the server closed), and where it
+    points. Hand ``connection`` to what runs for long (relay, projector, dispatcher);
+    ``client`` and ``js`` are its current client and JetStream context."""
+
+    connection: Connection
+    url: str
+    embedded: SharedServer | None
+    """The data folder's embedded server, when ``NATS_URL`` names none."""
 
 
 def _point_at(connection: Connection, url: str) -> None:

@@ -29,12 +29,11 @@ import nats.errors
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from toolkit import wire
 from toolkit.backoff import Backoff
 from toolkit.errors import RelayError
-from toolkit.nats.connection import Connection, on_permission_denied
+from toolkit.nats.connection import Connection, OnConnection, on_permission_denied
 from toolkit.nats.streams import StreamSpec
 from toolkit.write.context import BoundedContext
 from toolkit.write.outbox import Outbox
@@ -250,7 +249,7 @@ class _AckWindow:
         self.confirmed_sequence = sequence
 
 
-class Relay:
+class Relay(OnConnection):
     """Carries one context's log onto its stream. Run it in the context's process (it
     wakes right after each save, and takes the messages the save built instead of
     reading them back: see :mod:`toolkit.write.outbox`) or on its own (it polls the log every
@@ -296,14 +295,6 @@ class Relay:
         """Non-zero once messages were lost: part of the message ids (see wire.message_id)."""
         self._last_own = 0
         """The sequence of the relay's last message on the stream when it resumed."""
-
-    @property
-    def client(self) -> Client:
-        return self.connection.client
-
-    @property
-    def js(self) -> JetStreamContext:
-        return self.connection.js
 
     async def resume_position(self) -> tuple[int, int]:
         """(stream sequence to publish after, log position of the relay's last message on
