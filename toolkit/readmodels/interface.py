@@ -18,6 +18,7 @@ A projection gets the backend's own DB-API connection (``sqlite3.Connection`` or
 from __future__ import annotations
 
 import contextlib
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
@@ -37,6 +38,53 @@ class Dialect(StrEnum):
     def param(self) -> str:
         """The parameter placeholder: ``?`` on SQLite, ``%s`` on PostgreSQL."""
         return "?" if self is Dialect.SQLITE else "%s"
+
+    def sql(self, statement: str) -> str:
+        """``statement``, written with ``?`` placeholders, in this dialect."""
+        return statement if self is Dialect.SQLITE else _percent(statement)
+
+    @property
+    def begin(self) -> str:
+        """Starts a writing transaction (on SQLite it takes the write lock at once: one
+        writer at a time)."""
+        return "BEGIN IMMEDIATE" if self is Dialect.SQLITE else "BEGIN"
+
+    def generation_lock(self, *, shared: bool, schema: str = "current_schema()") -> str | None:
+        """What a writing transaction runs after :attr:`begin` to lock the generation it
+        writes against other writers (``shared``: a partition worker's batch; else
+        creating tables or repartitioning), where ``begin`` alone does not (None). The
+        generation is the schema named by the SQL expression ``schema``."""
+        if self is Dialect.SQLITE:
+            return None
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        return f"SELECT {function}(hashtext('toolkit.generation'), hashtext({schema}))"
+
+    @property
+    def bigint(self) -> str:
+        """A column type for 64-bit integers (stream sequences, log positions)."""
+        return "INTEGER" if self is Dialect.SQLITE else "BIGINT"
+
+    @property
+    def blob(self) -> str:
+        """A column type for bytes."""
+        return "BLOB" if self is Dialect.SQLITE else "BYTEA"
+
+    @property
+    def list_tables(self) -> str:
+        """Lists the generation's tables (the database's own left out) as ``name``."""
+        if self is Dialect.SQLITE:
+            return (
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        return (
+            "SELECT table_name AS name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+        )
+
+
+@functools.cache
+def _percent(statement: str) -> str:
+    return statement.replace("?", "%s")
 
 
 class Rows(Protocol):

@@ -78,3 +78,10 @@ def decode_token(token: str) -> str:
 
 def subject(context: str, aggregate_type: str, aggregate_id: str, event_name: str) -> str:
     return f"{context}.{aggregate_type}.{encode_token(aggregate_id)}.{event_name}"
+
+
+def aggregate_token(subject: str) -> str:
+    """The aggregate id token of ``<context>.<aggregate-type>.<id>.<event>`` (encoded, as
+    it is in the subject); the whole subject when it has no such token."""
+    parts = subject.split(".", 3)
+    return parts[2] if len(parts) > 2 else subject
