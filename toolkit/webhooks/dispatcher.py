@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from toolkit import wire
+from toolkit import locks, wire
 from toolkit.backoff import delay_after, pause
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError
@@ -115,18 +114,17 @@ class Dispatcher:
         finished (each within ``timeout``) before it returns."""
         lock_path = self.data_dir / "webhooks" / f"{self.context}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with lock_path.open("a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigurationError(
-                    f"a webhook dispatcher for {self.context} already runs on {self.data_dir}"
-                ) from None
-            with WebhookStore.of(self.data_dir, self.context) as store:
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._follow(store, stop))
-                    tasks.create_task(self._deliver(store, stop))
-                    tasks.create_task(self._wake_on(stop))
+        refused = ConfigurationError(
+            f"a webhook dispatcher for {self.context} already runs on {self.data_dir}"
+        )
+        with (
+            locks.file_lock(lock_path, refused=lambda held: refused),
+            WebhookStore.of(self.data_dir, self.context) as store,
+        ):
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._follow(store, stop))
+                tasks.create_task(self._deliver(store, stop))
+                tasks.create_task(self._wake_on(stop))
         return self.stats
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
