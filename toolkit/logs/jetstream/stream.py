@@ -57,6 +57,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
+from toolkit.backoff import Backoff
 from toolkit.logs.jetstream.datastore import JetStreamDatastore
 from toolkit.logs.jetstream.messages import (
     BATCH_COMMIT,
@@ -319,7 +320,7 @@ class JetStreamRecorder(Recorder):
             lasts[entry.subject] = index
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.datastore.timeout
-        delay = 0.002
+        backoff = Backoff(first=0.002, maximum=0.1)  # one save's retries: starts afresh each save
         known = False
         while True:
             expected = await self._expected(firsts, known)
@@ -332,10 +333,9 @@ class JetStreamRecorder(Recorder):
             if code in WRONG_LAST_SEQUENCE:
                 await self._refresh(list(firsts))
                 known = True  # raise IntegrityError now if it is a conflict
-            elif code in TRY_AGAIN and loop.time() + delay < deadline:
+            elif code in TRY_AGAIN and loop.time() + backoff.delay < deadline:
                 self.resent += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                await backoff.wait()
             else:
                 raise OperationalError(
                     f"stream {self.stream_name} refused the save: {description} (code {code})"
