@@ -56,6 +56,7 @@ from projections.billing.translation import sales as billing_sales
 from toolkit import Relay
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.batches import apply_batch
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
 from toolkit.read.store import ReadModelStore
@@ -122,7 +123,7 @@ async def fetch_consumer(nc: Client, folder: Path, head: int) -> int:
                 )
                 for m in batch
             ]
-            store.apply(billing_sales, messages)
+            apply_batch(store, billing_sales, messages)
     finally:
         await sub.unsubscribe()
         store.close()
@@ -162,7 +163,7 @@ async def faststream_subscriber(nc: Client, folder: Path, head: int) -> tuple[in
             for m in message.raw_message
         ]
         nonlocal full
-        store.apply(billing_sales, messages)
+        apply_batch(store, billing_sales, messages)
         if len(messages) == 1000:
             full = (store.checkpoint("sales"), time.perf_counter() - started)
         if store.checkpoint("sales") >= head:

@@ -28,7 +28,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version
@@ -46,10 +46,9 @@ from projections.shipping import Shipments
 from toolkit import Relay
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.batches import TranslatedBatch
 from toolkit.read.projector import Projector
-from toolkit.read.reader import StreamMessage
 from toolkit.read.store import ReadModelStore, aggregate_token
-from toolkit.read.translator import Translator
 from toolkit.readmodels.sqlite import ProjectionHome
 
 TOOLKIT = "toolkit: command -> relay -> projector -> read model row"
@@ -94,13 +93,11 @@ class _TimedStore(ReadModelStore):
 
     visible: Seen
 
-    def apply(
-        self, translator: Translator, messages: Sequence[StreamMessage], **kwargs: Any
-    ) -> Any:
+    def write(self, batch: TranslatedBatch, **kwargs: Any) -> Any:
         reached = time.monotonic()
-        result = super().apply(translator, messages, **kwargs)
+        result = super().write(batch, **kwargs)
         now = time.monotonic()
-        for message in messages:
+        for message in batch.messages:
             if message.subject.endswith(".OrderPlaced"):
                 self.visible[aggregate_token(message.subject)] = (reached, now)
         return result

@@ -95,6 +95,7 @@ from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.nats.streams import Relayed, last_message, relayed
 from toolkit.ops.status import collect
+from toolkit.read.deadletters import retry_dead_letters
 from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
@@ -849,7 +850,7 @@ class Pipeline(RuleBasedStateMachine):
             with self.homes["catalogue"].writer_lock():
                 store = ReadModelStore(self.homes["catalogue"].live(), self.projection("catalogue"))
                 try:
-                    done, failed = store.retry_dead_letters(Catalogue.translators, parked)
+                    done, failed = retry_dead_letters(store, Catalogue.translators, parked)
                 finally:
                     store.close()
             assert (done, failed) == (len(parked), []), failed

@@ -16,6 +16,7 @@ from tests.integration.test_cli import toolkit
 from tests.integration.test_projector import dead_letters, poisoned, shipments, three_orders
 from toolkit.config import Settings
 from toolkit.nats.embedded import EmbeddedServer
+from toolkit.read.deadletters import retry_dead_letters
 from toolkit.read.store import ReadModelStore
 
 
@@ -36,7 +37,7 @@ async def test_retry_applies_a_parked_aggregate_in_its_order(
     assert set(dead_letters(read_models)) == {2, 4}
 
     still_broken = store(read_models, poisoned("park-aggregate", {str(a)}))
-    done, failed = still_broken.retry_dead_letters(Shipments.translators)
+    done, failed = retry_dead_letters(still_broken, Shipments.translators)
     still_broken.close()
     assert done == 0
     assert [(f.sequence, f.reason) for f in failed] == [
@@ -45,7 +46,7 @@ async def test_retry_applies_a_parked_aggregate_in_its_order(
     ]
 
     fixed = store(read_models, Shipments())
-    done, failed = fixed.retry_dead_letters(Shipments.translators)
+    done, failed = retry_dead_letters(fixed, Shipments.translators)
     fixed.close()
     assert (done, failed) == (2, [])
     assert dead_letters(read_models) == {}

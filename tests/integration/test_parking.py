@@ -16,6 +16,7 @@ from projections.shipping.translation import ShipmentCalledOff
 from tests.envelopes import relayed
 from tests.flow import home_of, project_all
 from toolkit import StreamSpec, contract, ensure_stream
+from toolkit.read.deadletters import retry_dead_letters
 from toolkit.read.store import ReadModelStore, dump, read_dead_letters
 from toolkit.read.translator import Translator
 from toolkit.readmodels import Connection
@@ -124,7 +125,7 @@ async def test_a_newer_contract_version_parks_its_aggregate_until_retried(
     with home_of(data_dir, "shipping") as home:
         store = ReadModelStore(home.live(), Shipments())
         try:
-            done, failed = store.retry_dead_letters([reads_v2])
+            done, failed = retry_dead_letters(store, [reads_v2])
         finally:
             store.close()
     assert (done, failed) == (2, [])

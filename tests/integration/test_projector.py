@@ -17,6 +17,7 @@ from tests.envelopes import stream_message
 from tests.flow import Where, home_of, project_all, read_all, relay_all
 from toolkit.config import Settings
 from toolkit.errors import ProjectionBusyError
+from toolkit.read.batches import apply_batch
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
 from toolkit.read.store import ReadModelStore
@@ -94,7 +95,7 @@ async def test_redelivered_messages_are_not_applied_twice(
         store = ReadModelStore(home.live(), Accounts())
         try:
             # Everything again, as an at-least-once delivery after a crash could bring it.
-            again = store.apply(Accounts.translators[0], await read_all(nc))
+            again = apply_batch(store, Accounts.translators[0], await read_all(nc))
             assert (again.applied, again.duplicates) == (0, total)
         finally:
             store.close()
@@ -118,7 +119,8 @@ def test_unknown_types_are_skipped_and_bad_bodies_dead_lettered(read_models: Set
         store = ReadModelStore(home.live(), Shipments())
     translator: Translator = Shipments.translators[0]
     try:
-        result = store.apply(
+        result = apply_batch(
+            store,
             translator,
             [
                 event(1, "sales.SomethingNew", b"{}"),
@@ -151,11 +153,11 @@ def test_a_writer_that_went_around_the_lock_writes_nothing(read_models: Settings
     try:
         first.join("sales", 0)
         second.join("sales", 0)
-        assert first.apply(translator, skipped[:2]).skipped == 2
+        assert apply_batch(first, translator, skipped[:2]).skipped == 2
         with pytest.raises(ProjectionBusyError, match="sales checkpoint is no longer 0"):
-            second.apply(translator, skipped)
+            apply_batch(second, translator, skipped)
         assert second.checkpoint("sales") == 0  # nothing of its batch was written
-        assert first.apply(translator, skipped).duplicates == 2  # the first goes on
+        assert apply_batch(first, translator, skipped).duplicates == 2  # the first goes on
         assert first.checkpoint("sales") == 3
     finally:
         first.close()

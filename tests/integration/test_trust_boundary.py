@@ -37,6 +37,7 @@ from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.nats.streams import relay_tail
 from toolkit.ops.status import collect
+from toolkit.read.batches import apply_batch
 from toolkit.read.reader import StreamMessage
 from toolkit.read.store import ReadModelStore, dump, read_dead_letters
 from toolkit.readmodels.sqlite import ProjectionHome
@@ -183,9 +184,9 @@ def test_a_foreign_message_id_moves_no_log_position(tmp_path: Path) -> None:
         store = ReadModelStore(home.live(), Shipments())
         try:
             translator = Shipments.translators[0]
-            result = store.apply(translator, [placed(1, 1, shipments[0]), *foreign])
-            result = store.apply(
-                translator, [placed(3, 2, shipments[1]), placed(4, 4, shipments[2])]
+            result = apply_batch(store, translator, [placed(1, 1, shipments[0]), *foreign])
+            result = apply_batch(
+                store, translator, [placed(3, 2, shipments[1]), placed(4, 4, shipments[2])]
             )
             assert (result.applied, result.duplicates) == (2, 0)
             rows = dump(store.db)["shipment"]

@@ -39,10 +39,11 @@ from toolkit.errors import (
 from toolkit.nats.connection import open_nats, redact_urls
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
+from toolkit.read.deadletters import read_dead_letters, retry_dead_letters
 from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.projector import Projector
 from toolkit.read.replay import rebuild, rewind
-from toolkit.read.store import ReadModelStore, read_dead_letters
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels import Generation, ReadModelHome
 from toolkit.readmodels.backends import open_home
 from toolkit.system import System, load_system
@@ -327,7 +328,7 @@ def _dead_letters(home: ReadModelHome, projection: Projection, args: argparse.Na
                 console.print(f"dropped {stream} sequence {args.seq}")
                 return
             only = {(d.stream, d.sequence) for d in chosen}
-            done, failed = store.retry_dead_letters(projection.translators, only)
+            done, failed = retry_dead_letters(store, projection.translators, only)
             for letter in failed:
                 console.print(f"{letter.stream} {letter.sequence}: still failing: {letter.reason}")
             console.print(f"retried {done} dead letters, {len(failed)} still failing")

@@ -32,7 +32,7 @@ from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.nats.streams import relay_tail
 from toolkit.ops import reports
 from toolkit.read.replay import partial_from
-from toolkit.readmodels import Generation, ReadModelHome
+from toolkit.readmodels import Generation, ReadModelHome, tables
 from toolkit.readmodels.backends import connect, open_home
 from toolkit.system import System
 from toolkit.wire import MSG_ID
@@ -124,7 +124,7 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
             report["dead_letters"] = dead
             positions: dict[str, Any] = {}
             for key, checkpoint in sorted(checkpoints.items()):
-                stream_name = key.partition("#")[0]
+                stream_name = tables.stream_of(key)
                 events = await behind(stream_name, checkpoint)
                 seconds = 0.0
                 if events:
@@ -271,9 +271,9 @@ def _read(
         report["generation"] = current.name
         try:
             report["partial_from"] = partial_from(db) or None
-            meta = dict(db.execute("SELECT key, value FROM toolkit_meta"))
-            checkpoints = dict(db.execute("SELECT stream, sequence FROM toolkit_checkpoint"))
-            (dead,) = db.execute("SELECT count(*) FROM toolkit_dead_letter").fetchone()
+            meta = tables.meta(db)
+            checkpoints = dict(tables.checkpoints(db))
+            dead = tables.count_dead_letters(db)
         except db.Error:
             meta, checkpoints, dead = {}, {}, 0
         finally:
@@ -296,9 +296,7 @@ def _beside(
             db = connect(generation, readonly=True)
             try:
                 entry["partial_from"] = partial_from(db) or None
-                entry["checkpoints"] = dict(
-                    db.execute("SELECT stream, sequence FROM toolkit_checkpoint")
-                )
+                entry["checkpoints"] = dict(tables.checkpoints(db))
             finally:
                 db.close()
         kept.append(entry)
@@ -340,7 +338,7 @@ def render(report: dict[str, Any]) -> Table:
         rows = p.get("streams") or {"": None}
         starts = p.get("partial_from") or {}
         for key, position in rows.items():
-            start = starts.get(key.partition("#")[0])
+            start = starts.get(tables.stream_of(key))
             table.add_row(
                 f"projection {name} {version}",
                 p["state"],

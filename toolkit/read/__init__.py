@@ -1,3 +1,5 @@
 """The read side: reading a stream from any offset (reader), translating foreign
-events into the context's own language (translator), keeping read models (projection,
-projector, store), rebuilding them (replay) and sharing work (work queue)."""
+events into the context's own language (translator), keeping read models (projection;
+the projector, which translates each batch (batches) and has the store write it, with
+retries, parking, dead letters and partitions), rebuilding them (replay) and sharing
+work (work queue)."""

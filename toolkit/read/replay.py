@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,7 +27,7 @@ from toolkit.errors import ConfigurationError, ProjectionError, ProjectionVersio
 from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.projector import Projector, ProjectorStats
 from toolkit.read.store import ReadModelStore
-from toolkit.readmodels import Connection, Generation, ReadModelHome
+from toolkit.readmodels import Connection, Generation, ReadModelHome, tables
 
 START = "replay_start"
 """Meta key: what the replay that built the generation was asked to start from."""
@@ -74,37 +74,10 @@ async def stream_heads(client: Client, projection: Projection) -> dict[str, int]
     return heads
 
 
-def read_meta(db: Connection, key: str) -> str | None:
-    """A value of a generation's ``toolkit_meta``, None when it is not there."""
-    try:
-        row = db.execute(
-            f"SELECT value FROM toolkit_meta WHERE key = {db.dialect.param}", (key,)
-        ).fetchone()
-    except db.Error:
-        return None
-    return None if row is None else str(row[0])
-
-
 def partial_from(db: Connection) -> dict[str, int]:
     """Where a partial model starts in each stream (empty for a whole model)."""
-    value = read_meta(db, PARTIAL)
+    value = tables.read_meta(db, PARTIAL)
     return {} if value is None else dict(orjson.loads(value))
-
-
-def _remember(store: ReadModelStore, values: Mapping[str, str]) -> None:
-    """Set keys of the generation's ``toolkit_meta`` in one statement."""
-    p = store.dialect.param
-    rows = ", ".join(f"({p}, {p})" for _ in values)
-    store.db.execute(
-        f"INSERT INTO toolkit_meta VALUES {rows} "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [item for pair in values.items() for item in pair],
-    )
-
-
-def _forget(store: ReadModelStore, key: str) -> None:
-    p = store.dialect.param
-    store.db.execute(f"DELETE FROM toolkit_meta WHERE key = {p}", (key,))
 
 
 def _describe(start: StartPosition) -> str:
@@ -143,7 +116,7 @@ def _finish_interrupted(home: ReadModelHome) -> None:
     if current is not None and building is not None and building.name == current.name:
         home.mark_building(None)
     with home.reader() as db:
-        replaced = None if db is None else read_meta(db, REPLACES)
+        replaced = None if db is None else tables.read_meta(db, REPLACES)
     if current is None or replaced in (None, current.name):
         return
     for generation in home.generations():
@@ -165,7 +138,7 @@ def _open_building(
             store = None
         if store is not None:
             streams = [t.stream for t in projection.translators]
-            if read_meta(store.db, START) == start and (
+            if tables.read_meta(store.db, START) == start and (
                 to_sequence is None or all(store.checkpoint(s) <= to_sequence for s in streams)
             ):
                 return store, True
@@ -250,7 +223,8 @@ async def rebuild(
                 meta = {START: start}
                 if later:
                     meta[PARTIAL] = orjson.dumps(later).decode()
-                _remember(store, meta)  # with the join: a replay killed before is redone
+                # With the join: a replay killed before is redone.
+                tables.write_meta(store.db, meta)
             partial = partial_from(store.db)
             begin = {s: store.checkpoint(s) for s in streams}
             end = {
@@ -261,9 +235,9 @@ async def rebuild(
             dropping = switching and previous is not None and not keep_previous
             if dropping:
                 assert previous is not None
-                _remember(store, {REPLACES: previous.name})
+                tables.write_meta(store.db, {REPLACES: previous.name})
             else:
-                _forget(store, REPLACES)
+                tables.forget_meta(store.db, REPLACES)
         finally:
             store.close()
         result = ReplayResult(generation, previous, stats, switching, resumed_from, partial)
