@@ -4,25 +4,27 @@ applies batches to its read model."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import nats.errors
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from toolkit.errors import BatchFailure, ConfigurationError, PoisonMessage, ProjectionBusyError
-from toolkit.nats.connection import Connection
+from toolkit import backoff
+from toolkit.errors import ConfigurationError, ProjectionBusyError
+from toolkit.nats.connection import Connection, OnConnection
 from toolkit.nats.streams import last_message
+from toolkit.read import partitions as partitioning
+from toolkit.read.batches import BatchResult, Counts, apply_batch
+from toolkit.read.partitions import owner as owner
 from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.reader import StreamMessage, StreamReader
-from toolkit.read.store import BatchResult, ReadModelStore, aggregate_token
+from toolkit.read.retries import apply_retrying
+from toolkit.read.store import ReadModelStore
 from toolkit.read.translator import Translator
 from toolkit.readmodels import ReadModelHome
 
@@ -30,15 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ProjectorStats:
-    applied: int = 0
-    skipped: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    foreign: int = 0
-    """Messages of aggregates another partition worker owns."""
-    untrusted: int = 0
-    """Messages the stream's relay did not publish (dead-lettered or skipped)."""
+class ProjectorStats(Counts):
     retries: int = 0
     parked: int = 0
     """Messages that kept failing and were put in the dead letters."""
@@ -49,7 +43,7 @@ class ProjectorStats:
     """Streams whose head is behind the checkpoint (they lost messages), with the head."""
 
 
-class Projector:
+class Projector(OnConnection):
     """Keeps one read model up to date with the streams its projection reads."""
 
     def __init__(
@@ -90,14 +84,6 @@ class Projector:
         """Events applied in one transaction at most while catching up."""
         self.name = name or projection.name
         self.stats = ProjectorStats()
-
-    @property
-    def client(self) -> Client:
-        return self.connection.client
-
-    @property
-    def js(self) -> JetStreamContext:
-        return self.connection.js
 
     async def head(self, stream: str) -> int:
         """The stream's last sequence (0 when it is empty or does not exist yet)."""
@@ -160,7 +146,7 @@ class Projector:
                 switched.set()
                 pause.set()
                 return
-            await _wait(pause, 0.25)
+            await backoff.pause(pause, 0.25)
 
     async def _join(self, stream: str) -> None:
         """The first time, record where the projection joins the stream (its
@@ -199,8 +185,7 @@ class Projector:
             epochs = self.store.repartition(stream, self.partitions, await self.head(stream))
         if self.store.joined(stream):
             return
-        first = next(start for start, count in epochs if self.store.partition < count)
-        self.store.join(stream, first - 1)
+        self.store.join(stream, partitioning.first_sequence(epochs, self.store.partition) - 1)
 
     async def _store_apply(
         self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
@@ -209,9 +194,9 @@ class Projector:
         this partition owns, and never past a repartitioning until every worker of the
         previous partitioning has reached it (so each aggregate's order holds)."""
         if self.partitions is None:
-            return self.store.apply(translator, batch)
+            return apply_batch(self.store, translator, batch)
         stream = translator.stream
-        index = self.store.partition
+        assert self.store.partition is not None
         total = BatchResult()
         while True:
             epochs = self.store.epochs(stream)
@@ -219,14 +204,11 @@ class Projector:
             todo = [m for m in batch if m.sequence > checkpoint]
             if not todo:
                 return total
-            # The first repartitioning after the checkpoint is a barrier.
-            boundary = next(
-                (i for i, (start, _) in enumerate(epochs) if i and start > checkpoint), None
-            )
-            if boundary is not None:
-                start, previous = epochs[boundary][0], epochs[boundary - 1][1]
+            barrier = partitioning.barrier(epochs, checkpoint)
+            if barrier is not None:
+                start = barrier.start
                 ready = True
-                for i in range(previous):
+                for i in range(barrier.previous):
                     # A worker below the boundary has reached it when no message is left
                     # before it: the last ones may have been deleted (the stream lost its
                     # tail), and no reader delivers a deleted sequence.
@@ -234,35 +216,24 @@ class Projector:
                     if reached < start - 1 and await self._exists(stream, reached + 1, start - 1):
                         ready = False
                         break
-                if not ready and await self._take_over(translator, epochs, boundary, stop):
+                if not ready and await self._take_over(translator, barrier, stop):
                     continue  # a share was finished: look again
                 if not ready:
                     todo = [m for m in todo if m.sequence < start]
                     if not todo:
-                        await _wait(stop, 0.05)  # the others are still before the boundary
+                        await backoff.pause(stop, 0.05)  # the others are still before the boundary
                         if stop.is_set():
                             return None
                         continue
-
-            def owns(message: StreamMessage, epochs: list[tuple[int, int]] = epochs) -> bool:
-                count = next(c for s, c in reversed(epochs) if s <= message.sequence)
-                return owner(aggregate_token(message.subject), count) == index
-
-            result = self.store.apply(translator, todo, owns=owns, epochs=len(epochs))
-            if result.retry:
-                continue
-            total.applied += result.applied
-            total.skipped += result.skipped
-            total.duplicates += result.duplicates
-            total.dead_lettered += result.dead_lettered
-            total.foreign += result.foreign
-            total.untrusted += result.untrusted
+            owns = partitioning.ownership(epochs, self.store.partition)
+            result = apply_batch(self.store, translator, todo, owns=owns, epochs=len(epochs))
+            if not result.retry:
+                total.count(result)
 
     async def _take_over(
         self,
         translator: Translator,
-        epochs: list[tuple[int, int]],
-        boundary: int,
+        barrier: partitioning.Barrier,
         stop: asyncio.Event,
     ) -> bool:
         """Finish, up to a repartitioning, the shares of workers that have no place in
@@ -272,12 +243,10 @@ class Projector:
         was (so a worker K brought back anyway is refused rather than doubled). Returns
         whether anything was finished."""
         stream = translator.stream
-        start, previous = epochs[boundary][0], epochs[boundary - 1][1]
-        current = epochs[boundary][1]
+        start, previous, current = barrier.start, barrier.previous, barrier.current
+        assert self.store.partition is not None
         finished = False
-        for retired in range(current, previous):
-            if retired % current != self.store.partition:
-                continue
+        for retired in barrier.retired(self.store.partition):
             reached = self.store.partition_checkpoint(stream, retired) or 0
             if reached >= start - 1 or not await self._exists(stream, reached + 1, start - 1):
                 continue
@@ -334,20 +303,23 @@ class Projector:
     async def _follow(self, translator: Translator, stop: asyncio.Event, until_head: bool) -> None:
         """Follow one stream. When the server goes away, stops answering, or a cluster
         elects a new leader, say so and go on from the checkpoint once it answers."""
-        delay = 0.25
+        waits = backoff.Backoff(0.25, 5.0)
         while not stop.is_set():
+            reached = self.store.checkpoint(translator.stream)
             try:
                 await self._follow_stream(translator, stop, until_head)
                 return
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self.stats.retries += 1
+                checkpoint = self.store.checkpoint(translator.stream)
+                if checkpoint > reached:  # this attempt got on: a new trouble
+                    waits.reset()
                 log.warning(
                     "%s: reading stream %s failed (%s); going on from checkpoint %d in %.1fs",
                     self.name, translator.stream, str(exc) or type(exc).__name__,
-                    self.store.checkpoint(translator.stream), delay,
+                    checkpoint, waits.delay,
                 )  # fmt: skip
-                await _wait(stop, delay)
-                delay = min(delay * 2, 5.0)
+                await waits.wait(stop)
 
     async def past_head(self, stream: str) -> int | None:
         """The stream's head when the checkpoint is past it (the stream lost messages:
@@ -386,7 +358,7 @@ class Projector:
                 )  # fmt: skip
                 said = True
             self.stats.past_head[stream] = head
-            await _wait(stop, 1.0)
+            await backoff.pause(stop, 1.0)
         self.stats.past_head.pop(stream, None)
 
     async def _follow_stream(
@@ -417,7 +389,7 @@ class Projector:
                 break
             except NotFoundError:
                 log.warning("stream %s does not exist yet; waiting for its context", stream)
-                await _wait(stop, 1.0)
+                await backoff.pause(stop, 1.0)
         else:
             return
         idle_since = asyncio.get_running_loop().time()
@@ -441,12 +413,7 @@ class Projector:
                     result = await self._apply(translator, batch, stop)
                     if result is None:
                         return  # stopped while waiting to retry
-                    self.stats.applied += result.applied
-                    self.stats.skipped += result.skipped
-                    self.stats.duplicates += result.duplicates
-                    self.stats.dead_lettered += result.dead_lettered
-                    self.stats.foreign += result.foreign
-                    self.stats.untrusted += result.untrusted
+                    self.stats.count(result)
                     if result.untrusted:
                         log.warning(
                             "%s: %d message(s) on stream %s up to sequence %d were not "
@@ -488,63 +455,17 @@ class Projector:
         self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
     ) -> BatchResult | None:
         """Apply a batch; a message whose handling raises is retried with back-off, then
-        parked (with its aggregate, if the projection says so) and the batch goes on."""
-        projection = self.projection
-        attempts: dict[int, int] = {}
-        failures = 0
-        while True:
-            try:
-                result = await self._store_apply(translator, batch, stop)
-                self.store.note_failing(None)
-                return result
-            except BatchFailure as failure:
-                # Nothing to blame but the surroundings: say so, and keep trying.
-                self.store.note_failing(str(failure))
-                failures += 1
-                delay = min(projection.retry_delay * 2 ** (failures - 1), 5.0)
-                self.stats.retries += 1
-                log.warning("%s; retrying in %.1fs", failure, delay)
-                await _wait(stop, delay)
-                if stop.is_set():
-                    return None
-            except PoisonMessage as poison:
-                tries = attempts[poison.sequence] = attempts.get(poison.sequence, 0) + 1
-                self.store.note_failing(str(poison))
-                if tries <= projection.retries:
-                    delay = projection.retry_delay * 2 ** (tries - 1)
-                    self.stats.retries += 1
-                    log.warning("%s; retry %d in %.1fs", poison, tries, delay)
-                    await _wait(stop, delay)
-                    if stop.is_set():
-                        return None
-                    continue
-                message = next(m for m in batch if m.sequence == poison.sequence)
-                whole = projection.on_poison == "park-aggregate"
-                cause = poison.cause
-                self.store.park(
-                    message,
-                    f"{type(cause).__name__}: {cause} (failed {tries} times)",
-                    aggregate=whole,
-                )
-                self.stats.parked += 1
-                log.error(
-                    "%s; parked %s in the dead letters%s",
-                    poison,
-                    f"{poison.stream} sequence {poison.sequence}",
-                    " with the rest of its aggregate" if whole else "",
-                )
-
-
-def owner(aggregate: str, partitions: int) -> int:
-    """The partition that owns an aggregate: the same in every process and language
-    (CRC-32 of the subject token, modulo the number of partitions)."""
-    return zlib.crc32(aggregate.encode()) % partitions
+        parked (with its aggregate, if the projection says so) and the batch goes on
+        (see :mod:`toolkit.read.retries`)."""
+        return await apply_retrying(
+            functools.partial(self._store_apply, translator, batch, stop),
+            batch,
+            projection=self.projection,
+            store=self.store,
+            tally=self.stats,
+            stop=stop,
+        )
 
 
 def _set(event: asyncio.Event, _: object) -> None:
     event.set()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

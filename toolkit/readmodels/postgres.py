@@ -13,7 +13,6 @@ advisory locks, keyed by projection (and partition, or ``replay``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +22,9 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import sql
 
+from toolkit import locks
 from toolkit.errors import ConfigurationError, MarkerError, ProjectionBusyError
+from toolkit.readmodels import tables
 from toolkit.readmodels.interface import Connection, Dialect, Generation, ReadModelHome
 
 _POINTERS = [
@@ -88,11 +89,9 @@ class SchemaGeneration:
                 db.execute("SET default_transaction_read_only = on")
             else:
                 with db.transaction():  # the same lock as the store's, against racing workers
-                    db.execute(
-                        "SELECT pg_advisory_xact_lock("
-                        "hashtext('toolkit.generation'), hashtext(%s))",
-                        (self.schema,),
-                    )
+                    lock = Dialect.POSTGRESQL.generation_lock(shared=False, schema="%s")
+                    assert lock is not None
+                    db.execute(lock, (self.schema,))
                     schema = sql.Identifier(self.schema)
                     db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             _use(db, self.schema)
@@ -134,7 +133,8 @@ class PostgresHome(ReadModelHome):
                 )
                 if table is None:
                     with db.transaction():
-                        db.execute(f"SELECT pg_advisory_xact_lock({_key('toolkit.read_model')})")
+                        key = locks.advisory_key("toolkit.read_model")
+                        db.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
                         for statement in _POINTERS:
                             db.execute(statement)
                 self._db = db
@@ -212,7 +212,7 @@ class PostgresHome(ReadModelHome):
 
     def drop(self, generation: Generation) -> None:
         with _connect(self.url) as db, db.transaction():
-            table = sql.Identifier(generation.name, "toolkit_checkpoint")
+            table = sql.Identifier(generation.name, tables.PROBED_TABLE)
             (found,) = db.execute("SELECT to_regclass(%s)", (table.as_string(db),)).fetchone() or (
                 None,
             )
@@ -234,18 +234,15 @@ class PostgresHome(ReadModelHome):
             # Partition workers also share the projection's own lock, so that they and a
             # worker of the whole never run together.
             if isinstance(partition, int):
-                self._try_lock(db, self.name, "pg_try_advisory_lock_shared")
-            self._try_lock(db, label, "pg_try_advisory_lock")
+                self._try_lock(db, self.name, shared=True)
+            self._try_lock(db, label)
             yield
         finally:
             db.close()  # which releases the locks
 
-    def _try_lock(self, db: PostgresConnection, label: str, function: str) -> None:
-        (locked,) = db.execute(f"SELECT {function}({_key(label)})").fetchone() or (False,)
-        if not locked:
-            whole = (
-                ", held by its worker of the whole stream" if function.endswith("shared") else ""
-            )
+    def _try_lock(self, db: PostgresConnection, label: str, *, shared: bool = False) -> None:
+        if not locks.try_advisory_lock(db, label, shared=shared):
+            whole = ", held by its worker of the whole stream" if shared else ""
             raise ProjectionBusyError(
                 f"projection {self.name} is being written by another process (advisory "
                 f"lock {label!r} in database {db.info.dbname}{whole}); stop it first"
@@ -266,10 +263,10 @@ class PostgresHome(ReadModelHome):
     def _probe(self, db: PostgresConnection, generation: Generation) -> Connection | None:
         """``db`` in a transaction on ``generation``, or None when that is gone."""
         try:
-            # One transaction for the whole request: the probe's lock on toolkit_checkpoint
+            # One transaction for the whole request: the probe's lock on its table
             # keeps a replay from dropping the generation until the reader is done.
             _use(db, generation.name, local=True)
-            db.execute("SELECT 1 FROM toolkit_checkpoint LIMIT 1").fetchall()
+            db.execute(tables.PROBE).fetchall()
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             self.close_reader(db)
             return None
@@ -298,9 +295,3 @@ class PostgresHome(ReadModelHome):
                 self._db = None
         for db in idle:
             db.close()
-
-
-def _key(label: str) -> int:
-    """A 64-bit advisory lock key for ``label``, in the toolkit's own namespace."""
-    digest = hashlib.blake2b(f"toolkit:{label}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)

@@ -12,7 +12,6 @@ partition) and one replay at a time.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import sqlite3
@@ -22,7 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
+from toolkit import locks
 from toolkit.errors import MarkerError, ProjectionBusyError
+from toolkit.readmodels import tables
 from toolkit.readmodels.interface import Connection, Dialect, Generation, ReadModelHome
 
 _GENERATION = re.compile(r"g(\d{6})\.sqlite")
@@ -171,20 +172,14 @@ class ProjectionHome(ReadModelHome):
 
     @contextlib.contextmanager
     def _flock(self, name: str, *, shared: bool = False) -> Iterator[None]:
-        fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ProjectionBusyError(
-                    f"projection {self.name} is being written by another process "
-                    f"(lock {self.path / name}"
-                    + (", held by a worker of the whole stream, or a rewind" if shared else "")
-                    + "); stop it first"
-                ) from None
+        busy = ProjectionBusyError(
+            f"projection {self.name} is being written by another process "
+            f"(lock {self.path / name}"
+            + (", held by a worker of the whole stream, or a rewind" if shared else "")
+            + "); stop it first"
+        )
+        with locks.file_lock(self.path / name, shared=shared, refused=lambda _: busy):
             yield
-        finally:
-            os.close(fd)
 
     def _open(self, generation: Generation) -> Connection | None:
         path = self.path / generation.name
@@ -200,7 +195,7 @@ class ProjectionHome(ReadModelHome):
         db = None
         try:
             db = connect(path, readonly=True)
-            db.execute("SELECT 1 FROM toolkit_checkpoint LIMIT 1").fetchall()
+            db.execute(tables.PROBE).fetchall()
             return db
         except sqlite3.Error:
             if db is not None:
