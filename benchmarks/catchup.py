@@ -60,7 +60,7 @@ from toolkit.read.batches import apply_batch
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
 from toolkit.read.store import ReadModelStore
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.wire import decode_head
 
 BASELINE = "raw client limit: ordered push consumer, decode only"
@@ -71,7 +71,7 @@ EVENTSOURCING = "eventsourcing ApplicationSubscription -> Projection (SQLite vie
 
 
 async def toolkit_projector(nc: Client, folder: Path, head: int) -> int:
-    home = ProjectionHome(folder, "billing")
+    home = SQLiteHome(folder, "billing")
     store = ReadModelStore(home.live(), Accounts())
     try:
         stats = await Projector(Accounts(), store, nc).run(until_head=True)
@@ -108,7 +108,7 @@ async def raw_decode_only(nc: Client, folder: Path, head: int) -> int:
 
 
 async def fetch_consumer(nc: Client, folder: Path, head: int) -> int:
-    store = ReadModelStore(ProjectionHome(folder, "billing-fetch").live(), Accounts())
+    store = ReadModelStore(SQLiteHome(folder, "billing-fetch").live(), Accounts())
     sub = await nc.jetstream().pull_subscribe(
         "sales.>",
         config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
@@ -136,7 +136,7 @@ async def faststream_subscriber(nc: Client, folder: Path, head: int) -> tuple[in
     ``timeout`` (its default, 5 s), which is not reading speed. (With a timeout of 0.1 s
     it applied nothing in 14 minutes on a stream of a million, nats-server busy all the
     while: requests expired before anything was delivered.)"""
-    store = ReadModelStore(ProjectionHome(folder, "billing-faststream").live(), Accounts())
+    store = ReadModelStore(SQLiteHome(folder, "billing-faststream").live(), Accounts())
     caught_up = asyncio.Event()
     started = time.perf_counter()
     full: tuple[int, float] | None = None

@@ -43,7 +43,7 @@ from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer, free_ports
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 BASELINE = "bare FastAPI endpoint, same query (baseline)"
 TOOLKIT = "toolkit read endpoint (toolkit serve)"
@@ -91,7 +91,7 @@ def build_read_model(data_dir: Path, orders: int) -> list[str]:
                 nc = await connect(server.url)
                 try:
                     await Relay(sales, nc).run(until_head=True)
-                    home = ProjectionHome(data_dir, "shipping")
+                    home = SQLiteHome(data_dir, "shipping")
                     store = ReadModelStore(home.live(), Shipments())
                     try:
                         await Projector(Shipments(), store, nc).run(until_head=True)
@@ -103,7 +103,7 @@ def build_read_model(data_dir: Path, orders: int) -> list[str]:
             sales.close()
 
     asyncio.run(run())
-    current = ProjectionHome(data_dir, "shipping").current()
+    current = SQLiteHome(data_dir, "shipping").current()
     assert current is not None
     with contextlib.closing(sqlite3.connect(current)) as db:
         return [row[0] for row in db.execute("SELECT shipment_id FROM shipment")]
@@ -173,7 +173,7 @@ def measure(
     """(requests/s, p50 ms, p99 ms) of each contender: its better round."""
     data_dir = folder / "data"
     ids = build_read_model(data_dir, orders)
-    model = ProjectionHome(data_dir, "shipping").current()
+    model = SQLiteHome(data_dir, "shipping").current()
     assert model is not None
     best: dict[str, tuple[float, float, float]] = {}
     for _ in range(rounds):

@@ -49,7 +49,7 @@ from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.batches import TranslatedBatch
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore, aggregate_token
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 TOOLKIT = "toolkit: command -> relay -> projector -> read model row"
 RAW = "raw hop: js.publish -> ordered push consumer (baseline)"
@@ -105,7 +105,7 @@ class _TimedStore(ReadModelStore):
 
 async def _project(url: str, data_dir: Path, seen: Seen) -> None:
     nc = await connect(url)
-    store = _TimedStore(ProjectionHome(data_dir, "shipping").live(), Shipments())
+    store = _TimedStore(SQLiteHome(data_dir, "shipping").live(), Shipments())
     store.visible = seen
     try:
         projector = Projector(Shipments(), store, nc)

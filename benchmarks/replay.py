@@ -30,14 +30,14 @@ from toolkit import Relay
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.replay import rebuild
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
 async def _replay(data_dir: Path, url: str) -> dict[str, float]:
     nc = await connect(url)
     try:
         started = time.perf_counter()
-        result = await rebuild(Accounts(), ProjectionHome(data_dir, "billing"), nc)
+        result = await rebuild(Accounts(), SQLiteHome(data_dir, "billing"), nc)
         seconds = time.perf_counter() - started
     finally:
         await nc.close()

@@ -18,7 +18,7 @@ from toolkit.read.reader import StreamMessage, StreamReader
 from toolkit.read.store import ReadModelStore, dump
 from toolkit.readmodels import ReadModelHome
 from toolkit.readmodels.backends import open_home
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 Where = Path | Settings
 """Where read models live: a data folder (SQLite files) or settings (either backend)."""
@@ -148,8 +148,8 @@ async def assert_equal_to_a_clean_build(
     the stream in ``clean_dir``; returns its rows and checkpoints."""
     await project_all(projection, clean_dir, nc)
     with (
-        ProjectionHome(data_dir, projection.name).reader() as faulted,
-        ProjectionHome(clean_dir, projection.name).reader() as reference,
+        SQLiteHome(data_dir, projection.name).reader() as faulted,
+        SQLiteHome(clean_dir, projection.name).reader() as reference,
     ):
         assert faulted is not None and reference is not None
         rows = dump(faulted)

@@ -60,6 +60,12 @@ class _Alias(importlib.abc.Loader):
         self.new = new
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        # Warned here, when the old path is imported, not when a tool only looks it up.
+        warnings.warn(
+            f"{spec.name} moved to {self.new}; the old path goes in the next release",
+            DeprecationWarning,
+            stacklevel=_importer(),
+        )
         module = importlib.import_module(self.new)
         self.spec = module.__spec__
         return module
@@ -70,7 +76,8 @@ class _Alias(importlib.abc.Loader):
 
 
 class MovedModules(importlib.abc.MetaPathFinder):
-    """Finds the old paths in :data:`MOVED` and warns once per path."""
+    """Finds the old paths in :data:`MOVED`; importing one warns (once: then it is in
+    ``sys.modules``)."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -78,11 +85,6 @@ class MovedModules(importlib.abc.MetaPathFinder):
         new = MOVED.get(fullname)
         if new is None:
             return None
-        warnings.warn(
-            f"{fullname} moved to {new}; the old path goes in the next release",
-            DeprecationWarning,
-            stacklevel=_importer(),
-        )
         return importlib.machinery.ModuleSpec(fullname, _Alias(new))
 
 

@@ -23,7 +23,7 @@ from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedCluster
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore, dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -101,7 +101,7 @@ async def test_a_catch_up_rides_out_the_stream_leader_killed(
     head = (await cnc.jetstream().stream_info("sales")).state.last_seq
 
     async def build(folder: Path, *, fault: bool) -> dict[str, list[tuple[object, ...]]]:
-        home = ProjectionHome(folder, "billing")
+        home = SQLiteHome(folder, "billing")
         store = ReadModelStore(home.live(), Accounts())
         try:
             projector = Projector(Accounts(), store, cnc, batch_size=200, transaction_size=500)
@@ -132,7 +132,7 @@ async def test_relay_and_projection_ride_out_the_whole_cluster_restarted(
     report: Report, cluster: EmbeddedCluster, cnc: Client, data_dir: Path, tmp_path: Path
 ) -> None:
     sales = Sales(data_dir=data_dir)
-    home = ProjectionHome(tmp_path / "models", "billing")
+    home = SQLiteHome(tmp_path / "models", "billing")
     store = ReadModelStore(home.live(), Accounts())
     stop = asyncio.Event()
     try:

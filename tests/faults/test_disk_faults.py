@@ -18,7 +18,7 @@ from tests.conftest import Report, wait_for
 from tests.flow import project_all, relay_orders
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore, dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,7 +66,7 @@ async def test_a_full_disk_stops_a_projection_until_there_is_room_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     head = await relay_orders(data_dir, nc, 6000)
-    home = ProjectionHome(small_disk, "billing")
+    home = SQLiteHome(small_disk, "billing")
     store = ReadModelStore(home.live(), Accounts())
     projector = Projector(Accounts(), store, nc, batch_size=100, transaction_size=200)
     stop = asyncio.Event()
@@ -92,7 +92,7 @@ async def test_a_full_disk_stops_a_projection_until_there_is_room_again(
     store.close()
     clean = await project_all(Accounts(), tmp_path / "clean", nc)
     assert clean.applied >= 1
-    with ProjectionHome(tmp_path / "clean", "billing").reader() as reference:
+    with SQLiteHome(tmp_path / "clean", "billing").reader() as reference:
         assert reference is not None
         assert faulted == dump(reference)
     report(f"verified: went on alone; {head:,} applied once, 0 dead letters, as a clean build")

@@ -101,7 +101,7 @@ from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
 from toolkit.read.replay import partial_from, rebuild, rewind
 from toolkit.read.store import DeadLetter, ReadModelStore, dump, read_dead_letters
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.readmodels.sqlite import connect as open_generation
 
 T = TypeVar("T")
@@ -400,7 +400,7 @@ class Pipeline(RuleBasedStateMachine):
             self.run(self.nc.jetstream().delete_stream("sales"))
         self.sales = Sales(data_dir=self.data)
         self.settings = Settings(nats_url=self.url, data_dir=self.data, system=SYSTEM)
-        self.homes = {name: ProjectionHome(self.data, name) for name in PROJECTIONS}
+        self.homes = {name: SQLiteHome(self.data, name) for name in PROJECTIONS}
         self.builds = itertools.count()
         # What the test knows.
         self.customers: list[UUID] = []
@@ -617,7 +617,7 @@ class Pipeline(RuleBasedStateMachine):
             worker.process = Process(self.folder, self.url, self.env(), *args)
             self.run(worker.process.said(f"projecting {name}"))
         else:
-            home = worker.held.enter_context(contextlib.closing(ProjectionHome(self.data, name)))
+            home = worker.held.enter_context(contextlib.closing(SQLiteHome(self.data, name)))
             worker.held.enter_context(home.writer_lock(partition))
             projection = self.projection(name)
             store = ReadModelStore(home.live(), projection, partition=partition)
@@ -1170,7 +1170,7 @@ class Pipeline(RuleBasedStateMachine):
 
     async def _clean_build(self, name: str, checkpoint: int) -> Snapshot:
         folder = self.folder / f"clean-{next(self.builds)}"
-        home = ProjectionHome(folder, name)
+        home = SQLiteHome(folder, name)
         try:
             store = ReadModelStore(home.live(), self.projection(name))
             try:

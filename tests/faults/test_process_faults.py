@@ -33,7 +33,7 @@ from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore, dump
 from toolkit.readmodels.backends import open_home
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -120,7 +120,7 @@ async def test_a_projection_rides_out_postgresql_restarted_under_it(
         stop.set()
         home.close()
     await project_all(Accounts(), tmp_path / "clean", nc)
-    with ProjectionHome(tmp_path / "clean", "billing").reader() as reference:
+    with SQLiteHome(tmp_path / "clean", "billing").reader() as reference:
         assert reference is not None
         assert faulted == dump(reference)
     report(f"verified: {head:,} applied once each after {projector.stats.retries} retries, "

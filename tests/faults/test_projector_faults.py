@@ -20,7 +20,7 @@ from tests.conftest import wait_for
 from tests.flow import project_all, relay_orders
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.store import ReadModelStore, dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
 async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(
@@ -32,7 +32,7 @@ async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(
     rng = random.Random(11)
     command = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
     command += ["--nats-url", nats_server.url, "project", "billing"]
-    home = ProjectionHome(data_dir, "billing")
+    home = SQLiteHome(data_dir, "billing")
     checkpoints: list[int] = []
 
     def committed() -> int:
@@ -65,7 +65,7 @@ async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(
 
     clean = tmp_path / "clean"
     await project_all(Accounts(), clean, nc)
-    with home.reader() as faulted, ProjectionHome(clean, "billing").reader() as reference:
+    with home.reader() as faulted, SQLiteHome(clean, "billing").reader() as reference:
         assert faulted is not None and reference is not None
         assert dump(faulted) == dump(reference)
         assert faulted.execute("SELECT sequence FROM toolkit_checkpoint").fetchall() == [(head,)]

@@ -14,7 +14,7 @@ from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
 async def test_projector_rides_out_a_server_restart(data_dir: Path, tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ async def test_projector_rides_out_a_server_restart(data_dir: Path, tmp_path: Pa
     try:
         fill_log(sales, 20_000)
         head = await relay_all(sales, nc)
-        store = ReadModelStore(ProjectionHome(data_dir, "billing").live(), Accounts())
+        store = ReadModelStore(SQLiteHome(data_dir, "billing").live(), Accounts())
         projector = Projector(Accounts(), store, nc, batch_size=100, transaction_size=100)
         stop = asyncio.Event()
         running = asyncio.create_task(projector.run(stop))

@@ -35,7 +35,7 @@ from toolkit.config import Settings
 from toolkit.http.app import create_app
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.webhooks import WebhookStore, dispatch, new_secret
 from toolkit.write.relay import Relay
 
@@ -116,7 +116,7 @@ def tried_again(log: Path) -> bool:
 
 
 def shipments(data_dir: Path) -> int:
-    with ProjectionHome(data_dir, "shipping").reader() as db:
+    with SQLiteHome(data_dir, "shipping").reader() as db:
         return 0 if db is None else int(db.execute("SELECT count(*) FROM shipment").fetchone()[0])
 
 

@@ -20,7 +20,7 @@ from toolkit import Relay
 from toolkit.nats.streams import StreamSpec, ensure_stream
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore, dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,7 +107,7 @@ async def test_a_consumer_past_the_new_head_says_so_and_applies_nothing_twice(
 ) -> None:
     place_orders(sales, 30, note_every=3, line=MUGS)
     await Relay(sales, nc).run(until_head=True)
-    home = ProjectionHome(tmp_path / "models", "shipping")
+    home = SQLiteHome(tmp_path / "models", "shipping")
     store = ReadModelStore(home.live(), Shipments())
     stop = asyncio.Event()
     try:

@@ -35,7 +35,7 @@ from toolkit.read.replay import rebuild
 from toolkit.read.store import dump
 from toolkit.readmodels import Generation, ReadModelHome
 from toolkit.readmodels.backends import connect
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 Model = dict[str, list[tuple[Any, ...]]]
 
@@ -108,7 +108,7 @@ async def test_progress_counts_the_events_a_partial_replay_applies(
     reports: list[tuple[int, int]] = []
     result = await rebuild(
         Shipments(),
-        ProjectionHome(data_dir, "shipping"),
+        SQLiteHome(data_dir, "shipping"),
         nc,
         starts_at=1001,
         batch_size=50,
@@ -126,7 +126,7 @@ async def test_a_start_past_the_head_is_refused_before_anything_changes(
 ) -> None:
     await ten_orders(sqlite_sales, nc)
     await project_all(Shipments(), data_dir, nc)
-    home = ProjectionHome(data_dir, "shipping")
+    home = SQLiteHome(data_dir, "shipping")
     before = sorted(p.name for p in home.path.iterdir())
     with pytest.raises(ProjectionError) as past:  # it used to wait for the head for ever
         await asyncio.wait_for(rebuild(Shipments(), home, nc, starts_at=13), 20)
@@ -223,9 +223,9 @@ async def test_a_replay_killed_at_any_step_leaves_a_state_the_next_one_finishes(
     await project_all(Shipments(), data_dir, nc)  # readers use g000001.sqlite
     template = data_dir / "projections"
 
-    def fresh(name: str) -> ProjectionHome:
+    def fresh(name: str) -> SQLiteHome:
         shutil.copytree(template, tmp_path / name / "projections")
-        return ProjectionHome(tmp_path / name, "shipping")
+        return SQLiteHome(tmp_path / name, "shipping")
 
     home = fresh("undisturbed")
     steps: list[str] = []
@@ -240,7 +240,7 @@ async def test_a_replay_killed_at_any_step_leaves_a_state_the_next_one_finishes(
         with dying(home.path, at, []), pytest.raises(Killed):
             await rebuild(Shipments(), home, nc, starts_at=start)
         home.close()
-        home = ProjectionHome(home.path.parent.parent, "shipping")  # the next process
+        home = SQLiteHome(home.path.parent.parent, "shipping")  # the next process
         try:
             result = await rebuild(Shipments(), home, nc, starts_at=start)
         except Exception as exc:
@@ -321,7 +321,7 @@ async def test_an_interrupted_replay_is_resumed_only_by_the_same_request(
 ) -> None:
     await ten_orders(sqlite_sales, nc)
     await project_all(Shipments(), data_dir, nc)
-    home = ProjectionHome(data_dir, "shipping")
+    home = SQLiteHome(data_dir, "shipping")
     # A whole replay killed just before it switches readers: built to the head.
     with dying_in(home, ["switch_to"], 0, []), pytest.raises(Killed):
         await rebuild(Shipments(), home, nc)
@@ -374,7 +374,7 @@ async def test_a_start_is_partial_only_when_it_leaves_events_out(
 ) -> None:
     await ten_orders(sqlite_sales, nc)
     await project_all(Shipments(), data_dir, nc)
-    home = ProjectionHome(data_dir, "shipping")
+    home = SQLiteHome(data_dir, "shipping")
     fourth = (await nc.jetstream().get_msg("sales", seq=4)).time
     assert fourth is not None
     from_time = await rebuild(Shipments(), home, nc, starts_at=fourth)

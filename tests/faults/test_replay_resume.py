@@ -20,10 +20,10 @@ from tests.conftest import wait_for
 from tests.flow import project_all, relay_all
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.store import dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
-def building_checkpoint(home: ProjectionHome) -> int:
+def building_checkpoint(home: SQLiteHome) -> int:
     generation = home.building()
     if generation is None or not generation.exists():
         return 0
@@ -45,7 +45,7 @@ async def test_an_interrupted_replay_resumes(
         head = await relay_all(sales, nc)
     finally:
         sales.close()
-    home = ProjectionHome(data_dir, "billing")
+    home = SQLiteHome(data_dir, "billing")
     command = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
     command += ["--nats-url", nats_server.url, "replay", "billing"]
 
@@ -67,7 +67,7 @@ async def test_an_interrupted_replay_resumes(
 
     clean = tmp_path / "clean"
     await project_all(Accounts(), clean, nc)
-    with home.reader() as replayed, ProjectionHome(clean, "billing").reader() as reference:
+    with home.reader() as replayed, SQLiteHome(clean, "billing").reader() as reference:
         assert replayed is not None and reference is not None
         assert dump(replayed) == dump(reference)
         assert replayed.execute("SELECT sequence FROM toolkit_checkpoint").fetchall() == [(head,)]

@@ -24,11 +24,11 @@ from tests.flow import sales_log
 from toolkit.config import Settings
 from toolkit.nats.connection import open_nats
 from toolkit.read.store import dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
 def _shipments(data: Path) -> int:
-    with contextlib.suppress(Exception), ProjectionHome(data, "shipping").reader() as db:
+    with contextlib.suppress(Exception), SQLiteHome(data, "shipping").reader() as db:
         return len(dump(db)["shipment"]) if db is not None else 0
     return 0
 

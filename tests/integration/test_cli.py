@@ -19,7 +19,7 @@ from tests.conftest import nats_servers_using
 from tests.flow import cli_args, home_of
 from toolkit.config import Settings
 from toolkit.read.store import dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 SUBCOMMANDS = ["demo", "relay", "project", "replay", "rewind", "status", "serve"]
 
@@ -122,7 +122,7 @@ def test_relay_project_and_replay_commands_share_a_data_folder(tmp_path: Path) -
     assert "relayed to log position 6: 6 published" in relayed.stderr
     projected = toolkit("--data-dir", str(data), "project", "shipping", "--once", tmp=tmp_path)
     assert projected.returncode == 0, projected.stderr
-    home = ProjectionHome(data, "shipping")
+    home = SQLiteHome(data, "shipping")
     with home.reader() as db:
         assert db is not None
         live = dump(db)
@@ -190,7 +190,7 @@ def test_partition_workers_from_the_command_line(tmp_path: Path) -> None:
             "--partition", k, "--partitions", "2", tmp=tmp_path,
         )  # fmt: skip
         assert worker.returncode == 0, worker.stderr
-    with ProjectionHome(data, "shipping").reader() as db:
+    with SQLiteHome(data, "shipping").reader() as db:
         assert db is not None
         assert len(dump(db)["shipment"]) == 20  # the two halves make the whole
     alone = toolkit("project", "shipping", "--partition", "0", tmp=tmp_path)
@@ -226,7 +226,7 @@ def test_status_json_reports_lag_as_events_arrive(tmp_path: Path) -> None:
     for _ in range(3):
         sales.place_order(ann, line)  # in the log, not relayed yet
     sales.close()
-    with ProjectionHome(data, "shipping").writer_lock():  # as a running projector would
+    with SQLiteHome(data, "shipping").writer_lock():  # as a running projector would
         after = status()
     shipping = after["projections"]["shipping"]
     assert shipping["streams"]["sales"]["lag_events"] == 7
@@ -284,14 +284,14 @@ def test_replay_options_rewind_and_versions(tmp_path: Path, read_models: Setting
     assert shipments() == 10
 
 
-def relayed_and_projected(tmp_path: Path, orders: int) -> tuple[list[str], ProjectionHome]:
+def relayed_and_projected(tmp_path: Path, orders: int) -> tuple[list[str], SQLiteHome]:
     """A data folder whose sales log (a customer, then ``orders`` orders) is relayed and
     projected into shipping: its CLI options and shipping's home."""
     data = sales_log(tmp_path / "data", orders=orders)
     run = ["--data-dir", str(data)]
     assert toolkit(*run, "relay", "sales", "--once", tmp=tmp_path).returncode == 0
     assert toolkit(*run, "project", "shipping", "--once", tmp=tmp_path).returncode == 0
-    return run, ProjectionHome(data, "shipping")
+    return run, SQLiteHome(data, "shipping")
 
 
 def test_a_replay_from_a_sequence_is_kept_beside_the_live_model(tmp_path: Path) -> None:
@@ -348,7 +348,7 @@ def test_rewind_past_the_head_or_of_a_missing_stream_is_refused(tmp_path: Path) 
         "shipping has nothing to replay (nothing changed; is this the server its context "
         "publishes to?)"
     )
-    empty = ProjectionHome(nowhere, "shipping")
+    empty = SQLiteHome(nowhere, "shipping")
     assert empty.current() is None and empty.generations() == []
 
     run, home = relayed_and_projected(tmp_path, orders=10)  # sequences 1 to 11

@@ -11,7 +11,7 @@ from projections.shipping import Shipments
 from tests.envelopes import relayed
 from tests.flow import project_all
 from toolkit import StreamSpec, ensure_stream
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
 async def publish(
@@ -52,7 +52,7 @@ async def test_junk_on_the_stream_is_dead_lettered_and_the_rest_applied(
     stats = await project_all(Shipments(), data_dir, nc)
     assert stats.checkpoints["sales"] == 8
     assert (stats.dead_lettered, stats.untrusted, stats.applied) == (6, 5, 2)
-    with ProjectionHome(data_dir, "shipping").reader() as db:
+    with SQLiteHome(data_dir, "shipping").reader() as db:
         assert db is not None
         assert {r[0] for r in db.execute("SELECT shipment_id FROM shipment")} == {first, last}
         reasons = dict(db.execute("SELECT sequence, reason FROM toolkit_dead_letter"))

@@ -23,7 +23,7 @@ from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,7 +46,7 @@ async def shipping_projector(
     yields a function that stops it and returns once it has stopped."""
     stop = asyncio.Event()
     client = await connect(str(settings.nats_url))
-    home = ProjectionHome(settings.data_dir, "shipping")
+    home = SQLiteHome(settings.data_dir, "shipping")
     with home.writer_lock():
         store = ReadModelStore(home.live(), Shipments())
         task = asyncio.create_task(Projector(Shipments(), store, client).run(stop, home=home))

@@ -20,7 +20,7 @@ from tests.integration.test_subjects import Catalog, Product, Shelf
 from toolkit import InvalidCommand, Relay
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.reader import StreamReader
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.wire import encode_token
 
 TOO_LONG = [
@@ -117,7 +117,7 @@ async def test_ids_up_to_the_limit_are_stored_relayed_and_consumed_intact(
         assert [orjson.loads(m.data)["subject"] for m in batch] == [sku]
 
     await project_all(Shelf(), data_dir, nc)
-    with ProjectionHome(data_dir, "shelf").reader() as db:
+    with SQLiteHome(data_dir, "shelf").reader() as db:
         assert db is not None
         rows = dict(db.execute("SELECT sku, name FROM item"))
     assert rows == {sku: f"name of {sku}" for sku in AT_THE_LIMIT}

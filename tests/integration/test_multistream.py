@@ -15,7 +15,7 @@ from toolkit import IntegrationEvent, StreamSpec, contract, ensure_stream
 from toolkit.read.projection import Projection
 from toolkit.read.translator import Translator
 from toolkit.readmodels import Connection
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 sales, catalog = Translator("sales"), Translator("catalog")
 
@@ -81,7 +81,7 @@ async def test_each_stream_has_its_own_checkpoint(nc: Client, data_dir: Path) ->
     await publish(js, "catalog", 9, "catalog.ProductListed", "p9")
     stats = await project_all(Activity(), data_dir, nc)  # a restart: each from its own place
     assert stats.checkpoints == {"sales": 5, "catalog": 4} and stats.applied == 1
-    with ProjectionHome(data_dir, "activity").reader() as db:
+    with SQLiteHome(data_dir, "activity").reader() as db:
         assert db is not None
         rows = set(db.execute("SELECT source, key FROM seen"))
     assert rows == {("sales", f"o{i}") for i in range(5)} | {

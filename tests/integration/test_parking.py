@@ -20,7 +20,7 @@ from toolkit.read.deadletters import retry_dead_letters
 from toolkit.read.store import ReadModelStore, dump, read_dead_letters
 from toolkit.read.translator import Translator
 from toolkit.readmodels import Connection
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 A, B = str(uuid.UUID(int=0xA)), str(uuid.UUID(int=0xB))
 CUSTOMER = str(uuid.UUID(int=0xC))
@@ -67,7 +67,7 @@ async def publish(nc: Client, events: list[tuple[str, str, dict[str, object], in
 
 
 def model(folder: Path) -> tuple[dict[str, list[tuple[object, ...]]], list[tuple[int, str]]]:
-    with ProjectionHome(folder, "shipping").reader() as db:
+    with SQLiteHome(folder, "shipping").reader() as db:
         assert db is not None
         letters = [(letter.sequence, letter.reason) for letter in read_dead_letters(db)]
         return dump(db), letters

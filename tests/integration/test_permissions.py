@@ -24,7 +24,7 @@ from toolkit.nats.connection import connect, on_permission_denied
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,7 +62,7 @@ async def test_each_context_writes_only_its_own_stream(
             assert stats.published == 6
 
             # shipping reads sales' stream with its own consumer...
-            home = ProjectionHome(tmp_path / "models", "shipping")
+            home = SQLiteHome(tmp_path / "models", "shipping")
             store = ReadModelStore(home.live(), Shipments())
             try:
                 await Projector(Shipments(), store, shipping_nc).run(until_head=True)

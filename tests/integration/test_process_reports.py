@@ -32,7 +32,7 @@ from toolkit.nats.embedded import EmbeddedServer
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.status import collect
 from toolkit.read.store import dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
 def _toolkit(*args: str) -> list[str]:
@@ -90,7 +90,7 @@ async def test_a_projector_that_cannot_reach_nats_says_so_within_seconds(
         _start(running, tmp_path / "project.log", *where, "project", "shipping")
 
         def shipments() -> int:
-            with ProjectionHome(data, "shipping").reader() as db:
+            with SQLiteHome(data, "shipping").reader() as db:
                 return len(dump(db)["shipment"]) if db is not None else 0
 
         await wait_for(lambda: shipments() == 3, within=30)

@@ -24,7 +24,7 @@ from toolkit.read.projector import Projector
 from toolkit.read.replay import rebuild
 from toolkit.read.store import ReadModelStore, dump
 from toolkit.readmodels import ReadModelHome
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 # A command: ("customer",), ("order", customer_pick, quantities), ("cancel", order_pick),
 # ("note", order_pick), ("sync",) to let the live projections catch up mid-way.
@@ -138,7 +138,7 @@ def plain_folds(sales: Sales) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
 async def assert_replay_equals_live(
     projection: Projection, folder: Path, nc: Client
 ) -> dict[str, list[tuple[Any, ...]]]:
-    home = ProjectionHome(folder, projection.name)
+    home = SQLiteHome(folder, projection.name)
     with home.reader() as db:
         assert db is not None
         live = dump(db)

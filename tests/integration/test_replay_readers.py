@@ -23,7 +23,7 @@ from tests.flow import project_all, relay_all
 from toolkit.config import Settings
 from toolkit.http.app import create_app
 from toolkit.nats.embedded import EmbeddedServer
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
 @pytest.mark.timeout(240)
@@ -38,7 +38,7 @@ async def test_readers_see_a_whole_model_throughout_a_200k_replay(
         sales.close()
     assert head >= 200_000
     await project_all(Shipments(), data_dir, nc)
-    home = ProjectionHome(data_dir, "shipping")
+    home = SQLiteHome(data_dir, "shipping")
     before = home.current()
     assert before is not None
     with home.reader() as db:

@@ -13,7 +13,7 @@ from contexts.sales import Sales
 from projections.shipping import Shipments
 from tests.flow import project_all, relay_all
 from toolkit.read.projection import StartPosition
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
 
@@ -26,7 +26,7 @@ def starting_at(start: StartPosition) -> Shipments:
 
 
 def shipped(data_dir: Path) -> set[str]:
-    with ProjectionHome(data_dir, "shipping").reader() as db:
+    with SQLiteHome(data_dir, "shipping").reader() as db:
         assert db is not None
         return {row[0] for row in db.execute("SELECT shipment_id FROM shipment")}
 

@@ -26,7 +26,7 @@ from toolkit.read.projection import Projection
 from toolkit.read.reader import StreamReader
 from toolkit.read.translator import Translator
 from toolkit.readmodels import Connection
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.wire import encode_token
 
 AWKWARD_IDS = [
@@ -126,7 +126,7 @@ async def test_awkward_ids_are_stored_relayed_and_consumed_intact(
     assert [orjson.loads(m.data)["subject"] for m in messages] == AWKWARD_IDS
 
     await project_all(Shelf(), data_dir, nc)
-    with ProjectionHome(data_dir, "shelf").reader() as db:
+    with SQLiteHome(data_dir, "shelf").reader() as db:
         assert db is not None
         rows = dict(db.execute("SELECT sku, name FROM item"))
     assert rows == {sku: f"name of {sku}" for sku in AWKWARD_IDS}

@@ -40,7 +40,7 @@ from toolkit.ops.status import collect
 from toolkit.read.batches import apply_batch
 from toolkit.read.reader import StreamMessage
 from toolkit.read.store import ReadModelStore, dump, read_dead_letters
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 
 
 def foreign_messages(position: int) -> list[tuple[bytes, dict[str, str]]]:
@@ -89,7 +89,7 @@ async def test_another_publishers_messages_hide_no_event_from_consumers(
     stats = await project_all(Shipments(), data_dir, nc)
     foreign = len(foreign_messages(1))
     assert (stats.untrusted, stats.duplicates) == (foreign, 0)
-    with ProjectionHome(data_dir, "shipping").reader() as db:
+    with SQLiteHome(data_dir, "shipping").reader() as db:
         assert db is not None
         assert {row[0] for row in db.execute("SELECT shipment_id FROM shipment")} == placed
         letters = read_dead_letters(db)

@@ -37,7 +37,7 @@ from toolkit.nats.streams import ensure_stream
 from toolkit.read.projector import Projector
 from toolkit.read.replay import rebuild
 from toolkit.read.store import ReadModelStore, dump
-from toolkit.readmodels.sqlite import ProjectionHome
+from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.write.relay import Relay
 
 console = Console(highlight=False)
@@ -134,7 +134,7 @@ async def _run(settings: Settings, orders: int, customers: int, log: str) -> int
     sales: Sales | None = None
     stop = asyncio.Event()
     cancelled = threading.Event()
-    homes = {name: ProjectionHome(settings.data_dir, name) for name in system.projections}
+    homes = {name: SQLiteHome(settings.data_dir, name) for name in system.projections}
     stores = {
         name: ReadModelStore(homes[name].live(), cls()) for name, cls in system.projections.items()
     }

@@ -34,6 +34,6 @@ def open_home(settings: Settings, name: str) -> ReadModelHome:
                 f"PostgreSQL read models need psycopg ({exc}): pip install 'toolkit[postgres]'"
             ) from None
         return PostgresHome(settings.read_model_url, name)
-    from toolkit.readmodels.sqlite import ProjectionHome
+    from toolkit.readmodels.sqlite import SQLiteHome
 
-    return ProjectionHome(settings.data_dir, name)
+    return SQLiteHome(settings.data_dir, name)

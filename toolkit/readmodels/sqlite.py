@@ -82,7 +82,7 @@ def _write_atomically(path: Path, text: str) -> None:
     _sync_folder(path.parent)
 
 
-class ProjectionHome(ReadModelHome):
+class SQLiteHome(ReadModelHome):
     """The folder of one projection: its generations, ``CURRENT`` and its writer lock."""
 
     dialect = Dialect.SQLITE
@@ -219,3 +219,18 @@ class ProjectionHome(ReadModelHome):
             idle, self._idle = self._idle, []
         for db in idle:
             db.close()
+
+
+def __getattr__(name: str) -> type[SQLiteHome]:
+    """``ProjectionHome``, this class's name in toolkit 0.1, for one more release."""
+    if name == "ProjectionHome":
+        import warnings
+
+        warnings.warn(
+            "ProjectionHome is now SQLiteHome (toolkit.readmodels.sqlite); the old name goes "
+            "in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return SQLiteHome
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

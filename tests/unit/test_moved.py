@@ -1,0 +1,49 @@
+"""Module paths of toolkit 0.1 keep working for one release: the same module object as
+the new path, after a DeprecationWarning that names where it went."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+from toolkit._moved import MOVED
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(MOVED.items()))
+def test_an_old_path_is_the_new_module_with_a_warning(old: str, new: str) -> None:
+    sys.modules.pop(old, None)
+    try:
+        with pytest.warns(DeprecationWarning, match=rf"^{old} moved to {new};"):
+            moved = importlib.import_module(old)
+        assert moved is importlib.import_module(new)
+        assert moved.__spec__ is not None and moved.__spec__.name == new
+        assert moved.__name__ == new
+    finally:
+        sys.modules.pop(old, None)
+
+
+def test_every_new_path_exists_and_no_old_module_file_is_left() -> None:
+    for old, new in MOVED.items():
+        assert importlib.util.find_spec(new) is not None, new
+        spec = importlib.util.find_spec(old)
+        assert spec is not None and spec.origin is None  # only the alias: no file
+
+
+def test_the_warning_points_at_the_importer() -> None:
+    sys.modules.pop("toolkit.store", None)
+    try:
+        with pytest.warns(DeprecationWarning) as caught:
+            import toolkit.store  # type: ignore[import-not-found]  # noqa: F401
+        assert caught[0].filename == __file__
+    finally:
+        sys.modules.pop("toolkit.store", None)
+
+
+def test_an_old_class_name_still_imports_with_a_warning() -> None:
+    from toolkit.readmodels.sqlite import SQLiteHome
+
+    with pytest.warns(DeprecationWarning, match="ProjectionHome is now SQLiteHome"):
+        from toolkit.readmodels.sqlite import ProjectionHome
+    assert ProjectionHome is SQLiteHome
