@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["LockHeld", "advisory_holder", "advisory_key", "file_lock", "try_advisory_lock"]
+__all__ = [
+    "LockHeld",
+    "advisory_holder",
+    "advisory_key",
+    "advisory_xact_lock",
+    "file_lock",
+    "try_advisory_lock",
+]
 
 
 class LockHeld(Exception):
@@ -91,6 +98,12 @@ def try_advisory_lock(db: psycopg.Connection[Any], label: str, *, shared: bool =
     function = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
     row = db.execute(f"SELECT {function}(%s)", (advisory_key(label),)).fetchone()
     return bool(row and row[0])
+
+
+def advisory_xact_lock(db: psycopg.Connection[Any], label: str) -> None:
+    """Wait for, and take, the transaction advisory lock of ``label`` on ``db``: held
+    until the transaction that ``db`` is in ends."""
+    db.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(label),))
 
 
 def advisory_holder(db: psycopg.Connection[Any], label: str) -> str:

@@ -133,8 +133,7 @@ class PostgresHome(ReadModelHome):
                 )
                 if table is None:
                     with db.transaction():
-                        key = locks.advisory_key("toolkit.read_model")
-                        db.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                        locks.advisory_xact_lock(db, "toolkit.read_model")
                         for statement in _POINTERS:
                             db.execute(statement)
                 self._db = db
