@@ -48,8 +48,9 @@ from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.batches import TranslatedBatch
 from toolkit.read.projector import Projector
-from toolkit.read.store import ReadModelStore, aggregate_token
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.wire.subjects import aggregate_token
 
 TOOLKIT = "toolkit: command -> relay -> projector -> read model row"
 RAW = "raw hop: js.publish -> ordered push consumer (baseline)"

@@ -15,10 +15,11 @@ from toolkit import Relay, Settings
 from toolkit.read.projection import Projection
 from toolkit.read.projector import Projector, ProjectorStats
 from toolkit.read.reader import StreamMessage, StreamReader
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels import ReadModelHome
 from toolkit.readmodels.backends import open_home
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 Where = Path | Settings
 """Where read models live: a data folder (SQLite files) or settings (either backend)."""

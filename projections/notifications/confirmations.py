@@ -16,9 +16,9 @@ from nats.aio.client import Client
 
 from toolkit import IntegrationEvent, contract
 from toolkit.read.reader import StreamMessage
-from toolkit.read.store import connect
 from toolkit.read.translator import Translator, UnknownEvent
 from toolkit.read.workqueue import WorkQueue, WorkStats
+from toolkit.readmodels.sqlite import connect
 
 sales = Translator("sales")
 

@@ -22,8 +22,9 @@ from toolkit import Relay, StreamSpec
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedCluster
 from toolkit.read.projector import Projector
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -17,8 +17,9 @@ from projections.billing import Accounts
 from tests.conftest import Report, wait_for
 from tests.flow import project_all, relay_orders
 from toolkit.read.projector import Projector
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,8 +23,10 @@ from toolkit.config import Settings
 from toolkit.ops.status import collect
 from toolkit.read.projector import Projector, ProjectorStats, owner
 from toolkit.read.replay import rebuild, rewind
-from toolkit.read.store import ReadModelStore, dump, read_dead_letters
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels import ReadModelHome
+from toolkit.readmodels.tables import dead_letters as read_dead_letters
+from toolkit.readmodels.tables import dump
 
 
 async def test_a_replay_ends_when_the_last_messages_of_the_stream_were_deleted(

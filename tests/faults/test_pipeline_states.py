@@ -100,9 +100,11 @@ from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
 from toolkit.read.replay import partial_from, rebuild, rewind
-from toolkit.read.store import DeadLetter, ReadModelStore, dump, read_dead_letters
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.readmodels.sqlite import connect as open_generation
+from toolkit.readmodels.tables import DeadLetter, dump
+from toolkit.readmodels.tables import dead_letters as read_dead_letters
 
 T = TypeVar("T")
 

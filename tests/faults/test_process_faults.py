@@ -31,9 +31,10 @@ from tests.flow import (
 from toolkit.config import Settings
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.backends import open_home
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -19,8 +19,9 @@ from projections.billing import Accounts
 from tests.conftest import wait_for
 from tests.flow import project_all, relay_orders
 from toolkit.nats.embedded import EmbeddedServer
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 
 async def test_projection_killed_again_and_again_ends_equal_to_a_clean_build(

@@ -19,8 +19,9 @@ from tests.flow import MUGS, place_orders, public_positions, read_all
 from toolkit import Relay
 from toolkit.nats.streams import StreamSpec, ensure_stream
 from toolkit.read.projector import Projector
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 pytestmark = pytest.mark.timeout(60)
 

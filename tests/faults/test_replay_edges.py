@@ -32,10 +32,10 @@ from toolkit.http.app import create_app
 from toolkit.ops.status import collect
 from toolkit.read.projection import StartPosition
 from toolkit.read.replay import rebuild
-from toolkit.read.store import dump
 from toolkit.readmodels import Generation, ReadModelHome
 from toolkit.readmodels.backends import connect
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 Model = dict[str, list[tuple[Any, ...]]]
 

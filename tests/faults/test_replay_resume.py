@@ -19,8 +19,8 @@ from projections.billing import Accounts
 from tests.conftest import wait_for
 from tests.flow import project_all, relay_all
 from toolkit.nats.embedded import EmbeddedServer
-from toolkit.read.store import dump
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 
 def building_checkpoint(home: SQLiteHome) -> int:

@@ -23,8 +23,8 @@ from tests.conftest import free_port, nats_servers_using, wait_for
 from tests.flow import sales_log
 from toolkit.config import Settings
 from toolkit.nats.connection import open_nats
-from toolkit.read.store import dump
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 
 def _shipments(data: Path) -> int:

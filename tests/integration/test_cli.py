@@ -18,8 +18,8 @@ from contexts.sales import Sales
 from tests.conftest import nats_servers_using
 from tests.flow import cli_args, home_of
 from toolkit.config import Settings
-from toolkit.read.store import dump
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 SUBCOMMANDS = ["demo", "relay", "project", "replay", "rewind", "status", "serve"]
 

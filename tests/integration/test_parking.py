@@ -17,10 +17,12 @@ from tests.envelopes import relayed
 from tests.flow import home_of, project_all
 from toolkit import StreamSpec, contract, ensure_stream
 from toolkit.read.deadletters import retry_dead_letters
-from toolkit.read.store import ReadModelStore, dump, read_dead_letters
+from toolkit.read.store import ReadModelStore
 from toolkit.read.translator import Translator
 from toolkit.readmodels import Connection
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dead_letters as read_dead_letters
+from toolkit.readmodels.tables import dump
 
 A, B = str(uuid.UUID(int=0xA)), str(uuid.UUID(int=0xB))
 CUSTOMER = str(uuid.UUID(int=0xC))

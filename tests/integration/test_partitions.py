@@ -21,9 +21,11 @@ from toolkit import IntegrationEvent, Settings, contract
 from toolkit.errors import ConfigurationError, ProjectionBusyError
 from toolkit.read.projection import Projection
 from toolkit.read.projector import Projector, ProjectorStats, owner
-from toolkit.read.store import ReadModelStore, aggregate_token, read_dead_letters
+from toolkit.read.store import ReadModelStore
 from toolkit.read.translator import Translator
 from toolkit.readmodels import Connection, Dialect, ReadModelHome
+from toolkit.readmodels.tables import dead_letters as read_dead_letters
+from toolkit.wire.subjects import aggregate_token
 
 orders_stream = Translator("sales")
 

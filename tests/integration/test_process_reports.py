@@ -31,8 +31,8 @@ from toolkit.http.app import create_app
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.status import collect
-from toolkit.read.store import dump
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 
 def _toolkit(*args: str) -> list[str]:

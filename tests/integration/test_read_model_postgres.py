@@ -29,9 +29,10 @@ from toolkit.http.app import create_app
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector
 from toolkit.read.replay import rebuild
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels import Dialect
 from toolkit.readmodels.backends import open_home
+from toolkit.readmodels.tables import dump
 
 ON_POSTGRES = pytest.mark.parametrize("read_models", ["postgres"], indirect=True)
 

@@ -22,9 +22,10 @@ from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projection import Projection
 from toolkit.read.projector import Projector
 from toolkit.read.replay import rebuild
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels import ReadModelHome
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 
 # A command: ("customer",), ("order", customer_pick, quantities), ("cancel", order_pick),
 # ("note", order_pick), ("sync",) to let the live projections catch up mid-way.

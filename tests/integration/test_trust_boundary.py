@@ -39,8 +39,10 @@ from toolkit.nats.streams import relay_tail
 from toolkit.ops.status import collect
 from toolkit.read.batches import apply_batch
 from toolkit.read.reader import StreamMessage
-from toolkit.read.store import ReadModelStore, dump, read_dead_letters
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dead_letters as read_dead_letters
+from toolkit.readmodels.tables import dump
 
 
 def foreign_messages(position: int) -> list[tuple[bytes, dict[str, str]]]:

@@ -47,3 +47,23 @@ def test_an_old_class_name_still_imports_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning, match="ProjectionHome is now SQLiteHome"):
         from toolkit.readmodels.sqlite import ProjectionHome
     assert ProjectionHome is SQLiteHome
+
+
+@pytest.mark.parametrize(
+    ("name", "owner"),
+    [
+        ("dump", "toolkit.readmodels.tables.dump"),
+        ("read_dead_letters", "toolkit.readmodels.tables.dead_letters"),
+        ("DeadLetter", "toolkit.readmodels.tables.DeadLetter"),
+        ("connect", "toolkit.readmodels.sqlite.connect"),
+    ],
+)
+def test_the_stores_old_names_lead_to_their_owners(name: str, owner: str) -> None:
+    from toolkit.read import store
+
+    module, _, attribute = owner.rpartition(".")
+    with pytest.warns(DeprecationWarning, match=f"toolkit.read.store.{name} is now {owner}"):
+        value = getattr(store, name)
+    assert value is getattr(importlib.import_module(module), attribute)
+    with pytest.raises(AttributeError):
+        store.nothing_of_the_kind  # noqa: B018

@@ -36,8 +36,9 @@ from toolkit.nats.embedded import free_ports
 from toolkit.nats.streams import ensure_stream
 from toolkit.read.projector import Projector
 from toolkit.read.replay import rebuild
-from toolkit.read.store import ReadModelStore, dump
+from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.readmodels.tables import dump
 from toolkit.write.relay import Relay
 
 console = Console(highlight=False)

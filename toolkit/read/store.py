@@ -27,21 +27,32 @@ from toolkit.read.projection import Projection
 from toolkit.read.reader import StreamMessage
 from toolkit.readmodels import Connection, Generation, backends, tables
 from toolkit.readmodels.faults import is_infrastructure_error
-from toolkit.readmodels.sqlite import connect as connect  # the SQLite one, where it always was
-from toolkit.readmodels.tables import DeadLetter as DeadLetter
-from toolkit.readmodels.tables import dead_letters as read_dead_letters
-from toolkit.readmodels.tables import dump as dump
-from toolkit.wire.subjects import aggregate_token as aggregate_token
+from toolkit.wire.subjects import aggregate_token
 
-__all__ = [
-    "BatchResult",
-    "DeadLetter",
-    "ReadModelStore",
-    "aggregate_token",
-    "connect",
-    "dump",
-    "read_dead_letters",
-]
+__all__ = ["BatchResult", "ReadModelStore"]
+
+_MOVED_NAMES = {
+    "connect": ("toolkit.readmodels.sqlite", "connect"),
+    "DeadLetter": ("toolkit.readmodels.tables", "DeadLetter"),
+    "dump": ("toolkit.readmodels.tables", "dump"),
+    "read_dead_letters": ("toolkit.readmodels.tables", "dead_letters"),
+}
+"""Names this module held in 0.1, and their owners now: importable here for one release."""
+
+
+def __getattr__(name: str) -> object:
+    if name not in _MOVED_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    module, attribute = _MOVED_NAMES[name]
+    warnings.warn(
+        f"{__name__}.{name} is now {module}.{attribute}; the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), attribute)
 
 
 class ReadModelStore:
@@ -331,7 +342,7 @@ class ReadModelStore:
 
     # -- dead letters (retried by toolkit.read.deadletters) ------------------------------
 
-    def dead_letters(self) -> list[DeadLetter]:
+    def dead_letters(self) -> list[tables.DeadLetter]:
         """Every dead letter, oldest first."""
         return tables.dead_letters(self.db)
 

@@ -141,7 +141,7 @@ def relay_position(
 
     A message is the relay's only when its ``Nats-Msg-Id`` has the relay's form for this
     stream and its envelope's ``source``, ``id`` and ``logposition`` agree with it: only
-    such messages may move a consumer's log position (see :mod:`toolkit.read.store`) or the
+    such messages may move a consumer's log position (see :mod:`toolkit.read.batches`) or the
     relay's own (see :mod:`toolkit.write.relay`). Any client allowed to publish on the stream can
     still copy that form exactly; keeping others from publishing there is the credentials'
     job (the README's security section)."""
