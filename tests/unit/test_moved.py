@@ -67,3 +67,13 @@ def test_the_stores_old_names_lead_to_their_owners(name: str, owner: str) -> Non
     assert value is getattr(importlib.import_module(module), attribute)
     with pytest.raises(AttributeError):
         store.nothing_of_the_kind  # noqa: B018
+
+
+def test_python_m_toolkit_cli_runs_the_command_as_in_0_1() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: toolkit "), done.stderr

@@ -4,7 +4,6 @@ so ``--help`` and usage errors stay fast; commands that serve no HTTP never impo
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Sequence
 
 from toolkit.cli.parser import parser
@@ -22,6 +21,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["main"]
-
-if __name__ == "__main__":
-    sys.exit(main())
