@@ -15,4 +15,5 @@ system = System(
     projections={"shipping": Shipments, "billing": Accounts},
     routers={"shipping": shipping_api, "billing": billing_api},
     commands={"sales": sales_api},
+    title="Sales, shipping and billing",
 )

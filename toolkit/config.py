@@ -89,6 +89,8 @@ class Settings:
     and ``/health/ready`` call it stalled (see :mod:`toolkit.ops.reports`)."""
     consistency_wait: float = 2.0
     """Longest wait of a read for a consistency token, in seconds."""
+    max_body: int = 1 << 20
+    """Largest request body the API takes, in bytes (``TOOLKIT_MAX_BODY``; larger: 413)."""
 
     def __repr__(self) -> str:  # tokens are secrets: never in logs or tracebacks
         shown = {k: v for k, v in vars(self).items() if k != "api_tokens"}
@@ -113,6 +115,7 @@ class Settings:
             ready_max_lag=_number(env, "TOOLKIT_READY_MAX_LAG", 1000, int, 0, 10**9),
             stall_after=_number(env, "TOOLKIT_STALL_AFTER", 30.0, float, 0.1, 86400),
             consistency_wait=_number(env, "TOOLKIT_CONSISTENCY_WAIT", 2.0, float, 0, 60),
+            max_body=_number(env, "TOOLKIT_MAX_BODY", 1 << 20, int, 1, 1 << 40),
         )
 
 

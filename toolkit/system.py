@@ -31,6 +31,8 @@ class System:
     commands: dict[str, CommandRouterFactory] = field(default_factory=dict)
     """Command endpoints, by context name: ``factory(context) -> APIRouter``. The API
     process then owns that context's log, and runs its relay (woken after each save)."""
+    title: str | None = None
+    """The API's title (OpenAPI, ``/docs``); None: one made from the system's module name."""
 
     def context(self, name: str) -> type[BoundedContext[Any]]:
         try:
@@ -45,6 +47,18 @@ class System:
         except KeyError:
             known = ", ".join(sorted(self.projections)) or "none"
             raise ConfigurationError(f"no projection named {name!r} (known: {known})") from None
+
+
+def title_of(system: System, spec: str) -> str:
+    """The system's title, or a readable one made from where it lives (``shop.system:system``
+    is "Shop"): the module's last part that is not a generic name, else the attribute."""
+    if system.title:
+        return system.title
+    module, _, attribute = spec.partition(":")
+    generic = {"system", "systems", "app", "main", "api", "__init__"}
+    named = [part for part in module.split(".") if part and part not in generic]
+    words = (named[-1] if named else attribute or "toolkit").replace("_", " ").replace("-", " ")
+    return words.strip().capitalize() or "Toolkit"
 
 
 def load_system(spec: str) -> System:

@@ -20,15 +20,17 @@ from toolkit import webhooks
 from toolkit.backoff import Backoff
 from toolkit.config import Settings
 from toolkit.errors import MarkerError
-from toolkit.http import caching, feed, health, problems
+from toolkit.http import caching, docs, feed, health, problems
 from toolkit.http.auth import BearerAuth
 from toolkit.http.conditional import none_match
 from toolkit.http.consistency import HEADER, Consistency, ConsistencyToken, InvalidToken
 from toolkit.http.health import Metrics
+from toolkit.http.limits import BodyLimit
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
 from toolkit.readmodels import Connection, Generation, ReadModelHome
 from toolkit.readmodels.backends import open_home
+from toolkit.system import title_of
 from toolkit.write.relay import Relay
 
 if TYPE_CHECKING:
@@ -234,13 +236,21 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
             for home in homes:
                 home.close()
 
-    app = FastAPI(title=f"{settings.system} API", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title=title_of(system, settings.system),
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,  # docs.install serves them from installed assets, not a CDN
+        redoc_url=None,
+    )
+    docs.install(app)
     app.state.nats = nats  # reads that carry a consistency token use it
     app.state.consistency_wait = settings.consistency_wait
     problems.install(app)
     metrics = Metrics()
     if settings.api_tokens:
         app.add_middleware(BearerAuth(settings.api_tokens).middleware)
+    app.add_middleware(BodyLimit(settings.max_body).middleware)  # before auth reads
     app.add_middleware(metrics.middleware)  # the outermost: it times refusals too
     for home in homes:
         app.include_router(system.routers[home.name](home))

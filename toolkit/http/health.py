@@ -7,8 +7,8 @@ see :mod:`toolkit.ops.reports`), and every projection with endpoints is within `
 events of its streams (a load balancer stops sending reads to an instance whose models
 fall behind). ``/metrics`` is Prometheus' text format,
 made by ``prometheus_client``: events applied and lag per projection and stream, dead
-letters, relay lag, and request latencies per route template (never the raw path: ids
-in label values would grow the registry without bound).
+letters, relay lag, and request latencies per known method, route template (never the raw
+path: ids in label values would grow the registry without bound) and status.
 """
 
 from __future__ import annotations
@@ -95,12 +95,24 @@ class Metrics:
             try:
                 await app(scope, receive, sending)
             finally:
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
-                self.requests.labels(scope["method"], route, str(status)).observe(
-                    time.perf_counter() - started
-                )
+                self.requests.labels(*labels(scope, status)).observe(time.perf_counter() - started)
 
         return timed
+
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods a request's label names; any other is ``other``."""
+UNMATCHED = "unmatched"
+"""The route label of a request no route matched (a 404, or one refused before routing)."""
+
+
+def labels(scope: Scope, status: int) -> tuple[str, str, str]:
+    """A request's labels, from a closed set whatever a client sends: a known method or
+    ``other``, the route's template (never the raw path) or ``unmatched``, and the status
+    (made up metric labels would grow the registry, and ``/metrics``, without bound)."""
+    method = scope["method"] if scope["method"] in METHODS else "other"
+    route = getattr(scope.get("route"), "path", None)
+    return method, route if isinstance(route, str) and route else UNMATCHED, str(status)
 
 
 def router(
