@@ -185,6 +185,60 @@ async def test_any_request_gets_an_answer_not_a_server_error(
             assert response.json()["detail"]
 
 
+SMALL_BODY = 512
+"""The body limit of the app below: small, so that sizes around it are quick to send."""
+
+
+@pytest.fixture(scope="module")
+def limited_app(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    data_dir = tmp_path_factory.mktemp("fuzz-limit")
+    settings = Settings(data_dir=data_dir, nats_url="nats://127.0.0.1:1", max_body=SMALL_BODY)
+    return create_app(system, settings, relay=False)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.sampled_from(
+        [
+            "/sales/orders",
+            "/sales/customers",
+            "/webhooks/sales/subscriptions",
+            "/shipping/shipments",
+        ]
+    ),
+    size=st.integers(SMALL_BODY - 8, SMALL_BODY + 8) | st.integers(0, 4 * SMALL_BODY),
+    chunk=st.none() | st.integers(1, 2 * SMALL_BODY),
+    fill=st.sampled_from([b" ", b"{", b"\xff", b"9"]),
+)
+async def test_any_body_size_is_taken_or_refused_as_too_large_never_a_server_error(
+    limited_app: Any, path: str, size: int, chunk: int | None, fill: bytes
+) -> None:
+    """Bodies around the limit, sent whole (with a length) or in chunks (without one: a
+    read, which never asks for its body, answers as it would without one)."""
+    raw = fill * size
+    content: Any = raw
+    if chunk is not None:
+
+        async def chunks() -> Any:
+            for start in range(0, size, chunk):
+                yield raw[start : start + chunk]
+
+        content = chunks()
+    transport = httpx.ASGITransport(app=limited_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        method = "GET" if path == "/shipping/shipments" else "POST"
+        response = await http.request(
+            method, path, content=content, headers={"content-type": "application/json"}
+        )
+    assert response.status_code < 500 or response.status_code == 503, response.text
+    seen = chunk is None or method == "POST"  # declared, or read by the route
+    if size <= SMALL_BODY or seen:
+        assert (response.status_code == 413) == (size > SMALL_BODY), (size, response.text)
+    if response.status_code >= 400:
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"]
+
+
 # -- the CLI: arguments -------------------------------------------------------------------
 
 words = st.sampled_from(
