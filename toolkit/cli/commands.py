@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import logging
 import signal
 import sys
@@ -36,7 +37,7 @@ from toolkit.errors import (
     RelayBusyError,
     ToolkitError,
 )
-from toolkit.nats.connection import open_nats, redact_urls
+from toolkit.nats.connection import RedactingFilter, open_nats, redact_urls
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
 from toolkit.read.deadletters import read_dead_letters, retry_dead_letters
@@ -53,6 +54,12 @@ from toolkit.write.relay_lock import relay_lock
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
+
+
+def say(line: str) -> None:
+    """Print one line for the operator, without the credentials of any URL in it: every
+    line a command prints goes through here (or through logging, redacted alike)."""
+    console.print(redact_urls(line))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -107,9 +114,9 @@ async def _relay(settings: Settings, system: System, name: str, once: bool) -> N
                 position=lambda: relay.stats.position,
                 backlog=relay.lag,
             )
-            console.print(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
+            say(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
             stats = await _until_signalled(lambda stop: relay.run(stop, until_head=once))
-            console.print(
+            say(
                 f"relayed to log position {stats.position}: {stats.published} published "
                 f"(stream sequence {stats.stream_sequence})"
             )
@@ -136,7 +143,7 @@ async def _project(
             except ProjectionVersionError:
                 if not rebuild_if_stale or partition is not None:
                     raise
-                console.print(f"rebuilding {name}: its read model is of another version")
+                say(f"rebuilding {name}: its read model is of another version")
                 await rebuild(projection, home, nats.client, locked=True)
                 store = ReadModelStore(home.live(), projection, partition=partition)
             projector = Projector(projection, store, nats.connection, partitions=partitions)
@@ -144,7 +151,7 @@ async def _project(
                 ("", "") if partition is None else (f".p{partition}", f" partition {partition}")
             )
             try:
-                console.print(f"projecting {name} into {store.generation} from {nats.url}")
+                say(f"projecting {name} into {store.generation} from {nats.url}")
                 async with Reporter(settings.data_dir) as reporter:
                     reporter.watch(
                         f"projection.{name}{worker[0]}",
@@ -157,7 +164,7 @@ async def _project(
                     stats = await _until_signalled(
                         lambda stop: projector.run(stop, until_head=once, home=home)
                     )
-                console.print(
+                say(
                     f"{name}: {stats.applied} applied, {stats.skipped} skipped, "
                     f"{stats.dead_lettered} dead-lettered; checkpoints {stats.checkpoints}"
                 )
@@ -204,19 +211,19 @@ async def _replay(settings: Settings, system: System, args: argparse.Namespace) 
         return
     resumed = f" (resumed from sequence {result.resumed_from})" if result.resumed_from else ""
     partial = ", ".join(f"{s} from sequence {n}" for s, n in result.partial_from.items())
-    console.print(
+    say(
         f"replayed {name}: {result.stats.applied} applied into {result.generation.name}"
         f"{resumed}; checkpoints {result.stats.checkpoints}"
         + (f"; a partial model: it holds only the events of {partial} on" if partial else "")
     )
     if result.switched:
         left = "dropped" if result.dropped else "kept"
-        console.print(
+        say(
             "readers switched to it"
             + (f"; the previous generation {previous} is {left}" if previous else "")
         )
         return
-    console.print(
+    say(
         "readers go on using "
         + (previous or "no model (there is none yet)")
         + f"; it is kept beside: {_where(result.generation)}; to have readers use a partial "
@@ -261,7 +268,7 @@ class _Progress:
         elif not self.quiet and time.monotonic() - self.last_line >= 2.0:
             self.last_line = time.monotonic()
             rate = done / max(1e-9, self.last_line - self.started)
-            console.print(f"replaying {self.name}: {done}/{total} events, {rate:,.0f}/s")
+            say(f"replaying {self.name}: {done}/{total} events, {rate:,.0f}/s")
 
     def __exit__(self, *_: object) -> None:
         if self.bar is not None:
@@ -274,7 +281,7 @@ async def _rewind(settings: Settings, system: System, name: str, to_seq: int) ->
         with _home(settings, name) as home:
             result = await rewind(projection, home, nats.client, to_seq)
     dropped = f" ({result.previous.name} dropped)" if result.previous is not None else ""
-    console.print(
+    say(
         f"rewound {name} to sequence {to_seq}: {result.stats.applied} applied into "
         f"{result.generation.name}; readers switched{dropped}; it goes on from {to_seq + 1} "
         "when it next runs"
@@ -325,13 +332,13 @@ def _dead_letters(home: ReadModelHome, projection: Projection, args: argparse.Na
         try:
             if args.action == "drop":
                 store.drop_dead_letter(chosen[0].stream, chosen[0].sequence)
-                console.print(f"dropped {stream} sequence {args.seq}")
+                say(f"dropped {stream} sequence {args.seq}")
                 return
             only = {(d.stream, d.sequence) for d in chosen}
             done, failed = retry_dead_letters(store, projection.translators, only)
             for letter in failed:
-                console.print(f"{letter.stream} {letter.sequence}: still failing: {letter.reason}")
-            console.print(f"retried {done} dead letters, {len(failed)} still failing")
+                say(f"{letter.stream} {letter.sequence}: still failing: {letter.reason}")
+            say(f"retried {done} dead letters, {len(failed)} still failing")
             if failed:
                 raise ToolkitError(f"{len(failed)} dead letters still fail")
         finally:
@@ -363,15 +370,43 @@ def _serve(settings: Settings, system: System, host: str, port: int, *, relay: b
                 raise RelayBusyError(f"{exc} (or serve with --no-relay)") from None
             finally:
                 context.close()
+        nats = asyncio.run(_reach_nats(settings))  # refused like the other commands
         app = create_app(system, settings, relay=relay)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        say(
+            f"serving {settings.system} at http://{host}:{port} from NATS {nats}, data in "
+            f"{settings.data_dir}" + ("" if relay else " (relays run elsewhere)")
+        )
+        from toolkit.webhooks.keys import unavailable
+
+        if (off := unavailable(settings.webhook_keys)) is not None:  # the rest works
+            say(f"webhook subscriptions are off (503) until fixed: {off}")
+        uvicorn.run(app, host=host, port=port, log_level="info", log_config=_uvicorn_logging())
+
+
+async def _reach_nats(settings: Settings) -> str:
+    """Where the API's NATS is, once it answers and is recent enough (else ConnectError or
+    ServerVersionError: one line, exit 1). The embedded server is started on first use."""
+    if settings.nats_url is None:
+        return f"embedded (in {Path(settings.data_dir) / 'nats'})"
+    async with open_nats(settings, name="toolkit-serve-check") as nats:
+        return nats.url
+
+
+def _uvicorn_logging() -> dict[str, Any]:
+    """uvicorn's logging, with its error log (tracebacks of the app's failures) redacted."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": RedactingFilter}
+    config["handlers"]["default"].setdefault("filters", []).append("redact")
+    return config
 
 
 async def _webhooks(settings: Settings, system: System, name: str) -> None:
     from toolkit.webhooks import dispatch
 
     system.context(name)  # an unknown name: one clear line
-    await _until_signalled(lambda stop: dispatch(settings, name, stop, console.print))
+    await _until_signalled(lambda stop: dispatch(settings, name, stop, say))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -380,6 +415,8 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     try:
         settings = _settings(args)
         if args.command == "demo":
@@ -388,6 +425,11 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(
                 run_demo(settings, args.orders, args.customers, keep=args.keep, log=args.log)
             )
+        if args.command == "webhooks-key":
+            from toolkit.webhooks.keys import new_key
+
+            print(new_key())  # stdout alone: TOOLKIT_WEBHOOK_KEYS=$(toolkit webhooks-key)
+            return EXIT_OK
         system = load_system(settings.system)
         if args.command == "relay":
             asyncio.run(_relay(settings, system, args.context, args.once))
@@ -416,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "webhooks":
             asyncio.run(_webhooks(settings, system, args.context))
     except ToolkitError as exc:
-        print(f"toolkit: error: {exc}", file=sys.stderr)
+        print(f"toolkit: error: {redact_urls(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         again = " (run the replay again to resume it)" if args.command == "replay" else ""

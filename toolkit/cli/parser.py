@@ -195,8 +195,10 @@ def parser() -> argparse.ArgumentParser:
             "apart ('toolkit project'). TOOLKIT_API_TOKENS turns on bearer-token auth."
         ),
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument(
+        "--host", type=_host, default="127.0.0.1", help="address to bind (127.0.0.1)"
+    )
+    serve.add_argument("--port", type=_port, default=8000, help="port, 0 to 65535 (8000)")
     serve.add_argument(
         "--no-relay",
         action="store_true",
@@ -212,6 +214,15 @@ def parser() -> argparse.ArgumentParser:
         "/webhooks/<context>/dead-letters). Runs until stopped (Ctrl-C or SIGTERM).",
     )
     hooks.add_argument("context", help="context name, e.g. sales")
+    commands.add_parser(
+        "webhooks-key",
+        help="print a new key for TOOLKIT_WEBHOOK_KEYS",
+        description="Print a new Fernet key. Webhook secrets are sealed at rest with the "
+        "keys of TOOLKIT_WEBHOOK_KEYS (comma-separated: the first seals, all open). To "
+        "rotate: put the new key first, keep the old one after it until 'toolkit serve' "
+        "and 'toolkit webhooks <context>' have each run with the list (each store seals "
+        "its secrets again under the first key when opened), then drop the old key.",
+    )
     return parser
 
 
@@ -232,6 +243,24 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _port(text: str) -> int:
+    """A TCP port: a usage error here rather than a traceback from the socket later."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: from 0 to 65535")
+    return value
+
+
+def _host(text: str) -> str:
+    """An address or host name to bind: not empty, no spaces or control characters."""
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address to bind")
+    return text
 
 
 def _moment(text: str) -> datetime:

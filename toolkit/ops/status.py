@@ -29,6 +29,7 @@ from rich.table import Table
 
 from toolkit.config import Settings
 from toolkit.errors import MarkerError, ProjectionBusyError
+from toolkit.nats.connection import redact_urls
 from toolkit.nats.streams import relay_tail
 from toolkit.ops import reports
 from toolkit.read.replay import partial_from
@@ -143,12 +144,22 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
         for problem in relay.get("problems", ())
     ]
     found += _problems(contexts, projections, reports.read(settings.data_dir), settings.stall_after)
-    return {
-        "streams": streams,
-        "contexts": contexts,
-        "projections": projections,
-        "problems": found,
-    }
+    report = {"streams": streams, "contexts": contexts, "projections": projections}
+    redacted: dict[str, Any] = _redacted(report | {"problems": found})
+    return redacted
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with the credentials of every URL in its texts removed: a problem quotes
+    what a library said (a log database's error, a process's last warning), which may
+    name a server with its password; status, readiness and /metrics show them."""
+    if isinstance(value, str):
+        return redact_urls(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def _open_log(context_cls: type[BoundedContext[Any]], data_dir: Path) -> BoundedContext[Any] | None:
