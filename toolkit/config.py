@@ -89,6 +89,9 @@ class Settings:
     and ``/health/ready`` call it stalled (see :mod:`toolkit.ops.reports`)."""
     consistency_wait: float = 2.0
     """Longest wait of a read for a consistency token, in seconds."""
+    webhook_allow: tuple[str, ...] = ()
+    """Host names and networks webhooks may be sent to besides global addresses
+    (``TOOLKIT_WEBHOOK_ALLOW``, see :mod:`toolkit.webhooks.destinations`)."""
     max_body: int = 1 << 20
     """Largest request body the API takes, in bytes (``TOOLKIT_MAX_BODY``; larger: 413)."""
 
@@ -115,6 +118,9 @@ class Settings:
             ready_max_lag=_number(env, "TOOLKIT_READY_MAX_LAG", 1000, int, 0, 10**9),
             stall_after=_number(env, "TOOLKIT_STALL_AFTER", 30.0, float, 0.1, 86400),
             consistency_wait=_number(env, "TOOLKIT_CONSISTENCY_WAIT", 2.0, float, 0, 60),
+            webhook_allow=tuple(
+                h.strip() for h in env.get("TOOLKIT_WEBHOOK_ALLOW", "").split(",") if h.strip()
+            ),
             max_body=_number(env, "TOOLKIT_MAX_BODY", 1 << 20, int, 1, 1 << 40),
         )
 

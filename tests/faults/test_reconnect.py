@@ -204,7 +204,7 @@ async def test_the_webhook_dispatcher_goes_on_after_the_server_closed_it(
             await nc.close()
 
     stop = asyncio.Event()
-    settings = Settings(nats_url=guarded.url, data_dir=data_dir)
+    settings = Settings(nats_url=guarded.url, data_dir=data_dir, webhook_allow=("127.0.0.1",))
     async with serving(hooks.app()) as receiver:
         with WebhookStore.of(data_dir, "sales") as store:
             store.subscribe("sales.CustomerRegistered", f"{receiver}/c", new_secret(), 0)

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 import anyio.to_thread
 import nats.errors
@@ -29,6 +28,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from toolkit.http.feed import PROBLEM_RESPONSES, NatsLink, unavailable
+from toolkit.webhooks import destinations
 from toolkit.webhooks.signing import secret_key
 from toolkit.webhooks.store import DeadLetter, DuplicateSubscription, Subscription, WebhookStore
 from toolkit.wire.contracts import contract_of
@@ -57,9 +57,7 @@ class NewSubscription(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("the callback URL must be http:// or https:// with a host")
+        destinations.parse(url)  # (Refused is a ValueError: a 422 naming why)
         return url
 
     @field_validator("secret")
@@ -114,6 +112,7 @@ def router(
         for name, cls in contexts.items()
     }
     stores = _Stores(Path(data_dir), list(event_types))
+    allowed = destinations.Allowed.of(link.settings.webhook_allow)
 
     @asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
@@ -150,6 +149,10 @@ def router(
                 422,
                 f"unknown event type {new.event_type!r} for {context} (known: {', '.join(known)})",
             )
+        try:  # resolved and checked here, and again at each delivery
+            await destinations.admit(new.url, allowed)
+        except destinations.Refused as exc:
+            raise HTTPException(422, f"callback URL refused: {exc}") from None
         after = new.after if new.after is not None else await head(context)
         secret = new.secret.get_secret_value()
         try:

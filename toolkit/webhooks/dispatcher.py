@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from toolkit.errors import ConfigurationError
 from toolkit.nats.connection import Connection, open_nats, redact_urls
 from toolkit.read.reader import StreamMessage
 from toolkit.read.workqueue import WorkQueue
+from toolkit.webhooks.destinations import Allowed, Refused, check, pinned_request
 from toolkit.webhooks.signing import sign
 from toolkit.webhooks.store import Due, WebhookStore
 
@@ -54,9 +55,11 @@ QUEUE = "webhooks"
 
 def _where(url: str) -> str:
     """A callback URL fit for logs: no credentials, query or fragment."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    try:
+        parts = urlsplit(url)  # (not .port: it raises for a port out of range)
+    except ValueError:
+        return "<an invalid URL>"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Dispatcher:
         timeout: float = 10.0,
         concurrency: int = 16,
         poll: float = 1.0,
+        allowed: Allowed | Iterable[str] = (),
     ) -> None:
         if max_attempts < 1 or backoff <= 0 or concurrency < 1:
             raise ConfigurationError("max_attempts and concurrency must be 1 or more, backoff > 0")
@@ -103,6 +107,8 @@ class Dispatcher:
         self.poll = poll
         """How often due deliveries are looked for when nothing wakes the dispatcher
         (a dead letter retried through the API is noticed within this)."""
+        self.allowed = allowed if isinstance(allowed, Allowed) else Allowed.of(allowed)
+        """Hosts and networks the operator opened beyond global addresses."""
         self.stats = DispatchStats()
         self.queue = WorkQueue(  # (it sees others' messages: _fan_out counts and names them)
             self.connection, context, QUEUE, ack_wait=30.0, max_deliver=10, relayed_only=False
@@ -167,7 +173,16 @@ class Dispatcher:
     async def _deliver(self, store: WebhookStore, stop: asyncio.Event) -> None:
         lease = self.timeout + 30.0
         running: set[asyncio.Task[None]] = set()
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as http:
+        # Redirects are not followed (a 3xx is a failed attempt: following it would go
+        # unchecked). No proxy from the environment: the connection goes to the address
+        # checked. No kept-alive connections: the pool is keyed by address, so a TLS
+        # connection verified for one host name could carry another's delivery.
+        async with httpx.AsyncClient(
+            timeout=self.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        ) as http:
             while not stop.is_set():
                 self._wake.clear()
                 free = self.concurrency - len(running)
@@ -203,30 +218,16 @@ class Dispatcher:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(due.secret, due.event_id, timestamp, due.body),
         }
-        retry_after: float | None = None
-        answer = b""
-        try:
-            async with http.stream("POST", due.url, content=due.body, headers=headers) as response:
-                if not response.is_success:  # the start of its answer says why, at most
-                    async for chunk in response.aiter_bytes():
-                        answer += chunk
-                        if len(answer) >= 200:
-                            break
-        except httpx.HTTPError as exc:
-            reason = f"{type(exc).__name__}: {redact_urls(str(exc)) or 'no answer'}"
-        else:
-            if response.is_success:
-                store.record(due, delivered=True)
-                self.stats.delivered += 1
-                log.info(
-                    "webhooks %s: delivered %s to %s (subscription %s, attempt %d)",
-                    self.context, due.event_id, _where(due.url), due.subscription_id,
-                    due.attempts + 1,
-                )  # fmt: skip
-                return
-            said = " ".join(answer[:200].decode(errors="replace").split())
-            reason = f"HTTP {response.status_code}{f': {said}' if said else ''}"
-            retry_after = _retry_after(response.headers.get("retry-after"))
+        reason, retry_after = await self._send(http, due, headers)
+        if reason is None:
+            store.record(due, delivered=True)
+            self.stats.delivered += 1
+            log.info(
+                "webhooks %s: delivered %s to %s (subscription %s, attempt %d)",
+                self.context, due.event_id, _where(due.url), due.subscription_id,
+                due.attempts + 1,
+            )  # fmt: skip
+            return
         attempts = due.attempts + 1
         if attempts >= self.max_attempts:
             store.record(
@@ -249,6 +250,31 @@ class Dispatcher:
             self.context, due.event_id, _where(due.url), attempts, self.max_attempts, delay, reason,
         )  # fmt: skip
 
+    async def _send(
+        self, http: httpx.AsyncClient, due: Due, headers: dict[str, str]
+    ) -> tuple[str | None, float | None]:
+        """POST the delivery to the address its URL resolves to now, checked again (no
+        DNS rebinding). Returns why it failed (None: a 2xx) and the receiver's
+        ``Retry-After``. A URL no request can be made of fails like a refused connection:
+        the attempt counts, and the delivery is parked in the end. The reason is short:
+        the status, never the receiver's body (it would be read back by whoever
+        registered the URL)."""
+        try:
+            address = await check(due.url, self.allowed, self.timeout)
+            request = pinned_request(http, due.url, address, due.body, headers)
+            response = await http.send(request, stream=True)
+            await response.aclose()  # the body is not read
+        except Refused as exc:
+            return f"refused: {exc}", None
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {redact_urls(str(exc)) or 'no answer'}", None
+        except Exception as exc:  # an invalid URL, a bad port, a host name httpx refuses
+            log.debug("webhooks %s: cannot send", self.context, exc_info=True)
+            return f"cannot send: {type(exc).__name__}: {redact_urls(str(exc))}", None
+        if response.is_success:
+            return None, None
+        return f"HTTP {response.status_code}", _retry_after(response.headers.get("retry-after"))
+
 
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (seconds or an HTTP date)."""
@@ -270,7 +296,9 @@ async def dispatch(
 ) -> DispatchStats:
     """What ``toolkit webhooks <context>`` runs: the dispatcher until ``stop`` is set."""
     async with open_nats(settings, name=f"webhooks-{context}") as link:
-        dispatcher = Dispatcher(link.connection, context, settings.data_dir)
+        dispatcher = Dispatcher(
+            link.connection, context, settings.data_dir, allowed=settings.webhook_allow
+        )
         say(f"delivering {context} events to webhook subscribers from {link.url}")
         stats = await dispatcher.run(stop)
     say(
