@@ -12,7 +12,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Body, HTTPException, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from contexts.sales.application import MAX_LINES, Sales
 from toolkit.errors import ConflictError, InvalidCommand, UnknownAggregate
@@ -26,35 +26,44 @@ SKU_DESCRIPTION = (
 )
 
 
-class NewCustomer(BaseModel):
+class Command(BaseModel):
+    """A command body as strict as the query parameters: no field of another type is
+    coerced (``"quantity": "2"`` and ``2.0`` are refused) and an unknown field is refused,
+    422 naming it, rather than dropped. Ids and prices are the exceptions, with
+    ``strict=False``: JSON has no UUID or decimal, so they come as text (or a number)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class NewCustomer(Command):
     name: str = Field(min_length=1, max_length=200)
     email: str = Field(min_length=3, max_length=254)
 
 
-class Line(BaseModel):
+class Line(Command):
     sku: str = Field(min_length=1, max_length=64)
     quantity: int = Field(ge=1, le=10_000)
-    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2, strict=False)
 
 
-class NewOrder(BaseModel):
-    customer_id: UUID
+class NewOrder(Command):
+    customer_id: UUID = Field(strict=False)
     lines: list[Line] = Field(min_length=1, max_length=MAX_LINES)
 
 
-class Cancellation(BaseModel):
+class Cancellation(Command):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class NewProduct(BaseModel):
+class NewProduct(Command):
     sku: str = Field(max_length=MAX_ID_TOKEN, description=SKU_DESCRIPTION)
     name: str = Field(min_length=1, max_length=200)
-    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2, strict=False)
 
 
-class Repricing(BaseModel):
+class Repricing(Command):
     sku: str = Field(max_length=MAX_ID_TOKEN, description=SKU_DESCRIPTION)
-    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2, strict=False)
 
 
 TOKEN_DESCRIPTION = (
