@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -82,6 +83,10 @@ class Settings:
     """Credentials for NATS beyond what ``NATS_URL`` holds (``TOOLKIT_NATS_*``)."""
     api_tokens: tuple[str, ...] = ()
     """Bearer tokens the API accepts; empty: the API is open (see :mod:`toolkit.http.auth`)."""
+    webhook_keys: tuple[str, ...] = field(default_factory=lambda: webhook_keys_in())
+    """Fernet keys sealing webhook secrets at rest (``TOOLKIT_WEBHOOK_KEYS``, comma-separated:
+    the first seals, all open; see :mod:`toolkit.webhooks.keys`). Keys live in the
+    environment only: Settings made in code take the process's unless given."""
     ready_max_lag: int = 1000
     """Events a projection may be behind its stream while the API says it is ready."""
     stall_after: float = 30.0
@@ -96,7 +101,8 @@ class Settings:
     """Largest request body the API takes, in bytes (``TOOLKIT_MAX_BODY``; larger: 413)."""
 
     def __repr__(self) -> str:  # tokens are secrets: never in logs or tracebacks
-        shown = {k: v for k, v in vars(self).items() if k != "api_tokens"}
+        hidden = ("api_tokens", "webhook_keys")
+        shown = {k: v for k, v in vars(self).items() if k not in hidden}
         return f"Settings({shown}, api_tokens=<{len(self.api_tokens)} hidden>)"
 
     @classmethod
@@ -115,6 +121,7 @@ class Settings:
             api_tokens=tuple(
                 t.strip() for t in env.get("TOOLKIT_API_TOKENS", "").split(",") if t.strip()
             ),
+            webhook_keys=webhook_keys_in(env),
             ready_max_lag=_number(env, "TOOLKIT_READY_MAX_LAG", 1000, int, 0, 10**9),
             stall_after=_number(env, "TOOLKIT_STALL_AFTER", 30.0, float, 0.1, 86400),
             consistency_wait=_number(env, "TOOLKIT_CONSISTENCY_WAIT", 2.0, float, 0, 60),
@@ -123,6 +130,12 @@ class Settings:
             ),
             max_body=_number(env, "TOOLKIT_MAX_BODY", 1 << 20, int, 1, 1 << 40),
         )
+
+
+def webhook_keys_in(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The keys ``TOOLKIT_WEBHOOK_KEYS`` lists (default: this process's environment)."""
+    raw = (os.environ if environ is None else environ).get("TOOLKIT_WEBHOOK_KEYS", "")
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
 
 
 def read_model_url(url: str | None, name: str = "TOOLKIT_READ_MODEL_URL") -> str | None:
