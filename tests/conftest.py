@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import uvicorn
+from cryptography.fernet import Fernet
 from nats.aio.client import Client
 
 from contexts.sales import Sales
@@ -95,6 +96,18 @@ def no_server_left_behind() -> Iterator[None]:
     yield
     left = child_nats_servers()
     assert not left, f"nats-server processes left running: {left}"
+
+
+WEBHOOK_KEY = Fernet.generate_key().decode()
+
+
+@pytest.fixture(autouse=True)
+def webhook_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Webhook secrets are sealed with a key from the environment (TOOLKIT_WEBHOOK_KEYS):
+    every test has one, in its process and the commands it starts; a test of what
+    happens without one deletes it."""
+    monkeypatch.setenv("TOOLKIT_WEBHOOK_KEYS", WEBHOOK_KEY)
+    return WEBHOOK_KEY
 
 
 @pytest.fixture
@@ -281,3 +294,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("faults injected, and what was verified")
     for nodeid, line in _FAULT_REPORT:
         terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {line}")
+
+
+def create_read_models(data_dir: Path, *projections: Any) -> None:
+    """Each projection's (SQLite) read model, as its projector's first start leaves it:
+    readiness waits for every read model the API serves (issue 18, case 10)."""
+    from toolkit.read.store import ReadModelStore
+    from toolkit.readmodels.sqlite import SQLiteHome
+
+    for projection in projections:
+        home = SQLiteHome(data_dir, projection.name)
+        ReadModelStore(home.live(), projection()).close()
+        home.close()

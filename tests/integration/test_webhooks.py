@@ -336,9 +336,9 @@ async def test_the_api_opens_a_store_once_and_keeps_sqlite_off_the_event_loop(
     real_open, real_close = WebhookStore.__init__, WebhookStore.close
     real_subscriptions = WebhookStore.subscriptions
 
-    def open_store(store: WebhookStore, path: Path, context: str) -> None:
+    def open_store(store: WebhookStore, path: Path, context: str, keys: Any = None) -> None:
         opened.append(context)
-        real_open(store, path, context)
+        real_open(store, path, context, keys)
 
     def close(store: WebhookStore) -> None:
         closed.append(store.context)
@@ -618,6 +618,6 @@ def test_a_store_keyed_by_stream_sequence_is_converted_once(
     assert "converted" not in caplog.text
 
     with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA user_version = 2")
-    with pytest.raises(ConfigurationError, match="schema 2, written by a newer toolkit"):
+        db.execute("PRAGMA user_version = 3")
+    with pytest.raises(ConfigurationError, match="schema 3, written by a newer toolkit"):
         WebhookStore(path, "sales")

@@ -7,6 +7,11 @@
 - ``GET /webhooks/<context>/dead-letters`` and ``POST …/<subscription>/<event>/retry``:
   deliveries that kept failing, and putting one back in the queue.
 
+Without a key to seal the subscribers' secrets with (``TOOLKIT_WEBHOOK_KEYS``, see
+:mod:`toolkit.webhooks.keys`) every route here answers 503 with a problem document saying
+how to make one; the rest of the API does not need it. A callback URL holding credentials
+(``user:password@``) is refused (422), and one stored before is shown without them.
+
 Each context's store is opened once, on its first request (its schema created or
 converted then, one request at a time), and kept until the app stops. SQLite runs in a
 worker thread, never on the event loop: a store busy with the dispatcher's transaction
@@ -20,15 +25,19 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 import nats.errors
-from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from toolkit.errors import ConfigurationError
 from toolkit.http.feed import PROBLEM_RESPONSES, NatsLink, unavailable
+from toolkit.nats.connection import redact_urls
 from toolkit.webhooks import destinations
+from toolkit.webhooks.keys import WebhookKeys
 from toolkit.webhooks.signing import secret_key
 from toolkit.webhooks.store import DeadLetter, DuplicateSubscription, Subscription, WebhookStore
 from toolkit.wire.contracts import contract_of
@@ -51,13 +60,27 @@ class NewSubscription(BaseModel):
         "of the `webhook-signature` header (Standard Webhooks). Never shown again."
     )
     after: int | None = Field(
-        None, ge=0, description="deliver events after this stream position (default: now)"
+        None,
+        ge=0,
+        le=2**63 - 1,  # a stream position is 64-bit: a larger one is 422, not the store's 500
+        description="deliver events after this stream position (default: now)",
     )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
         destinations.parse(url)  # (Refused is a ValueError: a 422 naming why)
+        return url
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(  # the message never repeats them
+                "the callback URL must not hold credentials (user:password@): the "
+                "signature (webhook-signature) is what proves a delivery"
+            )
         return url
 
     @field_validator("secret")
@@ -71,8 +94,10 @@ class _Stores:
     """The API's store of each context: opened on first use, one caller at a time each
     (a store is one SQLite connection), closed with the app."""
 
-    def __init__(self, data_dir: Path, contexts: list[str]) -> None:
+    def __init__(self, data_dir: Path, contexts: list[str], keys: WebhookKeys | None) -> None:
         self.data_dir = data_dir
+        self.keys = keys
+        """None: no key, no store is opened (the routes answer 503 before)."""
         self._locks = {context: threading.Lock() for context in contexts}
         self._open: dict[str, WebhookStore] = {}
 
@@ -92,7 +117,13 @@ class _Stores:
         with lock:
             store = self._open.get(context)
             if store is None:  # a store that cannot be opened is tried again next time
-                store = self._open[context] = WebhookStore.of(self.data_dir, context)
+                if self.keys is None:
+                    raise HTTPException(503, "webhook subscriptions are off: no key")
+                try:
+                    store = WebhookStore.of(self.data_dir, context, self.keys)
+                except ConfigurationError as exc:  # a newer schema, a key dropped too soon
+                    raise HTTPException(503, str(exc)) from None
+                self._open[context] = store
             return call(store)
 
     def close(self) -> None:
@@ -111,7 +142,18 @@ def router(
         name: sorted(contract_of(c)[0] for c in cls.published_language.contracts)
         for name, cls in contexts.items()
     }
-    stores = _Stores(Path(data_dir), list(event_types))
+    try:
+        keys: WebhookKeys | None = WebhookKeys.of(link.settings.webhook_keys)
+        off = ""
+    except ConfigurationError as exc:
+        keys, off = None, f"webhook subscriptions are off: {exc}"
+    stores = _Stores(Path(data_dir), list(event_types), keys)
+
+    def sealing() -> None:
+        """Without a key the secrets could be neither sealed nor opened: 503, saying why."""
+        if off:
+            raise HTTPException(503, off)
+
     allowed = destinations.Allowed.of(link.settings.webhook_allow)
 
     @asynccontextmanager
@@ -122,7 +164,16 @@ def router(
         finally:
             await anyio.to_thread.run_sync(stores.close)
 
-    api = APIRouter(prefix="/webhooks/{context}", tags=["webhooks"], lifespan=lifespan)
+    api = APIRouter(
+        prefix="/webhooks/{context}",
+        tags=["webhooks"],
+        lifespan=lifespan,
+        dependencies=[Depends(sealing)],
+        responses={
+            503: PROBLEM_RESPONSES[503]
+            | {"description": "NATS cannot be reached, or no TOOLKIT_WEBHOOK_KEYS"}
+        },
+    )
 
     async def head(context: str) -> int:
         client = await link.client()
@@ -161,7 +212,9 @@ def router(
             )
         except DuplicateSubscription as dup:
             raise HTTPException(
-                409, f"{new.url} already receives {new.event_type} as subscription {dup.existing}"
+                409,
+                f"{redact_urls(new.url)} already receives {new.event_type} as subscription "
+                f"{dup.existing}",
             ) from None
         response.headers["Location"] = f"{request.url.path}/{row.id}"
         return row

@@ -20,6 +20,7 @@ gains nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import re
 import socket
@@ -210,9 +211,12 @@ def pinned_request(
     resolver would mean replacing httpcore's network backend."""
     original = httpx.URL(url)
     extensions = {"sni_hostname": original.raw_host.decode("ascii")}
+    if original.userinfo:  # (a store's older URL) a header: httpx logs the URL it sends
+        basic = base64.b64encode(f"{original.username}:{original.password}".encode()).decode()
+        headers = {**headers, "authorization": f"Basic {basic}"}
     return http.build_request(
         "POST",
-        original.copy_with(host=str(address)),
+        original.copy_with(host=str(address), username=None, password=None),
         content=body,
         headers={**headers, "host": original.netloc.decode("ascii").rpartition("@")[2]},
         extensions=extensions if original.scheme == "https" else {},

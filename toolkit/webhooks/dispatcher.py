@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ from toolkit.nats.connection import Connection, open_nats, redact_urls
 from toolkit.read.reader import StreamMessage
 from toolkit.read.workqueue import WorkQueue
 from toolkit.webhooks.destinations import Allowed, Refused, check, pinned_request
+from toolkit.webhooks.keys import WebhookKeys
 from toolkit.webhooks.signing import sign
 from toolkit.webhooks.store import Due, WebhookStore
 
@@ -92,6 +93,7 @@ class Dispatcher:
         concurrency: int = 16,
         poll: float = 1.0,
         allowed: Allowed | Iterable[str] = (),
+        keys: WebhookKeys | Sequence[str] | None = None,
     ) -> None:
         if max_attempts < 1 or backoff <= 0 or concurrency < 1:
             raise ConfigurationError("max_attempts and concurrency must be 1 or more, backoff > 0")
@@ -109,6 +111,8 @@ class Dispatcher:
         (a dead letter retried through the API is noticed within this)."""
         self.allowed = allowed if isinstance(allowed, Allowed) else Allowed.of(allowed)
         """Hosts and networks the operator opened beyond global addresses."""
+        self.keys = WebhookKeys.of(keys)
+        """What opens the subscribers' secrets (None: ``TOOLKIT_WEBHOOK_KEYS``); none: refused."""
         self.stats = DispatchStats()
         self.queue = WorkQueue(  # (it sees others' messages: _fan_out counts and names them)
             self.connection, context, QUEUE, ack_wait=30.0, max_deliver=10, relayed_only=False
@@ -125,7 +129,7 @@ class Dispatcher:
         )
         with (
             locks.file_lock(lock_path, refused=lambda held: refused),
-            WebhookStore.of(self.data_dir, self.context) as store,
+            WebhookStore.of(self.data_dir, self.context, self.keys) as store,
         ):
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._follow(store, stop))
@@ -295,9 +299,10 @@ async def dispatch(
     say: Callable[[str], object] = print,
 ) -> DispatchStats:
     """What ``toolkit webhooks <context>`` runs: the dispatcher until ``stop`` is set."""
+    keys = WebhookKeys.of(settings.webhook_keys)  # none: one line, before NATS is asked
     async with open_nats(settings, name=f"webhooks-{context}") as link:
         dispatcher = Dispatcher(
-            link.connection, context, settings.data_dir, allowed=settings.webhook_allow
+            link.connection, context, settings.data_dir, allowed=settings.webhook_allow, keys=keys
         )
         say(f"delivering {context} events to webhook subscribers from {link.url}")
         stats = await dispatcher.run(stop)

@@ -1,6 +1,8 @@
 """The webhooks' store: subscriptions, the events awaiting delivery, and each delivery's
 record, in one SQLite file per context (``<data dir>/webhooks/<context>.sqlite``, readable
-by its owner only: it holds the subscribers' secrets).
+by its owner only). The subscribers' secrets are sealed there with the keys of
+``TOOLKIT_WEBHOOK_KEYS`` (:mod:`toolkit.webhooks.keys`), never stored in plain text; URLs
+are shown (listings, dead letters) without credentials.
 
 The records are the dispatcher's queue and its memory: a done delivery is never sent
 again, whatever restarts. They are keyed by the event's id, not by its stream sequence, so
@@ -19,19 +21,22 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from toolkit.errors import ConfigurationError
+from toolkit.nats.connection import redact_urls
+from toolkit.webhooks.keys import WebhookKeys
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The store's layout, in SQLite's ``user_version``: 0 keyed deliveries by stream sequence
-(converted on opening, see :meth:`WebhookStore._migrate`), 1 keys them by event id."""
+(converted on opening, see :meth:`WebhookStore._migrate`), 1 keys them by event id, 2
+seals the secrets (1 held them in plain text: sealed on opening)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscription (
@@ -97,6 +102,7 @@ class Subscription:
     context: str
     event_type: str
     url: str
+    """shown without credentials (``user:password@``)"""
     after: int
     """events after this stream position are delivered"""
     created_at: str
@@ -110,6 +116,7 @@ class DeadLetter:
 
     subscription_id: str
     url: str
+    """shown without credentials (``user:password@``)"""
     event_id: str
     event_type: str
     position: int
@@ -146,7 +153,10 @@ class WebhookStore:
     """Subscriptions, the events awaiting delivery, and each delivery's record, in one
     SQLite file per context."""
 
-    def __init__(self, path: Path, context: str) -> None:
+    def __init__(
+        self, path: Path, context: str, keys: WebhookKeys | Sequence[str] | None = None
+    ) -> None:
+        self.keys = WebhookKeys.of(keys)  # (None: TOOLKIT_WEBHOOK_KEYS) none: refused
         path.parent.mkdir(parents=True, exist_ok=True)
         self.context = context
         fresh = not path.exists()
@@ -154,19 +164,23 @@ class WebhookStore:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")  # the API and the dispatcher share it
         self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute("PRAGMA secure_delete=ON")  # a secret replaced or deleted is zeroed
         if fresh:
             os.chmod(path, 0o600)  # it holds the subscribers' secrets
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        if version != SCHEMA_VERSION:
-            try:
+        try:
+            if version != SCHEMA_VERSION:
                 self._migrate()
-            except BaseException:
-                self.db.close()
-                raise
+            self._reseal()
+        except BaseException:
+            self.db.close()
+            raise
 
     @classmethod
-    def of(cls, data_dir: Path, context: str) -> WebhookStore:
-        return cls(Path(data_dir) / "webhooks" / f"{context}.sqlite", context)
+    def of(
+        cls, data_dir: Path, context: str, keys: WebhookKeys | Sequence[str] | None = None
+    ) -> WebhookStore:
+        return cls(Path(data_dir) / "webhooks" / f"{context}.sqlite", context, keys)
 
     def close(self) -> None:
         self.db.close()
@@ -201,6 +215,18 @@ class WebhookStore:
             ).fetchone()
             for statement in _FROM_SEQUENCES if old else _SCHEMA.split(";"):
                 db.execute(statement)
+            plain = db.execute("SELECT id, secret FROM subscription").fetchall()
+            db.executemany(  # before schema 2 secrets were plain text
+                "UPDATE subscription SET secret = ? WHERE id = ?",
+                [(self.keys.seal(secret), id_) for id_, secret in plain],
+            )
+            if plain:
+                log.warning(
+                    "webhooks %s: %d subscription secrets stored in plain text are now sealed "
+                    "with TOOLKIT_WEBHOOK_KEYS (backups of the store made before still hold "
+                    "them)",
+                    self.context, len(plain),
+                )  # fmt: skip
             if old:
                 (forgotten,) = db.execute(
                     "SELECT count(*) FROM delivery_0 d WHERE NOT EXISTS"
@@ -217,6 +243,23 @@ class WebhookStore:
                     self.context, kept, forgotten,
                 )  # fmt: skip
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _reseal(self) -> None:
+        """Seal again under the first key the secrets an older key sealed: what rotation
+        asks of each store (a secret no key opens is refused, naming its subscription)."""
+        rows = self.db.execute("SELECT id, secret FROM subscription").fetchall()
+        stale = [(i, s) for i, s in rows if not self.keys.sealed_by_first(s)]
+        if not stale:
+            return
+        with self._transaction() as db:
+            db.executemany(  # unless another process resealed it meanwhile
+                "UPDATE subscription SET secret = ? WHERE id = ? AND secret = ?",
+                [(self.keys.reseal(s, f"subscription {i}"), i, s) for i, s in stale],
+            )
+        log.warning(
+            "webhooks %s: %d subscription secrets sealed again under the first key of "
+            "TOOLKIT_WEBHOOK_KEYS", self.context, len(stale),
+        )  # fmt: skip
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -243,14 +286,14 @@ class WebhookStore:
             self.db.execute(
                 "INSERT INTO subscription (id, event_type, url, secret, after, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (row.id, event_type, url, secret, after, row.created_at),
+                (row.id, event_type, url, self.keys.seal(secret), after, row.created_at),
             )
         except sqlite3.IntegrityError:
             (existing,) = self.db.execute(
                 "SELECT id FROM subscription WHERE event_type = ? AND url = ?", (event_type, url)
             ).fetchone()
             raise DuplicateSubscription(existing) from None
-        return row
+        return replace(row, url=redact_urls(url))
 
     def subscriptions(self, subscription_id: str | None = None) -> list[Subscription]:
         rows = self.db.execute(
@@ -258,9 +301,9 @@ class WebhookStore:
             " WHERE ? IS NULL OR id = ? ORDER BY created_at, id",
             (subscription_id, subscription_id),
         ).fetchall()
-        fields = ("id", "event_type", "url", "after", "created_at")
         return [
-            Subscription(context=self.context, **dict(zip(fields, r, strict=True))) for r in rows
+            Subscription(id_, self.context, event_type, redact_urls(url), after, created_at)
+            for id_, event_type, url, after, created_at in rows
         ]
 
     def unsubscribe(self, subscription_id: str) -> bool:
@@ -310,7 +353,10 @@ class WebhookStore:
                 "UPDATE delivery SET due = ? WHERE subscription_id = ? AND event_id = ?",
                 [(now + lease, row[0], row[1]) for row in rows],
             )
-        return [Due(*row) for row in rows]
+        return [
+            Due(s, e, attempts, url, self.keys.open(secret, f"subscription {s}"), body)
+            for s, e, attempts, url, secret, body in rows
+        ]
 
     def next_due(self) -> float | None:
         (due,) = self.db.execute("SELECT min(due) FROM delivery WHERE state = 'pending'").fetchone()
@@ -345,7 +391,7 @@ class WebhookStore:
             " JOIN event e ON e.id = d.event_id WHERE d.state = 'parked'"
             " ORDER BY e.sequence, d.subscription_id"
         ).fetchall()
-        return [DeadLetter(*r) for r in rows]
+        return [DeadLetter(r[0], redact_urls(r[1]), *r[2:]) for r in rows]
 
     def retry(self, subscription_id: str, event_id: str) -> bool:
         """Put a parked delivery back in the queue, due now, with a fresh count."""
