@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from toolkit.errors import ConfigurationError
+from toolkit.redaction import redact_urls
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class Settings:
     def __repr__(self) -> str:  # tokens are secrets: never in logs or tracebacks
         hidden = ("api_tokens", "webhook_keys")
         shown = {k: v for k, v in vars(self).items() if k not in hidden}
-        return f"Settings({shown}, api_tokens=<{len(self.api_tokens)} hidden>)"
+        text = f"Settings({shown}, api_tokens=<{len(self.api_tokens)} hidden>)"
+        return redact_urls(text)  # NATS_URL and TOOLKIT_READ_MODEL_URL may hold passwords
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

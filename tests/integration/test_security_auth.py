@@ -28,8 +28,8 @@ from tests.conftest import free_port, serving
 from toolkit.config import Settings
 from toolkit.http.app import create_app
 from toolkit.http.auth import OPEN_PATHS
-from toolkit.nats.connection import RedactingFilter
 from toolkit.nats.embedded import EmbeddedServer
+from toolkit.redaction import RedactingFilter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,6 +180,7 @@ def test_a_marker_password_never_shows(guarded_nats: EmbeddedServer, tmp_path: P
 
 def test_log_records_are_redacted_whoever_logs_them(caplog: pytest.LogCaptureFixture) -> None:
     caplog.handler.addFilter(RedactingFilter())
+    caplog.set_level(logging.WARNING, logger="psycopg")  # whatever an earlier test set
     log = logging.getLogger("psycopg")
     log.warning("cannot reach %s", f"postgresql://app:{MARKER}@db:5432/x")
     try:

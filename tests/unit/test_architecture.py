@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "toolkit.config": 0,
     "toolkit.backoff": 0,
     "toolkit.locks": 0,
+    "toolkit.redaction": 0,
     # the wire contract: no I/O
     "toolkit.wire": 1,
     # adapters to the outside: NATS, read-model databases, event logs

@@ -49,3 +49,17 @@ def test_the_read_model_url_is_checked() -> None:
     assert Settings.from_env({}).read_model_url is None
     with pytest.raises(ConfigurationError, match="must be a postgresql:// URL"):
         Settings.from_env({"TOOLKIT_READ_MODEL_URL": "mysql://h/db"})
+
+
+def test_settings_never_show_a_password_in_their_repr() -> None:
+    """Settings end up in tracebacks and debug logs: URLs lose their credentials there."""
+    settings = Settings.from_env(
+        {
+            "NATS_URL": "nats://toolkit:Marker-Pa55@nats1:4222",
+            "TOOLKIT_READ_MODEL_URL": "postgresql://reader:Marker-Pa55@db/models",
+            "TOOLKIT_API_TOKENS": "Marker-Token",
+        }
+    )
+    shown = repr(settings)
+    assert "Marker" not in shown
+    assert "nats://nats1:4222" in shown and "postgresql://db/models" in shown

@@ -10,9 +10,9 @@ from toolkit import ServerVersionError
 from toolkit.nats.connection import (
     check_server_version,
     redact,
-    redact_urls,
     server_version_problem,
 )
+from toolkit.redaction import redact_urls
 
 
 @pytest.mark.parametrize("version", ["2.10.0", "2.15.1", "3.0.0"])

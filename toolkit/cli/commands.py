@@ -37,7 +37,7 @@ from toolkit.errors import (
     RelayBusyError,
     ToolkitError,
 )
-from toolkit.nats.connection import RedactingFilter, open_nats, redact_urls
+from toolkit.nats.connection import open_nats
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
 from toolkit.read.deadletters import read_dead_letters, retry_dead_letters
@@ -47,6 +47,7 @@ from toolkit.read.replay import rebuild, rewind
 from toolkit.read.store import ReadModelStore
 from toolkit.readmodels import Generation, ReadModelHome
 from toolkit.readmodels.backends import open_home
+from toolkit.redaction import RedactingFilter, redact_urls
 from toolkit.system import System, load_system
 from toolkit.write.relay import Relay
 from toolkit.write.relay_lock import relay_lock

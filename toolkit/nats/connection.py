@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import re
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,10 +28,10 @@ from toolkit.backoff import Backoff
 from toolkit.config import NatsAuth, Settings
 from toolkit.errors import ConnectError, ServerVersionError
 from toolkit.nats.embedded import SharedServer
+from toolkit.redaction import redact_urls
 
 log = logging.getLogger(__name__)
 
-_URL_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s]*@", re.IGNORECASE)
 """A URL's ``user:password@``, up to its last ``@`` (a password may hold one)."""
 
 MIN_SERVER_VERSION = (2, 10)
@@ -47,29 +46,6 @@ def redact(url: str) -> str:
         netloc = f"{host}:{split.port}" if split.port else host
         parts.append(urlunsplit((split.scheme, netloc, split.path, "", "")))
     return ",".join(parts)
-
-
-def redact_urls(text: str) -> str:
-    """``text`` with the credentials of any URL in it removed: the one redaction of what
-    the toolkit prints or logs (start lines, errors, status, log records)."""
-    return _URL_CREDENTIALS.sub(r"\1", text)
-
-
-class RedactingFilter(logging.Filter):
-    """A logging filter for handlers: each record's message (and traceback) with the
-    credentials of URLs removed, whichever library logged it (nats-py's errors, uvicorn's,
-    psycopg's name the server they failed to reach)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = redact_urls(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact_urls(record.exc_text)
-        return True
 
 
 def server_version_problem(

@@ -29,12 +29,12 @@ from rich.table import Table
 
 from toolkit.config import Settings
 from toolkit.errors import MarkerError, ProjectionBusyError
-from toolkit.nats.connection import redact_urls
 from toolkit.nats.streams import relay_tail
 from toolkit.ops import reports
 from toolkit.read.replay import partial_from
 from toolkit.readmodels import Generation, ReadModelHome, tables
 from toolkit.readmodels.backends import connect, open_home
+from toolkit.redaction import redact_urls
 from toolkit.system import System
 from toolkit.wire import MSG_ID
 from toolkit.write.context import BoundedContext

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from toolkit.errors import ConfigurationError
 from toolkit.http.feed import PROBLEM_RESPONSES, NatsLink, unavailable
-from toolkit.nats.connection import redact_urls
+from toolkit.redaction import redact_urls
 from toolkit.webhooks import destinations
 from toolkit.webhooks.keys import WebhookKeys
 from toolkit.webhooks.signing import secret_key

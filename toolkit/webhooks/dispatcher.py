@@ -39,9 +39,10 @@ from toolkit import locks, wire
 from toolkit.backoff import delay_after, pause
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError
-from toolkit.nats.connection import Connection, open_nats, redact_urls
+from toolkit.nats.connection import Connection, open_nats
 from toolkit.read.reader import StreamMessage
 from toolkit.read.workqueue import WorkQueue
+from toolkit.redaction import redact_urls
 from toolkit.webhooks.destinations import Allowed, Refused, check, pinned_request
 from toolkit.webhooks.keys import WebhookKeys
 from toolkit.webhooks.signing import sign

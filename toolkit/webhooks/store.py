@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from toolkit.errors import ConfigurationError
-from toolkit.nats.connection import redact_urls
+from toolkit.redaction import redact_urls
 from toolkit.webhooks.keys import WebhookKeys
 
 log = logging.getLogger(__name__)
