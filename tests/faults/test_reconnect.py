@@ -29,7 +29,7 @@ from eventsourcing.persistence import OperationalError
 
 from contexts.sales import Sales
 from contexts.system import system
-from tests.conftest import eventually, serving, wait_for
+from tests.conftest import create_read_models, eventually, serving, wait_for
 from tests.integration.test_webhooks import Receiver
 from toolkit.config import Settings
 from toolkit.http.app import create_app
@@ -156,6 +156,7 @@ async def test_serve_goes_on_and_is_not_ready_while_its_relay_is_cut_off(
     guarded: Guarded, data_dir: Path
 ) -> None:
     settings = Settings(nats_url=guarded.url, data_dir=data_dir)
+    create_read_models(data_dir, *system.projections.values())  # readiness waits for them
     async with (
         serving(create_app(system, settings)) as base,
         httpx.AsyncClient(base_url=base, timeout=30) as http,

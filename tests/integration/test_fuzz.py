@@ -4,8 +4,10 @@ never as another exception that would stop a consumer, a server or the CLI."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import json
 import string
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 from contexts.system import system
 from projections.billing import Accounts
 from projections.shipping import Shipments
+from tests.conftest import create_read_models
 from toolkit import ContractError, cli, wire
 from toolkit.cli.parser import parser
 from toolkit.config import Settings
@@ -146,6 +149,7 @@ query_names = st.sampled_from(["limit", "cursor", "status", "recipient_id", "x",
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
     data_dir = tmp_path_factory.mktemp("fuzz")
+    create_read_models(data_dir, Shipments, Accounts)  # so reads reach the database
     return create_app(
         system, Settings(data_dir=data_dir, nats_url="nats://127.0.0.1:1"), relay=False
     )
@@ -237,6 +241,44 @@ async def test_any_body_size_is_taken_or_refused_as_too_large_never_a_server_err
     if response.status_code >= 400:
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["detail"]
+
+
+EDGES = [2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**100]
+every_integer = st.integers() | st.sampled_from(EDGES + [-n for n in EDGES] + [-(2**63) - 1])
+
+
+def forged_cursor(value: object) -> str:
+    """A cursor as a client could forge one (orjson refuses integers beyond 64 bits)."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(number=every_integer)
+async def test_any_integer_a_client_sends_gets_an_answer_not_a_server_error(
+    app: Any, number: int
+) -> None:
+    """Issue 18, case 7: every integer (huge, negative, 2**63, 2**64, -2**63-1) in a
+    cursor, a query parameter, a subscription's ``after`` or a path is a 4xx (or a 503
+    while NATS is away), a problem document, never a 500."""
+    transport = httpx.ASGITransport(app=app)
+    subscription = {"url": "https://example.com/h", "event_type": "sales.OrderPlaced",
+                    "secret": "whsec_" + "A" * 32, "after": number}  # fmt: skip
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        sent = [
+            await http.get("/shipping/shipments", params={"cursor": forged_cursor(["x", number])}),
+            await http.get("/shipping/shipments", params={"cursor": forged_cursor([number, "y"])}),
+            await http.get("/shipping/shipments", params={"limit": str(number)}),
+            await http.get(f"/shipping/shipments/{number}"),
+            await http.get(f"/billing/accounts/{number}"),
+            await http.post("/webhooks/sales/subscriptions", json=subscription),
+            await http.post(f"/webhooks/sales/dead-letters/{number}/{number}/retry"),
+            await http.get(f"/webhooks/sales/subscriptions/{number}"),
+        ]
+    for response in sent:
+        assert response.status_code < 500 or response.status_code == 503, response.text
+        if response.status_code >= 400:
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["detail"]
 
 
 # -- the CLI: arguments -------------------------------------------------------------------

@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.js.api import DiscardPolicy
 
 from contexts.system import system
-from tests.conftest import eventually, serving, wait_for
+from tests.conftest import create_read_models, eventually, serving, wait_for
 from tests.flow import sales_log
 from toolkit.config import Settings
 from toolkit.http.app import create_app
@@ -163,6 +163,7 @@ async def test_readiness_names_a_stalled_relay_of_the_api(
     sales_log(data_dir, 3)
     await _full_stream(nc, 2)
     settings = _stalling_after_a_second(data_dir, nats_server.url)
+    create_read_models(data_dir, *system.projections.values())  # readiness waits for them
     async with serving(create_app(system, settings)) as base, httpx.AsyncClient() as http:
 
         async def not_ready() -> dict[str, Any] | None:

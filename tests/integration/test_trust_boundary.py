@@ -20,7 +20,7 @@ from nats.js.errors import NotFoundError
 from contexts.sales import Sales
 from contexts.system import system
 from projections.shipping import Shipments
-from tests.conftest import serving
+from tests.conftest import create_read_models, serving
 from tests.envelopes import relayed, stream_message
 from tests.flow import (
     assert_equal_to_a_clean_build,
@@ -204,6 +204,7 @@ async def test_the_relay_in_serve_goes_on_by_itself_once_a_forged_message_is_rem
     removed, the relay never started again until serve restarted, and readiness kept
     the stale reason."""
     settings = Settings(nats_url=nats_server.url, data_dir=data_dir)
+    create_read_models(data_dir, *system.projections.values())  # readiness waits for them
     nc = await connect(nats_server.url)
     try:
         async with (

@@ -20,10 +20,16 @@ from toolkit import webhooks
 from toolkit.backoff import Backoff
 from toolkit.config import Settings
 from toolkit.errors import MarkerError
-from toolkit.http import caching, docs, feed, health, problems
+from toolkit.http import caching, conditional, docs, feed, health, problems
 from toolkit.http.auth import BearerAuth
-from toolkit.http.conditional import none_match
-from toolkit.http.consistency import HEADER, Consistency, ConsistencyToken, InvalidToken
+from toolkit.http.consistency import (
+    HEADER,
+    Consistency,
+    ConsistencyToken,
+    InvalidToken,
+    Satisfiable,
+    passed,
+)
 from toolkit.http.health import Metrics
 from toolkit.http.limits import BodyLimit
 from toolkit.nats.streams import StreamSpec
@@ -44,12 +50,14 @@ class ReadModel:
     """A FastAPI dependency: a read-only connection to a projection's current model.
 
     It also answers what every read endpoint shares: an ``ETag`` derived from the model's
-    checkpoints (unchanged model, same tag: ``If-None-Match`` gets 304 before the endpoint
-    runs), ``Cache-Control``, the generation read (``X-Read-Model``), and read-your-writes:
-    a request carrying a ``Consistency-Token`` waits, at most ``max_wait`` seconds (by
+    checkpoints (unchanged model, same tag: ``If-None-Match`` gets 304 once the endpoint
+    has found what it names, :func:`toolkit.http.conditional.middleware`),
+    ``Cache-Control``, the generation read (``X-Read-Model``), and read-your-writes: a
+    request carrying a ``Consistency-Token`` waits, at most ``max_wait`` seconds (by
     default the app's ``TOOLKIT_CONSISTENCY_WAIT``; less with ``Prefer: wait=N``), until
     the model has applied the token's position, and otherwise gets 503 with
-    ``Retry-After`` and the position reached.
+    ``Retry-After`` and the position reached. A token the model has passed is answered
+    without NATS; one it can never meet is 400 at once.
     """
 
     def __init__(
@@ -66,6 +74,8 @@ class ReadModel:
     async def __call__(self, request: Request, response: Response) -> AsyncIterator[Connection]:
         problems.reject_unknown_parameters(request)
         token = _consistency_token(request)
+        if token is not None:
+            self._check(token, request)
         db, current = self._open()
         reusable = False
         try:
@@ -75,8 +85,6 @@ class ReadModel:
             response.headers["ETag"] = tag
             response.headers["Cache-Control"] = self.cache_control
             response.headers["X-Read-Model"] = f"{self.home.name}/{current.stem}"
-            if none_match(request.headers.get("if-none-match"), tag):
-                raise HTTPException(304, headers=dict(response.headers))
             yield db
             reusable = True
         except HTTPException:  # an answer, not a broken connection
@@ -106,7 +114,19 @@ class ReadModel:
         current, db = opened
         return db, current
 
+    def _check(self, token: ConsistencyToken, request: Request) -> None:
+        """400 at once for a token this model can never meet."""
+        satisfiable = getattr(request.app.state, "satisfiable", None)
+        if isinstance(satisfiable, Satisfiable):
+            try:
+                satisfiable.check(token, self.home.name)
+            except InvalidToken as exc:
+                raise HTTPException(400, str(exc)) from None
+
     async def _wait_for(self, token: ConsistencyToken, request: Request, db: Connection) -> None:
+        preferred = _preferred_wait(request, float("inf"))  # a malformed one is 400 anyway
+        if token.position == 0 or (passed(db, token.context) or 0) >= token.position:
+            return  # applied already: the model says so, NATS need not
         link = getattr(request.app.state, "nats", None)
         if link is None:
             raise HTTPException(503, "consistency tokens need the API's NATS connection")
@@ -118,10 +138,13 @@ class ReadModel:
         longest = self.max_wait
         if longest is None:
             longest = getattr(request.app.state, "consistency_wait", 2.0)
-        wait = min(longest, _preferred_wait(request, longest))
-        done, applied = await consistency.wait(
-            token, lambda stream: caching.checkpoint_of(db, stream), wait
-        )
+        wait = min(longest, preferred)
+        try:
+            done, applied = await consistency.wait(
+                token, lambda stream: caching.checkpoint_of(db, stream), wait
+            )
+        except InvalidToken as exc:
+            raise HTTPException(400, str(exc)) from None
         if not done:
             raise HTTPException(
                 503,
@@ -139,6 +162,29 @@ def _consistency_token(request: Request) -> ConsistencyToken | None:
         return ConsistencyToken.parse(text)
     except InvalidToken as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+def _streams_read(system: System, projection: str) -> frozenset[str] | None:
+    """The contexts ``projection`` reads (None: a router of a projection not declared)."""
+    declared = system.projections.get(projection)
+    return None if declared is None else frozenset(t.stream for t in declared.translators)
+
+
+def _log_head(context: BoundedContext[Any]) -> int:
+    """The context's last log position (its log is this process's to write)."""
+    return int(context.recorder.max_notification_id() or 0)
+
+
+def _has_model(home: ReadModelHome) -> str | None:
+    """Why reads of ``home``'s projection cannot be answered (None: they can)."""
+    try:
+        opened = home.open_reader()
+    except Exception as exc:  # a database away, a pointer the operator must mend
+        return f"projection {home.name}'s read model cannot be read: {exc}"
+    if opened is None:
+        return f"projection {home.name} has no read model yet"
+    home.close_reader(opened[1])
+    return None
 
 
 def _preferred_wait(request: Request, default: float) -> float:
@@ -247,6 +293,12 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
     app.state.nats = nats  # reads that carry a consistency token use it
     app.state.consistency_wait = settings.consistency_wait
     problems.install(app)
+    app.add_middleware(conditional.middleware)  # the innermost: it sees endpoints' answers
+    app.state.satisfiable = Satisfiable(
+        reads={h.name: _streams_read(system, h.name) for h in homes},
+        projections=frozenset(system.projections),
+        heads={name: functools.partial(_log_head, c) for name, c in contexts.items()},
+    )
     metrics = Metrics()
     if settings.api_tokens:
         app.add_middleware(BearerAuth(settings.api_tokens).middleware)
@@ -271,6 +323,11 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
             return f"NATS does not answer: {nats.trouble or str(exc) or type(exc).__name__}"
         return None
 
+    async def models_ok() -> str | None:
+        """Reads answer 503 until their projection has a read model: readiness too."""
+        reasons = await asyncio.gather(*(asyncio.to_thread(_has_model, h) for h in homes))
+        return "; ".join(r for r in reasons if r) or None
+
     def relays_ok() -> str | None:
         reasons = [reason for name in relay_trouble if (reason := relay_stopped(name))]
         connection = relay_link.trouble  # the relays would sit on it, making no progress
@@ -280,7 +337,12 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
 
     app.include_router(
         health.router(
-            metrics, report, nats_ok=nats_ok, relays_ok=relays_ok, max_lag=settings.ready_max_lag
+            metrics,
+            report,
+            nats_ok=nats_ok,
+            relays_ok=relays_ok,
+            models_ok=models_ok,
+            max_lag=settings.ready_max_lag,
         )
     )
     return app

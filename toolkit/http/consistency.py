@@ -5,7 +5,13 @@ the last event it published (``<context>:0`` when it published none, so there is
 to wait for). A read that carries the token waits, bounded, until the projection has
 applied that position; the projection's checkpoint is a stream sequence, and the message
 at that sequence names its log position (``Nats-Msg-Id``), which the relay writes in log
-order, so "applied up to the checkpoint" means "applied up to its log position".
+order, so "applied up to the checkpoint" means "applied up to its log position". The read
+model also keeps the log position it has passed: a token at or below it is answered from
+the model alone, without NATS.
+
+A token that can never be satisfied is refused at once (400), not waited for: a context
+the projection does not read (or a projection's name), or a position past the head of a
+log this process holds.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -22,6 +28,7 @@ from nats.js.errors import NotFoundError
 
 from toolkit.errors import ToolkitError
 from toolkit.nats import streams
+from toolkit.readmodels import Connection, tables
 from toolkit.write.context import BoundedContext
 
 HEADER = "Consistency-Token"
@@ -60,6 +67,45 @@ def token_for(context: BoundedContext[Any], recordings: Sequence[Any]) -> Consis
         if mapping is not None and mapping.translate(recording.domain_event) is not None:
             position = max(position, recording.notification.id)
     return ConsistencyToken(context.name, position)
+
+
+def passed(db: Connection, stream: str) -> int | None:
+    """The log position of ``stream`` the read model has passed (every partition has),
+    None when it does not say (nothing relayed passed yet, or a model older than that)."""
+    keys = [key for key, _ in tables.checkpoints(db) if tables.stream_of(key) == stream]
+    positions = tables.positions(db)
+    if not keys or any(key not in positions for key in keys):
+        return None
+    return min(positions[key] for key in keys)
+
+
+@dataclass(frozen=True)
+class Satisfiable:
+    """What tokens a read model can ever satisfy: the contexts each projection reads,
+    the other names a client could mistake for one, and the heads of the logs held here."""
+
+    reads: Mapping[str, frozenset[str] | None]
+    """The contexts (streams) each projection reads, by projection."""
+    projections: frozenset[str] = frozenset()
+    heads: Mapping[str, Callable[[], int]] = field(default_factory=dict)
+    """The last log position of each context whose log this process holds."""
+
+    def check(self, token: ConsistencyToken, projection: str) -> None:
+        """Raise :class:`InvalidToken` with the reason when ``token`` can never be met."""
+        reads = self.reads.get(projection)
+        if reads is not None and token.context not in reads:
+            known = ", ".join(sorted(reads)) or "none"
+            if token.context in self.projections:
+                why = f"{token.context} is a projection, not a context"
+            else:
+                why = f"{projection} does not read context {token.context}"
+            raise InvalidToken(f"consistency token {token}: {why} (it reads: {known})")
+        head = self.heads.get(token.context)
+        if head is not None and token.position > (last := head()):
+            raise InvalidToken(
+                f"consistency token {token}: log position {token.position} is past the head "
+                f"of {token.context}'s log ({last}); no command gave it"
+            )
 
 
 class Applied(NamedTuple):

@@ -5,7 +5,9 @@ promises: NATS answers, the in-process relays are running, no relay or projector
 data folder reports a problem (it cannot reach NATS, hangs, or leaves a backlog unmoved:
 see :mod:`toolkit.ops.reports`), and every projection with endpoints is within ``max_lag``
 events of its streams (a load balancer stops sending reads to an instance whose models
-fall behind). ``/metrics`` is Prometheus' text format,
+fall behind), and every projection it serves has a read model. It answers within a second
+whatever is away: a check that has not answered by then is a reason (and is left running,
+one at a time, for the next probe to use). ``/metrics`` is Prometheus' text format,
 made by ``prometheus_client``: events applied and lag per projection and stream, dead
 letters, relay lag, and request latencies per known method, route template (never the raw
 path: ids in label values would grow the registry without bound) and status.
@@ -13,10 +15,11 @@ path: ids in label values would grow the registry without bound) and status.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -26,6 +29,27 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Report = Callable[[], Awaitable[dict[str, Any]]]
 """The system's status (see :func:`toolkit.ops.status.collect`)."""
+
+T = TypeVar("T")
+
+
+class Bounded:
+    """Checks awaited for at most a while each. A check still running is not started
+    again: the next probe waits for the same one (a NATS connection being opened, a
+    status collection on a database that does not answer), so probes never pile up."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Task[Any]] = {}
+
+    async def run(self, name: str, check: Callable[[], Awaitable[T]], within: float) -> T:
+        """``check()``'s result; TimeoutError when it takes longer than ``within``."""
+        task = self._running.get(name)
+        if task is None or task.done():
+            task = self._running[name] = asyncio.ensure_future(check())
+        done, _ = await asyncio.wait({task}, timeout=max(within, 0.0))
+        if not done:
+            raise TimeoutError(f"{name} did not answer within {within:.1f}s")
+        return task.result()  # type: ignore[no-any-return]
 
 
 class Metrics:
@@ -121,9 +145,22 @@ def router(
     *,
     nats_ok: Callable[[], Awaitable[str | None]],
     relays_ok: Callable[[], str | None],
+    models_ok: Callable[[], Awaitable[str | None]] | None = None,
     max_lag: int,
+    within: float = 0.9,
 ) -> APIRouter:
+    """``nats_ok``, ``relays_ok`` and ``models_ok`` say why the API is not ready (None
+    when it is); ``within`` bounds the readiness answer's time."""
     api = APIRouter(tags=["health"])
+    bounded = Bounded()
+
+    async def reason(name: str, check: Callable[[], Awaitable[str | None]]) -> str | None:
+        try:
+            return await bounded.run(name, check, within)
+        except TimeoutError:
+            return f"{name} did not answer within {within:.1f}s"
+        except Exception as exc:  # any failure of a check means not ready
+            return f"{name} failed: {exc or type(exc).__name__}"
 
     @api.get("/health/live")
     async def live() -> dict[str, str]:
@@ -131,9 +168,23 @@ def router(
 
     @api.get("/health/ready", responses={503: {"description": "not ready, with the reasons"}})
     async def ready() -> JSONResponse:
-        reasons = [r for r in (await nats_ok(), relays_ok()) if r]
+        deadline = time.monotonic() + within
+
+        def left() -> float:
+            return deadline - time.monotonic()
+
+        checks = [("NATS", nats_ok)] + ([("the read models", models_ok)] if models_ok else [])
+        found = await asyncio.gather(*(reason(name, check) for name, check in checks))
+        reasons = [r for r in (*found, relays_ok()) if r]
+        status = None
         if not reasons:
-            status = await report()
+            try:
+                status = await bounded.run("status", report, left())
+            except TimeoutError:
+                reasons.append(f"the status of relays and projections took over {within:.1f}s")
+            except Exception as exc:
+                reasons.append(f"the status of relays and projections failed: {exc}")
+        if status is not None:
             reasons += status["problems"]  # relays and projectors that make no progress
             for name, projection in status["projections"].items():
                 for stream, position in (projection.get("streams") or {}).items():
@@ -149,7 +200,7 @@ def router(
     @api.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
         with contextlib.suppress(Exception):  # without a report, latencies still serve
-            metrics.observe(await report())
+            metrics.observe(await bounded.run("status", report, within))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return api

@@ -46,10 +46,17 @@ def decode_cursor(text: str) -> tuple[Any, Any]:
         value = None
     scalar = (str, int, float)
     if not (
-        isinstance(value, list) and len(value) == 2 and all(isinstance(v, scalar) for v in value)
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, scalar) and _storable(v) for v in value)
     ):
         raise CursorError(f"cursor {text[:60]!r} is not one this API gave: start without one")
     return value[0], value[1]
+
+
+def _storable(value: object) -> bool:
+    """An integer a database's 64-bit columns hold (a cursor this API gave holds one)."""
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
 
 
 def resource_router(
