@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import free_port
+from contexts.system import system
+from tests.conftest import free_port, serving
 from tests.fake_nats import FakeNatsServer
+from toolkit.config import Settings
+from toolkit.http.app import create_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,3 +63,19 @@ def test_an_old_server_is_refused_with_one_line(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "version 2.9.10" in lines[0] and "2.10 or newer" in lines[0]
+
+
+async def test_readiness_gives_the_reason_without_a_status_prefix(tmp_path: Path) -> None:
+    settings = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", data_dir=tmp_path / "data")
+    app = create_app(system, settings, relay=False)
+    found: list[str] = []
+    async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=15) as http:
+        for _ in range(20):  # a probe may end before the connect attempt does: ask again
+            ready = await http.get("/health/ready")
+            assert ready.status_code == 503
+            found = [r for r in ready.json()["reasons"] if r.startswith("NATS does not answer")]
+            if found:
+                break
+    (reason,) = found
+    assert "cannot connect to NATS at nats://127.0.0.1:" in reason
+    assert "503:" not in reason, reason  # (the port may hold the digits 503)

@@ -320,7 +320,8 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
         try:
             await (await nats.client()).flush(timeout=2)
         except Exception as exc:  # any failure means not ready
-            return f"NATS does not answer: {nats.trouble or str(exc) or type(exc).__name__}"
+            why = exc.detail if isinstance(exc, HTTPException) else str(exc)  # no "503: "
+            return f"NATS does not answer: {nats.trouble or why or type(exc).__name__}"
         return None
 
     async def models_ok() -> str | None:
