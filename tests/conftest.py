@@ -43,13 +43,16 @@ reconnects, restarts, lost stream tails."""
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with the folder it is in, so ``-m unit`` (or ``-m "not faults"``)
-    selects by kind; a test outside the three folders is refused, as it would have none."""
+    selects by kind, and the tests of ``test_security_*.py`` modules ``security`` too; a
+    test outside the three folders is refused, as it would have none."""
     root = Path(__file__).parent
     astray: set[str] = set()
     for item in items:
         parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
         if len(parts) > 1 and parts[0] in KINDS:
             item.add_marker(parts[0])
+            if parts[-1].startswith("test_security_"):  # what an attacker would try
+                item.add_marker("security")
         else:
             astray.add(item.nodeid.split("::")[0])
     if astray:
