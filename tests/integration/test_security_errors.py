@@ -75,6 +75,16 @@ async def offline(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@pytest.mark.parametrize("after", [2**63, 2**64, 10**30, -1, -(2**63) - 1])
+async def test_a_feed_position_no_stream_can_hold_is_422_at_once(
+    offline: httpx.AsyncClient, after: int
+) -> None:
+    """Before: any integer was taken and asked NATS for the page (a wait, then 503 or 404)."""
+    began = time.monotonic()
+    detail = is_problem(await offline.get(f"/feed/sales?after={after}"), 422)
+    assert "after" in detail and time.monotonic() - began < 1.0
+
+
 async def test_case_7_every_error_is_a_problem_document(tmp_path: Path, data_dir: Path) -> None:
     """Before: integers beyond 64 bits in a cursor or a subscription's ``after`` were
     500s, as were a user's endpoints raising the toolkit's errors; readiness took 5 s and

@@ -366,7 +366,10 @@ def router(contexts: Iterable[str], nats: NatsLink, *, feed: Feed | None = None)
         context: str,
         request: Request,
         after: Annotated[
-            int, Query(ge=0, description="the position before the page's first event")
+            int,
+            Query(  # a stream sequence is 64-bit: a larger one is 422, before asking NATS
+                ge=0, le=2**63 - 1, description="the position before the page's first event"
+            ),
         ] = 0,
         limit: Annotated[
             int, Query(ge=1, le=MAX_LIMIT, description="how many positions the page spans")
