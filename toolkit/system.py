@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import ConfigurationError
@@ -61,15 +63,23 @@ def title_of(system: System, spec: str) -> str:
     return words.strip().capitalize() or "Toolkit"
 
 
-def load_system(spec: str) -> System:
-    """Import ``module:attribute`` and check it is a :class:`System`."""
+def load_system(spec: str, app_dir: Path | None = None) -> System:
+    """Import ``module:attribute`` and check it is a :class:`System`. The module is looked
+    for in ``app_dir`` (default: the current folder) first, then on ``sys.path``: the
+    ``toolkit`` console script, unlike ``python -m``, does not put the current folder there."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"system {spec!r} must look like 'package.module:attribute'")
+    folder = str((app_dir or Path(".")).resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigurationError(f"cannot import system module {module_name!r}: {exc}") from None
+        raise ConfigurationError(
+            f"cannot import system module {module_name!r} ({exc}); looked in {folder} "
+            "(set --app-dir or TOOLKIT_APP_DIR to the folder holding it) and on sys.path"
+        ) from None
     system = getattr(module, attribute, None)
     if not isinstance(system, System):
         raise ConfigurationError(f"{spec} is not a toolkit System")

@@ -71,6 +71,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings = replace(settings, data_dir=args.data_dir)
     if args.system:
         settings = replace(settings, system=args.system)
+    if args.app_dir:
+        settings = replace(settings, app_dir=args.app_dir)
     if args.read_model_url:
         url = read_model_url(args.read_model_url, "--read-model-url")
         settings = replace(settings, read_model_url=url)
@@ -431,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
 
             print(new_key())  # stdout alone: TOOLKIT_WEBHOOK_KEYS=$(toolkit webhooks-key)
             return EXIT_OK
-        system = load_system(settings.system)
+        system = load_system(settings.system, settings.app_dir)
         if args.command == "relay":
             asyncio.run(_relay(settings, system, args.context, args.once))
         elif args.command == "project":

@@ -31,6 +31,13 @@ def parser() -> argparse.ArgumentParser:
         "contexts.system:system, the example system)",
     )
     parser.add_argument(
+        "--app-dir",
+        type=Path,
+        metavar="DIR",
+        help="the folder the system's module is imported from (env TOOLKIT_APP_DIR; "
+        "default: the current folder)",
+    )
+    parser.add_argument(
         "--read-model-url",
         metavar="URL",
         help="a PostgreSQL database (postgresql://...) for the projections' read models "
