@@ -85,6 +85,9 @@ async def test_dlq_commands(
     retried = toolkit(*run, "dlq", "retry", "shipping", tmp=tmp_path)
     assert retried.returncode == 0, retried.stderr
     assert "retried 2 dead letters, 0 still failing" in retried.stderr
+    empty = toolkit(*run, "dlq", "list", "shipping", tmp=tmp_path)
+    assert empty.returncode == 0 and empty.stdout == "", empty.stderr
+    assert empty.stderr.strip() == "shipping has no dead letters"  # before: nothing at all
     missing = toolkit(*run, "dlq", "drop", "shipping", "--seq", "2", tmp=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "toolkit: error: no dead letter at sales sequence 2"

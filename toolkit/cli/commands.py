@@ -322,6 +322,9 @@ def _dead_letters(home: ReadModelHome, projection: Projection, args: argparse.Na
             print(orjson.dumps(rows).decode())
         for row in [] if args.json else rows:
             print(f"{row['stream']} {row['sequence']} {row['subject']}: {row['reason']}")
+        if not rows and not args.json:  # (on stderr: stdout stays a list, empty)
+            where = f" at sequence {args.seq}" if args.seq is not None else ""
+            say(f"{projection.name} has no dead letters{where}")
         return
     if args.action == "show":
         (letter,) = chosen

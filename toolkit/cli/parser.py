@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,36 +19,18 @@ def parser() -> argparse.ArgumentParser:
         ),
         epilog="Exit codes: 0 ok, 1 error (one line says why), 2 bad usage, 130 interrupted.",
     )
-    parser.add_argument("--nats-url", help="NATS server URL (env NATS_URL; default: embedded)")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        help="folder for logs, read models and the embedded server (env TOOLKIT_DATA_DIR; "
-        "default .toolkit)",
-    )
-    parser.add_argument(
-        "--system",
-        help="module:attribute of the System to run (env TOOLKIT_SYSTEM; default "
-        "contexts.system:system, the example system)",
-    )
-    parser.add_argument(
-        "--app-dir",
-        type=Path,
-        metavar="DIR",
-        help="the folder the system's module is imported from (env TOOLKIT_APP_DIR; "
-        "default: the current folder)",
-    )
-    parser.add_argument(
-        "--read-model-url",
-        metavar="URL",
-        help="a PostgreSQL database (postgresql://...) for the projections' read models "
-        "(env TOOLKIT_READ_MODEL_URL; default: SQLite files in the data folder)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    _global_options(parser, None)
     parser.add_argument("--version", action="version", version=f"toolkit {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # The same options after the command too (``toolkit status --data-dir d``): suppressed
+    # unless given there, so they never undo what was given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
 
-    demo = commands.add_parser(
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kwargs)
+
+    demo = add(
         "demo",
         help="run the example system end to end on an embedded server",
         description=(
@@ -66,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
         help="where sales keeps its event log: a SQLite file (default) or a JetStream stream",
     )
 
-    relay = commands.add_parser(
+    relay = add(
         "relay",
         help="carry a context's log onto its stream",
         description="Relay a context's published events from its log onto its JetStream "
@@ -77,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     relay.add_argument("context", help="context name, e.g. sales")
     relay.add_argument("--once", action="store_true", help="stop when the log head is relayed")
 
-    project = commands.add_parser(
+    project = add(
         "project",
         help="keep a projection's read model up to date",
         description="Apply the streams a projection reads to its read model, from its "
@@ -104,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
         help="how many partition workers there are; a new N repartitions from the head",
     )
 
-    replay = commands.add_parser(
+    replay = add(
         "replay",
         help="rebuild a projection from its streams into a new generation",
         description="Build a new generation of a projection's read model from its streams "
@@ -148,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    rewind = commands.add_parser(
+    rewind = add(
         "rewind",
         help="put a projection back to how it was at a stream sequence",
         description="Rebuild the projection's read model as it was after sequence N (a "
@@ -162,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
         "--to-seq", type=int, required=True, metavar="N", help="the sequence (0 or more)"
     )
 
-    dlq = commands.add_parser(
+    dlq = add(
         "dlq",
         help="list, show, retry or drop a projection's dead letters",
         description="Dead letters are messages a projection could not apply (a broken "
@@ -177,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     dlq.add_argument("--stream", help="its stream (needed when the projection reads several)")
     dlq.add_argument("--json", action="store_true", help="print JSON for machines")
 
-    status = commands.add_parser(
+    status = add(
         "status",
         help="show streams, relays and projections: positions, lag, state",
         description="For each stream its head; for each context its relay's lag and state "
@@ -192,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON for machines")
 
-    serve = commands.add_parser(
+    serve = add(
         "serve",
         help="serve the system's API over HTTP (reads, commands, feed, health, metrics)",
         description=(
@@ -212,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
         help="do not run the relays of the contexts served (another process runs them); "
         "without it, serve is refused while another relay of one of them runs",
     )
-    hooks = commands.add_parser(
+    hooks = add(
         "webhooks",
         help="deliver a context's events to its webhook subscribers",
         description="POST each event of a context's stream to the callback URLs subscribed "
@@ -221,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
         "/webhooks/<context>/dead-letters). Runs until stopped (Ctrl-C or SIGTERM).",
     )
     hooks.add_argument("context", help="context name, e.g. sales")
-    commands.add_parser(
+    add(
         "webhooks-key",
         help="print a new key for TOOLKIT_WEBHOOK_KEYS",
         description="Print a new Fernet key. Webhook secrets are sealed at rest with the "
@@ -276,3 +259,41 @@ def _moment(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _global_options(options: argparse.ArgumentParser, default: Any) -> None:
+    """The options every command takes, before or after its name."""
+    options.add_argument(
+        "--nats-url", default=default, help="NATS server URL (env NATS_URL; default: embedded)"
+    )
+    options.add_argument(
+        "--data-dir",
+        default=default,
+        type=Path,
+        help="folder for logs, read models and the embedded server (env TOOLKIT_DATA_DIR; "
+        "default .toolkit)",
+    )
+    options.add_argument(
+        "--system",
+        default=default,
+        help="module:attribute of the System to run (env TOOLKIT_SYSTEM; default "
+        "contexts.system:system, the example system)",
+    )
+    options.add_argument(
+        "--app-dir",
+        default=default,
+        type=Path,
+        metavar="DIR",
+        help="the folder the system's module is imported from (env TOOLKIT_APP_DIR; "
+        "default: the current folder)",
+    )
+    options.add_argument(
+        "--read-model-url",
+        default=default,
+        metavar="URL",
+        help="a PostgreSQL database (postgresql://...) for the projections' read models "
+        "(env TOOLKIT_READ_MODEL_URL; default: SQLite files in the data folder)",
+    )
+    options.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log what happens"
+    )

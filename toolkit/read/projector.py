@@ -132,7 +132,8 @@ class Projector(OnConnection):
             assert home is not None
             current = home.current()
             assert current is not None
-            log.warning("%s: readers moved to %s; projecting into it", self.name, current.name)
+            # A replay switched readers: normal operation, not a warning.
+            log.info("%s: readers moved to %s; projecting into it", self.name, current.name)
             partition = self.store.partition  # a partition worker hands the model over
             self.store.close()
             self.store = ReadModelStore(current, self.projection, partition=partition)
