@@ -1,9 +1,9 @@
 """Conditional requests (RFC 9110 section 13): the one matcher of ``If-None-Match``.
 
 The read-model endpoints (weak tags from the model's state, :mod:`toolkit.http.caching`)
-and the event feed (strong tags from a page's bytes, :mod:`toolkit.http.feed`) answer 304
-when it matches; :func:`middleware` evaluates it for every other endpoint, once the
-endpoint has answered.
+and the event feed (strong tags from a page's bytes, :mod:`toolkit.http.feed`) only set
+``ETag``; :func:`middleware` evaluates ``If-None-Match`` for every endpoint alike, once
+the endpoint has answered.
 """
 
 from __future__ import annotations

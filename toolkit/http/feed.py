@@ -39,7 +39,6 @@ from toolkit import wire
 from toolkit.config import Settings
 from toolkit.errors import ToolkitError
 from toolkit.http import problems
-from toolkit.http.conditional import none_match
 from toolkit.nats.connection import Connection, open_nats
 from toolkit.read.reader import StreamMessage, StreamReader
 
@@ -389,8 +388,7 @@ def router(contexts: Iterable[str], nats: NatsLink, *, feed: Feed | None = None)
             "Cache-Control": pages.cache_control(page),
             "Link": _link_header(page.links),
         }
-        if none_match(request.headers.get("if-none-match"), page.etag):
-            return Response(status_code=304, headers=headers)
+        # If-None-Match: the app's conditional middleware, as for every endpoint
         return Response(page.body, media_type="application/json", headers=headers)
 
     return api
