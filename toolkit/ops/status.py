@@ -14,6 +14,7 @@ reason in ``problems``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
@@ -88,21 +89,24 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
     for name, context_cls in system.contexts.items():
         head = (await stream(name))["head"]
         relay: dict[str, Any] = {"stream_head": head}
+        # The log is read in a worker thread: a database that does not answer (a connect
+        # timeout) or a long count must not hold the event loop of an API's readiness.
         try:
-            context = _open_log(context_cls, Path(settings.data_dir))
+            context = await asyncio.to_thread(_open_log, context_cls, Path(settings.data_dir))
         except Exception as exc:  # a database down, a setting wrong: that relay's problem
             relay.setdefault("problems", []).append(f"cannot read its log: {exc}")
             context = None
         if context is not None:
             try:
-                log_head = context.recorder.max_notification_id() or 0
+                log_head = await asyncio.to_thread(context.recorder.max_notification_id)
+                log_head = log_head or 0
                 relayed = await _relayed_to(js, name, context, relay) if head else 0
-                lag = _to_carry(context, relayed, log_head)
+                lag = await asyncio.to_thread(_to_carry, context, relayed, log_head)
                 relay.update(log_head=log_head, relayed_to=relayed, relay_lag=lag)
             except Exception as exc:  # no table or stream yet, a server gone meanwhile
                 relay.setdefault("problems", []).append(f"cannot read its log: {exc}")
             finally:
-                context.close()
+                await asyncio.to_thread(context.close)
         contexts[name] = relay
 
     projections: dict[str, Any] = {}
