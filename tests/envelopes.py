@@ -1,15 +1,16 @@
 """Messages as a context's relay writes them (or as another publisher might), for tests
-that put them on a stream or hand them to a store directly."""
+that put them on a stream or hand them to a store directly: the testing kit's
+:func:`~toolkit.testing.relayed_event`, with the defaults these tests share."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-
-from toolkit import wire
 from toolkit.read.reader import StreamMessage
+from toolkit.testing import relayed_event
+
+TIME = datetime(2026, 11, 24, 6, 43, 30, tzinfo=UTC)
 
 
 def relayed(
@@ -25,23 +26,18 @@ def relayed(
 ) -> tuple[str, bytes, dict[str, str]]:
     """(subject, body, headers) of the relay's message for the event at ``position``;
     ``data`` as bytes is put in the envelope as it is (JSON or not)."""
-    msg_id = wire.message_id(context, position)
-    envelope = wire.Envelope(
-        specversion=wire.SPECVERSION,
-        id=msg_id,
+    event = relayed_event(
+        type_,
+        data,
+        position=position,
+        version=schemaversion,
         source=context,
-        type=type_,
-        schemaversion=schemaversion,
-        subject=aggregate_id,
-        time=datetime(2026, 11, 24, 6, 43, 30, tzinfo=UTC),
-        aggregatetype=aggregate_type,
-        aggregateversion=aggregate_version,
-        logposition=position,
-        datacontenttype=wire.DATACONTENTTYPE,
-        data=msgspec.Raw(data) if isinstance(data, bytes) else data,
+        aggregate_id=aggregate_id,
+        aggregate_type=aggregate_type,
+        aggregate_version=aggregate_version,
+        time=TIME,
     )
-    subject = wire.subject(context, aggregate_type, aggregate_id, type_.rpartition(".")[2])
-    return subject, wire.encode_envelope(envelope), {wire.MSG_ID: msg_id}
+    return event.subject, event.body, event.headers
 
 
 def stream_message(

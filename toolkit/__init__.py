@@ -21,13 +21,28 @@ from toolkit.errors import (
     RelayError,
     ServerVersionError,
     ToolkitError,
+    UnknownAggregate,
 )
 
 if TYPE_CHECKING:
+    from toolkit.http.app import ReadModel
+    from toolkit.http.consistency import HEADER as CONSISTENCY_HEADER
+    from toolkit.http.consistency import ConsistencyToken, token_for
+    from toolkit.http.resources import resource_router
     from toolkit.nats.connection import Connection, Nats, connect, open_nats
     from toolkit.nats.embedded import EmbeddedServer
     from toolkit.nats.streams import StreamSpec, ensure_stream
+    from toolkit.read.projection import Projection
+    from toolkit.read.reader import StreamMessage
+    from toolkit.read.store import ReadModelStore
+    from toolkit.read.translator import Translator, UnknownEvent
+    from toolkit.read.workqueue import WorkQueue, WorkStats
+    from toolkit.readmodels.interface import Connection as ReadModelConnection
+    from toolkit.readmodels.interface import Dialect, ReadModelHome
+    from toolkit.system import System
     from toolkit.wire.contracts import ContractRegistry, IntegrationEvent, contract
+    from toolkit.wire.envelope import Envelope
+    from toolkit.wire.subjects import MAX_ID_TOKEN
     from toolkit.write.aggregate import TextAggregate
     from toolkit.write.context import BoundedContext
     from toolkit.write.published import PublishedLanguage
@@ -35,27 +50,48 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "BoundedContext": "toolkit.write.context",
+    "CONSISTENCY_HEADER": "toolkit.http.consistency:HEADER",
     "Connection": "toolkit.nats.connection",
+    "ConsistencyToken": "toolkit.http.consistency",
     "ContractRegistry": "toolkit.wire.contracts",
+    "Dialect": "toolkit.readmodels.interface",
     "EmbeddedServer": "toolkit.nats.embedded",
+    "Envelope": "toolkit.wire.envelope",
     "IntegrationEvent": "toolkit.wire.contracts",
+    "MAX_ID_TOKEN": "toolkit.wire.subjects",
     "Nats": "toolkit.nats.connection",
+    "Projection": "toolkit.read.projection",
     "PublishedLanguage": "toolkit.write.published",
+    "ReadModel": "toolkit.http.app",
+    "ReadModelConnection": "toolkit.readmodels.interface:Connection",
+    "ReadModelHome": "toolkit.readmodels.interface",
+    "ReadModelStore": "toolkit.read.store",
     "Relay": "toolkit.write.relay",
+    "StreamMessage": "toolkit.read.reader",
     "StreamSpec": "toolkit.nats.streams",
+    "System": "toolkit.system",
     "TextAggregate": "toolkit.write.aggregate",
+    "Translator": "toolkit.read.translator",
+    "UnknownEvent": "toolkit.read.translator",
+    "WorkQueue": "toolkit.read.workqueue",
+    "WorkStats": "toolkit.read.workqueue",
     "connect": "toolkit.nats.connection",
     "contract": "toolkit.wire.contracts",
     "ensure_stream": "toolkit.nats.streams",
     "open_nats": "toolkit.nats.connection",
+    "resource_router": "toolkit.http.resources",
+    "token_for": "toolkit.http.consistency",
 }
+"""Public name -> the module that defines it (``module:name`` when it is called
+otherwise there: ``Connection`` is NATS's, so a read model's is ``ReadModelConnection``)."""
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attribute = where.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value  # once: later lookups do not come back here
     return value
 
@@ -67,27 +103,46 @@ def __dir__() -> list[str]:
 _moved.install()
 
 __all__ = [
+    "CONSISTENCY_HEADER",
+    "MAX_ID_TOKEN",
     "BoundedContext",
     "ConfigurationError",
     "ConflictError",
     "Connection",
+    "ConsistencyToken",
     "ContractError",
     "ContractRegistry",
+    "Dialect",
     "EmbeddedServer",
+    "Envelope",
     "IntegrationEvent",
     "InvalidCommand",
     "Nats",
+    "Projection",
     "ProjectionError",
     "PublishedLanguage",
+    "ReadModel",
+    "ReadModelConnection",
+    "ReadModelHome",
+    "ReadModelStore",
     "Relay",
     "RelayError",
     "ServerVersionError",
     "Settings",
+    "StreamMessage",
     "StreamSpec",
+    "System",
     "TextAggregate",
     "ToolkitError",
+    "Translator",
+    "UnknownAggregate",
+    "UnknownEvent",
+    "WorkQueue",
+    "WorkStats",
     "connect",
     "contract",
     "ensure_stream",
     "open_nats",
+    "resource_router",
+    "token_for",
 ]

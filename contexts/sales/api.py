@@ -15,9 +15,14 @@ from fastapi import APIRouter, Body, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from contexts.sales.application import MAX_LINES, Sales
-from toolkit.errors import ConflictError, InvalidCommand, UnknownAggregate
-from toolkit.http.consistency import HEADER, token_for
-from toolkit.wire import MAX_ID_TOKEN
+from toolkit import (
+    CONSISTENCY_HEADER,
+    MAX_ID_TOKEN,
+    ConflictError,
+    InvalidCommand,
+    UnknownAggregate,
+    token_for,
+)
 
 SKU_DESCRIPTION = (
     "the product's id: any text, at most 1024 characters once percent-encoded for a NATS "
@@ -116,7 +121,7 @@ def router(sales: Sales) -> APIRouter:
             except ConflictError as exc:
                 raise HTTPException(409, str(exc)) from None
         token = str(token_for(sales, saved))
-        response.headers[HEADER] = token
+        response.headers[CONSISTENCY_HEADER] = token
         return result, token
 
     @api.post("/customers", status_code=201)

@@ -10,8 +10,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from contexts.sales.domain import Customer, Order, OrderLine, Product
 from contexts.sales.published import language
-from toolkit import BoundedContext, InvalidCommand
-from toolkit.errors import UnknownAggregate
+from toolkit import BoundedContext, InvalidCommand, UnknownAggregate
 
 MAX_LINES = 100
 

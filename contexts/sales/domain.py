@@ -13,7 +13,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from toolkit.write.aggregate import TextAggregate
+from toolkit import TextAggregate
 
 
 class OrderLine(TypedDict):

@@ -7,8 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 
-from toolkit.http.app import ReadModel
-from toolkit.readmodels import Connection, ReadModelHome
+from toolkit import ReadModel, ReadModelConnection, ReadModelHome
 
 
 class Account(BaseModel):
@@ -20,7 +19,7 @@ class Account(BaseModel):
 
 def router(home: ReadModelHome) -> APIRouter:
     api = APIRouter(prefix="/billing", tags=["billing"])
-    Db = Annotated[Connection, Depends(ReadModel(home))]
+    Db = Annotated[ReadModelConnection, Depends(ReadModel(home))]
 
     @api.get("/accounts/{account_id}")
     def get_account(account_id: UUID, db: Db) -> Account:

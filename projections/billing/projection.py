@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import ClassVar, cast
 
 from projections.billing.translation import AccountOpened, ChargeRaised, ChargeWaived, sales
-from toolkit.read.projection import Projection
-from toolkit.readmodels import Connection, Dialect
+from toolkit import Dialect, Projection, ReadModelConnection
 
 
 class Accounts(Projection):
@@ -22,7 +21,7 @@ class Accounts(Projection):
     translators = (sales,)
     dialects = (Dialect.SQLITE, Dialect.POSTGRESQL)
 
-    def create_tables(self, db: Connection) -> None:
+    def create_tables(self, db: ReadModelConnection) -> None:
         db.execute(
             "CREATE TABLE IF NOT EXISTS account ("
             " account_id TEXT PRIMARY KEY,"
@@ -38,10 +37,10 @@ class Accounts(Projection):
             " waived INTEGER NOT NULL DEFAULT 0)"
         )
 
-    def apply(self, fact: object, db: Connection) -> None:
+    def apply(self, fact: object, db: ReadModelConnection) -> None:
         self.apply_many([fact], db)
 
-    def apply_many(self, facts: list[object], db: Connection) -> None:
+    def apply_many(self, facts: list[object], db: ReadModelConnection) -> None:
         p = db.dialect.param  # ? or %s
         if isinstance(facts[0], AccountOpened):
             opened = cast(list[AccountOpened], facts)

@@ -12,8 +12,7 @@ from typing import Annotated
 
 import msgspec
 
-from toolkit import IntegrationEvent, contract
-from toolkit.read.translator import Translator
+from toolkit import IntegrationEvent, Translator, contract
 
 sales = Translator("sales")
 

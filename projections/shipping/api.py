@@ -7,7 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from toolkit.http.resources import resource_router
+from toolkit import resource_router
 
 Status = Literal["awaiting_dispatch", "called_off"]
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import ClassVar, cast
 
 from projections.shipping.translation import ShipmentAwaitingDispatch, ShipmentCalledOff, sales
-from toolkit.read.projection import Projection
-from toolkit.readmodels import Connection, Dialect
+from toolkit import Dialect, Projection, ReadModelConnection
 
 
 class Shipments(Projection):
@@ -16,7 +15,7 @@ class Shipments(Projection):
     translators = (sales,)
     dialects = (Dialect.SQLITE, Dialect.POSTGRESQL)
 
-    def create_tables(self, db: Connection) -> None:
+    def create_tables(self, db: ReadModelConnection) -> None:
         db.execute(
             "CREATE TABLE IF NOT EXISTS shipment ("
             " shipment_id TEXT PRIMARY KEY,"
@@ -29,10 +28,10 @@ class Shipments(Projection):
         )
         db.execute("CREATE INDEX IF NOT EXISTS shipment_status ON shipment (status, since)")
 
-    def apply(self, fact: object, db: Connection) -> None:
+    def apply(self, fact: object, db: ReadModelConnection) -> None:
         self.apply_many([fact], db)
 
-    def apply_many(self, facts: list[object], db: Connection) -> None:
+    def apply_many(self, facts: list[object], db: ReadModelConnection) -> None:
         p = db.dialect.param  # ? or %s
         if isinstance(facts[0], ShipmentAwaitingDispatch):
             awaiting = cast(list[ShipmentAwaitingDispatch], facts)

@@ -11,8 +11,7 @@ from uuid import UUID
 
 import msgspec
 
-from toolkit import IntegrationEvent, contract
-from toolkit.read.translator import Translator
+from toolkit import IntegrationEvent, Translator, contract
 
 sales = Translator("sales")
 

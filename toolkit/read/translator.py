@@ -78,6 +78,24 @@ class Translator:
 
         return register
 
+    def upcasted(self, event: IntegrationEvent) -> IntegrationEvent:
+        """``event`` through the chain of upcasters, as far as a version with a handler:
+        what that handler is given (``event`` itself when its version has one). A
+        version this translator cannot read is a :class:`~toolkit.errors.ContractError`,
+        as for a message; a type it does not read, :class:`UnknownEvent`."""
+        key = contract_of(type(event))
+        self.check_readable(*key)
+        while key in self._upcasts:
+            upcaster, key = self._upcasts[key]
+            event = upcaster(event)
+        return event
+
+    def check_readable(self, name: str, version: int) -> None:
+        """Raise what :meth:`translate` raises for a version of a contract it cannot
+        read, or for a contract it does not read."""
+        if (name, version) not in self._routes:
+            raise self._unreadable(name, version)
+
     def _route(self) -> None:
         """Work out, for every readable (contract, version), its decoder and the chain of
         upcasters and handler that turns it into facts."""
