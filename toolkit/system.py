@@ -7,21 +7,39 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from toolkit.errors import ConfigurationError
 from toolkit.read.projection import Projection
 from toolkit.write.context import BoundedContext
 
 if TYPE_CHECKING:  # only the HTTP boundary imports FastAPI; the CLI's other commands never do
+    import asyncio
+
     from fastapi import APIRouter
 
+    from toolkit.nats.connection import Connection
+    from toolkit.read.workqueue import WorkQueue, WorkStats
     from toolkit.readmodels import ReadModelHome
 
 RouterFactory = Callable[["ReadModelHome"], "APIRouter"]
 """Read endpoints of one projection: ``factory(home) -> APIRouter``."""
 CommandRouterFactory = Callable[[Any], "APIRouter"]
 """Command endpoints of one context: ``factory(context) -> APIRouter``."""
+
+
+class Work(Protocol):
+    """A work queue's consumer (see :mod:`toolkit.read.workqueue`): its queue, and one
+    worker of the pool that competes for its jobs until ``stop`` is set."""
+
+    @property
+    def queue(self) -> WorkQueue: ...
+
+    async def worker(self, name: str, stop: asyncio.Event) -> WorkStats: ...
+
+
+WorkFactory = Callable[["Connection", Path], Work]
+"""A work queue, as ``toolkit work <name>`` runs it: ``factory(nats, data_dir) -> Work``."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +53,9 @@ class System:
     process then owns that context's log, and runs its relay (woken after each save)."""
     title: str | None = None
     """The API's title (OpenAPI, ``/docs``); None: one made from the system's module name."""
+    work_queues: dict[str, WorkFactory] = field(default_factory=dict)
+    """Work queues (competing consumers, not read models), by name: what ``toolkit work
+    <name>`` runs."""
 
     def context(self, name: str) -> type[BoundedContext[Any]]:
         try:
@@ -49,6 +70,13 @@ class System:
         except KeyError:
             known = ", ".join(sorted(self.projections)) or "none"
             raise ConfigurationError(f"no projection named {name!r} (known: {known})") from None
+
+    def work_queue(self, name: str) -> WorkFactory:
+        try:
+            return self.work_queues[name]
+        except KeyError:
+            known = ", ".join(sorted(self.work_queues)) or "none"
+            raise ConfigurationError(f"no work queue named {name!r} (known: {known})") from None
 
 
 def title_of(system: System, spec: str) -> str:

@@ -7,6 +7,7 @@ outbox is keyed by order, so a job redelivered after a worker died is not sent t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 from uuid import UUID
@@ -15,6 +16,7 @@ import msgspec
 from nats.aio.client import Client
 
 from toolkit import IntegrationEvent, contract
+from toolkit.nats.connection import Connection
 from toolkit.read.reader import StreamMessage
 from toolkit.read.translator import Translator, UnknownEvent
 from toolkit.read.workqueue import WorkQueue, WorkStats
@@ -44,7 +46,9 @@ def confirm(e: OrderPlaced) -> Confirmation:
 class Confirmations:
     """The queue of confirmations to send, and the outbox they are sent to."""
 
-    def __init__(self, client: Client, outbox: Path, *, ack_wait: float = 30.0) -> None:
+    def __init__(
+        self, client: Client | Connection, outbox: Path, *, ack_wait: float = 30.0
+    ) -> None:
         self.queue = WorkQueue(
             client,
             "sales",
@@ -83,5 +87,13 @@ class Confirmations:
             db.close()
 
     def sent(self) -> list[tuple[str, str, str]]:
-        with sqlite3.connect(self.outbox) as db:
+        with contextlib.closing(sqlite3.connect(self.outbox)) as db:
             return db.execute("SELECT order_id, customer_id, worker FROM sent").fetchall()
+
+
+def confirmations(nats: Client | Connection, data_dir: Path) -> Confirmations:
+    """The queue as ``toolkit work notifications`` runs it (see ``contexts/system.py``):
+    its outbox is ``notifications/outbox.sqlite`` in the data folder."""
+    folder = Path(data_dir) / "notifications"
+    folder.mkdir(parents=True, exist_ok=True)
+    return Confirmations(nats, folder / "outbox.sqlite")

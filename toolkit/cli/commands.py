@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import os
 import signal
 import sys
 import time
@@ -415,6 +416,43 @@ async def _webhooks(settings: Settings, system: System, name: str) -> None:
     await _until_signalled(lambda stop: dispatch(settings, name, stop, say))
 
 
+async def _work(settings: Settings, system: System, name: str, workers: int) -> None:
+    """Run ``workers`` workers of a work queue until stopped, like ``toolkit project``."""
+    from nats.js.errors import NotFoundError
+
+    from toolkit.backoff import pause
+
+    factory = system.work_queue(name)  # an unknown name: one clear line
+    async with open_nats(settings, name=f"work-{name}") as nats:
+        work = factory(nats.connection, Path(settings.data_dir))
+        queue = work.queue
+
+        async def run(stop: asyncio.Event) -> list[Any]:
+            waiting = False
+            while not stop.is_set():
+                try:
+                    await queue.ensure()
+                    break
+                except NotFoundError:  # started before its context's first relay
+                    if not waiting:
+                        say(f"{name}: stream {queue.stream} does not exist yet; waiting for it")
+                    waiting = True
+                    await pause(stop, 1.0)
+            if stop.is_set():
+                return []
+            say(f"working {name}: {workers} worker(s) on queue {queue.name} of stream "
+                f"{queue.stream} at {nats.url}")  # fmt: skip
+            tag = f"{name}-{os.getpid()}"
+            return await asyncio.gather(*(work.worker(f"{tag}-{i}", stop) for i in range(workers)))
+
+        stats = await _until_signalled(run)
+    say(
+        f"{name}: {sum(s.done for s in stats)} done, {sum(s.retried for s in stats)} retried, "
+        f"{sum(s.given_up for s in stats)} given up, {sum(s.untrusted for s in stats)} not "
+        "from its relay (skipped)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command ``args`` name (parsed by :func:`toolkit.cli.parser.parser`)."""
     logging.basicConfig(
@@ -463,6 +501,12 @@ def run(args: argparse.Namespace) -> int:
             _serve(settings, system, args.host, args.port, relay=not args.no_relay)
         elif args.command == "webhooks":
             asyncio.run(_webhooks(settings, system, args.context))
+        elif args.command == "generations":
+            from toolkit.cli.generations import generations
+
+            generations(settings, system, args)
+        elif args.command == "work":
+            asyncio.run(_work(settings, system, args.queue, args.workers))
     except ToolkitError as exc:
         print(f"toolkit: error: {redact_urls(str(exc))}", file=sys.stderr)
         return EXIT_ERROR

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 from nats.aio.client import Client
@@ -36,6 +36,9 @@ PARTIAL = "partial_from"
 hold from sequence 1."""
 REPLACES = "replaces"
 """Meta key: the generation dropped once readers use this one."""
+BUILT = "built_at"
+"""Meta key: when the replay that built the generation finished (ISO 8601, UTC), for
+``toolkit generations``."""
 
 Progress = Callable[[int, int], None]
 """Called with (events replayed, events to replay) as a replay goes."""
@@ -233,6 +236,7 @@ async def rebuild(
             stats = await _run_reporting(projector, progress, begin, end)
             switching = switch and (not partial or switch_partial)
             dropping = switching and previous is not None and not keep_previous
+            tables.write_meta(store.db, {BUILT: datetime.now(UTC).isoformat(timespec="seconds")})
             if dropping:
                 assert previous is not None
                 tables.write_meta(store.db, {REPLACES: previous.name})
