@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+CLONE = Path(__file__).resolve().parents[1]
+# The example system (contexts/, projections/) and tests/ are not in the wheel: this process
+# imports them from the clone (pytest's ``pythonpath``), and so do the CLI processes that
+# tests start in temporary folders.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CLONE), os.getenv("PYTHONPATH")]))
+
 KINDS = ("unit", "integration", "faults")
 """The folders under tests/, each also a marker (registered in pyproject.toml): ``unit``
 needs no nats-server, no database and no network, and runs in seconds; ``integration``

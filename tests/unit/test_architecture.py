@@ -40,6 +40,8 @@ LAYERS: dict[str, int] = {
     # the composition root's type, then what operators see
     "toolkit.system": 4,
     "toolkit.ops": 5,
+    # the testing kit: both sides and a read model, without NATS
+    "toolkit.testing": 5,
     # the boundary
     "toolkit.http": 6,
     "toolkit.webhooks": 6,
@@ -59,6 +61,9 @@ INTERFACES = {
     "toolkit.readmodels": ("toolkit.readmodels.sqlite", "toolkit.readmodels.postgres"),
 }
 """An interface (or the package that exports it) and the adapters it must never import."""
+EXAMPLE = ("contexts", "projections")
+"""The example system's packages: in the clone, not in the wheel (generic top-level names
+would shadow a user's). Only ``toolkit demo`` imports them, lazily, from its app dir."""
 
 
 def module_name(path: Path) -> str:
@@ -217,6 +222,49 @@ def test_only_the_web_modules_import_a_web_framework() -> None:
         if target.split(".")[0] in WEB_FRAMEWORKS
     )
     assert offending == []
+
+
+def _eager_imports(path: Path) -> set[str]:
+    """Top-level names ``path`` imports outside any function (bar ``if TYPE_CHECKING:``)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return
+        if isinstance(node, ast.If) and _type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+        for inner in ast.iter_child_nodes(node):
+            visit(inner)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return found
+
+
+def test_only_the_demo_imports_the_example_system_and_lazily() -> None:
+    """The wheel has no ``contexts`` or ``projections``: a toolkit module importing them
+    would fail once installed (or load a user's packages of those names)."""
+    importing = sorted(
+        source
+        for source, targets in graph().items()
+        if any(target.split(".")[0] in EXAMPLE for target in targets)
+    )
+    assert importing == ["toolkit.cli.demo"]
+    assert _eager_imports(modules()["toolkit.cli.demo"]).isdisjoint(EXAMPLE)
+
+
+def test_the_eager_import_finder_sees_module_level_imports(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "import contexts.sales\nif TYPE_CHECKING:\n    import projections\n"
+        "def f():\n    import projections.billing\n"
+    )
+    assert _eager_imports(source) == {"contexts"}
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import contextlib
 import json
 import random
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -20,16 +21,15 @@ import urllib.request
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from contexts.sales import Sales
-from contexts.system import system
 from toolkit.config import Settings
-from toolkit.errors import ToolkitError
+from toolkit.errors import ConfigurationError, ToolkitError
 from toolkit.http.app import create_app
 from toolkit.nats.connection import open_nats
 from toolkit.nats.embedded import free_ports
@@ -39,7 +39,11 @@ from toolkit.read.replay import rebuild
 from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.readmodels.tables import dump
+from toolkit.system import System
 from toolkit.write.relay import Relay
+
+if TYPE_CHECKING:  # the example is imported from the clone when the demo runs: see example()
+    from contexts.sales import Sales
 
 console = Console(highlight=False)
 
@@ -117,13 +121,43 @@ def log_env(log: str, nats_url: str) -> dict[str, str]:
     return {}
 
 
+EXAMPLE = "contexts.system:system"
+"""The example system: in the project's clone (``contexts/``, ``projections/``), not in the
+wheel, whose only top-level package is ``toolkit`` (generic names would shadow a user's)."""
+
+
+def example(app_dir: Path) -> tuple[type[Sales], System]:
+    """The example's sales context and system, imported as ``toolkit --system`` imports a
+    system: from ``app_dir`` (the current folder unless ``--app-dir`` or ``TOOLKIT_APP_DIR``
+    says), else from ``sys.path``. Run from the clone's root, the demo finds it there."""
+    folder = app_dir.resolve()
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    try:
+        from contexts.sales import Sales
+        from contexts.system import system
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the demo runs the example system of the project's clone (contexts/, "
+            f"projections/), which cannot be imported from {folder} ({exc}): run it from "
+            "the clone's root or pass --app-dir <clone>"
+        ) from None
+    if not isinstance(system, System) or {"shipping", "billing"} - set(system.projections):
+        raise ConfigurationError(
+            f"the demo runs the example system of the project's clone, but {EXAMPLE} "
+            f"in {folder} is another one: run it from the clone's root or pass --app-dir <clone>"
+        )
+    return Sales, system
+
+
 async def run_demo(
     settings: Settings, orders: int, customers: int, *, keep: bool = False, log: str = "sqlite"
 ) -> int:
+    sales_type, system = example(settings.app_dir)
     folder = Path(tempfile.mkdtemp(prefix="toolkit-demo-"))
     settings = replace(settings, data_dir=folder, read_model_url=None)  # all in the folder
     try:
-        return await _run(settings, orders, customers, log)
+        return await _run(settings, sales_type, system, orders, customers, log)
     finally:
         if keep:
             console.print(f"data kept in {folder}")
@@ -131,7 +165,14 @@ async def run_demo(
             shutil.rmtree(folder, ignore_errors=True)
 
 
-async def _run(settings: Settings, orders: int, customers: int, log: str) -> int:
+async def _run(
+    settings: Settings,
+    sales_type: type[Sales],
+    system: System,
+    orders: int,
+    customers: int,
+    log: str,
+) -> int:
     sales: Sales | None = None
     stop = asyncio.Event()
     cancelled = threading.Event()
@@ -146,7 +187,7 @@ async def _run(settings: Settings, orders: int, customers: int, log: str) -> int
                 f"[bold]toolkit demo[/] on {where} at {nats.url}, data in {settings.data_dir}, "
                 f"the sales log in {LOGS[log]}"
             )
-            sales = Sales(env=log_env(log, nats.url), data_dir=settings.data_dir)
+            sales = sales_type(env=log_env(log, nats.url), data_dir=settings.data_dir)
             relay = Relay(sales, nats.connection)
             await ensure_stream(nats.js, relay.stream)
             projectors = {
@@ -201,7 +242,7 @@ async def _run(settings: Settings, orders: int, customers: int, log: str) -> int
                 "[green]equal to the live model[/]"
             )
 
-            await _show_endpoints(settings, workload)
+            await _show_endpoints(settings, system, workload)
 
             commands = workload.commands
             table = Table(title="summary")
@@ -236,7 +277,7 @@ async def _run(settings: Settings, orders: int, customers: int, log: str) -> int
     return 0
 
 
-async def _show_endpoints(settings: Settings, workload: Workload) -> None:
+async def _show_endpoints(settings: Settings, system: System, workload: Workload) -> None:
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(

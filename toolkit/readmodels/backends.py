@@ -31,7 +31,8 @@ def open_home(settings: Settings, name: str) -> ReadModelHome:
             from toolkit.readmodels.postgres import PostgresHome
         except ImportError as exc:
             raise ConfigurationError(
-                f"PostgreSQL read models need psycopg ({exc}): pip install 'toolkit[postgres]'"
+                f"PostgreSQL read models need psycopg ({exc}): "
+                "pip install 'jetstream-contexts[postgres]'"
             ) from None
         return PostgresHome(settings.read_model_url, name)
     from toolkit.readmodels.sqlite import SQLiteHome
