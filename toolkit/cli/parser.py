@@ -20,7 +20,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 error (one line says why), 2 bad usage, 130 interrupted.",
     )
     _global_options(parser, None)
-    parser.add_argument("--version", action="version", version=f"toolkit {_version()}")
+    parser.add_argument(
+        "--version", action="version", version=f"toolkit {_version()} ({DISTRIBUTION})"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # The same options after the command too (``toolkit status --data-dir d``): suppressed
     # unless given there, so they never undo what was given before the command.
@@ -145,6 +147,33 @@ def parser() -> argparse.ArgumentParser:
         "--to-seq", type=int, required=True, metavar="N", help="the sequence (0 or more)"
     )
 
+    generations = add(
+        "generations",
+        help="list a projection's generations; switch readers back to a kept one",
+        description="List the generations of a projection's read model, oldest first: the "
+        "one readers use (live), those kept beside it ('toolkit replay --keep-previous', a "
+        "partial replay), one a replay is building; with each its version, checkpoints, "
+        "dead letters, size and when its replay finished. With --use, switch readers to a "
+        "kept generation atomically, as a replay does; the one they used is kept. A running "
+        "'toolkit project' follows within a second and goes on from that generation's own "
+        "checkpoints (catching it up). Refused, with nothing changed, while a replay or "
+        "rewind runs, and for a generation being built, built by another version of the "
+        "projection, or partial (unless --switch-partial).",
+    )
+    generations.add_argument("projection", help="projection name, e.g. shipping")
+    generations.add_argument(
+        "--use",
+        metavar="GENERATION",
+        help="the generation readers should use: its number (2, g000002) or name",
+    )
+    generations.add_argument(
+        "--switch-partial",
+        action="store_true",
+        help="with --use: switch to a partial model too (readers then see only the events "
+        "from its start on)",
+    )
+    generations.add_argument("--json", action="store_true", help="print JSON for machines")
+
     dlq = add(
         "dlq",
         help="list, show, retry or drop a projection's dead letters",
@@ -204,6 +233,21 @@ def parser() -> argparse.ArgumentParser:
         "/webhooks/<context>/dead-letters). Runs until stopped (Ctrl-C or SIGTERM).",
     )
     hooks.add_argument("context", help="context name, e.g. sales")
+    work = add(
+        "work",
+        help="run a work queue's workers (e.g. notifications)",
+        description="Run workers of a work queue the system declares (work_queues): they "
+        "compete for its jobs, a durable JetStream consumer shared by every worker in any "
+        "process; each job is acknowledged when done, handed to another worker when one "
+        "dies or does not answer in time, given up after a few failures. The example's "
+        "notifications sends each placed order's confirmation once, into the outbox "
+        "notifications/outbox.sqlite of the data folder. Waits for the stream while it "
+        "does not exist. Runs until stopped (Ctrl-C or SIGTERM).",
+    )
+    work.add_argument("queue", help="work queue name, e.g. notifications")
+    work.add_argument(
+        "--workers", type=_positive, default=1, metavar="N", help="workers in this process (1)"
+    )
     add(
         "webhooks-key",
         help="print a new key for TOOLKIT_WEBHOOK_KEYS",
@@ -216,11 +260,15 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTION = "jetstream-contexts"
+"""The name on PyPI (``toolkit`` there is another project); the import name is ``toolkit``."""
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("toolkit")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         return "unknown (not installed)"
 
