@@ -9,7 +9,7 @@ from projections.billing.api import router as billing_api
 from projections.notifications import confirmations
 from projections.shipping import Shipments
 from projections.shipping.api import router as shipping_api
-from toolkit.system import System
+from toolkit import System
 
 system = System(
     contexts={"sales": Sales},

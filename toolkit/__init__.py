@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from toolkit.read.workqueue import WorkQueue, WorkStats
     from toolkit.readmodels.interface import Connection as ReadModelConnection
     from toolkit.readmodels.interface import Dialect, ReadModelHome
-    from toolkit.system import System
+    from toolkit.system import System, Work, WorkFactory
     from toolkit.wire.contracts import ContractRegistry, IntegrationEvent, contract
     from toolkit.wire.envelope import Envelope
     from toolkit.wire.subjects import MAX_ID_TOKEN
@@ -73,6 +73,8 @@ _LAZY = {
     "TextAggregate": "toolkit.write.aggregate",
     "Translator": "toolkit.read.translator",
     "UnknownEvent": "toolkit.read.translator",
+    "Work": "toolkit.system",
+    "WorkFactory": "toolkit.system",
     "WorkQueue": "toolkit.read.workqueue",
     "WorkStats": "toolkit.read.workqueue",
     "connect": "toolkit.nats.connection",
@@ -137,6 +139,8 @@ __all__ = [
     "Translator",
     "UnknownAggregate",
     "UnknownEvent",
+    "Work",
+    "WorkFactory",
     "WorkQueue",
     "WorkStats",
     "connect",

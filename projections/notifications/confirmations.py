@@ -15,11 +15,16 @@ from uuid import UUID
 import msgspec
 from nats.aio.client import Client
 
-from toolkit import IntegrationEvent, contract
+from toolkit import (
+    IntegrationEvent,
+    StreamMessage,
+    Translator,
+    UnknownEvent,
+    WorkQueue,
+    WorkStats,
+    contract,
+)
 from toolkit.nats.connection import Connection
-from toolkit.read.reader import StreamMessage
-from toolkit.read.translator import Translator, UnknownEvent
-from toolkit.read.workqueue import WorkQueue, WorkStats
 from toolkit.readmodels.sqlite import connect
 
 sales = Translator("sales")
