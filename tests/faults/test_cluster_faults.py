@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats.errors
 import orjson
 import pytest
 from nats.aio.client import Client
@@ -56,6 +57,24 @@ async def cnc(cluster: EmbeddedCluster) -> AsyncIterator[Client]:
         await asyncio.sleep(0.1)
     yield client
     await client.close()
+
+
+async def settled(nc: Client, within: float = 30) -> None:
+    """Until the stream has a leader and every replica is current again: a server just
+    restarted catches up first, and requests to the stream meanwhile may time out."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            info = await nc.jetstream().stream_info("sales")
+            cluster = info.cluster
+            replicas = (cluster.replicas or []) if cluster else []
+            led = cluster is not None and bool(cluster.leader)
+            if led and len(replicas) == 2 and all(p.current and not p.offline for p in replicas):
+                return
+        except nats.errors.Error:
+            pass
+        assert asyncio.get_running_loop().time() < deadline, "the stream did not settle"
+        await asyncio.sleep(0.1)  # JetStream has no event for a replica catching up
 
 
 async def leader(nc: Client) -> str:
@@ -116,6 +135,7 @@ async def test_a_catch_up_rides_out_the_stream_leader_killed(
             stats = await asyncio.wait_for(projecting, 90)
             if fault:
                 cluster.server(victim).start()
+                await settled(cnc)
             assert store.checkpoint("sales") == head
             report(f"{'faulted' if fault else 'clean'} build: {stats.applied:,} applied")
             return dump(store.db)
