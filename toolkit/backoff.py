@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-__all__ = ["Backoff", "delay_after", "pause"]
+__all__ = ["Backoff", "delay_after", "pause", "unless_stopped"]
+
+T = TypeVar("T")
 
 _MAX_DOUBLINGS = 64
 """Past this many doublings every delay is capped anyway (and 2**n stays a float)."""
@@ -52,6 +55,29 @@ async def pause(stop: asyncio.Event | None, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
     return stop.is_set()
+
+
+async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None once ``stop`` is set first (``work`` is then cancelled).
+
+    For reads with nothing to undo: a request to a server that went away waits its full
+    timeout, and a process told to stop (SIGTERM to its whole group, the server
+    included) should not wait it out."""
+    task = asyncio.ensure_future(work)
+    if stop.is_set():
+        task.cancel()
+    else:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task  # let it unwind (a reader's finally blocks) before going on
+    return None
 
 
 class Backoff:

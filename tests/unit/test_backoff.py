@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from toolkit.backoff import Backoff, delay_after, pause
+from toolkit.backoff import Backoff, delay_after, pause, unless_stopped
 
 
 def test_delays_double_up_to_the_maximum() -> None:
@@ -86,3 +86,41 @@ async def test_a_wait_that_is_not_stopped_says_so() -> None:
     stop = asyncio.Event()
     assert await Backoff(first=0.01, maximum=0.01).wait(stop) is False
     assert await pause(None, 0.0) is False
+
+
+async def test_unless_stopped_gives_the_result_of_work_done_first() -> None:
+    stop = asyncio.Event()
+    assert await unless_stopped(stop, asyncio.sleep(0, result=7)) == 7
+    assert not stop.is_set()
+
+
+async def test_unless_stopped_cancels_the_work_once_stopped_and_lets_it_unwind() -> None:
+    stop = asyncio.Event()
+    started, unwound = asyncio.Event(), asyncio.Event()
+
+    async def request() -> int:  # a request to a server that went away: its full timeout
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            unwound.set()
+        return 1
+
+    waiting = asyncio.ensure_future(unless_stopped(stop, request()))
+    await started.wait()
+    stop.set()
+    assert await asyncio.wait_for(waiting, 5) is None
+    assert unwound.is_set()  # its finally blocks ran before unless_stopped returned
+
+
+async def test_unless_stopped_does_not_start_work_once_stopped() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    ran = []
+
+    async def work() -> int:
+        ran.append(1)
+        return 1
+
+    assert await unless_stopped(stop, work()) is None
+    assert ran == []

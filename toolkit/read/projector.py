@@ -396,11 +396,17 @@ class Projector(OnConnection):
         idle_since = asyncio.get_running_loop().time()
         try:
             while not stop.is_set():
-                batch = await reader.next_batch(max_wait=0.25)
+                # Reads end when told to stop: nothing to undo, and a server gone with
+                # this process (the same SIGTERM) would hold them for a request's timeout.
+                batch = await backoff.unless_stopped(stop, reader.next_batch(max_wait=0.25))
+                if batch is None:
+                    return
                 # Catching up, gather a bigger transaction: a commit rewrites every page
                 # it touched, so fewer, larger ones write far less. At the head, apply at once.
                 while batch and reader.pending and len(batch) < self.transaction_size:
-                    more = await reader.next_batch(max_wait=1.0)
+                    more = await backoff.unless_stopped(stop, reader.next_batch(max_wait=1.0))
+                    if more is None:
+                        return
                     if not more:
                         break
                     batch += more

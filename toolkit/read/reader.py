@@ -28,6 +28,11 @@ from nats.js.errors import NotFoundError
 
 _STATUS = "Status"
 _DESCRIPTION = "Description"
+CLOSE_WITHIN = 1.0
+"""Seconds a closing reader waits to delete its consumer: a courtesy (the server drops an
+ephemeral consumer idle for a minute anyway), so a reader stopping while its server is
+gone (SIGTERM to a whole process group, the embedded server included) stops at once
+rather than after the JetStream request's full timeout."""
 
 
 @dataclass(slots=True)
@@ -111,7 +116,7 @@ class StreamReader:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
             self._sub = None
-        await self._delete_consumer()
+        await self._delete_consumer(within=CLOSE_WITHIN)
 
     async def next_batch(self, max_wait: float | None = None) -> list[StreamMessage]:
         """The messages that arrived since the last call, in order; waits up to ``max_wait``
@@ -165,10 +170,10 @@ class StreamReader:
         self._received = 0
         self._reset_needed = False
 
-    async def _delete_consumer(self) -> None:
+    async def _delete_consumer(self, within: float | None = None) -> None:
         if self._consumer is not None and self.client.is_connected:
             with contextlib.suppress(NotFoundError, Exception):
-                await self.js.delete_consumer(self.stream, self._consumer)
+                await asyncio.wait_for(self.js.delete_consumer(self.stream, self._consumer), within)
         self._consumer = None
 
     async def _reset(self) -> None:
