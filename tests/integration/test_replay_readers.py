@@ -5,6 +5,7 @@ generation."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,18 +26,22 @@ from toolkit.http.app import create_app
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.readmodels.sqlite import SQLiteHome
 
+EVENTS = 200_000 if os.environ.get("TOOLKIT_NIGHTLY") == "1" else 50_000
+"""Events replayed under the readers: enough for hundreds of reads during the replay on
+every run, four times as many in the nightly run (37 s on two cores)."""
+
 
 @pytest.mark.timeout(240)
-async def test_readers_see_a_whole_model_throughout_a_200k_replay(
+async def test_readers_see_a_whole_model_throughout_a_replay(
     nats_server: EmbeddedServer, nc: Client, data_dir: Path
 ) -> None:
     sales = Sales(data_dir=data_dir)
     try:
-        fill_log(sales, 200_000)
+        fill_log(sales, EVENTS)
         head = await relay_all(sales, nc)
     finally:
         sales.close()
-    assert head >= 200_000
+    assert head >= EVENTS
     await project_all(Shipments(), data_dir, nc)
     home = SQLiteHome(data_dir, "shipping")
     before = home.current()
@@ -79,7 +84,7 @@ async def test_readers_see_a_whole_model_throughout_a_200k_replay(
         await reading
     after = home.current()
     assert after is not None and after != before and not before.exists()
-    assert len(outcomes) > 200, (len(outcomes), replay_seconds)  # read all along
+    assert len(outcomes) > 100, (len(outcomes), replay_seconds)  # read all along
     assert {status for status, _, _ in outcomes} == {200}
     assert all(seen == 1 or seen == 500 for _, _, seen in outcomes)  # never empty, never partial
     generations = [model for _, model, _ in outcomes]
