@@ -595,7 +595,8 @@ def run_suite(
     return run
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks`` (the docs' commands are checked by it)."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Run every benchmark beside its peers; write a report with plots.",
@@ -611,7 +612,11 @@ def main(argv: list[str] | None = None) -> int:
         "--with-10m", action="store_true", help="catch-up and replay at 10M events too"
     )
     parser.add_argument("--out", type=Path, help="where report.md and the plots go")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     size_name = args.size or ("quick" if args.quick else "full")
     sizes = SIZES[size_name]
     if args.with_10m:

@@ -8,6 +8,11 @@ way a reader would follow it:
 - ```` ```bash ````: run with ``bash -euo pipefail``, which must exit 0; jobs it leaves in the
   background (``toolkit serve --port 8000 &``) are stopped when the page ends;
 - ```` ```json ````: must parse;
+- ```` ```ini ```` (a systemd unit): must parse, and its ``ExecStart`` commands as below;
+- ```` ```bash ```` right after ``<!-- parsed, not run: <why> -->`` (commands that take
+  hours, or need a server the page cannot start): each line's command is parsed by the
+  command's own argument parser (``toolkit``, ``python3 -m benchmarks``), which must
+  accept it;
 - ```` ```text ````: not code (diagrams, sample output), never run.
 
 Any other fence fails. The workspace and the clone are on ``PYTHONPATH`` (the example
@@ -20,9 +25,12 @@ command is what ``.ci/run`` runs.
 
 from __future__ import annotations
 
+import argparse
+import configparser
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -40,7 +48,9 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(
+    r"^(<!-- parsed, not run: [^>]*-->\n)?```([^\n`]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE
+)
 FILE = re.compile(r"#\s*file:\s*(\S+)")
 QUICKSTART = (
     "python3 -m pip install -e . && toolkit demo",
@@ -61,6 +71,7 @@ class Block:
     line: int
     lang: str
     code: str
+    parsed_only: bool = False
 
     def __str__(self) -> str:
         return f"{self.page.relative_to(ROOT)}:{self.line} ({self.lang or 'no language'})"
@@ -69,7 +80,13 @@ class Block:
 def blocks(page: Path) -> list[Block]:
     text = page.read_text(encoding="utf-8")
     return [
-        Block(page, text.count("\n", 0, m.start()) + 1, m.group(1).strip(), m.group(2))
+        Block(
+            page,
+            text.count("\n", 0, m.start(2)) + 1,
+            m.group(2).strip(),
+            m.group(3),
+            parsed_only=bool(m.group(1)),
+        )
         for m in FENCE.finditer(text)
     ]
 
@@ -153,6 +170,21 @@ def _run(block: Block, workspace: Path, port: int, groups: list[int]) -> str:
         except orjson.JSONDecodeError as exc:
             pytest.fail(f"{block}: not JSON: {exc}")
         return ""
+    if block.lang == "ini":
+        unit = configparser.ConfigParser(strict=True, interpolation=None)
+        unit.optionxform = str  # type: ignore[assignment,method-assign]
+        unit.read_string(block.code)
+        for section in unit.values():
+            for key, value in section.items():
+                assert "#" not in value, f"{block}: systemd has no comments after a value: {key}"
+                if key == "ExecStart":
+                    _parses(block, value)
+        return ""
+    if block.lang == "bash" and block.parsed_only:
+        for line in block.code.splitlines():
+            if line.split("#")[0].strip():
+                _parses(block, line.split("#")[0])
+        return ""
     if block.lang == "python":
         first = block.code.splitlines()[0] if block.code.strip() else ""
         if named := FILE.fullmatch(first.strip()):
@@ -167,7 +199,7 @@ def _run(block: Block, workspace: Path, port: int, groups: list[int]) -> str:
         code = code.replace("--port 8000", f"--port {port}")
         command = ["bash", "-euo", "pipefail", "-c", code]
     else:
-        pytest.fail(f"{block}: a fence must be python, bash, json or text")
+        pytest.fail(f"{block}: a fence must be python, bash, json, ini or text")
     said = workspace.parent / f"block-{block.line}.log"
     with said.open("wb") as log:
         process = subprocess.Popen(
@@ -187,6 +219,28 @@ def _run(block: Block, workspace: Path, port: int, groups: list[int]) -> str:
     output = said.read_text(errors="replace")
     assert code_ == 0, f"{block} exited {code_}:\n{output[-4000:]}"
     return output
+
+
+def _parses(block: Block, line: str) -> None:
+    """``line``'s command is accepted by its own argument parser (nothing runs)."""
+    words = shlex.split(line)
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+        words.pop(0)  # VAR=value before the command
+    parse: argparse.ArgumentParser
+    if words and Path(words[0]).name == "toolkit":
+        from toolkit.cli.parser import parser as toolkit_parser
+
+        parse, args = toolkit_parser(), words[1:]
+    elif words[:3] == ["python3", "-m", "benchmarks"]:
+        from benchmarks.suite import parser as benchmarks_parser
+
+        parse, args = benchmarks_parser(), words[3:]
+    else:
+        pytest.fail(f"{block}: no parser known for {line.strip()!r}")
+    try:
+        parse.parse_args(args)
+    except SystemExit:
+        pytest.fail(f"{block}: {line.strip()!r} is refused by its command's parser")
 
 
 def _environment(workspace: Path) -> dict[str, str]:
@@ -226,3 +280,12 @@ def _wait_gone(group: int, within: float = 15.0) -> None:
         time.sleep(0.05)  # a process group has no handle to wait on
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGKILL)
+
+
+def test_a_command_its_parser_refuses_fails_the_page() -> None:
+    block = Block(README, 1, "bash", "", parsed_only=True)
+    _parses(block, "TOOLKIT_DATA_DIR=d toolkit status --json")
+    _parses(block, "python3 -m benchmarks --only latency catchup")
+    for refused in ("toolkit projekt shipping", "python3 -m benchmarks --fast", "make all"):
+        with pytest.raises(pytest.fail.Exception):
+            _parses(block, refused)

@@ -62,7 +62,8 @@ async def shipping_projector(
             stop.set()
             await task
             store.close()
-            await client.close()
+            with contextlib.suppress(ConnectionError):  # nats-py, when the server just went
+                await client.close()
 
 
 @contextlib.asynccontextmanager

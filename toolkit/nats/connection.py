@@ -352,7 +352,10 @@ class Connection:
             with contextlib.suppress(Exception):  # no server: it cannot drain
                 await client.drain()
         if not client.is_closed:
-            await client.close()
+            # nats-py's close flushes the socket first and raises when the server has
+            # just gone (ConnectionResetError): closing is all that is left to do then.
+            with contextlib.suppress(ConnectionError):
+                await client.close()
 
 
 def _closed_by(client: Client) -> str:
