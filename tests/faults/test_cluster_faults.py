@@ -6,6 +6,7 @@ what it verified."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import nats.errors
 import orjson
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from benchmarks.relay import fill_log
 from contexts.sales import Sales
@@ -32,23 +34,29 @@ pytestmark = pytest.mark.timeout(150)
 R3 = StreamSpec("sales", replicas=3)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(tmp_path / "cluster") as servers:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """One cluster for the module (three servers electing a JetStream leader take about
+    5 s to start); each test gets it whole again and without a stream (see ``cnc``)."""
+    with EmbeddedCluster(tmp_path_factory.mktemp("cluster")) as servers:
         yield servers
 
 
 @pytest.fixture
 async def cnc(cluster: EmbeddedCluster) -> AsyncIterator[Client]:
-    """A client of the cluster, once JetStream has a meta leader."""
+    """A client of the cluster, once all three servers run (a test before may have
+    stopped some), JetStream has a meta leader, and no stream is left from a test before."""
+    cluster.start()  # those a test before killed or stopped
     client = await connect(cluster.url)
     js = client.jetstream()
 
     async def ready() -> bool:
         try:
             await js.account_info()
-            return True
-        except Exception:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream("sales")
+            return (await js.account_info()).streams == 0
+        except nats.errors.Error:
             return False
 
     deadline = asyncio.get_running_loop().time() + 30
