@@ -273,6 +273,11 @@ def test_the_eager_import_finder_sees_module_level_imports(tmp_path: Path) -> No
 def test_commands_that_serve_no_http_import_no_web_framework(module: str) -> None:
     """What the CLI imports, as Python really imports it (``python -X importtime`` shows the
     same): no FastAPI, Starlette, uvicorn or pydantic."""
+    assert sorted(imported_by(module) & set(WEB_FRAMEWORKS)) == []
+
+
+def imported_by(module: str) -> set[str]:
+    """The top-level packages importing ``module`` loads, in a fresh interpreter."""
     loaded = subprocess.run(
         [sys.executable, "-c", f"import sys, {module}; print(' '.join(sys.modules))"],
         capture_output=True,
@@ -280,17 +285,10 @@ def test_commands_that_serve_no_http_import_no_web_framework(module: str) -> Non
         check=True,
         cwd=ROOT,
     ).stdout.split()
-    assert sorted({name.split(".")[0] for name in loaded} & set(WEB_FRAMEWORKS)) == []
+    return {name.split(".")[0] for name in loaded}
 
 
 def test_the_command_line_parses_before_importing_nats_or_eventsourcing() -> None:
     """``toolkit --help`` and usage errors only build the parser."""
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, toolkit.cli; print(' '.join(sys.modules))"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout.split()
-    roots = {name.split(".")[0] for name in loaded}
+    roots = imported_by("toolkit.cli")
     assert roots.isdisjoint({"nats", "eventsourcing", "rich", "msgspec"}), sorted(roots)

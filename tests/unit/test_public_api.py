@@ -3,13 +3,12 @@ the package stays light (its names are imported on first use)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import toolkit
+from tests.unit.test_architecture import imported_by
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,13 +37,6 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
 
 def test_importing_toolkit_imports_no_nats_eventsourcing_or_web_framework() -> None:
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, toolkit; print(' '.join(sys.modules))"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout.split()
-    roots = {name.split(".")[0] for name in loaded}
+    roots = imported_by("toolkit")
     heavy = {"nats", "eventsourcing", "fastapi", "starlette", "pydantic", "msgspec"}
     assert roots.isdisjoint(heavy), sorted(roots & heavy)
