@@ -39,6 +39,8 @@ LAYERS: dict[str, int] = {
     "toolkit.read": 3,
     # the composition root's type, then what operators see
     "toolkit.system": 4,
+    # policies: a context reacting to foreign streams (both sides)
+    "toolkit.react": 4,
     "toolkit.ops": 5,
     # the testing kit: both sides and a read model, without NATS
     "toolkit.testing": 5,

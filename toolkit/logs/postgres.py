@@ -17,7 +17,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresProcessRecorder
 
 M = TypeVar("M", bound=Callable[..., Any])
 
@@ -39,3 +39,11 @@ class TextIdPostgresRecorder(PostgresApplicationRecorder):
 
     construct_pg_stored_event = _with_text_id(PostgresApplicationRecorder.construct_pg_stored_event)
     select_events = _with_text_id(PostgresApplicationRecorder.select_events)
+
+
+class TextIdPostgresProcessRecorder(PostgresProcessRecorder):
+    """eventsourcing's PostgreSQL process recorder (events and tracking records in one
+    transaction), with UUIDs passed as text as :class:`TextIdPostgresRecorder` does."""
+
+    construct_pg_stored_event = _with_text_id(PostgresProcessRecorder.construct_pg_stored_event)
+    select_events = _with_text_id(PostgresProcessRecorder.select_events)

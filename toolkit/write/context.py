@@ -21,11 +21,11 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, get_args, get_origin
+from typing import Any, ClassVar, cast, get_args, get_origin
 from uuid import UUID
 
-from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.application import Application, ProcessingEvent, Repository
+from eventsourcing.persistence import IntegrityError, ProcessRecorder, Recording, Tracking
 from eventsourcing.utils import Environment, EnvType
 from typing_extensions import TypeVar
 
@@ -47,6 +47,10 @@ class BoundedContext(Application[ID]):
     text_ids: ClassVar[bool] = False
     """Whether the context's type argument admits text ids: its log is then made to store
     them (``ORIGINATOR_ID_TYPE=text``)."""
+    reacts: ClassVar[bool] = False
+    """Whether policies run on this context (:mod:`toolkit.react`): its log is then
+    eventsourcing's process recorder, which stores a tracking record of the foreign
+    message a save reacted to in the same transaction as the save's events."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,7 +65,24 @@ class BoundedContext(Application[ID]):
         self._saved_listeners: list[Callable[[list[Recording[Any]]], None]] = []
         self._listeners_lock = threading.Lock()
         self._recorded = threading.local()
+        self._processing = threading.local()
         super().__init__(env)
+
+    def construct_recorder(self) -> Any:
+        """eventsourcing's application recorder, or its process recorder (events and
+        tracking records in one transaction) for a context that :attr:`reacts`."""
+        if self.reacts:
+            return self.factory.process_recorder()
+        return super().construct_recorder()
+
+    def construct_repository(self) -> Repository[ID]:
+        """eventsourcing's repository, configured as eventsourcing does, that also finds
+        the aggregates saved earlier in the message being processed (:meth:`processing`):
+        a reaction may create an aggregate, then run a command on it."""
+        repository = super().construct_repository()
+        repository.__class__ = _ProcessingRepository  # eventsourcing's, plus a look first
+        cast(_ProcessingRepository, repository).processing = self._processing
+        return repository
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
         environment = super().construct_env(name, env)
@@ -80,6 +101,10 @@ class BoundedContext(Application[ID]):
                 environment["APPLICATION_RECORDER_TOPIC"] = (
                     "toolkit.logs.postgres:TextIdPostgresRecorder"  # UUIDs too, as text
                 )
+            if postgres and not environment.get("PROCESS_RECORDER_TOPIC"):
+                environment["PROCESS_RECORDER_TOPIC"] = (
+                    "toolkit.logs.postgres:TextIdPostgresProcessRecorder"
+                )
         if not environment.get("TRANSCODER_TOPIC"):
             environment["TRANSCODER_TOPIC"] = "toolkit.write.transcoder:OrjsonTranscoder"
         if not environment.get("PERSISTENCE_MODULE"):
@@ -93,14 +118,57 @@ class BoundedContext(Application[ID]):
         """Save like eventsourcing does; a concurrent change of the same aggregate raises
         :class:`~toolkit.errors.ConflictError`, an id no log could keep alike or no
         subject could carry :class:`~toolkit.errors.InvalidCommand`, and either stores
-        nothing of this save."""
+        nothing of this save.
+
+        Inside :meth:`processing` (on this thread) nothing is stored yet: the events are
+        collected, to be recorded when the block ends, and ``[]`` is returned."""
+        collecting: ProcessingEvent[ID] | None = getattr(self._processing, "event", None)
+        if collecting is not None:
+            before = len(collecting.events)
+            collecting.collect_events(*objs, **kwargs)
+            for domain_event in collecting.events[before:]:
+                if type(domain_event.originator_id) is not UUID:
+                    check_id(domain_event.originator_id)
+            return []
         try:
             return super().save(*objs, **kwargs)
         except IntegrityError:
-            raise ConflictError(
-                "an aggregate was changed by another command since it was loaded; "
-                "nothing was saved: reload it and try again"
-            ) from None
+            raise _conflict() from None
+
+    @contextlib.contextmanager
+    def processing(self, tracking: Tracking) -> Iterator[ProcessingEvent[ID]]:
+        """Inside, this thread's saves are collected into one processing event; when the
+        block ends they are recorded with ``tracking`` in one transaction of the log
+        (eventsourcing's process recorder), then listeners are told as after a save.
+        If the block raises, nothing is recorded: neither the events nor the tracking.
+
+        A tracking record that does not move its position forward (another process
+        recorded it first) raises :class:`~toolkit.errors.ConflictError`, as does a
+        concurrent change of a saved aggregate; nothing is stored then either."""
+        if not isinstance(self.recorder, ProcessRecorder):
+            raise ConfigurationError(
+                f"context {self.name} keeps no tracking records: set reacts = True on "
+                f"{type(self).__name__} to run policies on it"
+            )
+        if getattr(getattr(self.recorder, "datastore", None), "enable_db_functions", False):
+            raise ConfigurationError(  # eventsourcing's insert function drops the tracking
+                f"context {self.name} runs policies: its PostgreSQL log must not set "
+                "POSTGRES_ENABLE_DB_FUNCTIONS (its insert function stores no tracking record)"
+            )
+        if getattr(self._processing, "event", None) is not None:
+            raise RuntimeError("already processing a message on this thread")
+        processing_event: ProcessingEvent[ID] = ProcessingEvent(tracking)
+        self._processing.event = processing_event
+        try:
+            yield processing_event
+        finally:
+            self._processing.event = None
+        try:
+            recordings = self._record(processing_event)
+        except IntegrityError:
+            raise _conflict() from None
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
 
     def _record(self, processing_event: ProcessingEvent[ID]) -> list[Recording[ID]]:
         """Every save passes here before its events go to the log, whichever the log."""
@@ -158,6 +226,27 @@ class BoundedContext(Application[ID]):
             listeners = list(self._saved_listeners)
         for listener in listeners:
             listener(recordings)
+
+
+class _ProcessingRepository(Repository[Any]):
+    """Looks first among the aggregates its context's thread is saving in
+    :meth:`BoundedContext.processing` (their events not recorded yet)."""
+
+    processing: threading.local
+
+    def get(self, aggregate_id: Any, *, version: int | None = None, **kwargs: Any) -> Any:
+        if version is None:
+            processing = getattr(self.processing, "event", None)
+            if processing is not None and aggregate_id in processing.aggregates:
+                return processing.aggregates[aggregate_id]
+        return super().get(aggregate_id, version=version, **kwargs)
+
+
+def _conflict() -> ConflictError:
+    return ConflictError(
+        "an aggregate was changed by another command since it was loaded; "
+        "nothing was saved: reload it and try again"
+    )
 
 
 def check_id(originator_id: UUID | str) -> None:

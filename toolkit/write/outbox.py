@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from uuid import UUID
 
 from eventsourcing.persistence import Recording
-from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteProcessRecorder
 
 from toolkit.write.published import OutgoingMessage, Publishable
 from toolkit.write.transcoder import decode_uuid
@@ -176,8 +176,9 @@ class Outbox:
 def _sqlite_rows(context: BoundedContext[Any], topics: list[str]) -> Rows | None:
     """The query of eventsourcing's SQLite recorder, returning tuples."""
     recorder = context.recorder
-    if type(recorder) is not SQLiteApplicationRecorder or not topics:
+    if type(recorder) not in (SQLiteApplicationRecorder, SQLiteProcessRecorder) or not topics:
         return None
+    assert isinstance(recorder, SQLiteApplicationRecorder)  # a process recorder is one too
     datastore = recorder.datastore
     statement = (
         f"SELECT rowid, originator_id, originator_version, topic, state "

@@ -1,0 +1,17 @@
+"""Policies: a context reacting to other contexts' events, exactly once.
+
+A policy belongs to the consuming context. It reads foreign streams through its
+translators (the anti-corruption layer) and, for each fact, runs commands on its own
+context. The events the commands of one foreign message cause and a tracking record of
+that message's stream sequence are written in one transaction of the context's log
+(eventsourcing's process recorder), so a message's effects are stored once or not at
+all, whatever crashes, and a restart goes on after the tracking record.
+
+- :mod:`~toolkit.react.policy`: what a policy declares (:class:`Policy`);
+- :mod:`~toolkit.react.runner`: applying stream messages to it (:class:`PolicyRunner`).
+"""
+
+from toolkit.react.policy import Policy
+from toolkit.react.runner import Counts, PolicyRunner, Rejection
+
+__all__ = ["Counts", "Policy", "PolicyRunner", "Rejection"]

@@ -1,0 +1,70 @@
+"""What a policy declares: its name, the foreign streams it reads (through translators
+of its own) and its reaction to each fact, in commands on its own context."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Generic
+
+from typing_extensions import TypeVar
+
+from toolkit.errors import ConfigurationError
+from toolkit.read.translator import Translator
+from toolkit.wire import check_name
+from toolkit.write.context import BoundedContext
+
+C = TypeVar("C", bound=BoundedContext[Any])
+
+
+class Policy(Generic[C]):
+    """Base for a policy of context ``C``: set ``name`` and ``translators`` and write
+    :meth:`react`::
+
+        class Shipments(Policy[Shipping]):
+            name = "shipments"
+            translators = (sales,)
+
+            def react(self, fact: object, shipping: Shipping) -> None:
+                if isinstance(fact, OrderAccepted):
+                    shipping.create_shipment(fact.order_id)
+
+    A reaction runs commands and nothing else that leaves a trace: it may run again
+    after a crash before its effects were stored (they never are twice), and its
+    effects are the commands' saved events only.
+    """
+
+    name: ClassVar[str]
+    translators: ClassVar[tuple[Translator, ...]] = ()
+
+    def __init__(self) -> None:
+        name = getattr(self, "name", None)
+        if name is None:
+            raise ConfigurationError(f"policy {type(self).__name__} has no name")
+        check_name("policy", name)
+        if not self.translators:
+            raise ConfigurationError(f"policy {name} reads no stream: give it translators")
+        streams = [translator.stream for translator in self.translators]
+        if len(set(streams)) != len(streams):
+            raise ConfigurationError(f"policy {name} has two translators of one stream")
+        self._translators = {translator.stream: translator for translator in self.translators}
+
+    @property
+    def streams(self) -> list[str]:
+        """The foreign streams it reads."""
+        return list(self._translators)
+
+    def translator(self, stream: str) -> Translator:
+        """Its translator of ``stream``."""
+        try:
+            return self._translators[stream]
+        except KeyError:
+            raise ConfigurationError(f"policy {self.name} does not read stream {stream}") from None
+
+    def tracking_name(self, stream: str) -> str:
+        """The name its tracking records of ``stream`` have in the context's log."""
+        return f"{self.name}:{stream}"
+
+    def react(self, fact: object, context: C) -> None:
+        """Run the commands ``fact`` calls for on ``context``. A command refused with
+        :class:`~toolkit.errors.InvalidCommand` makes the whole message a rejection:
+        nothing of it is stored, its reason is kept, and the policy moves on."""
+        raise NotImplementedError

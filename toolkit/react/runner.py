@@ -1,0 +1,204 @@
+"""Applying stream messages to a policy, each exactly once.
+
+Each message a policy reacts to is one transaction of its context's log: the events its
+commands cause and a tracking record (``Tracking(<policy>:<stream>, <sequence>)``),
+written by eventsourcing's process recorder (SQLite, PostgreSQL, the JetStream log).
+So a message at or below the tracking record was processed, and is passed over when
+delivered again; a message whose reaction or recording failed left nothing, and is
+processed again next time. Messages that cause nothing (event types the policy does not
+read) are passed over without a transaction of their own: the next recorded message's
+tracking covers them, or one tracking record at the end of the batch.
+
+This is the core of ``toolkit react`` without NATS: a reader hands batches of
+:class:`~toolkit.read.reader.StreamMessage` to :meth:`PolicyRunner.apply`, starting after
+:meth:`PolicyRunner.position`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic
+
+from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+from typing_extensions import TypeVar
+
+from toolkit import wire
+from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, PoisonMessage
+from toolkit.react.policy import Policy
+from toolkit.read.reader import StreamMessage
+from toolkit.read.translator import UnknownEvent
+from toolkit.write.context import BoundedContext
+
+C = TypeVar("C", bound=BoundedContext[Any])
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counts:
+    """What became of the messages of one or more batches."""
+
+    reacted: int = 0
+    """Messages reacted to: their events (if any) and tracking stored together."""
+    events: int = 0
+    """Events of the context those reactions stored."""
+    skipped: int = 0
+    """Event types the policy does not read (tolerant reader)."""
+    duplicates: int = 0
+    """Messages at or below the tracking record: processed already."""
+    rejected: int = 0
+    """Messages whose reaction a command refused, or that the stream's relay did not
+    publish: recorded as processed, nothing else stored, the reason kept."""
+
+    def count(self, other: Counts) -> None:
+        """Count ``other``'s messages too."""
+        self.reacted += other.reacted
+        self.events += other.events
+        self.skipped += other.skipped
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message recorded as processed without effects, and why."""
+
+    stream: str
+    sequence: int
+    subject: str
+    type: str | None
+    """The event type of its envelope (None when it has no readable envelope)."""
+    reason: str
+
+
+class PolicyRunner(Generic[C]):
+    """Applies messages of the policy's streams to it, on ``context``, exactly once.
+
+    ``on_rejected`` is called with each :class:`Rejection` after it is recorded; the
+    runner also keeps them, in :attr:`rejected`. Any other failure of a reaction raises
+    :class:`~toolkit.errors.PoisonMessage` naming the message, after the messages before
+    it were recorded: retrying the batch goes on from there.
+    """
+
+    def __init__(
+        self,
+        policy: Policy[C],
+        context: C,
+        *,
+        on_rejected: Callable[[Rejection], None] | None = None,
+    ) -> None:
+        if not isinstance(context.recorder, ProcessRecorder):
+            raise ConfigurationError(
+                f"policy {policy.name} runs on context {context.name}, which keeps no "
+                f"tracking records: set reacts = True on {type(context).__name__}"
+            )
+        self.policy = policy
+        self.context = context
+        self.recorder: ProcessRecorder = context.recorder
+        self.on_rejected = on_rejected
+        self.rejected: list[Rejection] = []
+        self._positions: dict[str, int] = {}
+
+    def position(self, stream: str) -> int:
+        """The last sequence of ``stream`` recorded as processed (0 before the first):
+        a reader starts after it."""
+        position = self._positions.get(stream)
+        if position is None:
+            name = self.policy.tracking_name(self.policy.translator(stream).stream)
+            position = self._positions[stream] = self.recorder.max_tracking_id(name) or 0
+        return position
+
+    def apply(self, messages: Sequence[StreamMessage]) -> Counts:
+        """React to each message not processed yet, in order, each in one transaction."""
+        counts = Counts()
+        passed: dict[str, int] = {}  # stream -> last sequence passed over, not recorded
+        try:
+            for message in messages:
+                self._apply(message, counts, passed)
+        finally:
+            self._record_passed(passed)
+        return counts
+
+    def _apply(self, message: StreamMessage, counts: Counts, passed: dict[str, int]) -> None:
+        stream, sequence = message.stream, message.sequence
+        translator = self.policy.translator(stream)
+        if sequence <= max(self.position(stream), passed.get(stream, 0)):
+            counts.duplicates += 1
+            return
+        head = wire.relayed_head(stream, message.headers.get(wire.MSG_ID), message.data)
+        if isinstance(head, str):
+            reason = f"not published by the {stream} relay: {head}"
+            self._reject(message, None, reason, counts)
+            return
+        try:
+            facts = translator.translate(message, head)
+        except UnknownEvent:
+            counts.skipped += 1
+            passed[stream] = sequence
+            return
+        except Exception as exc:  # a contract broken, a version not read yet, a bug
+            raise self._poison(message, exc) from exc
+        tracking = Tracking(self.policy.tracking_name(stream), sequence)
+        try:
+            with self.context.processing(tracking) as processing:
+                for fact in facts:
+                    self.policy.react(fact, self.context)
+        except InvalidCommand as exc:
+            self._reject(message, head.type, str(exc), counts)
+            return
+        except ConflictError as exc:
+            if self._processed_elsewhere(stream, sequence):
+                counts.duplicates += 1
+                return
+            raise self._poison(message, exc) from exc
+        except Exception as exc:
+            raise self._poison(message, exc) from exc
+        self._positions[stream] = sequence
+        counts.reacted += 1
+        counts.events += len(processing.events)
+
+    def _reject(
+        self, message: StreamMessage, type_: str | None, reason: str, counts: Counts
+    ) -> None:
+        """Record ``message`` as processed with no effect, and keep why."""
+        stream, sequence = message.stream, message.sequence
+        try:
+            with self.context.processing(Tracking(self.policy.tracking_name(stream), sequence)):
+                pass
+        except ConflictError as exc:
+            if self._processed_elsewhere(stream, sequence):
+                counts.duplicates += 1
+                return
+            raise self._poison(message, exc) from exc
+        self._positions[stream] = sequence
+        counts.rejected += 1
+        rejection = Rejection(stream, sequence, message.subject, type_, reason)
+        log.warning("policy %s rejected %s/%d: %s", self.policy.name, stream, sequence, reason)
+        self.rejected.append(rejection)
+        if self.on_rejected is not None:
+            self.on_rejected(rejection)
+
+    def _processed_elsewhere(self, stream: str, sequence: int) -> bool:
+        """Whether another runner recorded ``sequence`` first (its tracking won)."""
+        self._positions.pop(stream, None)
+        return self.position(stream) >= sequence
+
+    def _record_passed(self, passed: dict[str, int]) -> None:
+        """One tracking record for the messages passed over at the end of a batch."""
+        for stream, sequence in passed.items():
+            if sequence > self.position(stream):
+                tracking = Tracking(self.policy.tracking_name(stream), sequence)
+                with contextlib.suppress(IntegrityError):  # another runner went further
+                    self.recorder.insert_tracking(tracking)
+                self._positions.pop(stream, None)
+
+    def _poison(self, message: StreamMessage, exc: Exception) -> PoisonMessage:
+        return PoisonMessage(
+            f"policy {self.policy.name} failed on {message.stream} at sequence "
+            f"{message.sequence}: {type(exc).__name__}: {exc}",
+            stream=message.stream,
+            sequence=message.sequence,
+            cause=exc,
+        )
