@@ -190,9 +190,13 @@ def measure(
     return best
 
 
-def report(requests: int, results: dict[str, tuple[float, float, float]]) -> Table:
+def report(
+    requests: int, results: dict[str, tuple[float, float, float]], *, concurrency: int = 32
+) -> Table:
     baseline = results[BASELINE][0]
-    table = Table(title=f"reading one item by id, {requests:,} requests at concurrency 32")
+    table = Table(
+        title=f"reading one item by id, {requests:,} requests at concurrency {concurrency}"
+    )
     for column in ("server", "requests/s", "ratio to baseline", "p50 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "server" else "right")
     for name, (rate, p50, p99) in results.items():
@@ -225,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-http-") as folder:
         results = measure(args.orders, args.requests, Path(folder), concurrency=args.concurrency)
-    Console().print(report(args.requests, results))
+    Console().print(report(args.requests, results, concurrency=args.concurrency))
 
 
 if __name__ == "__main__":

@@ -359,7 +359,7 @@ def http_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
             "process; one aiohttp client process sends the requests over keep-alive "
             "connections. They take turns and each one's better round counts."
         ),
-        tables=[http.report(sizes.http_requests, results)],
+        tables=[http.report(sizes.http_requests, results, concurrency=sizes.http_concurrency)],
     )
     rates = {name: rate for name, (rate, _, _) in results.items()}
     section.plots.append(

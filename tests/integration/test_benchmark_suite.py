@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from benchmarks import suite
+from benchmarks import catchup, http, log_backends, read_path, relay, suite
 from benchmarks.reporting import markdown_table
 
 PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path", "startup"}
@@ -50,11 +50,26 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         assert target.measured > 0 and target.verdict() in report
         assert target.met or target.why in report  # a miss says why, with its figures
 
-    write = next(s for s in run.sections if s.key == "write")
-    measured = markdown_table(write.tables[0])
-    assert "| SQLite | toolkit context" in measured
+    # Each workload measured every contender (one row each, named as the module names it).
+    tables = {s.key: [markdown_table(t) for t in s.tables] for s in run.sections}
+    rows = {s.key: [t.row_count for t in s.tables] for s in run.sections}
+    assert "| SQLite | toolkit context" in tables["write"][0]
     if os.environ.get("CI"):  # CI has a PostgreSQL server
-        assert "| PostgreSQL | toolkit context" in measured
+        assert "| PostgreSQL | toolkit context" in tables["write"][0]
+    assert rows["relay"] == [8]
+    for contender in (relay.BASELINE, relay.RELAY, relay.CATCH_UP, relay.BUILD_ONLY):
+        assert contender in tables["relay"][0]
+    assert rows["catchup"] == [5]
+    for contender in (catchup.BASELINE, catchup.TOOLKIT, catchup.FASTSTREAM):
+        assert contender in tables["catchup"][0]
+    assert catchup.EVENTSOURCING in tables["catchup"][0]
+    assert rows["http"] == [2] and http.BASELINE in tables["http"][0]
+    assert "at concurrency 4" in tables["http"][0]  # the size's, not a fixed figure
+    assert rows["scaling"][0] == len(suite.SIZES["smallest"].replay_sizes)
+    assert rows["read_path"] == [len(read_path.READERS)]
+    assert rows["log_backends"] == [len(log_backends.MEASURES)] * 2
+    for backend in ("JetStream", "SQLite", *(["PostgreSQL"] if os.environ.get("CI") else [])):
+        assert backend in tables["log_backends"][0]
 
 
 @pytest.mark.timeout(60)
