@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from toolkit.nats.connection import Connection, Nats, connect, open_nats
     from toolkit.nats.embedded import EmbeddedServer
     from toolkit.nats.streams import StreamSpec, ensure_stream
+    from toolkit.react import Policy, PolicyRunner
     from toolkit.read.projection import Projection
     from toolkit.read.reader import StreamMessage
     from toolkit.read.store import ReadModelStore
@@ -69,6 +70,8 @@ _LAZY = {
     "Relay": "toolkit.write.relay",
     "StreamMessage": "toolkit.read.reader",
     "StreamSpec": "toolkit.nats.streams",
+    "Policy": "toolkit.react",
+    "PolicyRunner": "toolkit.react",
     "System": "toolkit.system",
     "TextAggregate": "toolkit.write.aggregate",
     "Translator": "toolkit.read.translator",
@@ -120,6 +123,8 @@ __all__ = [
     "IntegrationEvent",
     "InvalidCommand",
     "Nats",
+    "Policy",
+    "PolicyRunner",
     "Projection",
     "ProjectionError",
     "PublishedLanguage",
