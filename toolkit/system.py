@@ -1,4 +1,5 @@
-"""A system: the composition root naming the contexts and projections the CLI runs."""
+"""A system: the composition root naming the contexts, projections and policies the CLI
+runs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # only the HTTP boundary imports FastAPI; the CLI's other com
     from fastapi import APIRouter
 
     from toolkit.nats.connection import Connection
+    from toolkit.react.policy import Policy
     from toolkit.read.workqueue import WorkQueue, WorkStats
     from toolkit.readmodels import ReadModelHome
 
@@ -56,6 +58,9 @@ class System:
     work_queues: dict[str, WorkFactory] = field(default_factory=dict)
     """Work queues (competing consumers, not read models), by name: what ``toolkit work
     <name>`` runs."""
+    policies: dict[str, type[Policy[Any]]] = field(default_factory=dict)
+    """Policies (a context reacting to other contexts' events), by name: what ``toolkit
+    react <name>`` runs, each on the context of :attr:`contexts` it names."""
 
     def context(self, name: str) -> type[BoundedContext[Any]]:
         try:
@@ -70,6 +75,32 @@ class System:
         except KeyError:
             known = ", ".join(sorted(self.projections)) or "none"
             raise ConfigurationError(f"no projection named {name!r} (known: {known})") from None
+
+    def policy(self, name: str) -> type[Policy[Any]]:
+        try:
+            return self.policies[name]
+        except KeyError:
+            known = ", ".join(sorted(self.policies)) or "none"
+            raise ConfigurationError(f"no policy named {name!r} (known: {known})") from None
+
+    def policy_context(self, policy: type[Policy[Any]]) -> type[BoundedContext[Any]]:
+        """The context class ``policy`` runs on: the one of :attr:`contexts` it names,
+        which must be (a subclass of) the context class it is a policy of."""
+        name = policy.context_name()
+        context = self.contexts.get(name)
+        if context is None:
+            known = ", ".join(sorted(self.contexts)) or "none"
+            raise ConfigurationError(
+                f"policy {policy.name} runs on context {name!r}, which the system does not "
+                f"declare (known: {known})"
+            )
+        wanted = policy.context_class()
+        if wanted is not None and not issubclass(context, wanted):
+            raise ConfigurationError(
+                f"policy {policy.name} is a policy of {wanted.__name__}, but the system's "
+                f"context {name!r} is {context.__name__}"
+            )
+        return context
 
     def work_queue(self, name: str) -> WorkFactory:
         try:

@@ -248,6 +248,21 @@ def parser() -> argparse.ArgumentParser:
     work.add_argument(
         "--workers", type=_positive, default=1, metavar="N", help="workers in this process (1)"
     )
+    react = add(
+        "react",
+        help="run a policy: a context reacting to other contexts' events",
+        description="Run a policy the system declares (policies) on the context it names: "
+        "read the foreign streams it reads from its tracking records on and, for each "
+        "event, run its commands on that context; the events they cause and the tracking "
+        "record of the message are stored in one transaction of the context's log, so each "
+        "foreign event causes its effects once, whatever crashes. A command refused "
+        "(InvalidCommand) is recorded with its reason; a message whose reaction keeps "
+        "failing is retried, then parked: both are kept as dead letters in "
+        "policies/<policy>.sqlite of the data folder and the policy moves on. Waits for a "
+        "stream while it does not exist. Runs until stopped (Ctrl-C or SIGTERM).",
+    )
+    react.add_argument("policy", help="policy name, e.g. shipments")
+    react.add_argument("--once", action="store_true", help="stop at the streams' heads")
     add(
         "webhooks-key",
         help="print a new key for TOOLKIT_WEBHOOK_KEYS",

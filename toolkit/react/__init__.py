@@ -8,7 +8,10 @@ that message's stream sequence are written in one transaction of the context's l
 all, whatever crashes, and a restart goes on after the tracking record.
 
 - :mod:`~toolkit.react.policy`: what a policy declares (:class:`Policy`);
-- :mod:`~toolkit.react.runner`: applying stream messages to it (:class:`PolicyRunner`).
+- :mod:`~toolkit.react.runner`: applying stream messages to it (:class:`PolicyRunner`);
+- :mod:`~toolkit.react.reactor`: following its streams over NATS (:class:`Reactor`,
+  ``toolkit react <policy>``), parking what keeps failing;
+- :mod:`~toolkit.react.deadletters`: its dead letters (:class:`PolicyDeadLetters`).
 """
 
 from toolkit.react.policy import Policy

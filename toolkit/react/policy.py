@@ -3,7 +3,7 @@ of its own) and its reaction to each fact, in commands on its own context."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar, Generic, get_args, get_origin
 
 from typing_extensions import TypeVar
 
@@ -34,6 +34,13 @@ class Policy(Generic[C]):
 
     name: ClassVar[str]
     translators: ClassVar[tuple[Translator, ...]] = ()
+    context: ClassVar[str | None] = None
+    """The name of the context it runs on, in its System; None (the default): the
+    ``name`` of the context class it is a policy of (``Policy[Shipping]``: Shipping's)."""
+    retries: ClassVar[int] = 3
+    """Tries after the first before a message whose reaction keeps failing is parked."""
+    retry_delay: ClassVar[float] = 0.2
+    """Seconds before the first retry; doubled for each next one."""
 
     def __init__(self) -> None:
         name = getattr(self, "name", None)
@@ -68,3 +75,29 @@ class Policy(Generic[C]):
         :class:`~toolkit.errors.InvalidCommand` makes the whole message a rejection:
         nothing of it is stored, its reason is kept, and the policy moves on."""
         raise NotImplementedError
+
+    @classmethod
+    def context_class(cls) -> type[BoundedContext[Any]] | None:
+        """The context class it is a policy of (``C``), when its class says it."""
+        for klass in cls.__mro__:
+            for base in getattr(klass, "__orig_bases__", ()):
+                origin = get_origin(base)
+                if isinstance(origin, type) and issubclass(origin, Policy):
+                    (argument,) = get_args(base) or (None,)
+                    if isinstance(argument, type) and issubclass(argument, BoundedContext):
+                        return argument
+        return None
+
+    @classmethod
+    def context_name(cls) -> str:
+        """The name of the context it runs on: :attr:`context`, else its context class's."""
+        if cls.context is not None:
+            return cls.context
+        context = cls.context_class()
+        name = getattr(context, "name", None)
+        if not isinstance(name, str):
+            raise ConfigurationError(
+                f"policy {cls.__name__} names no context: set context = '<name>' on it, "
+                "or make it a Policy[<context class>] of a context with a name"
+            )
+        return name

@@ -110,9 +110,10 @@ class PolicyRunner(Generic[C]):
             position = self._positions[stream] = self.recorder.max_tracking_id(name) or 0
         return position
 
-    def apply(self, messages: Sequence[StreamMessage]) -> Counts:
-        """React to each message not processed yet, in order, each in one transaction."""
-        counts = Counts()
+    def apply(self, messages: Sequence[StreamMessage], counts: Counts | None = None) -> Counts:
+        """React to each message not processed yet, in order, each in one transaction.
+        Given ``counts``, count into it (what was done before a PoisonMessage too)."""
+        counts = Counts() if counts is None else counts
         passed: dict[str, int] = {}  # stream -> last sequence passed over, not recorded
         try:
             for message in messages:
@@ -179,6 +180,23 @@ class PolicyRunner(Generic[C]):
         self.rejected.append(rejection)
         if self.on_rejected is not None:
             self.on_rejected(rejection)
+
+    def pass_over(self, message: StreamMessage) -> bool:
+        """Record ``message`` as processed with no effect (a parked message: its reaction
+        kept failing), so the policy moves on; whether this recorded it (False: it was
+        processed already)."""
+        stream, sequence = message.stream, message.sequence
+        if sequence <= self.position(stream):
+            return False
+        try:
+            with self.context.processing(Tracking(self.policy.tracking_name(stream), sequence)):
+                pass
+        except ConflictError:
+            if self._processed_elsewhere(stream, sequence):
+                return False
+            raise
+        self._positions[stream] = sequence
+        return True
 
     def _processed_elsewhere(self, stream: str, sequence: int) -> bool:
         """Whether another runner recorded ``sequence`` first (its tracking won)."""
