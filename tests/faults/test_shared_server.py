@@ -23,6 +23,7 @@ from tests.conftest import free_port, nats_servers_using, wait_for
 from tests.flow import sales_log
 from toolkit.config import Settings
 from toolkit.nats.connection import open_nats
+from toolkit.nats.embedded import SharedServer, stop_keeping
 from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.readmodels.tables import dump
 
@@ -223,3 +224,68 @@ async def test_a_process_follows_the_server_to_another_port(tmp_path: Path) -> N
             info = await asyncio.wait_for(second.js.account_info(), 10)
             assert info.limits is not None
     assert not nats_servers_using(tmp_path)
+
+
+@pytest.mark.timeout(60)
+async def test_processes_stopped_with_their_server_do_not_start_it_again(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to a whole process group (systemd's default, ``docker stop``, Ctrl-C in a
+    shell) reaches the folder's server with the processes using it: they used to start it
+    again on their way out, and the projector then waited on it before exiting."""
+    data = tmp_path / "data"
+    sales_log(data, 3)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("NATS_URL", None)
+    toolkit = f"{sys.executable} -m toolkit --data-dir {data}"
+    port = free_port()
+    log = tmp_path / "group.log"
+    with log.open("wb") as out:
+        group = subprocess.Popen(  # noqa: ASYNC220 (one process group, as a shell job or a systemd unit)
+            [
+                "bash",
+                "-c",
+                f"{toolkit} project shipping & {toolkit} serve --port {port} --no-relay & "
+                f"{toolkit} relay sales & wait",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        await wait_for(lambda: _shipments(data) == 3, within=40)
+        await wait_for(lambda: b"Application startup complete" in log.read_bytes(), within=30)
+        os.killpg(group.pid, signal.SIGTERM)
+        await asyncio.to_thread(group.wait, 30)
+
+        def gone() -> bool:  # every process of the group, the shell's children too
+            try:
+                os.killpg(group.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        await wait_for(gone, within=30)
+        said = log.read_text(errors="replace")
+        assert "had stopped: started it again" not in said, said
+        assert "shipping: 3 applied" in said, said  # the projector said goodbye
+        await wait_for(lambda: not nats_servers_using(tmp_path), within=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group.pid, signal.SIGKILL)
+
+
+async def test_a_process_told_to_stop_does_not_start_its_server_again(tmp_path: Path) -> None:
+    shared = SharedServer(tmp_path / "nats")
+    url = await shared.url()  # none ran: this process started it
+    keeping = asyncio.create_task(shared.keep(url, lambda _: None, every=0.02))
+    try:
+        stop_keeping()  # what a SIGTERM handler of the CLI does
+        assert shared.server is not None
+        shared.server.kill()  # the same signal reached the server
+        await asyncio.wait_for(keeping, 5)  # the keeper ends instead of starting another
+        assert not nats_servers_using(tmp_path)
+    finally:
+        keeping.cancel()
+        shared.leave()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -39,6 +40,7 @@ from toolkit.errors import (
     ToolkitError,
 )
 from toolkit.nats.connection import open_nats
+from toolkit.nats.embedded import stop_keeping
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
 from toolkit.read.deadletters import read_dead_letters, retry_dead_letters
@@ -93,8 +95,13 @@ async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[Any]]) -> An
     """Run with a stop event that SIGINT and SIGTERM set, for a clean shutdown."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping() -> None:
+        stop_keeping()  # the embedded server, stopped by the same signal, stays stopped
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
     try:
         return await run(stop)
     finally:
@@ -387,7 +394,23 @@ def _serve(settings: Settings, system: System, host: str, port: int, *, relay: b
 
         if (off := unavailable(settings.webhook_keys)) is not None:  # the rest works
             say(f"webhook subscriptions are off (503) until fixed: {off}")
-        uvicorn.run(app, host=host, port=port, log_level="info", log_config=_uvicorn_logging())
+        from uvicorn.config import STARTUP_FAILURE
+
+        class Server(uvicorn.Server):
+            """uvicorn's, which also stops the embedded server's keepers when told to
+            exit: the same signal often stopped that server too."""
+
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                stop_keeping()
+                super().handle_exit(sig, frame)
+
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="info", log_config=_uvicorn_logging()
+        )
+        server = Server(config)
+        server.run()
+        if not server.started:  # as uvicorn.run: the port taken, the app failing to start
+            sys.exit(STARTUP_FAILURE)
 
 
 async def _reach_nats(settings: Settings) -> str:

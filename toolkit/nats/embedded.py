@@ -24,6 +24,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -256,6 +257,9 @@ class SharedServer:
         self.ready_timeout = ready_timeout
         self.server: EmbeddedServer | None = None
         """The server this process started, if any: it stops it on the way out."""
+        self.leaving = False
+        """This process is on its way out: :meth:`keep` starts no server any more."""
+        _SHARED.add(self)
 
     @property
     def lock_path(self) -> Path:
@@ -295,6 +299,8 @@ class SharedServer:
         connected."""
         while True:
             await asyncio.sleep(every)
+            if self.leaving:
+                return
             try:
                 started = await self._start_unless_running()
             except ServerStartError as exc:
@@ -354,6 +360,19 @@ class SharedServer:
             pass_fds=(lock,),
         )
         return await server.start_async()
+
+
+_SHARED: weakref.WeakSet[SharedServer] = weakref.WeakSet()
+"""The shared servers this process uses."""
+
+
+def stop_keeping() -> None:
+    """This process was told to stop: its data folders' servers are no longer started
+    again. The same SIGTERM (systemd, ``docker stop``, Ctrl-C in a shell) often stopped the
+    server too, and starting it again on the way out only delays the exit while the
+    process's last requests wait on a server that is starting."""
+    for shared in list(_SHARED):
+        shared.leaving = True
 
 
 def _port_of(url: str | None) -> int:
