@@ -530,6 +530,10 @@ def run(args: argparse.Namespace) -> int:
             generations(settings, system, args)
         elif args.command == "work":
             asyncio.run(_work(settings, system, args.queue, args.workers))
+        elif args.command == "react":
+            from toolkit.cli.react import react
+
+            asyncio.run(react(settings, system, args.policy, args.once, say, _until_signalled))
     except ToolkitError as exc:
         print(f"toolkit: error: {redact_urls(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
