@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
+import nats.errors
 import orjson
 from nats.aio.client import Client
 
@@ -72,7 +74,21 @@ async def project_all(
             store.close()
 
 
-async def read_all(nc: Client, stream: str = "sales") -> list[StreamMessage]:
+async def read_all(nc: Client, stream: str = "sales", *, within: float = 30) -> list[StreamMessage]:
+    """Every message of ``stream``. A cluster that has just lost and regained a server may
+    not answer the consumer's creation in time (its JetStream leaders are still being
+    chosen); that is asked again, as any reader does, for ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            return await _read_all(nc, stream)
+        except nats.errors.TimeoutError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)  # the cluster signals nothing when its leaders are chosen
+
+
+async def _read_all(nc: Client, stream: str) -> list[StreamMessage]:
     info = await nc.jetstream().stream_info(stream)
     messages: list[StreamMessage] = []
     async with StreamReader(nc, stream, batch_size=100) as reader:

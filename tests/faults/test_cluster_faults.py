@@ -73,6 +73,7 @@ async def settled(nc: Client, within: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while True:
         try:
+            await nc.jetstream().account_info()  # a meta leader, for consumers' creation
             info = await nc.jetstream().stream_info("sales")
             cluster = info.cluster
             replicas = (cluster.replicas or []) if cluster else []
