@@ -41,7 +41,7 @@ async def test_an_interrupted_replay_resumes(
 ) -> None:
     sales = Sales(data_dir=data_dir)
     try:
-        fill_log(sales, 60_000)
+        fill_log(sales, 30_000)
         head = await relay_all(sales, nc)
     finally:
         sales.close()
