@@ -101,6 +101,21 @@ async def last_message(js: JetStreamContext, stream: str) -> RawStreamMsg | None
         return None
 
 
+async def last_sequence(js: JetStreamContext, stream: str) -> int:
+    """The sequence of the stream's last message that exists (0: none, or no stream)."""
+    last = await last_message(js, stream)
+    return 0 if last is None or last.seq is None else int(last.seq)
+
+
+async def holds_between(js: JetStreamContext, stream: str, first: int, last: int) -> bool:
+    """Whether the stream holds a message from sequence ``first`` to ``last``."""
+    try:
+        found = await js.get_msg(stream, seq=first, next=True)
+    except NotFoundError:
+        return False
+    return found.seq is not None and found.seq <= last
+
+
 @dataclass(frozen=True)
 class Relayed:
     """A message of the stream's relay: its sequence, the log event it carries (position,

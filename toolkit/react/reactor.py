@@ -29,7 +29,7 @@ from typing_extensions import TypeVar
 from toolkit import backoff, wire
 from toolkit.errors import PoisonMessage
 from toolkit.nats.connection import Connection, OnConnection
-from toolkit.nats.streams import last_message
+from toolkit.nats.streams import holds_between, last_sequence
 from toolkit.react.deadletters import PolicyDeadLetters
 from toolkit.react.runner import Counts, PolicyRunner, Rejection
 from toolkit.read.reader import StreamMessage, StreamReader
@@ -107,7 +107,7 @@ class Reactor(OnConnection, Generic[C]):
                 await waits.wait(stop)
 
     async def _follow_stream(self, stream: str, stop: asyncio.Event, until_head: bool) -> None:
-        target = await self._last_sequence(stream) if until_head else None
+        target = await last_sequence(self.js, stream) if until_head else None
         self.stats.positions[stream] = self.runner.position(stream)
         if target is not None and self.runner.position(stream) >= target:
             return
@@ -146,7 +146,9 @@ class Reactor(OnConnection, Generic[C]):
                 if target is not None and (
                     position >= target
                     or (bool(batch) and batch[-1].sequence >= target)
-                    or (not batch and not await self._exists(stream, position + 1, target))
+                    or (
+                        not batch and not await holds_between(self.js, stream, position + 1, target)
+                    )
                 ):
                     return
         finally:
@@ -207,16 +209,3 @@ class Reactor(OnConnection, Generic[C]):
             "%s; parked %s sequence %d in the dead letters of policy %s",
             poison, message.stream, message.sequence, self.policy.name,
         )  # fmt: skip
-
-    async def _last_sequence(self, stream: str) -> int:
-        """The sequence of the stream's last message that exists (0: none, or no stream)."""
-        last = await last_message(self.js, stream)
-        return 0 if last is None or last.seq is None else int(last.seq)
-
-    async def _exists(self, stream: str, first: int, last: int) -> bool:
-        """Whether the stream holds a message from sequence ``first`` to ``last``."""
-        try:
-            found = await self.js.get_msg(stream, seq=first, next=True)
-        except NotFoundError:
-            return False
-        return found.seq is not None and found.seq <= last

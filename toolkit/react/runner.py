@@ -166,14 +166,12 @@ class PolicyRunner(Generic[C]):
         """Record ``message`` as processed with no effect, and keep why."""
         stream, sequence = message.stream, message.sequence
         try:
-            with self.context.processing(Tracking(self.policy.tracking_name(stream), sequence)):
-                pass
+            recorded = self.pass_over(message)
         except ConflictError as exc:
-            if self._processed_elsewhere(stream, sequence):
-                counts.duplicates += 1
-                return
             raise self._poison(message, exc) from exc
-        self._positions[stream] = sequence
+        if not recorded:  # another runner recorded it first
+            counts.duplicates += 1
+            return
         counts.rejected += 1
         rejection = Rejection(stream, sequence, message.subject, type_, reason)
         log.warning("policy %s rejected %s/%d: %s", self.policy.name, stream, sequence, reason)

@@ -17,7 +17,7 @@ from nats.js.errors import NotFoundError
 from toolkit import backoff
 from toolkit.errors import ConfigurationError, ProjectionBusyError
 from toolkit.nats.connection import Connection, OnConnection
-from toolkit.nats.streams import last_message
+from toolkit.nats.streams import holds_between, last_message, last_sequence
 from toolkit.read import partitions as partitioning
 from toolkit.read.batches import BatchResult, Counts, apply_batch
 from toolkit.read.partitions import owner as owner
@@ -214,7 +214,9 @@ class Projector(OnConnection):
                     # before it: the last ones may have been deleted (the stream lost its
                     # tail), and no reader delivers a deleted sequence.
                     reached = self.store.partition_checkpoint(stream, i) or 0
-                    if reached < start - 1 and await self._exists(stream, reached + 1, start - 1):
+                    if reached < start - 1 and await holds_between(
+                        self.js, stream, reached + 1, start - 1
+                    ):
                         ready = False
                         break
                 if not ready and await self._take_over(translator, barrier, stop):
@@ -249,7 +251,9 @@ class Projector(OnConnection):
         finished = False
         for retired in barrier.retired(self.store.partition):
             reached = self.store.partition_checkpoint(stream, retired) or 0
-            if reached >= start - 1 or not await self._exists(stream, reached + 1, start - 1):
+            if reached >= start - 1 or not await holds_between(
+                self.js, stream, reached + 1, start - 1
+            ):
                 continue
             log.warning(
                 "%s: partition %d of %d has no place in the %d from %s sequence %d on; "
@@ -369,7 +373,7 @@ class Projector(OnConnection):
         await self._join(stream)
         # Up to the last message that exists: the stream's last sequence may name one
         # deleted since, which no reader ever delivers.
-        target = await self._last_sequence(stream) if until_head else None
+        target = await last_sequence(self.js, stream) if until_head else None
         if self.stop_at is not None:
             target = self.stop_at if target is None else min(target, self.stop_at)
         self.stats.checkpoints[stream] = self.store.checkpoint(stream)
@@ -439,24 +443,14 @@ class Projector(OnConnection):
                 if target is not None and (
                     done
                     or checkpoint >= target
-                    or (not batch and not await self._exists(stream, checkpoint + 1, target))
+                    or (
+                        not batch
+                        and not await holds_between(self.js, stream, checkpoint + 1, target)
+                    )
                 ):
                     return
         finally:
             await reader.close()
-
-    async def _last_sequence(self, stream: str) -> int:
-        """The sequence of the stream's last message that exists (0: none, or no stream)."""
-        last = await last_message(self.js, stream)
-        return 0 if last is None or last.seq is None else int(last.seq)
-
-    async def _exists(self, stream: str, first: int, last: int) -> bool:
-        """Whether the stream holds a message from sequence ``first`` to ``last``."""
-        try:
-            found = await self.js.get_msg(stream, seq=first, next=True)
-        except NotFoundError:
-            return False
-        return found.seq is not None and found.seq <= last
 
     async def _apply(
         self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
