@@ -1,4 +1,5 @@
-"""The ``toolkit`` commands: run a context's relay and projections, replay, serve, demo.
+"""The dispatch of every `toolkit` command, and those that run until stopped: relay, project,
+serve, webhooks, work (replay, dlq, react, generations and the demo have modules of their own).
 
 Exit codes: 0 success; 1 a toolkit error (one line on stderr says why); 2 bad usage;
 130 interrupted (Ctrl-C).
@@ -12,27 +13,16 @@ import contextlib
 import copy
 import logging
 import os
-import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
-from toolkit.config import Settings, read_model_url
+from toolkit.cli.console import read_model_home, say, settings_from, until_signalled
+from toolkit.config import Settings
 from toolkit.errors import (
     ConfigurationError,
     ProjectionVersionError,
@@ -43,13 +33,9 @@ from toolkit.nats.connection import open_nats
 from toolkit.nats.embedded import stop_keeping
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
-from toolkit.read.deadletters import read_dead_letters, retry_dead_letters
-from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.projector import Projector
-from toolkit.read.replay import rebuild, rewind
+from toolkit.read.replay import rebuild
 from toolkit.read.store import ReadModelStore
-from toolkit.readmodels import Generation, ReadModelHome
-from toolkit.readmodels.backends import open_home
 from toolkit.redaction import RedactingFilter, redact_urls
 from toolkit.system import System, load_system
 from toolkit.write.relay import Relay
@@ -58,55 +44,6 @@ from toolkit.write.relay_lock import relay_lock
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
-
-
-def say(line: str) -> None:
-    """Print one line for the operator, without the credentials of any URL in it: every
-    line a command prints goes through here (or through logging, redacted alike)."""
-    console.print(redact_urls(line))
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    if args.nats_url:
-        settings = replace(settings, nats_url=args.nats_url)
-    if args.data_dir:
-        settings = replace(settings, data_dir=args.data_dir)
-    if args.system:
-        settings = replace(settings, system=args.system)
-    if args.app_dir:
-        settings = replace(settings, app_dir=args.app_dir)
-    if args.read_model_url:
-        url = read_model_url(args.read_model_url, "--read-model-url")
-        settings = replace(settings, read_model_url=url)
-    return settings
-
-
-@contextlib.contextmanager
-def _home(settings: Settings, name: str) -> Iterator[ReadModelHome]:
-    home = open_home(settings, name)
-    try:
-        yield home
-    finally:
-        home.close()
-
-
-async def _until_signalled(run: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
-    """Run with a stop event that SIGINT and SIGTERM set, for a clean shutdown."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def stopping() -> None:
-        stop_keeping()  # the embedded server, stopped by the same signal, stays stopped
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping)
-    try:
-        return await run(stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 async def _relay(settings: Settings, system: System, name: str, once: bool) -> None:
@@ -126,7 +63,7 @@ async def _relay(settings: Settings, system: System, name: str, once: bool) -> N
                 backlog=relay.lag,
             )
             say(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
-            stats = await _until_signalled(lambda stop: relay.run(stop, until_head=once))
+            stats = await until_signalled(lambda stop: relay.run(stop, until_head=once))
             say(
                 f"relayed to log position {stats.position}: {stats.published} published "
                 f"(stream sequence {stats.stream_sequence})"
@@ -147,7 +84,7 @@ async def _project(
     if partition is not None and partitions is not None and not 0 <= partition < partitions:
         raise ConfigurationError(f"--partition {partition} must be from 0 to {partitions - 1}")
     projection = system.projection(name)()
-    with _home(settings, name) as home, home.writer_lock(partition):
+    with read_model_home(settings, name) as home, home.writer_lock(partition):
         async with open_nats(settings, name=f"project-{name}") as nats:
             try:
                 store = ReadModelStore(home.live(), projection, partition=partition)
@@ -172,7 +109,7 @@ async def _project(
                         position=lambda: sum(projector.stats.checkpoints.values()),
                         backlog=lambda: sum(projector.stats.lag.values()),
                     )
-                    stats = await _until_signalled(
+                    stats = await until_signalled(
                         lambda stop: projector.run(stop, until_head=once, home=home)
                     )
                 say(
@@ -182,181 +119,6 @@ async def _project(
             finally:
                 projector.store.close()  # the one it ended in, after following a replay
                 store.close()
-
-
-async def _replay(settings: Settings, system: System, args: argparse.Namespace) -> None:
-    name = args.projection
-    projection = system.projection(name)()
-    start: StartPosition = args.from_seq or args.from_time or "beginning"
-    async with open_nats(settings, name=f"replay-{name}") as nats:
-        started = time.monotonic()
-        with _Progress(name, quiet=args.json) as progress, _home(settings, name) as home:
-            result = await rebuild(
-                projection,
-                home,
-                nats.client,
-                switch_partial=args.switch_partial,
-                keep_previous=args.keep_previous,
-                starts_at=start,
-                to_sequence=args.to_seq,
-                progress=progress.update,
-            )
-    seconds = time.monotonic() - started
-    previous = result.previous.name if result.previous is not None else None
-    if args.json:
-        report = {
-            "projection": name,
-            "generation": result.generation.name,
-            "partial_from": result.partial_from or None,
-            "switched": result.switched,
-            "previous": previous,
-            "previous_dropped": result.dropped,
-            "applied": result.stats.applied,
-            "skipped": result.stats.skipped,
-            "dead_lettered": result.stats.dead_lettered,
-            "checkpoints": result.stats.checkpoints,
-            "resumed_from": result.resumed_from,
-            "seconds": round(seconds, 3),
-        }
-        print(orjson.dumps(report).decode())
-        return
-    resumed = f" (resumed from sequence {result.resumed_from})" if result.resumed_from else ""
-    partial = ", ".join(f"{s} from sequence {n}" for s, n in result.partial_from.items())
-    say(
-        f"replayed {name}: {result.stats.applied} applied into {result.generation.name}"
-        f"{resumed}; checkpoints {result.stats.checkpoints}"
-        + (f"; a partial model: it holds only the events of {partial} on" if partial else "")
-    )
-    if result.switched:
-        left = "dropped" if result.dropped else "kept"
-        say(
-            "readers switched to it"
-            + (f"; the previous generation {previous} is {left}" if previous else "")
-        )
-        return
-    say(
-        "readers go on using "
-        + (previous or "no model (there is none yet)")
-        + f"; it is kept beside: {_where(result.generation)}; to have readers use a partial "
-        "model, run the replay with --switch-partial"
-    )
-
-
-def _where(generation: Generation) -> str:
-    """How to look at a generation readers do not use."""
-    if isinstance(generation, Path):
-        return f"look at it with: sqlite3 -readonly {generation}"
-    return f"look at it in schema {generation.name} (SET search_path TO {generation.name})"
-
-
-class _Progress:
-    """A bar on a terminal, a line every few seconds otherwise, nothing with --json."""
-
-    def __init__(self, name: str, *, quiet: bool) -> None:
-        self.name, self.quiet = name, quiet
-        self.bar: Progress | None = None
-        self.task: TaskID | None = None
-        self.last_line = 0.0
-        self.started = time.monotonic()
-
-    def __enter__(self) -> _Progress:
-        if not self.quiet and console.is_terminal:
-            self.bar = Progress(
-                TextColumn(f"replaying {self.name}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("replay", total=None)
-        return self
-
-    def update(self, done: int, total: int) -> None:
-        """``done`` of the ``total`` events this replay applies (from where it starts)."""
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, completed=done, total=total)
-        elif not self.quiet and time.monotonic() - self.last_line >= 2.0:
-            self.last_line = time.monotonic()
-            rate = done / max(1e-9, self.last_line - self.started)
-            say(f"replaying {self.name}: {done}/{total} events, {rate:,.0f}/s")
-
-    def __exit__(self, *_: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-async def _rewind(settings: Settings, system: System, name: str, to_seq: int) -> None:
-    projection = system.projection(name)()
-    async with open_nats(settings, name=f"rewind-{name}") as nats:
-        with _home(settings, name) as home:
-            result = await rewind(projection, home, nats.client, to_seq)
-    dropped = f" ({result.previous.name} dropped)" if result.previous is not None else ""
-    say(
-        f"rewound {name} to sequence {to_seq}: {result.stats.applied} applied into "
-        f"{result.generation.name}; readers switched{dropped}; it goes on from {to_seq + 1} "
-        "when it next runs"
-    )
-
-
-def _dlq(settings: Settings, system: System, args: argparse.Namespace) -> None:
-    projection = system.projection(args.projection)()
-    with _home(settings, args.projection) as home:
-        _dead_letters(home, projection, args)
-
-
-def _dead_letters(home: ReadModelHome, projection: Projection, args: argparse.Namespace) -> None:
-    streams = [t.stream for t in projection.translators]
-    stream = args.stream or (streams[0] if len(streams) == 1 else None)
-    if args.seq is not None and stream is None:
-        raise ConfigurationError(f"--stream is needed: {args.projection} reads {streams}")
-    if args.action in ("show", "drop") and args.seq is None:
-        raise ConfigurationError(f"dlq {args.action} needs --seq")
-    with home.reader() as db:
-        if db is None:
-            raise ConfigurationError(f"projection {args.projection} has no read model yet")
-        letters = read_dead_letters(db)
-    chosen = [
-        d for d in letters if args.seq is None or (d.stream, d.sequence) == (stream, args.seq)
-    ]
-    if args.seq is not None and not chosen:
-        raise ConfigurationError(f"no dead letter at {stream} sequence {args.seq}")
-    if args.action == "list":  # reading only: fine while the projection runs
-        rows = [
-            {"stream": d.stream, "sequence": d.sequence, "subject": d.subject, "reason": d.reason}
-            for d in chosen
-        ]
-        if args.json:
-            print(orjson.dumps(rows).decode())
-        for row in [] if args.json else rows:
-            print(f"{row['stream']} {row['sequence']} {row['subject']}: {row['reason']}")
-        if not rows and not args.json:  # (on stderr: stdout stays a list, empty)
-            where = f" at sequence {args.seq}" if args.seq is not None else ""
-            say(f"{projection.name} has no dead letters{where}")
-        return
-    if args.action == "show":
-        (letter,) = chosen
-        shown = letter._asdict() | {"body": letter.body.decode(errors="replace")}
-        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
-        return
-    current = home.current()
-    assert current is not None
-    with home.writer_lock():  # changing dead letters: not while the projection runs
-        store = ReadModelStore(current, projection)
-        try:
-            if args.action == "drop":
-                store.drop_dead_letter(chosen[0].stream, chosen[0].sequence)
-                say(f"dropped {stream} sequence {args.seq}")
-                return
-            only = {(d.stream, d.sequence) for d in chosen}
-            done, failed = retry_dead_letters(store, projection.translators, only)
-            for letter in failed:
-                say(f"{letter.stream} {letter.sequence}: still failing: {letter.reason}")
-            say(f"retried {done} dead letters, {len(failed)} still failing")
-            if failed:
-                raise ToolkitError(f"{len(failed)} dead letters still fail")
-        finally:
-            store.close()
 
 
 async def _status(settings: Settings, system: System, as_json: bool) -> None:
@@ -436,7 +198,7 @@ async def _webhooks(settings: Settings, system: System, name: str) -> None:
     from toolkit.webhooks import dispatch
 
     system.context(name)  # an unknown name: one clear line
-    await _until_signalled(lambda stop: dispatch(settings, name, stop, say))
+    await until_signalled(lambda stop: dispatch(settings, name, stop, say))
 
 
 async def _work(settings: Settings, system: System, name: str, workers: int) -> None:
@@ -468,7 +230,7 @@ async def _work(settings: Settings, system: System, name: str, workers: int) -> 
             tag = f"{name}-{os.getpid()}"
             return await asyncio.gather(*(work.worker(f"{tag}-{i}", stop) for i in range(workers)))
 
-        stats = await _until_signalled(run)
+        stats = await until_signalled(run)
     say(
         f"{name}: {sum(s.done for s in stats)} done, {sum(s.retried for s in stats)} retried, "
         f"{sum(s.given_up for s in stats)} given up, {sum(s.untrusted for s in stats)} not "
@@ -485,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
     try:
-        settings = _settings(args)
+        settings = settings_from(args)
         if args.command == "demo":
             from toolkit.cli.demo import run_demo
 
@@ -513,11 +275,17 @@ def run(args: argparse.Namespace) -> int:
                 )
             )
         elif args.command == "replay":
-            asyncio.run(_replay(settings, system, args))
+            from toolkit.cli.replay import replay
+
+            asyncio.run(replay(settings, system, args))
         elif args.command == "rewind":
-            asyncio.run(_rewind(settings, system, args.projection, args.to_seq))
+            from toolkit.cli.replay import rewind
+
+            asyncio.run(rewind(settings, system, args.projection, args.to_seq))
         elif args.command == "dlq":
-            _dlq(settings, system, args)
+            from toolkit.cli.deadletters import dlq
+
+            dlq(settings, system, args)
         elif args.command == "status":
             asyncio.run(_status(settings, system, args.json))
         elif args.command == "serve":
@@ -533,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "react":
             from toolkit.cli.react import react
 
-            asyncio.run(react(settings, system, args.policy, args.once, say, _until_signalled))
+            asyncio.run(react(settings, system, args.policy, args.once))
     except ToolkitError as exc:
         print(f"toolkit: error: {redact_urls(str(exc))}", file=sys.stderr)
         return EXIT_ERROR

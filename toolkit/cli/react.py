@@ -1,16 +1,11 @@
 """``toolkit react <policy>``: run one policy of the system on its context until stopped
-(or, with ``--once``, until each stream it reads is processed up to its head).
-
-The command's helpers (the operator's line, the signal handling) are handed in by
-:mod:`toolkit.cli.commands`, which imports this module lazily: no import cycle."""
+(or, with ``--once``, until each stream it reads is processed up to its head)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Any
 
+from toolkit.cli.console import say, until_signalled
 from toolkit.config import Settings
 from toolkit.nats.connection import open_nats
 from toolkit.react.deadletters import PolicyDeadLetters, dead_letters_path
@@ -24,8 +19,6 @@ async def react(
     system: System,
     name: str,
     once: bool,
-    say: Callable[[str], None],
-    until_signalled: Callable[[Callable[[asyncio.Event], Awaitable[Any]]], Awaitable[Any]],
 ) -> None:
     """Run policy ``name`` on the context it names, built as ``toolkit relay`` builds it."""
     policy_class = system.policy(name)  # an unknown name: one clear line
