@@ -30,6 +30,7 @@ from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, Po
 from toolkit.react.policy import Policy
 from toolkit.read.reader import StreamMessage
 from toolkit.read.translator import UnknownEvent
+from toolkit.write.causation import Causation
 from toolkit.write.context import BoundedContext
 
 C = TypeVar("C", bound=BoundedContext[Any])
@@ -143,7 +144,7 @@ class PolicyRunner(Generic[C]):
             raise self._poison(message, exc) from exc
         tracking = Tracking(self.policy.tracking_name(stream), sequence)
         try:
-            with self.context.processing(tracking) as processing:
+            with self.context.processing(tracking, caused_by=_cause(head, message)) as processing:
                 for fact in facts:
                     self.policy.react(fact, self.context)
         except InvalidCommand as exc:
@@ -218,3 +219,9 @@ class PolicyRunner(Generic[C]):
             sequence=message.sequence,
             cause=exc,
         )
+
+
+def _cause(head: wire.EnvelopeHead, message: StreamMessage) -> Causation:
+    """What the effects of ``message`` name as their cause: its envelope's id, and the
+    chain it continues (its correlation id) or starts."""
+    return Causation.of(head.id or f"{message.stream}:{message.sequence}", head.correlationid)

@@ -77,6 +77,8 @@ class EnvelopeHead(msgspec.Struct):
     id: str | None = None
     source: str | None = None
     logposition: int | None = None
+    correlationid: str | None = None
+    """The chain it belongs to (a policy's effects continue it)."""
 
 
 class EnvelopeAttributes(msgspec.Struct):

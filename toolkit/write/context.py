@@ -25,12 +25,19 @@ from typing import Any, ClassVar, cast, get_args, get_origin
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent, Repository
-from eventsourcing.persistence import IntegrityError, ProcessRecorder, Recording, Tracking
+from eventsourcing.persistence import (
+    IntegrityError,
+    Mapper,
+    ProcessRecorder,
+    Recording,
+    Tracking,
+)
 from eventsourcing.utils import Environment, EnvType
 from typing_extensions import TypeVar
 
 from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, SubjectError
 from toolkit.wire import check_name, encode_token
+from toolkit.write.causation import CausalMapper, Causation
 from toolkit.write.published import PublishedLanguage
 
 ID = TypeVar("ID", bound=UUID | str, default=UUID)
@@ -74,6 +81,15 @@ class BoundedContext(Application[ID]):
         if self.reacts:
             return self.factory.process_recorder()
         return super().construct_recorder()
+
+    def construct_mapper(self) -> Mapper[ID]:
+        """eventsourcing's mapper, keeping what caused each event a reaction stores
+        (:mod:`toolkit.write.causation`), unless ``MAPPER_TOPIC`` names another."""
+        if self.env.get(self.factory.MAPPER_TOPIC):
+            return super().construct_mapper()
+        return self.factory.mapper(
+            transcoder=self.construct_transcoder(), mapper_class=CausalMapper
+        )
 
     def construct_repository(self) -> Repository[ID]:
         """eventsourcing's repository, configured as eventsourcing does, that also finds
@@ -136,7 +152,9 @@ class BoundedContext(Application[ID]):
             raise _conflict() from None
 
     @contextlib.contextmanager
-    def processing(self, tracking: Tracking) -> Iterator[ProcessingEvent[ID]]:
+    def processing(
+        self, tracking: Tracking, *, caused_by: Causation | None = None
+    ) -> Iterator[ProcessingEvent[ID]]:
         """Inside, this thread's saves are collected into one processing event; when the
         block ends they are recorded with ``tracking`` in one transaction of the log
         (eventsourcing's process recorder), then listeners are told as after a save.
@@ -163,12 +181,18 @@ class BoundedContext(Application[ID]):
             yield processing_event
         finally:
             self._processing.event = None
-        try:
-            recordings = self._record(processing_event)
-        except IntegrityError:
-            raise _conflict() from None
+        causing = (
+            self.mapper.causing(caused_by)
+            if caused_by is not None and isinstance(self.mapper, CausalMapper)
+            else contextlib.nullcontext()
+        )
+        with causing:  # stored with the events, and known to listeners told of them
+            try:
+                recordings = self._record(processing_event)
+            except IntegrityError:
+                raise _conflict() from None
+            self._notify(recordings)
         self._take_snapshots(processing_event)
-        self._notify(recordings)
 
     def _record(self, processing_event: ProcessingEvent[ID]) -> list[Recording[ID]]:
         """Every save passes here before its events go to the log, whichever the log."""

@@ -27,6 +27,7 @@ from uuid import UUID
 from eventsourcing.persistence import Recording
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteProcessRecorder
 
+from toolkit.write.causation import CausalMapper, Causation
 from toolkit.write.published import OutgoingMessage, Publishable
 from toolkit.write.transcoder import decode_uuid
 
@@ -107,8 +108,9 @@ class Outbox:
         if self._handed_messages + len(recordings) > self.handoff_limit:
             return
         try:
+            cause = self._cause()  # the saving thread's: a reaction's, or None
             messages = self._messages(
-                (r.notification.topic, r.domain_event, r.notification.id) for r in recordings
+                (r.notification.topic, r.domain_event, r.notification.id, cause) for r in recordings
             )
         except Exception:  # the command succeeded: the relay reads this save from the
             return  # log and reports the failing translation there
@@ -136,6 +138,10 @@ class Outbox:
             self._forget_up_to(page.position)
         return page
 
+    def _cause(self) -> Causation | None:
+        mapper = self.context.mapper
+        return mapper.cause if isinstance(mapper, CausalMapper) else None
+
     def _forget_up_to(self, position: int) -> None:
         """Drop saves handed over that a log read went past."""
         with self._handed_lock:
@@ -146,19 +152,30 @@ class Outbox:
         if not self.topics:
             return Page([], stop)  # nothing is published: the whole log is private
         rows = self._rows(after, stop, limit)
-        decode = self.context.mapper.to_domain_event  # rows are of published topics only
-        messages = self._messages((r.topic, decode(r), r.id) for r in rows)  # type: ignore[arg-type]
+        mapper = self.context.mapper  # rows are of published topics only
+        if isinstance(mapper, CausalMapper):
+            decode = mapper.decode
+            decoded = ((r, *decode(r)) for r in rows)  # type: ignore[arg-type]
+            messages = self._messages((r.topic, e, r.id, cause) for r, e, cause in decoded)
+        else:
+            to_domain_event = mapper.to_domain_event
+            messages = self._messages(
+                (r.topic, to_domain_event(r), r.id, None)  # type: ignore[arg-type]
+                for r in rows
+            )
         return Page(messages, rows[-1].id if len(rows) == limit else stop)
 
-    def _messages(self, events: Iterable[tuple[str, object, int]]) -> list[OutgoingMessage]:
-        """The messages of (topic, domain event, log position), published ones only."""
+    def _messages(
+        self, events: Iterable[tuple[str, object, int, Causation | None]]
+    ) -> list[OutgoingMessage]:
+        """The messages of (topic, domain event, log position, cause), published ones only."""
         mapping_of = self.language.mapping
         message = self.language.message
         messages = []
-        for topic, event, position in events:
+        for topic, event, position, cause in events:
             mapping = mapping_of(topic)
             if mapping is not None:
-                built = message(mapping, cast(Publishable, event), position)
+                built = message(mapping, cast(Publishable, event), position, cause)
                 if built is not None:
                     messages.append(built)
         return messages

@@ -19,6 +19,7 @@ from eventsourcing.utils import get_topic
 from toolkit import wire
 from toolkit.errors import ContractError, SubjectError
 from toolkit.wire.contracts import IntegrationEvent, contract_of, event_name
+from toolkit.write.causation import Causation
 
 D = TypeVar("D")
 I = TypeVar("I", bound=IntegrationEvent)  # noqa: E741
@@ -126,8 +127,10 @@ class PublishedLanguage:
         mapping: Mapping[Any, Any],
         domain_event: Publishable,
         log_position: int,
+        causation: Causation | None = None,
     ) -> OutgoingMessage | None:
-        """Translate one domain event into the message that carries it, or None."""
+        """Translate one domain event into the message that carries it, or None; its
+        envelope names ``causation`` (what a policy reacted to) when given."""
         public = mapping.translate(domain_event)
         if public is None:
             return None
@@ -162,6 +165,8 @@ class PublishedLanguage:
             datacontenttype=wire.DATACONTENTTYPE,
             data=public,
         )
+        if causation is not None:
+            envelope.causationid, envelope.correlationid = causation
         return OutgoingMessage(
             subject=mapping.subject_prefix + token + mapping.subject_suffix,
             body=wire.encode_envelope(envelope),
