@@ -18,6 +18,7 @@ MAX_LINES = 100
 class Sales(BoundedContext[UUID | str]):  # customers and orders by UUID, products by SKU
     name = "sales"
     published_language = language
+    reacts = True  # its log keeps tracking records: its policy (contexts.sales.policy) runs on it
 
     def list_product(self, sku: str, name: str, unit_price: Decimal) -> str:
         """Add a product to the catalogue under ``sku``, any text (the context refuses
@@ -63,9 +64,23 @@ class Sales(BoundedContext[UUID | str]):  # customers and orders by UUID, produc
         order = self._order(order_id)
         if order.status == "cancelled":
             raise InvalidCommand(f"order {order_id} is already cancelled")
+        if order.status == "shipped":
+            raise InvalidCommand(f"order {order_id} is shipped already")
         if not reason.strip():
             raise InvalidCommand("a cancellation needs a reason")
         order.cancel(reason=reason.strip())
+        self.save(order)
+
+    def mark_order_shipped(self, order_id: UUID, shipment_id: UUID, carrier: str) -> None:
+        """Record that shipping dispatched the order (its policy runs this from shipping's
+        stream). Marked again, nothing more is stored; a cancelled order is refused: its
+        shipment left after all, which someone must sort out (the policy keeps the reason)."""
+        order = self._order(order_id)
+        if order.status == "shipped":
+            return
+        if order.status == "cancelled":
+            raise InvalidCommand(f"order {order_id} was cancelled, but shipment {shipment_id} left")
+        order.mark_shipped(shipment_id=shipment_id, carrier=carrier)
         self.save(order)
 
     def add_order_note(self, order_id: UUID, text: str) -> None:

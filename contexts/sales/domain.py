@@ -41,6 +41,12 @@ class Order(Aggregate):
     class Cancelled(Aggregate.Event):
         reason: str
 
+    class Shipped(Aggregate.Event):
+        """Shipping dispatched the order's shipment (sales learns it from shipping's stream)."""
+
+        shipment_id: UUID
+        carrier: str
+
     class NoteAdded(Aggregate.Event):
         """A private fact: sales keeps it to itself (it is not in the published language)."""
 
@@ -60,6 +66,10 @@ class Order(Aggregate):
     @event(Cancelled)
     def cancel(self, reason: str) -> None:
         self.status = "cancelled"
+
+    @event(Shipped)
+    def mark_shipped(self, shipment_id: UUID, carrier: str) -> None:
+        self.status = "shipped"
 
     @event(NoteAdded)
     def add_note(self, text: str) -> None:

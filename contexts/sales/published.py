@@ -43,6 +43,14 @@ class OrderCancelled(IntegrationEvent, frozen=True, kw_only=True):
     cancelled_at: datetime
 
 
+@contract("sales.OrderShipped", version=1)
+class OrderShipped(IntegrationEvent, frozen=True, kw_only=True):
+    order_id: UUID
+    shipment_id: UUID
+    carrier: str
+    shipped_at: datetime
+
+
 @contract("sales.ProductListed", version=1)
 class ProductListed(IntegrationEvent, frozen=True, kw_only=True):
     """A product entered the catalogue. Its SKU is the aggregate id: any text, carried
@@ -80,6 +88,16 @@ def order_placed(e: Order.Placed) -> OrderPlaced:
 @language.maps(Order.Cancelled, to=OrderCancelled)
 def order_cancelled(e: Order.Cancelled) -> OrderCancelled:
     return OrderCancelled(order_id=e.originator_id, reason=e.reason, cancelled_at=e.timestamp)
+
+
+@language.maps(Order.Shipped, to=OrderShipped)
+def order_shipped(e: Order.Shipped) -> OrderShipped:
+    return OrderShipped(
+        order_id=e.originator_id,
+        shipment_id=e.shipment_id,
+        carrier=e.carrier,
+        shipped_at=e.timestamp,
+    )
 
 
 @language.maps(Product.Listed, to=ProductListed)

@@ -85,6 +85,17 @@ def test_demo_runs_the_whole_flow_and_leaves_nothing_behind(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert "equal to the live model" in done.stdout
     assert "GET /billing/accounts/" in done.stdout
+    said = " ".join(done.stdout.split())  # rich wraps lines at 80 columns
+    # The chain: each order a shipment and an invoice; half the orders not cancelled (40)
+    # dispatched, two in three paid; the dispatched ones marked shipped by sales.
+    assert (
+        "shipping's policy requested 400 shipments and billing's issued 400 invoices for 400 "
+        "orders (40 cancelled: called off, voided)"
+    ) in said
+    assert "dispatched 180 shipments and paid 240 invoices" in said
+    assert "-> shipment dispatched -> order shipped; invoice paid" in said
+    assert "unchanged by the replay, with the policies running: no policy re-ran" in said
+    assert re.search(r"policy mark-shipped: reacted / rejected / parked │ +180 / 0 / 0", said)
     assert time.monotonic() - started < 100
     assert not nats_servers_using(tmp_path)
     assert list(tmp_path.iterdir()) == []  # its data folder is gone too

@@ -590,7 +590,8 @@ def test_the_demo_runs_end_to_end_on_a_jetstream_log(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert "the sales log in JetStream" in done.stdout
+    assert "the logs of sales, shipping and billing in JetStream" in " ".join(done.stdout.split())
+    assert "no policy re-ran" in done.stdout
     assert "equal to the live model" in done.stdout
     assert "commands/s (JetStream log)" in done.stdout
     assert not nats_servers_using(tmp_path)

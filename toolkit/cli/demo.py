@@ -1,8 +1,13 @@
 """``toolkit demo``: the example system end to end, on an embedded server, in one process.
 
-Sales takes commands in a worker thread while its relay and the shipping and billing
-projections run live; then shipping is replayed from zero and compared with the live model,
-the read endpoints are queried over real HTTP, and a summary is printed.
+Sales takes commands in a worker thread while the relays of its three contexts (sales,
+shipping, billing), their three policies and the shipping and billing projections run
+live: each order placed becomes a shipment (shipping's policy) and an invoice (billing's);
+then some shipments are dispatched and some invoices paid, and sales' policy marks the
+dispatched orders shipped. Shipping is replayed from zero and compared with the live
+model, with the policies still running: the contexts' logs are checked unchanged (a replay
+never re-runs a policy). The read endpoints are queried over real HTTP, and a summary is
+printed.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 import uvicorn
@@ -34,16 +39,22 @@ from toolkit.http.app import create_app
 from toolkit.nats.connection import open_nats
 from toolkit.nats.embedded import free_ports
 from toolkit.nats.streams import ensure_stream
+from toolkit.react.deadletters import PolicyDeadLetters, dead_letters_path
+from toolkit.react.reactor import Reactor
+from toolkit.react.runner import PolicyRunner
 from toolkit.read.projector import Projector
 from toolkit.read.replay import rebuild
 from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.readmodels.tables import dump
 from toolkit.system import System
+from toolkit.write.context import BoundedContext
 from toolkit.write.relay import Relay
 
 if TYPE_CHECKING:  # the example is imported from the clone when the demo runs: see example()
+    from contexts.billing import Billing
     from contexts.sales import Sales
+    from contexts.shipping import Shipping
 
 console = Console(highlight=False)
 
@@ -56,6 +67,9 @@ class Workload:
     orders: list[UUID]
     commands: int
     seconds: float
+    cancelled: set[UUID] = field(default_factory=set)
+    notes: int = 0
+    """Private events: order notes, kept in sales."""
 
 
 def drive_sales(
@@ -74,6 +88,8 @@ def drive_sales(
         for i in range(customers)
     ]
     order_ids: list[UUID] = []
+    cancelled_ids: set[UUID] = set()
+    notes = 0
     commands = customers + orders
     for i in range(orders):
         if cancelled is not None and cancelled.is_set():
@@ -90,11 +106,36 @@ def drive_sales(
         order_ids.append(order_id)
         if i % 10 == 9:
             sales.cancel_order(order_id, "customer asked")
+            cancelled_ids.add(order_id)
             commands += 1
         elif i % 7 == 6:
             sales.add_order_note(order_id, "gift wrap")  # private: never leaves sales
+            notes += 1
             commands += 1
-    return Workload(customer_ids, order_ids, commands, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Workload(customer_ids, order_ids, commands, seconds, cancelled_ids, notes)
+
+
+@dataclass
+class Chain:
+    """What the demo asked of shipping and billing once the orders had their shipments
+    and invoices: the orders whose shipments it dispatched and whose invoices it paid."""
+
+    dispatched: list[UUID]
+    paid: list[UUID]
+
+
+def drive_chain(shipping: Shipping, billing: Billing, workload: Workload) -> Chain:
+    """Dispatch the shipments of every other order not cancelled, and pay the invoices of
+    two orders in three not cancelled (a shipment's and an invoice's id is its order's)."""
+    live = [order for order in workload.orders if order not in workload.cancelled]
+    dispatched = live[::2]
+    paid = [order for i, order in enumerate(live) if i % 3 != 2]
+    for order in dispatched:
+        shipping.dispatch_shipment(order, "Parcelforce" if order.int % 2 else "DHL")
+    for order in paid:
+        billing.pay_invoice(order)
+    return Chain(dispatched, paid)
 
 
 def _free_port() -> int:
@@ -121,6 +162,10 @@ def log_env(log: str, nats_url: str) -> dict[str, str]:
     return {}
 
 
+CHAIN = ("ship-orders", "invoice-orders", "mark-shipped")
+"""The example's policies: shipping's and billing's, from sales' stream; sales', from
+shipping's."""
+
 EXAMPLE = "contexts.system:system"
 """The example system: in the project's clone (``contexts/``, ``projections/``), not in the
 wheel, whose only top-level package is ``toolkit`` (generic names would shadow a user's)."""
@@ -142,7 +187,12 @@ def example(app_dir: Path) -> tuple[type[Sales], System]:
             f"projections/), which cannot be imported from {folder} ({exc}): run it from "
             "the clone's root or pass --app-dir <clone>"
         ) from None
-    if not isinstance(system, System) or {"shipping", "billing"} - set(system.projections):
+    if (
+        not isinstance(system, System)
+        or {"shipping", "billing"} - set(system.projections)
+        or set(CHAIN) - set(system.policies)
+        or {"shipping", "billing"} - set(system.contexts)
+    ):
         raise ConfigurationError(
             f"the demo runs the example system of the project's clone, but {EXAMPLE} "
             f"in {folder} is another one: run it from the clone's root or pass --app-dir <clone>"
@@ -173,30 +223,52 @@ async def _run(
     customers: int,
     log: str,
 ) -> int:
-    sales: Sales | None = None
-    stop = asyncio.Event()
+    contexts: dict[str, BoundedContext[Any]] = {}
+    stop = asyncio.Event()  # the projectors'
+    chain_stop = asyncio.Event()  # the relays' and the policies': they outlive the replay
     cancelled = threading.Event()
     homes = {name: SQLiteHome(settings.data_dir, name) for name in system.projections}
     stores = {
         name: ReadModelStore(homes[name].live(), cls()) for name, cls in system.projections.items()
     }
+    dead_letters: list[PolicyDeadLetters] = []
     try:
         async with open_nats(settings, name="demo") as nats:
             where = "embedded nats-server" if nats.embedded else "NATS"
             console.print(
                 f"[bold]toolkit demo[/] on {where} at {nats.url}, data in {settings.data_dir}, "
-                f"the sales log in {LOGS[log]}"
+                f"the logs of sales, shipping and billing in {LOGS[log]}"
             )
-            sales = sales_type(env=log_env(log, nats.url), data_dir=settings.data_dir)
-            relay = Relay(sales, nats.connection)
-            await ensure_stream(nats.js, relay.stream)
+            env = log_env(log, nats.url)
+            sales = sales_type(env=env, data_dir=settings.data_dir)
+            contexts["sales"] = sales
+            for name in ("shipping", "billing"):
+                contexts[name] = system.contexts[name](env=env, data_dir=settings.data_dir)
+            shipping = cast("Shipping", contexts["shipping"])
+            billing = cast("Billing", contexts["billing"])
+            relays = {name: Relay(context, nats.connection) for name, context in contexts.items()}
+            for relay in relays.values():
+                await ensure_stream(nats.js, relay.stream)
+            reactors: dict[str, Reactor[Any]] = {}
+            for name in CHAIN:
+                policy_class = system.policy(name)
+                context = contexts[system.policy_context(policy_class).name]
+                dead_letters.append(
+                    PolicyDeadLetters(dead_letters_path(settings.data_dir, policy_class.name))
+                )
+                runner = PolicyRunner(policy_class(), context)
+                reactors[name] = Reactor(runner, dead_letters[-1], nats.connection)
             projectors = {
                 name: Projector(store.projection, store, nats.connection)
                 for name, store in stores.items()
             }
-            relay_task = asyncio.create_task(relay.run(stop))
+            chain_tasks: list[asyncio.Task[Any]] = [
+                *(asyncio.create_task(r.run(chain_stop)) for r in relays.values()),
+                *(asyncio.create_task(r.run(chain_stop)) for r in reactors.values()),
+            ]
             projector_tasks = [asyncio.create_task(p.run(stop)) for p in projectors.values()]
-            background = [relay_task, *projector_tasks]
+            background = [*chain_tasks, *projector_tasks]
+            settled = Settled(relays, reactors, projectors, background)
 
             console.print(f"placing {orders} orders for {customers} customers through sales ...")
             workload_task = asyncio.create_task(
@@ -210,23 +282,39 @@ async def _run(
                     task.result()  # a background task failed: raise its error
             workload = workload_task.result()
             commands_done = time.perf_counter()
-
-            head = sales.recorder.max_notification_id() or 0
-            while relay.stats.position < head or any(
-                p.stats.checkpoints.get("sales", 0) < relay.stats.stream_sequence
-                for p in projectors.values()
-            ):
-                for task in background:
-                    if task.done():
-                        task.result()
-                await asyncio.sleep(0.01)
+            await settled.wait()
             caught_up = time.perf_counter()
-            stop.set()
-            await asyncio.gather(*background)
+            requested = _published(relays["shipping"])
+            console.print(
+                f"shipping's policy requested {requested} shipments and billing's issued "
+                f"{_published(relays['billing'])} invoices for {len(workload.orders)} orders "
+                f"({len(workload.cancelled)} cancelled: called off, voided)"
+            )
 
-            stream_events = relay.stats.stream_sequence
+            chain = await asyncio.to_thread(drive_chain, shipping, billing, workload)
+            console.print(
+                f"dispatched {len(chain.dispatched)} shipments and paid {len(chain.paid)} "
+                "invoices; sales' policy marks the dispatched orders shipped ..."
+            )
+            await settled.wait()
+            shipped = [o for o in chain.dispatched if sales.get_order(o).status == "shipped"]
+            if len(shipped) != len(chain.dispatched):
+                raise ToolkitError("an order whose shipment was dispatched is not marked shipped")
+            first = chain.dispatched[0] if chain.dispatched else None
+            if first is not None:
+                console.print(
+                    f"order {first}: placed -> shipment {shipping.get_shipment(first).status} "
+                    f"-> order {sales.get_order(first).status}; invoice "
+                    f"{billing.get_invoice(first).status}"
+                )
+            stop.set()
+            await asyncio.gather(*projector_tasks)
+
+            stream_events = relays["sales"].stats.stream_sequence
+            head = sales.recorder.max_notification_id() or 0
             live = {name: dump(store.db) for name, store in stores.items()}
             stores["shipping"].close()
+            logs_before = {name: _log_head(context) for name, context in contexts.items()}
 
             console.print("replaying shipping from sequence 1 into a new generation ...")
             replay_started = time.perf_counter()
@@ -241,6 +329,16 @@ async def _run(
                 f"replayed {result.stats.applied} events into {result.generation.name}: "
                 "[green]equal to the live model[/]"
             )
+            await settled.wait(projectors=False)
+            logs_after = {name: _log_head(context) for name, context in contexts.items()}
+            if logs_after != logs_before:
+                raise ToolkitError(f"the replay changed a log: {logs_before} -> {logs_after}")
+            console.print(
+                "the logs of sales, shipping and billing are unchanged by the replay, with "
+                "the policies running: [green]no policy re-ran[/]"
+            )
+            chain_stop.set()
+            await asyncio.gather(*chain_tasks)
 
             await _show_endpoints(settings, system, workload)
 
@@ -249,32 +347,92 @@ async def _run(
             table.add_column("what")
             table.add_column("figure", justify="right")
             table.add_row("commands handled by sales", f"{commands}")
-            table.add_row("events in the sales log", f"{head}")
+            table.add_row("last position in the sales log", f"{head}")
             table.add_row("integration events on stream 'sales'", f"{stream_events}")
-            table.add_row("private events kept in sales", f"{head - stream_events}")
+            table.add_row("private events kept in sales", f"{workload.notes}")
             table.add_row(f"commands/s ({LOGS[log]} log)", f"{commands / workload.seconds:,.0f}")
             table.add_row(
-                "both projections at the head, ms after the last command",
+                "everything at the head, ms after the last order",
                 f"{(caught_up - commands_done) * 1000:,.0f}",
             )
             table.add_row("replay rate (events/s)", f"{stream_events / replay_seconds:,.0f}")
-            table.add_row("relay lag at the end (events)", f"{relay.lag()}")
+            for name, relay in relays.items():
+                table.add_row(
+                    f"{name}: log head / stream head / relay lag",
+                    f"{logs_after[name]} / {relay.stats.stream_sequence} / {relay.lag()}",
+                )
+            for name, reactor in reactors.items():
+                stats = reactor.stats
+                table.add_row(
+                    f"policy {name}: reacted / rejected / parked",
+                    f"{stats.reacted} / {stats.rejected} / {stats.parked}",
+                )
             for name, projector in projectors.items():
                 table.add_row(
                     f"{name}: applied / checkpoint",
                     f"{projector.stats.applied} / {projector.stats.checkpoints.get('sales', 0)}",
                 )
             console.print(table)
-            sales.close()  # before its server stops, when the log is on it
-            sales = None
+            _close(contexts)  # before their server stops, when the logs are on it
     finally:
         cancelled.set()  # an interrupted demo stops placing orders
         for store in stores.values():
             with contextlib.suppress(Exception):
                 store.close()
-        if sales is not None:
-            sales.close()
+        for letters in dead_letters:
+            letters.close()
+        _close(contexts)
     return 0
+
+
+def _published(relay: Relay) -> int:
+    return relay.stats.stream_sequence
+
+
+def _log_head(context: BoundedContext[Any]) -> int:
+    return context.recorder.max_notification_id() or 0
+
+
+def _close(contexts: dict[str, BoundedContext[Any]]) -> None:
+    for context in contexts.values():
+        with contextlib.suppress(Exception):
+            context.close()
+    contexts.clear()
+
+
+@dataclass
+class Settled:
+    """Waits until nothing is in flight: every relay at its log's head, every policy and
+    projector at the head of each stream it reads (as far as its relay has published)."""
+
+    relays: dict[str, Relay]
+    reactors: dict[str, Reactor[Any]]
+    projectors: dict[str, Projector]
+    background: list[asyncio.Task[Any]]
+
+    async def wait(self, *, projectors: bool = True) -> None:
+        while not self._settled(projectors):
+            for task in self.background:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    task.result()  # a background task failed: raise its error
+            await asyncio.sleep(0.01)
+
+    def _settled(self, projectors: bool) -> bool:
+        """(All on the event loop's thread, where reactors and relays also run: nothing
+        moves while this looks.)"""
+        published = {name: relay.stats.stream_sequence for name, relay in self.relays.items()}
+        if any(relay.stats.position < _log_head(relay.context) for relay in self.relays.values()):
+            return False
+        for reactor in self.reactors.values():
+            for stream in reactor.policy.streams:
+                if reactor.stats.positions.get(stream, 0) < published[stream]:
+                    return False
+        for projector in self.projectors.values() if projectors else ():
+            for translator in projector.projection.translators:
+                stream = translator.stream
+                if projector.stats.checkpoints.get(stream, 0) < published.get(stream, 0):
+                    return False
+        return True
 
 
 async def _show_endpoints(settings: Settings, system: System, workload: Workload) -> None:

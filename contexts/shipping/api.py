@@ -1,0 +1,58 @@
+"""Shipping's command endpoint: dispatch a shipment. (No `from __future__ import
+annotations`: FastAPI reads these annotations at runtime.)
+
+A shipment's id is its order's id, the ``shipment_id`` of the shipping read model
+(``GET /shipping/shipments/{shipment_id}``). The answer's consistency token
+(``shipping:<log position>``) makes a read of a projection that follows shipping's
+stream wait for the dispatch.
+"""
+
+from uuid import UUID
+
+from fastapi import APIRouter, HTTPException, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from contexts.shipping.application import MAX_CARRIER, Shipping
+from toolkit import CONSISTENCY_HEADER, ConflictError, InvalidCommand, UnknownAggregate, token_for
+
+
+class Dispatch(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    carrier: str = Field(min_length=1, max_length=MAX_CARRIER)
+
+
+class Accepted(BaseModel):
+    id: UUID
+    consistency_token: str = Field(
+        description="send it back in the `Consistency-Token` header of a read to see this "
+        "command's effect (`<context>:<log position>`)"
+    )
+
+
+_ERRORS: dict[int | str, dict[str, str]] = {
+    404: {"description": "the shipment does not exist"},
+    409: {"description": "the shipment was changed by another command at the same time"},
+    422: {"description": "the command is invalid (called off, dispatched already); nothing stored"},
+}
+
+
+def router(shipping: Shipping) -> APIRouter:
+    api = APIRouter(prefix="/shipping", tags=["shipping"], responses=_ERRORS)
+
+    @api.post("/shipments/{shipment_id}/dispatch")
+    def dispatch_shipment(shipment_id: UUID, dispatch: Dispatch, response: Response) -> Accepted:
+        with shipping.recordings() as saved:
+            try:
+                shipping.dispatch_shipment(shipment_id, dispatch.carrier)
+            except UnknownAggregate as exc:
+                raise HTTPException(404, str(exc)) from None
+            except InvalidCommand as exc:
+                raise HTTPException(422, str(exc)) from None
+            except ConflictError as exc:
+                raise HTTPException(409, str(exc)) from None
+        token = str(token_for(shipping, saved))
+        response.headers[CONSISTENCY_HEADER] = token
+        return Accepted(id=shipment_id, consistency_token=token)
+
+    return api
