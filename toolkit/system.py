@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # only the HTTP boundary imports FastAPI; the CLI's other com
 
     from fastapi import APIRouter
 
+    from toolkit.commands import CommandQueue
     from toolkit.nats.connection import Connection
     from toolkit.react.policy import Policy
     from toolkit.read.workqueue import WorkQueue, WorkStats
@@ -61,6 +62,9 @@ class System:
     policies: dict[str, type[Policy[Any]]] = field(default_factory=dict)
     """Policies (a context reacting to other contexts' events), by name: what ``toolkit
     react <name>`` runs, each on the context of :attr:`contexts` it names."""
+    command_queues: dict[str, CommandQueue[Any]] = field(default_factory=dict)
+    """Commands queued for a context (:mod:`toolkit.commands`), by context name: what
+    ``toolkit commands <context>`` runs the workers of."""
 
     def context(self, name: str) -> type[BoundedContext[Any]]:
         try:
@@ -101,6 +105,22 @@ class System:
                 f"context {name!r} is {context.__name__}"
             )
         return context
+
+    def command_queue(self, name: str) -> CommandQueue[Any]:
+        """The command queue of context ``name``, checked against the context the system
+        declares under that name (the queue's context class, or a subclass of it)."""
+        queue = self.command_queues.get(name)
+        if queue is None:
+            known = ", ".join(sorted(self.command_queues)) or "none"
+            raise ConfigurationError(f"no command queue of context {name!r} (known: {known})")
+        context = self.context(name)
+        if queue.context != name or not issubclass(context, queue.context_class):
+            raise ConfigurationError(
+                f"the command queue declared for context {name!r} is {queue.context}'s "
+                f"({queue.context_class.__name__}), but the system's context {name!r} is "
+                f"{context.__name__}"
+            )
+        return queue
 
     def work_queue(self, name: str) -> WorkFactory:
         try:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from contexts.sales.application import MAX_LINES, Sales
+from contexts.sales.queued import commands as queued
 from toolkit import (
     CONSISTENCY_HEADER,
     MAX_ID_TOKEN,
@@ -23,6 +24,7 @@ from toolkit import (
     UnknownAggregate,
     token_for,
 )
+from toolkit.http.queued import command_queue_router
 
 SKU_DESCRIPTION = (
     "the product's id: any text, at most 1024 characters once percent-encoded for a NATS "
@@ -95,7 +97,11 @@ _ERRORS: dict[int | str, dict[str, str]] = {
 
 
 def router(sales: Sales) -> APIRouter:
+    """Sales' commands run in the request (201 with a consistency token), and the
+    same ones queued (``/sales/commands/...``: 202, a status resource, run by
+    ``toolkit commands sales``)."""
     api = APIRouter(prefix="/sales", tags=["sales"], responses=_ERRORS)
+    api.include_router(command_queue_router(queued, prefix="/commands"))
 
     def run(
         response: Response, command: Callable[..., object], *args: object, unknown: int = 422

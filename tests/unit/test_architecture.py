@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     "toolkit.system": 4,
     # policies: a context reacting to foreign streams (both sides)
     "toolkit.react": 4,
+    # commands through a queue owned by the context (the write side, on NATS)
+    "toolkit.commands": 4,
     "toolkit.ops": 5,
     # the testing kit: both sides and a read model, without NATS
     "toolkit.testing": 5,

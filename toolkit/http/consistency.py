@@ -60,13 +60,7 @@ class ConsistencyToken(NamedTuple):
 def token_for(context: BoundedContext[Any], recordings: Sequence[Any]) -> ConsistencyToken:
     """The token of a save: the log position of its last event that leaves the context
     (private events never reach a projection of another context, so none is waited for)."""
-    language = context.published_language
-    position = 0
-    for recording in recordings:
-        mapping = language.mapping(recording.notification.topic)
-        if mapping is not None and mapping.translate(recording.domain_event) is not None:
-            position = max(position, recording.notification.id)
-    return ConsistencyToken(context.name, position)
+    return ConsistencyToken(context.name, context.published_language.last_published(recordings))
 
 
 def passed(db: Connection, stream: str) -> int | None:

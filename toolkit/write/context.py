@@ -153,7 +153,7 @@ class BoundedContext(Application[ID]):
 
     @contextlib.contextmanager
     def processing(
-        self, tracking: Tracking, *, caused_by: Causation | None = None
+        self, tracking: Tracking | None, *, caused_by: Causation | None = None
     ) -> Iterator[ProcessingEvent[ID]]:
         """Inside, this thread's saves are collected into one processing event; when the
         block ends they are recorded with ``tracking`` in one transaction of the log
@@ -162,13 +162,18 @@ class BoundedContext(Application[ID]):
 
         A tracking record that does not move its position forward (another process
         recorded it first) raises :class:`~toolkit.errors.ConflictError`, as does a
-        concurrent change of a saved aggregate; nothing is stored then either."""
-        if not isinstance(self.recorder, ProcessRecorder):
+        concurrent change of a saved aggregate; nothing is stored then either.
+
+        Without ``tracking`` (None) the saves are only recorded in one transaction, on
+        any log, a context that does not react included: a queued command's events and
+        its outcome (:mod:`toolkit.commands`)."""
+        if tracking is not None and not isinstance(self.recorder, ProcessRecorder):
             raise ConfigurationError(
                 f"context {self.name} keeps no tracking records: set reacts = True on "
                 f"{type(self).__name__} to run policies on it"
             )
-        if getattr(getattr(self.recorder, "datastore", None), "enable_db_functions", False):
+        db_functions = getattr(getattr(self.recorder, "datastore", None), "enable_db_functions", 0)
+        if tracking is not None and db_functions:
             raise ConfigurationError(  # eventsourcing's insert function drops the tracking
                 f"context {self.name} runs policies: its PostgreSQL log must not set "
                 "POSTGRES_ENABLE_DB_FUNCTIONS (its insert function stores no tracking record)"

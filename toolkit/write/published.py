@@ -8,12 +8,13 @@ private events without decoding them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 from uuid import UUID
 
+from eventsourcing.persistence import Recording
 from eventsourcing.utils import get_topic
 
 from toolkit import wire
@@ -112,6 +113,17 @@ class PublishedLanguage:
 
     def mapping(self, topic: str) -> Mapping[Any, Any] | None:
         return self._by_topic.get(topic)
+
+    def last_published(self, recordings: Iterable[Recording[Any]]) -> int:
+        """The log position of the last of ``recordings`` that leaves the context (0 for
+        none): what a consistency token of their save names (private events never reach
+        a projection of another context, so none is waited for)."""
+        position = 0
+        for recording in recordings:
+            mapping = self.mapping(recording.notification.topic)
+            if mapping is not None and mapping.translate(recording.domain_event) is not None:
+                position = max(position, recording.notification.id)
+        return position
 
     @property
     def topics(self) -> list[str]:
