@@ -56,6 +56,10 @@ class RelayBusyError(RelayError):
     """Another relay of the context runs (see :mod:`toolkit.write.relay_lock`)."""
 
 
+class PolicyBusyError(ToolkitError):
+    """Another process runs the policy (see :mod:`toolkit.react.lock`)."""
+
+
 class ProjectionError(ToolkitError):
     """A projection could not apply its stream."""
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -32,6 +32,7 @@ from toolkit.http.consistency import (
 )
 from toolkit.http.health import Metrics
 from toolkit.http.limits import BodyLimit
+from toolkit.http.reactors import Reactors
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
 from toolkit.readmodels import Connection, Generation, ReadModelHome
@@ -199,10 +200,14 @@ def _preferred_wait(request: Request, default: float) -> float:
     return default
 
 
-def create_app(system: System, settings: Settings, *, relay: bool = True) -> FastAPI:
+def create_app(
+    system: System, settings: Settings, *, relay: bool = True, policies: Sequence[str] = ()
+) -> FastAPI:
     """The system's API: read endpoints of its projections, command endpoints of its
     contexts (whose relays run here unless ``relay`` is False), the event feed, health,
-    readiness and metrics; bearer-token auth when ``settings.api_tokens`` is set."""
+    readiness and metrics; bearer-token auth when ``settings.api_tokens`` is set. The
+    ``policies`` named run here too (:mod:`toolkit.http.reactors`); the caller holds
+    their locks."""
     nats = feed.NatsLink(settings)  # opened on first use
     relay_link = feed.NatsLink(settings)  # the relays' own, open until they have stopped
     contexts = {name: system.context(name)(data_dir=settings.data_dir) for name in system.commands}
@@ -210,6 +215,7 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
     relay_trouble: dict[str, str] = {}
     """Why a context's relay is not running, by context."""
     relays: dict[str, Relay] = {}
+    reactors = Reactors(system, settings, policies, contexts, relay_link)
 
     async def run_relay(name: str, context: BoundedContext[Any], stop: asyncio.Event) -> None:
         """The context's relay, started once NATS answers: the API serves reads while
@@ -257,6 +263,8 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
             asyncio.create_task(run_relay(name, context, stop))
             for name, context in (contexts.items() if relay else ())
         ]
+        if policies:
+            tasks.append(asyncio.create_task(reactors.run(stop)))
         reporter = Reporter(settings.data_dir)  # what status and readiness read about them
         for name in contexts if relay else ():
             reporter.watch(
@@ -268,6 +276,7 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
                 position=functools.partial(relay_position, name),
                 backlog=functools.partial(relay_backlog, name),
             )
+        reactors.watch(reporter)
         reporter.start()
         try:
             yield
@@ -275,6 +284,7 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await reporter.close()
+            reactors.close()
             await relay_link.close()
             await nats.close()
             for context in contexts.values():
@@ -331,8 +341,9 @@ def create_app(system: System, settings: Settings, *, relay: bool = True) -> Fas
 
     def relays_ok() -> str | None:
         reasons = [reason for name in relay_trouble if (reason := relay_stopped(name))]
+        reasons += reactors.trouble.values()  # the policies run here
         connection = relay_link.trouble  # the relays would sit on it, making no progress
-        if connection is not None and relay and contexts:
+        if connection is not None and ((relay and contexts) or policies):
             reasons.append(f"the relays' NATS connection: {connection}")
         return "; ".join(reasons) or None
 

@@ -6,10 +6,11 @@ relay builds it, creating nothing; a log it cannot read is a problem, with why);
 projection its version (and whether a rebuild is due), checkpoint per stream (per
 partition when partitioned), lag in events and in time, state and dead-letter count; for
 a partial model (a replay from a later start) where it starts in each stream, and the
-generations kept beside the one readers use. Relays and projectors running on the data
-folder say what they go through (:mod:`toolkit.ops.reports`): one that cannot reach NATS,
-hangs, or leaves a backlog unmoved for ``stall_after`` seconds gets that state, and the
-reason in ``problems``.
+generations kept beside the one readers use; for each policy, running or not, its
+positions, lag and dead letters (:mod:`toolkit.ops.policies`). Relays, projectors and
+reactors running on the data folder say what they go through
+(:mod:`toolkit.ops.reports`): one that cannot reach NATS, hangs, or leaves a backlog
+unmoved for ``stall_after`` seconds gets that state, and the reason in ``problems``.
 """
 
 from __future__ import annotations
@@ -142,13 +143,25 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
                 }
             report["streams"] = positions
         projections[name] = report
+    from toolkit.ops.policies import collect_policies
+
+    policies = await collect_policies(
+        system, settings, open_log=_open_log, behind=behind, time_of=time_of
+    )
     found = [
-        f"relay {name}: {problem}"
-        for name, relay in contexts.items()
-        for problem in relay.get("problems", ())
+        f"{kind} {name}: {problem}"
+        for kind, entries in (("relay", contexts), ("policy", policies))
+        for name, entry in entries.items()
+        for problem in entry.get("problems", ())
     ]
-    found += _problems(contexts, projections, reports.read(settings.data_dir), settings.stall_after)
-    report = {"streams": streams, "contexts": contexts, "projections": projections}
+    running = reports.read(settings.data_dir)
+    found += _problems(contexts, projections, running, settings.stall_after, policies)
+    report = {
+        "streams": streams,
+        "contexts": contexts,
+        "projections": projections,
+        "policies": policies,
+    }
     redacted: dict[str, Any] = _redacted(report | {"problems": found})
     return redacted
 
@@ -237,11 +250,13 @@ def _problems(
     projections: dict[str, Any],
     running: dict[str, dict[str, Any]],
     stall_after: float,
+    policies: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Give each relay and projection the state and problems its processes report; all
-    the problems, each naming its process."""
+    """Give each relay, projection and policy the state and problems its processes
+    report; all the problems, each naming its process."""
     now, found = time.time(), []
-    for kind, entries in (("relay", contexts), ("projection", projections)):
+    kinds = (("relay", contexts), ("projection", projections), ("policy", policies or {}))
+    for kind, entries in kinds:
         for name, entry in entries.items():
             mine = [r for k, r in sorted(running.items()) if k.split(".")[:2] == [kind, name]]
             states: list[str] = []
@@ -253,7 +268,7 @@ def _problems(
                         f"{worker}: {reason}" if worker else reason
                     )
                     found.append(f"{report['what']}: {reason}")
-            if kind == "relay":
+            if kind in ("relay", "policy"):
                 entry["processes"] = [{"pid": r["pid"], "host": r["host"]} for r in mine]
                 entry["state"] = "running" if mine else "stopped"
             if states and entry["state"] not in ("rebuild due", "unreadable"):
@@ -377,6 +392,10 @@ def render(report: dict[str, Any]) -> Table:
                 "",
                 "",
             )
+    from toolkit.ops.policies import render_rows
+
+    for row in render_rows(report.get("policies", {})):
+        table.add_row(*row)
     table.caption = "\n".join(report["problems"])  # each with its reason
     table.caption_justify = "left"
     return table

@@ -10,8 +10,12 @@ all, whatever crashes, and a restart goes on after the tracking record.
 - :mod:`~toolkit.react.policy`: what a policy declares (:class:`Policy`);
 - :mod:`~toolkit.react.runner`: applying stream messages to it (:class:`PolicyRunner`);
 - :mod:`~toolkit.react.reactor`: following its streams over NATS (:class:`Reactor`,
-  ``toolkit react <policy>``), parking what keeps failing;
-- :mod:`~toolkit.react.deadletters`: its dead letters (:class:`PolicyDeadLetters`).
+  ``toolkit react <policy>``), parking what keeps failing with its aggregate;
+- :mod:`~toolkit.react.deadletters`: its dead letters (:class:`PolicyDeadLetters`), with
+  the aggregates they hold parked;
+- :mod:`~toolkit.react.retries`: dead letters retried (each reaction stored once) or
+  dropped (``toolkit dlq``);
+- :mod:`~toolkit.react.lock`: one reactor per policy.
 """
 
 from toolkit.react.policy import Policy

@@ -70,6 +70,12 @@ class Policy(Generic[C]):
         """The name its tracking records of ``stream`` have in the context's log."""
         return f"{self.name}:{stream}"
 
+    def retry_tracking_name(self, stream: str, sequence: int) -> str:
+        """The name of the tracking record of a retry of its dead letter at ``sequence``
+        of ``stream``: one per message, so a retry is recorded once (see
+        :meth:`toolkit.react.runner.PolicyRunner.retry`)."""
+        return f"{self.tracking_name(stream)}:retry:{sequence}"
+
     def react(self, fact: object, context: C) -> None:
         """Run the commands ``fact`` calls for on ``context``. A command refused with
         :class:`~toolkit.errors.InvalidCommand` makes the whole message a rejection:

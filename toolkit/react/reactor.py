@@ -6,8 +6,9 @@ Where it starts is the policy's tracking record of each stream in the context's 
 (:meth:`PolicyRunner.position`), not a checkpoint of its own: the record is written in
 the transaction of the effects, so a restart after any crash goes on from exactly what
 was stored. A message whose reaction keeps failing (:class:`~toolkit.errors.PoisonMessage`)
-is retried ``Policy.retries`` times with back-off, then parked: kept as a dead letter
-(:mod:`toolkit.react.deadletters`) and recorded as processed, so the policy moves on.
+is retried ``Policy.retries`` times with back-off, then parked with its aggregate: kept
+as a dead letter (:mod:`toolkit.react.deadletters`) and recorded as processed, so the
+policy moves on; the aggregate's later messages are parked behind it.
 A log that fails (its database unreachable, locked) is no message's fault: that is
 retried, with back-off, for as long as it lasts, and nothing is parked.
 """
@@ -46,7 +47,10 @@ _LOG_FAILURES = (OperationalError, InterfaceError)
 class ReactorStats(Counts):
     retries: int = 0
     parked: int = 0
-    """Messages whose reaction kept failing, kept as dead letters and passed over."""
+    """Messages whose reaction kept failing, kept as dead letters and passed over (with
+    their aggregates: the messages parked behind them are counted in ``held``)."""
+    failing: str | None = None
+    """Why the reaction to a message fails while it is retried (None: nothing fails)."""
     positions: dict[str, int] = field(default_factory=dict)
     """The tracking record of each stream: its last sequence processed."""
     lag: dict[str, int] = field(default_factory=dict)
@@ -63,18 +67,26 @@ class Reactor(OnConnection, Generic[C]):
         client: Client | Connection,
         *,
         batch_size: int = 1000,
+        threaded: bool = False,
     ) -> None:
+        """``threaded``: react in a worker thread, leaving the event loop free (for a
+        process that serves HTTP too)."""
         self.runner = runner
         self.policy = runner.policy
         self.dead_letters = dead_letters
         self.connection = Connection.of(client)
         self.batch_size = batch_size
+        self.threaded = threaded
         self.stats = ReactorStats()
         if runner.on_rejected is None:
             runner.on_rejected = self._keep_rejection
+        if runner.holds is None:
+            runner.holds = dead_letters
 
     def _keep_rejection(self, rejection: Rejection) -> None:
-        message = StreamMessage(rejection.stream, rejection.sequence, rejection.subject, {}, b"")
+        message = rejection.message or StreamMessage(
+            rejection.stream, rejection.sequence, rejection.subject, {}, b""
+        )
         self.dead_letters.keep(message, "rejected", rejection.type, rejection.reason)
 
     async def run(
@@ -163,10 +175,16 @@ class Reactor(OnConnection, Generic[C]):
             try:  # (after a failure, from the one that failed: not counted twice)
                 stream = batch[0].stream
                 position = self.runner.position(stream)
-                self.runner.apply([m for m in batch if m.sequence > position], self.stats)
+                todo = [m for m in batch if m.sequence > position]
+                if self.threaded:
+                    await asyncio.to_thread(self.runner.apply, todo, self.stats)
+                else:
+                    self.runner.apply(todo, self.stats)
+                self.stats.failing = None
                 return True
             except PoisonMessage as poison:
                 failure = poison
+                self.stats.failing = str(poison)
                 if not isinstance(poison.cause, _LOG_FAILURES):
                     done = tries[poison.sequence] = tries.get(poison.sequence, 0) + 1
                     if done <= self.policy.retries:
@@ -185,6 +203,7 @@ class Reactor(OnConnection, Generic[C]):
             except _LOG_FAILURES as exc:
                 failure = exc
             log_failures += 1
+            self.stats.failing = f"the log of context {self.runner.context.name} fails: {failure}"
             delay = backoff.delay_after(log_failures, self.policy.retry_delay, 5.0)
             self.stats.retries += 1
             log.warning(
@@ -195,17 +214,15 @@ class Reactor(OnConnection, Generic[C]):
                 return False
 
     def _park(self, message: StreamMessage, poison: PoisonMessage, tries: int) -> None:
-        """Keep ``message`` as a dead letter, then record it as processed (in this order:
-        a crash between parks it again, the same row)."""
+        """Keep ``message`` as a dead letter holding its aggregate parked, then record it
+        as processed (in this order: a crash between finds it a dead letter already)."""
         cause = poison.cause
         reason = f"{type(cause).__name__}: {cause} (failed {tries} times)"
         head = wire.relayed_head(message.stream, message.headers.get(wire.MSG_ID), message.data)
-        self.dead_letters.keep(
-            message, "parked", None if isinstance(head, str) else head.type, reason
-        )
+        self.dead_letters.park(message, None if isinstance(head, str) else head.type, reason)
         if self.runner.pass_over(message):
             self.stats.parked += 1
         log.error(
-            "%s; parked %s sequence %d in the dead letters of policy %s",
+            "%s; parked %s sequence %d in the dead letters of policy %s, with its aggregate",
             poison, message.stream, message.sequence, self.policy.name,
         )  # fmt: skip

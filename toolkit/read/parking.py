@@ -14,7 +14,7 @@ themselves are in the toolkit's tables (:mod:`toolkit.readmodels.tables`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from toolkit.readmodels import Connection, tables
 
@@ -24,10 +24,26 @@ class Parking:
     generation, as its writer knows them."""
 
     def __init__(self, db: Connection) -> None:
+        self._fill(tables.parked(db), tables.dead_letters_ahead(db))
+
+    @classmethod
+    def from_rows(
+        cls, parked: Iterable[tuple[str, str, int]], ahead: Iterable[tuple[str, int]]
+    ) -> Parking:
+        """The same, from rows kept elsewhere: (stream, aggregate, sequence of the dead
+        letter holding it) and (stream, sequence) of dead letters ahead (a policy's,
+        :mod:`toolkit.react.deadletters`)."""
+        parking = cls.__new__(cls)
+        parking._fill(parked, ahead)
+        return parking
+
+    def _fill(
+        self, parked: Iterable[tuple[str, str, int]], ahead: Iterable[tuple[str, int]]
+    ) -> None:
         self._parked: dict[str, dict[str, int]] = {}
-        for stream, aggregate, sequence in tables.parked(db):
+        for stream, aggregate, sequence in parked:
             self._parked.setdefault(stream, {})[aggregate] = sequence
-        self.ahead: set[tuple[str, int]] = tables.dead_letters_ahead(db)
+        self.ahead: set[tuple[str, int]] = set(ahead)
         """(stream, sequence) of dead letters past their checkpoint: already dead letters
         when their batch comes again."""
 

@@ -29,7 +29,7 @@ import contextlib
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,18 +46,31 @@ def relay_lock(context: BoundedContext[Any], role: str) -> Iterator[None]:
     """Hold the lock of ``context``'s relay while the block runs; raise
     :class:`~toolkit.errors.RelayBusyError`, naming the holder, when another holds it.
     ``role`` says what runs the relay (``toolkit relay``), for that message."""
+    with log_lock(context, "relay", role, lambda holder: _busy(context.name, holder)):
+        yield
+
+
+@contextlib.contextmanager
+def log_lock(
+    context: BoundedContext[Any], kind: str, role: str, busy: Callable[[str], Exception]
+) -> Iterator[None]:
+    """Hold the lock ``kind`` of ``context``'s log (``relay``; a policy's, see
+    :mod:`toolkit.react.lock`) while the block runs, where this module's docstring says
+    it lives: ``<log file>.<kind>-lock``, an advisory lock ``<kind>:<schema>.<context>``,
+    or ``<data dir>/<context>.<kind>-lock``. When another holds it, raise what ``busy``
+    makes of a description of the holder."""
     datastore = getattr(context.recorder, "datastore", None)
     postgres = sys.modules.get("eventsourcing.postgres")  # imported when the log is there
     if postgres is not None and isinstance(datastore, postgres.PostgresDatastore):
-        with _advisory_lock(datastore, context.name, role):
+        with _advisory_lock(datastore, f"{kind}:{datastore.schema}.{context.name}", role, busy):
             yield
         return
     log_file = context.log_file
     if log_file is not None:
-        path = log_file.with_name(log_file.name + ".relay-lock")
+        path = log_file.with_name(f"{log_file.name}.{kind}-lock")
     else:
-        path = context.data_dir / f"{context.name}.relay-lock"
-    with _file_lock(path, context.name, role):
+        path = context.data_dir / f"{context.name}.{kind}-lock"
+    with _file_lock(path, role, busy):
         yield
 
 
@@ -77,11 +90,11 @@ def _busy(name: str, holder: str) -> RelayBusyError:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, name: str, role: str) -> Iterator[None]:
+def _file_lock(path: Path, role: str, busy: Callable[[str], Exception]) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     holder = orjson.dumps(_holder(role))
     with locks.file_lock(
-        path, holder=holder, refused=lambda held: _busy(name, _described(held.written, path))
+        path, holder=holder, refused=lambda held: busy(_described(held.written, path))
     ):
         yield
 
@@ -96,19 +109,20 @@ def _described(written: bytes, path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _advisory_lock(datastore: Any, name: str, role: str) -> Iterator[None]:
+def _advisory_lock(
+    datastore: Any, label: str, role: str, busy: Callable[[str], Exception]
+) -> Iterator[None]:
     import psycopg
 
     holder = _holder(role)
     params = {k: v for k, v in (datastore.pool.kwargs or {}).items() if k != "row_factory"}
     described = f"{role}, pid {holder['pid']} on {holder['host']}"
-    label = f"relay:{datastore.schema}.{name}"
     db = psycopg.connect(
         **params, autocommit=True, connect_timeout=5, application_name=described[:63]
     )
     try:
         if not locks.try_advisory_lock(db, label):
-            raise _busy(name, locks.advisory_holder(db, label))
+            raise busy(locks.advisory_holder(db, label))
         yield
     finally:
         db.close()  # which releases the lock
