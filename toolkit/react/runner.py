@@ -12,6 +12,16 @@ tracking covers them, or one tracking record at the end of the batch.
 This is the core of ``toolkit react`` without NATS: a reader hands batches of
 :class:`~toolkit.read.reader.StreamMessage` to :meth:`PolicyRunner.apply`, starting after
 :meth:`PolicyRunner.position`.
+
+Given the policy's dead letters (:class:`Holds`), it keeps each aggregate's order: a
+message of an aggregate parked behind an earlier dead letter is parked behind it too,
+not reacted to. :meth:`PolicyRunner.retry` reacts once more to a dead letter (whose
+message the tracking record passed when it was parked): its effects are recorded with
+a tracking record of their own, ``<policy>:<stream>:retry:<sequence>``
+(:meth:`~toolkit.react.policy.Policy.retry_tracking_name`), in one transaction. The
+policy's tracking record cannot take them, it is past that sequence already; a tracking
+name per retried message can, once: a second retry of it (after a crash before its dead
+letter was removed) is refused by the log and only removes the dead letter.
 """
 
 from __future__ import annotations
@@ -19,8 +29,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, NamedTuple, Protocol
 
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
 from typing_extensions import TypeVar
@@ -30,6 +40,7 @@ from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, Po
 from toolkit.react.policy import Policy
 from toolkit.read.reader import StreamMessage
 from toolkit.read.translator import UnknownEvent
+from toolkit.wire.subjects import aggregate_token
 from toolkit.write.causation import Causation
 from toolkit.write.context import BoundedContext
 
@@ -52,6 +63,10 @@ class Counts:
     rejected: int = 0
     """Messages whose reaction a command refused, or that the stream's relay did not
     publish: recorded as processed, nothing else stored, the reason kept."""
+    held: int = 0
+    """Messages parked without being reacted to: behind an earlier dead letter of their
+    aggregate, or parked already (before a crash): recorded as processed, kept as dead
+    letters."""
 
     def count(self, other: Counts) -> None:
         """Count ``other``'s messages too."""
@@ -60,6 +75,7 @@ class Counts:
         self.skipped += other.skipped
         self.duplicates += other.duplicates
         self.rejected += other.rejected
+        self.held += other.held
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,35 @@ class Rejection:
     type: str | None
     """The event type of its envelope (None when it has no readable envelope)."""
     reason: str
+    message: StreamMessage | None = field(default=None, compare=False, repr=False)
+    """The message itself, to keep as its dead letter."""
+
+
+class Holds(Protocol):
+    """What the runner asks of the policy's dead letters to keep each aggregate's order
+    (:class:`~toolkit.react.deadletters.PolicyDeadLetters`)."""
+
+    def kept(self, stream: str, sequence: int) -> bool:
+        """Whether the message at ``sequence`` is a dead letter already."""
+        ...
+
+    def holding(self, stream: str, aggregate: str) -> int | None:
+        """The sequence of the dead letter ``aggregate`` is parked behind, if any."""
+        ...
+
+    def hold(self, message: StreamMessage, type_: str | None, root: int) -> None:
+        """Keep ``message`` as a dead letter parked behind the one at ``root``."""
+        ...
+
+
+class Retried(NamedTuple):
+    """What became of a dead letter reacted to again (:meth:`PolicyRunner.retry`)."""
+
+    outcome: Literal["reacted", "before", "rejected"]
+    """``reacted``: its effects are stored now; ``before``: an earlier retry stored them;
+    ``rejected``: a command refused it now, recorded as processed with its reason."""
+    events: int = 0
+    reason: str = ""
 
 
 class PolicyRunner(Generic[C]):
@@ -80,7 +125,8 @@ class PolicyRunner(Generic[C]):
     ``on_rejected`` is called with each :class:`Rejection` after it is recorded; the
     runner also keeps them, in :attr:`rejected`. Any other failure of a reaction raises
     :class:`~toolkit.errors.PoisonMessage` naming the message, after the messages before
-    it were recorded: retrying the batch goes on from there.
+    it were recorded: retrying the batch goes on from there. Given ``holds`` (the
+    policy's dead letters), messages of a parked aggregate are parked behind it.
     """
 
     def __init__(
@@ -89,6 +135,7 @@ class PolicyRunner(Generic[C]):
         context: C,
         *,
         on_rejected: Callable[[Rejection], None] | None = None,
+        holds: Holds | None = None,
     ) -> None:
         if not isinstance(context.recorder, ProcessRecorder):
             raise ConfigurationError(
@@ -99,6 +146,7 @@ class PolicyRunner(Generic[C]):
         self.context = context
         self.recorder: ProcessRecorder = context.recorder
         self.on_rejected = on_rejected
+        self.holds = holds
         self.rejected: list[Rejection] = []
         self._positions: dict[str, int] = {}
 
@@ -134,6 +182,9 @@ class PolicyRunner(Generic[C]):
             reason = f"not published by the {stream} relay: {head}"
             self._reject(message, None, reason, counts)
             return
+        if self.holds is not None and self._held(message, head.type, self.holds):
+            counts.held += 1
+            return
         try:
             facts = translator.translate(message, head)
         except UnknownEvent:
@@ -161,6 +212,67 @@ class PolicyRunner(Generic[C]):
         counts.reacted += 1
         counts.events += len(processing.events)
 
+    def _held(self, message: StreamMessage, type_: str, holds: Holds) -> bool:
+        """Park ``message`` behind its aggregate's dead letter, if it has one (or pass
+        it over: it is a dead letter already), and record it as processed."""
+        stream, sequence = message.stream, message.sequence
+        if not holds.kept(stream, sequence):
+            root = holds.holding(stream, aggregate_token(message.subject))
+            if root is None or root >= sequence:  # never the ones before it
+                return False
+            holds.hold(message, type_, root)  # before its tracking, as a park
+        try:
+            self.pass_over(message)
+        except ConflictError as exc:
+            raise self._poison(message, exc) from exc
+        return True
+
+    def retry(self, message: StreamMessage) -> Retried:
+        """React to ``message``, a dead letter (the policy's tracking record passed it),
+        once more with the code as it is now: its effects and the tracking record
+        ``Policy.retry_tracking_name(stream, sequence)`` in one transaction, so that it
+        causes them once however often it is retried. A command refusing it records that
+        tracking alone (a rejection now); any other failure stores nothing and raises
+        :class:`~toolkit.errors.PoisonMessage`."""
+        stream, sequence = message.stream, message.sequence
+        name = self.policy.retry_tracking_name(stream, sequence)
+        if self.recorder.max_tracking_id(name) is not None:
+            return Retried("before")
+        tracking = Tracking(name, sequence)
+        head = wire.relayed_head(stream, message.headers.get(wire.MSG_ID), message.data)
+        if isinstance(head, str):
+            return self._retry_refused(tracking, f"not published by the {stream} relay: {head}")
+        try:
+            facts = self.policy.translator(stream).translate(message, head)
+        except UnknownEvent:
+            facts = []  # a type not read (parked behind another): nothing to do
+        except Exception as exc:
+            raise self._poison(message, exc) from exc
+        try:
+            with self.context.processing(tracking, caused_by=_cause(head, message)) as processing:
+                for fact in facts:
+                    self.policy.react(fact, self.context)
+        except InvalidCommand as exc:
+            return self._retry_refused(tracking, str(exc))
+        except ConflictError as exc:
+            if self.recorder.max_tracking_id(name) is not None:
+                return Retried("before")
+            raise self._poison(message, exc) from exc
+        except Exception as exc:
+            raise self._poison(message, exc) from exc
+        return Retried("reacted", len(processing.events))
+
+    def _retry_refused(self, tracking: Tracking, reason: str) -> Retried:
+        """Record a retry a command refused (its tracking alone)."""
+        try:
+            with self.context.processing(tracking):
+                pass
+        except ConflictError:
+            if self.recorder.max_tracking_id(tracking.application_name) is not None:
+                return Retried("before")
+            raise
+        return Retried("rejected", reason=reason)
+
     def _reject(
         self, message: StreamMessage, type_: str | None, reason: str, counts: Counts
     ) -> None:
@@ -174,7 +286,7 @@ class PolicyRunner(Generic[C]):
             counts.duplicates += 1
             return
         counts.rejected += 1
-        rejection = Rejection(stream, sequence, message.subject, type_, reason)
+        rejection = Rejection(stream, sequence, message.subject, type_, reason, message)
         log.warning("policy %s rejected %s/%d: %s", self.policy.name, stream, sequence, reason)
         self.rejected.append(rejection)
         if self.on_rejected is not None:
