@@ -248,8 +248,12 @@ def test_a_retry_is_stored_once_on_every_log(any_depot: Depot, tmp_path: Path) -
 def test_one_reactor_per_policy(
     nats_server: EmbeddedServer, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from tests.integration.test_policies import placed
+
     depot = Depot(data_dir=data_dir)
     try:
+        with PolicyDeadLetters(dead_letters_path(data_dir, "parcels")) as dead_letters:
+            dead_letters.park(placed(1, "tea"), "shop.OrderPlaced", "RuntimeError: boom")
         with policy_lock(depot, "parcels", "toolkit react parcels"):
             assert toolkit(nats_server.url, data_dir, "react", "parcels", "--once") == 1
             err = capsys.readouterr().err
@@ -345,6 +349,10 @@ async def test_serve_runs_the_policies_it_is_asked_to(
         await wait_for(lambda: (data_dir / "run" / "policy.parcels.json").exists())
         ready = (await http.get("/health/ready")).json()
         assert ready == {"status": "ready"}, ready
+        metrics = (await http.get("/metrics")).text
+        assert 'toolkit_policy_position{policy="parcels",stream="shop"} 2.0' in metrics
+        assert 'toolkit_policy_lag_events{policy="parcels",stream="shop"} 0.0' in metrics
+        assert 'toolkit_policy_dead_letters{kind="parked",policy="parcels"} 0.0' in metrics
 
         BROKEN.add("o3")
         await publish(nats_server.url, (3, "tea", "c"))

@@ -153,6 +153,9 @@ def _policy_dead_letters(settings: Settings, system: System, args: argparse.Name
             f"{stream} sequence {args.seq} was rejected ({chosen[0].reason}): a rejection is "
             "not retried, drop it"
         )
+    if not path.exists():  # it never kept one: no log opened, nothing created
+        say(f"{policy.name} has no dead letters")
+        return
     context = context_class(data_dir=settings.data_dir)
     with (
         contextlib.closing(context),

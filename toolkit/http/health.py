@@ -1,16 +1,18 @@
 """Health, readiness and metrics of an API process.
 
 ``/health/live`` says the process answers; ``/health/ready`` says it can serve what it
-promises: NATS answers, the in-process relays are running, no relay or projector on the
-data folder reports a problem (it cannot reach NATS, hangs, or leaves a backlog unmoved:
-see :mod:`toolkit.ops.reports`), and every projection with endpoints is within ``max_lag``
-events of its streams (a load balancer stops sending reads to an instance whose models
-fall behind), and every projection it serves has a read model. It answers within a second
-whatever is away: a check that has not answered by then is a reason (and is left running,
-one at a time, for the next probe to use). ``/metrics`` is Prometheus' text format,
-made by ``prometheus_client``: events applied and lag per projection and stream, dead
-letters, relay lag, and request latencies per known method, route template (never the raw
-path: ids in label values would grow the registry without bound) and status.
+promises: NATS answers, the in-process relays (and policies) are running, no relay,
+projector or reactor on the data folder reports a problem (it cannot reach NATS, hangs,
+or leaves a backlog unmoved: see :mod:`toolkit.ops.reports`), and every projection with
+endpoints is within ``max_lag`` events of its streams (a load balancer stops sending
+reads to an instance whose models fall behind), and every projection it serves has a
+read model. It answers within a second whatever is away: a check that has not answered
+by then is a reason (and is left running, one at a time, for the next probe to use).
+``/metrics`` is Prometheus' text format, made by ``prometheus_client``: events applied
+and lag per projection and stream, dead letters, relay lag, each policy's position and
+lag per stream and dead letters by kind, and request latencies per known method, route
+template (never the raw path: ids in label values would grow the registry without bound)
+and status.
 """
 
 from __future__ import annotations
@@ -82,6 +84,24 @@ class Metrics:
             ["projection"],
             registry=self.registry,
         )
+        self.policy_position = Gauge(
+            "toolkit_policy_position",
+            "Last stream sequence a policy has processed (its tracking record)",
+            ["policy", "stream"],
+            registry=self.registry,
+        )
+        self.policy_lag = Gauge(
+            "toolkit_policy_lag_events",
+            "Events on the stream a policy has not processed yet",
+            ["policy", "stream"],
+            registry=self.registry,
+        )
+        self.policy_dead_letters = Gauge(
+            "toolkit_policy_dead_letters",
+            "Messages a policy recorded without their effects, by kind (parked, rejected)",
+            ["policy", "kind"],
+            registry=self.registry,
+        )
         self.relay_lag = Gauge(
             "toolkit_relay_lag_events",
             "Log events of a context not yet on its stream",
@@ -98,6 +118,13 @@ class Metrics:
             for stream, position in (projection.get("streams") or {}).items():
                 self.applied.labels(name, stream).set(position["checkpoint"])
                 self.lag.labels(name, stream).set(position["lag_events"])
+        for name, policy in report.get("policies", {}).items():
+            kinds = policy.get("dead_letter_kinds") or {}
+            for kind in ("parked", "rejected"):
+                self.policy_dead_letters.labels(name, kind).set(kinds.get(kind, 0))
+            for stream, position in (policy.get("streams") or {}).items():
+                self.policy_position.labels(name, stream).set(position["position"])
+                self.policy_lag.labels(name, stream).set(position["lag_events"])
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Times every HTTP request (a plain ASGI middleware: Starlette's
