@@ -25,9 +25,11 @@ from toolkit.errors import (
 )
 
 if TYPE_CHECKING:
+    from toolkit.commands import CommandQueue
     from toolkit.http.app import ReadModel
     from toolkit.http.consistency import HEADER as CONSISTENCY_HEADER
     from toolkit.http.consistency import ConsistencyToken, token_for
+    from toolkit.http.queued import command_queue_router
     from toolkit.http.resources import resource_router
     from toolkit.nats.connection import Connection, Nats, connect, open_nats
     from toolkit.nats.embedded import EmbeddedServer
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "BoundedContext": "toolkit.write.context",
     "CONSISTENCY_HEADER": "toolkit.http.consistency:HEADER",
+    "CommandQueue": "toolkit.commands",
     "Connection": "toolkit.nats.connection",
     "ConsistencyToken": "toolkit.http.consistency",
     "ContractRegistry": "toolkit.wire.contracts",
@@ -80,6 +83,7 @@ _LAZY = {
     "WorkFactory": "toolkit.system",
     "WorkQueue": "toolkit.read.workqueue",
     "WorkStats": "toolkit.read.workqueue",
+    "command_queue_router": "toolkit.http.queued",
     "connect": "toolkit.nats.connection",
     "contract": "toolkit.wire.contracts",
     "ensure_stream": "toolkit.nats.streams",
@@ -111,6 +115,7 @@ __all__ = [
     "CONSISTENCY_HEADER",
     "MAX_ID_TOKEN",
     "BoundedContext",
+    "CommandQueue",
     "ConfigurationError",
     "ConflictError",
     "Connection",
@@ -148,6 +153,7 @@ __all__ = [
     "WorkFactory",
     "WorkQueue",
     "WorkStats",
+    "command_queue_router",
     "connect",
     "contract",
     "ensure_stream",

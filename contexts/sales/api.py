@@ -22,9 +22,9 @@ from toolkit import (
     ConflictError,
     InvalidCommand,
     UnknownAggregate,
+    command_queue_router,
     token_for,
 )
-from toolkit.http.queued import command_queue_router
 
 SKU_DESCRIPTION = (
     "the product's id: any text, at most 1024 characters once percent-encoded for a NATS "

@@ -12,7 +12,7 @@ from uuid import UUID
 import msgspec
 
 from contexts.sales.application import Sales
-from toolkit.commands import CommandQueue
+from toolkit import CommandQueue
 
 commands = CommandQueue(Sales)
 

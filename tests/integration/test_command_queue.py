@@ -4,8 +4,9 @@ competing workers whatever is killed, an ``Idempotency-Key`` making a retried re
 command, and a failing command ending ``failed`` rather than retried forever.
 
 The system below is what ``--system tests.integration.test_command_queue:system`` loads:
-sales with a quick queue (a redelivery 1 s after a worker dies), whose worker process
-SIGKILLs itself right after storing the customer that ``DIE_AFTER_STORING`` names.
+the example's sales endpoints (synchronous, and queued under ``/sales/commands``), its
+workers on a quick queue (a redelivery 1 s after a worker dies), whose process SIGKILLs
+itself right after storing the customer that ``DIE_AFTER_STORING`` names.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from eventsourcing.persistence import Recording
 from eventsourcing.utils import get_topic
 
 from contexts.sales import Customer, Sales
+from contexts.sales.api import router as sales_api
 from contexts.sales.queued import PlaceOrder, RegisterCustomer, place_order, register_customer
 from tests.conftest import POSTGRES, eventually, postgres, serving
+from toolkit.cli import main
 from toolkit.commands import CommandQueue, CommandRunner, CommandWorker, QueueClient
 from toolkit.commands.outcome import CommandOutcome
 from toolkit.config import Settings
 from toolkit.http.app import create_app
-from toolkit.http.queued import command_queue_router
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.system import System
@@ -80,8 +82,8 @@ def explode(command: Explode, sales: Sales) -> None:
 
 system = System(
     contexts={"sales": FragileSales},
-    commands={"sales": lambda sales: command_queue_router(quick)},
-    command_queues={"sales": quick},
+    commands={"sales": sales_api},  # the example's: synchronous, and queued under /commands
+    command_queues={"sales": quick},  # the same commands, and explode, with quick retries
 )
 
 
@@ -340,6 +342,15 @@ async def test_idempotency_keys_bodies_and_unknown_ids(
             assert gone.status_code == 404, (missing, gone.text)
             assert gone.headers["content-type"] == "application/problem+json"
 
+        # the same command, synchronously
+        now = await http.post("/sales/customers", json={"name": "cy", "email": "cy@x.org"})
+        assert now.status_code == 201 and now.json()["consistency_token"].startswith("sales:")
+        paths = (await http.get("/openapi.json")).json()["paths"]
+        queued = paths["/sales/commands/register-customer"]["post"]
+        schema = queued["requestBody"]["content"]["application/json"]["schema"]
+        assert set(schema["properties"]) == {"name", "email"}
+        assert "202" in queued["responses"] and "/sales/commands/{command_id}" in paths
+
     nc = await connect(nats_server.url)
     try:
         state = (await nc.jetstream().stream_info("sales_commands")).state
@@ -389,3 +400,14 @@ async def test_a_failing_command_ends_failed_and_is_not_retried_forever(
         stop.set()
         await nc.close()
         sales.close()
+
+
+def test_an_unknown_context_s_queue_is_one_line(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--data-dir", str(data_dir), "--system",
+                 "tests.integration.test_command_queue:system", "commands", "nowhere"])  # fmt: skip
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (
+        "toolkit: error: no command queue of context 'nowhere' (known: sales)"
+    )

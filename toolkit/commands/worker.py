@@ -211,9 +211,14 @@ class CommandWorker(Generic[C]):
             )  # fmt: skip
             return
         last_try = message.metadata.num_delivered >= self.queue.max_deliver
-        execution = await asyncio.to_thread(
-            self.runner.run, command_id, name, message.data, last_try=last_try
+        running = asyncio.ensure_future(
+            asyncio.to_thread(self.runner.run, command_id, name, message.data, last_try=last_try)
         )
+        while not (await asyncio.wait({running}, timeout=self.queue.ack_wait / 3))[0]:
+            # a command that takes long is still held: not handed to another meanwhile
+            with contextlib.suppress(Exception):
+                await message.in_progress()
+        execution = running.result()
         if execution.state == "retry":
             self.stats.retried += 1
             await message.nak(delay=self.queue.retry_delay)
