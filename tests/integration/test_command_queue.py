@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -78,6 +79,19 @@ quick.command(PlaceOrder)(place_order)
 @quick.command(Explode)
 def explode(command: Explode, sales: Sales) -> None:
     raise RuntimeError("the handler is broken")
+
+
+class Slow(msgspec.Struct, forbid_unknown_fields=True):
+    """A command that takes longer than the queue's ack_wait."""
+
+
+slow_runs: list[float] = []
+
+
+@quick.command(Slow)
+def slow(command: Slow, sales: Sales) -> None:
+    slow_runs.append(time.monotonic())
+    time.sleep(quick.ack_wait * 1.3)
 
 
 system = System(
@@ -411,3 +425,33 @@ def test_an_unknown_context_s_queue_is_one_line(
     assert capsys.readouterr().err.strip() == (
         "toolkit: error: no command queue of context 'nowhere' (known: sales)"
     )
+
+
+async def test_a_command_longer_than_ack_wait_is_not_handed_to_another_worker(
+    nats_server: EmbeddedServer, data_dir: Path
+) -> None:
+    sales = Sales(data_dir=data_dir)
+    nc = await connect(nats_server.url)
+    stop = asyncio.Event()
+    try:
+        client = QueueClient(quick, nc)
+        await client.ensure(consumer=True)
+        runner = CommandRunner(quick, sales)
+        pool = [CommandWorker(runner, client.connection, name=f"w{i}") for i in range(2)]
+        tasks = [asyncio.create_task(worker.work(stop)) for worker in pool]
+        slow_runs.clear()
+        queued, _ = await client.submit("slow", b"{}")
+
+        async def finished() -> Any:
+            status = await client.status(queued.id)
+            return status if status is not None and status.final else None
+
+        assert (await eventually(finished)).state == "done"
+        stop.set()
+        stats = await asyncio.gather(*tasks)
+        assert len(slow_runs) == 1  # not run by the other worker meanwhile
+        assert sum(s.done for s in stats) == 1 and sum(s.duplicates for s in stats) == 0
+    finally:
+        stop.set()
+        await nc.close()
+        sales.close()

@@ -9,7 +9,10 @@ it at the same moment (its transaction is refused) finds the outcome recorded an
 writes the status from it. The status is written after the log, then the message is
 acknowledged; a worker killed between its transaction and its status leaves the status
 pending until the command is redelivered (after ``ack_wait``), when the next worker
-writes it as done, without a consistency token (the position is not known to it).
+writes it from the outcome: done with its result but without a consistency token (the
+log position is not known to it), or failed with its problem document. A
+command that runs longer than ``ack_wait`` is kept (the worker says it is in progress
+every third of it), so it is not handed to another meanwhile.
 
 What ends a command:
 
