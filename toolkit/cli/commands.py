@@ -132,9 +132,18 @@ async def _status(settings: Settings, system: System, as_json: bool) -> None:
         Console().print(render(report))
 
 
-def _serve(settings: Settings, system: System, host: str, port: int, *, relay: bool) -> None:
+def _serve(
+    settings: Settings,
+    system: System,
+    host: str,
+    port: int,
+    *,
+    relay: bool,
+    policies: tuple[str, ...] = (),
+) -> None:
     import uvicorn
 
+    from toolkit.cli.react import serve_policies
     from toolkit.http.app import create_app
 
     with contextlib.ExitStack() as locks:  # the relays run here: no other may run
@@ -146,11 +155,14 @@ def _serve(settings: Settings, system: System, host: str, port: int, *, relay: b
                 raise RelayBusyError(f"{exc} (or serve with --no-relay)") from None
             finally:
                 context.close()
+        reacting = serve_policies(locks, settings, system, policies)  # the same: one each
         nats = asyncio.run(_reach_nats(settings))  # refused like the other commands
-        app = create_app(system, settings, relay=relay)
+        app = create_app(system, settings, relay=relay, policies=reacting)
         say(
             f"serving {settings.system} at http://{host}:{port} from NATS {nats}, data in "
-            f"{settings.data_dir}" + ("" if relay else " (relays run elsewhere)")
+            f"{settings.data_dir}"
+            + ("" if relay else " (relays run elsewhere)")
+            + (f"; policies {', '.join(reacting)} run here" if reacting else "")
         )
         from toolkit.webhooks.keys import unavailable
 
@@ -289,7 +301,14 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "status":
             asyncio.run(_status(settings, system, args.json))
         elif args.command == "serve":
-            _serve(settings, system, args.host, args.port, relay=not args.no_relay)
+            _serve(
+                settings,
+                system,
+                args.host,
+                args.port,
+                relay=not args.no_relay,
+                policies=args.policies,
+            )
         elif args.command == "webhooks":
             asyncio.run(_webhooks(settings, system, args.context))
         elif args.command == "generations":
@@ -302,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
             from toolkit.cli.react import react
 
             asyncio.run(react(settings, system, args.policy, args.once))
+        elif args.command == "commands":
+            from toolkit.cli.command_queue import run_commands
+
+            asyncio.run(run_commands(settings, system, args.context, args.workers))
     except ToolkitError as exc:
         print(f"toolkit: error: {redact_urls(str(exc))}", file=sys.stderr)
         return EXIT_ERROR

@@ -176,17 +176,34 @@ def parser() -> argparse.ArgumentParser:
 
     dlq = add(
         "dlq",
-        help="list, show, retry or drop a projection's dead letters",
+        help="list, show, retry or drop a projection's or a policy's dead letters",
         description="Dead letters are messages a projection could not apply (a broken "
-        "contract, or a handler that kept failing), kept with the reason in its read model. "
-        "retry applies them again with the code as it is now (oldest first; an aggregate's "
-        "parked messages after the one that holds it); drop gives one up. retry and drop "
-        "are refused while the projection runs.",
+        "contract, or a handler that kept failing), kept with the reason in its read model, "
+        "or messages a policy recorded as processed without their effects, kept in "
+        "policies/<policy>.sqlite of the data folder: parked (its reaction kept failing) or "
+        "rejected (a command refused it, or its stream's relay did not publish it). A "
+        "failing message parks its aggregate: the aggregate's later messages are parked "
+        "behind it. retry applies (reacts to) them again with the code as it is now, "
+        "oldest first, an aggregate's parked messages after the one that holds it; a "
+        "policy's reaction is stored once however often it is retried; a policy's "
+        "rejections are not retried. drop gives one up. retry and drop are refused while "
+        "the projection or the policy runs.",
     )
     dlq.add_argument("action", choices=["list", "show", "retry", "drop"])
-    dlq.add_argument("projection", help="projection name, e.g. shipping")
+    dlq.add_argument(
+        "projection",
+        metavar="name",
+        help="projection or policy name, e.g. shipping (a projection's first, unless --policy)",
+    )
+    dlq.add_argument(
+        "--policy",
+        action="store_true",
+        help="the name is a policy's (when a projection has it too)",
+    )
     dlq.add_argument("--seq", type=_positive, metavar="N", help="the dead letter at sequence N")
-    dlq.add_argument("--stream", help="its stream (needed when the projection reads several)")
+    dlq.add_argument(
+        "--stream", help="its stream (needed when the projection or policy reads several)"
+    )
     dlq.add_argument("--json", action="store_true", help="print JSON for machines")
 
     status = add(
@@ -211,13 +228,22 @@ def parser() -> argparse.ArgumentParser:
             "Serve the system's API with uvicorn (OpenAPI at /docs): projections' read "
             "endpoints, contexts' command endpoints (their relays run in this process), "
             "the event feed, /health/live, /health/ready and /metrics. Projections run "
-            "apart ('toolkit project'). TOOLKIT_API_TOKENS turns on bearer-token auth."
+            "apart ('toolkit project'); policies too ('toolkit react'), unless --policies "
+            "names them. TOOLKIT_API_TOKENS turns on bearer-token auth."
         ),
     )
     serve.add_argument(
         "--host", type=_host, default="127.0.0.1", help="address to bind (127.0.0.1)"
     )
     serve.add_argument("--port", type=_port, default=8000, help="port, 0 to 65535 (8000)")
+    serve.add_argument(
+        "--policies",
+        metavar="all|NAME[,NAME...]",
+        type=_names,
+        default=(),
+        help="also run these policies of the system (all: every one) in this process, as "
+        "'toolkit react' does; refused while one of them runs elsewhere (none by default)",
+    )
     serve.add_argument(
         "--no-relay",
         action="store_true",
@@ -259,10 +285,31 @@ def parser() -> argparse.ArgumentParser:
         "(InvalidCommand) is recorded with its reason; a message whose reaction keeps "
         "failing is retried, then parked: both are kept as dead letters in "
         "policies/<policy>.sqlite of the data folder and the policy moves on. Waits for a "
-        "stream while it does not exist. Runs until stopped (Ctrl-C or SIGTERM).",
+        "stream while it does not exist. A message of an aggregate parked behind an "
+        "earlier dead letter is parked behind it too. 'toolkit dlq' lists, retries and "
+        "drops the dead letters; 'toolkit status' shows the policy's positions and lag. "
+        "Refused while the policy runs elsewhere ('toolkit react', or 'toolkit serve "
+        "--policies'). Runs until stopped (Ctrl-C or SIGTERM).",
     )
     react.add_argument("policy", help="policy name, e.g. shipments")
     react.add_argument("--once", action="store_true", help="stop at the streams' heads")
+    queued = add(
+        "commands",
+        help="run workers of a context's command queue (commands accepted with 202)",
+        description="Run workers of the command queue the system declares for a context "
+        "(command_queues): they compete, with every worker of the queue in any process, for "
+        "the commands its API accepted with 202 (the stream <context>_commands, its durable "
+        "consumer 'workers'), and run each on the context once: its events and its outcome "
+        "are stored in one transaction of the context's log, so a command delivered again "
+        "(a worker killed before acknowledging it) is not run again. Each command's status "
+        "(bucket <context>_commands) ends done, with its consistency token and result, or "
+        "failed, with a problem document: at once when the context refuses it, after the "
+        "queue's max_deliver tries for other failures. Runs until stopped (Ctrl-C or SIGTERM).",
+    )
+    queued.add_argument("context", help="context name, e.g. sales")
+    queued.add_argument(
+        "--workers", type=_positive, default=1, metavar="N", help="workers in this process (1)"
+    )
     add(
         "webhooks-key",
         help="print a new key for TOOLKIT_WEBHOOK_KEYS",
@@ -296,6 +343,14 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (``all`` stays as it is, for the command)."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of names (a,b or all)")
+    return names
 
 
 def _port(text: str) -> int:
