@@ -364,6 +364,9 @@ async def test_idempotency_keys_bodies_and_unknown_ids(
         schema = queued["requestBody"]["content"]["application/json"]["schema"]
         assert set(schema["properties"]) == {"name", "email"}
         assert "202" in queued["responses"] and "/sales/commands/{command_id}" in paths
+        order = paths["/sales/commands/place-order"]["post"]["requestBody"]["content"]
+        line = order["application/json"]["schema"]["properties"]["lines"]["items"]
+        assert set(line["properties"]) == {"sku", "quantity", "unit_price"}  # nested, inline
 
     nc = await connect(nats_server.url)
     try:

@@ -181,10 +181,19 @@ async def _unless_nats_fails(call: Any) -> Any:
 
 
 def _request_body(kind: CommandType) -> dict[str, Any]:
-    """The OpenAPI request body of ``kind``: its Struct's JSON Schema (nested types are
-    referred to under ``#/components/schemas``, which this does not add: flat bodies)."""
-    (schema,), components = msgspec.json.schema_components(
-        [kind.body], ref_template="#/components/schemas/{name}"
-    )
-    inline = components.get(kind.body.__name__, schema)
-    return {"required": True, "content": {"application/json": {"schema": inline}}}
+    """The OpenAPI request body of ``kind``: its Struct's JSON Schema, the types it nests
+    written out in place (the app's components are FastAPI's, from pydantic models)."""
+    (schema,), components = msgspec.json.schema_components([kind.body], ref_template="{name}")
+
+    def inline(node: Any, seen: frozenset[str]) -> Any:
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        name = node.get("$ref")
+        if isinstance(name, str) and name in components and name not in seen:
+            return inline(components[name], seen | {name})  # a recursive type: left a ref
+        return {key: inline(value, seen) for key, value in node.items()}
+
+    body = inline(schema, frozenset())
+    return {"required": True, "content": {"application/json": {"schema": body}}}
