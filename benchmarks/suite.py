@@ -109,6 +109,8 @@ SIZES = {
     for n, name in enumerate(("full", "quick", "smallest"))
 }
 LATENCY_GOAL_MS = 20.0
+POLICY_GOAL = 2.0
+"""A policy catches up at least this many times as fast as the obvious hand-written one."""
 LATENCY_GOAL_RATE = 1000
 
 
@@ -553,10 +555,25 @@ def policies_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
         )
     )
     ours, theirs = results[policies.TOOLKIT][0], results[policies.HAND][0]
+    section.targets.append(
+        Target(
+            f"policy at {events:,}: Reactor / hand-written consumer",
+            ours / theirs,
+            POLICY_GOAL,
+            unit="x",
+            why=(
+                "the reactor stores up to 100 messages' reactions and their tracking "
+                "record in one transaction; the hand-written consumer commits once a "
+                f"message ({_rate_note('reactor', ours)}; {_rate_note('by hand', theirs)})."
+            ),
+        )
+    )
     section.notes.append(
-        f"The reactor runs at {ours / theirs:.2f} of the hand-written consumer "
-        f"({_rate_note('reactor', ours)}; {_rate_note('by hand', theirs)}), which does "
-        "less: no tracking record, and no exactly-once."
+        f"The reactor runs at {ours / theirs:.1f} times the hand-written consumer, which "
+        "also does less (no tracking record: at least once, not exactly once). Most of "
+        "the difference is commits: one a message by hand, one a run of up to 100 "
+        "messages for the reactor (a run with a failure in it is taken again one "
+        "message at a time)."
     )
     return section
 

@@ -92,6 +92,27 @@ class Rejection:
     """The message itself, to keep as its dead letter."""
 
 
+@dataclass
+class _Run:
+    """Consecutive messages of one stream whose reactions are stored together."""
+
+    reactions: list[_Reaction] = field(default_factory=list)
+    through: int = 0
+    """The last sequence of the run (a reaction's, or a type not read after it)."""
+
+    @property
+    def stream(self) -> str:
+        return self.reactions[0].message.stream
+
+
+class _Reaction(NamedTuple):
+    """A message that calls for a reaction, and what its translator made of it."""
+
+    message: StreamMessage
+    head: wire.EnvelopeHead
+    facts: list[object]
+
+
 class Holds(Protocol):
     """What the runner asks of the policy's dead letters to keep each aggregate's order
     (:class:`~toolkit.react.deadletters.PolicyDeadLetters`)."""
@@ -136,7 +157,10 @@ class PolicyRunner(Generic[C]):
         *,
         on_rejected: Callable[[Rejection], None] | None = None,
         holds: Holds | None = None,
+        together: int = 100,
     ) -> None:
+        if together < 1:
+            raise ConfigurationError(f"together must be 1 or more, not {together}")
         if not isinstance(context.recorder, ProcessRecorder):
             raise ConfigurationError(
                 f"policy {policy.name} runs on context {context.name}, which keeps no "
@@ -149,6 +173,8 @@ class PolicyRunner(Generic[C]):
         self.holds = holds
         self.rejected: list[Rejection] = []
         self._positions: dict[str, int] = {}
+        self.together = together
+        """At most this many messages' reactions are stored in one transaction."""
 
     def position(self, stream: str) -> int:
         """The last sequence of ``stream`` recorded as processed (0 before the first):
@@ -160,16 +186,99 @@ class PolicyRunner(Generic[C]):
         return position
 
     def apply(self, messages: Sequence[StreamMessage], counts: Counts | None = None) -> Counts:
-        """React to each message not processed yet, in order, each in one transaction.
-        Given ``counts``, count into it (what was done before a PoisonMessage too)."""
+        """React to each message not processed yet, in order, exactly once. Given
+        ``counts``, count into it (what was done before a PoisonMessage too).
+
+        Runs of messages of one stream that only call for reactions (up to
+        :attr:`together` of them, with the types the policy does not read between them)
+        are stored in one transaction with the tracking record of the last: a commit a
+        message would cost most of a reaction. Should anything in a run fail, nothing of
+        it is stored and its messages are taken one at a time, each in a transaction of
+        its own, where a refusal, a conflict or a poison message is told from the rest."""
         counts = Counts() if counts is None else counts
         passed: dict[str, int] = {}  # stream -> last sequence passed over, not recorded
+        run = _Run()
         try:
             for message in messages:
-                self._apply(message, counts, passed)
+                stream, sequence = message.stream, message.sequence
+                if run.reactions and (len(run.reactions) >= self.together or run.stream != stream):
+                    run = self._react_together(run, counts, passed)
+                floor = max(self.position(stream), passed.get(stream, 0))
+                if run.reactions:  # (not recorded yet)
+                    floor = max(floor, run.through)
+                if sequence <= floor:  # processed already, or delivered twice in the batch
+                    counts.duplicates += 1
+                    continue
+                reaction = self._reaction(message)
+                if isinstance(reaction, _Reaction):
+                    run.reactions.append(reaction)
+                    run.through = sequence
+                elif reaction == "skip":
+                    counts.skipped += 1
+                    if run.reactions:
+                        run.through = sequence  # the run's tracking record covers it
+                    else:
+                        passed[stream] = sequence
+                else:  # handled on its own, after the run before it, in order
+                    run = self._react_together(run, counts, passed)
+                    self._apply(message, counts, passed)
+            self._react_together(run, counts, passed)
         finally:
             self._record_passed(passed)
         return counts
+
+    def _reaction(self, message: StreamMessage) -> _Reaction | Literal["skip", "alone"]:
+        """``message`` (not processed yet) as a plain reaction to store with others;
+        ``skip`` for a type the policy does not read; ``alone`` for one that needs
+        handling of its own (not relayed, parked, failing to translate: :meth:`_apply`)."""
+        stream, sequence = message.stream, message.sequence
+        head = wire.relayed_head(stream, message.headers.get(wire.MSG_ID), message.data)
+        if isinstance(head, str):
+            return "alone"
+        if self.holds is not None and (
+            self.holds.kept(stream, sequence)
+            or self.holds.holding(stream, aggregate_token(message.subject)) is not None
+        ):
+            return "alone"
+        try:
+            facts = self.policy.translator(stream).translate(message, head)
+        except UnknownEvent:
+            return "skip"
+        except Exception:
+            return "alone"
+        return _Reaction(message, head, facts)
+
+    def _react_together(self, run: _Run, counts: Counts, passed: dict[str, int]) -> _Run:
+        """Store the reactions of ``run`` in one transaction, or, should anything fail,
+        take its messages one at a time; an empty run to go on with."""
+        if not run.reactions:
+            return run
+        stream = run.stream
+        if len(run.reactions) > 1:
+            tracking = Tracking(self.policy.tracking_name(stream), run.through)
+            causes: dict[int, Causation] = {}
+            try:
+                with self.context.processing(tracking, caused_by=causes) as processing:
+                    events = processing.events
+                    for reaction in run.reactions:
+                        before = len(events)
+                        for fact in reaction.facts:
+                            self.policy.react(fact, self.context)
+                        cause = _cause(reaction.head, reaction.message)
+                        for event in events[before:]:
+                            causes[id(event)] = cause
+            except Exception:  # nothing of the run is stored: see what failed, one by one
+                pass
+            else:
+                self._positions[stream] = run.through
+                counts.reacted += len(run.reactions)
+                counts.events += len(processing.events)
+                return _Run()
+        for reaction in run.reactions:
+            self._apply(reaction.message, counts, passed)
+        if run.through > passed.get(stream, 0):
+            passed[stream] = run.through  # the types not read after the last reaction
+        return _Run()
 
     def _apply(self, message: StreamMessage, counts: Counts, passed: dict[str, int]) -> None:
         stream, sequence = message.stream, message.sequence

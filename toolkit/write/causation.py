@@ -37,6 +37,10 @@ class Causation(NamedTuple):
         return cls(message_id, correlation_id or message_id)
 
 
+Causes = Causation | dict[int, Causation] | None
+"""One cause for every event stored, or each event's by its ``id()``, or none."""
+
+
 class CausalMapper(Mapper[Any]):
     """eventsourcing's mapper, which also stores the cause set on the saving thread."""
 
@@ -45,8 +49,10 @@ class CausalMapper(Mapper[Any]):
         self._cause = threading.local()
 
     @contextlib.contextmanager
-    def causing(self, causation: Causation | None) -> Iterator[None]:
-        """Events this thread stores inside the block were caused by ``causation``."""
+    def causing(self, causation: Causes) -> Iterator[None]:
+        """Events this thread stores inside the block were caused by ``causation``: one
+        cause for all, or each event's (by ``id()``: a policy reacting to several
+        messages in one transaction)."""
         outer = getattr(self._cause, "value", None)
         self._cause.value = causation
         try:
@@ -54,14 +60,16 @@ class CausalMapper(Mapper[Any]):
         finally:
             self._cause.value = outer
 
-    @property
-    def cause(self) -> Causation | None:
-        """The cause set on this thread (the outbox's hand-over asks it after a save)."""
-        value: Causation | None = getattr(self._cause, "value", None)
-        return value
+    def cause_of(self, domain_event: object) -> Causation | None:
+        """What caused ``domain_event``, stored on this thread now (the outbox's
+        hand-over asks it after a save)."""
+        causes: Causes = getattr(self._cause, "value", None)
+        if causes is None or isinstance(causes, Causation):
+            return causes
+        return causes.get(id(domain_event))
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
-        causation = getattr(self._cause, "value", None)
+        causation = self.cause_of(domain_event)
         if causation is None:
             return super().to_stored_event(domain_event)
         state = domain_event.__dict__  # (the saving thread's own event, only while encoding)

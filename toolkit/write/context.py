@@ -37,7 +37,7 @@ from typing_extensions import TypeVar
 
 from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, SubjectError
 from toolkit.wire import check_name, encode_token
-from toolkit.write.causation import CausalMapper, Causation
+from toolkit.write.causation import CausalMapper, Causes
 from toolkit.write.published import PublishedLanguage
 
 ID = TypeVar("ID", bound=UUID | str, default=UUID)
@@ -153,7 +153,7 @@ class BoundedContext(Application[ID]):
 
     @contextlib.contextmanager
     def processing(
-        self, tracking: Tracking | None, *, caused_by: Causation | None = None
+        self, tracking: Tracking | None, *, caused_by: Causes = None
     ) -> Iterator[ProcessingEvent[ID]]:
         """Inside, this thread's saves are collected into one processing event; when the
         block ends they are recorded with ``tracking`` in one transaction of the log
@@ -163,6 +163,9 @@ class BoundedContext(Application[ID]):
         A tracking record that does not move its position forward (another process
         recorded it first) raises :class:`~toolkit.errors.ConflictError`, as does a
         concurrent change of a saved aggregate; nothing is stored then either.
+
+        ``caused_by`` names what caused the events (a policy's foreign message: see
+        :mod:`toolkit.write.causation`), stored and published with them.
 
         Without ``tracking`` (None) the saves are only recorded in one transaction, on
         any log, a context that does not react included: a queued command's events and

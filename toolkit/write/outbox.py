@@ -108,9 +108,10 @@ class Outbox:
         if self._handed_messages + len(recordings) > self.handoff_limit:
             return
         try:
-            cause = self._cause()  # the saving thread's: a reaction's, or None
+            cause_of = self._causes()  # the saving thread's: a reaction's, or None
             messages = self._messages(
-                (r.notification.topic, r.domain_event, r.notification.id, cause) for r in recordings
+                (r.notification.topic, r.domain_event, r.notification.id, cause_of(r.domain_event))
+                for r in recordings
             )
         except Exception:  # the command succeeded: the relay reads this save from the
             return  # log and reports the failing translation there
@@ -138,9 +139,9 @@ class Outbox:
             self._forget_up_to(page.position)
         return page
 
-    def _cause(self) -> Causation | None:
+    def _causes(self) -> Callable[[object], Causation | None]:
         mapper = self.context.mapper
-        return mapper.cause if isinstance(mapper, CausalMapper) else None
+        return mapper.cause_of if isinstance(mapper, CausalMapper) else lambda _: None
 
     def _forget_up_to(self, position: int) -> None:
         """Drop saves handed over that a log read went past."""
