@@ -45,8 +45,9 @@ ID = TypeVar("ID", bound=UUID | str, default=UUID)
 
 
 class BoundedContext(Application[ID]):
-    """Base for a context's write side. Subclasses set ``name`` and ``published_language``;
-    one that saves aggregates with text ids says so in its type argument,
+    """Base for a context's write side. Subclasses set ``name`` and, when they publish,
+    ``published_language`` (without one a context publishes nothing: its events stay
+    private); one that saves aggregates with text ids says so in its type argument,
     ``BoundedContext[UUID | str]`` (or ``[str]``)."""
 
     name = "context"
@@ -61,6 +62,11 @@ class BoundedContext(Application[ID]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "published_language" not in cls.__dict__:
+            inherited = getattr(cls, "published_language", None)
+            if inherited is None or (not inherited.topics and inherited.context != cls.name):
+                with contextlib.suppress(SubjectError):  # (a bad name is refused at __init__)
+                    cls.published_language = PublishedLanguage(cls.name)  # publishes nothing
         for base in cls.__dict__.get("__orig_bases__", ()):
             if get_origin(base) is BoundedContext:
                 (ids,) = get_args(base)
