@@ -1,0 +1,454 @@
+"""End-to-end latency of the policy chain sales -> shipping -> sales at fixed offered rates,
+beside the same number of raw JetStream hops at the same rates, in one run on one server.
+
+    python -m benchmarks.chain [--rates 50 100 200] [--seconds 10]
+
+The chain is the example system's longest that flows back to sales:
+
+1. the command process places orders with ``Sales.place_order`` on a schedule (``rate`` a
+   second, open loop), its ``Relay`` in the same process, woken by each save, carrying
+   ``sales.OrderPlaced`` onto sales' stream;
+2. shipping's process (as ``toolkit serve --policies ship-orders`` runs it for shipping):
+   the ``ship-orders`` policy's ``Reactor`` requests a shipment for each order in
+   shipping's log; shipping dispatches a shipment on a command (an operator's, over HTTP),
+   so the benchmark runs ``Shipping.dispatch_shipment`` as soon as the request is
+   committed, in the same process; shipping's ``Relay`` there, woken by those saves,
+   carries ``shipping.ShipmentDispatched`` onto shipping's stream;
+3. sales' policy process (``toolkit react mark-shipped``): the ``mark-shipped`` policy's
+   ``Reactor`` marks the order shipped in sales' log (the same SQLite file the command
+   process writes).
+
+An order's latency runs from ``place_order`` returning to the commit of the transaction
+that stored its ``Order.Shipped`` in sales' log; each step's commit is noted too (each
+context's save listeners run right after its commit). Every process reads the same
+monotonic clock.
+
+The baseline is two raw hops in the same three-process shape: the command process
+publishes a message of about an ``OrderPlaced``'s size with ``js.publish`` (awaiting
+JetStream's acknowledgement, file storage); a second process consumes it with a nats-py
+ordered push consumer and publishes it on (awaited) to a second stream; a third consumes
+that one. Latency is from the first publish call to the last consumer's callback. The
+contenders take turns at each rate: the chain, then the raw hops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.persistence import Recording
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy, StreamConfig
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.latency import _on_schedule as on_schedule
+from contexts.sales import Sales
+from contexts.sales.domain import Order
+from contexts.sales.policy import MarkDispatchedOrdersShipped
+from contexts.shipping import Shipment, Shipping
+from contexts.shipping.policy import ShipPlacedOrders
+from toolkit import Relay
+from toolkit.nats.connection import connect
+from toolkit.nats.embedded import EmbeddedServer
+from toolkit.nats.streams import StreamSpec, ensure_stream
+from toolkit.react.deadletters import PolicyDeadLetters
+from toolkit.react.reactor import Reactor
+from toolkit.react.runner import PolicyRunner
+
+TOOLKIT = "toolkit: sales -> shipping -> sales, two policies"
+RAW = "raw: two JetStream hops (baseline)"
+STEPS = {
+    TOOLKIT: (
+        "placed -> shipment requested (sales' relay, ship-orders)",
+        "requested -> dispatched (the dispatch command)",
+        "dispatched -> order shipped (shipping's relay, mark-shipped)",
+    ),
+    RAW: ("first hop: publish -> consume", "second hop: publish on -> consume"),
+}
+PERCENTILES = (0.5, 0.9, 0.99, 1.0)
+"""p50, p90, p99 and the maximum."""
+LINES = [{"sku": "tea", "quantity": 2, "unit_price": Decimal("1.25")}]
+HOPS = ("hop1", "hop2")
+CARRIER = "bench"
+WARM_UP = 20
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Chain:
+    """One contender at one offered rate."""
+
+    offered: float
+    achieved: float
+    """Orders (or messages) a second actually issued."""
+    samples: list[float]
+    """Seconds from issue to the last step, sorted."""
+    steps: list[list[float]]
+    """Seconds each step took (from the one before), each sorted."""
+    unfinished: int
+    """Issued but not through the whole chain when the run ended."""
+
+    def percentile(self, q: float, step: int | None = None) -> float:
+        values = self.samples if step is None else self.steps[step]
+        if not values:
+            return math.nan
+        return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+Seen = dict[str, list[float]]
+"""When each id passed each step a process saw (monotonic seconds)."""
+Results = dict[int, dict[str, Chain]]
+"""Per offered rate: each contender's latencies."""
+
+
+def _sales_process(folder: Path) -> Sales:
+    return Sales(data_dir=folder / "sales")
+
+
+async def _ship(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None:
+    """Shipping's process: its policy, the dispatch of each shipment requested, its relay."""
+    nc = await connect(url)
+    shipping = Shipping(data_dir=folder / "shipping")
+    loop = asyncio.get_running_loop()
+    requested: asyncio.Queue[UUID] = asyncio.Queue()
+
+    def noted(recordings: list[Recording[Any]]) -> None:
+        now = time.monotonic()
+        for recording in recordings:
+            event = recording.domain_event
+            if isinstance(event, Shipment.Requested | Shipment.Dispatched):
+                seen.setdefault(str(event.originator_id), []).append(now)
+            if isinstance(event, Shipment.Requested):
+                loop.call_soon_threadsafe(requested.put_nowait, event.originator_id)
+
+    async def dispatch() -> None:
+        while True:
+            shipping.dispatch_shipment(await requested.get(), CARRIER)
+
+    shipping.on_saved(noted)
+    try:
+        with PolicyDeadLetters(folder / "ship-orders-dead-letters.sqlite") as dead_letters:
+            runner = PolicyRunner(ShipPlacedOrders(), shipping)
+            reactor = Reactor(runner, dead_letters, nc)
+            relaying = asyncio.create_task(Relay(shipping, nc).run(stop))
+            dispatching = asyncio.create_task(dispatch())
+            print("ready", flush=True)
+            await reactor.run(stop)
+            dispatching.cancel()
+            await relaying
+    finally:
+        shipping.close()
+        await nc.close()
+
+
+async def _mark(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None:
+    """Sales' policy process: marks orders shipped in sales' log."""
+    nc = await connect(url)
+    sales = _sales_process(folder)
+
+    def noted(recordings: list[Recording[Any]]) -> None:
+        now = time.monotonic()
+        for recording in recordings:
+            if isinstance(recording.domain_event, Order.Shipped):
+                seen[str(recording.domain_event.originator_id)] = [now]
+
+    sales.on_saved(noted)
+    try:
+        with PolicyDeadLetters(folder / "mark-shipped-dead-letters.sqlite") as dead_letters:
+            runner = PolicyRunner(MarkDispatchedOrdersShipped(), sales)
+            reactor = Reactor(runner, dead_letters, nc)
+            print("ready", flush=True)
+            await reactor.run(stop)
+    finally:
+        sales.close()
+        await nc.close()
+
+
+def _consumer(forward: bool) -> Callable[[str, Path, Seen, asyncio.Event], Awaitable[None]]:
+    """A raw hop's consumer: of the first stream (publishing each message on to the second:
+    ``forward``) or of the second."""
+    stream, onward = (HOPS[0], HOPS[1]) if forward else (HOPS[1], None)
+
+    async def consume(url: str, _: Path, seen: Seen, stop: asyncio.Event) -> None:
+        nc = await connect(url)
+        js = nc.jetstream()
+
+        async def on_message(msg: Msg) -> None:
+            key = msg.subject.split(".", 1)[1]
+            seen[key] = [time.monotonic()]
+            if onward is not None:
+                await js.publish(f"{onward}.{key}", msg.data)
+
+        try:
+            sub = await js.subscribe(
+                f"{stream}.>",
+                stream=stream,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.NEW,
+                cb=on_message,
+            )
+            print("ready", flush=True)
+            await stop.wait()
+            await sub.unsubscribe()
+        finally:
+            await nc.close()
+
+    return consume
+
+
+CHILDREN = {
+    "ship": _ship,
+    "mark": _mark,
+    "forward": _consumer(forward=True),
+    "last": _consumer(forward=False),
+}
+
+
+def child(kind: str, url: str, folder: str) -> None:
+    """One process of a contender: says ``ready`` once it follows its stream, and on
+    SIGTERM prints, as JSON, when it saw each id pass its steps."""
+    seen: Seen = {}
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await CHILDREN[kind](url, Path(folder), seen, stop)
+
+    asyncio.run(run())
+    print(orjson.dumps(seen).decode(), flush=True)
+
+
+class _Process:
+    """A child process running one side, started and stopped from the event loop."""
+
+    def __init__(self, kind: str, url: str, folder: Path) -> None:
+        self.args = (kind, url, str(folder))
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        code = f"from benchmarks.chain import child; child(*{self.args!r})"
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+        )
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), 60)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"the {self.args[0]} process did not start: {line!r}")
+
+    async def stop(self) -> Seen:
+        assert self.process is not None and self.process.stdout is not None
+        self.process.send_signal(signal.SIGTERM)
+        output = await asyncio.wait_for(self.process.stdout.read(), 60)
+        if await self.process.wait() != 0:
+            raise RuntimeError(f"the {self.args[0]} process exited with {self.process.returncode}")
+        seen: Seen = orjson.loads(output.splitlines()[-1])
+        return seen
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+
+def _chain(name: str, offered: int, achieved: float, sent: dict[str, float], *seen: Seen) -> Chain:
+    """Contender ``name``'s latencies of the ids ``sent`` (when each was issued), from the
+    times its processes ``seen`` them pass their steps (in the chain's order)."""
+    samples: list[float] = []
+    steps: list[list[float]] = [[] for _ in STEPS[name]]
+    for key, at in sent.items():
+        times = [at]
+        for part in seen:
+            times += part.get(key, [])
+        if len(times) == 1 + len(steps):
+            samples.append(times[-1] - at)
+            for step, (before, after) in zip(steps, itertools.pairwise(times), strict=True):
+                step.append(after - before)
+    unfinished = len(sent) - len(samples)
+    return Chain(offered, achieved, sorted(samples), [sorted(s) for s in steps], unfinished)
+
+
+async def _until(done: Callable[[], Awaitable[bool]], within: float) -> bool:
+    """Poll ``done`` until it holds (True) or ``within`` seconds passed (False)."""
+    deadline = time.monotonic() + within
+    while not await done():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)  # neither the log nor the stream has an event to wait on
+    return True
+
+
+def _all_shipped(sales: Sales, orders: list[UUID]) -> Callable[[], Awaitable[bool]]:
+    """Whether every one of ``orders`` is marked shipped in sales' log."""
+    remaining = list(orders)
+
+    async def done() -> bool:
+        remaining[:] = [o for o in remaining if sales.get_order(o).status != "shipped"]
+        return not remaining
+
+    return done
+
+
+async def measure_async(rates: list[int], seconds: float, folder: Path) -> Results:
+    sales = _sales_process(folder)
+    customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
+    body = b"x" * 450  # about an OrderPlaced envelope
+    placed: dict[int, dict[str, float]] = {rate: {} for rate in rates}
+    published: dict[int, dict[str, float]] = {rate: {} for rate in rates}
+    achieved: dict[tuple[int, str], float] = {}
+    try:
+        with EmbeddedServer(folder / "nats") as server:
+            nc = await connect(server.url)
+            js = nc.jetstream()
+            for context in ("sales", "shipping"):  # the reactors find them at once
+                await ensure_stream(js, StreamSpec(context))
+            for stream in HOPS:
+                await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+            stop_relay = asyncio.Event()
+            relaying = asyncio.create_task(Relay(sales, nc).run(stop_relay))
+            processes = {kind: _Process(kind, server.url, folder) for kind in CHILDREN}
+            try:
+                await asyncio.gather(*(p.start() for p in processes.values()))
+                warm = [sales.place_order(customers[i % 10], LINES) for i in range(WARM_UP)]
+                if not await _until(_all_shipped(sales, warm), 60):
+                    raise RuntimeError("the chain did not carry the warm-up orders through")
+                hopped = 0
+                for rate in rates:
+                    orders, hops = placed[rate], published[rate]
+
+                    async def place(i: int, orders: dict[str, float] = orders) -> None:
+                        order = sales.place_order(customers[i % 10], LINES)
+                        orders[str(order)] = time.monotonic()
+
+                    async def hop(i: int, rate: int = rate, hops: dict[str, float] = hops) -> None:
+                        key = f"{rate}-{i}"
+                        hops[key] = time.monotonic()
+                        await js.publish(f"{HOPS[0]}.{key}", body)
+
+                    achieved[rate, TOOLKIT] = await on_schedule(rate, seconds, place)
+                    ids = [UUID(order) for order in orders]
+                    await _until(_all_shipped(sales, ids), max(10.0, 3 * seconds))
+                    achieved[rate, RAW] = await on_schedule(rate, seconds, hop)
+                    hopped += len(hops)
+
+                    async def forwarded(hopped: int = hopped) -> bool:
+                        info = await js.stream_info(HOPS[1])
+                        return info.state.messages >= hopped
+
+                    await _until(forwarded, max(10.0, 3 * seconds))
+                    await asyncio.sleep(0.05)  # the last consumer's push is under way
+                seen = {kind: await p.stop() for kind, p in processes.items()}
+            finally:
+                for process in processes.values():
+                    process.kill()
+                stop_relay.set()
+                await relaying
+                await nc.close()
+    finally:
+        sales.close()
+    return {
+        rate: {
+            TOOLKIT: _chain(
+                TOOLKIT, rate, achieved[rate, TOOLKIT], placed[rate], seen["ship"], seen["mark"]
+            ),
+            RAW: _chain(
+                RAW, rate, achieved[rate, RAW], published[rate], seen["forward"], seen["last"]
+            ),
+        }
+        for rate in rates
+    }
+
+
+def measure(rates: list[int], seconds: float, folder: Path) -> Results:
+    return asyncio.run(measure_async(rates, seconds, folder))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def report(seconds: float, results: Results) -> Table:
+    table = Table(
+        title=f"order placed -> marked shipped in sales' log, two policies away; "
+        f"{seconds:g} s a rate"
+    )
+    columns = ["offered /s", "path", "achieved /s", "orders"]
+    columns += [f"{_label(q)} ms (x raw)" for q in PERCENTILES]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for rate, paths in results.items():
+        raw = paths[RAW]
+        for name, chain in paths.items():
+            unfinished = f" ({chain.unfinished} unfinished)" if chain.unfinished else ""
+            table.add_row(
+                f"{rate:,}",
+                name,
+                f"{chain.achieved:,.0f}",
+                f"{len(chain.samples):,}{unfinished}",
+                *(
+                    f"{_ms(chain.percentile(q))} ({chain.percentile(q) / raw.percentile(q):.1f})"
+                    for q in PERCENTILES
+                ),
+            )
+    table.caption = (
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, nats-py {version('nats-py')}; "
+        "SQLite logs, file storage; 3 processes each (orders, shipping, sales' policy) and "
+        "nats-server; in brackets: the ratio to the raw hops' figure at the same rate"
+    )
+    return table
+
+
+def steps_report(results: Results) -> Table:
+    """Where the time goes: each step's p50 and p99."""
+    table = Table(title="each step of the chain, ms")
+    for column in ("offered /s", "step", "p50", "p99"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for rate, paths in results.items():
+        for name, chain in paths.items():
+            for k, step in enumerate(STEPS[name]):
+                table.add_row(
+                    f"{rate:,}",
+                    f"{name.split(':')[0]}: {step}",
+                    _ms(chain.percentile(0.5, k)),
+                    _ms(chain.percentile(0.99, k)),
+                )
+    return table
+
+
+def _label(q: float) -> str:
+    return "max" if q == 1.0 else f"p{q * 100:g}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.chain",
+        description="End-to-end latency of the policy chain sales -> shipping -> sales.",
+    )
+    parser.add_argument("--rates", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--seconds", type=float, default=10.0, help="at each rate (10)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-chain-") as folder:
+        results = measure(args.rates, args.seconds, Path(folder))
+    console = Console(width=130)
+    console.print(report(args.seconds, results))
+    console.print(steps_report(results))
+
+
+if __name__ == "__main__":
+    main()
