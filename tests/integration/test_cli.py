@@ -73,7 +73,8 @@ def test_unknown_names_get_one_readable_line(tmp_path: Path) -> None:
     done = toolkit("project", "nowhere", "--once", tmp=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "toolkit: error: no projection named 'nowhere' (known: billing, shipping)"
+        "toolkit: error: no projection named 'nowhere' "
+        "(known: billing, dispatches, invoices, shipping)"
     )
     done = toolkit("--system", "no.such:thing", "relay", "sales", tmp=tmp_path)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1

@@ -193,10 +193,12 @@ async def test_bad_positions_and_limits_get_problem_details(
 
 
 async def test_an_unknown_context_is_not_found(feed: httpx.AsyncClient) -> None:
-    answer = await feed.get("/feed/shipping")
+    answer = await feed.get("/feed/warehouse")
     assert answer.status_code == 404
     assert answer.headers["content-type"] == "application/problem+json"
-    assert answer.json()["detail"] == "no feed for context 'shipping' (known: sales)"
+    assert answer.json()["detail"] == (
+        "no feed for context 'warehouse' (known: billing, sales, shipping)"
+    )
 
 
 async def test_without_nats_the_feed_answers_503_with_retry_after(data_dir: Path) -> None:

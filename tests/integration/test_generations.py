@@ -159,7 +159,8 @@ async def test_what_cannot_be_used_is_refused_with_nothing_changed(
         return err.strip()
 
     assert refused("generations", "nowhere") == (
-        "toolkit: error: no projection named 'nowhere' (known: billing, shipping)"
+        "toolkit: error: no projection named 'nowhere' "
+        "(known: billing, dispatches, invoices, shipping)"
     )
     assert refused("generations", "shipping", "--use", "g7") == (
         "toolkit: error: projection shipping has no generation 'g7' (there are: g000001, "

@@ -10,18 +10,25 @@ from uuid import UUID
 
 import pytest
 
+from contexts.billing import Billing
+from contexts.billing.policy import InvoicePlacedOrders
 from contexts.sales import Sales
+from contexts.shipping import Shipping
+from contexts.shipping.policy import ShipPlacedOrders
 from projections.billing import Accounts
+from projections.billing.invoices import Invoices
 from projections.billing.translation import OrderPlaced as BillingOrderPlaced
 from projections.shipping import Shipments
+from projections.shipping.dispatches import Dispatches
 from projections.shipping.translation import ShipmentAwaitingDispatch
 from projections.shipping.translation import sales as shipping_translator
-from toolkit import IntegrationEvent, Translator, contract
+from toolkit import IntegrationEvent, PolicyRunner, Translator, contract
 from toolkit.testing import (
     ProjectionHarness,
     PublishedEvent,
     in_memory,
     published_by,
+    published_events,
     relayed_event,
     translate,
     upcast,
@@ -191,3 +198,34 @@ def test_what_sales_publishes_today_upcasts_to_a_currency_in_euros(sales: Sales)
     assert upcast_event == OrderPlacedV2(
         order_id=str(kept), customer_id=str(ada), total=Decimal("33.75"), currency="EUR"
     )
+
+
+def test_shipping_and_billing_streams_keep_their_own_read_models(sales: Sales) -> None:
+    """Shipping's and billing's policies react to sales' orders; what the two contexts
+    then publish keeps ``dispatches`` and ``invoices`` (one stream each)."""
+    _, kept, cancelled, published = place_orders(sales)
+    messages = [event.message(i) for i, event in enumerate(published, start=1)]
+    shipping, billing = in_memory(Shipping), in_memory(Billing)
+    try:
+        PolicyRunner(ShipPlacedOrders(), shipping).apply(messages)
+        PolicyRunner(InvoicePlacedOrders(), billing).apply(messages)
+        shipping.dispatch_shipment(kept, "DHL")
+        billing.pay_invoice(kept)
+
+        with ProjectionHarness(Dispatches()) as dispatches:
+            dispatches.feed(published_events(shipping))
+            assert dispatches.query(
+                "SELECT shipment_id, order_id, parcels, status, carrier FROM dispatch "
+                "ORDER BY parcels DESC"
+            ) == [
+                (str(kept), str(kept), 2, "dispatched", "DHL"),
+                (str(cancelled), str(cancelled), 1, "requested", None),  # called off: private
+            ]
+        with ProjectionHarness(Invoices()) as invoices:
+            invoices.feed(published_events(billing))
+            assert invoices.query(
+                "SELECT invoice_id, cents, status, paid_at IS NOT NULL FROM invoice ORDER BY cents"
+            ) == [(str(cancelled), 1000, "issued", 0), (str(kept), 3375, "paid", 1)]
+    finally:
+        shipping.close()
+        billing.close()

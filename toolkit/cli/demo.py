@@ -307,6 +307,7 @@ async def _run(
                     f"-> order {sales.get_order(first).status}; invoice "
                     f"{billing.get_invoice(first).status}"
                 )
+            _show_statuses(stores)
             stop.set()
             await asyncio.gather(*projector_tasks)
 
@@ -368,9 +369,9 @@ async def _run(
                     f"{stats.reacted} / {stats.rejected} / {stats.parked}",
                 )
             for name, projector in projectors.items():
+                checkpoints = ", ".join(f"{s} {n}" for s, n in projector.stats.checkpoints.items())
                 table.add_row(
-                    f"{name}: applied / checkpoint",
-                    f"{projector.stats.applied} / {projector.stats.checkpoints.get('sales', 0)}",
+                    f"{name}: applied / checkpoint", f"{projector.stats.applied} / {checkpoints}"
                 )
             console.print(table)
             _close(contexts)  # before their server stops, when the logs are on it
@@ -383,6 +384,21 @@ async def _run(
             letters.close()
         _close(contexts)
     return 0
+
+
+def _show_statuses(stores: dict[str, ReadModelStore]) -> None:
+    """What the read models of shipping's and billing's own streams hold, by status."""
+    shown = []
+    for name, table in (("dispatches", "dispatch"), ("invoices", "invoice")):
+        if name in stores:
+            rows = (
+                stores[name]
+                .db.execute(f"SELECT status, COUNT(*) FROM {table} GROUP BY status ORDER BY status")
+                .fetchall()
+            )
+            shown.append(f"{name} " + ", ".join(f"{count} {status}" for status, count in rows))
+    if shown:
+        console.print(f"read models of shipping's and billing's streams: {'; '.join(shown)}")
 
 
 def _published(relay: Relay) -> int:
