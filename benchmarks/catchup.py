@@ -48,14 +48,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.relay import fill_log
+from benchmarks.relay import fill_log, sales_stream
 from contexts.sales import Customer, Order, Sales
 from projections.billing import Accounts
 from projections.billing.translation import cents
 from projections.billing.translation import sales as billing_sales
-from toolkit import Relay
-from toolkit.nats.connection import connect
-from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.batches import apply_batch
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
@@ -260,29 +257,19 @@ async def measure(events: int, folder: Path, *, es_events: int | None = None) ->
     """Events/s of each consumer over ``events`` orders; eventsourcing's rebuild, the
     slowest by far, over ``es_events`` of them when given (its own log of that many)."""
     rates: dict[str, float] = {}
-    sales = Sales(data_dir=folder)
-    try:
-        fill_log(sales, events)
-        with EmbeddedServer(folder / "nats") as server:
-            nc = await connect(server.url)
-            try:
-                head = (await Relay(sales, nc).run(until_head=True)).stream_sequence
-                for name, run in {
-                    BASELINE: raw_decode_only,
-                    FETCH: fetch_consumer,
-                    FASTSTREAM: faststream_subscriber,
-                    TOOLKIT: toolkit_projector,
-                }.items():
-                    started = time.perf_counter()
-                    done = await run(nc, folder / name.split()[0], head)
-                    count, seconds = (
-                        done if isinstance(done, tuple) else (done, time.perf_counter() - started)
-                    )
-                    rates[name] = count / seconds
-            finally:
-                await nc.close()
-    finally:
-        sales.close()
+    async with sales_stream(folder, events) as (nc, head):
+        for name, run in {
+            BASELINE: raw_decode_only,
+            FETCH: fetch_consumer,
+            FASTSTREAM: faststream_subscriber,
+            TOOLKIT: toolkit_projector,
+        }.items():
+            started = time.perf_counter()
+            done = await run(nc, folder / name.split()[0], head)
+            count, seconds = (
+                done if isinstance(done, tuple) else (done, time.perf_counter() - started)
+            )
+            rates[name] = count / seconds
     count, seconds = eventsourcing_rebuild(min(events, es_events or events), folder)
     rates[EVENTSOURCING] = count / seconds
     return rates

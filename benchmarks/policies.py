@@ -38,11 +38,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.relay import fill_log
-from contexts.sales import Sales
-from toolkit import BoundedContext, IntegrationEvent, Relay, contract
-from toolkit.nats.connection import connect
-from toolkit.nats.embedded import EmbeddedServer
+from benchmarks.relay import sales_stream
+from toolkit import BoundedContext, IntegrationEvent, contract
 from toolkit.react.deadletters import PolicyDeadLetters
 from toolkit.react.policy import Policy
 from toolkit.react.reactor import Reactor
@@ -190,26 +187,16 @@ async def measure(events: int, folder: Path) -> dict[str, tuple[float, float]]:
     """Per contender: (foreign events a second, own events a second) over sales' stream of
     ``events`` orders (and ten customers)."""
     results: dict[str, tuple[float, float]] = {}
-    sales = Sales(data_dir=folder / "sales")
-    try:
-        fill_log(sales, events)
-        with EmbeddedServer(folder / "nats") as server:
-            nc = await connect(server.url)
-            try:
-                head = (await Relay(sales, nc).run(until_head=True)).stream_sequence
-                for name, run in {
-                    BASELINE: decode_only,
-                    HAND: hand_written,
-                    TOOLKIT: toolkit_reactor,
-                }.items():
-                    started = time.perf_counter()
-                    own = await run(nc, folder / name.split()[0], head)
-                    seconds = time.perf_counter() - started
-                    results[name] = (head / seconds, own / seconds)
-            finally:
-                await nc.close()
-    finally:
-        sales.close()
+    async with sales_stream(folder, events) as (nc, head):
+        for name, run in {
+            BASELINE: decode_only,
+            HAND: hand_written,
+            TOOLKIT: toolkit_reactor,
+        }.items():
+            started = time.perf_counter()
+            own = await run(nc, folder / name.split()[0], head)
+            seconds = time.perf_counter() - started
+            results[name] = (head / seconds, own / seconds)
     return results
 
 

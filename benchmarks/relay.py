@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version
@@ -64,6 +64,23 @@ def fill_log(sales: Sales, orders: int) -> None:
             sales.save(*batch)
             batch = []
     sales.save(*batch)
+
+
+@contextlib.asynccontextmanager
+async def sales_stream(folder: Path, orders: int) -> AsyncIterator[tuple[Client, int]]:
+    """Sales' stream of ``orders`` orders (and ten customers) on an embedded server of
+    its own: a client of it, and the stream's head. What consumers race over."""
+    sales = Sales(data_dir=folder / "sales")
+    try:
+        fill_log(sales, orders)
+        with EmbeddedServer(folder / "nats") as server:
+            nc = await connect(server.url)
+            try:
+                yield nc, (await Relay(sales, nc).run(until_head=True)).stream_sequence
+            finally:
+                await nc.close()
+    finally:
+        sales.close()
 
 
 def built_messages(sales: Sales) -> Messages:
