@@ -341,15 +341,21 @@ def _save(fig: Any, ax: Any, path: Path, title: str, unit: str, *, log: bool, to
 
 
 def latency_chart(
-    path: Path, title: str, percentiles: dict[str, dict[int, list[float]]], goal_ms: float
+    path: Path,
+    title: str,
+    percentiles: dict[str, dict[int, list[float]]],
+    goal_ms: float | None,
+    *,
+    labels: tuple[str, str, str] = ("p50", "p99", "p99.9"),
 ) -> str:
-    """Latency (ms, log scale) against offered rate: one line per path and percentile."""
+    """Latency (ms, log scale) against offered rate: one line per path and percentile
+    (three a path, named by ``labels``), and the target's line unless ``goal_ms`` is None."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(12, 5.5))
     styles = ("-o", "--s", ":^")
     for colour, (name, by_rate) in zip(("#4c72b0", "#999999"), percentiles.items(), strict=False):
         rates = sorted(by_rate)
-        for k, (label, style) in enumerate(zip(("p50", "p99", "p99.9"), styles, strict=True)):
+        for k, (label, style) in enumerate(zip(labels, styles, strict=True)):
             ax.plot(
                 rates,
                 [by_rate[r][k] for r in rates],
@@ -357,10 +363,15 @@ def latency_chart(
                 color=colour,
                 label=f"{name}: {label}",
             )
-    ax.axhline(goal_ms, color="#c44e52", linewidth=1)
-    ax.text(
-        ax.get_xlim()[0], goal_ms, f" target: p99 < {goal_ms:g} ms", color="#c44e52", va="bottom"
-    )
+    if goal_ms is not None:
+        ax.axhline(goal_ms, color="#c44e52", linewidth=1)
+        ax.text(
+            ax.get_xlim()[0],
+            goal_ms,
+            f" target: p99 < {goal_ms:g} ms",
+            color="#c44e52",
+            va="bottom",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("offered rate (commands or messages a second)")
     ax.set_ylabel("latency, ms (log scale)")

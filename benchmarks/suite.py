@@ -35,6 +35,7 @@ from rich.console import Console
 
 from benchmarks import (
     catchup,
+    chain,
     http,
     latency,
     policies,
@@ -80,6 +81,8 @@ class Sizes:
     log_reads: int
     startup_runs: int
     policy_events: int
+    chain_rates: list[int]
+    chain_seconds: float
 
 
 _SIZES: dict[str, tuple[Any, Any, Any]] = {
@@ -101,6 +104,8 @@ _SIZES: dict[str, tuple[Any, Any, Any]] = {
     "log_reads": (2000, 300, 20),
     "startup_runs": (30, 10, 2),
     "policy_events": (100_000, 20_000, 300),
+    "chain_rates": ([50, 100, 200], [50, 100, 200], [100]),
+    "chain_seconds": (10.0, 3.0, 0.3),
 }
 STARTUP_GOAL = 5.0
 """``toolkit --help`` answers within this many times the bare interpreter's start."""
@@ -578,6 +583,60 @@ def policies_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
     return section
 
 
+def chain_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
+    seconds = sizes.chain_seconds
+    results = chain.measure(sizes.chain_rates, seconds, folder)
+    section = Section(
+        "chain",
+        "End-to-end latency: the policy chain sales -> shipping -> sales",
+        intro=(
+            "Orders placed on a fixed schedule (open loop) through `Sales.place_order`, the "
+            "relay in the command's process woken by each save. In a process of its own, "
+            "shipping's `ship-orders` policy (a `Reactor`) requests each order's shipment; "
+            "shipping dispatches on a command (an operator's), which the benchmark runs in "
+            "that process as soon as the request is committed, and shipping's relay there "
+            "carries `ShipmentDispatched`. In a third process, sales' `mark-shipped` policy "
+            "marks the order shipped in sales' log. An order's latency runs from "
+            "`place_order` returning to the commit of its `Order.Shipped`; each step's "
+            "commit is noted too. Beside it, at the same rates and in the same three-process "
+            "shape, two raw JetStream hops: `js.publish` (acknowledged, file storage), an "
+            "ordered push consumer that publishes each message on, and a second consumer. "
+            "All processes read one monotonic clock; the paths take turns at each rate."
+        ),
+        tables=[chain.report(seconds, results), chain.steps_report(results)],
+    )
+    shown = (0.5, 0.99, 1.0)
+    percentiles = {
+        short: {
+            rate: [paths[name].percentile(q) * 1000 for q in shown]
+            for rate, paths in results.items()
+        }
+        for short, name in (("toolkit", chain.TOOLKIT), ("raw hops", chain.RAW))
+    }
+    section.plots.append(
+        latency_chart(
+            out / "chain.png", section.title, percentiles, None, labels=("p50", "p99", "max")
+        )
+    )
+    for rate, paths in results.items():
+        ours, raw = paths[chain.TOOLKIT], paths[chain.RAW]
+        p50, p99 = ours.percentile(0.5), ours.percentile(0.99)
+        steps = " + ".join(f"{ours.percentile(0.5, k) * 1000:.1f}" for k in range(len(ours.steps)))
+        section.notes.append(
+            f"At {rate:,} orders/s: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+            f"({p50 / raw.percentile(0.5):.1f} and {p99 / raw.percentile(0.99):.1f} times the "
+            f"raw hops'); the steps' p50s: {steps} ms (requested, dispatched, shipped)."
+        )
+    section.notes.append(
+        "Each policy step is a relay's wake-up, read and publish, JetStream's file write, "
+        "the reactor's pull and the reaction's transaction (its events and tracking record) "
+        "in a SQLite log; the dispatch is one more transaction. Three Python processes "
+        "and nats-server share the machine's cores. The project sets no target for this "
+        "chain."
+    )
+    return section
+
+
 def _optional(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
@@ -599,6 +658,7 @@ WORKLOADS: dict[str, Workload] = {
     "log_backends": log_backends_workload,
     "startup": startup_workload,
     "policies": policies_workload,
+    "chain": chain_workload,
 }
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from benchmarks import catchup, http, log_backends, read_path, relay, suite
+from benchmarks import catchup, chain, http, log_backends, read_path, relay, suite
 from benchmarks.reporting import markdown_table
 
-PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path", "startup"}
+PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path", "startup", "chain"}
 
 
 @pytest.mark.timeout(120)
@@ -44,8 +44,9 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         "end-to-end p99 at 1,000 commands/s",
         "HTTP reads",
         "toolkit --help / the bare interpreter's start",
+        "policy at 300",
     }
-    assert len(run.targets) == 7
+    assert len(run.targets) == 8
     for target in run.targets:
         assert target.measured > 0 and target.verdict() in report
         assert target.met or target.why in report  # a miss says why, with its figures
@@ -67,6 +68,9 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
     assert "at concurrency 4" in tables["http"][0]  # the size's, not a fixed figure
     assert rows["scaling"][0] == len(suite.SIZES["smallest"].replay_sizes)
     assert rows["read_path"] == [len(read_path.READERS)]
+    chain_rates = len(suite.SIZES["smallest"].chain_rates)
+    assert rows["chain"] == [2 * chain_rates, 5 * chain_rates]  # every order through the chain
+    assert chain.TOOLKIT in tables["chain"][0] and "unfinished" not in tables["chain"][0]
     assert rows["log_backends"] == [len(log_backends.MEASURES)] * 2
     for backend in ("JetStream", "SQLite", *(["PostgreSQL"] if os.environ.get("CI") else [])):
         assert backend in tables["log_backends"][0]
