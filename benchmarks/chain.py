@@ -14,21 +14,23 @@ The chain is the example system's longest that flows back to sales:
    so the benchmark runs ``Shipping.dispatch_shipment`` as soon as the request is
    committed, in the same process; shipping's ``Relay`` there, woken by those saves,
    carries ``shipping.ShipmentDispatched`` onto shipping's stream;
-3. sales' policy process (``toolkit react mark-shipped``): the ``mark-shipped`` policy's
-   ``Reactor`` marks the order shipped in sales' log (the same SQLite file the command
-   process writes).
+3. the ``mark-shipped`` policy's ``Reactor`` marks the order shipped in sales' log, run
+   two ways that take turns at each rate: in a process of its own (``toolkit react
+   mark-shipped``; it and the command process then both write sales' SQLite file), and in
+   the command process on the same context, reacting in a worker thread (as ``toolkit
+   serve --policies mark-shipped`` runs it; the process's writers take turns on a lock).
 
 An order's latency runs from ``place_order`` returning to the commit of the transaction
-that stored its ``Order.Shipped`` in sales' log; each step's commit is noted too (each
-context's save listeners run right after its commit). Every process reads the same
-monotonic clock.
+that stored its ``Order.Shipped`` in sales' log. Each step is noted too: each commit by
+the context's save listeners (they run right after it), and when each reactor hands a
+message to the policy's runner. Every process reads the same monotonic clock.
 
 The baseline is two raw hops in the same three-process shape: the command process
 publishes a message of about an ``OrderPlaced``'s size with ``js.publish`` (awaiting
 JetStream's acknowledgement, file storage); a second process consumes it with a nats-py
 ordered push consumer and publishes it on (awaited) to a second stream; a third consumes
 that one. Latency is from the first publish call to the last consumer's callback. The
-contenders take turns at each rate: the chain, then the raw hops.
+contenders take turns at each rate: the chain twice, then the raw hops.
 """
 
 from __future__ import annotations
@@ -43,12 +45,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
@@ -64,24 +66,37 @@ from contexts.sales.domain import Order
 from contexts.sales.policy import MarkDispatchedOrdersShipped
 from contexts.shipping import Shipment, Shipping
 from contexts.shipping.policy import ShipPlacedOrders
-from toolkit import Relay
+from toolkit import BoundedContext, Relay
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.nats.streams import StreamSpec, ensure_stream
 from toolkit.react.deadletters import PolicyDeadLetters
+from toolkit.react.policy import Policy
 from toolkit.react.reactor import Reactor
-from toolkit.react.runner import PolicyRunner
+from toolkit.react.runner import Counts, PolicyRunner
+from toolkit.read.reader import StreamMessage
+from toolkit.wire.subjects import aggregate_token
 
-TOOLKIT = "toolkit: sales -> shipping -> sales, two policies"
+TOOLKIT = "toolkit, mark-shipped in a process of its own"
+SERVED = "toolkit, mark-shipped in the command's process"
 RAW = "raw: two JetStream hops (baseline)"
+SHORT = {TOOLKIT: "own process", SERVED: "command's process", RAW: "raw"}
 STEPS = {
-    TOOLKIT: (
-        "placed -> shipment requested (sales' relay, ship-orders)",
-        "requested -> dispatched (the dispatch command)",
-        "dispatched -> order shipped (shipping's relay, mark-shipped)",
-    ),
-    RAW: ("first hop: publish -> consume", "second hop: publish on -> consume"),
+    TOOLKIT: {
+        "ship-orders has it": "placed -> ship-orders' reactor has it (sales' relay, JetStream)",
+        "requested": "-> shipment requested (the reaction's transaction in shipping's log)",
+        "dispatched": "-> dispatched (the dispatch command's transaction)",
+        "mark-shipped has it": "-> mark-shipped's reactor has it (shipping's relay, JetStream)",
+        "shipped": "-> order shipped (the reaction's transaction in sales' log)",
+    },
+    SERVED: {},  # (filled in below: the same steps)
+    RAW: {
+        "first": "first hop: publish -> consume",
+        "last": "second hop: publish on -> consume",
+    },
 }
+STEPS[SERVED] = STEPS[TOOLKIT]
+"""Each contender's steps, in order: what the processes report them as, and what they are."""
 PERCENTILES = (0.5, 0.9, 0.99, 1.0)
 """p50, p90, p99 and the maximum."""
 LINES = [{"sku": "tea", "quantity": 2, "unit_price": Decimal("1.25")}]
@@ -89,6 +104,7 @@ HOPS = ("hop1", "hop2")
 CARRIER = "bench"
 WARM_UP = 20
 ROOT = Path(__file__).resolve().parent.parent
+C = TypeVar("C", bound=BoundedContext[Any])
 
 
 @dataclass
@@ -112,8 +128,8 @@ class Chain:
         return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
-Seen = dict[str, list[float]]
-"""When each id passed each step a process saw (monotonic seconds)."""
+Seen = dict[str, dict[str, float]]
+"""Per step a process saw: when each id passed it (monotonic seconds)."""
 Results = dict[int, dict[str, Chain]]
 """Per offered rate: each contender's latencies."""
 
@@ -122,21 +138,39 @@ def _sales_process(folder: Path) -> Sales:
     return Sales(data_dir=folder / "sales")
 
 
+class _Noting(PolicyRunner[C]):
+    """A runner noting when the reactor handed it each message of ``type_`` (first)."""
+
+    def __init__(self, policy: Policy[C], context: C, type_: str, seen: dict[str, float]) -> None:
+        super().__init__(policy, context)
+        self.suffix = f".{type_}"
+        self.seen = seen
+
+    def apply(self, messages: Sequence[StreamMessage], counts: Counts | None = None) -> Counts:
+        now = time.monotonic()
+        for message in messages:
+            if message.subject.endswith(self.suffix):
+                self.seen.setdefault(aggregate_token(message.subject), now)
+        return super().apply(messages, counts)
+
+
 async def _ship(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None:
     """Shipping's process: its policy, the dispatch of each shipment requested, its relay."""
     nc = await connect(url)
     shipping = Shipping(data_dir=folder / "shipping")
     loop = asyncio.get_running_loop()
     requested: asyncio.Queue[UUID] = asyncio.Queue()
+    has_it, requests, dispatches = (seen[k] for k in list(STEPS[TOOLKIT])[:3])
 
     def noted(recordings: list[Recording[Any]]) -> None:
         now = time.monotonic()
         for recording in recordings:
             event = recording.domain_event
-            if isinstance(event, Shipment.Requested | Shipment.Dispatched):
-                seen.setdefault(str(event.originator_id), []).append(now)
             if isinstance(event, Shipment.Requested):
+                requests[str(event.originator_id)] = now
                 loop.call_soon_threadsafe(requested.put_nowait, event.originator_id)
+            elif isinstance(event, Shipment.Dispatched):
+                dispatches[str(event.originator_id)] = now
 
     async def dispatch() -> None:
         while True:
@@ -145,7 +179,7 @@ async def _ship(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None
     shipping.on_saved(noted)
     try:
         with PolicyDeadLetters(folder / "ship-orders-dead-letters.sqlite") as dead_letters:
-            runner = PolicyRunner(ShipPlacedOrders(), shipping)
+            runner = _Noting(ShipPlacedOrders(), shipping, "OrderPlaced", has_it)
             reactor = Reactor(runner, dead_letters, nc)
             relaying = asyncio.create_task(Relay(shipping, nc).run(stop))
             dispatching = asyncio.create_task(dispatch())
@@ -158,33 +192,66 @@ async def _ship(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None
         await nc.close()
 
 
-async def _mark(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None:
-    """Sales' policy process: marks orders shipped in sales' log."""
-    nc = await connect(url)
-    sales = _sales_process(folder)
+def _marking(sales: Sales, seen: Seen) -> Callable[[], _Noting[Sales]]:
+    """Note when each order is marked shipped in sales' log (from saves through ``sales``);
+    returns a maker of mark-shipped's runners noting when their reactor has each message."""
+    has_it, shipped = (seen[k] for k in list(STEPS[TOOLKIT])[3:])
 
     def noted(recordings: list[Recording[Any]]) -> None:
         now = time.monotonic()
         for recording in recordings:
             if isinstance(recording.domain_event, Order.Shipped):
-                seen[str(recording.domain_event.originator_id)] = [now]
+                shipped[str(recording.domain_event.originator_id)] = now
 
     sales.on_saved(noted)
+    return lambda: _Noting(MarkDispatchedOrdersShipped(), sales, "ShipmentDispatched", has_it)
+
+
+async def _mark(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None:
+    """Sales' policy process (``toolkit react mark-shipped``): marks orders shipped in
+    sales' log. SIGUSR1 pauses it while the command's process runs the policy (it says
+    ``paused``), SIGUSR2 resumes it (``resumed``), from the tracking records."""
+    nc = await connect(url)
+    sales = _sales_process(folder)
+    runner = _marking(sales, seen)
+    loop = asyncio.get_running_loop()
+    pause, resume = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, pause.set)
+    loop.add_signal_handler(signal.SIGUSR2, resume.set)
     try:
         with PolicyDeadLetters(folder / "mark-shipped-dead-letters.sqlite") as dead_letters:
-            runner = PolicyRunner(MarkDispatchedOrdersShipped(), sales)
-            reactor = Reactor(runner, dead_letters, nc)
             print("ready", flush=True)
-            await reactor.run(stop)
+            while not stop.is_set():
+                turn = asyncio.Event()
+                ending = asyncio.create_task(_either(stop, pause, then=turn))
+                await Reactor(runner(), dead_letters, nc).run(turn)
+                ending.cancel()
+                if pause.is_set():
+                    pause.clear()
+                    print("paused", flush=True)
+                    await _either(resume, stop)
+                    resume.clear()
+                    print("resumed", flush=True)
     finally:
         sales.close()
         await nc.close()
+
+
+async def _either(*events: asyncio.Event, then: asyncio.Event | None = None) -> None:
+    """Wait until one of ``events`` is set; then set ``then``."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if then is not None:
+        then.set()
 
 
 def _consumer(forward: bool) -> Callable[[str, Path, Seen, asyncio.Event], Awaitable[None]]:
     """A raw hop's consumer: of the first stream (publishing each message on to the second:
     ``forward``) or of the second."""
     stream, onward = (HOPS[0], HOPS[1]) if forward else (HOPS[1], None)
+    step = list(STEPS[RAW])[0 if forward else 1]
 
     async def consume(url: str, _: Path, seen: Seen, stop: asyncio.Event) -> None:
         nc = await connect(url)
@@ -192,7 +259,7 @@ def _consumer(forward: bool) -> Callable[[str, Path, Seen, asyncio.Event], Await
 
         async def on_message(msg: Msg) -> None:
             key = msg.subject.split(".", 1)[1]
-            seen[key] = [time.monotonic()]
+            seen[step][key] = time.monotonic()
             if onward is not None:
                 await js.publish(f"{onward}.{key}", msg.data)
 
@@ -224,7 +291,7 @@ CHILDREN = {
 def child(kind: str, url: str, folder: str) -> None:
     """One process of a contender: says ``ready`` once it follows its stream, and on
     SIGTERM prints, as JSON, when it saw each id pass its steps."""
-    seen: Seen = {}
+    seen: Seen = {step: {} for steps in STEPS.values() for step in steps}
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -232,7 +299,7 @@ def child(kind: str, url: str, folder: str) -> None:
         await CHILDREN[kind](url, Path(folder), seen, stop)
 
     asyncio.run(run())
-    print(orjson.dumps(seen).decode(), flush=True)
+    print(orjson.dumps({step: ids for step, ids in seen.items() if ids}).decode(), flush=True)
 
 
 class _Process:
@@ -252,6 +319,14 @@ class _Process:
         if line.strip() != b"ready":
             raise RuntimeError(f"the {self.args[0]} process did not start: {line!r}")
 
+    async def signal(self, signum: int, answer: bytes) -> None:
+        """Send ``signum`` and wait for the line that answers it."""
+        assert self.process is not None and self.process.stdout is not None
+        self.process.send_signal(signum)
+        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
+        if line.strip() != answer:
+            raise RuntimeError(f"the {self.args[0]} process said {line!r}, not {answer!r}")
+
     async def stop(self) -> Seen:
         assert self.process is not None and self.process.stdout is not None
         self.process.send_signal(signal.SIGTERM)
@@ -267,16 +342,14 @@ class _Process:
                 self.process.kill()
 
 
-def _chain(name: str, offered: int, achieved: float, sent: dict[str, float], *seen: Seen) -> Chain:
-    """Contender ``name``'s latencies of the ids ``sent`` (when each was issued), from the
-    times its processes ``seen`` them pass their steps (in the chain's order)."""
+def _chain(name: str, offered: int, achieved: float, sent: dict[str, float], seen: Seen) -> Chain:
+    """Contender ``name``'s latencies of the ids ``sent`` (when each was issued), from
+    when its processes ``seen`` them pass each step."""
     samples: list[float] = []
     steps: list[list[float]] = [[] for _ in STEPS[name]]
     for key, at in sent.items():
-        times = [at]
-        for part in seen:
-            times += part.get(key, [])
-        if len(times) == 1 + len(steps):
+        times = [at, *(seen.get(step, {}).get(key, math.nan) for step in STEPS[name])]
+        if not any(math.isnan(t) for t in times):
             samples.append(times[-1] - at)
             for step, (before, after) in zip(steps, itertools.pairwise(times), strict=True):
                 step.append(after - before)
@@ -306,14 +379,21 @@ def _all_shipped(sales: Sales, orders: list[UUID]) -> Callable[[], Awaitable[boo
 
 
 async def measure_async(rates: list[int], seconds: float, folder: Path) -> Results:
+    rates = list(dict.fromkeys(rates))
     sales = _sales_process(folder)
     customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
+    served: Seen = {step: {} for step in STEPS[SERVED]}
+    marking = _marking(sales, served)
     body = b"x" * 450  # about an OrderPlaced envelope
-    placed: dict[int, dict[str, float]] = {rate: {} for rate in rates}
-    published: dict[int, dict[str, float]] = {rate: {} for rate in rates}
+    issued: dict[tuple[int, str], dict[str, float]] = {
+        (rate, name): {} for rate in rates for name in STEPS
+    }
     achieved: dict[tuple[int, str], float] = {}
     try:
-        with EmbeddedServer(folder / "nats") as server:
+        with (
+            EmbeddedServer(folder / "nats") as server,
+            PolicyDeadLetters(folder / "served-dead-letters.sqlite") as dead_letters,
+        ):
             nc = await connect(server.url)
             js = nc.jetstream()
             for context in ("sales", "shipping"):  # the reactors find them at once
@@ -330,22 +410,35 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
                     raise RuntimeError("the chain did not carry the warm-up orders through")
                 hopped = 0
                 for rate in rates:
-                    orders, hops = placed[rate], published[rate]
 
-                    async def place(i: int, orders: dict[str, float] = orders) -> None:
-                        order = sales.place_order(customers[i % 10], LINES)
-                        orders[str(order)] = time.monotonic()
+                    async def orders(name: str, rate: int = rate) -> None:
+                        sent = issued[rate, name]
 
-                    async def hop(i: int, rate: int = rate, hops: dict[str, float] = hops) -> None:
+                        async def place(i: int) -> None:
+                            order = sales.place_order(customers[i % 10], LINES)
+                            sent[str(order)] = time.monotonic()
+
+                        achieved[rate, name] = await on_schedule(rate, seconds, place)
+                        ids = [UUID(order) for order in sent]
+                        await _until(_all_shipped(sales, ids), max(10.0, 3 * seconds))
+
+                    async def hop(i: int, rate: int = rate) -> None:
                         key = f"{rate}-{i}"
-                        hops[key] = time.monotonic()
+                        issued[rate, RAW][key] = time.monotonic()
                         await js.publish(f"{HOPS[0]}.{key}", body)
 
-                    achieved[rate, TOOLKIT] = await on_schedule(rate, seconds, place)
-                    ids = [UUID(order) for order in orders]
-                    await _until(_all_shipped(sales, ids), max(10.0, 3 * seconds))
+                    await orders(TOOLKIT)
+                    await processes["mark"].signal(signal.SIGUSR1, b"paused")
+                    reactor = Reactor(marking(), dead_letters, nc, threaded=True)
+                    await reactor.run(until_head=True)
+                    turn = asyncio.Event()
+                    reacting = asyncio.create_task(reactor.run(turn))
+                    await orders(SERVED)
+                    turn.set()
+                    await reacting
+                    await processes["mark"].signal(signal.SIGUSR2, b"resumed")
                     achieved[rate, RAW] = await on_schedule(rate, seconds, hop)
-                    hopped += len(hops)
+                    hopped += len(issued[rate, RAW])
 
                     async def forwarded(hopped: int = hopped) -> bool:
                         info = await js.stream_info(HOPS[1])
@@ -353,7 +446,8 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
 
                     await _until(forwarded, max(10.0, 3 * seconds))
                     await asyncio.sleep(0.05)  # the last consumer's push is under way
-                seen = {kind: await p.stop() for kind, p in processes.items()}
+                stopped = await asyncio.gather(*(p.stop() for p in processes.values()))
+                seen = dict(zip(processes, stopped, strict=True))
             finally:
                 for process in processes.values():
                     process.kill()
@@ -362,14 +456,15 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
                 await nc.close()
     finally:
         sales.close()
+    by_contender = {
+        TOOLKIT: seen["ship"] | seen["mark"],
+        SERVED: seen["ship"] | {step: ids for step, ids in served.items() if ids},
+        RAW: seen["forward"] | seen["last"],
+    }
     return {
         rate: {
-            TOOLKIT: _chain(
-                TOOLKIT, rate, achieved[rate, TOOLKIT], placed[rate], seen["ship"], seen["mark"]
-            ),
-            RAW: _chain(
-                RAW, rate, achieved[rate, RAW], published[rate], seen["forward"], seen["last"]
-            ),
+            name: _chain(name, rate, achieved[rate, name], issued[rate, name], by_contender[name])
+            for name in (TOOLKIT, SERVED, RAW)
         }
         for rate in rates
     }
@@ -408,8 +503,9 @@ def report(seconds: float, results: Results) -> Table:
             )
     table.caption = (
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, nats-py {version('nats-py')}; "
-        "SQLite logs, file storage; 3 processes each (orders, shipping, sales' policy) and "
-        "nats-server; in brackets: the ratio to the raw hops' figure at the same rate"
+        "SQLite logs, file storage; processes: the orders', shipping's, sales' policy's "
+        "(in the first row) and nats-server; in brackets: the ratio to the raw hops' figure "
+        "at the same rate"
     )
     return table
 
@@ -421,10 +517,10 @@ def steps_report(results: Results) -> Table:
         table.add_column(column, justify="left" if column == "step" else "right")
     for rate, paths in results.items():
         for name, chain in paths.items():
-            for k, step in enumerate(STEPS[name]):
+            for k, step in enumerate(STEPS[name].values()):
                 table.add_row(
                     f"{rate:,}",
-                    f"{name.split(':')[0]}: {step}",
+                    f"{SHORT[name]}: {step}",
                     _ms(chain.percentile(0.5, k)),
                     _ms(chain.percentile(0.99, k)),
                 )

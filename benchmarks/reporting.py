@@ -353,7 +353,8 @@ def latency_chart(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(12, 5.5))
     styles = ("-o", "--s", ":^")
-    for colour, (name, by_rate) in zip(("#4c72b0", "#999999"), percentiles.items(), strict=False):
+    colours = ("#4c72b0", "#999999", "#55a868")
+    for colour, (name, by_rate) in zip(colours, percentiles.items(), strict=False):
         rates = sorted(by_rate)
         for k, (label, style) in enumerate(zip(labels, styles, strict=True)):
             ax.plot(
