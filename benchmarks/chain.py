@@ -9,11 +9,12 @@ The chain is the example system's longest that flows back to sales:
    second, open loop), its ``Relay`` in the same process, woken by each save, carrying
    ``sales.OrderPlaced`` onto sales' stream;
 2. shipping's process (as ``toolkit serve --policies ship-orders`` runs it for shipping):
-   the ``ship-orders`` policy's ``Reactor`` requests a shipment for each order in
-   shipping's log; shipping dispatches a shipment on a command (an operator's, over HTTP),
-   so the benchmark runs ``Shipping.dispatch_shipment`` as soon as the request is
-   committed, in the same process; shipping's ``Relay`` there, woken by those saves,
-   carries ``shipping.ShipmentDispatched`` onto shipping's stream;
+   the ``ship-orders`` policy's ``Reactor``, reacting in a worker thread, requests a
+   shipment for each order in shipping's log; shipping dispatches a shipment on a command
+   (an operator's, over HTTP), so the benchmark runs ``Shipping.dispatch_shipment`` as
+   soon as the request is committed, on the process's event loop; shipping's ``Relay``
+   there, woken by those saves, carries ``shipping.ShipmentDispatched`` onto shipping's
+   stream;
 3. the ``mark-shipped`` policy's ``Reactor`` marks the order shipped in sales' log, run
    two ways that take turns at each rate: in a process of its own (``toolkit react
    mark-shipped``; it and the command process then both write sales' SQLite file), and in
@@ -81,21 +82,22 @@ TOOLKIT = "toolkit, mark-shipped in a process of its own"
 SERVED = "toolkit, mark-shipped in the command's process"
 RAW = "raw: two JetStream hops (baseline)"
 SHORT = {TOOLKIT: "own process", SERVED: "command's process", RAW: "raw"}
+WHERE = {TOOLKIT: "in a process of its own", SERVED: "in the command's process"}
+CHAIN_STEPS = {
+    "ship-orders has it": "placed -> ship-orders' reactor has it (sales' relay, JetStream)",
+    "requested": "-> shipment requested (the reaction's transaction in shipping's log)",
+    "dispatched": "-> dispatched (the dispatch command's transaction)",
+    "mark-shipped has it": "-> mark-shipped's reactor has it (shipping's relay, JetStream)",
+    "shipped": "-> order shipped (the reaction's transaction in sales' log)",
+}
 STEPS = {
-    TOOLKIT: {
-        "ship-orders has it": "placed -> ship-orders' reactor has it (sales' relay, JetStream)",
-        "requested": "-> shipment requested (the reaction's transaction in shipping's log)",
-        "dispatched": "-> dispatched (the dispatch command's transaction)",
-        "mark-shipped has it": "-> mark-shipped's reactor has it (shipping's relay, JetStream)",
-        "shipped": "-> order shipped (the reaction's transaction in sales' log)",
-    },
-    SERVED: {},  # (filled in below: the same steps)
+    TOOLKIT: CHAIN_STEPS,
+    SERVED: CHAIN_STEPS,
     RAW: {
         "first": "first hop: publish -> consume",
         "last": "second hop: publish on -> consume",
     },
 }
-STEPS[SERVED] = STEPS[TOOLKIT]
 """Each contender's steps, in order: what the processes report them as, and what they are."""
 PERCENTILES = (0.5, 0.9, 0.99, 1.0)
 """p50, p90, p99 and the maximum."""
@@ -134,7 +136,8 @@ Results = dict[int, dict[str, Chain]]
 """Per offered rate: each contender's latencies."""
 
 
-def _sales_process(folder: Path) -> Sales:
+def _sales(folder: Path) -> Sales:
+    """Sales' context on its log, the one SQLite file every process of sales writes."""
     return Sales(data_dir=folder / "sales")
 
 
@@ -155,7 +158,9 @@ class _Noting(PolicyRunner[C]):
 
 
 async def _ship(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None:
-    """Shipping's process: its policy, the dispatch of each shipment requested, its relay."""
+    """Shipping's process, as ``toolkit serve --policies ship-orders`` runs it: its policy
+    reacting in a worker thread, its relay, and the dispatch of each shipment requested
+    (the command an operator would send over HTTP) on the event loop."""
     nc = await connect(url)
     shipping = Shipping(data_dir=folder / "shipping")
     loop = asyncio.get_running_loop()
@@ -180,7 +185,7 @@ async def _ship(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None
     try:
         with PolicyDeadLetters(folder / "ship-orders-dead-letters.sqlite") as dead_letters:
             runner = _Noting(ShipPlacedOrders(), shipping, "OrderPlaced", has_it)
-            reactor = Reactor(runner, dead_letters, nc)
+            reactor = Reactor(runner, dead_letters, nc, threaded=True)
             relaying = asyncio.create_task(Relay(shipping, nc).run(stop))
             dispatching = asyncio.create_task(dispatch())
             print("ready", flush=True)
@@ -212,7 +217,7 @@ async def _mark(url: str, folder: Path, seen: Seen, stop: asyncio.Event) -> None
     sales' log. SIGUSR1 pauses it while the command's process runs the policy (it says
     ``paused``), SIGUSR2 resumes it (``resumed``), from the tracking records."""
     nc = await connect(url)
-    sales = _sales_process(folder)
+    sales = _sales(folder)
     runner = _marking(sales, seen)
     loop = asyncio.get_running_loop()
     pause, resume = asyncio.Event(), asyncio.Event()
@@ -380,7 +385,7 @@ def _all_shipped(sales: Sales, orders: list[UUID]) -> Callable[[], Awaitable[boo
 
 async def measure_async(rates: list[int], seconds: float, folder: Path) -> Results:
     rates = list(dict.fromkeys(rates))
-    sales = _sales_process(folder)
+    sales = _sales(folder)
     customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
     served: Seen = {step: {} for step in STEPS[SERVED]}
     marking = _marking(sales, served)

@@ -591,8 +591,9 @@ def chain_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
         "End-to-end latency: the policy chain sales -> shipping -> sales",
         intro=(
             "Orders placed on a fixed schedule (open loop) through `Sales.place_order`, the "
-            "relay in the command's process woken by each save. In a process of its own, "
-            "shipping's `ship-orders` policy (a `Reactor`) requests each order's shipment; "
+            "relay in the command's process woken by each save. In a process of its own, as "
+            "`toolkit serve --policies` runs it, shipping's `ship-orders` policy (a "
+            "`Reactor` in a worker thread) requests each order's shipment; "
             "shipping dispatches on a command (an operator's), which the benchmark runs in "
             "that process as soon as the request is committed, and shipping's relay there "
             "carries `ShipmentDispatched`. Sales' `mark-shipped` policy then marks the order "
@@ -630,7 +631,7 @@ def chain_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
                 f"{ours.percentile(0.5, k) * 1000:.1f}" for k in range(len(ours.steps))
             )
             section.notes.append(
-                f"At {rate:,} orders/s, mark-shipped in the {chain.SHORT[name]}: p50 "
+                f"At {rate:,} orders/s, mark-shipped {chain.WHERE[name]}: p50 "
                 f"{p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms ({p50 / raw.percentile(0.5):.1f} "
                 f"and {p99 / raw.percentile(0.99):.1f} times the raw hops'); the steps' p50s: "
                 f"{steps} ms."
