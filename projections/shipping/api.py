@@ -35,3 +35,35 @@ def router(home: object) -> APIRouter:
         filters={"status": Status, "recipient_id": UUID},
         max_limit=500,
     )
+
+
+DispatchStatus = Literal["requested", "dispatched"]
+
+
+class Dispatch(BaseModel):
+    """A shipment as the shipping context keeps it (the ``dispatches`` read model, from
+    shipping's stream): its id is its order's."""
+
+    shipment_id: UUID
+    order_id: UUID
+    parcels: int
+    status: DispatchStatus
+    requested_at: str
+    carrier: str | None = None
+    dispatched_at: str | None = None
+
+
+def dispatches(home: object) -> APIRouter:
+    """``GET /shipping/dispatches/{shipment_id}`` and ``GET /shipping/dispatches`` (by
+    ``requested_at``, filtered by ``status``): where a dispatch's consistency token
+    (``shipping:<position>``) is read back."""
+    return resource_router(
+        home,
+        path="/shipping/dispatches",
+        table="dispatch",
+        model=Dispatch,
+        key="shipment_id",
+        order_by="requested_at",
+        filters={"status": DispatchStatus},
+        max_limit=500,
+    )

@@ -3,17 +3,19 @@ places orders; shipping's policy requests a shipment and billing's issues an inv
 each; shipments dispatched and invoices paid by commands; sales' policy marks the
 dispatched orders shipped. Relays and reactors run in-process, on SQLite logs, as
 ``toolkit relay`` and ``toolkit react`` run them; a replay of the read models, and the
-policies run again afterwards, change no log."""
+policies run again afterwards, change no log; over HTTP, as ``toolkit serve --policies
+all`` runs them, each command's consistency token reads its effect back."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 import orjson
 import pytest
 from eventsourcing.persistence import ProcessRecorder
@@ -22,15 +24,25 @@ from contexts.billing import Billing
 from contexts.sales import Sales
 from contexts.shipping import Shipping
 from contexts.system import system
+from projections.billing.api import invoices
+from projections.billing.invoices import Invoices
+from projections.shipping.api import dispatches
+from projections.shipping.dispatches import Dispatches
+from tests.conftest import eventually, serving, wait_for
 from tests.flow import TEAS, read_all
 from toolkit.cli import main
 from toolkit.cli.demo import Settled
+from toolkit.config import Settings
+from toolkit.http.app import create_app
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.nats.streams import ensure_stream
 from toolkit.react.deadletters import PolicyDeadLetters, dead_letters_path
 from toolkit.react.reactor import Reactor
 from toolkit.react.runner import PolicyRunner
+from toolkit.read.projector import Projector
+from toolkit.read.store import ReadModelStore
+from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.write.context import BoundedContext
 from toolkit.write.relay import Relay
 
@@ -198,3 +210,69 @@ def test_replaying_the_read_models_never_runs_a_policy_again(
     # Sales' whole stream: a customer, 12 orders placed, 3 cancelled and 9 shipped.
     assert before["ship-orders:sales"] == before["invoice-orders:sales"] == 1 + ORDERS + 3 + 9
     assert before["mark-shipped:shipping"] == ORDERS + 9  # requested, dispatched
+
+
+async def test_over_http_each_context_takes_its_commands_and_reads_come_back_by_token(
+    nats_server: EmbeddedServer, data_dir: Path
+) -> None:
+    """``toolkit serve --policies all`` with the read models of shipping's and billing's
+    streams kept live and served (their routers, which the example's system does not
+    declare yet): an order placed, its shipment dispatched and its invoice paid over
+    HTTP, each read back with the command's consistency token; sales marks it shipped."""
+    settings = Settings(nats_url=nats_server.url, data_dir=data_dir)
+    served = replace(system, routers={"dispatches": dispatches, "invoices": invoices})
+    app = create_app(served, settings, policies=list(system.policies))
+    nc = await connect(nats_server.url)
+    stop = asyncio.Event()
+    stores = [
+        ReadModelStore(SQLiteHome(data_dir, p.name).live(), p) for p in (Dispatches(), Invoices())
+    ]
+    projecting = [asyncio.create_task(Projector(s.projection, s, nc).run(stop)) for s in stores]
+    try:
+        async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+            customer = await http.post("/sales/customers", json={"name": "Ann", "email": "a@x.org"})
+            line = {"sku": "tea", "quantity": 12, "unit_price": "2.50"}
+            placed = await http.post(
+                "/sales/orders", json={"customer_id": customer.json()["id"], "lines": [line]}
+            )
+            order = placed.json()["id"]
+
+            async def dispatch() -> httpx.Response | None:  # once shipping's policy ran
+                answer = await http.post(
+                    f"/shipping/shipments/{order}/dispatch", json={"carrier": "DHL"}
+                )
+                return None if answer.status_code == 404 else answer
+
+            dispatched = await eventually(dispatch)
+            assert dispatched.status_code == 200, dispatched.text
+            token = dispatched.headers["Consistency-Token"]
+            assert token.startswith("shipping:")
+            read = await http.get(
+                f"/shipping/dispatches/{order}", headers={"Consistency-Token": token}
+            )
+            assert read.status_code == 200, read.text
+            assert (read.json()["status"], read.json()["carrier"]) == ("dispatched", "DHL")
+
+            async def pay() -> httpx.Response | None:  # once billing's policy ran
+                answer = await http.post(f"/billing/invoices/{order}/payment")
+                return None if answer.status_code == 404 else answer
+
+            paid = await eventually(pay)
+            assert paid.json()["amount"] == "30.00"
+            read = await http.get(
+                f"/billing/invoices/{order}",
+                headers={"Consistency-Token": paid.json()["consistency_token"]},
+            )
+            assert (read.json()["status"], read.json()["cents"]) == ("paid", 3000)
+
+            sales = Sales(data_dir=data_dir)
+            try:
+                await wait_for(lambda: sales.get_order(UUID(order)).status == "shipped")
+            finally:
+                sales.close()
+    finally:
+        stop.set()
+        await asyncio.gather(*projecting)
+        for store in stores:
+            store.close()
+        await nc.close()
