@@ -18,7 +18,9 @@ from fastapi import APIRouter
 
 from contexts.system import system
 from projections.billing import Accounts
+from projections.billing.invoices import Invoices
 from projections.shipping import Shipments
+from projections.shipping.dispatches import Dispatches
 from tests.conftest import create_read_models, free_port, serving
 from tests.integration.test_http_boundary import api, place_order
 from toolkit.config import Settings
@@ -209,7 +211,7 @@ async def test_case_10_readiness_waits_for_every_read_model_served(
         reasons = " ".join(ready.json()["reasons"])
         assert "projection shipping has no read model yet" in reasons
         assert "projection billing has no read model yet" in reasons
-        create_read_models(data_dir, Shipments)
+        create_read_models(data_dir, Shipments, Dispatches, Invoices)
         ready = await http.get("/health/ready")
         assert ready.json()["reasons"] == ["projection billing has no read model yet"]
         create_read_models(data_dir, Accounts)
