@@ -292,9 +292,21 @@ def report(request: pytest.FixtureRequest) -> Report:
 
     def say(line: str) -> None:
         print(line)
-        _FAULT_REPORT.append((request.node.nodeid, line))
+        request.node.user_properties.append((_FAULT_PROPERTY, line))
 
     return say
+
+
+_FAULT_PROPERTY = "fault report"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the lines of ``report`` where the summary is written: in the process that
+    ran the test, or in the one xdist's workers send their reports to."""
+    if report.when == "teardown":
+        for name, line in report.user_properties:
+            if name == _FAULT_PROPERTY:
+                _FAULT_REPORT.append((report.nodeid, str(line)))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
