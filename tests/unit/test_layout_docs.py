@@ -47,8 +47,7 @@ def test_every_subpackage_and_module_has_its_line() -> None:
         f"{package or 'toolkit'}/{module}"
         for package, names in _modules().items()
         for module in [*names, *([package] if package else [])]
-        if package not in entries
-        or (module != package and f"`{module}`" not in entries[package])
+        if package not in entries or (module != package and f"`{module}`" not in entries[package])
     ]
     assert not missing, (
         f"docs/architecture.md (The library) does not name: {sorted(set(missing))}: "
