@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
-from eventsourcing.persistence import ProcessRecorder
+from eventsourcing.persistence import ProcessRecorder, Recording
 
 from tests.integration.test_policies import Depot, OrderPlaced, Parcels, own_log
 from toolkit.cli import main
@@ -121,7 +122,7 @@ async def test_a_reactor_follows_its_stream_until_stopped(
             stop, reacted = asyncio.Event(), asyncio.Event()
             saved: list[object] = []  # every event stored (two orders' may be one save)
 
-            def heard(recordings: list[object]) -> None:
+            def heard(recordings: list[Recording[Any]]) -> None:
                 saved.extend(recordings)
                 reacted.set()
 
