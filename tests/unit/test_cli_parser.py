@@ -37,3 +37,32 @@ def test_a_command_option_is_still_refused_before_the_command(
     with pytest.raises(SystemExit) as exit:
         parser().parse_args(["--once", "relay", "sales"])
     assert exit.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "refusal"),
+    [
+        (["commands", "sales", "--workers", "99999999999999999999"], "is more than 256"),
+        (["work", "notifications", "--workers", "257"], "is more than 256"),
+        (["demo", "--orders", "1000001"], "is more than 1,000,000"),
+        (["project", "billing", "--partition", "0", "--partitions", "4097"], "more than 4,096"),
+        (["commands", "sales", "--workers", "0"], "must be at least 1"),
+    ],
+)
+def test_counts_that_size_a_process_are_bounded(
+    argv: list[str], refusal: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A slip of the keyboard (a worker per integer up to 10**20) is a usage error, not a
+    process that hangs building coroutines."""
+    with pytest.raises(SystemExit) as exit:
+        parser().parse_args(argv)
+    assert exit.value.code == 2 and refusal in capsys.readouterr().err
+    assert (
+        parser().parse_args([*argv[:2], "--workers", "256"]).workers == 256
+        if argv[0]
+        in (
+            "commands",
+            "work",
+        )
+        else True
+    )

@@ -4,6 +4,7 @@ so that ``toolkit --help`` and usage errors start in a few tens of milliseconds.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ def parser() -> argparse.ArgumentParser:
             "the live model, query the read endpoints, and print a summary."
         ),
     )
-    demo.add_argument("--orders", type=_positive, default=3000, help="orders to place (3000)")
-    demo.add_argument("--customers", type=_positive, default=300, help="customers (300)")
+    demo.add_argument(
+        "--orders", type=_up_to(1_000_000), default=3000, help="orders to place (3000)"
+    )
+    demo.add_argument("--customers", type=_up_to(100_000), default=300, help="customers (300)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's data folder")
     demo.add_argument(
         "--log",
@@ -84,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     )
     project.add_argument(
         "--partitions",
-        type=_positive,
+        type=_up_to(4096),
         metavar="N",
         help="how many partition workers there are; a new N repartitions from the head",
     )
@@ -272,7 +275,7 @@ def parser() -> argparse.ArgumentParser:
     )
     work.add_argument("queue", help="work queue name, e.g. notifications")
     work.add_argument(
-        "--workers", type=_positive, default=1, metavar="N", help="workers in this process (1)"
+        "--workers", type=_up_to(256), default=1, metavar="N", help="workers in this process (1)"
     )
     react = add(
         "react",
@@ -308,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
     )
     queued.add_argument("context", help="context name, e.g. sales")
     queued.add_argument(
-        "--workers", type=_positive, default=1, metavar="N", help="workers in this process (1)"
+        "--workers", type=_up_to(256), default=1, metavar="N", help="workers in this process (1)"
     )
     add(
         "webhooks-key",
@@ -343,6 +346,19 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _up_to(limit: int) -> Callable[[str], int]:
+    """A whole number from 1 to ``limit``: a count that sizes what a process starts or
+    does (workers, orders), so that a slip of the keyboard is an error, not a hang."""
+
+    def count(text: str) -> int:
+        value = _positive(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value} is more than {limit:,}")
+        return value
+
+    return count
 
 
 def _names(text: str) -> tuple[str, ...]:
