@@ -19,6 +19,10 @@ log: after a crash between the two it is still a dead letter when delivered agai
 (:meth:`kept`), so it is passed over, not reacted to behind its own dead letter. A
 rejection is written *after* its tracking record (the runner records it first): a crash
 between loses its reason, never its processing.
+
+The file also remembers, for each stream, the last foreign log position the policy reacted
+to (:meth:`remember`), so that events a relay publishes again under new sequences, after
+its stream lost them, are known after a restart too (see :class:`~toolkit.react.runner.Memory`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ CREATE TABLE IF NOT EXISTS parked (
     aggregate TEXT NOT NULL,
     sequence INTEGER NOT NULL,
     PRIMARY KEY (stream, aggregate)
+)""",
+    """
+CREATE TABLE IF NOT EXISTS reacted_to (
+    stream TEXT PRIMARY KEY,
+    log_position INTEGER NOT NULL
 )""",
 )
 
@@ -230,6 +239,23 @@ class PolicyDeadLetters:
                 (letter.stream, aggregate, letter.sequence),
             )
         self.parking.parked_one(letter.stream, letter.sequence, aggregate)
+
+    def reacted_to(self) -> dict[str, int]:
+        """The last foreign log position reacted to, by stream."""
+        with self._lock:
+            rows = self._db.execute("SELECT stream, log_position FROM reacted_to").fetchall()
+        return {stream: int(position) for stream, position in rows}
+
+    def remember(self, positions: dict[str, int]) -> None:
+        """Keep ``positions`` (stream -> last foreign log position reacted to); a position
+        never goes back."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO reacted_to (stream, log_position) VALUES (?, ?) "
+                "ON CONFLICT (stream) DO UPDATE SET "
+                "log_position = MAX(log_position, excluded.log_position)",
+                list(positions.items()),
+            )
 
     def close(self) -> None:
         self._db.close()

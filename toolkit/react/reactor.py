@@ -82,6 +82,8 @@ class Reactor(OnConnection, Generic[C]):
             runner.on_rejected = self._keep_rejection
         if runner.holds is None:
             runner.holds = dead_letters
+        if runner.memory is None:
+            runner.remember_with(dead_letters)
 
     def _keep_rejection(self, rejection: Rejection) -> None:
         message = rejection.message or StreamMessage(

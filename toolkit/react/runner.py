@@ -130,6 +130,19 @@ class Holds(Protocol):
         ...
 
 
+class Memory(Protocol):
+    """Where a runner keeps, beside the log, the last foreign log position it reacted to
+    in each stream (:class:`~toolkit.react.deadletters.PolicyDeadLetters`)."""
+
+    def reacted_to(self) -> dict[str, int]:
+        """The positions kept, by stream."""
+        ...
+
+    def remember(self, positions: dict[str, int]) -> None:
+        """Keep these (a position never goes back)."""
+        ...
+
+
 class Retried(NamedTuple):
     """What became of a dead letter reacted to again (:meth:`PolicyRunner.retry`)."""
 
@@ -158,6 +171,7 @@ class PolicyRunner(Generic[C]):
         on_rejected: Callable[[Rejection], None] | None = None,
         holds: Holds | None = None,
         together: int = 100,
+        memory: Memory | None = None,
     ) -> None:
         if together < 1:
             raise ConfigurationError(f"together must be 1 or more, not {together}")
@@ -175,6 +189,38 @@ class PolicyRunner(Generic[C]):
         self._positions: dict[str, int] = {}
         self.together = together
         """At most this many messages' reactions are stored in one transaction."""
+        self._reacted_to: dict[str, int] = {}
+        """Stream -> the last foreign log position reacted to (see :meth:`remember_with`)."""
+        self._remembered: dict[str, int] = {}
+        self.memory: Memory | None = None
+        if memory is not None:
+            self.remember_with(memory)
+
+    def remember_with(self, memory: Memory) -> None:
+        """Keep the last foreign log position reacted to in each stream in ``memory`` too
+        (after each :meth:`apply`), and start from what it kept.
+
+        A relay whose stream lost messages publishes them again, in log order, with their
+        log positions; when they come under other sequences than before (another
+        publisher's message took one meanwhile), the tracking record, a sequence, does not
+        know them. Their log positions do: a message at or below the last position reacted
+        to is passed over as a duplicate, as projections pass it. ``memory`` is a hint
+        beside the log, not in its transaction: after a crash it may lag behind by the
+        last batch, whose messages the tracking record still covers by sequence."""
+        self.memory = memory
+        for stream, position in memory.reacted_to().items():
+            self._reacted_to[stream] = max(position, self._reacted_to.get(stream, 0))
+        self._remembered = dict(self._reacted_to)
+
+    def _again(self, stream: str, head: wire.EnvelopeHead) -> bool:
+        """Whether ``head``'s event was reacted to before (published again by its relay)."""
+        position = head.logposition
+        return position is not None and position <= self._reacted_to.get(stream, 0)
+
+    def _reacted(self, stream: str, head: wire.EnvelopeHead) -> None:
+        position = head.logposition
+        if position is not None and position > self._reacted_to.get(stream, 0):
+            self._reacted_to[stream] = position
 
     def position(self, stream: str) -> int:
         """The last sequence of ``stream`` recorded as processed (0 before the first):
@@ -213,8 +259,11 @@ class PolicyRunner(Generic[C]):
                 if isinstance(reaction, _Reaction):
                     run.reactions.append(reaction)
                     run.through = sequence
-                elif reaction == "skip":
-                    counts.skipped += 1
+                elif reaction in ("skip", "again"):
+                    if reaction == "skip":
+                        counts.skipped += 1
+                    else:
+                        counts.duplicates += 1  # published again after its stream lost it
                     if run.reactions:
                         run.through = sequence  # the run's tracking record covers it
                     else:
@@ -225,16 +274,22 @@ class PolicyRunner(Generic[C]):
             self._react_together(run, counts, passed)
         finally:
             self._record_passed(passed)
+            if self.memory is not None and self._reacted_to != self._remembered:
+                self.memory.remember(dict(self._reacted_to))
+                self._remembered = dict(self._reacted_to)
         return counts
 
-    def _reaction(self, message: StreamMessage) -> _Reaction | Literal["skip", "alone"]:
+    def _reaction(self, message: StreamMessage) -> _Reaction | Literal["skip", "again", "alone"]:
         """``message`` (not processed yet) as a plain reaction to store with others;
-        ``skip`` for a type the policy does not read; ``alone`` for one that needs
+        ``skip`` for a type the policy does not read; ``again`` for one reacted to before
+        (its log position says so: see :meth:`remember_with`); ``alone`` for one that needs
         handling of its own (not relayed, parked, failing to translate: :meth:`_apply`)."""
         stream, sequence = message.stream, message.sequence
         head = wire.relayed_head(stream, message.headers.get(wire.MSG_ID), message.data)
         if isinstance(head, str):
             return "alone"
+        if self._again(stream, head):
+            return "again"
         if self.holds is not None and (
             self.holds.kept(stream, sequence)
             or self.holds.holding(stream, aggregate_token(message.subject)) is not None
@@ -271,6 +326,8 @@ class PolicyRunner(Generic[C]):
                 pass
             else:
                 self._positions[stream] = run.through
+                for reaction in run.reactions:
+                    self._reacted(stream, reaction.head)
                 counts.reacted += len(run.reactions)
                 counts.events += len(processing.events)
                 return _Run()
@@ -290,6 +347,10 @@ class PolicyRunner(Generic[C]):
         if isinstance(head, str):
             reason = f"not published by the {stream} relay: {head}"
             self._reject(message, None, reason, counts)
+            return
+        if self._again(stream, head):
+            counts.duplicates += 1  # published again after its stream lost it
+            passed[stream] = sequence
             return
         if self.holds is not None and self._held(message, head.type, self.holds):
             counts.held += 1
@@ -318,6 +379,7 @@ class PolicyRunner(Generic[C]):
         except Exception as exc:
             raise self._poison(message, exc) from exc
         self._positions[stream] = sequence
+        self._reacted(stream, head)
         counts.reacted += 1
         counts.events += len(processing.events)
 
@@ -416,6 +478,9 @@ class PolicyRunner(Generic[C]):
                 return False
             raise
         self._positions[stream] = sequence
+        head = wire.relayed_head(stream, message.headers.get(wire.MSG_ID), message.data)
+        if not isinstance(head, str):  # parked or refused: its copies are not reacted to
+            self._reacted(stream, head)
         return True
 
     def _processed_elsewhere(self, stream: str, sequence: int) -> bool:
