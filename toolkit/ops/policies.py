@@ -26,6 +26,12 @@ OpenLog = Callable[[type[BoundedContext[Any]], Path], BoundedContext[Any] | None
 """The context as its relay builds it, creating nothing (None: no log yet)."""
 
 
+def no_table_yet(exc: BaseException) -> bool:
+    """Whether reading a PostgreSQL log failed for want of its table: a context that has
+    not saved anything yet (status creates no table to look), no problem of anyone's."""
+    return type(exc.__cause__).__name__ == "UndefinedTable"  # psycopg's, under eventsourcing's
+
+
 async def collect_policies(
     system: System,
     settings: Settings,
@@ -56,8 +62,10 @@ async def collect_policies(
                 _positions, open_log, context_class, Path(settings.data_dir), policy
             )
         except Exception as exc:  # a database down, a setting wrong
-            entry["problems"] = [f"cannot read the log of context {context_class.name}: {exc}"]
-            continue
+            if not no_table_yet(exc):
+                entry["problems"] = [f"cannot read the log of context {context_class.name}: {exc}"]
+                continue
+            positions = dict.fromkeys(policy.streams, 0)
         for stream, position in positions.items():
             events = await behind(stream, position)
             seconds = 0.0

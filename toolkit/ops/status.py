@@ -97,6 +97,9 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
         except Exception as exc:  # a database down, a setting wrong: that relay's problem
             relay.setdefault("problems", []).append(f"cannot read its log: {exc}")
             context = None
+        if context is not None and await _not_made_yet(js, context):
+            await asyncio.to_thread(context.close)  # (as a SQLite file not made yet)
+            context = None
         if context is not None:
             try:
                 log_head = await asyncio.to_thread(context.recorder.max_notification_id)
@@ -105,7 +108,10 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
                 lag = await asyncio.to_thread(_to_carry, context, relayed, log_head)
                 relay.update(log_head=log_head, relayed_to=relayed, relay_lag=lag)
             except Exception as exc:  # no table or stream yet, a server gone meanwhile
-                relay.setdefault("problems", []).append(f"cannot read its log: {exc}")
+                from toolkit.ops.policies import no_table_yet
+
+                if not no_table_yet(exc):
+                    relay.setdefault("problems", []).append(f"cannot read its log: {exc}")
             finally:
                 await asyncio.to_thread(context.close)
         contexts[name] = relay
@@ -191,6 +197,23 @@ def _open_log(context_cls: type[BoundedContext[Any]], data_dir: Path) -> Bounded
         context.close()
         return None
     return context
+
+
+async def _not_made_yet(js: JetStreamContext, context: BoundedContext[Any]) -> bool:
+    """Whether the context's log is a JetStream log whose stream its first save has not
+    made yet. Like a SQLite file not made yet (or a PostgreSQL table, see
+    :func:`_no_table_yet`), that is no problem of its relay's (a context that has not
+    written anything yet), and status creates nothing to look."""
+    stream_name = getattr(context.recorder, "stream_name", None)
+    if isinstance(stream_name, str):  # the JetStream log
+        try:
+            await js.stream_info(stream_name)
+        except NotFoundError:
+            return True
+        except Exception:  # a server in trouble: reading the log will say so
+            return False
+        return False
+    return False
 
 
 _COUNTED = 100_000
