@@ -30,13 +30,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, NamedTuple, Protocol
+from typing import Any, Generic, Literal, NamedTuple
 
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
 from typing_extensions import TypeVar
 
 from toolkit import wire
 from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, PoisonMessage
+from toolkit.react.holds import Holds, Memory
 from toolkit.react.policy import Policy
 from toolkit.read.reader import StreamMessage
 from toolkit.read.translator import UnknownEvent
@@ -111,36 +112,6 @@ class _Reaction(NamedTuple):
     message: StreamMessage
     head: wire.EnvelopeHead
     facts: list[object]
-
-
-class Holds(Protocol):
-    """What the runner asks of the policy's dead letters to keep each aggregate's order
-    (:class:`~toolkit.react.deadletters.PolicyDeadLetters`)."""
-
-    def kept(self, stream: str, sequence: int) -> bool:
-        """Whether the message at ``sequence`` is a dead letter already."""
-        ...
-
-    def holding(self, stream: str, aggregate: str) -> int | None:
-        """The sequence of the dead letter ``aggregate`` is parked behind, if any."""
-        ...
-
-    def hold(self, message: StreamMessage, type_: str | None, root: int) -> None:
-        """Keep ``message`` as a dead letter parked behind the one at ``root``."""
-        ...
-
-
-class Memory(Protocol):
-    """Where a runner keeps, beside the log, the last foreign log position it reacted to
-    in each stream (:class:`~toolkit.react.deadletters.PolicyDeadLetters`)."""
-
-    def reacted_to(self) -> dict[str, int]:
-        """The positions kept, by stream."""
-        ...
-
-    def remember(self, positions: dict[str, int]) -> None:
-        """Keep these (a position never goes back)."""
-        ...
 
 
 class Retried(NamedTuple):
