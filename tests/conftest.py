@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import os
 import signal
@@ -98,6 +99,21 @@ def nats_servers_using(folder: Path) -> list[int]:
         if "nats-server" in cmdline and str(folder) in cmdline:
             found.append(int(entry.name))
     return found
+
+
+POSTGRESQL_TURNS = Path("/tmp/toolkit-tests-postgresql.lock")
+"""Every test holds this file's lock shared while it runs; a test marked
+``postgresql_alone`` (one that restarts the machine's PostgreSQL) holds it exclusively, so
+that no test of another xdist worker, or of another run on this machine, has a PostgreSQL
+session open while the server restarts under it."""
+
+
+@pytest.fixture(autouse=True)
+def postgresql_turn(request: pytest.FixtureRequest) -> Iterator[None]:
+    alone = request.node.get_closest_marker("postgresql_alone") is not None
+    with POSTGRESQL_TURNS.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)  # (released on close)
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

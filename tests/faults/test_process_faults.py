@@ -95,6 +95,7 @@ def restart_postgresql() -> None:
         pytest.skip(message)
 
 
+@pytest.mark.postgresql_alone  # no other test (another xdist worker's) uses it meanwhile
 @pytest.mark.parametrize("read_models", ["postgres"], indirect=True)
 async def test_a_projection_rides_out_postgresql_restarted_under_it(
     report: Report, nc: Client, data_dir: Path, tmp_path: Path, read_models: Settings
