@@ -38,17 +38,76 @@ from toolkit.read.replay import rebuild
 from toolkit.read.store import ReadModelStore
 from toolkit.redaction import RedactingFilter, redact_urls
 from toolkit.system import System, load_system
-from toolkit.write.relay import Relay
-from toolkit.write.relay_lock import relay_lock
+from toolkit.write.context import BoundedContext
+from toolkit.write.relay import Relay, RelayStats
+from toolkit.write.relay_lock import RelayLease, relay_lease, relay_lock
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # one message, one line
 
 
-async def _relay(settings: Settings, system: System, name: str, once: bool) -> None:
+async def _relay(
+    settings: Settings, system: System, name: str, once: bool, standby: bool = False
+) -> None:
     context = system.context(name)(data_dir=settings.data_dir)
-    with contextlib.closing(context), relay_lock(context, f"toolkit relay {name}"):
+    role = f"toolkit relay {name}"
+    with contextlib.closing(context):
+        stats = await until_signalled(
+            lambda stop: _relay_while_held(settings, context, role, stop, once, standby)
+        )
+        if stats is not None:
+            say(
+                f"relayed to log position {stats.position}: {stats.published} published "
+                f"(stream sequence {stats.stream_sequence})"
+            )
+
+
+async def _relay_while_held(
+    settings: Settings,
+    context: BoundedContext[Any],
+    role: str,
+    stop: asyncio.Event,
+    once: bool,
+    standby: bool,
+) -> RelayStats | None:
+    """Relay while this process holds the relay lock (:func:`relay_lease`); a standby
+    waits for it first, and again after losing it. None: stopped while standing by."""
+    name = context.name
+
+    def waiting(holder: str) -> None:
+        say(f"standing by: a relay of {name} runs ({holder}); taking over when it stops")
+
+    stats: RelayStats | None = None
+    while not stop.is_set():
+        async with relay_lease(context, role, stop, standby=standby, waiting=waiting) as lease:
+            if lease is None:
+                return stats
+            stats = await _relay_held(settings, context, lease, stop, once)
+        if once or not lease.lost.is_set():
+            return stats
+        lost = f"the relay of {name} lost its lock to {lease.holder or 'another relay'}"
+        if not standby:
+            raise RelayBusyError(f"{lost} (its PostgreSQL session ended): stopped")
+        say(f"{lost}: standing by")
+    return stats
+
+
+async def _relay_held(
+    settings: Settings,
+    context: BoundedContext[Any],
+    lease: RelayLease,
+    stop: asyncio.Event,
+    once: bool,
+) -> RelayStats:
+    """Relay until ``stop`` is set or the lease is lost; report while relaying (a standby
+    writes no report: status and readiness see the relay that runs)."""
+    name = context.name
+    relaying = asyncio.Event()  # set by stop, or by losing the lock
+    watching = [asyncio.create_task(event.wait()) for event in (stop, lease.lost)]
+    for task in watching:
+        task.add_done_callback(lambda _: relaying.set())
+    try:
         async with (
             open_nats(settings, name=f"relay-{name}") as nats,
             Reporter(settings.data_dir) as reporter,
@@ -62,12 +121,12 @@ async def _relay(settings: Settings, system: System, name: str, once: bool) -> N
                 position=lambda: relay.stats.position,
                 backlog=relay.lag,
             )
-            say(f"relaying {name} log onto stream {relay.stream.name} at {nats.url}")
-            stats = await until_signalled(lambda stop: relay.run(stop, until_head=once))
-            say(
-                f"relayed to log position {stats.position}: {stats.published} published "
-                f"(stream sequence {stats.stream_sequence})"
-            )
+            took = "took over: " if lease.waited else ""
+            say(f"{took}relaying {name} log onto stream {relay.stream.name} at {nats.url}")
+            return await relay.run(relaying, until_head=once)
+    finally:
+        for task in watching:
+            task.cancel()
 
 
 async def _project(
@@ -273,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_OK
         system = load_system(settings.system, settings.app_dir)
         if args.command == "relay":
-            asyncio.run(_relay(settings, system, args.context, args.once))
+            asyncio.run(_relay(settings, system, args.context, args.once, args.standby))
         elif args.command == "project":
             asyncio.run(
                 _project(

@@ -60,10 +60,18 @@ def parser() -> argparse.ArgumentParser:
         description="Relay a context's published events from its log onto its JetStream "
         "stream, in log order, exactly once. Runs until stopped (Ctrl-C or SIGTERM). Refused "
         "while another relay of the context runs ('toolkit relay', or 'toolkit serve' "
-        "running it); the error names it.",
+        "running it); the error names it. With --standby it waits instead, and takes over "
+        "when that one stops or dies: run any number of standbys.",
     )
     relay.add_argument("context", help="context name, e.g. sales")
     relay.add_argument("--once", action="store_true", help="stop when the log head is relayed")
+    relay.add_argument(
+        "--standby",
+        action="store_true",
+        help="while another relay of the context runs, wait (saying once who holds the "
+        "lock) and take over the moment it stops or dies, relaying from where the stream "
+        "ends; SIGTERM stops the wait",
+    )
 
     project = add(
         "project",

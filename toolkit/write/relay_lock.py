@@ -21,15 +21,32 @@ two relays the same relay:
 A lock on NATS (a KV entry with a time to live) was not chosen: a holder killed by SIGKILL
 would keep every new relay out until its entry expired, and a holder cut off from NATS
 for longer than that would lose the lock while it still runs.
+
+Standbys (:func:`relay_lease`, ``toolkit relay <context> --standby``): since these locks
+go with their holder however it dies, a relay that waits for the lock (polling it with a
+short pause, so that SIGTERM stops the wait at once; on PostgreSQL on one session of its
+own, reconnecting while the server is away) takes over the moment the holder stops or
+dies, and relays from where the stream ends. A holder can lose its lock while it runs
+only on PostgreSQL (its session ended: a server restart, a cut connection): the lease
+checks its session every second, takes the lock again on a new one if nobody else has,
+and otherwise says the lock is lost, and the relay stops. What the old holder published
+in the moment before it noticed is fenced by the stream, not by the lock: every publish
+carries ``Nats-Expected-Last-Sequence`` and the id of the message before it, so
+JetStream refuses whatever does not follow the stream's last message, and drops a
+message id it has already stored (see :mod:`toolkit.write.relay`); the old holder can
+write nothing out of order or twice, and starts over from the stream's tail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,8 +54,11 @@ from typing import Any
 import orjson
 
 from toolkit import locks
+from toolkit.backoff import Backoff, pause
 from toolkit.errors import RelayBusyError
 from toolkit.write.context import BoundedContext
+
+log = logging.getLogger("toolkit.write.relay")  # told where the relay runs
 
 
 @contextlib.contextmanager
@@ -59,19 +79,26 @@ def log_lock(
     it lives: ``<log file>.<kind>-lock``, an advisory lock ``<kind>:<schema>.<context>``,
     or ``<data dir>/<context>.<kind>-lock``. When another holds it, raise what ``busy``
     makes of a description of the holder."""
+    where = _where(context, kind)
+    if isinstance(where, Path):
+        with _file_lock(where, role, busy):
+            yield
+    else:
+        with _advisory_lock(*where, role, busy):
+            yield
+
+
+def _where(context: BoundedContext[Any], kind: str) -> Path | tuple[Any, str]:
+    """The lock file of ``context``'s lock ``kind``, or its log's PostgreSQL datastore and
+    the label of its advisory lock."""
     datastore = getattr(context.recorder, "datastore", None)
     postgres = sys.modules.get("eventsourcing.postgres")  # imported when the log is there
     if postgres is not None and isinstance(datastore, postgres.PostgresDatastore):
-        with _advisory_lock(datastore, f"{kind}:{datastore.schema}.{context.name}", role, busy):
-            yield
-        return
+        return datastore, f"{kind}:{datastore.schema}.{context.name}"
     log_file = context.log_file
     if log_file is not None:
-        path = log_file.with_name(f"{log_file.name}.{kind}-lock")
-    else:
-        path = context.data_dir / f"{context.name}.{kind}-lock"
-    with _file_lock(path, role, busy):
-        yield
+        return log_file.with_name(f"{log_file.name}.{kind}-lock")
+    return context.data_dir / f"{context.name}.{kind}-lock"
 
 
 def _holder(role: str) -> dict[str, Any]:
@@ -112,17 +139,204 @@ def _described(written: bytes, path: Path) -> str:
 def _advisory_lock(
     datastore: Any, label: str, role: str, busy: Callable[[str], Exception]
 ) -> Iterator[None]:
-    import psycopg
-
-    holder = _holder(role)
-    params = {k: v for k, v in (datastore.pool.kwargs or {}).items() if k != "row_factory"}
-    described = f"{role}, pid {holder['pid']} on {holder['host']}"
-    db = psycopg.connect(
-        **params, autocommit=True, connect_timeout=5, application_name=described[:63]
-    )
+    db = _connect(datastore, role)
     try:
         if not locks.try_advisory_lock(db, label):
             raise busy(locks.advisory_holder(db, label))
         yield
     finally:
         db.close()  # which releases the lock
+
+
+def _connect(datastore: Any, role: str) -> Any:
+    """A session of its own in the log's database, named after its holder."""
+    import psycopg
+
+    holder = _holder(role)
+    params = {k: v for k, v in (datastore.pool.kwargs or {}).items() if k != "row_factory"}
+    described = f"{role}, pid {holder['pid']} on {holder['host']}"
+    return psycopg.connect(
+        **params, autocommit=True, connect_timeout=5, application_name=described[:63]
+    )
+
+
+WAIT_PAUSE = 0.2
+"""Seconds between two looks at a lock a standby waits for: how soon it takes over."""
+CHECK_EVERY = 1.0
+"""Seconds between two checks that a PostgreSQL lock's session still holds it."""
+
+
+@dataclass
+class RelayLease:
+    """The relay lock, held by this process until the block of :func:`relay_lease` ends,
+    or until :attr:`lost` is set: another process took it (possible on PostgreSQL only,
+    once this one's session ended). The relay stops then; :attr:`holder` says who."""
+
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    holder: str = ""
+    waited: bool = False
+    """Whether another held the lock when this one asked for it (this one took over)."""
+
+
+@contextlib.asynccontextmanager
+async def relay_lease(
+    context: BoundedContext[Any],
+    role: str,
+    stop: asyncio.Event,
+    *,
+    standby: bool = False,
+    waiting: Callable[[str], None] = lambda _: None,
+) -> AsyncIterator[RelayLease | None]:
+    """Hold the lock of ``context``'s relay while the block runs. Held by another: without
+    ``standby``, raise :class:`~toolkit.errors.RelayBusyError` at once (as
+    :func:`relay_lock`); with it, call ``waiting`` once with a description of the holder
+    and wait until the lock is free, then take it. Yields None when ``stop`` is set
+    while waiting. On PostgreSQL the lease's session is checked every
+    :data:`CHECK_EVERY` seconds: see this module's docstring for what happens when it ends."""
+    lease = RelayLease()
+    where = _where(context, "relay")
+    if isinstance(where, Path):
+        stack = await _wait_for_file(where, role, context.name, stop, standby, waiting, lease)
+        if stack is None:
+            yield None
+            return
+        with stack:
+            yield lease
+        return
+    datastore, label = where
+    db = await _wait_for_advisory(
+        datastore, label, role, context.name, stop, standby, waiting, lease
+    )
+    if db is None:
+        yield None
+        return
+    session = [db]
+    watch = asyncio.create_task(_watch(session, datastore, label, role, context.name, lease))
+    try:
+        yield lease
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        for db in session:
+            await asyncio.to_thread(db.close)  # which releases the lock
+
+
+class _Held(Exception):
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+async def _wait_for_file(
+    path: Path,
+    role: str,
+    name: str,
+    stop: asyncio.Event,
+    standby: bool,
+    waiting: Callable[[str], None],
+    lease: RelayLease,
+) -> contextlib.ExitStack | None:
+    """The lock file's ``flock``, taken (held until the stack closes), polled with
+    ``LOCK_NB`` while another holds it: a blocking ``flock`` would not hear SIGTERM."""
+    while True:
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(_file_lock(path, role, _Held))
+            return stack
+        except _Held as held:
+            if not standby:
+                raise _busy(name, held.holder) from None
+            if not lease.waited:
+                waiting(held.holder)
+                lease.waited = True
+        if await pause(stop, WAIT_PAUSE):
+            return None
+
+
+async def _wait_for_advisory(
+    datastore: Any,
+    label: str,
+    role: str,
+    name: str,
+    stop: asyncio.Event,
+    standby: bool,
+    waiting: Callable[[str], None],
+    lease: RelayLease,
+) -> Any:
+    """A session holding the advisory lock ``label``, or None once ``stop`` is set. A
+    standby keeps one session while it waits, asking with ``pg_try_advisory_lock``
+    (``pg_advisory_lock`` would block where SIGTERM is not heard), and connects again,
+    with back-off, while the server is away."""
+    import psycopg
+
+    backoff = Backoff(WAIT_PAUSE, 5.0)
+    db: Any = None
+    while True:
+        try:
+            if db is None:
+                db = await asyncio.to_thread(_connect, datastore, role)
+            if await asyncio.to_thread(locks.try_advisory_lock, db, label):
+                return db
+            holder = await asyncio.to_thread(locks.advisory_holder, db, label)
+            if not standby:
+                await asyncio.to_thread(db.close)
+                raise _busy(name, holder)
+            if not lease.waited:
+                waiting(holder)
+                lease.waited = True
+            backoff.reset()
+            delay = WAIT_PAUSE
+        except psycopg.OperationalError as exc:
+            if db is not None:
+                await asyncio.to_thread(db.close)
+                db = None
+            if not standby:
+                raise
+            delay = backoff.advance()
+            log.warning(
+                "relay %s: standing by, but its PostgreSQL log does not answer (%s); "
+                "trying again in %.1fs", name, " ".join(str(exc).split()), delay,
+            )  # fmt: skip
+        if await pause(stop, delay):
+            if db is not None:
+                await asyncio.to_thread(db.close)
+            return None
+
+
+async def _watch(
+    session: list[Any], datastore: Any, label: str, role: str, name: str, lease: RelayLease
+) -> None:
+    """Check every second that the lease's session is alive (its lock lives with it).
+    Once it has ended, take the lock again on a new session if nobody else has it
+    (retrying while the server is away: meanwhile the stream fences the relay); set
+    ``lease.lost`` once another process holds it."""
+    import psycopg
+
+    backoff = Backoff(WAIT_PAUSE, 5.0)
+    alive = True
+    while True:
+        await asyncio.sleep(CHECK_EVERY if alive else backoff.advance())
+        try:
+            if alive:
+                await asyncio.to_thread(session[0].execute, "SELECT 1")
+                continue
+            db = await asyncio.to_thread(_connect, datastore, role)
+            if await asyncio.to_thread(locks.try_advisory_lock, db, label):
+                session[0] = db
+                alive = True
+                backoff.reset()
+                log.warning("relay %s: its lock's PostgreSQL session had ended; took the lock "
+                            "again on a new one", name)  # fmt: skip
+                continue
+            lease.holder = await asyncio.to_thread(locks.advisory_holder, db, label)
+            session.append(db)  # closed with the lease
+            lease.lost.set()
+            return
+        except psycopg.Error as exc:
+            if alive:
+                alive = False
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(session[0].close)
+                log.warning("relay %s: its lock's PostgreSQL session ended (%s); taking the "
+                            "lock again", name, " ".join(str(exc).split()))  # fmt: skip
