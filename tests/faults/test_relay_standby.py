@@ -273,3 +273,39 @@ async def test_a_postgres_lease_whose_session_ends_is_lost_to_the_standby(data_d
             first.close()
             second.close()
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("log_env", ["postgres"], indirect=True)
+async def test_a_relay_whose_postgres_session_ends_stands_by_once_another_took_over(
+    data_dir: Path, nats_server: EmbeddedServer, nc: Client, log_env: dict[str, str]
+) -> None:
+    """The active relay's lock session is ended under it (as a database restart or a cut
+    connection would): the standby takes the lock, the old holder notices within a
+    second, says it lost the lock and stands by; the stream stays the log."""
+    sales = Sales(env=log_env, data_dir=data_dir)
+    place_orders(sales, 20)
+    standbys = _Standbys(data_dir, nats_server.url, {**os.environ, **log_env})
+    try:
+        first = standbys.start()
+        await wait_for(lambda: standbys.active() is first, within=30)
+        second = standbys.start()
+        await wait_for(lambda: standbys.waiting() == [second], within=30)
+        with postgres("test", "the postgres log") as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE %s",
+                (f"toolkit relay sales, pid {first.pid} %",),
+            )
+        await wait_for(lambda: "took over" in standbys.said(second), within=10)
+        await wait_for(lambda: "taking over when" in standbys.said(first), within=10)
+        said = standbys.said(first)  # lost, and standing by again
+        assert f"the relay of sales lost its lock to toolkit relay sales, pid {second.pid}" in said
+        assert f"standing by: a relay of sales runs (toolkit relay sales, pid {second.pid}" in said
+        place_orders(sales, 20)
+        await stream_holds(nc, len(public_positions(sales)))
+        await assert_stream_is_the_log(nc, sales)
+    finally:
+        standbys.stop()
+        sales.close()
+    assert [p.returncode for p in standbys.processes] == [0, 0]
