@@ -72,6 +72,12 @@ class _Standbys:
             if p.poll() is None and "standing by" in (said := self.said(p)) and "took" not in said
         ]
 
+    def __str__(self) -> str:
+        """What each process said (for a failing condition's message)."""
+        return "\n".join(
+            f"pid {p.pid} (exit {p.poll()}): {self.said(p)[-2000:]}" for p in self.processes
+        )
+
     def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
@@ -95,7 +101,10 @@ async def test_standbys_take_over_when_the_active_relay_is_killed(
     try:
         for _ in range(3):
             standbys.start()
-        await wait_for(lambda: standbys.active() and len(standbys.waiting()) == 2, within=30)
+        try:
+            await wait_for(lambda: standbys.active() and len(standbys.waiting()) == 2, within=30)
+        except AssertionError:
+            raise AssertionError(f"no active relay and two standbys:\n{standbys}") from None
         for _ in range(4):
             active = standbys.active()
             assert active is not None
