@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import math
 import os
@@ -61,7 +60,7 @@ from nats.js.api import DeliverPolicy, StreamConfig
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.latency import _on_schedule as on_schedule
+from benchmarks.latency import ChildProcess, on_schedule
 from contexts.sales import Sales
 from contexts.sales.domain import Order
 from contexts.sales.policy import MarkDispatchedOrdersShipped
@@ -307,46 +306,6 @@ def child(kind: str, url: str, folder: str) -> None:
     print(orjson.dumps({step: ids for step, ids in seen.items() if ids}).decode(), flush=True)
 
 
-class _Process:
-    """A child process running one side, started and stopped from the event loop."""
-
-    def __init__(self, kind: str, url: str, folder: Path) -> None:
-        self.args = (kind, url, str(folder))
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        code = f"from benchmarks.chain import child; child(*{self.args!r})"
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, cwd=ROOT
-        )
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), 60)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"the {self.args[0]} process did not start: {line!r}")
-
-    async def signal(self, signum: int, answer: bytes) -> None:
-        """Send ``signum`` and wait for the line that answers it."""
-        assert self.process is not None and self.process.stdout is not None
-        self.process.send_signal(signum)
-        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
-        if line.strip() != answer:
-            raise RuntimeError(f"the {self.args[0]} process said {line!r}, not {answer!r}")
-
-    async def stop(self) -> Seen:
-        assert self.process is not None and self.process.stdout is not None
-        self.process.send_signal(signal.SIGTERM)
-        output = await asyncio.wait_for(self.process.stdout.read(), 60)
-        if await self.process.wait() != 0:
-            raise RuntimeError(f"the {self.args[0]} process exited with {self.process.returncode}")
-        seen: Seen = orjson.loads(output.splitlines()[-1])
-        return seen
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-
-
 def _chain(name: str, offered: int, achieved: float, sent: dict[str, float], seen: Seen) -> Chain:
     """Contender ``name``'s latencies of the ids ``sent`` (when each was issued), from
     when its processes ``seen`` them pass each step."""
@@ -410,7 +369,10 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
                 await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
             stop_relay = asyncio.Event()
             relaying = asyncio.create_task(Relay(sales, nc).run(stop_relay))
-            processes = {kind: _Process(kind, server.url, folder) for kind in CHILDREN}
+            processes = {
+                kind: ChildProcess("benchmarks.chain", kind, server.url, folder)
+                for kind in CHILDREN
+            }
             try:
                 await asyncio.gather(*(p.start() for p in processes.values()))
                 warm = [sales.place_order(customers[i % 10], LINES) for i in range(WARM_UP)]

@@ -156,34 +156,42 @@ def child(kind: str, url: str, data_dir: str) -> None:
     print(orjson.dumps(seen).decode(), flush=True)
 
 
-class _Other:
-    """A child process running one side, started and stopped from the event loop."""
+class ChildProcess:
+    """A child process running one side of a benchmark (``child(kind, url, folder)`` of
+    ``module``), started and stopped from the event loop: it says ``ready`` once it
+    follows its stream, and on SIGTERM prints, as JSON, what it saw."""
 
-    def __init__(self, kind: str, url: str, data_dir: Path) -> None:
-        self.args = (kind, url, str(data_dir))
+    def __init__(self, module: str, kind: str, url: str, folder: Path) -> None:
+        self.module = module
+        self.args = (kind, url, str(folder))
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        code = f"from benchmarks.latency import child; child(*{self.args!r})"
+        code = f"from {self.module} import child; child(*{self.args!r})"
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            code,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
+            sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, cwd=ROOT
         )
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 60)
         if line.strip() != b"ready":
             raise RuntimeError(f"the {self.args[0]} process did not start: {line!r}")
 
-    async def stop(self) -> Seen:
+    async def signal(self, signum: int, answer: bytes) -> None:
+        """Send ``signum`` and wait for the line that answers it."""
+        assert self.process is not None and self.process.stdout is not None
+        self.process.send_signal(signum)
+        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
+        if line.strip() != answer:
+            raise RuntimeError(f"the {self.args[0]} process said {line!r}, not {answer!r}")
+
+    async def stop(self) -> Any:
+        """Stop it (SIGTERM); what it printed last, decoded."""
         assert self.process is not None and self.process.stdout is not None
         self.process.send_signal(signal.SIGTERM)
         output = await asyncio.wait_for(self.process.stdout.read(), 60)
         if await self.process.wait() != 0:
             raise RuntimeError(f"the {self.args[0]} process exited with {self.process.returncode}")
-        return {key: (at[0], at[1]) for key, at in orjson.loads(output.splitlines()[-1]).items()}
+        return orjson.loads(output.splitlines()[-1])
 
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -191,7 +199,11 @@ class _Other:
                 self.process.kill()
 
 
-async def _on_schedule(rate: int, seconds: float, issue: Callable[[int], Awaitable[None]]) -> float:
+def _times(seen: dict[str, list[float]]) -> Seen:
+    return {key: (at[0], at[1]) for key, at in seen.items()}
+
+
+async def on_schedule(rate: int, seconds: float, issue: Callable[[int], Awaitable[None]]) -> float:
     """Call ``issue(i)`` ``rate * seconds`` times at ``rate`` a second (late ones go at
     once); returns the rate achieved."""
     count = max(1, int(rate * seconds))
@@ -235,8 +247,12 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
             relaying = asyncio.create_task(relay.run(stop_relay))
             js = nc.jetstream()
             await js.add_stream(StreamConfig(name=HOP_STREAM, subjects=[f"{HOP_STREAM}.>"]))
-            projector = _Other("projector", server.url, folder / "shipping")
-            consumer = _Other("consumer", server.url, folder / "consumer")
+            projector = ChildProcess(
+                "benchmarks.latency", "projector", server.url, folder / "shipping"
+            )
+            consumer = ChildProcess(
+                "benchmarks.latency", "consumer", server.url, folder / "consumer"
+            )
             try:
                 await _settle(relay)
                 await projector.start()
@@ -253,12 +269,12 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
                         hops[key] = time.monotonic()
                         await js.publish(f"{HOP_STREAM}.order.{key}.OrderPlaced", body)
 
-                    achieved[rate, TOOLKIT] = await _on_schedule(rate, seconds, place)
+                    achieved[rate, TOOLKIT] = await on_schedule(rate, seconds, place)
                     await _settle(relay)
-                    achieved[rate, RAW] = await _on_schedule(rate, seconds, hop)
+                    achieved[rate, RAW] = await on_schedule(rate, seconds, hop)
                     await asyncio.sleep(0.5)
-                visible = await projector.stop()
-                consumed = await consumer.stop()
+                visible = _times(await projector.stop())
+                consumed = _times(await consumer.stop())
             finally:
                 projector.kill()
                 consumer.kill()
