@@ -9,11 +9,11 @@ that follows billing's stream wait for the payment.
 from decimal import Decimal
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from contexts.billing.application import Billing
-from toolkit import CONSISTENCY_HEADER, ConflictError, InvalidCommand, UnknownAggregate, token_for
+from toolkit import CONSISTENCY_HEADER, token_for
 
 
 class Paid(BaseModel):
@@ -33,20 +33,15 @@ _ERRORS: dict[int | str, dict[str, str]] = {
 
 
 def router(billing: Billing) -> APIRouter:
+    """A refused command (``InvalidCommand``, ``UnknownAggregate``, ``ConflictError``) needs
+    no handling here: the app answers it 422, 404 or 409 with a problem document."""
     api = APIRouter(prefix="/billing", tags=["billing"], responses=_ERRORS)
 
     @api.post("/invoices/{invoice_id}/payment")
     def pay_invoice(invoice_id: UUID, response: Response) -> Paid:
         """Pay the invoice in full."""
         with billing.recordings() as saved:
-            try:
-                amount = billing.pay_invoice(invoice_id)
-            except UnknownAggregate as exc:
-                raise HTTPException(404, str(exc)) from None
-            except InvalidCommand as exc:
-                raise HTTPException(422, str(exc)) from None
-            except ConflictError as exc:
-                raise HTTPException(409, str(exc)) from None
+            amount = billing.pay_invoice(invoice_id)
         token = str(token_for(billing, saved))
         response.headers[CONSISTENCY_HEADER] = token
         return Paid(id=invoice_id, amount=amount, consistency_token=token)

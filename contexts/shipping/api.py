@@ -9,11 +9,11 @@ stream wait for the dispatch.
 
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from contexts.shipping.application import MAX_CARRIER, Shipping
-from toolkit import CONSISTENCY_HEADER, ConflictError, InvalidCommand, UnknownAggregate, token_for
+from toolkit import CONSISTENCY_HEADER, token_for
 
 
 class Dispatch(BaseModel):
@@ -38,19 +38,14 @@ _ERRORS: dict[int | str, dict[str, str]] = {
 
 
 def router(shipping: Shipping) -> APIRouter:
+    """A refused command (``InvalidCommand``, ``UnknownAggregate``, ``ConflictError``) needs
+    no handling here: the app answers it 422, 404 or 409 with a problem document."""
     api = APIRouter(prefix="/shipping", tags=["shipping"], responses=_ERRORS)
 
     @api.post("/shipments/{shipment_id}/dispatch")
     def dispatch_shipment(shipment_id: UUID, dispatch: Dispatch, response: Response) -> Accepted:
         with shipping.recordings() as saved:
-            try:
-                shipping.dispatch_shipment(shipment_id, dispatch.carrier)
-            except UnknownAggregate as exc:
-                raise HTTPException(404, str(exc)) from None
-            except InvalidCommand as exc:
-                raise HTTPException(422, str(exc)) from None
-            except ConflictError as exc:
-                raise HTTPException(409, str(exc)) from None
+            shipping.dispatch_shipment(shipment_id, dispatch.carrier)
         token = str(token_for(shipping, saved))
         response.headers[CONSISTENCY_HEADER] = token
         return Accepted(id=shipment_id, consistency_token=token)

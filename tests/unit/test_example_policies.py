@@ -23,6 +23,7 @@ from contexts.shipping import Shipping
 from contexts.shipping.api import router as shipping_commands
 from contexts.shipping.policy import ShipPlacedOrders
 from toolkit import InvalidCommand, PolicyRunner
+from toolkit.http.problems import install as install_problems
 from toolkit.read.reader import StreamMessage
 from toolkit.testing import (
     PublishedEvent,
@@ -228,6 +229,7 @@ async def test_the_command_endpoints_dispatch_and_pay(
     PolicyRunner(ShipPlacedOrders(), shipping).apply(stream.messages)
     PolicyRunner(InvoicePlacedOrders(), billing).apply(stream.messages)
     app = FastAPI()
+    install_problems(app)  # as create_app does: refusals become 422, 404 or 409
     app.include_router(shipping_commands(shipping))
     app.include_router(billing_commands(billing))
     transport = httpx.ASGITransport(app=app)
