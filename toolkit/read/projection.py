@@ -52,6 +52,13 @@ class Projection(ABC):
     """Tries after the first before a failing message is parked."""
     retry_delay: ClassVar[float] = 0.2
     """Seconds before the first retry; doubled for each next one."""
+    slices: ClassVar[int | None] = None
+    """How many slices the projection's work is cut into, for any number of ``toolkit
+    project`` workers to share by lease (:mod:`toolkit.read.slices`): each slice is
+    applied in order by one worker at a time. Chosen once (64 or 256 suit most), and
+    recorded with the read model: changing it takes a replay. None (the default): the
+    projection cannot be split, and one worker keeps it. Declare slices only when
+    facts of different keys (:meth:`slice_key`) may be applied in any order."""
     dialects: ClassVar[Collection[str]] = (Dialect.SQLITE,)
     """The read-model backends whose SQL the projection speaks: ``"sqlite"`` and
     ``"postgresql"`` (:class:`~toolkit.readmodels.interface.Dialect`); any other is refused."""
@@ -83,6 +90,13 @@ class Projection(ABC):
         apply = self.apply
         for fact in facts:
             apply(fact, db)
+
+    def slice_key(self, fact: object) -> str | None:
+        """What orders a fact's application when the projection is cut into slices:
+        facts of one key are applied in stream order, by one worker at a time. None (the
+        default) keys a message by its aggregate. Override it to join aggregates (an
+        account and its customer's orders, keyed by the customer)."""
+        return None
 
     def translator_for(self, stream: str) -> Translator:
         for translator in self.translators:

@@ -26,7 +26,7 @@ from toolkit.read.reader import StreamMessage, StreamReader
 from toolkit.read.retries import apply_retrying
 from toolkit.read.store import ReadModelStore
 from toolkit.read.translator import Translator
-from toolkit.readmodels import ReadModelHome
+from toolkit.readmodels import Generation, ReadModelHome
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class Projector(OnConnection):
         """Events applied in one transaction at most while catching up."""
         self.name = name or projection.name
         self.stats = ProjectorStats()
+        self.reading_from: dict[str, int] = {}
+        """The sequence each stream's current reader started at."""
 
     async def head(self, stream: str) -> int:
         """The stream's last sequence (0 when it is empty or does not exist yet)."""
@@ -134,9 +136,12 @@ class Projector(OnConnection):
             assert current is not None
             # A replay switched readers: normal operation, not a warning.
             log.info("%s: readers moved to %s; projecting into it", self.name, current.name)
-            partition = self.store.partition  # a partition worker hands the model over
             self.store.close()
-            self.store = ReadModelStore(current, self.projection, partition=partition)
+            self.store = self._reopen(current)
+
+    def _reopen(self, generation: Generation) -> ReadModelStore:
+        """The store of the generation readers moved to (a partition worker's own share)."""
+        return ReadModelStore(generation, self.projection, partition=self.store.partition)
 
     async def _watch(
         self, home: ReadModelHome, switched: asyncio.Event, pause: asyncio.Event
@@ -165,16 +170,18 @@ class Projector(OnConnection):
             )
         if self.store.joined(stream):
             return
+        self.store.join(stream, await self._start_before(stream))
+
+    async def _start_before(self, stream: str) -> int:
+        """The sequence after which the projection joins ``stream`` (its ``starts_at``)."""
         start = self.starts_at
         if start == "beginning":
-            before = 0
-        elif start == "new":
-            before = await self.head(stream)
-        elif isinstance(start, datetime):
-            before = await self._sequence_at(stream, start) - 1
-        else:
-            before = max(0, int(start) - 1)
-        self.store.join(stream, before)
+            return 0
+        if start == "new":
+            return await self.head(stream)
+        if isinstance(start, datetime):
+            return await self._sequence_at(stream, start) - 1
+        return max(0, int(start) - 1)
 
     async def _join_partitioned(self, stream: str) -> None:
         """Record the partitioning this worker runs with (a new one starts after the
@@ -383,10 +390,11 @@ class Projector(OnConnection):
         self.stats.past_head.pop(stream, None)
         while not stop.is_set():
             try:
+                self.reading_from[stream] = self.store.checkpoint(stream) + 1
                 reader = StreamReader(
                     self.client,
                     stream,
-                    start_sequence=self.store.checkpoint(stream) + 1,
+                    start_sequence=self.reading_from[stream],
                     batch_size=self.batch_size,
                     name=self.name,
                 )

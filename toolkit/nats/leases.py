@@ -1,0 +1,290 @@
+"""Leases on NATS: a fixed number of slices of work shared by any number of workers,
+each slice held by one worker at a time, moving by themselves when a worker joins, stops
+or dies. No coordinator but the server's key-value store.
+
+The leases of a group (``projection.billing``) live in one JetStream key-value bucket
+(:data:`BUCKET`), whose entries expire ``ttl`` seconds after they were last written:
+
+- ``<group>.w.<worker>``: each worker's presence, written every ``ttl / 3`` seconds;
+- ``<group>.s.<slice>``: a slice's lease, taken with ``create`` (which the server grants
+  only when the key does not exist, was deleted or expired) and renewed with ``update``
+  on the revision this worker last wrote (compare-and-set: a lease that expired and was
+  taken by another worker cannot be renewed by its old holder).
+
+Every worker sees the same live workers, sorted, and wants slice ``k`` when it is
+``k mod n``-th of ``n``; it lets go (deletes) what it no longer wants and takes what it
+wants as it comes free. A worker SIGKILLed stops writing: its entries expire within
+``ttl``, the others see it gone at their next round and take its slices. So a slice
+moves within about ``ttl + ttl / 3`` of its holder's death, and at once (one round) when
+the holder stops cleanly.
+
+A lease is liveness, not safety: a holder cut off from NATS may not know for a moment
+that it lost it. It stops counting on a slice ``ttl - ttl / 4`` after its last renewal
+was sent (the server's clock starts later), and whatever it writes is fenced where it
+writes: a slice's checkpoint moves only from where its writer last left it (see
+:meth:`toolkit.read.store.ReadModelStore.write_slices`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+import nats.errors
+from nats.js.api import KeyValueConfig
+from nats.js.errors import (
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+from toolkit import backoff
+from toolkit.nats.connection import Connection, OnConnection
+
+log = logging.getLogger(__name__)
+
+BUCKET = "toolkit_leases"
+"""The key-value bucket of every group's leases (one per account)."""
+
+DEFAULT_TTL = 6.0
+"""Seconds an entry lives unless renewed: a dead worker's slices move within about
+``1.33 * ttl`` (8 s), under the 10 s the toolkit promises by default."""
+
+_KEY_UNSAFE = re.compile(r"[^-_=a-zA-Z0-9]")
+
+
+class Holder(msgspec.Struct, frozen=True):
+    """Who holds a lease, as written in its entry (and shown by ``toolkit status``)."""
+
+    worker: str
+    host: str
+    pid: int
+    since: str
+
+
+def worker_id() -> str:
+    """A new worker's name: host, pid and a random part (a restarted pid is new)."""
+    host = _KEY_UNSAFE.sub("_", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class SliceHolder:
+    slice: int
+    holder: Holder | None
+
+
+async def open_bucket(connection: Connection, ttl: float, replicas: int = 1) -> KeyValue:
+    """The leases' bucket, made with ``ttl`` if it does not exist yet. One that exists
+    keeps its own time to live (every worker then renews on its rhythm): one deployment,
+    one ttl."""
+    js = connection.js
+    try:
+        return await js.key_value(BUCKET)
+    except (NotFoundError, nats.js.errors.BucketNotFoundError):
+        pass
+    config = KeyValueConfig(bucket=BUCKET, ttl=ttl, history=1, replicas=replicas)
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError:  # made meanwhile by another worker, maybe with another ttl
+        return await js.key_value(BUCKET)
+
+
+async def bucket_ttl(kv: KeyValue, default: float) -> float:
+    status = await kv.status()
+    ttl = status.ttl
+    return float(ttl) if ttl else default
+
+
+class LeaseGroup(OnConnection):
+    """This worker's share of a group's slices, kept while :meth:`run` runs.
+
+    :attr:`held` is what the worker may work on now; :attr:`changed` is set whenever it
+    changes (the worker clears it once it has looked)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        group: str,
+        slices: int,
+        *,
+        ttl: float = DEFAULT_TTL,
+        replicas: int = 1,
+        worker: str | None = None,
+    ) -> None:
+        if slices < 1:
+            raise ValueError(f"a lease group needs at least one slice, not {slices}")
+        self.connection = connection
+        self.group = group
+        self.slices = slices
+        self.ttl = ttl
+        self.replicas = replicas
+        self.worker = worker or worker_id()
+        self.held: frozenset[int] = frozenset()
+        self.changed = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set after the first round: the worker has taken what was free for it."""
+        self._revisions: dict[int, int] = {}
+        self._renewed: dict[int, float] = {}  # loop time each lease's last renewal was sent
+        self._since = datetime.now(UTC).isoformat()
+        self._kv: KeyValue | None = None
+
+    def _key(self, slice_: int) -> str:
+        return f"{self.group}.s.{slice_}"
+
+    def _member_key(self, worker: str | None = None) -> str:
+        return f"{self.group}.w.{worker or self.worker}"
+
+    def _value(self) -> bytes:
+        holder = Holder(self.worker, socket.gethostname(), os.getpid(), self._since)
+        return msgspec.json.encode(holder)
+
+    def holds(self, slice_: int) -> bool:
+        """Whether this worker may still count on ``slice_``: held, and renewed recently
+        enough that the server cannot have let it expire yet."""
+        if slice_ not in self.held:
+            return False
+        sent = self._renewed.get(slice_)
+        return sent is not None and asyncio.get_running_loop().time() - sent < self.ttl * 0.75
+
+    def lost(self, slice_: int) -> None:
+        """Let go of a slice the worker found taken (its checkpoint moved under it)."""
+        self._set_held(self.held - {slice_})
+        self._revisions.pop(slice_, None)
+        self._renewed.pop(slice_, None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Take, keep and give back slices until ``stop``; then give back every one."""
+        waits = backoff.Backoff(0.25, self.ttl / 3)
+        try:
+            while not stop.is_set():
+                try:
+                    if self._kv is None:
+                        self._kv = await open_bucket(self.connection, self.ttl, self.replicas)
+                        self.ttl = await bucket_ttl(self._kv, self.ttl)
+                    await self._round(self._kv)
+                    self.ready.set()
+                    waits.reset()
+                    await backoff.pause(stop, self.ttl / 3)
+                except (nats.errors.Error, TimeoutError, OSError) as exc:
+                    self._expire()
+                    log.warning(
+                        "%s: leases of %s could not be renewed (%s); trying again in %.1fs",
+                        self.worker, self.group, str(exc) or type(exc).__name__, waits.delay,
+                    )  # fmt: skip
+                    await waits.wait(stop)
+        finally:
+            await self._give_back()
+
+    async def _round(self, kv: KeyValue) -> None:
+        loop = asyncio.get_running_loop()
+        await kv.put(self._member_key(), self._value())
+        members = await self.members(kv)
+        if self.worker not in members:  # (the put above makes it one, unless it expired)
+            members = sorted([*members, self.worker])
+        index, count = members.index(self.worker), len(members)
+        wanted = {k for k in range(self.slices) if k % count == index}
+        held = set(self.held)
+        for k in sorted(held):
+            sent = loop.time()
+            if k not in wanted:
+                with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+                    await kv.delete(self._key(k), last=self._revisions[k])
+                held.discard(k)
+                continue
+            try:
+                self._revisions[k] = await kv.update(
+                    self._key(k), self._value(), last=self._revisions[k]
+                )
+                self._renewed[k] = sent
+            except KeyWrongLastSequenceError:
+                log.warning("%s: lost slice %d of %s (it expired)", self.worker, k, self.group)
+                held.discard(k)
+        for k in sorted(wanted - held):
+            sent = loop.time()
+            try:
+                self._revisions[k] = await kv.create(self._key(k), self._value())
+            except KeyWrongLastSequenceError:
+                continue  # its holder has not let go yet, or has not expired yet
+            self._renewed[k] = sent
+            held.add(k)
+        self._set_held(frozenset(held))
+
+    async def members(self, kv: KeyValue | None = None) -> list[str]:
+        """The workers of the group that are alive (their presence has not expired)."""
+        kv = kv or self._kv
+        assert kv is not None
+        prefix = f"{self.group}.w."
+        # (KeyValue.keys reads the whole bucket and filters by substring: a watch of
+        # the presence keys reads only them.)
+        watcher = await kv.watch(f"{prefix}*", meta_only=True, ignore_deletes=True)
+        found: list[str] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # no more of them now
+                    break
+                found.append(entry.key[len(prefix) :])
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return sorted(found)
+
+    async def holders(self) -> list[SliceHolder]:
+        """Who holds each slice now (None: nobody)."""
+        kv = self._kv or await open_bucket(self.connection, self.ttl, self.replicas)
+        return await holders(kv, self.group, self.slices)
+
+    def _expire(self) -> None:
+        """Let go of the slices not renewed for too long (the server may have let them go)."""
+        self._set_held(frozenset(k for k in self.held if self.holds(k)))
+
+    def _set_held(self, held: frozenset[int]) -> None:
+        if held != self.held:
+            gained, lost = held - self.held, self.held - held
+            if gained or lost:
+                moved = [*(f"+{k}" for k in sorted(gained)), *(f"-{k}" for k in sorted(lost))]
+                log.info(
+                    "%s: %s slices %s; holds %d of %d",
+                    self.worker, self.group, " ".join(moved), len(held), self.slices,
+                )  # fmt: skip
+            self.held = held
+            self.changed.set()
+
+    async def _give_back(self) -> None:
+        """Delete this worker's leases and presence, so the others take them at once."""
+        kv, held = self._kv, self.held
+        self._set_held(frozenset())
+        if kv is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                for k in sorted(held):
+                    with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+                        await kv.delete(self._key(k), last=self._revisions[k])
+                await kv.delete(self._member_key())
+
+
+async def holders(kv: KeyValue, group: str, slices: int) -> list[SliceHolder]:
+    """Who holds each slice of ``group`` now (None: nobody)."""
+    found: list[SliceHolder] = []
+    for k in range(slices):
+        try:
+            entry = await kv.get(f"{group}.s.{k}")
+        except KeyNotFoundError:
+            found.append(SliceHolder(k, None))
+            continue
+        holder = None
+        if entry.value:
+            with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
+                holder = msgspec.json.decode(entry.value, type=Holder)
+        found.append(SliceHolder(k, holder))
+    return found
