@@ -255,11 +255,20 @@ def parser() -> argparse.ArgumentParser:
         help="also run these policies of the system (all: every one) in this process, as "
         "'toolkit react' does; refused while one of them runs elsewhere (none by default)",
     )
-    serve.add_argument(
+    relaying = serve.add_mutually_exclusive_group()
+    relaying.add_argument(
         "--no-relay",
         action="store_true",
         help="do not run the relays of the contexts served (another process runs them); "
         "without it, serve is refused while another relay of one of them runs",
+    )
+    relaying.add_argument(
+        "--standby-relay",
+        action="store_true",
+        help="while another relay of a context served runs ('toolkit relay', another "
+        "serve), stand by instead of being refused: serve meanwhile, and take that relay "
+        "over the moment it stops or dies (/health/ready says 'standing by' or "
+        "'relaying' per context; a standby is ready)",
     )
     hooks = add(
         "webhooks",

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -39,6 +40,7 @@ from toolkit.readmodels import Connection, Generation, ReadModelHome
 from toolkit.readmodels.backends import open_home
 from toolkit.system import title_of
 from toolkit.write.relay import Relay
+from toolkit.write.relay_lock import RelayLease, relay_lease
 
 if TYPE_CHECKING:
     from toolkit.system import System
@@ -201,13 +203,22 @@ def _preferred_wait(request: Request, default: float) -> float:
 
 
 def create_app(
-    system: System, settings: Settings, *, relay: bool = True, policies: Sequence[str] = ()
+    system: System,
+    settings: Settings,
+    *,
+    relay: bool = True,
+    policies: Sequence[str] = (),
+    standby_relay: bool = False,
+    tell: Callable[[str], None] = log.info,
 ) -> FastAPI:
     """The system's API: read endpoints of its projections, command endpoints of its
     contexts (whose relays run here unless ``relay`` is False), the event feed, health,
     readiness and metrics; bearer-token auth when ``settings.api_tokens`` is set. The
     ``policies`` named run here too (:mod:`toolkit.http.reactors`); the caller holds
-    their locks."""
+    their locks. The caller holds the relays' locks too, unless ``standby_relay``: then
+    each relay takes its lock here, standing by while another process holds it (as
+    ``toolkit relay --standby``), and readiness says which relays stand by and which
+    relay; ``tell`` is told when one stands by or takes over."""
     nats = feed.NatsLink(settings)  # opened on first use
     relay_link = feed.NatsLink(settings)  # the relays' own, open until they have stopped
     contexts = {name: system.context(name)(data_dir=settings.data_dir) for name in system.commands}
@@ -215,7 +226,83 @@ def create_app(
     relay_trouble: dict[str, str] = {}
     """Why a context's relay is not running, by context."""
     relays: dict[str, Relay] = {}
+    roles: dict[str, str] = {}
+    """With ``standby_relay``: 'standing by' or 'relaying', by context."""
     reactors = Reactors(system, settings, policies, contexts, relay_link)
+
+    def watch_relay(reporter: Reporter, name: str) -> None:
+        reporter.watch(
+            f"relay.{name}",
+            f"relay {name}",
+            name=name,
+            nats=lambda: relay_link.trouble,
+            failing=functools.partial(relay_stopped, name),
+            position=functools.partial(relay_position, name),
+            backlog=functools.partial(relay_backlog, name),
+        )
+
+    async def stand_by(
+        name: str, context: BoundedContext[Any], stop: asyncio.Event, reporter: Reporter
+    ) -> None:
+        """The context's relay while this process holds its lock: standing by (reported
+        as a standby) while another holds it, and again after losing it (a PostgreSQL
+        session that ended, and another took the lock meanwhile)."""
+        standby = f"relay.{name}.standby.{os.getpid()}"
+
+        def waiting(holder: str) -> None:
+            roles[name] = "standing by"
+            reporter.watch(
+                standby, f"relay {name} standby", name=name, nats=lambda: None,
+                position=lambda: 0, backlog=lambda: 0, standby=True,
+            )  # fmt: skip
+            tell(f"standing by: a relay of {name} runs ({holder}); taking over when it stops")
+
+        failed = Backoff(1.0, 30.0)
+        while not stop.is_set():
+            try:
+                lease = await hold(name, context, stop, reporter, waiting)
+            except Exception as exc:  # its lock's database refusing, say: try again
+                roles.pop(name, None)
+                relay_trouble[name] = f"relay {name} cannot take its lock: {exc}"
+                log.error("%s; trying again in %.0fs", relay_trouble[name], failed.delay)
+                await failed.wait(stop)
+                continue
+            if lease is None or not lease.lost.is_set():
+                return
+            relay_trouble.pop(name, None)  # a standby's is no trouble
+            log.warning("relay %s lost its lock to %s: standing by", name,
+                        lease.holder or "another relay")  # fmt: skip
+
+    async def hold(
+        name: str,
+        context: BoundedContext[Any],
+        stop: asyncio.Event,
+        reporter: Reporter,
+        waiting: Callable[[str], None],
+    ) -> RelayLease | None:
+        """Wait for the relay's lock, then relay until ``stop`` is set or the lock is lost;
+        the lease (None: stopped while standing by)."""
+        leasing = relay_lease(context, "toolkit serve", stop, standby=True, waiting=waiting)
+        async with leasing as lease:
+            if lease is None:
+                return None
+            reporter.unwatch(f"relay.{name}.standby.{os.getpid()}")
+            relay_trouble.pop(name, None)
+            roles[name] = "relaying"
+            watch_relay(reporter, name)
+            if lease.waited:
+                tell(f"took over: relaying {name} in this process")
+            ends = asyncio.Event()  # stop, or the lock lost
+            watching = [asyncio.create_task(e.wait()) for e in (stop, lease.lost)]
+            for task in watching:
+                task.add_done_callback(lambda _: ends.set())
+            try:
+                await run_relay(name, context, ends)
+            finally:
+                for task in watching:
+                    task.cancel()
+                reporter.unwatch(f"relay.{name}")
+        return lease
 
     async def run_relay(name: str, context: BoundedContext[Any], stop: asyncio.Event) -> None:
         """The context's relay, started once NATS answers: the API serves reads while
@@ -259,23 +346,19 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        reporter = Reporter(settings.data_dir)  # what status and readiness read about them
         tasks = [
-            asyncio.create_task(run_relay(name, context, stop))
+            asyncio.create_task(
+                stand_by(name, context, stop, reporter)
+                if standby_relay
+                else run_relay(name, context, stop)
+            )
             for name, context in (contexts.items() if relay else ())
         ]
         if policies:
             tasks.append(asyncio.create_task(reactors.run(stop)))
-        reporter = Reporter(settings.data_dir)  # what status and readiness read about them
-        for name in contexts if relay else ():
-            reporter.watch(
-                f"relay.{name}",
-                f"relay {name}",
-                name=name,
-                nats=lambda: relay_link.trouble,
-                failing=functools.partial(relay_stopped, name),
-                position=functools.partial(relay_position, name),
-                backlog=functools.partial(relay_backlog, name),
-            )
+        for name in contexts if relay and not standby_relay else ():
+            watch_relay(reporter, name)
         reactors.watch(reporter)
         reporter.start()
         try:
@@ -355,6 +438,7 @@ def create_app(
             relays_ok=relays_ok,
             models_ok=models_ok,
             max_lag=settings.ready_max_lag,
+            relays=(lambda: dict(sorted(roles.items()))) if relay and standby_relay else None,
         )
     )
     return app

@@ -1,7 +1,8 @@
 """Health, readiness and metrics of an API process.
 
 ``/health/live`` says the process answers; ``/health/ready`` says it can serve what it
-promises: NATS answers, the in-process relays (and policies) are running, no relay,
+promises (and, for ``serve --standby-relay``, which of its relays stand by and which
+relay): NATS answers, the in-process relays (and policies) are running, no relay,
 projector or reactor on the data folder reports a problem (it cannot reach NATS, hangs,
 or leaves a backlog unmoved: see :mod:`toolkit.ops.reports`), and every projection with
 endpoints is within ``max_lag`` events of its streams (a load balancer stops sending
@@ -175,9 +176,12 @@ def router(
     models_ok: Callable[[], Awaitable[str | None]] | None = None,
     max_lag: int,
     within: float = 0.9,
+    relays: Callable[[], dict[str, str]] | None = None,
 ) -> APIRouter:
     """``nats_ok``, ``relays_ok`` and ``models_ok`` say why the API is not ready (None
-    when it is); ``within`` bounds the readiness answer's time."""
+    when it is); ``within`` bounds the readiness answer's time. ``relays`` says what each
+    relay run here does (``serve --standby-relay``: 'standing by' or 'relaying'), shown
+    in the answer either way: a standby is ready, it serves what the others serve."""
     api = APIRouter(tags=["health"])
     bounded = Bounded()
 
@@ -220,9 +224,12 @@ def router(
                             f"projection {name} is {position['lag_events']} events behind "
                             f"{stream} (at most {max_lag})"
                         )
+        roles = {} if relays is None else {"relays": relays()}
         if reasons:
-            return JSONResponse({"status": "not ready", "reasons": reasons}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse(
+                {"status": "not ready", "reasons": reasons} | roles, status_code=503
+            )
+        return JSONResponse({"status": "ready"} | roles)
 
     @api.get("/metrics", response_class=Response)
     async def prometheus() -> Response:

@@ -73,6 +73,7 @@ class _Watched:
     failing: Callable[[], str | None]
     position: Callable[[], int]
     backlog: Callable[[], int]
+    standby: bool = False
     last_position: int | None = None
     moved: float = 0.0
     nats_since: float | None = None
@@ -116,13 +117,24 @@ class Reporter:
         position: Callable[[], int],
         backlog: Callable[[], int],
         failing: Callable[[], str | None] = lambda: None,
+        standby: bool = False,
     ) -> None:
         """Report on ``what`` (``relay sales``) in ``<key>.json``: ``nats()`` says why
         NATS cannot be reached (None when it can), ``failing()`` why it is stopped
         otherwise, ``position()`` and ``backlog()`` where it is and how much is left;
-        warnings naming ``name`` are kept as a likely reason of a stall."""
-        self._watched[key] = _Watched(what, name, nats, failing, position, backlog)
+        warnings naming ``name`` are kept as a likely reason of a stall. ``standby``: a
+        process waiting to take over (a standby relay), which status counts apart."""
+        watched = _Watched(what, name, nats, failing, position, backlog, standby)
+        self._watched[key] = watched
         self._warnings.names |= {name}
+
+    def unwatch(self, key: str) -> None:
+        """Stop reporting on ``key``, and remove its report: a standby that took over
+        reports under the active relay's key instead, and one that lost its lock the
+        other way round."""
+        if self._watched.pop(key, None) is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / f"{key}.json").unlink()
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -162,6 +174,8 @@ class Reporter:
             "started": _started(os.getpid()),
             "updated": now,
         }
+        if watched.standby:
+            report["standby"] = True
         try:
             position, backlog = watched.position(), watched.backlog()
         except Exception as exc:  # e.g. its log cannot be read: say so, keep reporting
