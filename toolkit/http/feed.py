@@ -40,6 +40,7 @@ from toolkit.config import Settings
 from toolkit.errors import ToolkitError
 from toolkit.http import problems
 from toolkit.nats.connection import Connection, open_nats
+from toolkit.nats.imports import jetstream
 from toolkit.read.reader import StreamMessage, StreamReader
 
 DEFAULT_LIMIT = 100
@@ -264,7 +265,7 @@ class Feed:
         path, from which the links are made."""
         client = await self.nats.client()
         try:
-            info = await client.jetstream().stream_info(stream)
+            info = await jetstream(client).stream_info(stream)
         except NotFoundError:
             head, oldest, key = 0, 1, None  # nothing published yet: an empty head page
         except (nats.errors.Error, TimeoutError) as exc:

@@ -13,7 +13,7 @@ import functools
 import logging
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from toolkit.backoff import Backoff
 from toolkit.config import NatsAuth, Settings
 from toolkit.errors import ConnectError, ServerVersionError
 from toolkit.nats.embedded import SharedServer
+from toolkit.nats.imports import jetstream, remember
 from toolkit.redaction import redact_urls
 
 log = logging.getLogger(__name__)
@@ -127,11 +128,14 @@ async def connect(
     connect_timeout: float = 5.0,
     auth: NatsAuth | None = None,
     closed_cb: Callable[[], Awaitable[None]] | None = None,
+    imports: Mapping[str, str] | None = None,
 ) -> Client:
     """Connect to a NATS server with JetStream, checking its version. ``url`` may name
     several servers of a cluster, comma-separated; the client fails over between them.
     ``auth`` adds credentials (see :class:`~toolkit.config.NatsAuth`); ``closed_cb`` is
-    nats-py's, called once the client is closed (see :class:`Connection`)."""
+    nats-py's, called once the client is closed (see :class:`Connection`). ``imports``
+    maps streams of other accounts to the prefix their JetStream API is imported under
+    (see :mod:`toolkit.nats.imports`)."""
     servers = [part.strip() for part in url.split(",") if part.strip()]
     client: Client | None = None
     errors: list[str] = []
@@ -174,6 +178,7 @@ async def connect(
     except BaseException:
         await client.close()
         raise
+    remember(client, imports or {})
     return client
 
 
@@ -201,6 +206,7 @@ class Connection:
         auth: NatsAuth | None = None,
         connect_timeout: float = 5.0,
         on_connect: Callable[[Client], Awaitable[None]] | None = None,
+        imports: Mapping[str, str] | None = None,
     ) -> None:
         self.url = url
         """None for a client connected elsewhere (:meth:`of`), which cannot be replaced."""
@@ -208,6 +214,8 @@ class Connection:
         self.auth = auth
         self.connect_timeout = connect_timeout
         self.on_connect = on_connect
+        self.imports = dict(imports or {})
+        """Streams of other accounts, and where their JetStream API is imported."""
         self.replaced = 0
         """Clients replaced after the server closed them."""
         self._client: Client | None = None
@@ -241,6 +249,7 @@ class Connection:
             connect_timeout=self.connect_timeout,
             auth=self.auth,
             closed_cb=self._closed,
+            imports=self.imports,
         )
         try:
             if self.on_connect is not None:
@@ -273,10 +282,11 @@ class Connection:
 
     @property
     def js(self) -> JetStreamContext:
-        """The current client's JetStream context."""
+        """The current client's JetStream context (requests about imported streams go
+        to their account's API)."""
         client = self.client
         if self._js is None or self._js[0] is not client:
-            self._js = (client, client.jetstream())
+            self._js = (client, jetstream(client))
         return self._js[1]
 
     async def current(self) -> Client:
@@ -415,7 +425,9 @@ async def open_nats(settings: Settings, *, name: str = "toolkit") -> AsyncIterat
         shared = SharedServer(Path(settings.data_dir) / "nats", binary=settings.nats_server)
         url = await shared.url()
     try:
-        connection = await Connection(url, name=name, auth=settings.nats_auth).open()
+        connection = await Connection(
+            url, name=name, auth=settings.nats_auth, imports=dict(settings.nats_imports)
+        ).open()
         keeping = None
         if shared is not None:
             keeping = asyncio.create_task(

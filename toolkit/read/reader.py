@@ -26,6 +26,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from toolkit.nats.imports import api_subject, jetstream
+
 _STATUS = "Status"
 _DESCRIPTION = "Description"
 CLOSE_WITHIN = 1.0
@@ -63,7 +65,7 @@ class StreamReader:
         filter_subjects: list[str] | None = None,
     ) -> None:
         self.client = client
-        self.js = client.jetstream()
+        self.js = jetstream(client)  # a stream of another account: through its import
         self.stream = stream
         self.next_sequence = max(1, start_sequence)
         self.batch_size = batch_size
@@ -74,6 +76,7 @@ class StreamReader:
         self.filter_subjects = filter_subjects
         self._pending: str | None = None
         self._consumer: str | None = None
+        self._next = ""  # where pull requests for the consumer go
         self._inbox = client.new_inbox()
         self._sub: object | None = None
         self._buffer: list[StreamMessage] = []
@@ -165,6 +168,9 @@ class StreamReader:
         if self.filter_subjects:
             config.filter_subjects = self.filter_subjects
         await self.js.add_consumer(self.stream, config)
+        self._next = api_subject(
+            self.client, f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self._consumer}"
+        )
         self._expected_consumer_seq = 1
         self._requests.clear()
         self._received = 0
@@ -210,9 +216,7 @@ class StreamReader:
                     "idle_heartbeat": int(self.heartbeat * 1_000_000_000),
                 }
             )
-            await self.client.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self._consumer}", request, reply=reply
-            )
+            await self.client.publish(self._next, request, reply=reply)
 
     def _drop_silent_requests(self) -> None:
         """A pending request hears from the server at least every heartbeat. One that

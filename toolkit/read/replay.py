@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from toolkit.errors import ConfigurationError, ProjectionError, ProjectionVersionError
+from toolkit.nats.imports import jetstream
 from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.projector import Projector, ProjectorStats
 from toolkit.read.store import ReadModelStore
@@ -62,7 +63,7 @@ class ReplayResult:
 async def stream_heads(client: Client, projection: Projection) -> dict[str, int]:
     """The last sequence of each stream ``projection`` reads. A stream that does not
     exist is refused: a replay of it would give readers an empty model."""
-    js = client.jetstream()
+    js = jetstream(client)  # a stream of another account through its import
     heads: dict[str, int] = {}
     for translator in projection.translators:
         try:
