@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,11 @@ class Settings:
     When None they are SQLite files in ``<data dir>/projections``."""
     nats_auth: NatsAuth = field(default_factory=lambda: NatsAuth())
     """Credentials for NATS beyond what ``NATS_URL`` holds (``TOOLKIT_NATS_*``)."""
+    nats_imports: tuple[tuple[str, str], ...] = ()
+    """Streams of other NATS accounts and the prefix this account imports their JetStream
+    API under (``TOOLKIT_NATS_IMPORTS=sales=JS.sales.API,billing``; a stream named alone
+    takes ``JS.<stream>.API``). Requests about these streams go there; everything else
+    (this account's own streams and buckets) to ``$JS.API``. See ``docs/accounts.md``."""
     api_tokens: tuple[str, ...] = ()
     """Bearer tokens the API accepts; empty: the API is open (see :mod:`toolkit.http.auth`)."""
     webhook_keys: tuple[str, ...] = field(default_factory=lambda: webhook_keys_in())
@@ -96,6 +102,10 @@ class Settings:
     stall_after: float = 30.0
     """Seconds a relay or projector may leave a backlog unmoved before ``toolkit status``
     and ``/health/ready`` call it stalled (see :mod:`toolkit.ops.reports`)."""
+    lease_ttl: float = 6.0
+    """Seconds a worker's leases on a projection's slices live unless renewed
+    (``TOOLKIT_LEASE_TTL``): a worker SIGKILLed has its slices moved within about 1.33
+    times this (see :mod:`toolkit.nats.leases`)."""
     consistency_wait: float = 2.0
     """Longest wait of a read for a consistency token, in seconds."""
     webhook_allow: tuple[str, ...] = ()
@@ -124,12 +134,14 @@ class Settings:
             duplicate_window=_number(env, "TOOLKIT_DUPLICATE_WINDOW", 3600.0, float, 1, 7 * 86400),
             read_model_url=read_model_url(env.get("TOOLKIT_READ_MODEL_URL") or None),
             nats_auth=NatsAuth.from_env(env),
+            nats_imports=nats_imports(env.get("TOOLKIT_NATS_IMPORTS", "")),
             api_tokens=tuple(
                 t.strip() for t in env.get("TOOLKIT_API_TOKENS", "").split(",") if t.strip()
             ),
             webhook_keys=webhook_keys_in(env),
             ready_max_lag=_number(env, "TOOLKIT_READY_MAX_LAG", 1000, int, 0, 10**9),
             stall_after=_number(env, "TOOLKIT_STALL_AFTER", 30.0, float, 0.1, 86400),
+            lease_ttl=_number(env, "TOOLKIT_LEASE_TTL", 6.0, float, 0.5, 3600),
             consistency_wait=_number(env, "TOOLKIT_CONSISTENCY_WAIT", 2.0, float, 0, 60),
             webhook_allow=tuple(
                 h.strip() for h in env.get("TOOLKIT_WEBHOOK_ALLOW", "").split(",") if h.strip()
@@ -142,6 +154,31 @@ def webhook_keys_in(environ: Mapping[str, str] | None = None) -> tuple[str, ...]
     """The keys ``TOOLKIT_WEBHOOK_KEYS`` lists (default: this process's environment)."""
     raw = (os.environ if environ is None else environ).get("TOOLKIT_WEBHOOK_KEYS", "")
     return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+_STREAM = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+_PREFIX = re.compile(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*")
+
+
+def nats_imports(text: str, name: str = "TOOLKIT_NATS_IMPORTS") -> tuple[tuple[str, str], ...]:
+    """Parse ``stream=prefix,stream,...`` (see :attr:`Settings.nats_imports`)."""
+    found: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        stream, _, prefix = (side.strip() for side in item.partition("="))
+        prefix = prefix or f"JS.{stream}.API"
+        if not _STREAM.fullmatch(stream):
+            raise ConfigurationError(f"{name}: {stream!r} is not a stream name")
+        if not _PREFIX.fullmatch(prefix) or prefix == "$JS.API":
+            raise ConfigurationError(
+                f"{name}: {prefix!r} is not an import prefix for stream {stream} "
+                "(dot-separated tokens, without wildcards, other than $JS.API)"
+            )
+        if found.get(stream, prefix) != prefix:
+            raise ConfigurationError(f"{name} names stream {stream} twice")
+        found[stream] = prefix
+    return tuple(found.items())
 
 
 def read_model_url(url: str | None, name: str = "TOOLKIT_READ_MODEL_URL") -> str | None:
