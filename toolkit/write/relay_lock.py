@@ -148,15 +148,36 @@ def _advisory_lock(
         db.close()  # which releases the lock
 
 
+KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5000,
+}
+"""libpq's TCP settings of a lock session. A server that vanished without a FIN (its
+host lost, a network cut) is otherwise noticed only after the kernel's retransmissions
+(a quarter of an hour) or keepalives (two hours by default), and the session check of
+:func:`_watch` blocks meanwhile: with these, an idle session is probed after 5 s, and
+one whose probes or check go unanswered fails within about 5 s more
+(``tcp_user_timeout``, in milliseconds), so the holder notices within seconds. The
+server's side needs nothing: it ends the session, and releases the lock, by its own
+keepalives or once the host is back."""
+
+
 def _connect(datastore: Any, role: str) -> Any:
-    """A session of its own in the log's database, named after its holder."""
+    """A session of its own in the log's database, named after its holder, with
+    :data:`KEEPALIVE`."""
     import psycopg
 
     holder = _holder(role)
     params = {k: v for k, v in (datastore.pool.kwargs or {}).items() if k != "row_factory"}
     described = f"{role}, pid {holder['pid']} on {holder['host']}"
     return psycopg.connect(
-        **params, autocommit=True, connect_timeout=5, application_name=described[:63]
+        **(KEEPALIVE | params),  # (the log's own settings win)
+        autocommit=True,
+        connect_timeout=5,
+        application_name=described[:63],
     )
 
 
