@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, cast, get_args, get_origin
@@ -27,6 +29,7 @@ from uuid import UUID
 from eventsourcing.application import Application, ProcessingEvent, Repository
 from eventsourcing.persistence import (
     IntegrityError,
+    InternalError,
     Mapper,
     ProcessRecorder,
     Recording,
@@ -39,6 +42,9 @@ from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, Su
 from toolkit.wire import check_name, encode_token
 from toolkit.write.causation import CausalMapper, Causes
 from toolkit.write.published import PublishedLanguage
+
+_CREATE_TRIES = 10
+"""Tries at creating a PostgreSQL log's tables while other processes create them too."""
 
 ID = TypeVar("ID", bound=UUID | str, default=UUID)
 """The ids of a context's aggregates: UUIDs unless it says ``BoundedContext[UUID | str]``."""
@@ -83,7 +89,24 @@ class BoundedContext(Application[ID]):
 
     def construct_recorder(self) -> Any:
         """eventsourcing's application recorder, or its process recorder (events and
-        tracking records in one transaction) for a context that :attr:`reacts`."""
+        tracking records in one transaction) for a context that :attr:`reacts`.
+
+        The recorder creates its log's tables as it starts. On PostgreSQL that is ``CREATE
+        ... IF NOT EXISTS`` and ``CREATE OR REPLACE FUNCTION``, which fail when processes of
+        one log start at the same moment, as standby relays do (``tuple concurrently
+        updated``; on a new schema a duplicate key in ``pg_type``): what failed was made by
+        the other process meanwhile, so the creation is done again, a few times."""
+        postgres = type(self.factory).__module__ == "eventsourcing.postgres"
+        for attempt in range(1, _CREATE_TRIES):
+            try:
+                return self._construct_recorder()
+            except (InternalError, IntegrityError):
+                if not postgres:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * attempt)  # apart from the others
+        return self._construct_recorder()  # the last try: its error is the one raised
+
+    def _construct_recorder(self) -> Any:
         if self.reacts:
             return self.factory.process_recorder()
         return super().construct_recorder()
