@@ -221,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
         "status",
         help="show streams, relays and projections: positions, lag, state",
         description="For each stream its head; for each context its relay's lag and state "
-        "(running, stopped); for each projection its version, checkpoint per stream, lag in "
+        "(running, stopped), and the standby relays waiting to take it over (host and pid: "
+        "no problem); for each projection its version, checkpoint per stream, lag in "
         "events and in time, state (live, replaying, paused, failing, rebuild due, or "
         "unreadable: a marker names no generation) and dead letters; for a partial model "
         "where it starts, and the generations kept beside the one readers use. Relays and "
@@ -237,7 +238,8 @@ def parser() -> argparse.ArgumentParser:
         help="serve the system's API over HTTP (reads, commands, feed, health, metrics)",
         description=(
             "Serve the system's API with uvicorn (OpenAPI at /docs): projections' read "
-            "endpoints, contexts' command endpoints (their relays run in this process), "
+            "endpoints, contexts' command endpoints (their relays run in this process, or "
+            "stand by in it with --standby-relay), "
             "the event feed, /health/live, /health/ready and /metrics. Projections run "
             "apart ('toolkit project'); policies too ('toolkit react'), unless --policies "
             "names them. TOOLKIT_API_TOKENS turns on bearer-token auth."
