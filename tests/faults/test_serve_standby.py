@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client
+from rich.console import Console
 
 from benchmarks.relay import fill_log
 from contexts.sales import Sales
@@ -23,7 +25,9 @@ from contexts.system import system
 from tests.conftest import create_read_models, eventually, free_port, postgres, wait_for
 from tests.faults.test_relay_faults import stream_holds
 from tests.flow import assert_stream_is_the_log, place_orders, public_positions
+from toolkit.config import Settings
 from toolkit.nats.embedded import EmbeddedServer
+from toolkit.ops.status import collect, render
 
 
 class _Processes:
@@ -164,3 +168,53 @@ async def test_a_serve_that_lost_its_lock_stands_by_and_takes_over_again(
         processes.stop()
         sales.close()
     assert serve.returncode in (0, -signal.SIGTERM), processes.said(serve)
+
+
+@pytest.mark.timeout(90)
+async def test_status_shows_the_active_relay_and_its_standbys(
+    data_dir: Path, nats_server: EmbeddedServer, nc: Client
+) -> None:
+    """A ``toolkit relay sales`` relays, two ``--standby`` ones and a ``serve
+    --standby-relay`` wait: status names the active relay's process and the three
+    standbys (host and pid), with no problem; the active one is SIGKILLed, and status
+    names the one that took over, and the two left waiting."""
+    sales = Sales(data_dir=data_dir)
+    place_orders(sales, 5)
+    processes = _Processes(data_dir, nats_server.url, {})
+    settings = Settings(data_dir=data_dir, nats_url=nats_server.url)
+    host = socket.gethostname()
+    try:
+        relay = processes.start("relay", "sales")
+        await wait_for(lambda: "relaying sales log" in processes.said(relay), within=30)
+        waiting = [processes.start("relay", "sales", "--standby") for _ in range(2)]
+        waiting.append(processes.start("serve", "--port", str(free_port()), "--standby-relay"))
+
+        async def sales_relay() -> dict[str, Any] | None:
+            report = await collect(system, settings, nc)
+            found: dict[str, Any] = report["contexts"]["sales"]
+            return report if len(found.get("standbys", ())) == len(waiting) else None
+
+        report = await eventually(sales_relay, within=30, interval=0.2)
+        found = report["contexts"]["sales"]
+        assert found["state"] == "running"
+        assert found["processes"] == [{"pid": relay.pid, "host": host}]
+        assert sorted(s["pid"] for s in found["standbys"]) == sorted(p.pid for p in waiting)
+        assert {s["host"] for s in found["standbys"]} == {host}
+        assert not [p for p in report["problems"] if "relay sales" in p], report["problems"]
+        console = Console(width=300, record=True)
+        console.print(render(report))
+        assert "running, 3 standbys: pid " in console.export_text()
+        relay.send_signal(signal.SIGKILL)
+        relay.wait(10)
+
+        async def taken_over() -> dict[str, Any] | None:
+            found = (await collect(system, settings, nc))["contexts"]["sales"]
+            return found if found["processes"] and len(found["standbys"]) == 2 else None
+
+        found = await eventually(taken_over, within=30, interval=0.2)
+        (active,) = found["processes"]
+        assert active["pid"] in {p.pid for p in waiting}
+        assert {s["pid"] for s in found["standbys"]} == {p.pid for p in waiting} - {active["pid"]}
+    finally:
+        processes.stop()
+        sales.close()
