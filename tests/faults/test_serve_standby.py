@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +112,17 @@ async def test_a_standby_serve_takes_over_when_the_relay_is_killed(
         await stream_holds(nc, 1_500)  # a little way into its work
         relay.send_signal(signal.SIGKILL)
         relay.wait(10)
+        killed = time.monotonic()
         killed_at = (await nc.jetstream().stream_info("sales")).state.messages
         await _relays_become(base, RELAYING)
+        took = time.monotonic() - killed
         assert "took over: relaying sales in this process" in processes.said(serve)
         await filling
         total = len(public_positions(sales))
         assert killed_at < total
         await stream_holds(nc, total)
-        print(f"stream length at the kill: {killed_at} of {total}")
+        print(f"stream length at the kill: {killed_at} of {total}; readiness said "
+              f"'relaying' {took:.2f}s after it")  # fmt: skip
         await assert_stream_is_the_log(nc, sales)
     finally:
         processes.stop()
