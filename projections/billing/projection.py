@@ -19,6 +19,7 @@ class Accounts(Projection):
     name: ClassVar[str] = "billing"
     version: ClassVar[int] = 1
     translators = (sales,)
+    slices: ClassVar[int | None] = 64  # by aggregate: the rows end the same in any order
     dialects = (Dialect.SQLITE, Dialect.POSTGRESQL)
 
     def create_tables(self, db: ReadModelConnection) -> None:

@@ -33,6 +33,7 @@ from toolkit.nats.connection import open_nats
 from toolkit.nats.embedded import stop_keeping
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
+from toolkit.read.projection import Projection
 from toolkit.read.projector import Projector
 from toolkit.read.replay import rebuild
 from toolkit.read.store import ReadModelStore
@@ -143,6 +144,14 @@ async def _project(
     if partition is not None and partitions is not None and not 0 <= partition < partitions:
         raise ConfigurationError(f"--partition {partition} must be from 0 to {partitions - 1}")
     projection = system.projection(name)()
+    if projection.slices is not None:
+        if partition is not None:
+            raise ConfigurationError(
+                f"projection {name} is cut into {projection.slices} slices: run any number "
+                f"of 'toolkit project {name}' (without --partition); they share the slices"
+            )
+        await _project_slices(settings, projection, once, rebuild_if_stale)
+        return
     with read_model_home(settings, name) as home, home.writer_lock(partition):
         async with open_nats(settings, name=f"project-{name}") as nats:
             try:
@@ -177,6 +186,55 @@ async def _project(
                 )
             finally:
                 projector.store.close()  # the one it ended in, after following a replay
+                store.close()
+
+
+async def _project_slices(
+    settings: Settings, projection: Projection, once: bool, rebuild_if_stale: bool
+) -> None:
+    """One of any number of workers of a sliced projection: it holds the slices its
+    leases give it, and hands them on when it stops (see :mod:`toolkit.read.slices`)."""
+    from toolkit.read.slices import SlicedStore, SliceWorker, lease_group
+
+    name, slices = projection.name, projection.slices
+    assert slices is not None
+    with read_model_home(settings, name) as home:
+        try:
+            store = SlicedStore(home.live(), projection, slices)
+        except ProjectionVersionError as exc:
+            if not rebuild_if_stale:
+                raise
+            raise ConfigurationError(
+                f"{exc}; the workers of a sliced projection do not rebuild it themselves: "
+                f"run 'toolkit replay {name}', and they go on in the rebuilt model"
+            ) from exc
+        async with open_nats(settings, name=f"project-{name}") as nats:
+            ttl, replicas = settings.lease_ttl, settings.stream_replicas
+            leases = lease_group(nats.connection, projection, ttl=ttl, replicas=replicas)
+            worker = SliceWorker(projection, store, nats.connection, leases)
+            try:
+                say(
+                    f"projecting {name} into {store.generation} from {nats.url} as worker "
+                    f"{leases.worker} of its {slices} slices"
+                )
+                async with Reporter(settings.data_dir) as reporter:
+                    reporter.watch(
+                        f"projection.{name}.{leases.worker}",
+                        f"projection {name} worker {leases.worker}",
+                        name=name,
+                        nats=lambda: nats.connection.trouble,
+                        position=lambda: sum(worker.stats.checkpoints.values()),
+                        backlog=lambda: sum(worker.stats.lag.values()),
+                    )
+                    stats = await until_signalled(
+                        lambda stop: worker.run(stop, until_head=once, home=home)
+                    )
+                say(
+                    f"{name}: {stats.applied} applied, {stats.skipped} skipped, "
+                    f"{stats.dead_lettered} dead-lettered; slices given back"
+                )
+            finally:
+                worker.store.close()
                 store.close()
 
 

@@ -30,6 +30,7 @@ from toolkit import wire
 from toolkit.errors import ConfigurationError
 from toolkit.nats.connection import Connection
 from toolkit.nats.leases import LeaseGroup
+from toolkit.nats.streams import last_sequence
 from toolkit.read.batches import BatchResult, TranslatedBatch, translate_batch
 from toolkit.read.parking import Parking
 from toolkit.read.partitions import owner
@@ -119,6 +120,13 @@ class SlicedStore(ReadModelStore):
         """The lowest checkpoint of the slices held (where reading has to start)."""
         held = self.held_in(stream) or frozenset(range(self.slices))
         return min(self.slice_checkpoint(stream, k) for k in held)
+
+    def lowest(self, stream: str) -> int:
+        """The lowest checkpoint of any slice of ``stream`` in the database now (0 before
+        the cut): how far every worker together has applied it."""
+        with self._writing:
+            self._reconnect()
+            return tables.checkpoint_of(self.db, stream)
 
     def joined(self, stream: str) -> bool:
         return all(
@@ -254,12 +262,27 @@ class SliceWorker(Projector):
         leases = asyncio.create_task(self.leases.run(holding))
         watching = asyncio.create_task(self._relay_changes(holding))
         try:
-            ready = asyncio.ensure_future(self.leases.ready.wait())
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            ready.cancel()
-            stopped.cancel()
-            return await super().run(stop, until_head=until_head, home=home)
+            await _first(self.leases.ready.wait(), stop.wait())
+            if not until_head:
+                return await super().run(stop, home=home)
+            # Up to the heads as they are now, for every slice: the slices held, and those
+            # of workers gone, as their leases come free.
+            targets = {
+                t.stream: await last_sequence(self.js, t.stream)
+                for t in self.projection.translators
+            }
+            while True:
+                stats = await super().run(stop, until_head=True, home=home)
+                if stop.is_set() or all(
+                    self.store.lowest(s) >= target for s, target in targets.items()
+                ):
+                    return stats
+                change = asyncio.Event()
+                self._changes.append(change)
+                try:
+                    await _first(change.wait(), stop.wait(), asyncio.sleep(self.leases.ttl / 3))
+                finally:
+                    self._changes.remove(change)
         finally:
             holding.set()
             watching.cancel()
