@@ -73,18 +73,35 @@ async def _relay_while_held(
     standby: bool,
 ) -> RelayStats | None:
     """Relay while this process holds the relay lock (:func:`relay_lease`); a standby
-    waits for it first, and again after losing it. None: stopped while standing by."""
+    waits for it first, and again after losing it, reporting itself as a standby
+    (``toolkit status`` counts them). None: stopped while standing by."""
     name = context.name
+    standing: list[Reporter] = []
 
     def waiting(holder: str) -> None:
         say(f"standing by: a relay of {name} runs ({holder}); taking over when it stops")
+        reporter = Reporter(settings.data_dir)
+        reporter.watch(
+            f"relay.{name}.standby.{os.getpid()}", f"relay {name} standby", name=name,
+            nats=lambda: None, position=lambda: 0, backlog=lambda: 0, standby=True,
+        )  # fmt: skip
+        reporter.start()
+        standing.append(reporter)
+
+    async def stood_by() -> None:
+        while standing:
+            await standing.pop().close()  # which removes its report
 
     stats: RelayStats | None = None
     while not stop.is_set():
-        async with relay_lease(context, role, stop, standby=standby, waiting=waiting) as lease:
-            if lease is None:
-                return stats
-            stats = await _relay_held(settings, context, lease, stop, once)
+        try:
+            async with relay_lease(context, role, stop, standby=standby, waiting=waiting) as lease:
+                await stood_by()
+                if lease is None:
+                    return stats
+                stats = await _relay_held(settings, context, lease, stop, once)
+        finally:
+            await stood_by()
         if once or not lease.lost.is_set():
             return stats
         lost = f"the relay of {name} lost its lock to {lease.holder or 'another relay'}"
@@ -102,7 +119,7 @@ async def _relay_held(
     once: bool,
 ) -> RelayStats:
     """Relay until ``stop`` is set or the lease is lost; report while relaying (a standby
-    writes no report: status and readiness see the relay that runs)."""
+    reports itself apart, see :func:`_relay_while_held`)."""
     name = context.name
     relaying = asyncio.Event()  # set by stop, or by losing the lock
     watching = [asyncio.create_task(event.wait()) for event in (stop, lease.lost)]
@@ -257,6 +274,7 @@ def _serve(
     *,
     relay: bool,
     policies: tuple[str, ...] = (),
+    standby_relay: bool = False,
 ) -> None:
     import uvicorn
 
@@ -264,7 +282,7 @@ def _serve(
     from toolkit.http.app import create_app
 
     with contextlib.ExitStack() as locks:  # the relays run here: no other may run
-        for name in system.commands if relay else ():
+        for name in system.commands if relay and not standby_relay else ():  # (else: the app's)
             context = system.context(name)(data_dir=settings.data_dir)
             try:
                 locks.enter_context(relay_lock(context, "toolkit serve"))
@@ -274,11 +292,14 @@ def _serve(
                 context.close()
         reacting = serve_policies(locks, settings, system, policies)  # the same: one each
         nats = asyncio.run(_reach_nats(settings))  # refused like the other commands
-        app = create_app(system, settings, relay=relay, policies=reacting)
+        app = create_app(
+            system, settings, relay=relay, policies=reacting, standby_relay=standby_relay, tell=say
+        )
         say(
             f"serving {settings.system} at http://{host}:{port} from NATS {nats}, data in "
             f"{settings.data_dir}"
             + ("" if relay else " (relays run elsewhere)")
+            + (" (relays stand by while others run them)" if relay and standby_relay else "")
             + (f"; policies {', '.join(reacting)} run here" if reacting else "")
         )
         from toolkit.webhooks.keys import unavailable
@@ -425,6 +446,7 @@ def run(args: argparse.Namespace) -> int:
                 args.port,
                 relay=not args.no_relay,
                 policies=args.policies,
+                standby_relay=args.standby_relay,
             )
         elif args.command == "webhooks":
             asyncio.run(_webhooks(settings, system, args.context))
