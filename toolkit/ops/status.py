@@ -31,6 +31,7 @@ from rich.table import Table
 
 from toolkit.config import Settings
 from toolkit.errors import MarkerError, ProjectionBusyError
+from toolkit.nats.imports import jetstream
 from toolkit.nats.streams import relay_tail
 from toolkit.ops import reports
 from toolkit.read.replay import partial_from
@@ -44,7 +45,7 @@ from toolkit.write.resume import contradicts_log
 
 
 async def collect(system: System, settings: Settings, client: Client) -> dict[str, Any]:
-    js = client.jetstream()
+    js = jetstream(client)  # streams of other accounts through their imports
     streams: dict[str, dict[str, Any]] = {}
 
     states: dict[str, StreamState] = {}
@@ -292,8 +293,14 @@ def _problems(
                     )
                     found.append(f"{report['what']}: {reason}")
             if kind in ("relay", "policy"):
-                entry["processes"] = [{"pid": r["pid"], "host": r["host"]} for r in mine]
-                entry["state"] = "running" if mine else "stopped"
+                active = [r for r in mine if not r.get("standby")]
+                entry["processes"] = [{"pid": r["pid"], "host": r["host"]} for r in active]
+                entry["state"] = "running" if active else "stopped"
+            if kind == "relay":  # standbys wait for the relay's lock: no problem
+                waiting = [{"pid": r["pid"], "host": r["host"]} for r in mine if r.get("standby")]
+                entry["standbys"] = waiting
+                if waiting and not active:  # (between a holder's end and the takeover)
+                    entry["state"] = "standing by"
             if states and entry["state"] not in ("rebuild due", "unreadable"):
                 entry["state"] = min(states, key=_GRAVITY.index)
     return found
@@ -301,6 +308,16 @@ def _problems(
 
 _GRAVITY = ["unresponsive", "unreachable", "failing", "stalled"]
 """Report states, the gravest first."""
+
+
+def _with_standbys(relay: dict[str, Any]) -> str:
+    """A relay's state, with the standbys waiting to take it over (``running, 2
+    standbys: pid 7 on a, pid 9 on b``)."""
+    waiting = relay.get("standbys") or []
+    if not waiting:
+        return str(relay["state"])
+    each = ", ".join(f"pid {s['pid']} on {s['host']}" for s in waiting)
+    return f"{relay['state']}, {len(waiting)} standby{'s' if len(waiting) > 1 else ''}: {each}"
 
 
 def _read(
@@ -379,11 +396,11 @@ def render(report: dict[str, Any]) -> Table:
     for name, c in report["contexts"].items():
         if "log_head" in c:
             table.add_row(
-                f"relay {name}", c["state"], f"log {c['log_head']}, relayed {c['relayed_to']}",
-                f"{c['relay_lag']} events", "",
+                f"relay {name}", _with_standbys(c),
+                f"log {c['log_head']}, relayed {c['relayed_to']}", f"{c['relay_lag']} events", "",
             )  # fmt: skip
         elif c["state"] != "stopped":  # a relay of a log status does not read
-            table.add_row(f"relay {name}", c["state"], "", "", "")
+            table.add_row(f"relay {name}", _with_standbys(c), "", "", "")
     for name, p in report["projections"].items():
         version = f"v{p['version']}"
         if p.get("stored_version") not in (None, p["version"]):
