@@ -91,7 +91,7 @@ from toolkit.errors import (
     RelayError,
     SubjectError,
 )
-from toolkit.nats.connection import connect
+from toolkit.nats.connection import Connection, connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.nats.streams import Relayed, last_message, relayed
 from toolkit.ops.status import collect
@@ -100,6 +100,7 @@ from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
 from toolkit.read.replay import partial_from, rebuild, rewind
+from toolkit.read.slices import SlicedStore, SliceWorker, lease_group
 from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.readmodels.sqlite import connect as open_generation
@@ -449,7 +450,8 @@ class Pipeline(RuleBasedStateMachine):
         return self.loop.run_until_complete(awaitable)
 
     def env(self) -> dict[str, str]:
-        return {FAILS: "" if self.fixed else MARK}
+        # (A killed slice worker's slices move when its leases expire: 1 s keeps it brisk.)
+        return {FAILS: "" if self.fixed else MARK, "TOOLKIT_LEASE_TTL": "1"}
 
     def projection(self, name: str) -> Projection:
         if name == "catalogue":
@@ -612,7 +614,10 @@ class Pipeline(RuleBasedStateMachine):
         self, name: str, partition: int | None, partitions: int | None, process: bool
     ) -> Worker:
         worker = Worker(partition, partitions)
-        if process:
+        projection = self.projection(name)
+        if projection.slices is not None:
+            self._start_slice_worker(worker, name, projection, process)
+        elif process:
             args = ["project", name]
             if partition is not None:
                 args += ["--partition", str(partition), "--partitions", str(partitions)]
@@ -621,7 +626,6 @@ class Pipeline(RuleBasedStateMachine):
         else:
             home = worker.held.enter_context(contextlib.closing(SQLiteHome(self.data, name)))
             worker.held.enter_context(home.writer_lock(partition))
-            projection = self.projection(name)
             store = ReadModelStore(home.live(), projection, partition=partition)
             projector = Projector(projection, store, self.nc, partitions=partitions)
             worker.held.callback(store.close)
@@ -629,6 +633,23 @@ class Pipeline(RuleBasedStateMachine):
             worker.task = self.loop.create_task(projector.run(worker.stop, home=home))
         self.workers[name].append(worker)
         return worker
+
+    def _start_slice_worker(
+        self, worker: Worker, name: str, projection: Projection, process: bool
+    ) -> None:
+        """One more worker of a sliced projection (any number share its slices)."""
+        if process:
+            worker.process = Process(self.folder, self.url, self.env(), "project", name)
+            self.run(worker.process.said(f"projecting {name}"))
+            return
+        assert projection.slices is not None
+        home = worker.held.enter_context(contextlib.closing(SQLiteHome(self.data, name)))
+        store = SlicedStore(home.live(), projection, projection.slices)
+        leases = lease_group(Connection.of(self.nc), projection, ttl=1.0)
+        slice_worker = SliceWorker(projection, store, self.nc, leases)
+        worker.held.callback(store.close)
+        worker.held.callback(lambda: slice_worker.store.close())  # after following a replay
+        worker.task = self.loop.create_task(slice_worker.run(worker.stop, home=home))
 
     async def _halt(self, worker: Worker, how: str) -> None:
         try:
@@ -647,7 +668,10 @@ class Pipeline(RuleBasedStateMachine):
 
     def start_workers(self, name: str, processes: list[bool]) -> None:
         count = self.partitions[name]
-        if count is None:
+        if self.projection(name).slices is not None:
+            for process in processes:  # any number of workers share the slices
+                self._start(name, None, None, process)
+        elif count is None:
             self._start(name, None, None, processes[0])
         else:
             for index in range(count):
@@ -676,7 +700,14 @@ class Pipeline(RuleBasedStateMachine):
     def change_partitioning(self, name: str, processes: list[bool]) -> None:
         """One worker -> 2 partition workers -> back to one (``--partition 0
         --partitions 1``): stop the workers, start the new ones (the share of worker 1,
-        which has no place among fewer, is finished by worker 0)."""
+        which has no place among fewer, is finished by worker 0). A sliced projection's
+        workers come and go instead: a second one joins, or one of two leaves."""
+        if self.projection(name).slices is not None:
+            if len(self.workers[name]) < 2:
+                self._start(name, None, None, processes[0])
+            else:
+                self.run(self._halt(self.workers[name].pop(0), "term"))
+            return
         self.halt_workers(name, "term")
         self.partitions[name] = 2 if self.partitions[name] in (None, 1) else 1
         self.start_workers(name, processes)
@@ -1072,6 +1103,11 @@ class Pipeline(RuleBasedStateMachine):
         return at_end
 
     def _keys(self, name: str) -> list[str]:
+        slices = self.projection(name).slices
+        if slices is not None:  # cut into slices once a worker ran on the generation
+            snapshot = self._snapshot(name)
+            cut = snapshot is not None and any("#" in k for k in snapshot.checkpoints)
+            return [f"sales#{i}" for i in range(slices)] if cut else ["sales"]
         count = self.partitions[name]
         return ["sales"] if count is None else [f"sales#{i}" for i in range(count)]
 

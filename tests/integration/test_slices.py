@@ -25,9 +25,10 @@ from toolkit.nats.connection import Connection as NatsConnection
 from toolkit.nats.leases import LeaseGroup
 from toolkit.read.projection import Projection
 from toolkit.read.projector import Projector
+from toolkit.read.replay import rebuild
 from toolkit.read.slices import SlicedStore, SliceWorker
 from toolkit.read.store import ReadModelStore
-from toolkit.readmodels import Connection, Generation, tables
+from toolkit.readmodels import Connection, Generation, ReadModelHome, tables
 
 TTL = 1.0
 LINE = [{"sku": "tea", "quantity": 1, "unit_price": "1.00"}]
@@ -95,8 +96,14 @@ class _Dying(LeaseGroup):
 class Workers:
     """Slice workers on one generation, started and ended one by one."""
 
-    def __init__(self, generation: Generation, make: type[Projection], nc: Client) -> None:
-        self.generation, self.make, self.nc = generation, make, nc
+    def __init__(
+        self,
+        generation: Generation,
+        make: type[Projection],
+        nc: Client,
+        home: ReadModelHome | None = None,
+    ) -> None:
+        self.generation, self.make, self.nc, self.home = generation, make, nc, home
         self.running: dict[str, tuple[SliceWorker, asyncio.Event, asyncio.Task[object]]] = {}
         self.stores: list[SlicedStore] = []
 
@@ -116,7 +123,8 @@ class Workers:
         )
         worker = SliceWorker(projection, store, self.nc, leases, batch_size=20, transaction_size=20)
         stop = asyncio.Event()
-        self.running[name] = (worker, stop, asyncio.create_task(worker.run(stop)))
+        task = asyncio.create_task(worker.run(stop, home=self.home))
+        self.running[name] = (worker, stop, task)
         return worker
 
     async def end(self, name: str, *, kill: bool = False) -> None:
@@ -357,3 +365,81 @@ async def test_a_worker_that_lost_its_slices_without_knowing_writes_nothing(
     finally:
         for w in workers:
             w.store.close()
+
+
+@pytest.mark.timeout(120)
+async def test_slice_workers_go_on_in_the_generation_a_replay_built(
+    sales: Sales, nc: Client, data_dir: Path, tmp_path: Path
+) -> None:
+    """A replay builds a generation with one checkpoint per stream and moves readers to
+    it; the running workers follow, cut it into slices from there, and go on."""
+    customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(6)]
+    for i in range(60):
+        sales.place_order(customers[i % 6], LINE)
+    head = await relay_all(sales, nc)
+    with home_of(Settings(data_dir=data_dir), "billing") as home:
+        first = home.live()
+        workers = Workers(first, SlicedAccounts, nc, home)
+        try:
+            workers.start("a")
+            workers.start("b")
+            await wait_for(lambda: min(_checkpoints(first).values(), default=0) >= head, within=30)
+            result = await rebuild(SlicedAccounts(), home, nc)
+            rebuilt = result.generation
+            assert rebuilt != first and home.current() == rebuilt
+            for i in range(30):
+                sales.place_order(customers[i % 6], LINE)
+            later = await relay_all(sales, nc)
+            await wait_for(
+                lambda: (
+                    len(_checkpoints(rebuilt)) == 8 and min(_checkpoints(rebuilt).values()) >= later
+                ),
+                within=30,
+            )
+        finally:
+            await workers.close()
+        rows = _rows(rebuilt, "SELECT count(*), sum(owed_cents), sum(open_charges) FROM account")
+        assert rows == [(6, 9000, 90)]  # 90 orders of 1.00, each once
+
+
+@pytest.mark.timeout(60)
+async def test_status_shows_which_worker_holds_which_slices(
+    sales: Sales, nc: Client, data_dir: Path
+) -> None:
+    from toolkit.ops.status import collect, render
+    from toolkit.system import System
+
+    customer = sales.register_customer("C", "c@example.com")
+    for _ in range(10):
+        sales.place_order(customer, LINE)
+    head = await relay_all(sales, nc)
+    system = System(contexts={"sales": Sales}, projections={"billing": SlicedAccounts})
+    settings = Settings(data_dir=data_dir)
+    with home_of(settings, "billing") as home:
+        generation = home.live()
+        workers = Workers(generation, SlicedAccounts, nc)
+        try:
+            a, b = workers.start("a"), workers.start("b")
+            await wait_for(
+                lambda: (
+                    len(a.leases.held) == len(b.leases.held) == 4
+                    and min(_checkpoints(generation).values(), default=0) >= head
+                ),
+                within=30,
+            )
+            report = await collect(system, settings, nc)
+            shares = {"a": sorted(a.leases.held), "b": sorted(b.leases.held)}
+        finally:
+            await workers.close()
+    billing = report["projections"]["billing"]
+    assert billing["state"] == "live"
+    held = billing["slices"]["workers"]
+    assert {w: sorted(h["slices"]) for w, h in held.items()} == shares
+    assert billing["slices"]["free"] == []
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render(report))
+    text = console.export_text()
+    assert "projection billing worker a" in text and "holds 4 of 8 slices" in text
+    assert f"sales (8 slices) {head}" in text

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import nats.errors
+from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import (
     BadRequestError,
@@ -136,6 +137,7 @@ class LeaseGroup(OnConnection):
         """Set after the first round: the worker has taken what was free for it."""
         self._revisions: dict[int, int] = {}
         self._renewed: dict[int, float] = {}  # loop time each lease's last renewal was sent
+        self._lapsed: set[int] = set()  # held, but found not renewed recently enough
         self._since = datetime.now(UTC).isoformat()
         self._kv: KeyValue | None = None
 
@@ -155,7 +157,10 @@ class LeaseGroup(OnConnection):
         if slice_ not in self.held:
             return False
         sent = self._renewed.get(slice_)
-        return sent is not None and asyncio.get_running_loop().time() - sent < self.ttl * 0.75
+        if sent is not None and asyncio.get_running_loop().time() - sent < self.ttl * 0.75:
+            return True
+        self._lapsed.add(slice_)  # (the worker is told when a renewal makes it usable again)
+        return False
 
     def lost(self, slice_: int) -> None:
         """Let go of a slice the worker found taken (its checkpoint moved under it)."""
@@ -207,6 +212,9 @@ class LeaseGroup(OnConnection):
                     self._key(k), self._value(), last=self._revisions[k]
                 )
                 self._renewed[k] = sent
+                if k in self._lapsed:  # held all along: ``held`` does not change, so say it
+                    self._lapsed.discard(k)
+                    self.changed.set()
             except KeyWrongLastSequenceError:
                 log.warning("%s: lost slice %d of %s (it expired)", self.worker, k, self.group)
                 held.discard(k)
@@ -257,6 +265,7 @@ class LeaseGroup(OnConnection):
                     self.worker, self.group, " ".join(moved), len(held), self.slices,
                 )  # fmt: skip
             self.held = held
+            self._lapsed &= held
             self.changed.set()
 
     async def _give_back(self) -> None:
@@ -271,6 +280,16 @@ class LeaseGroup(OnConnection):
                     with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
                         await kv.delete(self._key(k), last=self._revisions[k])
                 await kv.delete(self._member_key())
+
+
+async def group_holders(js: JetStreamContext, group: str, slices: int) -> list[SliceHolder]:
+    """Who holds each slice of ``group`` now, read without making the bucket (before any
+    worker made it, nobody holds anything)."""
+    try:
+        kv = await js.key_value(BUCKET)
+    except (NotFoundError, nats.js.errors.BucketNotFoundError):
+        return [SliceHolder(k, None) for k in range(slices)]
+    return await holders(kv, group, slices)
 
 
 async def holders(kv: KeyValue, group: str, slices: int) -> list[SliceHolder]:

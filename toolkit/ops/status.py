@@ -34,6 +34,7 @@ from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.nats.imports import jetstream
 from toolkit.nats.streams import relay_tail
 from toolkit.ops import reports
+from toolkit.ops.slices import by_stream, slice_holders
 from toolkit.read.replay import partial_from
 from toolkit.readmodels import Generation, ReadModelHome, tables
 from toolkit.readmodels.backends import connect, open_home
@@ -59,9 +60,16 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
                 streams[name] = {"head": 0, "messages": 0, "missing": True}
         return streams[name]
 
+    counted: dict[tuple[str, int], int] = {}  # (a sliced projection's slices share most)
+
     async def behind(name: str, checkpoint: int) -> int:
         """Messages the stream holds after ``checkpoint``: deleted ones (a lost tail,
         another publisher's message removed) are not waiting for anybody."""
+        if (name, checkpoint) not in counted:
+            counted[name, checkpoint] = await _behind(name, checkpoint)
+        return counted[name, checkpoint]
+
+    async def _behind(name: str, checkpoint: int) -> int:
         await stream(name)
         state = states.get(name)
         if state is None or checkpoint >= state.last_seq:
@@ -81,11 +89,14 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
             await js.delete_consumer(name, info.name)
         return int(info.num_pending or 0)
 
+    times: dict[tuple[str, int], datetime | None] = {}
+
     async def time_of(name: str, sequence: int) -> datetime | None:
-        with contextlib.suppress(Exception):
-            message = await js.get_msg(name, seq=sequence, next=True)
-            return message.time
-        return None
+        if (name, sequence) not in times:
+            times[name, sequence] = None
+            with contextlib.suppress(Exception):
+                times[name, sequence] = (await js.get_msg(name, seq=sequence, next=True)).time
+        return times[name, sequence]
 
     contexts: dict[str, Any] = {}
     for name, context_cls in system.contexts.items():
@@ -149,6 +160,10 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
                     "lag_seconds": round(seconds, 3),
                 }
             report["streams"] = positions
+        if projection_cls.slices is not None:
+            report["slices"] = await slice_holders(js, name, projection_cls.slices)
+            if report["state"] == "paused" and report["slices"]["workers"]:
+                report["state"] = "live"  # its workers hold leases, not the writer lock
         projections[name] = report
     from toolkit.ops.policies import collect_policies
 
@@ -405,7 +420,7 @@ def render(report: dict[str, Any]) -> Table:
         version = f"v{p['version']}"
         if p.get("stored_version") not in (None, p["version"]):
             version += f" (stored v{p['stored_version']})"
-        rows = p.get("streams") or {"": None}
+        rows = by_stream(p.get("streams")) or {"": None}
         starts = p.get("partial_from") or {}
         for key, position in rows.items():
             start = starts.get(tables.stream_of(key))
@@ -420,6 +435,17 @@ def render(report: dict[str, Any]) -> Table:
                 else "",
                 str(p.get("dead_letters", "")),
             )
+        sliced = p.get("slices")
+        for worker, held in (sliced or {}).get("workers", {}).items():
+            table.add_row(
+                f"projection {name} worker {worker}",
+                f"holds {len(held['slices'])} of {sliced['count']} slices",
+                f"pid {held['pid']} on {held['host']}",
+                "",
+                "",
+            )
+        if sliced and sliced["free"] and sliced["workers"]:
+            table.add_row(f"projection {name}", f"{len(sliced['free'])} slices free", "", "", "")
         for kept in p.get("beside", []):
             partial = kept["partial_from"] or {}
             table.add_row(
