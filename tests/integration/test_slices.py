@@ -443,3 +443,26 @@ async def test_status_shows_which_worker_holds_which_slices(
     text = console.export_text()
     assert "projection billing worker a" in text and "holds 4 of 8 slices" in text
     assert f"sales (8 slices) {head}" in text
+
+
+@pytest.mark.parametrize("read_models", ["sqlite", "postgres"], indirect=True)
+def test_slice_workers_share_the_writer_lock_and_keep_out_what_needs_the_projection_stopped(
+    read_models: Settings,
+) -> None:
+    from toolkit.errors import ProjectionBusyError
+    from toolkit.readmodels.interface import SLICE_WORKERS
+
+    with home_of(read_models, "billing") as home, home_of(read_models, "billing") as other:
+        with home.writer_lock(SLICE_WORKERS), other.writer_lock(SLICE_WORKERS):
+            # a worker of the whole, a rewind, a dead letter retry: refused meanwhile
+            with pytest.raises(ProjectionBusyError, match="stop it first"), other.writer_lock():
+                pass
+            with other.writer_lock("replay"):  # a replay builds beside them
+                pass
+        # and while one of those runs, no slice worker starts
+        with (
+            home.writer_lock(),
+            pytest.raises(ProjectionBusyError),
+            other.writer_lock(SLICE_WORKERS),
+        ):
+            pass

@@ -212,10 +212,11 @@ async def _project_slices(
     """One of any number of workers of a sliced projection: it holds the slices its
     leases give it, and hands them on when it stops (see :mod:`toolkit.read.slices`)."""
     from toolkit.read.slices import SlicedStore, SliceWorker, lease_group
+    from toolkit.readmodels.interface import SLICE_WORKERS
 
     name, slices = projection.name, projection.slices
     assert slices is not None
-    with read_model_home(settings, name) as home:
+    with read_model_home(settings, name) as home, home.writer_lock(SLICE_WORKERS):
         try:
             store = SlicedStore(home.live(), projection, slices)
         except ProjectionVersionError as exc:

@@ -126,6 +126,10 @@ class Generation(Protocol):
     def exists(self) -> bool: ...
 
 
+SLICE_WORKERS = "slices"
+"""The :meth:`ReadModelHome.writer_lock` of a sliced projection's workers: shared."""
+
+
 class ReadModelHome(ABC):
     """The generations of one projection's read model, the pointer readers follow, and
     the locks that keep its writers apart."""
@@ -165,7 +169,10 @@ class ReadModelHome(ABC):
     def writer_lock(self, partition: int | str | None = None) -> AbstractContextManager[None]:
         """Held by whoever writes the projection (or one partition of it, or a replay:
         ``"replay"``); a second one is refused with
-        :class:`~toolkit.errors.ProjectionBusyError`."""
+        :class:`~toolkit.errors.ProjectionBusyError`. The workers of a sliced projection
+        (:data:`SLICE_WORKERS`) hold it shared, any number at once: what needs the
+        projection stopped (a worker of the whole, a rewind, a dead letter retry) is
+        refused while they run, and they while it does."""
 
     @abstractmethod
     def _open(self, generation: Generation) -> Connection | None:

@@ -25,7 +25,13 @@ from psycopg import sql
 from toolkit import locks
 from toolkit.errors import ConfigurationError, MarkerError, ProjectionBusyError
 from toolkit.readmodels import tables
-from toolkit.readmodels.interface import Connection, Dialect, Generation, ReadModelHome
+from toolkit.readmodels.interface import (
+    SLICE_WORKERS,
+    Connection,
+    Dialect,
+    Generation,
+    ReadModelHome,
+)
 
 _POINTERS = [
     "CREATE SCHEMA IF NOT EXISTS toolkit",
@@ -232,9 +238,10 @@ class PostgresHome(ReadModelHome):
         try:
             # Partition workers also share the projection's own lock, so that they and a
             # worker of the whole never run together.
-            if isinstance(partition, int):
+            if isinstance(partition, int) or partition == SLICE_WORKERS:
                 self._try_lock(db, self.name, shared=True)
-            self._try_lock(db, label)
+            if partition != SLICE_WORKERS:  # (slice workers: only the shared lock)
+                self._try_lock(db, label)
             yield
         finally:
             db.close()  # which releases the locks

@@ -24,7 +24,13 @@ from typing import ClassVar
 from toolkit import locks
 from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.readmodels import tables
-from toolkit.readmodels.interface import Connection, Dialect, Generation, ReadModelHome
+from toolkit.readmodels.interface import (
+    SLICE_WORKERS,
+    Connection,
+    Dialect,
+    Generation,
+    ReadModelHome,
+)
 
 _GENERATION = re.compile(r"g(\d{6})\.sqlite")
 
@@ -165,9 +171,11 @@ class SQLiteHome(ReadModelHome):
         projection's own lock, so that they and a worker of the whole never run together
         (see :meth:`~toolkit.read.store.ReadModelStore.repartition`)."""
         with contextlib.ExitStack() as held:
-            if isinstance(partition, int):
+            if isinstance(partition, int) or partition == SLICE_WORKERS:
                 held.enter_context(self._flock("lock", shared=True))
-            held.enter_context(self._flock("lock" if partition is None else f"lock.{partition}"))
+            if partition != SLICE_WORKERS:  # (slice workers: only the shared lock)
+                name = "lock" if partition is None else f"lock.{partition}"
+                held.enter_context(self._flock(name))
             yield
 
     @contextlib.contextmanager
@@ -175,7 +183,11 @@ class SQLiteHome(ReadModelHome):
         busy = ProjectionBusyError(
             f"projection {self.name} is being written by another process "
             f"(lock {self.path / name}"
-            + (", held by a worker of the whole stream, or a rewind" if shared else "")
+            + (
+                ", held by a worker of the whole stream, a rewind or a dead letter retry"
+                if shared
+                else ""
+            )
             + "); stop it first"
         )
         with locks.file_lock(self.path / name, shared=shared, refused=lambda _: busy):
