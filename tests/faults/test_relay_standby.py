@@ -318,3 +318,53 @@ async def test_a_relay_whose_postgres_session_ends_stands_by_once_another_took_o
         standbys.stop()
         sales.close()
     assert [p.returncode for p in standbys.processes] == [0, 0]
+
+
+@pytest.mark.timeout(120)
+async def test_relays_of_one_jetstream_log_on_two_hosts_share_a_lease_on_nats(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Client
+) -> None:
+    """A JetStream log is read by relays on any host: two data folders (two hosts), no
+    lock file in common. One takes the lease on NATS and relays; the other stands by,
+    saying who holds it; the holder SIGKILLed mid-relay, the other takes over once the
+    lease expires, and the stream holds each public event once, in log order."""
+    env = {
+        **os.environ,
+        "PERSISTENCE_MODULE": "toolkit.logs.jetstream",
+        "NATS_URL": nats_server.url,
+        "TOOLKIT_LEASE_TTL": "1.5",
+    }
+    hosts = [tmp_path / host / "data" for host in ("a", "b")]
+    for data in hosts:
+        data.mkdir(parents=True)
+    log_env = {k: env[k] for k in ("PERSISTENCE_MODULE", "NATS_URL")}
+    sales = Sales(env=log_env, data_dir=hosts[0])
+    place_orders(sales, 1_000)  # (a JetStream log stores at most 1,000 events a save)
+    a, b = (_Standbys(data, nats_server.url, env) for data in hosts)
+    try:
+        first = a.start()
+        await wait_for(lambda: a.active() is first, within=30)
+        second = b.start()
+        await wait_for(lambda: "standing by" in b.said(second), within=30)
+        assert "its lease on NATS is held: pid " in b.said(second)
+        # Orders go on being placed while the holder relays: it dies mid-work.
+        placing = asyncio.create_task(asyncio.to_thread(place_orders, sales, 1_500))
+        await stream_holds(nc, 1_500)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_at = (await nc.jetstream().stream_info("sales")).state.messages
+        started = time.monotonic()
+        await wait_for(lambda: b.active() is second, within=30)
+        took = time.monotonic() - started
+        assert "took over: relaying sales log" in b.said(second)
+        await placing
+        total = len(public_positions(sales))
+        await stream_holds(nc, total)
+        print(f"killed at {killed_at} of {total}; the other host took over in {took:.1f}s")
+        assert 0 < killed_at < total
+        await assert_stream_is_the_log(nc, sales)
+    finally:
+        a.stop()
+        b.stop()
+        sales.close()
+    assert second.returncode == 0, b.said(second)

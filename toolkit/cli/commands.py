@@ -29,7 +29,7 @@ from toolkit.errors import (
     RelayBusyError,
     ToolkitError,
 )
-from toolkit.nats.connection import open_nats
+from toolkit.nats.connection import Nats, open_nats
 from toolkit.nats.embedded import stop_keeping
 from toolkit.nats.streams import StreamSpec
 from toolkit.ops.reports import Reporter
@@ -93,26 +93,32 @@ async def _relay_while_held(
             await standing.pop().close()  # which removes its report
 
     stats: RelayStats | None = None
-    while not stop.is_set():
-        try:
-            async with relay_lease(context, role, stop, standby=standby, waiting=waiting) as lease:
+    async with open_nats(settings, name=f"relay-{name}") as nats:
+        # (A JetStream log is read by relays of other hosts too: their lease is on NATS.)
+        while not stop.is_set():
+            try:
+                async with relay_lease(
+                    context, role, stop, standby=standby, waiting=waiting,
+                    nats=nats.connection, ttl=settings.lease_ttl,
+                ) as lease:  # fmt: skip
+                    await stood_by()
+                    if lease is None:
+                        return stats
+                    stats = await _relay_held(settings, nats, context, lease, stop, once)
+            finally:
                 await stood_by()
-                if lease is None:
-                    return stats
-                stats = await _relay_held(settings, context, lease, stop, once)
-        finally:
-            await stood_by()
-        if once or not lease.lost.is_set():
-            return stats
-        lost = f"the relay of {name} lost its lock to {lease.holder or 'another relay'}"
-        if not standby:
-            raise RelayBusyError(f"{lost} (its PostgreSQL session ended): stopped")
-        say(f"{lost}: standing by")
+            if once or not lease.lost.is_set():
+                return stats
+            lost = f"the relay of {name} lost its lock to {lease.holder or 'another relay'}"
+            if not standby:
+                raise RelayBusyError(f"{lost}: stopped")
+            say(f"{lost}: standing by")
     return stats
 
 
 async def _relay_held(
     settings: Settings,
+    nats: Nats,
     context: BoundedContext[Any],
     lease: RelayLease,
     stop: asyncio.Event,
@@ -126,10 +132,7 @@ async def _relay_held(
     for task in watching:
         task.add_done_callback(lambda _: relaying.set())
     try:
-        async with (
-            open_nats(settings, name=f"relay-{name}") as nats,
-            Reporter(settings.data_dir) as reporter,
-        ):
+        async with Reporter(settings.data_dir) as reporter:
             relay = Relay(context, nats.connection, stream=StreamSpec.from_settings(name, settings))
             reporter.watch(
                 f"relay.{name}",

@@ -282,7 +282,11 @@ def create_app(
     ) -> RelayLease | None:
         """Wait for the relay's lock, then relay until ``stop`` is set or the lock is lost;
         the lease (None: stopped while standing by)."""
-        leasing = relay_lease(context, "toolkit serve", stop, standby=True, waiting=waiting)
+        nats = await relay_link.connection() if context.log_file is None else None
+        leasing = relay_lease(
+            context, "toolkit serve", stop, standby=True, waiting=waiting, nats=nats,
+            ttl=settings.lease_ttl,
+        )  # fmt: skip
         async with leasing as lease:
             if lease is None:
                 return None

@@ -122,6 +122,7 @@ class LeaseGroup(OnConnection):
         ttl: float = DEFAULT_TTL,
         replicas: int = 1,
         worker: str | None = None,
+        sticky: bool = False,
     ) -> None:
         if slices < 1:
             raise ValueError(f"a lease group needs at least one slice, not {slices}")
@@ -131,6 +132,9 @@ class LeaseGroup(OnConnection):
         self.ttl = ttl
         self.replicas = replicas
         self.worker = worker or worker_id()
+        self.sticky = sticky
+        """Keep what is held, and take whatever comes free, instead of a fair share: a
+        lock (one slice) that stays with its holder until it stops or dies (a relay's)."""
         self.held: frozenset[int] = frozenset()
         self.changed = asyncio.Event()
         self.ready = asyncio.Event()
@@ -198,7 +202,10 @@ class LeaseGroup(OnConnection):
         if self.worker not in members:  # (the put above makes it one, unless it expired)
             members = sorted([*members, self.worker])
         index, count = members.index(self.worker), len(members)
-        wanted = {k for k in range(self.slices) if k % count == index}
+        if self.sticky:
+            wanted = set(range(self.slices))
+        else:
+            wanted = {k for k in range(self.slices) if k % count == index}
         held = set(self.held)
         for k in sorted(held):
             sent = loop.time()

@@ -15,19 +15,22 @@ two relays the same relay:
   connection), and relays on any host see it; the holder is named by the session's
   ``application_name``.
 - Any other log (the JetStream log): an ``flock`` on ``<data dir>/<context>.relay-lock``,
-  which keeps out the relays of one data folder; relays of one JetStream log on other
-  hosts are not refused at start (they still never interleave).
+  which keeps out the relays of one data folder, and, since relays on other hosts read
+  that log too, a lease on NATS (``relay.<context>`` in the leases' bucket, see
+  :mod:`toolkit.nats.leases`), taken once the ``flock`` is, and kept while renewed.
 
-A lock on NATS (a KV entry with a time to live) was not chosen: a holder killed by SIGKILL
-would keep every new relay out until its entry expired, and a holder cut off from NATS
-for longer than that would lose the lock while it still runs.
+The lease on NATS is for that case only: a holder killed by SIGKILL keeps the others out
+until its entry expires (``TOOLKIT_LEASE_TTL``, 6 s), where the locks above go the moment
+their holder does; and a holder cut off from NATS for longer loses it while it still
+runs (it stops relaying: ``lease.lost``).
 
-Standbys (:func:`relay_lease`, ``toolkit relay <context> --standby``): since these locks
+Standbys (:func:`relay_lease`, ``toolkit relay <context> --standby``): since the locks
 go with their holder however it dies, a relay that waits for the lock (polling it with a
 short pause, so that SIGTERM stops the wait at once; on PostgreSQL on one session of its
 own, reconnecting while the server is away) takes over the moment the holder stops or
-dies, and relays from where the stream ends. A holder can lose its lock while it runs
-only on PostgreSQL (its session ended: a server restart, a cut connection): the lease
+dies, and relays from where the stream ends (on a JetStream log, once the holder's lease
+on NATS is gone too). A holder can lose its lock while it runs on PostgreSQL (its
+session ended: a server restart, a cut connection) or its lease on NATS: the lease
 checks its session every second, takes the lock again on a new one if nobody else has,
 and otherwise says the lock is lost, and the relay stops. What the old holder published
 in the moment before it noticed is fenced by the stream, not by the lock: every publish
@@ -45,7 +48,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +59,8 @@ import orjson
 from toolkit import locks
 from toolkit.backoff import Backoff, pause
 from toolkit.errors import RelayBusyError
+from toolkit.nats.connection import Connection
+from toolkit.nats.leases import DEFAULT_TTL, LeaseGroup
 from toolkit.write.context import BoundedContext
 
 log = logging.getLogger("toolkit.write.relay")  # told where the relay runs
@@ -207,6 +212,8 @@ async def relay_lease(
     *,
     standby: bool = False,
     waiting: Callable[[str], None] = lambda _: None,
+    nats: Connection | None = None,
+    ttl: float = DEFAULT_TTL,
 ) -> AsyncIterator[RelayLease | None]:
     """Hold the lock of ``context``'s relay while the block runs. Held by another: without
     ``standby``, raise :class:`~toolkit.errors.RelayBusyError` at once (as
@@ -222,7 +229,12 @@ async def relay_lease(
             yield None
             return
         with stack:
-            yield lease
+            if nats is None or context.log_file is not None:
+                yield lease
+                return
+            # A JetStream log: relays of other hosts (other data folders) read it too.
+            async with _nats_lease(nats, context.name, stop, standby, waiting, lease, ttl) as held:
+                yield lease if held else None
         return
     datastore, label = where
     db = await _wait_for_advisory(
@@ -241,6 +253,72 @@ async def relay_lease(
             await watch
         for db in session:
             await asyncio.to_thread(db.close)  # which releases the lock
+
+
+@contextlib.asynccontextmanager
+async def _nats_lease(
+    connection: Connection,
+    name: str,
+    stop: asyncio.Event,
+    standby: bool,
+    waiting: Callable[[str], None],
+    lease: RelayLease,
+    ttl: float,
+) -> AsyncIterator[bool]:
+    """The relay's lease on NATS (``relay.<context>`` in the leases' bucket, see
+    :mod:`toolkit.nats.leases`), for a log that relays on other hosts read too: taken when
+    free, kept until this relay stops, lost when not renewed in time (``lease.lost`` is
+    set then: the stream fences what the relay publishes meanwhile). Yields whether it is
+    held (False: ``stop`` was set while standing by)."""
+    group = LeaseGroup(connection, f"relay.{name}", 1, ttl=ttl, sticky=True)
+    ended = asyncio.Event()
+    running = asyncio.create_task(group.run(ended))
+    watching: asyncio.Task[None] | None = None
+    try:
+        while 0 not in group.held:
+            await _first(group.ready.wait(), stop.wait())
+            if stop.is_set():
+                break
+            if 0 in group.held:
+                break
+            holder = (await group.holders())[0].holder
+            described = (
+                f"pid {holder.pid} on {holder.host} since {holder.since}" if holder else "expiring"
+            )
+            if not standby:
+                raise _busy(name, f"its lease on NATS is held: {described}")
+            if not lease.waited:
+                waiting(f"its lease on NATS is held: {described}")
+                lease.waited = True
+            group.changed.clear()
+            await _first(group.changed.wait(), stop.wait())
+        if 0 not in group.held:
+            yield False
+            return
+
+        async def watch() -> None:
+            while 0 in group.held and group.holds(0):
+                group.changed.clear()
+                await _first(group.changed.wait(), asyncio.sleep(ttl / 4))
+            lease.holder = "another relay (its lease on NATS was not renewed in time)"
+            lease.lost.set()
+
+        watching = asyncio.create_task(watch())
+        yield True
+    finally:
+        if watching is not None:
+            watching.cancel()
+        ended.set()
+        await running
+
+
+async def _first(*waits: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class _Held(Exception):
