@@ -10,7 +10,7 @@ from toolkit import Dialect, Projection, ReadModelConnection
 
 
 class Accounts(Projection):
-    """An account per customer, with what its orders owe. Partition workers apply each
+    """An account per customer, with what its orders owe. Slice workers apply each
     aggregate in its order but not one aggregate before another, so a customer's charges
     may come before their account is opened: a charge opens the account (with no holder
     yet), and the account's opening fills the holder in. Either way round, the rows end

@@ -4,8 +4,7 @@ smallest sequence of steps that shows it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,10 @@ from tests.flow import home_of, place_orders, project_all, public_positions, rea
 from toolkit import Relay, RelayError, wire
 from toolkit.config import Settings
 from toolkit.ops.status import collect
-from toolkit.read.projector import Projector, ProjectorStats, owner
+from toolkit.read.batches import BatchResult
 from toolkit.read.replay import rebuild, rewind
-from toolkit.read.store import ReadModelStore
-from toolkit.readmodels import ReadModelHome
+from toolkit.read.slices import SlicedStore, SliceWorker, slice_of
+from toolkit.readmodels import ReadModelHome, tables
 from toolkit.readmodels.tables import dead_letters as read_dead_letters
 from toolkit.readmodels.tables import dump
 
@@ -67,52 +66,6 @@ async def test_a_rewind_to_a_deleted_sequence_ends(
             assert len(dump(db)["shipment"]) == 2
 
 
-@contextlib.asynccontextmanager
-async def partition_worker(
-    home: ReadModelHome, nc: Client, partition: int, partitions: int
-) -> AsyncIterator[ReadModelStore]:
-    """Partition worker ``partition`` of ``partitions`` running while the block runs."""
-    with home.writer_lock(partition):
-        store = ReadModelStore(home.live(), Shipments(), partition=partition)
-        stop = asyncio.Event()
-        projector = Projector(Shipments(), store, nc, partitions=partitions)
-        running = asyncio.create_task(projector.run(stop))
-        try:
-            yield store
-        finally:
-            stop.set()
-            await running
-            store.close()
-
-
-async def test_fewer_partition_workers_go_on_after_the_stream_lost_its_last_message(
-    sales: Sales, nc: Client, data_dir: Path
-) -> None:
-    """Two partition workers had read everything there was, but the stream's last
-    message was deleted before they got to it; going back to one worker recorded the new
-    partitioning after the stream's last sequence, and that worker waited for ever for
-    the other to reach a sequence no reader delivers."""
-    place_orders(sales, 4, cancel_every=2)
-    head = await relay_all(sales, nc)
-    js = nc.jetstream()
-    ack = await js.publish("sales.order.x.OrderCancelled", b"{}")  # another publisher's,
-    await js.delete_msg("sales", ack.seq)  # removed before the workers read it
-    with home_of(data_dir, "shipping") as home:
-        async with (
-            partition_worker(home, nc, 0, 2) as first,
-            partition_worker(home, nc, 1, 2) as second,
-        ):
-            await wait_for(lambda: first.checkpoint("sales") == second.checkpoint("sales") == head)
-        async with partition_worker(home, nc, 0, 1) as store:  # one worker from now on
-            await wait_for(lambda: len(store.epochs("sales")) == 2)
-            place_orders(sales, 3, cancel_every=5)
-            head = await relay_all(sales, nc)
-            await wait_for(lambda: store.checkpoint("sales") == head)
-        with home.reader() as db:
-            assert db is not None
-            assert len(dump(db)["shipment"]) == 4 + 3
-
-
 @pytest.mark.parametrize("then", ["nothing", "a command at once"])
 async def test_a_running_relay_carries_again_the_tail_the_stream_lost(
     sales: Sales, nc: Client, then: str
@@ -152,49 +105,6 @@ async def stream_positions(nc: Client) -> list[int]:
     return [h.logposition for h in heads if not isinstance(h, str) and h.logposition]
 
 
-async def test_back_to_one_partition_worker_after_stopping_both(
-    sales: Sales, nc: Client, data_dir: Path
-) -> None:
-    """Stop the two workers, start the one: worker 1 had stopped behind the head, and
-    the one worker waits for it at the new partitioning's start for ever."""
-    place_orders(sales, 4, cancel_every=2)
-    head = await relay_all(sales, nc)
-    with home_of(data_dir, "shipping") as home:
-        async with partition_worker(home, nc, 0, 2) as first:
-            async with partition_worker(home, nc, 1, 2) as second:
-                await wait_for(
-                    lambda: first.checkpoint("sales") == second.checkpoint("sales") == head
-                )
-            place_orders(sales, 4, cancel_every=2)  # worker 1 is stopped: it falls behind
-            head = await relay_all(sales, nc)
-            await wait_for(lambda: first.checkpoint("sales") == head)
-        async with partition_worker(home, nc, 0, 1) as one:
-            place_orders(sales, 1, cancel_every=2)
-            head = await relay_all(sales, nc)
-            await wait_for(lambda: one.checkpoint("sales") == head, within=5)
-        with home.reader() as db:
-            assert db is not None
-            assert len(dump(db)["shipment"]) == 4 + 4 + 1
-
-
-async def test_back_to_one_partition_worker_before_two_applied_anything(
-    sales: Sales, nc: Client, data_dir: Path
-) -> None:
-    """One worker -> 2 -> 1 with no message in between: the one worker's partitioning
-    starts a sequence after the two workers', which the next message falls in; worker 1
-    of 2 never ran, and the one worker waits for it for ever."""
-    place_orders(sales, 2, cancel_every=2)
-    head = await relay_all(sales, nc)
-    with home_of(data_dir, "shipping") as home:
-        async with partition_worker(home, nc, 0, 2) as first:  # from the start: 2 workers
-            await wait_for(lambda: first.checkpoint("sales") == head)
-        async with partition_worker(home, nc, 0, 1) as one:
-            await wait_for(lambda: len(one.epochs("sales")) == 2)
-            place_orders(sales, 2, cancel_every=2)
-            head = await relay_all(sales, nc)
-            await wait_for(lambda: one.checkpoint("sales") == head, within=5)
-
-
 async def test_a_forged_position_past_the_log_names_the_message_to_remove(
     sales: Sales, nc: Client
 ) -> None:
@@ -216,14 +126,15 @@ async def test_a_forged_position_past_the_log_names_the_message_to_remove(
     assert await stream_positions(nc) == public_positions(sales)
 
 
-async def test_events_carried_again_after_a_handover_to_partition_workers_are_not_applied_twice(
+async def test_events_carried_again_after_a_handover_to_slice_workers_are_not_applied_twice(
     sales: Sales, nc: Client, data_dir: Path
 ) -> None:
-    """One worker applied everything, then handed the model to two partition workers;
-    the stream lost its last two events and the relay carried them again. The handover
-    dropped the log position the one worker had passed (which keeps events carried again
-    from being applied twice), so their owner applied them again: billing's charges
-    failed on their key and were parked (an additive model counts them twice)."""
+    """One worker applied everything, then handed the model to slice workers (found with
+    partition workers, whose handover slice workers do the same way); the stream lost its
+    last two events and the relay carried them again. The handover dropped the log
+    position the one worker had passed (which keeps events carried again from being
+    applied twice), so their slice applied them again: billing's charges failed on their
+    key and were parked (an additive model counts them twice)."""
     place_orders(sales, 4, cancel_every=9)
     head = await relay_all(sales, nc)
     await project_all(Accounts(), data_dir, nc)  # one worker: everything applied
@@ -231,80 +142,41 @@ async def test_events_carried_again_after_a_handover_to_partition_workers_are_no
     for sequence in (head - 1, head):
         await js.delete_msg("sales", sequence)
     with home_of(data_dir, "billing") as home:
-        await project_partitions(home, nc)  # the handover: 2 workers from here on
+        await project_slices(home, nc, range(64))  # the handover: cut into slices here
         await relay_all(sales, nc)  # the two lost events again
-        workers = await project_partitions(home, nc)
-        assert [w.applied for w in workers] == [0, 0]
+        done = await project_slices(home, nc, range(64))
+        assert (done.applied, done.dead_lettered) == (0, 0)  # each known: duplicates
         with home.reader() as db:
             assert db is not None
             assert read_dead_letters(db) == []
+            assert len(tables.epochs(db, "sales")) == 1
 
 
-async def project_partitions(home: ReadModelHome, nc: Client) -> list[ProjectorStats]:
-    """Run billing's two partition workers to the stream's head, one after the other."""
-    done = []
-    for partition in (0, 1):
-        with home.writer_lock(partition):
-            store = ReadModelStore(home.live(), Accounts(), partition=partition)
-            try:
-                projector = Projector(Accounts(), store, nc, partitions=2)
-                async with asyncio.timeout(20):
-                    done.append(await projector.run(until_head=True))
-            finally:
-                store.close()
-    return done
+class _Holding:
+    """Leases that give a worker the slices named, for as long as it runs."""
+
+    def __init__(self, slices: Iterable[int]) -> None:
+        self.held = frozenset(slices)
+
+    def holds(self, slice_: int) -> bool:
+        return True
 
 
-async def test_partition_workers_follow_a_replay_into_the_new_generation(
-    sales: Sales, nc: Client, data_dir: Path
-) -> None:
-    """A replay switches readers to the model it built; a projector of the whole goes on
-    in it by itself, but partition workers went on writing the generation the replay had
-    dropped: readers' model stood still for good, and status called the workers live."""
-    place_orders(sales, 3, cancel_every=2)
-    head = await relay_all(sales, nc)
-    with home_of(data_dir, "shipping") as home, home_of(data_dir, "shipping") as other:
-        async with (
-            following_worker(home, nc, 0, 2) as first,
-            following_worker(other, nc, 1, 2) as second,
-        ):
-            await wait_for(lambda: first.stats.checkpoints.get("sales") == head)
-            await wait_for(lambda: second.stats.checkpoints.get("sales") == head)
-            replayed = await rebuild(Shipments(), home, nc)
-            assert replayed.switched
-            place_orders(sales, 3, cancel_every=2)
-            head = await relay_all(sales, nc)
-
-            def readers_at_head() -> bool:
-                with home.reader() as db:
-                    assert db is not None
-                    rows = dict(db.execute("SELECT stream, sequence FROM toolkit_checkpoint"))
-                return rows.get("sales#0") == rows.get("sales#1") == head
-
-            await wait_for(readers_at_head)
-        with home.reader() as db:
-            assert db is not None
-            assert len(dump(db)["shipment"]) == 6
-
-
-@contextlib.asynccontextmanager
-async def following_worker(
-    home: ReadModelHome, nc: Client, partition: int, partitions: int
-) -> AsyncIterator[Projector]:
-    """Partition worker ``partition`` of ``partitions``, run as ``toolkit project`` runs
-    it (following replays), while the block runs."""
-    with home.writer_lock(partition):
-        store = ReadModelStore(home.live(), Shipments(), partition=partition)
-        projector = Projector(Shipments(), store, nc, partitions=partitions)
-        stop = asyncio.Event()
-        running = asyncio.create_task(projector.run(stop, home=home))
-        try:
-            yield projector
-        finally:
-            stop.set()
-            await running
-            projector.store.close()
-            store.close()
+async def project_slices(home: ReadModelHome, nc: Client, slices: Iterable[int]) -> BatchResult:
+    """Apply the whole stream for billing's ``slices`` (64 in all), as the worker holding
+    them does (cutting the model into slices first if need be)."""
+    store = SlicedStore(home.live(), Accounts(), 64)
+    worker = SliceWorker(Accounts(), store, nc, _Holding(slices))  # type: ignore[arg-type]
+    try:
+        await worker._join("sales")
+        store.hold("sales", frozenset(slices))
+        worker.reading_from["sales"] = 1
+        batch = await read_all(nc)
+        done = await worker._store_apply(Accounts.translators[0], batch, asyncio.Event())
+        assert done is not None
+        return done
+    finally:
+        store.close()
 
 
 async def test_another_publishers_message_between_two_runs_of_the_relay_loses_no_event(
@@ -359,27 +231,23 @@ async def test_status_names_a_copy_of_an_earlier_event_that_stops_the_relay(
         sales.close()
 
 
-async def test_billing_partition_workers_count_a_charge_applied_before_its_account(
+async def test_billing_slice_workers_count_a_charge_applied_before_its_account(
     sales: Sales, nc: Client, data_dir: Path
 ) -> None:
-    """Partition workers apply each aggregate in its order, but not one aggregate before
-    another: the worker of an order may raise its charge before the worker of its
-    customer opens the account. Billing added the charge to the account with an UPDATE,
-    which found no account then: the amount owed was lost for good."""
-    while True:  # a customer and an order that two different workers own
+    """Slice workers apply each aggregate in its order, but not one aggregate before
+    another: the worker of an order's slice may raise its charge before the worker of
+    its customer's opens the account. Billing added the charge to the account with an
+    UPDATE, which found no account then: the amount owed was lost for good (found with
+    partition workers)."""
+    while True:  # a customer and an order in two different slices
         customer = sales.register_customer("Ann", "ann@example.com")
         order = sales.place_order(customer, [{"sku": "tea", "quantity": 3, "unit_price": "2.50"}])
-        if owner(str(customer), 2) != owner(str(order), 2):
+        if slice_of(str(customer), 64) != slice_of(str(order), 64):
             break
     await relay_all(sales, nc)
     with home_of(data_dir, "billing") as home:
-        for partition in (owner(str(order), 2), owner(str(customer), 2)):  # the order first
-            with home.writer_lock(partition):
-                store = ReadModelStore(home.live(), Accounts(), partition=partition)
-                try:
-                    await Projector(Accounts(), store, nc, partitions=2).run(until_head=True)
-                finally:
-                    store.close()
+        for key in (order, customer):  # the order's slice first
+            await project_slices(home, nc, [slice_of(str(key), 64)])
         with home.reader() as db:
             assert db is not None
             row = db.execute(

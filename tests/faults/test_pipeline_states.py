@@ -23,8 +23,8 @@ and messages in the relay's form exactly that disagree with the log, which stop 
 relay until the operator removes them); the catalogue projection failing for some SKUs
 until its fix is deployed and its dead letters retried (``toolkit dlq retry`` or the
 store's retry); replays (whole, from a sequence with and without ``--switch-partial``,
-killed and run again) and rewinds; partition workers (one worker -> 2 -> 1); the stream
-losing its tail.
+killed and run again) and rewinds; billing's slice workers coming and going (a second
+joins, one of two leaves); the stream losing its tail.
 
 Every step is followed by a few commands, so traffic goes on while things break. Each bug
 it found has a test of its own in tests/faults/test_pipeline_regressions.py.
@@ -328,11 +328,9 @@ class Process:
 
 @dataclass
 class Worker:
-    """A projector (of the whole, or partition ``partition`` of ``partitions``): a process
-    or a task of this process."""
+    """A projector (of the whole, or one of a sliced projection's workers): a process or a
+    task of this process."""
 
-    partition: int | None
-    partitions: int | None
     process: Process | None = None
     task: asyncio.Task[Any] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -411,8 +409,6 @@ class Pipeline(RuleBasedStateMachine):
         self.products: dict[str, int] = {}  # sku -> repricings
         self.relay: Process | tuple[Relay, asyncio.Event, asyncio.Task[Any]] | None = None
         self.workers: dict[str, list[Worker]] = {name: [] for name in PROJECTIONS}
-        self.partitions: dict[str, int | None] = dict.fromkeys(PROJECTIONS)
-        """The partitioning recorded in the model readers use (None: none yet)."""
         self.partial: dict[str, int | None] = dict.fromkeys(PROJECTIONS)
         """Where the model readers use starts, when it is partial."""
         self.beside: dict[str, dict[str, int | None]] = {name: {} for name in PROJECTIONS}
@@ -610,24 +606,19 @@ class Pipeline(RuleBasedStateMachine):
 
     # -- projectors ---------------------------------------------------------------------
 
-    def _start(
-        self, name: str, partition: int | None, partitions: int | None, process: bool
-    ) -> Worker:
-        worker = Worker(partition, partitions)
+    def _start(self, name: str, process: bool) -> Worker:
+        worker = Worker()
         projection = self.projection(name)
         if projection.slices is not None:
             self._start_slice_worker(worker, name, projection, process)
         elif process:
-            args = ["project", name]
-            if partition is not None:
-                args += ["--partition", str(partition), "--partitions", str(partitions)]
-            worker.process = Process(self.folder, self.url, self.env(), *args)
+            worker.process = Process(self.folder, self.url, self.env(), "project", name)
             self.run(worker.process.said(f"projecting {name}"))
         else:
             home = worker.held.enter_context(contextlib.closing(SQLiteHome(self.data, name)))
-            worker.held.enter_context(home.writer_lock(partition))
-            store = ReadModelStore(home.live(), projection, partition=partition)
-            projector = Projector(projection, store, self.nc, partitions=partitions)
+            worker.held.enter_context(home.writer_lock())
+            store = ReadModelStore(home.live(), projection)
+            projector = Projector(projection, store, self.nc)
             worker.held.callback(store.close)
             worker.held.callback(lambda: projector.store.close())  # after following a replay
             worker.task = self.loop.create_task(projector.run(worker.stop, home=home))
@@ -667,15 +658,11 @@ class Pipeline(RuleBasedStateMachine):
             worker.held.close()
 
     def start_workers(self, name: str, processes: list[bool]) -> None:
-        count = self.partitions[name]
         if self.projection(name).slices is not None:
             for process in processes:  # any number of workers share the slices
-                self._start(name, None, None, process)
-        elif count is None:
-            self._start(name, None, None, processes[0])
+                self._start(name, process)
         else:
-            for index in range(count):
-                self._start(name, index, count, processes[index % len(processes)])
+            self._start(name, processes[0])
 
     def halt_workers(self, name: str, how: str) -> None:
         workers, self.workers[name] = self.workers[name], []
@@ -693,24 +680,15 @@ class Pipeline(RuleBasedStateMachine):
     def stop_projector(self, name: str, how: str) -> None:
         self.halt_workers(name, how)
 
-    @step(
-        name=st.sampled_from(PROJECTIONS),
-        processes=st.lists(st.booleans(), min_size=1, max_size=2),
-    )
-    def change_partitioning(self, name: str, processes: list[bool]) -> None:
-        """One worker -> 2 partition workers -> back to one (``--partition 0
-        --partitions 1``): stop the workers, start the new ones (the share of worker 1,
-        which has no place among fewer, is finished by worker 0). A sliced projection's
-        workers come and go instead: a second one joins, or one of two leaves."""
-        if self.projection(name).slices is not None:
-            if len(self.workers[name]) < 2:
-                self._start(name, None, None, processes[0])
-            else:
-                self.run(self._halt(self.workers[name].pop(0), "term"))
-            return
-        self.halt_workers(name, "term")
-        self.partitions[name] = 2 if self.partitions[name] in (None, 1) else 1
-        self.start_workers(name, processes)
+    @step(name=st.just("billing"), process=st.booleans())
+    def change_slice_workers(self, name: str, process: bool) -> None:
+        """A sliced projection's workers come and go: a second one joins, or one of two
+        leaves (its slices move to the other at once)."""
+        assert self.projection(name).slices is not None
+        if len(self.workers[name]) < 2:
+            self._start(name, process)
+        else:
+            self.run(self._halt(self.workers[name].pop(0), "term"))
 
     # -- what another client publishes ----------------------------------------------------
 
@@ -829,7 +807,7 @@ class Pipeline(RuleBasedStateMachine):
             running = [w.process is not None for w in self.workers[name]]
             self.halt_workers(name, "term")
             self.run(rebuild(self.projection(name), self.homes[name], self.nc))
-            self.partial[name] = self.partitions[name] = None
+            self.partial[name] = None
             if running:
                 self.start_workers(name, running)
 
@@ -961,8 +939,6 @@ class Pipeline(RuleBasedStateMachine):
         assert report["switched"] == (not partial or switch), report
         if report["switched"]:
             self.partial[name] = start if partial else None
-            if not self.workers[name]:  # else they follow, and hand the new model over
-                self.partitions[name] = None  # a new generation: no partitioning recorded
         else:
             self.beside[name][report["generation"]] = start
 
@@ -989,7 +965,7 @@ class Pipeline(RuleBasedStateMachine):
             with pytest.raises(ProjectionError, match="does not exist"):
                 self.run(rewind(self.projection(name), self.homes[name], self.nc, to))
         if exists:
-            self.partial[name] = self.partitions[name] = None
+            self.partial[name] = None
         if running:
             self.start_workers(name, running)
 
@@ -1108,8 +1084,7 @@ class Pipeline(RuleBasedStateMachine):
             snapshot = self._snapshot(name)
             cut = snapshot is not None and any("#" in k for k in snapshot.checkpoints)
             return [f"sales#{i}" for i in range(slices)] if cut else ["sales"]
-        count = self.partitions[name]
-        return ["sales"] if count is None else [f"sales#{i}" for i in range(count)]
+        return ["sales"]
 
     def _snapshot(self, name: str, generation: Path | None = None) -> Snapshot | None:
         path = generation or self.homes[name].current()
@@ -1173,7 +1148,7 @@ class Pipeline(RuleBasedStateMachine):
             return
         checkpoints = {snapshot.checkpoints.get(k) for k in keys}
         if len(checkpoints) != 1 or None in checkpoints:
-            return  # partition workers stopped at different points: no prefix to compare
+            return  # slice workers stopped at different points: no prefix to compare
         (checkpoint,) = checkpoints
         assert checkpoint is not None
         held = max(snapshot.positions.values(), default=0)

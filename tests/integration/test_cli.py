@@ -18,6 +18,7 @@ from contexts.sales import Sales
 from tests.conftest import nats_servers_using
 from tests.flow import cli_args, home_of
 from toolkit.config import Settings
+from toolkit.readmodels import tables
 from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.readmodels.tables import dump
 
@@ -191,23 +192,31 @@ def test_serve_answers_http_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert b"Finished server process" in server.stderr.read()
 
 
-def test_partition_workers_from_the_command_line(tmp_path: Path) -> None:
+def test_a_sliced_projection_from_the_command_line_and_the_old_partition_options_gone(
+    tmp_path: Path,
+) -> None:
+    """``toolkit project billing`` runs a worker of billing's 64 slices (alone, it holds
+    them all); the static ``--partition K --partitions N`` of before slices is a usage
+    error (docs/projections.md says how to migrate)."""
     data = sales_log(tmp_path / "data", orders=20)
     assert (
         toolkit("--data-dir", str(data), "relay", "sales", "--once", tmp=tmp_path).returncode == 0
     )
-    for k in ("0", "1"):
-        worker = toolkit(
-            "--data-dir", str(data), "project", "shipping", "--once",
-            "--partition", k, "--partitions", "2", tmp=tmp_path,
-        )  # fmt: skip
-        assert worker.returncode == 0, worker.stderr
-    with SQLiteHome(data, "shipping").reader() as db:
+    worker = toolkit("--data-dir", str(data), "project", "billing", "--once", tmp=tmp_path)
+    assert worker.returncode == 0, worker.stderr
+    assert "of its 64 slices" in worker.stdout + worker.stderr
+    with SQLiteHome(data, "billing").reader() as db:
         assert db is not None
-        assert len(dump(db)["shipment"]) == 20  # the two halves make the whole
-    alone = toolkit("project", "shipping", "--partition", "0", tmp=tmp_path)
-    assert alone.returncode == 1
-    assert alone.stderr.strip() == "toolkit: error: --partition and --partitions go together"
+        model = dump(db)
+        checkpoints = dict(tables.checkpoints(db))
+    assert len(model["charge"]) == 20
+    assert set(checkpoints) == {f"sales#{k}" for k in range(64)}
+    old = toolkit(
+        "--data-dir", str(data), "project", "billing", "--partition", "0", "--partitions", "2",
+        tmp=tmp_path,
+    )  # fmt: skip
+    assert old.returncode == 2
+    assert "unrecognized arguments: --partition 0 --partitions 2" in old.stderr
 
 
 def test_status_json_reports_lag_as_events_arrive(tmp_path: Path) -> None:

@@ -167,9 +167,9 @@ def test_a_writer_that_went_around_the_lock_writes_nothing(read_models: Settings
 def test_a_second_writer_is_refused(read_models: Settings) -> None:
     with home_of(read_models, "shipping") as home, home_of(read_models, "shipping") as other:
         with (
-            home.writer_lock(1),
+            home.writer_lock(),
             pytest.raises(ProjectionBusyError, match="stop it first"),
-            other.writer_lock(1),
+            other.writer_lock(),
         ):
             pass
         with home.writer_lock(), other.writer_lock("replay"):  # a replay beside it: fine

@@ -1,6 +1,6 @@
 """What is particular to PostgreSQL read models: generations are schemas, the pointer a
 row, a dropped generation waits for its readers, and a projection says where its SQL runs.
-(Checkpoints, dead letters, partitions, replays and the read endpoints run over both
+(Checkpoints, dead letters, slices, replays and the read endpoints run over both
 backends in their own tests.)"""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import BACKENDS, wait_for
 from tests.flow import home_of, project_all, read_all, relay_all
-from tests.integration.test_partitions import Ledger
+from tests.ledger import Ledger
 from toolkit import IntegrationEvent, Settings, Translator, contract
 from toolkit.errors import ConfigurationError
 from toolkit.nats.connection import Connection as NatsConnection
@@ -315,10 +315,58 @@ async def test_a_model_kept_by_one_worker_is_handed_over_to_slices_and_refused_a
         # One worker of the whole is refused now: the model is cut into slices.
         store = ReadModelStore(generation, Accounts())
         try:
-            with pytest.raises(ConfigurationError, match="8"):
+            with pytest.raises(ConfigurationError, match="cut into 8 slices on sales"):
                 await Projector(Accounts(), store, nc).run(until_head=True)
         finally:
             store.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("read_models", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("cuts", [[(2, 0)], [(8, 0), (3, 40)]], ids=["2 parts", "8, then 3"])
+async def test_a_model_the_old_partition_workers_cut_otherwise_is_refused_with_what_to_do(
+    nc: Client, read_models: Settings, cuts: list[tuple[int, int]]
+) -> None:
+    """Partition workers recorded their partitionings as slices record their cut: a
+    model they cut into another count than the projection's slices, or cut more than
+    once (repartitioning), has no slices to hand over: slice workers, and a worker of
+    the whole, say to rebuild it (docs/projections.md, migrating from partition workers)."""
+    with home_of(read_models, "billing") as home:
+        generation = home.live()
+        store = ReadModelStore(generation, Accounts())
+        try:
+            store.join("sales", 30)  # one worker got to 30, then partition workers took over
+            with store._transaction("exclusive") as db:
+                for count, head in cuts:
+                    tables.repartition(db, "sales", count, head)
+        finally:
+            store.close()
+        sliced = SlicedStore(generation, SlicedAccounts(), 8)
+        try:
+            with pytest.raises(
+                ConfigurationError, match="rebuild it with 'toolkit replay billing'"
+            ):
+                sliced.cut("sales", 0)
+        finally:
+            sliced.close()
+        whole = ReadModelStore(generation, Accounts())
+        try:
+            with pytest.raises(ConfigurationError, match="'toolkit replay billing'"):
+                await Projector(Accounts(), whole, nc).run(until_head=True)
+        finally:
+            whole.close()
+        assert _checkpoints(generation) == {}  # nothing taken over, nothing moved
+        assert len(_epochs(generation)) == len(cuts)
+
+
+def _epochs(generation: Generation) -> list[tuple[int, int]]:
+    from toolkit.readmodels import backends
+
+    db = backends.connect(generation)
+    try:
+        return tables.epochs(db, "sales")
+    finally:
+        db.close()
 
 
 class _HeldForever:

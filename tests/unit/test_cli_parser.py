@@ -45,7 +45,6 @@ def test_a_command_option_is_still_refused_before_the_command(
         (["commands", "sales", "--workers", "99999999999999999999"], "is more than 256"),
         (["work", "notifications", "--workers", "257"], "is more than 256"),
         (["demo", "--orders", "1000001"], "is more than 1,000,000"),
-        (["project", "billing", "--partition", "0", "--partitions", "4097"], "more than 4,096"),
         (["commands", "sales", "--workers", "0"], "must be at least 1"),
     ],
 )

@@ -155,43 +155,31 @@ async def _project(
     system: System,
     name: str,
     once: bool,
-    partition: int | None = None,
-    partitions: int | None = None,
     rebuild_if_stale: bool = False,
 ) -> None:
-    if (partition is None) != (partitions is None):
-        raise ConfigurationError("--partition and --partitions go together")
-    if partition is not None and partitions is not None and not 0 <= partition < partitions:
-        raise ConfigurationError(f"--partition {partition} must be from 0 to {partitions - 1}")
+    """The one worker of a projection; of one that declares ``slices``, one of any
+    number of slice workers."""
     projection = system.projection(name)()
     if projection.slices is not None:
-        if partition is not None:
-            raise ConfigurationError(
-                f"projection {name} is cut into {projection.slices} slices: run any number "
-                f"of 'toolkit project {name}' (without --partition); they share the slices"
-            )
         await _project_slices(settings, projection, once, rebuild_if_stale)
         return
-    with read_model_home(settings, name) as home, home.writer_lock(partition):
+    with read_model_home(settings, name) as home, home.writer_lock():
         async with open_nats(settings, name=f"project-{name}") as nats:
             try:
-                store = ReadModelStore(home.live(), projection, partition=partition)
+                store = ReadModelStore(home.live(), projection)
             except ProjectionVersionError:
-                if not rebuild_if_stale or partition is not None:
+                if not rebuild_if_stale:
                     raise
                 say(f"rebuilding {name}: its read model is of another version")
                 await rebuild(projection, home, nats.client, locked=True)
-                store = ReadModelStore(home.live(), projection, partition=partition)
-            projector = Projector(projection, store, nats.connection, partitions=partitions)
-            worker = (
-                ("", "") if partition is None else (f".p{partition}", f" partition {partition}")
-            )
+                store = ReadModelStore(home.live(), projection)
+            projector = Projector(projection, store, nats.connection)
             try:
                 say(f"projecting {name} into {store.generation} from {nats.url}")
                 async with Reporter(settings.data_dir) as reporter:
                     reporter.watch(
-                        f"projection.{name}{worker[0]}",
-                        f"projection {name}{worker[1]}",
+                        f"projection.{name}",
+                        f"projection {name}",
                         name=name,
                         nats=lambda: nats.connection.trouble,
                         position=lambda: sum(projector.stats.checkpoints.values()),
@@ -423,8 +411,6 @@ def run(args: argparse.Namespace) -> int:
                     system,
                     args.projection,
                     args.once,
-                    args.partition,
-                    args.partitions,
                     args.rebuild,
                 )
             )

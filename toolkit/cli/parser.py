@@ -77,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
         "project",
         help="keep a projection's read model up to date",
         description="Apply the streams a projection reads to its read model, from its "
-        "checkpoint on. Runs until stopped (Ctrl-C or SIGTERM).",
+        "checkpoint on. Runs until stopped (Ctrl-C or SIGTERM). A projection that "
+        "declares slices runs as one of any number of workers sharing its slices.",
     )
     project.add_argument("projection", help="projection name, e.g. shipping")
     project.add_argument("--once", action="store_true", help="stop at the streams' heads")
@@ -86,18 +87,6 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="when the read model was built by another version of the projection, "
         "rebuild it first (otherwise that is refused)",
-    )
-    project.add_argument(
-        "--partition",
-        type=int,
-        metavar="K",
-        help="run as partition worker K (from 0) of --partitions N sharing one read model",
-    )
-    project.add_argument(
-        "--partitions",
-        type=_up_to(4096),
-        metavar="N",
-        help="how many partition workers there are; a new N repartitions from the head",
     )
 
     replay = add(
@@ -278,7 +267,12 @@ def parser() -> argparse.ArgumentParser:
         description="POST each event of a context's stream to the callback URLs subscribed "
         "to its type (registered at /webhooks/<context>/subscriptions of 'toolkit serve'), "
         "signed, retried with back-off; what keeps failing is parked (listed at "
-        "/webhooks/<context>/dead-letters). Runs until stopped (Ctrl-C or SIGTERM).",
+        "/webhooks/<context>/dead-letters). Runs until stopped (Ctrl-C or SIGTERM). Run "
+        "as many as the load needs on one data folder (one host: the store is SQLite): "
+        "they share its deliveries and the stream's 'webhooks' consumer. When one dies, "
+        "the deliveries it was attempting go to the others after TOOLKIT_LEASE_TTL "
+        "seconds (6), sent again with the same webhook-id (receivers de-duplicate on it), "
+        "and the events it had read but not acknowledged after 30 s.",
     )
     hooks.add_argument("context", help="context name, e.g. sales")
     work = add(

@@ -4,7 +4,7 @@ For each stream its head; for each context its log head and the relay's lag, whi
 the log (SQLite, PostgreSQL, JetStream: the context is built from the environment as its
 relay builds it, creating nothing; a log it cannot read is a problem, with why); for each
 projection its version (and whether a rebuild is due), checkpoint per stream (per
-partition when partitioned), lag in events and in time, state and dead-letter count; for
+slice when sliced), lag in events and in time, state and dead-letter count; for
 a partial model (a replay from a later start) where it starts in each stream, and the
 generations kept beside the one readers use; for each policy, running or not, its
 positions, lag and dead letters (:mod:`toolkit.ops.policies`). Relays, projectors and
@@ -300,7 +300,7 @@ def _problems(
             mine = [r for k, r in sorted(running.items()) if k.split(".")[:2] == [kind, name]]
             states: list[str] = []
             for report in mine:
-                worker = report["what"].removeprefix(f"{kind} {name}").strip()  # a partition
+                worker = report["what"].removeprefix(f"{kind} {name}").strip()  # a slice worker
                 for state, reason in reports.problems(report, now=now, stall_after=stall_after):
                     states.append(state)
                     entry.setdefault("problems", []).append(

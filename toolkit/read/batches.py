@@ -9,7 +9,7 @@ stores facts, dead letters, parkings and positions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,7 +34,7 @@ class Counts:
     applied, not applied again."""
     dead_lettered: int = 0
     foreign: int = 0
-    """Messages of aggregates another partition owns (partitioned projections)."""
+    """Messages of other slices, passed over by a slice worker (sliced projections)."""
     untrusted: int = 0
     """Messages the stream's relay did not publish (another publisher's, or malformed):
     dead-lettered or skipped as the projection's ``on_untrusted`` says."""
@@ -51,8 +51,7 @@ class Counts:
 
 @dataclass
 class BatchResult(Counts):
-    retry: bool = False
-    """The partitioning changed while the batch was being applied: nothing was written."""
+    """What became of one batch's messages."""
 
 
 @dataclass
@@ -89,36 +88,24 @@ class Applied(Protocol):
 
 
 class Store(Applied, Protocol):
-    def write(self, batch: TranslatedBatch, *, epochs: int | None = None) -> BatchResult: ...
+    def write(self, batch: TranslatedBatch) -> BatchResult: ...
 
 
 def apply_batch(
-    store: Store,
-    translator: Translator,
-    messages: Sequence[StreamMessage],
-    *,
-    owns: Callable[[StreamMessage], bool] | None = None,
-    epochs: int | None = None,
+    store: Store, translator: Translator, messages: Sequence[StreamMessage]
 ) -> BatchResult:
     """Translate a batch and have ``store`` write it, with the checkpoint, in one
-    transaction. A partition worker passes ``owns`` (is a message's aggregate its own?)
-    and how many partitionings it decided that with; if another was recorded meanwhile,
-    nothing is written and ``retry`` is set."""
-    batch = translate_batch(translator, messages, store, owns=owns)
-    return store.write(batch, epochs=epochs)
+    transaction."""
+    return store.write(translate_batch(translator, messages, store))
 
 
 def translate_batch(
-    translator: Translator,
-    messages: Sequence[StreamMessage],
-    applied: Applied,
-    *,
-    owns: Callable[[StreamMessage], bool] | None = None,
+    translator: Translator, messages: Sequence[StreamMessage], applied: Applied
 ) -> TranslatedBatch:
     """Say what each message is to the projection: already applied (at or below the
-    checkpoint, or a log position passed), another partition's, not the relay's,
-    parked behind its aggregate's dead letter, of a type not read, unreadable (a dead
-    letter, parking its aggregate when the projection parks aggregates), or facts.
+    checkpoint, or a log position passed), not the relay's, parked behind its
+    aggregate's dead letter, of a type not read, unreadable (a dead letter, parking its
+    aggregate when the projection parks aggregates), or facts.
 
     A translator that raises makes the message a :class:`~toolkit.errors.PoisonMessage`.
     """
@@ -143,9 +130,6 @@ def translate_batch(
         checkpoint = sequence
         head = relayed_head(stream, message.headers.get(msg_id), message.data)
         if isinstance(head, str):  # not the relay's: it moves nothing, parks nothing
-            if owns is not None and not owns(message):
-                result.foreign += 1
-                continue
             result.untrusted += 1
             if keep_untrusted:
                 dead.append((message, f"not published by the {stream} relay: {head}"))
@@ -157,9 +141,6 @@ def translate_batch(
             result.duplicates += 1  # published again after the stream lost it
             continue
         last_position = position
-        if owns is not None and not owns(message):
-            result.foreign += 1
-            continue
         if passed_over and (stream, sequence) in passed_over:
             result.dead_lettered += 1  # parked earlier: already in the dead letters
             continue

@@ -15,12 +15,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from toolkit import backoff
-from toolkit.errors import ConfigurationError, ProjectionBusyError
+from toolkit.errors import ConfigurationError
 from toolkit.nats.connection import Connection, OnConnection
 from toolkit.nats.streams import holds_between, last_message, last_sequence
-from toolkit.read import partitions as partitioning
 from toolkit.read.batches import BatchResult, Counts, apply_batch
-from toolkit.read.partitions import owner as owner
 from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.reader import StreamMessage, StreamReader
 from toolkit.read.retries import apply_retrying
@@ -55,10 +53,8 @@ class Projector(OnConnection):
         batch_size: int = 1000,
         transaction_size: int = 5000,
         name: str | None = None,
-        partitions: int | None = None,
         starts_at: StartPosition | None = None,
         stop_at: int | None = None,
-        takes_over: bool = False,
     ) -> None:
         self.projection = projection
         self.store = store
@@ -70,16 +66,6 @@ class Projector(OnConnection):
         self.starts_at = projection.starts_at if starts_at is None else starts_at
         """Where to join a stream the first time (the projection's own choice unless
         overridden, as a replay does with ``"beginning"``)."""
-        self.partitions = partitions
-        """With ``store.partition`` set: how many partition workers share the read model
-        (this worker's proposal; a different number repartitions from the stream's head)."""
-        if (partitions is None) != (store.partition is None):
-            raise ValueError("a partitioned projector needs both partitions and store.partition")
-        if partitions is not None and not 0 <= (store.partition or 0) < partitions:
-            raise ValueError(f"partition {store.partition} is not below {partitions}")
-        self.takes_over = takes_over
-        """Finishing the share of a partition no worker runs any more (see
-        :meth:`_take_over`): the partitioning is left as it is."""
         self.transaction_size = transaction_size
         """Events applied in one transaction at most while catching up."""
         self.name = name or projection.name
@@ -109,8 +95,8 @@ class Projector(OnConnection):
         are switched to a rebuilt generation, it goes on writing that one, from its
         checkpoint, without a restart (a generation built by another version of the
         projection stops it with :class:`~toolkit.errors.ProjectionVersionError`). A
-        partition worker goes on in it too, as partition workers take over a model one
-        worker kept (the rebuilt one has no partitioning yet)."""
+        slice worker goes on in it too, cutting it into slices (the rebuilt one has one
+        checkpoint per stream)."""
         stop = stop or asyncio.Event()
         while True:
             switched, pause = asyncio.Event(), asyncio.Event()
@@ -140,8 +126,8 @@ class Projector(OnConnection):
             self.store = self._reopen(current)
 
     def _reopen(self, generation: Generation) -> ReadModelStore:
-        """The store of the generation readers moved to (a partition worker's own share)."""
-        return ReadModelStore(generation, self.projection, partition=self.store.partition)
+        """The store of the generation readers moved to (a slice worker opens a sliced one)."""
+        return ReadModelStore(generation, self.projection)
 
     async def _watch(
         self, home: ReadModelHome, switched: asyncio.Event, pause: asyncio.Event
@@ -156,17 +142,22 @@ class Projector(OnConnection):
 
     async def _join(self, stream: str) -> None:
         """The first time, record where the projection joins the stream (its
-        ``starts_at``), so that a restart goes on from there rather than choosing again."""
-        if self.partitions is not None:
-            await self._join_partitioned(stream)
-            return
+        ``starts_at``), so that a restart goes on from there rather than choosing again.
+        A model cut into slices is refused: its slices' checkpoints are where it is."""
         epochs = self.store.epochs(stream)
-        if epochs:
+        if len(epochs) == 1:
+            name, count = self.projection.name, epochs[0][1]
             raise ConfigurationError(
-                f"projection {self.projection.name} is kept by {epochs[-1][1]} partition "
-                f"workers from {stream} sequence {epochs[-1][0]} on: run them (--partition K "
-                f"--partitions {epochs[-1][1]}); to go back to one worker, run --partition 0 "
-                "--partitions 1"
+                f"the read model of projection {name} is cut into {count} slices on "
+                f"{stream} (by slice workers or by the old partition workers): run "
+                f"'toolkit project {name}' workers if the projection declares slices = "
+                f"{count}, else rebuild it with 'toolkit replay {name}'"
+            )
+        if epochs:
+            name, cuts = self.projection.name, ", then ".join(str(c) for _, c in epochs)
+            raise ConfigurationError(
+                f"the read model of projection {name} is cut into {cuts} parts on {stream} "
+                f"by the old partition workers: rebuild it with 'toolkit replay {name}'"
             )
         if self.store.joined(stream):
             return
@@ -183,111 +174,11 @@ class Projector(OnConnection):
             return await self._sequence_at(stream, start) - 1
         return max(0, int(start) - 1)
 
-    async def _join_partitioned(self, stream: str) -> None:
-        """Record the partitioning this worker runs with (a new one starts after the
-        stream's head) and, the first time, start where this partition first exists."""
-        assert self.partitions is not None and self.store.partition is not None
-        if self.takes_over:
-            epochs = self.store.epochs(stream)
-        else:
-            epochs = self.store.repartition(stream, self.partitions, await self.head(stream))
-        if self.store.joined(stream):
-            return
-        self.store.join(stream, partitioning.first_sequence(epochs, self.store.partition) - 1)
-
     async def _store_apply(
         self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
     ) -> BatchResult | None:
-        """Apply a batch, as a partition worker when partitioned: only the aggregates
-        this partition owns, and never past a repartitioning until every worker of the
-        previous partitioning has reached it (so each aggregate's order holds)."""
-        if self.partitions is None:
-            return apply_batch(self.store, translator, batch)
-        stream = translator.stream
-        assert self.store.partition is not None
-        total = BatchResult()
-        while True:
-            epochs = self.store.epochs(stream)
-            checkpoint = self.store.checkpoint(stream)
-            todo = [m for m in batch if m.sequence > checkpoint]
-            if not todo:
-                return total
-            barrier = partitioning.barrier(epochs, checkpoint)
-            if barrier is not None:
-                start = barrier.start
-                ready = True
-                for i in range(barrier.previous):
-                    # A worker below the boundary has reached it when no message is left
-                    # before it: the last ones may have been deleted (the stream lost its
-                    # tail), and no reader delivers a deleted sequence.
-                    reached = self.store.partition_checkpoint(stream, i) or 0
-                    if reached < start - 1 and await holds_between(
-                        self.js, stream, reached + 1, start - 1
-                    ):
-                        ready = False
-                        break
-                if not ready and await self._take_over(translator, barrier, stop):
-                    continue  # a share was finished: look again
-                if not ready:
-                    todo = [m for m in todo if m.sequence < start]
-                    if not todo:
-                        await backoff.pause(stop, 0.05)  # the others are still before the boundary
-                        if stop.is_set():
-                            return None
-                        continue
-            owns = partitioning.ownership(epochs, self.store.partition)
-            result = apply_batch(self.store, translator, todo, owns=owns, epochs=len(epochs))
-            if not result.retry:
-                total.count(result)
-
-    async def _take_over(
-        self,
-        translator: Translator,
-        barrier: partitioning.Barrier,
-        stop: asyncio.Event,
-    ) -> bool:
-        """Finish, up to a repartitioning, the shares of workers that have no place in
-        the partitioning after it (going back to fewer workers, such a worker cannot be
-        started again to finish its share): partition K of them is finished by worker
-        K mod N of the new one, under K's own checkpoint, which moves only from where it
-        was (so a worker K brought back anyway is refused rather than doubled). Returns
-        whether anything was finished."""
-        stream = translator.stream
-        start, previous, current = barrier.start, barrier.previous, barrier.current
-        assert self.store.partition is not None
-        finished = False
-        for retired in barrier.retired(self.store.partition):
-            reached = self.store.partition_checkpoint(stream, retired) or 0
-            if reached >= start - 1 or not await holds_between(
-                self.js, stream, reached + 1, start - 1
-            ):
-                continue
-            log.warning(
-                "%s: partition %d of %d has no place in the %d from %s sequence %d on; "
-                "partition %d finishes its share from sequence %d",
-                self.name, retired, previous, current, stream, start, self.store.partition,
-                reached + 1,
-            )  # fmt: skip
-            store = ReadModelStore(self.store.generation, self.projection, partition=retired)
-            try:
-                finisher = Projector(
-                    self.projection,
-                    store,
-                    self.connection,
-                    batch_size=self.batch_size,
-                    transaction_size=self.transaction_size,
-                    name=f"{self.name}-{retired}",
-                    partitions=previous,
-                    stop_at=start - 1,
-                    takes_over=True,
-                )
-                await finisher._follow(translator, stop, until_head=True)
-            except ProjectionBusyError:
-                pass  # its own worker came back and writes it: nothing to take over
-            finally:
-                store.close()
-            finished = not stop.is_set()
-        return finished
+        """Apply a batch (a slice worker applies it for the slices it holds)."""
+        return apply_batch(self.store, translator, batch)
 
     async def _sequence_at(self, stream: str, moment: datetime) -> int:
         """The first sequence stored at or after ``moment`` (head + 1 when none is)."""

@@ -4,10 +4,10 @@ one worker at a time, the slices moving by themselves when workers come and go.
 A projection that declares ``slices`` (:attr:`~toolkit.read.projection.Projection.slices`)
 has its streams cut into that many slices by a key: the message's aggregate, or what
 :meth:`~toolkit.read.projection.Projection.slice_key` takes from the translated fact.
-Slice ``k`` holds the keys whose CRC-32 is ``k`` modulo the count (as partitions do:
-:func:`toolkit.read.partitions.owner`), and keeps its own checkpoint per stream in the
-read model (``<stream>#<k>``: the cut is recorded once, as a partitioning from the
-sequence the model had reached, so a model one worker kept is handed over as it is).
+Slice ``k`` holds the keys whose CRC-32 is ``k`` modulo the count (:func:`slice_of`),
+and keeps its own checkpoint per stream in the read model (``<stream>#<k>``: the cut is
+recorded once, from the sequence the model had reached, so a model one worker kept is
+handed over as it is).
 
 Workers share the slices by lease (:class:`~toolkit.nats.leases.LeaseGroup`). A worker
 reads each stream once, from the lowest checkpoint of the slices it holds, and writes a
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,6 @@ from toolkit.nats.leases import LeaseGroup
 from toolkit.nats.streams import last_sequence
 from toolkit.read.batches import BatchResult, TranslatedBatch, translate_batch
 from toolkit.read.parking import Parking
-from toolkit.read.partitions import owner
 from toolkit.read.projection import Projection
 from toolkit.read.projector import Projector, ProjectorStats
 from toolkit.read.reader import StreamMessage
@@ -43,6 +43,13 @@ from toolkit.readmodels import Generation, tables
 from toolkit.wire.subjects import aggregate_token
 
 log = logging.getLogger(__name__)
+
+
+def slice_of(key: str, slices: int) -> int:
+    """The slice of a key (an aggregate's id token, or what the projection's
+    ``slice_key`` gives): the same in every process and language (CRC-32 of the key,
+    modulo the number of slices)."""
+    return zlib.crc32(key.encode()) % slices
 
 
 class SliceTaken(Exception):
@@ -148,9 +155,10 @@ class SlicedStore(ReadModelStore):
                 tables.repartition(db, stream, self.slices, 0)
                 epochs = tables.epochs(db, stream)
             if len(epochs) != 1 or epochs[0][1] != self.slices:
+                cuts = ", then ".join(str(count) for _, count in epochs)  # (partition workers)
                 raise ConfigurationError(
                     f"the read model {self.generation.name} of projection "
-                    f"{self.projection.name} is cut into {epochs[-1][1]} parts on {stream}, "
+                    f"{self.projection.name} is cut into {cuts} parts on {stream}, "
                     f"not the {self.slices} slices the projection declares: rebuild it "
                     f"with 'toolkit replay {self.projection.name}'"
                 )
@@ -403,7 +411,7 @@ class SliceWorker(Projector):
             key = aggregate_token(message.subject)
             if self._by_fact:
                 key = self._fact_key(translator, message) or key
-            groups.setdefault(owner(key, count), []).append(message)
+            groups.setdefault(slice_of(key, count), []).append(message)
         return groups
 
     def _fact_key(self, translator: Translator, message: StreamMessage) -> str | None:

@@ -1,5 +1,5 @@
 """A projection's read model opened for writing: its tables, its checkpoints, its dead
-letters and its partitioning in one generation (a SQLite file or a PostgreSQL schema,
+letters and its cut into slices in one generation (a SQLite file or a PostgreSQL schema,
 see :mod:`toolkit.readmodels.interface`), changed in one transaction per batch, so the
 model and the position it reflects never disagree.
 
@@ -58,13 +58,9 @@ def __getattr__(name: str) -> object:
 class ReadModelStore:
     """One generation of a projection's read model, opened for writing."""
 
-    def __init__(
-        self, generation: Generation, projection: Projection, *, partition: int | None = None
-    ) -> None:
+    def __init__(self, generation: Generation, projection: Projection) -> None:
         self.generation = generation
         self.projection = projection
-        self.partition = partition
-        """With partitioned workers sharing one read model, this worker's index."""
         self._writing = threading.Lock()  # write() and park() never interleave
         self._failing = True  # until known otherwise: the first success clears the record
         self.db: Connection = backends.connect(generation)
@@ -144,70 +140,44 @@ class ReadModelStore:
                 self.db.execute("ROLLBACK")
             raise
 
-    def _key(self, stream: str) -> str:
-        return tables.checkpoint_key(stream, self.partition)
-
     # -- checkpoints ----------------------------------------------------------------------
 
     def joined(self, stream: str) -> bool:
         """Whether the projection has a position in ``stream`` yet."""
-        return self._key(stream) in self._checkpoints
+        return tables.checkpoint_key(stream) in self._checkpoints
 
     def join(self, stream: str, sequence: int, position: int | None = None) -> None:
         """Record where the projection joins a stream: it goes on from ``sequence + 1``,
         having passed log ``position`` (when known: events the relay carries again
         after a loss, up to it, are not applied)."""
-        key = self._key(stream)
+        key = tables.checkpoint_key(stream)
         with self._writing:
             self._reconnect()
             with self._transaction() as db:
                 tables.join(db, key, sequence, position)
             self._checkpoints[key] = tables.checkpoint(self.db, key) or 0
             passed = tables.position(self.db, key)
-            if passed is not None:  # (a handover from one worker may have set it)
+            if passed is not None:
                 self._positions[key] = passed
 
     def checkpoint(self, stream: str) -> int:
         """The last stream sequence applied (0 when none)."""
-        return self._checkpoints.get(self._key(stream), 0)
+        return self._checkpoints.get(tables.checkpoint_key(stream), 0)
 
     def position(self, stream: str) -> int | None:
         """The log position of the last relayed message passed (None before the first)."""
-        return self._positions.get(self._key(stream))
-
-    # -- partitionings (see toolkit.read.partitions) --------------------------------------
-
-    def partition_checkpoint(self, stream: str, partition: int) -> int | None:
-        """Another partition's checkpoint, as it is in the database now."""
-        self._reconnect()
-        return tables.checkpoint(self.db, tables.checkpoint_key(stream, partition))
+        return self._positions.get(tables.checkpoint_key(stream))
 
     def epochs(self, stream: str) -> list[tuple[int, int]]:
-        """(first sequence, partitions) of each partitioning of ``stream``, oldest first."""
+        """How ``stream`` is cut: (first sequence, slices) of each cut, oldest first; none
+        while one worker keeps the model (see :mod:`toolkit.read.slices`)."""
         self._reconnect()
         return tables.epochs(self.db, stream)
 
-    def repartition(self, stream: str, partitions: int, head: int) -> list[tuple[int, int]]:
-        """Make ``partitions`` the partitioning of ``stream`` from ``head + 1`` on, unless
-        it already is; the workers of the previous partitioning finish everything up to
-        ``head`` first (see :class:`~toolkit.read.projector.Projector`).
-
-        The first partitioning of a model that one worker kept so far starts right after
-        that worker's checkpoint, which it hands over: partition workers and a worker of
-        the whole never run together (the home's writer lock), so nothing is applied
-        twice or skipped."""
-        with self._writing:
-            self._reconnect()
-        with self._writing, self._transaction("exclusive") as db:
-            tables.repartition(db, stream, partitions, head)
-            return tables.epochs(db, stream)
-
     # -- batches --------------------------------------------------------------------------
 
-    def write(self, batch: TranslatedBatch, *, epochs: int | None = None) -> BatchResult:
-        """Write a translated batch and advance the checkpoint, all in one transaction
-        (nothing, and ``retry`` set, when the stream has had another partitioning than
-        the ``epochs`` its ownership was decided with).
+    def write(self, batch: TranslatedBatch) -> BatchResult:
+        """Write a translated batch and advance the checkpoint, all in one transaction.
 
         The projection gets all of the batch's facts in one
         :meth:`~toolkit.read.projection.Projection.apply_batch` call. When that fails,
@@ -223,11 +193,9 @@ class ReadModelStore:
                 )
             if checkpoint == batch.since:
                 return result
-            key = self._key(stream)
+            key = tables.checkpoint_key(stream)
             try:
-                with self._transaction(None if epochs is None else "shared") as db:
-                    if epochs is not None and len(tables.epochs(db, stream)) != epochs:
-                        raise _Repartitioned  # since ownership was decided
+                with self._transaction() as db:
                     for message, reason in batch.dead:
                         self._dead_letter(message, reason)
                     for token, sequence in batch.parked.items():
@@ -237,8 +205,6 @@ class ReadModelStore:
                     self._advance(key, checkpoint)
                     if batch.position is not None and batch.position != self._positions.get(key):
                         tables.pass_position(db, key, batch.position)
-            except _Repartitioned:
-                return BatchResult(retry=True)
             except ProjectionBusyError:
                 raise
             except Exception as exc:
@@ -363,7 +329,3 @@ class ReadModelStore:
                 gone = tables.remove_dead_letter(db, stream, sequence)
             self.parking.release(stream, sequence)
         return bool(gone)
-
-
-class _Repartitioned(Exception):
-    """Another partitioning was recorded while a batch was being applied."""

@@ -51,9 +51,9 @@ class Dialect(StrEnum):
 
     def generation_lock(self, *, shared: bool, schema: str = "current_schema()") -> str | None:
         """What a writing transaction runs after :attr:`begin` to lock the generation it
-        writes against other writers (``shared``: a partition worker's batch; else
-        creating tables or repartitioning), where ``begin`` alone does not (None). The
-        generation is the schema named by the SQL expression ``schema``."""
+        writes against other writers (``shared``: writers that may run together; else
+        creating tables or cutting a stream into slices), where ``begin`` alone does not
+        (None). The generation is the schema named by the SQL expression ``schema``."""
         if self is Dialect.SQLITE:
             return None
         function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
@@ -166,9 +166,9 @@ class ReadModelHome(ABC):
         """Delete a generation (readers still on it finish first, or retry)."""
 
     @abstractmethod
-    def writer_lock(self, partition: int | str | None = None) -> AbstractContextManager[None]:
-        """Held by whoever writes the projection (or one partition of it, or a replay:
-        ``"replay"``); a second one is refused with
+    def writer_lock(self, holder: str | None = None) -> AbstractContextManager[None]:
+        """Held by whoever writes the projection (or a replay: ``"replay"``); a second
+        one is refused with
         :class:`~toolkit.errors.ProjectionBusyError`. The workers of a sliced projection
         (:data:`SLICE_WORKERS`) hold it shared, any number at once: what needs the
         projection stopped (a worker of the whole, a rewind, a dead letter retry) is

@@ -2,12 +2,12 @@
 :mod:`toolkit.readmodels.interface`), chosen with ``TOOLKIT_READ_MODEL_URL=postgresql://...``.
 
 Generation n of projection ``shipping`` is the schema ``shipping_g00000n``, holding the
-projection's tables and the toolkit's (checkpoints, dead letters, partitionings); a
+projection's tables and the toolkit's (checkpoints, dead letters, cuts into slices); a
 connection to it has that schema alone on its search path, so the projection's SQL names
 its tables unqualified. The table ``toolkit.read_model`` has a row a projection naming
 the generation readers use (``current``) and the one an unfinished replay is building
 (``building``): switching readers is one statement. Writers are kept apart by session
-advisory locks, keyed by projection (and partition, or ``replay``).
+advisory locks, keyed by projection (or ``replay``; slice workers share the projection's).
 """
 
 from __future__ import annotations
@@ -230,18 +230,15 @@ class PostgresHome(ReadModelHome):
             )
 
     @contextlib.contextmanager
-    def writer_lock(self, partition: int | str | None = None) -> Iterator[None]:
+    def writer_lock(self, holder: str | None = None) -> Iterator[None]:
         """A session advisory lock, held by a connection of its own for as long as the
-        block runs; a second one is refused."""
-        label = self.name if partition is None else f"{self.name}.{partition}"
+        block runs; a second one is refused. Slice workers hold the projection's lock
+        shared, so that they and a worker of the whole never run together."""
+        shared = holder == SLICE_WORKERS
+        label = self.name if holder is None or shared else f"{self.name}.{holder}"
         db = _connect(self.url)
         try:
-            # Partition workers also share the projection's own lock, so that they and a
-            # worker of the whole never run together.
-            if isinstance(partition, int) or partition == SLICE_WORKERS:
-                self._try_lock(db, self.name, shared=True)
-            if partition != SLICE_WORKERS:  # (slice workers: only the shared lock)
-                self._try_lock(db, label)
+            self._try_lock(db, label, shared=shared)
             yield
         finally:
             db.close()  # which releases the locks

@@ -5,8 +5,8 @@ Generations are ``g000001.sqlite``, ``g000002.sqlite``, ...; ``CURRENT`` names t
 readers use and ``BUILDING`` the one an unfinished replay writes. Both markers are
 written to a temporary file, synced and renamed over the old one, so a process killed at
 any point leaves the old name or the new, never a part of one; switching readers is that
-rename of ``CURRENT``. Lock files keep writers apart: one live projector (or one per
-partition) and one replay at a time.
+rename of ``CURRENT``. Lock files keep writers apart: one live projector (or any number
+of slice workers, sharing the lock) and one replay at a time.
 """
 
 from __future__ import annotations
@@ -165,17 +165,13 @@ class SQLiteHome(ReadModelHome):
                 os.unlink(self.path / f"{generation.name}{suffix}")
 
     @contextlib.contextmanager
-    def writer_lock(self, partition: int | str | None = None) -> Iterator[None]:
-        """Held by whoever writes the projection (or one partition of it, or a replay:
-        ``"replay"``); a second one is refused. Partition workers also share the
-        projection's own lock, so that they and a worker of the whole never run together
-        (see :meth:`~toolkit.read.store.ReadModelStore.repartition`)."""
-        with contextlib.ExitStack() as held:
-            if isinstance(partition, int) or partition == SLICE_WORKERS:
-                held.enter_context(self._flock("lock", shared=True))
-            if partition != SLICE_WORKERS:  # (slice workers: only the shared lock)
-                name = "lock" if partition is None else f"lock.{partition}"
-                held.enter_context(self._flock(name))
+    def writer_lock(self, holder: str | None = None) -> Iterator[None]:
+        """Held by whoever writes the projection (or a replay: ``"replay"``); a second
+        one is refused. Slice workers (:data:`SLICE_WORKERS`) hold the projection's lock
+        shared, so that they and a worker of the whole never run together."""
+        shared = holder == SLICE_WORKERS
+        name = "lock" if holder is None or shared else f"lock.{holder}"
+        with self._flock(name, shared=shared):
             yield
 
     @contextlib.contextmanager

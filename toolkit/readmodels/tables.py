@@ -10,10 +10,11 @@ Every generation holds, beside the projection's tables:
   recorded (keys and values are text);
 - ``toolkit_dead_letter``: messages the projection could not apply, with the reason;
 - ``toolkit_parked``: aggregates whose later messages wait behind a dead letter;
-- ``toolkit_epoch``: each partitioning of a stream among partition workers.
+- ``toolkit_epoch``: the cut of a stream into slices (see :mod:`toolkit.read.slices`;
+  the old partition workers recorded theirs here too, one row a partitioning).
 
-A checkpoint key is the stream's name, with ``#<index>`` for a partition worker's (stream
-names cannot hold ``#``): :func:`checkpoint_key` builds it and :func:`stream_of` parses
+A checkpoint key is the stream's name, with ``#<index>`` for a slice's (stream names
+cannot hold ``#``): :func:`checkpoint_key` builds it and :func:`stream_of` parses
 it. Writers (the store) call these functions inside their own transaction; readers
 (status, HTTP caching, the CLI, replay) call them on any connection, read-only too.
 """
@@ -80,10 +81,10 @@ class DeadLetter(NamedTuple):
     reason: str
 
 
-def checkpoint_key(stream: str, partition: int | None = None) -> str:
+def checkpoint_key(stream: str, index: int | None = None) -> str:
     """Where a checkpoint (and its log position) is kept: the stream's name, with
-    ``#<index>`` for a partition."""
-    return stream if partition is None else f"{stream}#{partition}"
+    ``#<index>`` for a slice."""
+    return stream if index is None else f"{stream}#{index}"
 
 
 def stream_of(key: str) -> str:
@@ -185,8 +186,8 @@ def checkpoint(db: Connection, key: str) -> int | None:
 
 
 def checkpoint_of(db: Connection, stream: str) -> int:
-    """The sequence up to which ``stream`` is applied: the lowest of its partitions'
-    when partitioned, 0 before the projection has joined it."""
+    """The sequence up to which ``stream`` is applied: the lowest of its slices' when
+    sliced, 0 before the projection has joined it."""
     sequences = [sequence for key, sequence in checkpoints(db) if stream_of(key) == stream]
     return min(sequences, default=0)
 
@@ -242,11 +243,12 @@ def pass_position(db: Connection, key: str, position: int) -> None:
     )
 
 
-# -- partitionings ----------------------------------------------------------------------
+# -- cuts into slices -------------------------------------------------------------------
 
 
 def epochs(db: Connection, stream: str) -> list[tuple[int, int]]:
-    """(first sequence, partitions) of each partitioning of ``stream``, oldest first."""
+    """(first sequence, slices) of each cut of ``stream``, oldest first: a sliced model
+    has one (a model the old partition workers kept may have several)."""
     return [
         (int(start), int(count))
         for start, count in _execute(
@@ -259,7 +261,7 @@ def epochs(db: Connection, stream: str) -> list[tuple[int, int]]:
 
 
 def repartition(db: Connection, stream: str, partitions: int, head: int) -> None:
-    """Record ``partitions`` as the partitioning of ``stream`` from ``head + 1`` on (or,
+    """Record a cut of ``stream`` into ``partitions`` slices from ``head + 1`` on (or,
     for the first, right after the one worker's checkpoint, which it hands over), unless
     it already is; inside the caller's transaction."""
     recorded = epochs(db, stream)
@@ -270,8 +272,8 @@ def repartition(db: Connection, stream: str, partitions: int, head: int) -> None
     else:
         start = (checkpoint(db, checkpoint_key(stream)) or 0) + 1
     _execute(db, "INSERT INTO toolkit_epoch VALUES (?, ?, ?)", (stream, start, partitions))
-    # A partition that has no log position yet starts from the highest one a worker had
-    # reached by the new partitioning's start (none is past it yet, or its checkpoint
+    # A slice that has no log position yet starts from the highest one a worker had
+    # reached by the cut's start (none is past it yet, or its checkpoint
     # says so): events the relay carries again after a loss, up to it, were applied,
     # whoever owned them.
     for index in range(partitions):
