@@ -64,7 +64,7 @@ def token_for(context: BoundedContext[Any], recordings: Sequence[Any]) -> Consis
 
 
 def passed(db: Connection, stream: str) -> int | None:
-    """The log position of ``stream`` the read model has passed (every partition has),
+    """The log position of ``stream`` the read model has passed (every slice has),
     None when it does not say (nothing relayed passed yet, or a model older than that)."""
     keys = [key for key, _ in tables.checkpoints(db) if tables.stream_of(key) == stream]
     positions = tables.positions(db)
@@ -115,7 +115,7 @@ class Consistency:
     """Waits until a projection has applied a token's position.
 
     ``checkpoint()`` reads the projection's checkpoint for a stream (the lowest of its
-    partitions'); the log position at a sequence is read from the stream once and kept.
+    slices'); the log position at a sequence is read from the stream once and kept.
     """
 
     js: JetStreamContext
