@@ -42,6 +42,7 @@ from benchmarks import (
     read_path,
     relay,
     replay,
+    slices,
     startup,
     write_path,
 )
@@ -83,6 +84,10 @@ class Sizes:
     policy_events: int
     chain_rates: list[int]
     chain_seconds: float
+    slices_orders: int
+    slices_kills: int
+    slices_ttls: list[float]
+    """Lease TTLs the SIGKILLs are timed at (the default, 6 s, first: its target)."""
 
 
 _SIZES: dict[str, tuple[Any, Any, Any]] = {
@@ -106,6 +111,9 @@ _SIZES: dict[str, tuple[Any, Any, Any]] = {
     "policy_events": (100_000, 20_000, 300),
     "chain_rates": ([50, 100, 200], [50, 100, 200], [100]),
     "chain_seconds": (10.0, 3.0, 0.3),
+    "slices_orders": (100_000, 5000, 300),
+    "slices_kills": (5, 3, 1),
+    "slices_ttls": ([6.0, 2.0], [6.0], [6.0]),
 }
 STARTUP_GOAL = 5.0
 """``toolkit --help`` answers within this many times the bare interpreter's start."""
@@ -649,6 +657,74 @@ def chain_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
     return section
 
 
+def slices_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
+    head, catching = asyncio.run(slices.measure_catchup(sizes.slices_orders, folder / "catchup"))
+    killed = [
+        asyncio.run(
+            slices.measure_kills(
+                min(sizes.slices_orders, 1000), sizes.slices_kills, ttl, folder / f"kills-{ttl:g}"
+            )
+        )
+        for ttl in sizes.slices_ttls
+    ]
+    section = Section(
+        "slices",
+        "Slices: workers sharing a projection, and a worker's SIGKILL",
+        intro=(
+            "Billing's projection (64 slices by aggregate) catching up from sequence 1 on "
+            "sales' stream into a fresh PostgreSQL database, as 1, 2 and 4 `toolkit project "
+            "billing` processes sharing its slices by lease, started together and timed "
+            "from the first one's start until every slice's checkpoint is at the head; the "
+            "baseline is `toolkit replay billing`, one plain projector of the same model. "
+            "Each model is compared row by row with the baseline's. Then three workers "
+            "follow the stream while orders flow (100 a second), and one is SIGKILLed "
+            "again and again (a new one started after each, as a supervisor would): timed "
+            "from the kill until its slices are held by the others (the `toolkit_leases` "
+            "bucket) and until each has a checkpoint past the stream's head at the kill; "
+            "at the end the model is compared with a clean build."
+        ),
+        tables=[
+            slices.catchup_report(sizes.slices_orders, head, catching),
+            slices.kills_report(killed),
+        ],
+    )
+    section.plots.append(
+        bar_chart(
+            out / "slices.png",
+            section.title,
+            "events/s",
+            {r.name: head / r.seconds for r in catching},
+            slices.BASELINE,
+        )
+    )
+    default = next((k for k in killed if k.ttl == slices.DEFAULT_TTL), None)
+    if default is not None and default.kills:
+        worst = max(k.moved for k in default.kills)
+        taken = max(k.held for k in default.kills)
+        section.targets.append(
+            Target(
+                "SIGKILL to the worker's slices moving again (max, default lease TTL)",
+                worst,
+                slices.KILL_GOAL,
+                at_least=False,
+                unit=" s",
+                why=(
+                    f"the slices were held by the others after at most {taken:.1f} s (a "
+                    "lease expires 6 s after its last renewal, and the others take it at "
+                    "their next round, every 2 s); the rest is the new holder reading the "
+                    "stream again from the slices' checkpoints."
+                ),
+            )
+        )
+    for result in killed:
+        if not result.equal:
+            section.notes.append(
+                f"At a lease TTL of {result.ttl:g} s the model DIFFERS from a clean build."
+            )
+    section.notes.append(slices.scaling_text(catching, head))
+    return section
+
+
 def _optional(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
@@ -671,6 +747,7 @@ WORKLOADS: dict[str, Workload] = {
     "startup": startup_workload,
     "policies": policies_workload,
     "chain": chain_workload,
+    "slices": slices_workload,
 }
 
 

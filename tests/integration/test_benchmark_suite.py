@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from benchmarks import catchup, chain, http, log_backends, read_path, relay, suite
+from benchmarks import catchup, chain, http, log_backends, read_path, relay, slices, suite
 from benchmarks.reporting import markdown_table
 
 PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path", "startup", "chain"}
+PLOTS |= {"slices"}
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)  # (slices: one SIGKILL at the default lease TTL, some 40 s)
 def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: Path) -> None:
     out = tmp_path / "results"
     console = Console(file=io.StringIO(), width=130)
@@ -45,8 +46,9 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         "HTTP reads",
         "toolkit --help / the bare interpreter's start",
         "policy at 300",
+        "SIGKILL to the worker's slices moving again (max, default lease TTL)",
     }
-    assert len(run.targets) == 8
+    assert len(run.targets) == 9
     for target in run.targets:
         assert target.measured > 0 and target.verdict() in report
         assert target.met or target.why in report  # a miss says why, with its figures
@@ -74,6 +76,10 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         assert contender in tables["chain"][0]
     assert "unfinished" not in tables["chain"][0]
     assert rows["log_backends"] == [len(log_backends.MEASURES)] * 2
+    assert rows["slices"] == [4, 1]  # the baseline and 1, 2, 4 workers; one TTL
+    assert slices.BASELINE in tables["slices"][0] and "| 4 x toolkit project" in tables["slices"][0]
+    for table in tables["slices"]:  # every model equal to the baseline's or a clean build
+        assert "| NO" not in table and "| yes" in table
     for backend in ("JetStream", "SQLite", *(["PostgreSQL"] if os.environ.get("CI") else [])):
         assert backend in tables["log_backends"][0]
 
