@@ -61,7 +61,9 @@ def parser() -> argparse.ArgumentParser:
         "stream, in log order, exactly once. Runs until stopped (Ctrl-C or SIGTERM). Refused "
         "while another relay of the context runs ('toolkit relay', or 'toolkit serve' "
         "running it); the error names it. With --standby it waits instead, and takes over "
-        "when that one stops or dies: run any number of standbys.",
+        "when that one stops or dies: run any number of standbys (on other hosts too, for "
+        "a PostgreSQL or JetStream log; a JetStream log's holder is known by its lease on "
+        "NATS, which a killed one keeps for TOOLKIT_LEASE_TTL, 6 s).",
     )
     relay.add_argument("context", help="context name, e.g. sales")
     relay.add_argument("--once", action="store_true", help="stop when the log head is relayed")
@@ -78,7 +80,12 @@ def parser() -> argparse.ArgumentParser:
         help="keep a projection's read model up to date",
         description="Apply the streams a projection reads to its read model, from its "
         "checkpoint on. Runs until stopped (Ctrl-C or SIGTERM). A projection that "
-        "declares slices runs as one of any number of workers sharing its slices.",
+        "declares slices (billing: 64) runs as one of any number of workers, on any hosts "
+        "that reach its read model: they share the slices by lease on NATS, each slice "
+        "applied in order by one worker at a time; a worker stopped hands its slices on at "
+        "once, one killed or cut off loses them when its leases expire "
+        "(TOOLKIT_LEASE_TTL, 6 s: they move within about 8 s). A projection without "
+        "slices has one worker: a second is refused, naming the first.",
     )
     project.add_argument("projection", help="projection name, e.g. shipping")
     project.add_argument("--once", action="store_true", help="stop at the streams' heads")
