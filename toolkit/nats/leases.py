@@ -22,7 +22,7 @@ A lease is liveness, not safety: a holder cut off from NATS may not know for a m
 that it lost it. It stops counting on a slice ``ttl - ttl / 4`` after its last renewal
 was sent (the server's clock starts later), and whatever it writes is fenced where it
 writes: a slice's checkpoint moves only from where its writer last left it (see
-:meth:`toolkit.read.store.ReadModelStore.write_slices`).
+:meth:`toolkit.read.slices.SlicedStore.write_slices`).
 """
 
 from __future__ import annotations
