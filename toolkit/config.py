@@ -105,7 +105,9 @@ class Settings:
     lease_ttl: float = 6.0
     """Seconds a worker's leases on a projection's slices live unless renewed
     (``TOOLKIT_LEASE_TTL``): a worker SIGKILLed has its slices moved within about 1.33
-    times this (see :mod:`toolkit.nats.leases`)."""
+    times this (see :mod:`toolkit.nats.leases`). Also how long a webhook dispatcher's claim
+    on a delivery lives unless renewed (:mod:`toolkit.webhooks.dispatcher`): the attempts of
+    one that died are made by another after this."""
     consistency_wait: float = 2.0
     """Longest wait of a read for a consistency token, in seconds."""
     webhook_allow: tuple[str, ...] = ()

@@ -61,11 +61,15 @@ class Call:
 
 @dataclass
 class Receiver:
-    """A webhook receiver that answers ``status`` to its first ``failures`` requests."""
+    """A webhook receiver that answers ``status`` to its first ``failures`` requests.
+    With a ``gate``, each request is recorded when it arrives and answered once the gate
+    is open (``held`` of them wait meanwhile)."""
 
     failures: int = 0
     status: int = 500
     calls: list[Call] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    held: int = 0
 
     @property
     def accepted(self) -> list[Call]:
@@ -77,6 +81,12 @@ class Receiver:
             status = self.status if failing else 204
             body = await request.body()
             self.calls.append(Call(request.url.path, dict(request.headers), body, status))
+            if self.gate is not None:
+                self.held += 1
+                try:
+                    await self.gate.wait()
+                finally:
+                    self.held -= 1
             return Response(b"down for maintenance" if failing else None, status_code=status)
 
         return Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
@@ -425,14 +435,18 @@ def test_signatures_follow_standard_webhooks() -> None:
     assert not verify(secret, {k: v for k, v in headers.items() if k != "webhook-id"}, body)
 
 
-async def test_the_dispatcher_runs_from_the_cli_once_per_data_folder(
+@pytest.mark.timeout(90)
+async def test_two_dispatchers_run_side_by_side_on_one_data_folder(
     nats_server: EmbeddedServer, nc: Client, sales: Sales, data_dir: Path
 ) -> None:
-    hooks = Receiver()
+    """Several dispatchers of a context share its store and its queue: both take work
+    (each holds a delivery at the receiver at once), each event is delivered once."""
+    hooks = Receiver(gate=asyncio.Event())
     async with serving(hooks.app()) as receiver:
         with WebhookStore.of(data_dir, "sales") as store:
             store.subscribe("sales.OrderPlaced", f"{receiver}/placed", new_secret(), after=0)
-        place_orders(sales, 3, cancel_every=6)
+            store.subscribe("sales.OrderPlaced", f"{receiver}/also", new_secret(), after=0)
+        place_orders(sales, 12, cancel_every=6)
         await relay_all(sales, nc)
         command = [
             sys.executable, "-m", "toolkit", "--nats-url", nats_server.url,
@@ -441,24 +455,31 @@ async def test_the_dispatcher_runs_from_the_cli_once_per_data_folder(
         env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
         env["TOOLKIT_WEBHOOK_ALLOW"] = ",".join(ALLOW)
         pipe = asyncio.subprocess.PIPE
-        dispatcher = await asyncio.create_subprocess_exec(*command, stderr=pipe, env=env)
+        dispatchers = [
+            await asyncio.create_subprocess_exec(*command, stderr=pipe, env=env) for _ in range(2)
+        ]
         try:
-            await wait_for(lambda: len(hooks.accepted) == 3, within=60)
-            second = await asyncio.create_subprocess_exec(*command, stderr=pipe, env=env)
-            _, refused = await asyncio.wait_for(second.communicate(), 60)
-            assert second.returncode == 1
-            assert (
-                refused.decode()
-                .strip()
-                .endswith(
-                    f"toolkit: error: a webhook dispatcher for sales already runs on {data_dir}"
-                )
-            )
+            # 24 deliveries, at most 16 at once per dispatcher: both hold some
+            await wait_for(lambda: hooks.held == 24, within=60)
+            assert all(d.returncode is None for d in dispatchers)
+            hooks.gate.set()  # type: ignore[union-attr]
+            with WebhookStore.of(data_dir, "sales") as store:
+                await wait_for(lambda: store.counts()["delivered"] == 24, within=30)
         finally:
-            dispatcher.send_signal(signal.SIGTERM)
-            _, stderr = await asyncio.wait_for(dispatcher.communicate(), 60)
-    assert dispatcher.returncode == 0, stderr
-    assert "webhooks sales: 3 delivered, 0 retried, 0 parked" in stderr.decode()
+            for dispatcher in dispatchers:
+                if dispatcher.returncode is None:
+                    dispatcher.send_signal(signal.SIGTERM)
+            ended = [await asyncio.wait_for(d.communicate(), 60) for d in dispatchers]
+    summaries = []
+    for dispatcher, (_, stderr) in zip(dispatchers, ended, strict=True):
+        assert dispatcher.returncode == 0, stderr
+        (summary,) = [line for line in stderr.decode().splitlines() if " delivered, " in line]
+        summaries.append(int(summary.split()[2]))
+    assert sum(summaries) == 24 and min(summaries) > 0, summaries
+    received = Counter((c.path, c.headers["webhook-id"]) for c in hooks.calls)
+    assert len(received) == 24 and set(received.values()) == {1}  # each once
+    with WebhookStore.of(data_dir, "sales") as store:
+        assert store.counts() == {"pending": 0, "delivered": 24, "parked": 0}
 
 
 def test_the_example_systems_api_documents_webhooks_and_the_feed(data_dir: Path) -> None:

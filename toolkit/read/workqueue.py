@@ -8,16 +8,25 @@ context and shared by its workers: a job a worker does not acknowledge in time, 
 it died or is stuck, goes to another; a job that keeps failing is given up after
 ``max_deliver`` tries and logged. Jobs should be idempotent (a redelivered job must not
 be done twice): the example in ``projections/notifications`` keys its outbox by order.
+
+Any number of workers, in any number of processes, share one queue. A worker fetches a
+few jobs at once and does them one after the other; those waiting their turn are kept
+(an in-progress acknowledgement every third of ``ack_wait``), so a batch that takes
+longer than ``ack_wait`` is not handed to another worker meanwhile: only the jobs of a
+worker that died, or of one whose job runs past ``ack_wait``, go to another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -103,38 +112,63 @@ class WorkQueue:
                     jobs = await sub.fetch(batch, timeout=0.25)
                 except TimeoutError:  # nats-py raises its own and, at times, asyncio's
                     continue
-                for job in jobs:
-                    meta = job.metadata
-                    message = StreamMessage(
-                        self.stream, meta.sequence.stream, job.subject, job.headers or {}, job.data
-                    )
-                    if self.relayed_only and (why := self._not_relayed(message)):
-                        await job.term()
-                        stats.untrusted += 1
-                        log.warning(
-                            "queue %s skipped %s sequence %d, not published by its relay: %s",
-                            self.name, self.stream, message.sequence, why,
-                        )  # fmt: skip
-                        continue
-                    try:
-                        await do(message)
-                    except Exception as exc:
-                        if meta.num_delivered >= self.max_deliver:
-                            await job.term()
-                            stats.given_up += 1
-                            log.error(
-                                "queue %s gave up %s sequence %d after %d tries: %s",
-                                self.name, self.stream, message.sequence, meta.num_delivered, exc,
-                            )  # fmt: skip
-                        else:
-                            await job.nak(delay=self.retry_delay)
-                            stats.retried += 1
-                    else:
-                        await job.ack()
-                        stats.done += 1
+                waiting = list(jobs)
+                keeper = asyncio.create_task(self._keep(waiting))
+                try:
+                    await self._do_batch(jobs, waiting, do, stats)
+                finally:
+                    keeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await keeper
         finally:
             await sub.unsubscribe()
         return stats
+
+    async def _keep(self, waiting: list[Msg]) -> None:
+        """Tell the server the fetched jobs not yet begun are still this worker's."""
+        while waiting:
+            await asyncio.sleep(self.ack_wait / 3)
+            for job in list(waiting):
+                with contextlib.suppress(nats.errors.Error):  # then it is redelivered
+                    await job.in_progress()
+
+    async def _do_batch(
+        self,
+        jobs: list[Msg],
+        waiting: list[Msg],
+        do: Callable[[StreamMessage], Awaitable[None]],
+        stats: WorkStats,
+    ) -> None:
+        for job in jobs:
+            waiting.remove(job)  # (its own ack_wait runs from its last keep: a stuck job moves)
+            meta = job.metadata
+            message = StreamMessage(
+                self.stream, meta.sequence.stream, job.subject, job.headers or {}, job.data
+            )
+            if self.relayed_only and (why := self._not_relayed(message)):
+                await job.term()
+                stats.untrusted += 1
+                log.warning(
+                    "queue %s skipped %s sequence %d, not published by its relay: %s",
+                    self.name, self.stream, message.sequence, why,
+                )  # fmt: skip
+                continue
+            try:
+                await do(message)
+            except Exception as exc:
+                if meta.num_delivered >= self.max_deliver:
+                    await job.term()
+                    stats.given_up += 1
+                    log.error(
+                        "queue %s gave up %s sequence %d after %d tries: %s",
+                        self.name, self.stream, message.sequence, meta.num_delivered, exc,
+                    )  # fmt: skip
+                else:
+                    await job.nak(delay=self.retry_delay)
+                    stats.retried += 1
+            else:
+                await job.ack()
+                stats.done += 1
 
     def _not_relayed(self, message: StreamMessage) -> str | None:
         """Why the stream's relay did not publish ``message`` (None: it did)."""

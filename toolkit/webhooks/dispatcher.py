@@ -15,6 +15,16 @@ doubles from ``backoff`` up to ``max_backoff``, with a little jitter, or after
 ``Retry-After`` when the receiver says; after ``max_attempts`` the delivery is parked as a
 dead letter. One failing subscriber delays nobody else.
 
+Any number of dispatchers of a context may run on one data folder, on its host (the store
+is a SQLite file; across hosts it would have to live in a shared database, such as
+PostgreSQL, which the webhooks do not support yet). They compete on the ``webhooks``
+consumer (an event one of them fanned out but did not acknowledge, because it died, is
+fanned out again by another after the consumer's ``ack_wait``: nothing is recorded twice)
+and claim deliveries from the store for ``lease`` seconds, renewed while the attempt runs:
+the deliveries a dead dispatcher claimed are attempted by another once their claims lapse.
+Only those can reach a receiver twice (the dead one's attempt may have got there), with
+the same ``webhook-id``.
+
 No FastAPI here: the CLI command imports this module alone.
 """
 
@@ -23,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +46,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from toolkit import locks, wire
+from toolkit import wire
 from toolkit.backoff import delay_after, pause
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError
@@ -79,7 +90,8 @@ class DispatchStats:
 
 
 class Dispatcher:
-    """Delivers a context's events to its webhook subscribers (one per data folder)."""
+    """Delivers a context's events to its webhook subscribers, beside any others of the
+    context on the same data folder."""
 
     def __init__(
         self,
@@ -93,11 +105,14 @@ class Dispatcher:
         timeout: float = 10.0,
         concurrency: int = 16,
         poll: float = 1.0,
+        lease: float = 6.0,
         allowed: Allowed | Iterable[str] = (),
         keys: WebhookKeys | Sequence[str] | None = None,
     ) -> None:
-        if max_attempts < 1 or backoff <= 0 or concurrency < 1:
-            raise ConfigurationError("max_attempts and concurrency must be 1 or more, backoff > 0")
+        if max_attempts < 1 or backoff <= 0 or concurrency < 1 or lease <= 0:
+            raise ConfigurationError(
+                "max_attempts and concurrency must be 1 or more, backoff and lease > 0"
+            )
         self.connection = Connection.of(client)
         """The queue's: a client the server closed is replaced."""
         self.context = context
@@ -109,7 +124,11 @@ class Dispatcher:
         self.concurrency = concurrency
         self.poll = poll
         """How often due deliveries are looked for when nothing wakes the dispatcher
-        (a dead letter retried through the API is noticed within this)."""
+        (a dead letter retried through the API, or an event another dispatcher fanned
+        out, is noticed within this)."""
+        self.lease = lease
+        """Seconds a claimed delivery is this dispatcher's (renewed every third of it while
+        its attempt runs): how long the deliveries of a dispatcher that died wait."""
         self.allowed = allowed if isinstance(allowed, Allowed) else Allowed.of(allowed)
         """Hosts and networks the operator opened beyond global addresses."""
         self.keys = WebhookKeys.of(keys)
@@ -119,24 +138,45 @@ class Dispatcher:
             self.connection, context, QUEUE, ack_wait=30.0, max_deliver=10, relayed_only=False
         )
         self._wake = asyncio.Event()
+        self._claims: dict[tuple[str, str], Due] = {}
+        """The deliveries this dispatcher is attempting, as last claimed or renewed."""
 
     async def run(self, stop: asyncio.Event) -> DispatchStats:
         """Fan events out and deliver them until ``stop`` is set; attempts under way are
-        finished (each within ``timeout``) before it returns."""
-        lock_path = self.data_dir / "webhooks" / f"{self.context}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        refused = ConfigurationError(
-            f"a webhook dispatcher for {self.context} already runs on {self.data_dir}"
-        )
-        with (
-            locks.file_lock(lock_path, refused=lambda held: refused),
-            WebhookStore.of(self.data_dir, self.context, self.keys) as store,
-        ):
+        finished (each within ``timeout``) before it returns. No lock: others may run."""
+        with WebhookStore.of(self.data_dir, self.context, self.keys) as store:
+            done = asyncio.Event()  # the claims are renewed until the last attempt ends
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._follow(store, stop))
-                tasks.create_task(self._deliver(store, stop))
+                tasks.create_task(self._deliver(store, stop, done))
+                tasks.create_task(self._renew(store, done))
                 tasks.create_task(self._wake_on(stop))
         return self.stats
+
+    async def _renew(self, store: WebhookStore, done: asyncio.Event) -> None:
+        """Keep the claims of the attempts under way until they are recorded. A claim not
+        renewed (the process held up past its lease, another dispatcher took it) stays
+        as it was: its failure is then not recorded (see :meth:`WebhookStore.record`)."""
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self.lease / 3)
+            held = list(self._claims.values())
+            if not held or done.is_set():
+                continue
+            try:
+                renewed = store.renew(held, self.lease)
+            except sqlite3.OperationalError as exc:
+                log.warning("webhooks %s: renewing claims failed (%s)", self.context, exc)
+                continue
+            for due in renewed:
+                if due.key in self._claims:  # (not recorded meanwhile)
+                    self._claims[due.key] = due
+            if len(renewed) < len(held):
+                log.warning(
+                    "webhooks %s: %d claims lapsed before they were renewed (another "
+                    "dispatcher may attempt them too)",
+                    self.context, len(held) - len(renewed),
+                )  # fmt: skip
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -175,8 +215,13 @@ class Dispatcher:
             self.stats.fanned_out += created
             self._wake.set()
 
-    async def _deliver(self, store: WebhookStore, stop: asyncio.Event) -> None:
-        lease = self.timeout + 30.0
+    async def _deliver(self, store: WebhookStore, stop: asyncio.Event, done: asyncio.Event) -> None:
+        try:
+            await self._claim_and_send(store, stop)
+        finally:
+            done.set()
+
+    async def _claim_and_send(self, store: WebhookStore, stop: asyncio.Event) -> None:
         running: set[asyncio.Task[None]] = set()
         # Redirects are not followed (a 3xx is a failed attempt: following it would go
         # unchecked). No proxy from the environment: the connection goes to the address
@@ -191,13 +236,20 @@ class Dispatcher:
             while not stop.is_set():
                 self._wake.clear()
                 free = self.concurrency - len(running)
-                for due in store.claim_due(free, lease) if free > 0 else []:
+                wait = self.poll  # when full, a finishing attempt wakes the loop
+                try:
+                    claimed = store.claim_due(free, self.lease) if free > 0 else []
+                    full = len(running) + len(claimed) >= self.concurrency
+                    next_due = None if full else store.next_due()
+                except sqlite3.OperationalError as exc:  # busy past its timeout: again
+                    log.warning("webhooks %s: claiming deliveries failed (%s)", self.context, exc)
+                    claimed, next_due = [], None
+                for due in claimed:
+                    self._claims[due.key] = due
                     task = asyncio.create_task(self._attempt(http, store, due))
                     running.add(task)
                     task.add_done_callback(running.discard)
                     task.add_done_callback(lambda _: self._wake.set())
-                wait = self.poll  # when full, a finishing attempt wakes the loop
-                next_due = store.next_due() if len(running) < self.concurrency else None
                 if next_due is not None:
                     wait = min(wait, max(0.0, next_due - time.time()))
                 with contextlib.suppress(TimeoutError):
@@ -208,11 +260,39 @@ class Dispatcher:
     async def _attempt(self, http: httpx.AsyncClient, store: WebhookStore, due: Due) -> None:
         try:
             await self._post(http, store, due)
-        except Exception:  # the delivery stays leased: it is tried again after the lease
+        except Exception:  # the delivery stays claimed: it is tried again when that lapses
             log.exception(
                 "webhooks %s: attempt of %s for subscription %s failed",
                 self.context, due.event_id, due.subscription_id,
             )  # fmt: skip
+        finally:
+            self._claims.pop(due.key, None)
+
+    async def _record(
+        self,
+        store: WebhookStore,
+        due: Due,
+        *,
+        delivered: bool,
+        reason: str = "",
+        retry_at: float = 0,
+    ) -> str | None:
+        """Record an attempt under this dispatcher's latest claim of it. A write that
+        stays busy past the store's timeout is tried again: not recording a 2xx would
+        have the delivery sent again once its claim lapses."""
+        for tries in range(1, 4):
+            try:
+                return store.record(
+                    self._claims.get(due.key, due),
+                    delivered=delivered,
+                    reason=reason,
+                    retry_at=retry_at,
+                )
+            except sqlite3.OperationalError:
+                if tries == 3:
+                    raise
+                await asyncio.sleep(0.1 * tries)
+        raise AssertionError("unreachable")
 
     async def _post(self, http: httpx.AsyncClient, store: WebhookStore, due: Due) -> None:
         timestamp = int(time.time())
@@ -225,7 +305,7 @@ class Dispatcher:
         }
         reason, retry_after = await self._send(http, due, headers)
         if reason is None:
-            store.record(due, delivered=True)
+            await self._record(store, due, delivered=True)
             self.stats.delivered += 1
             log.info(
                 "webhooks %s: delivered %s to %s (subscription %s, attempt %d)",
@@ -235,9 +315,10 @@ class Dispatcher:
             return
         attempts = due.attempts + 1
         if attempts >= self.max_attempts:
-            store.record(
-                due, delivered=False, reason=f"gave up after {attempts} attempts: {reason}"
-            )
+            if not await self._record(
+                store, due, delivered=False, reason=f"gave up after {attempts} attempts: {reason}"
+            ):
+                return self._lapsed(due, reason)
             self.stats.parked += 1
             log.error(
                 "webhooks %s: parked %s for %s (subscription %s) after %d attempts: %s",
@@ -248,11 +329,20 @@ class Dispatcher:
         delay = delay_after(attempts, self.backoff, self.max_backoff, jitter=0.25)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_backoff))
-        store.record(due, delivered=False, reason=reason, retry_at=time.time() + delay)
+        retry_at = time.time() + delay
+        if not await self._record(store, due, delivered=False, reason=reason, retry_at=retry_at):
+            return self._lapsed(due, reason)
         self.stats.retried += 1
         log.warning(
             "webhooks %s: %s to %s failed (attempt %d of %d, again in %.3gs): %s",
             self.context, due.event_id, _where(due.url), attempts, self.max_attempts, delay, reason,
+        )  # fmt: skip
+
+    def _lapsed(self, due: Due, reason: str) -> None:
+        log.warning(
+            "webhooks %s: %s to %s failed (%s), not counted: this dispatcher's claim on it "
+            "lapsed (another dispatcher's attempt decides), or its subscription was removed",
+            self.context, due.event_id, _where(due.url), reason,
         )  # fmt: skip
 
     async def _send(
@@ -303,7 +393,12 @@ async def dispatch(
     keys = WebhookKeys.of(settings.webhook_keys)  # none: one line, before NATS is asked
     async with open_nats(settings, name=f"webhooks-{context}") as link:
         dispatcher = Dispatcher(
-            link.connection, context, settings.data_dir, allowed=settings.webhook_allow, keys=keys
+            link.connection,
+            context,
+            settings.data_dir,
+            allowed=settings.webhook_allow,
+            keys=keys,
+            lease=settings.lease_ttl,
         )
         say(f"delivering {context} events to webhook subscribers from {link.url}")
         stats = await dispatcher.run(stop)

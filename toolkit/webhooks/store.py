@@ -9,8 +9,12 @@ again, whatever restarts. They are keyed by the event's id, not by its stream se
 an event the relay published again at a new sequence is known there, and a sequence that
 now holds another event takes nothing for done.
 
-The API and the dispatcher (another process) share the file (WAL, a busy timeout). One
-store object is one connection: use it from one thread at a time.
+The API and any number of dispatchers (other processes, on the same host: SQLite locks
+do not span hosts) share the file (WAL, a busy timeout). Every write is one ``BEGIN
+IMMEDIATE`` transaction, so writers take turns: two dispatchers never claim one delivery
+(:meth:`WebhookStore.claim_due`), and an attempt is recorded only by the dispatcher whose
+claim it is, unless it succeeded (:meth:`WebhookStore.record`). One store object is one
+connection: use it from one thread at a time.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ class DeadLetter:
 
 
 class Due(NamedTuple):
-    """A delivery to attempt now."""
+    """A delivery to attempt now, claimed by one dispatcher."""
 
     subscription_id: str
     event_id: str
@@ -135,6 +139,35 @@ class Due(NamedTuple):
     url: str
     secret: str
     body: bytes
+    until: float = 0.0
+    """When the claim lapses (the record's ``due`` while it is claimed): it is also the
+    claim's token. Each claim or renewal of a delivery writes a later time than any
+    before it (a claim is taken only once the last has lapsed), so a dispatcher whose
+    claim lapsed and was taken by another finds a ``due`` that is no longer its own."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.subscription_id, self.event_id
+
+
+BUSY_TIMEOUT = 5.0
+"""Seconds a write waits for another process's transaction before it fails."""
+
+
+def _write_ahead(db: sqlite3.Connection) -> None:
+    """Put the store in WAL mode. Switching a fresh file needs it alone, and SQLite does
+    not wait for that (no busy handler): several processes opening a new store at once
+    (dispatchers started together, the API) got ``database is locked``; retried here
+    within the busy timeout. Once in WAL mode (kept in the file) this asks nothing."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class DuplicateSubscription(Exception):
@@ -162,8 +195,12 @@ class WebhookStore:
         fresh = not path.exists()
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")  # the API and the dispatcher share it
-        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        try:
+            _write_ahead(self.db)  # the API and the dispatchers share it
+        except BaseException:
+            self.db.close()
+            raise
         self.db.execute("PRAGMA secure_delete=ON")  # a secret replaced or deleted is zeroed
         if fresh:
             os.chmod(path, 0o600)  # it holds the subscribers' secrets
@@ -338,10 +375,13 @@ class WebhookStore:
         return int(created)
 
     def claim_due(self, limit: int, lease: float) -> list[Due]:
-        """Up to ``limit`` deliveries that are due, oldest due first; each is leased for
-        ``lease`` seconds (a dispatcher that dies mid-attempt retries it after that)."""
-        now = time.time()
+        """Up to ``limit`` deliveries that are due, oldest due first; each is claimed for
+        ``lease`` seconds (renew the claims of attempts under way: :meth:`renew`): while
+        it holds, no other dispatcher claims it; one that dies mid-attempt leaves it to
+        the others (or to itself started again) once it lapses. The transaction takes the
+        write lock before it reads, so two dispatchers claim disjoint deliveries."""
         with self._transaction() as db:
+            now = time.time()  # (taken with the lock: claims of one delivery only grow)
             rows = db.execute(
                 "SELECT d.subscription_id, d.event_id, d.attempts, s.url, s.secret, e.body"
                 " FROM delivery d JOIN subscription s ON s.id = d.subscription_id"
@@ -354,27 +394,51 @@ class WebhookStore:
                 [(now + lease, row[0], row[1]) for row in rows],
             )
         return [
-            Due(s, e, attempts, url, self.keys.open(secret, f"subscription {s}"), body)
+            Due(s, e, attempts, url, self.keys.open(secret, f"subscription {s}"), body, now + lease)
             for s, e, attempts, url, secret, body in rows
         ]
+
+    def renew(self, claims: Sequence[Due], lease: float) -> list[Due]:
+        """Extend the claims still held by ``lease`` seconds from now; returns them, with
+        their new ``until``. A claim that lapsed and was taken by another dispatcher (or
+        whose delivery was recorded, or removed with its subscription) is left out."""
+        kept: list[Due] = []
+        with self._transaction() as db:
+            until = time.time() + lease
+            for due in claims:
+                changed = db.execute(
+                    "UPDATE delivery SET due = ? WHERE subscription_id = ? AND event_id = ?"
+                    " AND state = 'pending' AND due = ?",
+                    (until, due.subscription_id, due.event_id, due.until),
+                ).rowcount
+                if changed:
+                    kept.append(due._replace(until=until))
+        return kept
 
     def next_due(self) -> float | None:
         (due,) = self.db.execute("SELECT min(due) FROM delivery WHERE state = 'pending'").fetchone()
         return None if due is None else float(due)
 
-    def record(self, due: Due, *, delivered: bool, reason: str = "", retry_at: float = 0) -> str:
+    def record(
+        self, due: Due, *, delivered: bool, reason: str = "", retry_at: float = 0
+    ) -> str | None:
         """Record an attempt: done, due again at ``retry_at``, or (``retry_at`` 0) parked.
-        Returns the delivery's new state."""
+        Returns the delivery's new state, or None when nothing was recorded: a failed
+        attempt whose claim (``due.until``) lapsed and was taken by another dispatcher
+        counts for nothing (the other's attempt decides). A successful one is recorded
+        whoever holds the delivery now, even parked meanwhile: it reached the receiver."""
         state = "delivered" if delivered else ("pending" if retry_at else "parked")
+        mine = "state != 'delivered'" if delivered else "state = 'pending' AND due = ?"
         with self._transaction() as db:
-            db.execute(
+            changed = db.execute(
                 "UPDATE delivery SET state = ?, attempts = attempts + 1, due = ?, reason = ?,"
-                " updated_at = ? WHERE subscription_id = ? AND event_id = ? AND state = 'pending'",
-                (state, retry_at, reason or None, _now_text(), due.subscription_id, due.event_id),
-            )
+                f" updated_at = ? WHERE subscription_id = ? AND event_id = ? AND {mine}",
+                (state, retry_at, reason or None, _now_text(), due.subscription_id, due.event_id)
+                + (() if delivered else (due.until,)),
+            ).rowcount
             if delivered:
                 self._forget_delivered(db, due.event_id)
-        return state
+        return state if changed else None
 
     def _forget_delivered(self, db: sqlite3.Connection, event_id: str | None = None) -> None:
         """Drop the bodies of events no delivery waits for any more (done records stay)."""
