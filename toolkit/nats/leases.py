@@ -11,12 +11,15 @@ The leases of a group (``projection.billing``) live in one JetStream key-value b
   on the revision this worker last wrote (compare-and-set: a lease that expired and was
   taken by another worker cannot be renewed by its old holder).
 
-Every worker sees the same live workers, sorted, and wants slice ``k`` when it is
-``k mod n``-th of ``n``; it lets go (deletes) what it no longer wants and takes what it
-wants as it comes free. A worker SIGKILLed stops writing: its entries expire within
-``ttl``, the others see it gone at their next round and take its slices. So a slice
-moves within about ``ttl + ttl / 3`` of its holder's death, and at once (one round) when
-the holder stops cleanly.
+Every worker sees the same live workers and holds an equal share of the slices (the
+first, sorted, one more when they do not divide evenly): it renews what it holds, lets
+go (deletes) what is over its share, and takes free slices up to it. Only counts are
+shared out, so a worker coming or going moves only the slices over or under a share. A
+worker SIGKILLed stops writing: its entries expire within ``ttl``, the others see it
+gone at their next round and take its slices. So a slice moves within about
+``ttl + ttl / 3`` of its holder's death, and within a round or two when the holder stops
+cleanly. The requests of a round go out together, so that a round stays short even
+while the worker's event loop is busy applying batches.
 
 A lease is liveness, not safety: a holder cut off from NATS may not know for a moment
 that it lost it. It stops counting on a slice ``ttl - ttl / 4`` after its last renewal
@@ -34,6 +37,7 @@ import os
 import re
 import socket
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -196,62 +200,68 @@ class LeaseGroup(OnConnection):
             await self._give_back()
 
     async def _round(self, kv: KeyValue) -> None:
-        loop = asyncio.get_running_loop()
+        """Say this worker is alive, renew what it holds, let go of what is over its
+        share, take free slices up to it. Each step's requests go out together: a round
+        must not take longer than the leases last, whatever the loop is busy with."""
         await kv.put(self._member_key(), self._value())
         members = await self.members(kv)
         if self.worker not in members:  # (the put above makes it one, unless it expired)
             members = sorted([*members, self.worker])
-        index, count = members.index(self.worker), len(members)
-        if self.sticky:
-            wanted = set(range(self.slices))
-        else:
-            wanted = {k for k in range(self.slices) if k % count == index}
-        held = set(self.held)
-        for k in sorted(held):
-            sent = loop.time()
-            if k not in wanted:
-                with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
-                    await kv.delete(self._key(k), last=self._revisions[k])
-                held.discard(k)
-                continue
-            try:
-                self._revisions[k] = await kv.update(
-                    self._key(k), self._value(), last=self._revisions[k]
-                )
-                self._renewed[k] = sent
-                if k in self._lapsed:  # held all along: ``held`` does not change, so say it
-                    self._lapsed.discard(k)
-                    self.changed.set()
-            except KeyWrongLastSequenceError:
-                log.warning("%s: lost slice %d of %s (it expired)", self.worker, k, self.group)
-                held.discard(k)
-        for k in sorted(wanted - held):
-            sent = loop.time()
-            try:
-                self._revisions[k] = await kv.create(self._key(k), self._value())
-            except KeyWrongLastSequenceError:
-                continue  # its holder has not let go yet, or has not expired yet
-            self._renewed[k] = sent
-            held.add(k)
+        share = self.slices if self.sticky else _share(self.slices, members, self.worker)
+        renewed = await asyncio.gather(*(self._renew(kv, k) for k in sorted(self.held)))
+        held = {k for k, kept in zip(sorted(self.held), renewed, strict=True) if kept}
+        over = sorted(held)[share:]  # the highest go: every worker keeps its lowest
+        await asyncio.gather(*(self._let_go(kv, k) for k in over))
+        held -= set(over)
+        if len(held) < share:
+            taken = await self.taken(kv)
+            free = [k for k in self._preference() if k not in taken and k not in held]
+            got = await asyncio.gather(*(self._take(kv, k) for k in free[: share - len(held)]))
+            held |= {k for k in got if k is not None}
         self._set_held(frozenset(held))
+
+    async def _renew(self, kv: KeyValue, k: int) -> bool:
+        sent = asyncio.get_running_loop().time()
+        try:
+            revision = await kv.update(self._key(k), self._value(), last=self._revisions[k])
+        except KeyWrongLastSequenceError:
+            log.warning("%s: lost slice %d of %s (it expired)", self.worker, k, self.group)
+            return False
+        self._revisions[k], self._renewed[k] = revision, sent
+        if k in self._lapsed:  # held all along: ``held`` does not change, so say it
+            self._lapsed.discard(k)
+            self.changed.set()
+        return True
+
+    async def _let_go(self, kv: KeyValue, k: int) -> None:
+        await _delete(kv, self._key(k), self._revisions.pop(k, None))
+        self._renewed.pop(k, None)
+
+    async def _take(self, kv: KeyValue, k: int) -> int | None:
+        sent = asyncio.get_running_loop().time()
+        try:
+            self._revisions[k] = await kv.create(self._key(k), self._value())
+        except KeyWrongLastSequenceError:
+            return None  # taken meanwhile by another worker
+        self._renewed[k] = sent
+        return k
+
+    def _preference(self) -> list[int]:
+        """The slices in the order this worker tries free ones: from a place of its own,
+        so that workers taking at the same moment seldom ask for the same slice."""
+        start = zlib.crc32(self.worker.encode()) % self.slices
+        return [(start + i) % self.slices for i in range(self.slices)]
+
+    async def taken(self, kv: KeyValue | None = None) -> set[int]:
+        """The slices some live worker holds now."""
+        prefix = f"{self.group}.s."
+        return {int(key) for key in await _keys(kv or self._kv, prefix) if key.isdigit()}
 
     async def members(self, kv: KeyValue | None = None) -> list[str]:
         """The workers of the group that are alive (their presence has not expired)."""
         kv = kv or self._kv
         assert kv is not None
-        prefix = f"{self.group}.w."
-        # (KeyValue.keys reads the whole bucket and filters by substring: a watch of
-        # the presence keys reads only them.)
-        watcher = await kv.watch(f"{prefix}*", meta_only=True, ignore_deletes=True)
-        found: list[str] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # no more of them now
-                    break
-                found.append(entry.key[len(prefix) :])
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return sorted(found)
+        return sorted(await _keys(kv, f"{self.group}.w."))
 
     async def holders(self) -> list[SliceHolder]:
         """Who holds each slice now (None: nobody)."""
@@ -283,10 +293,48 @@ class LeaseGroup(OnConnection):
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
-                for k in sorted(held):
-                    with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
-                        await kv.delete(self._key(k), last=self._revisions[k])
+                await asyncio.gather(
+                    *(_delete(kv, self._key(k), self._revisions.get(k)) for k in held)
+                )
                 await kv.delete(self._member_key())
+
+
+def _share(slices: int, members: list[str], worker: str) -> int:
+    """How many slices ``worker`` should hold: an equal share, the first members (sorted)
+    taking one more when they do not divide evenly. Only counts are shared out, not which
+    slices: when a worker comes or goes, only the slices over or under a share move."""
+    base, extra = divmod(slices, len(members))
+    return base + (1 if members.index(worker) < extra else 0)
+
+
+async def _keys(kv: KeyValue | None, prefix: str) -> list[str]:
+    """What follows ``prefix`` in the keys the bucket holds now (none expired or deleted).
+    (KeyValue.keys reads the whole bucket and filters by substring: a watch of the
+    prefix reads only those.)"""
+    assert kv is not None
+    watcher = await kv.watch(f"{prefix}*", meta_only=True, ignore_deletes=True)
+    found: list[str] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # no more of them now
+                break
+            found.append(entry.key[len(prefix) :])
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return found
+
+
+async def _delete(kv: KeyValue, key: str, revision: int | None) -> None:
+    """Delete a lease this worker wrote at ``revision``, unless it has changed since
+    (expired and taken by another worker: theirs now). nats-py reports that as a plain
+    BadRequestError (err_code 10071) from ``delete``, where ``update`` translates it."""
+    try:
+        await kv.delete(key, last=revision)
+    except (KeyWrongLastSequenceError, KeyNotFoundError):
+        pass
+    except BadRequestError as exc:
+        if exc.err_code != 10071:
+            raise
 
 
 async def group_holders(js: JetStreamContext, group: str, slices: int) -> list[SliceHolder]:
