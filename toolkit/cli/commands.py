@@ -449,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "react":
             from toolkit.cli.react import react
 
-            asyncio.run(react(settings, system, args.policy, args.once))
+            asyncio.run(react(settings, system, args.policy, args.once, args.standby))
         elif args.command == "commands":
             from toolkit.cli.command_queue import run_commands
 

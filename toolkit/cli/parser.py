@@ -312,10 +312,19 @@ def parser() -> argparse.ArgumentParser:
         "earlier dead letter is parked behind it too. 'toolkit dlq' lists, retries and "
         "drops the dead letters; 'toolkit status' shows the policy's positions and lag. "
         "Refused while the policy runs elsewhere ('toolkit react', or 'toolkit serve "
-        "--policies'). Runs until stopped (Ctrl-C or SIGTERM).",
+        "--policies'); with --standby it waits instead, and takes over when that one stops "
+        "or dies (run any number of standbys: one reacts). Runs until stopped (Ctrl-C or "
+        "SIGTERM).",
     )
     react.add_argument("policy", help="policy name, e.g. shipments")
     react.add_argument("--once", action="store_true", help="stop at the streams' heads")
+    react.add_argument(
+        "--standby",
+        action="store_true",
+        help="while another reactor of the policy runs, wait (saying once who holds its "
+        "lock) and take over the moment it stops or dies, from its tracking records; "
+        "SIGTERM stops the wait",
+    )
     queued = add(
         "commands",
         help="run workers of a context's command queue (commands accepted with 202)",

@@ -4,6 +4,7 @@ the policy's lock (:mod:`toolkit.react.lock`) and reporting to ``toolkit status`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,13 +12,16 @@ from typing import Any
 from toolkit.cli.console import say, until_signalled
 from toolkit.config import Settings
 from toolkit.errors import ConfigurationError, PolicyBusyError
-from toolkit.nats.connection import open_nats
+from toolkit.nats.connection import Nats, open_nats
 from toolkit.ops.reports import Reporter
 from toolkit.react.deadletters import PolicyDeadLetters, dead_letters_path
-from toolkit.react.lock import policy_lock
-from toolkit.react.reactor import Reactor
+from toolkit.react.lock import busy, policy_lock
+from toolkit.react.policy import Policy
+from toolkit.react.reactor import Reactor, ReactorStats
 from toolkit.react.runner import PolicyRunner
 from toolkit.system import System
+from toolkit.write.context import BoundedContext
+from toolkit.write.relay_lock import RelayLease, relay_lease
 
 
 async def react(
@@ -25,32 +29,82 @@ async def react(
     system: System,
     name: str,
     once: bool,
+    standby: bool = False,
 ) -> None:
-    """Run policy ``name`` on the context it names, built as ``toolkit relay`` builds it."""
+    """Run policy ``name`` on the context it names, built as ``toolkit relay`` builds it;
+    with ``standby``, wait while another reactor of it runs, and take over when it stops
+    or dies (and stand by again should this one lose the lock)."""
     policy_class = system.policy(name)  # an unknown name: one clear line
     context_class = system.policy_context(policy_class)  # so is a context not declared
     policy = policy_class()
     context = context_class(data_dir=settings.data_dir)
-    with (
-        contextlib.closing(context),
-        policy_lock(context, policy.name, f"toolkit react {name}"),
-        PolicyDeadLetters(dead_letters_path(settings.data_dir, policy.name)) as dead_letters,
-    ):
-        runner = PolicyRunner(policy, context)
-        async with (
-            open_nats(settings, name=f"react-{name}") as nats,
-            Reporter(settings.data_dir) as reporter,
-        ):
-            reactor = Reactor(runner, dead_letters, nats.connection)
-            watch(reporter, reactor, lambda: nats.connection.trouble)
-            streams = ", ".join(policy.streams)
-            say(f"reacting with {name} on context {context.name} to {streams} from {nats.url}")
-            stats = await until_signalled(lambda stop: reactor.run(stop, until_head=once))
-    say(
-        f"{name}: {stats.reacted} reacted ({stats.events} events), {stats.skipped} skipped, "
-        f"{stats.duplicates} duplicates, {stats.rejected} rejected, {stats.parked} parked, "
-        f"{stats.held} held behind them; positions {stats.positions}"
-    )
+    role = f"toolkit react {name}"
+
+    def waiting(holder: str) -> None:
+        say(f"standing by: policy {name} runs ({holder}); taking over when it stops")
+
+    async def reacting(stop: asyncio.Event) -> ReactorStats | None:
+        stats: ReactorStats | None = None
+        while not stop.is_set():
+            async with relay_lease(
+                context, role, stop, standby=standby, waiting=waiting, nats=nats.connection,
+                ttl=settings.lease_ttl, kind=f"policy-{policy.name}", busy=busy(policy.name),
+            ) as lease:  # fmt: skip
+                if lease is None:
+                    return stats
+                stats = await _react_held(settings, nats, policy, context, lease, stop, once)
+            if once or not lease.lost.is_set():
+                return stats
+            lost = f"policy {name} lost its lock to {lease.holder or 'another reactor'}"
+            if not standby:
+                raise PolicyBusyError(f"{lost}: stopped")
+            say(f"{lost}: standing by")
+        return stats
+
+    with contextlib.closing(context):
+        async with open_nats(settings, name=f"react-{name}") as nats:
+            stats = await until_signalled(reacting)
+    if stats is not None:
+        say(
+            f"{name}: {stats.reacted} reacted ({stats.events} events), {stats.skipped} "
+            f"skipped, {stats.duplicates} duplicates, {stats.rejected} rejected, "
+            f"{stats.parked} parked, {stats.held} held behind them; positions "
+            f"{stats.positions}"
+        )
+
+
+async def _react_held(
+    settings: Settings,
+    nats: Nats,
+    policy: Policy[Any],
+    context: BoundedContext[Any],
+    lease: RelayLease,
+    stop: asyncio.Event,
+    once: bool,
+) -> ReactorStats:
+    """React while holding the policy's lock: until ``stop`` is set or the lock is lost.
+    The runner reads where to go on from the tracking records, as they are now."""
+    name = policy.name
+    ends = asyncio.Event()  # stop, or the lock lost
+    watching = [asyncio.create_task(event.wait()) for event in (stop, lease.lost)]
+    for task in watching:
+        task.add_done_callback(lambda _: ends.set())
+    try:
+        with PolicyDeadLetters(dead_letters_path(settings.data_dir, name)) as dead_letters:
+            runner = PolicyRunner(policy, context)
+            async with Reporter(settings.data_dir) as reporter:
+                reactor = Reactor(runner, dead_letters, nats.connection)
+                watch(reporter, reactor, lambda: nats.connection.trouble)
+                streams = ", ".join(policy.streams)
+                took = "took over: " if lease.waited else ""
+                say(
+                    f"{took}reacting with {name} on context {context.name} to {streams} "
+                    f"from {nats.url}"
+                )
+                return await reactor.run(ends, until_head=once)
+    finally:
+        for task in watching:
+            task.cancel()
 
 
 def watch(reporter: Reporter, reactor: Reactor[Any], nats: Callable[[], str | None]) -> None:

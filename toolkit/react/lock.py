@@ -14,7 +14,7 @@ It goes with its holder, however that ends (SIGKILL included).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from toolkit.errors import PolicyBusyError
@@ -29,10 +29,17 @@ def policy_lock(context: BoundedContext[Any], policy: str, role: str) -> Iterato
     :class:`~toolkit.errors.PolicyBusyError`, naming the holder, when another holds it.
     ``role`` says what holds it (``toolkit react parcels``), for that message."""
 
-    def busy(holder: str) -> PolicyBusyError:
+    with log_lock(context, f"policy-{check_name('policy', policy)}", role, busy(policy)):
+        yield
+
+
+def busy(policy: str) -> Callable[[str], PolicyBusyError]:
+    """What refuses a second reactor of ``policy``, given who holds its lock."""
+
+    def refused(holder: str) -> PolicyBusyError:
         return PolicyBusyError(
-            f"policy {policy} already runs ({holder}); a second one is refused: stop that one first"
+            f"policy {policy} already runs ({holder}); a second one is refused: stop that one "
+            "first (or start it with --standby)"
         )
 
-    with log_lock(context, f"policy-{check_name('policy', policy)}", role, busy):
-        yield
+    return refused

@@ -214,17 +214,24 @@ async def relay_lease(
     waiting: Callable[[str], None] = lambda _: None,
     nats: Connection | None = None,
     ttl: float = DEFAULT_TTL,
+    kind: str = "relay",
+    busy: Callable[[str], Exception] | None = None,
 ) -> AsyncIterator[RelayLease | None]:
     """Hold the lock of ``context``'s relay while the block runs. Held by another: without
     ``standby``, raise :class:`~toolkit.errors.RelayBusyError` at once (as
     :func:`relay_lock`); with it, call ``waiting`` once with a description of the holder
     and wait until the lock is free, then take it. Yields None when ``stop`` is set
     while waiting. On PostgreSQL the lease's session is checked every
-    :data:`CHECK_EVERY` seconds: see this module's docstring for what happens when it ends."""
+    :data:`CHECK_EVERY` seconds: see this module's docstring for what happens when it ends.
+
+    Another lock of the log (``kind``: a policy's, ``policy-<name>``, see
+    :mod:`toolkit.react.lock`) is leased the same way, refused with what ``busy`` makes
+    of the holder's description."""
     lease = RelayLease()
-    where = _where(context, "relay")
+    where = _where(context, kind)
+    refuse = busy or (lambda holder: _busy(context.name, holder))
     if isinstance(where, Path):
-        stack = await _wait_for_file(where, role, context.name, stop, standby, waiting, lease)
+        stack = await _wait_for_file(where, role, refuse, stop, standby, waiting, lease)
         if stack is None:
             yield None
             return
@@ -233,12 +240,13 @@ async def relay_lease(
                 yield lease
                 return
             # A JetStream log: relays of other hosts (other data folders) read it too.
-            async with _nats_lease(nats, context.name, stop, standby, waiting, lease, ttl) as held:
+            group = f"{kind}.{context.name}"
+            async with _nats_lease(nats, group, refuse, stop, standby, waiting, lease, ttl) as held:
                 yield lease if held else None
         return
     datastore, label = where
     db = await _wait_for_advisory(
-        datastore, label, role, context.name, stop, standby, waiting, lease
+        datastore, label, role, context.name, refuse, stop, standby, waiting, lease
     )
     if db is None:
         yield None
@@ -259,21 +267,26 @@ async def relay_lease(
 async def _nats_lease(
     connection: Connection,
     name: str,
+    refuse: Callable[[str], Exception],
     stop: asyncio.Event,
     standby: bool,
     waiting: Callable[[str], None],
     lease: RelayLease,
     ttl: float,
 ) -> AsyncIterator[bool]:
-    """The relay's lease on NATS (``relay.<context>`` in the leases' bucket, see
+    """The relay's lease on NATS (``relay.<context>`` in the leases' bucket, or a
+    policy's, ``policy-<name>.<context>``: see
     :mod:`toolkit.nats.leases`), for a log that relays on other hosts read too: taken when
     free, kept until this relay stops, lost when not renewed in time (``lease.lost`` is
     set then: the stream fences what the relay publishes meanwhile). Yields whether it is
     held (False: ``stop`` was set while standing by)."""
-    group = LeaseGroup(connection, f"relay.{name}", 1, ttl=ttl, sticky=True)
+    group = LeaseGroup(connection, name, 1, ttl=ttl, sticky=True)
     ended = asyncio.Event()
     running = asyncio.create_task(group.run(ended))
     watching: asyncio.Task[None] | None = None
+    # Without ``standby``, a lease still held is waited for until it would have expired:
+    # a holder that died (SIGKILL) keeps it that long, one alive renews it.
+    refuse_after = asyncio.get_running_loop().time() + ttl * 1.5
     try:
         while 0 not in group.held:
             await _first(group.ready.wait(), stop.wait())
@@ -285,8 +298,12 @@ async def _nats_lease(
             described = (
                 f"pid {holder.pid} on {holder.host} since {holder.since}" if holder else "expiring"
             )
+            if not standby and asyncio.get_running_loop().time() > refuse_after:
+                raise refuse(f"its lease on NATS is held: {described}")
             if not standby:
-                raise _busy(name, f"its lease on NATS is held: {described}")
+                group.changed.clear()
+                await _first(group.changed.wait(), stop.wait(), asyncio.sleep(ttl / 3))
+                continue
             if not lease.waited:
                 waiting(f"its lease on NATS is held: {described}")
                 lease.waited = True
@@ -330,7 +347,7 @@ class _Held(Exception):
 async def _wait_for_file(
     path: Path,
     role: str,
-    name: str,
+    refuse: Callable[[str], Exception],
     stop: asyncio.Event,
     standby: bool,
     waiting: Callable[[str], None],
@@ -345,7 +362,7 @@ async def _wait_for_file(
             return stack
         except _Held as held:
             if not standby:
-                raise _busy(name, held.holder) from None
+                raise refuse(held.holder) from None
             if not lease.waited:
                 waiting(held.holder)
                 lease.waited = True
@@ -358,6 +375,7 @@ async def _wait_for_advisory(
     label: str,
     role: str,
     name: str,
+    refuse: Callable[[str], Exception],
     stop: asyncio.Event,
     standby: bool,
     waiting: Callable[[str], None],
@@ -380,7 +398,7 @@ async def _wait_for_advisory(
             holder = await asyncio.to_thread(locks.advisory_holder, db, label)
             if not standby:
                 await asyncio.to_thread(db.close)
-                raise _busy(name, holder)
+                raise refuse(holder)
             if not lease.waited:
                 waiting(holder)
                 lease.waited = True
