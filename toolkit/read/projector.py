@@ -335,6 +335,17 @@ class Projector(OnConnection):
                     idle_since = asyncio.get_running_loop().time()
                     if await self.past_head(stream) is not None:  # lost under a live reader
                         await self._wait_for_head(stream, stop)
+                    elif await holds_between(
+                        self.js, stream, reader.next_sequence, await last_sequence(self.js, stream)
+                    ):
+                        # Messages the reader has not delivered for 5 s: its consumer sits on
+                        # a replica that stopped applying the stream (seen on a cluster after
+                        # its leader restarted), and says nothing is pending. A new one is
+                        # placed afresh.
+                        raise TimeoutError(
+                            f"the reader of {stream} delivered nothing for 5 s from sequence "
+                            f"{reader.next_sequence} though the stream holds more"
+                        )
                 checkpoint = self.store.checkpoint(stream)
                 self.stats.checkpoints[stream] = checkpoint
                 if reader.pending is not None:
