@@ -1,15 +1,18 @@
 """Issue 21's "done when" for projections: four workers of each of two sliced projections
 (``toolkit project billing`` and ``toolkit project ledger``, real CLI processes) on a
 three-server JetStream cluster (R3 streams, the leases' bucket R3 too), the read models
-in PostgreSQL. During the catch-up of a pre-filled log and while commands flow, workers
-are SIGKILLed (and replaced, as a supervisor would), stopped and started again, and cut
-off from NATS, twice each, and a server of the cluster is killed and started again (a
-follower of the stream, or its leader). A replica may then stop for good, the server's
-defect (LEADER_REPLICA_DIES): the test says so, and every slice must go on all the same
+in PostgreSQL, the log relayed by three ``toolkit relay sales --standby``. During the
+catch-up of a pre-filled log and while commands flow, workers are SIGKILLed (and
+replaced, as a supervisor would), stopped and started again, and cut off from NATS, the
+active relay SIGKILLed, twice each, and a server of the cluster is killed and started
+again each round (a follower of the stream, then its leader). A replica may then stop
+for good, the server's defect (LEADER_REPLICA_DIES): the test says so, and every slice
+must go on all the same
 (a reader idle before messages it should have delivered places its consumer anew).
 After each injection every slice (both projections') moves past where it was once the
 workers injected on could no longer write (those of a worker gone move only when others
-take them), within a bound; at the end billing
+take them), within a bound; at the end the stream holds each event of the log once, in
+log order, billing
 equals a clean build row by row, the ledger (which numbers what it applies) holds each
 order event once and each order's placing before its cancelling, and every slice's
 checkpoint is at the stream's head."""
@@ -37,7 +40,13 @@ from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, wait_for
 from tests.faults.test_cluster_faults import cluster, cnc, leader, settled
-from tests.flow import cli_args, home_of, project_all, public_positions
+from tests.flow import (
+    assert_stream_is_the_log,
+    cli_args,
+    home_of,
+    project_all,
+    public_positions,
+)
 from tests.systems import OrderLedger
 from toolkit.config import Settings
 from toolkit.nats.embedded import EmbeddedCluster
@@ -309,10 +318,6 @@ LEADER_REPLICA_DIES = (
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("read_models", ["postgres"], indirect=True)
-@pytest.mark.parametrize(
-    "server_killed",
-    ["follower", "leader"],
-)
 async def test_slice_workers_on_a_cluster_survive_kills_stops_cuts_and_a_server_killed(
     report: Report,
     cluster: EmbeddedCluster,
@@ -320,9 +325,8 @@ async def test_slice_workers_on_a_cluster_survive_kills_stops_cuts_and_a_server_
     data_dir: Path,
     read_models: Settings,
     tmp_path: Path,
-    server_killed: str,
 ) -> None:
-    """``server_killed``: the server killed is a follower of stream sales, or its leader."""
+    """Round 1 kills a follower of stream sales, round 2 its leader."""
     began = time.monotonic()
 
     def at() -> str:
@@ -387,7 +391,16 @@ async def test_slice_workers_on_a_cluster_survive_kills_stops_cuts_and_a_server_
                f"{time.monotonic() - start:.1f} s of {after}")  # fmt: skip
 
     try:
-        fleet.run("relay", "relay", "sales")
+        # Three relays: one relays, two stand by (the active one is killed each round).
+        relays = [fleet.run(f"relay{i}", "relay", "sales", "--standby") for i in range(3)]
+
+        def active_relay() -> subprocess.Popen[bytes] | None:
+            found = [
+                p for p in relays if p.poll() is None and "relaying sales log" in fleet.said(p)
+            ]
+            assert len(found) <= 1, [fleet.said(p) for p in found]
+            return found[0] if found else None
+
         pairs = [fleet.pair(f"w{i}", url=cable.url if i == 2 else None) for i in range(4)]
         commands.start()
         # The first injection as soon as the workers have committed something of the log.
@@ -404,6 +417,17 @@ async def test_slice_workers_on_a_cluster_survive_kills_stops_cuts_and_a_server_
             report(f"round {round_} ({phase()}): SIGKILL of pair {killed.label}, a new pair "
                    f"started, {at()}")  # fmt: skip
             await slices_move("the SIGKILL")
+
+            # The active relay SIGKILLed too: a standby takes over; a new standby started.
+            await wait_for(lambda: active_relay() is not None, within=30)
+            relay = active_relay()
+            assert relay is not None
+            relay.send_signal(signal.SIGKILL)
+            relay.wait(10)
+            relays.append(fleet.run(f"relay-r{round_}", "relay", "sales", "--standby"))
+            await wait_for(lambda: active_relay() is not None, within=30)
+            report(f"round {round_} ({phase()}): SIGKILL of the active relay, a standby took "
+                   f"over, {at()}")  # fmt: skip
 
             # SIGTERM: it gives its slices back, and is started again.
             stopped = pairs[1]
@@ -446,21 +470,22 @@ async def test_slice_workers_on_a_cluster_survive_kills_stops_cuts_and_a_server_
                 assert process.poll() is None, fleet.said(process)
             await slices_move("the reconnection (the pair holds slices again)")
 
-            if round_ == 1:  # a server of the cluster killed: a follower, or the leader
-                led_by = await leader(cnc)
-                victim = (
-                    led_by
-                    if server_killed == "leader"
-                    else next(n for n in cluster.names if n != led_by)
-                )
-                cluster.server(victim).kill()
-                report(f"injected ({phase()}): SIGKILL of server {victim} ({server_killed} of "
-                       f"stream sales), {at()}")  # fmt: skip
-                await slices_move(f"server {victim}'s SIGKILL")
-                await cluster.server(victim).start_async()
-                victim = None
-                report(f"injected: the server started again, {at()}")
-                await slices_move("the server's restart")
+            # A server of the cluster killed: a follower of the stream, then its leader.
+            server_killed = "follower" if round_ == 1 else "leader"
+            led_by = await leader(cnc)
+            victim = (
+                led_by
+                if server_killed == "leader"
+                else next(n for n in cluster.names if n != led_by)
+            )
+            cluster.server(victim).kill()
+            report(f"injected ({phase()}): SIGKILL of server {victim} ({server_killed} of "
+                   f"stream sales), {at()}")  # fmt: skip
+            await slices_move(f"server {victim}'s SIGKILL")
+            await cluster.server(victim).start_async()
+            victim = None
+            report(f"injected: the server started again, {at()}")
+            await slices_move("the server's restart")
 
         commands.stop()
         expected = len(public_positions(sales))
@@ -485,6 +510,7 @@ async def test_slice_workers_on_a_cluster_survive_kills_stops_cuts_and_a_server_
         assert "catch-up" in phases and "commands" in phases, phases
         info = await cnc.jetstream().stream_info("sales")
         assert info.config.num_replicas == 3 and info.state.last_seq == expected
+        await assert_stream_is_the_log(cnc, sales)  # each event once, in log order
 
         # Billing: equal row by row to a clean build (a plain Projector, SQLite).
         await project_all(Accounts(), tmp_path / "clean", cnc)

@@ -102,6 +102,7 @@ from toolkit.read.reader import StreamMessage
 from toolkit.read.replay import partial_from, rebuild, rewind
 from toolkit.read.slices import SlicedStore, SliceWorker, lease_group
 from toolkit.read.store import ReadModelStore
+from toolkit.readmodels.interface import SLICE_WORKERS
 from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.readmodels.sqlite import connect as open_generation
 from toolkit.readmodels.tables import DeadLetter, dump
@@ -635,6 +636,7 @@ class Pipeline(RuleBasedStateMachine):
             return
         assert projection.slices is not None
         home = worker.held.enter_context(contextlib.closing(SQLiteHome(self.data, name)))
+        worker.held.enter_context(home.writer_lock(SLICE_WORKERS))  # as toolkit project
         store = SlicedStore(home.live(), projection, projection.slices)
         leases = lease_group(Connection.of(self.nc), projection, ttl=1.0)
         slice_worker = SliceWorker(projection, store, self.nc, leases)

@@ -258,7 +258,9 @@ def test_one_reactor_per_policy(
             assert toolkit(nats_server.url, data_dir, "react", "parcels", "--once") == 1
             err = capsys.readouterr().err
             assert err.startswith("toolkit: error: policy parcels already runs (toolkit react ")
-            assert err.endswith("a second one is refused: stop that one first\n")
+            assert err.endswith(
+                "a second one is refused: stop that one first (or start it with --standby)\n"
+            )
             assert toolkit(nats_server.url, data_dir, "dlq", "retry", "parcels") == 1
             assert "policy parcels already runs" in capsys.readouterr().err
             assert toolkit(nats_server.url, data_dir, "dlq", "list", "parcels") == 0  # reads

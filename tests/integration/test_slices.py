@@ -455,6 +455,7 @@ async def test_status_shows_which_worker_holds_which_slices(
     sales: Sales, nc: Client, data_dir: Path
 ) -> None:
     from toolkit.ops.status import collect, render
+    from toolkit.readmodels.interface import SLICE_WORKERS
     from toolkit.system import System
 
     customer = sales.register_customer("C", "c@example.com")
@@ -463,8 +464,8 @@ async def test_status_shows_which_worker_holds_which_slices(
     head = await relay_all(sales, nc)
     system = System(contexts={"sales": Sales}, projections={"billing": SlicedAccounts})
     settings = Settings(data_dir=data_dir)
-    with home_of(settings, "billing") as home:
-        generation = home.live()
+    with home_of(settings, "billing") as home, home.writer_lock(SLICE_WORKERS):
+        generation = home.live()  # (its workers share the writer lock: status says live)
         workers = Workers(generation, SlicedAccounts, nc)
         try:
             a, b = workers.start("a"), workers.start("b")

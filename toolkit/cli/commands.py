@@ -100,6 +100,7 @@ async def _relay_while_held(
                 async with relay_lease(
                     context, role, stop, standby=standby, waiting=waiting,
                     nats=nats.connection, ttl=settings.lease_ttl,
+                    replicas=settings.stream_replicas,
                 ) as lease:  # fmt: skip
                     await stood_by()
                     if lease is None:

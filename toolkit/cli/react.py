@@ -48,7 +48,8 @@ async def react(
         while not stop.is_set():
             async with relay_lease(
                 context, role, stop, standby=standby, waiting=waiting, nats=nats.connection,
-                ttl=settings.lease_ttl, kind=f"policy-{policy.name}", busy=busy(policy.name),
+                ttl=settings.lease_ttl, replicas=settings.stream_replicas,
+                kind=f"policy-{policy.name}", busy=busy(policy.name, standby_hint=True),
             ) as lease:  # fmt: skip
                 if lease is None:
                     return stats

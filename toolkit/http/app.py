@@ -285,7 +285,7 @@ def create_app(
         nats = await relay_link.connection() if context.log_file is None else None
         leasing = relay_lease(
             context, "toolkit serve", stop, standby=True, waiting=waiting, nats=nats,
-            ttl=settings.lease_ttl,
+            ttl=settings.lease_ttl, replicas=settings.stream_replicas,
         )  # fmt: skip
         async with leasing as lease:
             if lease is None:

@@ -160,10 +160,8 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
                     "lag_seconds": round(seconds, 3),
                 }
             report["streams"] = positions
-        if projection_cls.slices is not None:
+        if projection_cls.slices is not None:  # (live: its workers share the writer lock)
             report["slices"] = await slice_holders(js, name, projection_cls.slices)
-            if report["state"] == "paused" and report["slices"]["workers"]:
-                report["state"] = "live"  # its workers hold leases, not the writer lock
         projections[name] = report
     from toolkit.ops.policies import collect_policies
 

@@ -33,13 +33,15 @@ def policy_lock(context: BoundedContext[Any], policy: str, role: str) -> Iterato
         yield
 
 
-def busy(policy: str) -> Callable[[str], PolicyBusyError]:
-    """What refuses a second reactor of ``policy``, given who holds its lock."""
+def busy(policy: str, *, standby_hint: bool = False) -> Callable[[str], PolicyBusyError]:
+    """What refuses a second reactor of ``policy``, given who holds its lock (telling
+    ``toolkit react`` of its ``--standby``)."""
+    hint = " (or start it with --standby)" if standby_hint else ""
 
     def refused(holder: str) -> PolicyBusyError:
         return PolicyBusyError(
             f"policy {policy} already runs ({holder}); a second one is refused: stop that one "
-            "first (or start it with --standby)"
+            f"first{hint}"
         )
 
     return refused

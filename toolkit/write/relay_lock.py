@@ -216,6 +216,7 @@ async def relay_lease(
     ttl: float = DEFAULT_TTL,
     kind: str = "relay",
     busy: Callable[[str], Exception] | None = None,
+    replicas: int = 1,
 ) -> AsyncIterator[RelayLease | None]:
     """Hold the lock of ``context``'s relay while the block runs. Held by another: without
     ``standby``, raise :class:`~toolkit.errors.RelayBusyError` at once (as
@@ -241,7 +242,9 @@ async def relay_lease(
                 return
             # A JetStream log: relays of other hosts (other data folders) read it too.
             group = f"{kind}.{context.name}"
-            async with _nats_lease(nats, group, refuse, stop, standby, waiting, lease, ttl) as held:
+            async with _nats_lease(
+                nats, group, refuse, stop, standby, waiting, lease, ttl, replicas
+            ) as held:
                 yield lease if held else None
         return
     datastore, label = where
@@ -273,6 +276,7 @@ async def _nats_lease(
     waiting: Callable[[str], None],
     lease: RelayLease,
     ttl: float,
+    replicas: int,
 ) -> AsyncIterator[bool]:
     """The relay's lease on NATS (``relay.<context>`` in the leases' bucket, or a
     policy's, ``policy-<name>.<context>``: see
@@ -280,7 +284,7 @@ async def _nats_lease(
     free, kept until this relay stops, lost when not renewed in time (``lease.lost`` is
     set then: the stream fences what the relay publishes meanwhile). Yields whether it is
     held (False: ``stop`` was set while standing by)."""
-    group = LeaseGroup(connection, name, 1, ttl=ttl, sticky=True)
+    group = LeaseGroup(connection, name, 1, ttl=ttl, replicas=replicas, sticky=True)
     ended = asyncio.Event()
     running = asyncio.create_task(group.run(ended))
     watching: asyncio.Task[None] | None = None
