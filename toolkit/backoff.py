@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["Backoff", "delay_after", "pause", "unless_stopped"]
 
@@ -55,6 +55,17 @@ async def pause(stop: asyncio.Event | None, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
     return stop.is_set()
+
+
+async def first(*waits: Awaitable[Any]) -> None:
+    """Wait until the first of ``waits`` is done (an event set, a sleep over); the rest
+    are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:

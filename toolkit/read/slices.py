@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from toolkit import wire
+from toolkit import backoff, wire
 from toolkit.errors import ConfigurationError
 from toolkit.nats.connection import Connection
 from toolkit.nats.leases import LeaseGroup
@@ -270,7 +270,7 @@ class SliceWorker(Projector):
         leases = asyncio.create_task(self.leases.run(holding))
         watching = asyncio.create_task(self._relay_changes(holding))
         try:
-            await _first(self.leases.ready.wait(), stop.wait())
+            await backoff.first(self.leases.ready.wait(), stop.wait())
             if not until_head:
                 return await super().run(stop, home=home)
             # Up to the heads as they are now, for every slice: the slices held, and those
@@ -288,7 +288,9 @@ class SliceWorker(Projector):
                 change = asyncio.Event()
                 self._changes.append(change)
                 try:
-                    await _first(change.wait(), stop.wait(), asyncio.sleep(self.leases.ttl / 3))
+                    await backoff.first(
+                        change.wait(), stop.wait(), asyncio.sleep(self.leases.ttl / 3)
+                    )
                 finally:
                     self._changes.remove(change)
         finally:
@@ -329,7 +331,7 @@ class SliceWorker(Projector):
                 if not usable:
                     if until_head:
                         return
-                    await _first(change.wait(), stop.wait())
+                    await backoff.first(change.wait(), stop.wait())
                     change.clear()
                     continue
                 interrupt = asyncio.Event()
@@ -351,7 +353,7 @@ class SliceWorker(Projector):
         """While a stream is read: drop the slices lost; take a slice gained in place when
         its checkpoint is not behind what was read, else have the stream read again."""
         while True:
-            await _first(change.wait(), stop.wait())
+            await backoff.first(change.wait(), stop.wait())
             if stop.is_set():
                 interrupt.set()
                 return
@@ -423,16 +425,6 @@ class SliceWorker(Projector):
             if facts:
                 return self.projection.slice_key(facts[0])
         return None
-
-
-async def _first(*waits: Any) -> None:
-    """Wait until the first of ``waits`` is done; cancel the rest."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def lease_group(

@@ -48,7 +48,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,7 +57,7 @@ from typing import Any
 import orjson
 
 from toolkit import locks
-from toolkit.backoff import Backoff, pause
+from toolkit.backoff import Backoff, first, pause
 from toolkit.errors import RelayBusyError
 from toolkit.nats.connection import Connection
 from toolkit.nats.leases import DEFAULT_TTL, LeaseGroup
@@ -293,7 +293,7 @@ async def _nats_lease(
     refuse_after = asyncio.get_running_loop().time() + ttl * 1.5
     try:
         while 0 not in group.held:
-            await _first(group.ready.wait(), stop.wait())
+            await first(group.ready.wait(), stop.wait())
             if stop.is_set():
                 break
             if 0 in group.held:
@@ -306,13 +306,13 @@ async def _nats_lease(
                 raise refuse(f"its lease on NATS is held: {described}")
             if not standby:
                 group.changed.clear()
-                await _first(group.changed.wait(), stop.wait(), asyncio.sleep(ttl / 3))
+                await first(group.changed.wait(), stop.wait(), asyncio.sleep(ttl / 3))
                 continue
             if not lease.waited:
                 waiting(f"its lease on NATS is held: {described}")
                 lease.waited = True
             group.changed.clear()
-            await _first(group.changed.wait(), stop.wait())
+            await first(group.changed.wait(), stop.wait())
         if 0 not in group.held:
             yield False
             return
@@ -320,7 +320,7 @@ async def _nats_lease(
         async def watch() -> None:
             while 0 in group.held and group.holds(0):
                 group.changed.clear()
-                await _first(group.changed.wait(), asyncio.sleep(ttl / 4))
+                await first(group.changed.wait(), asyncio.sleep(ttl / 4))
             lease.holder = "another relay (its lease on NATS was not renewed in time)"
             lease.lost.set()
 
@@ -331,15 +331,6 @@ async def _nats_lease(
             watching.cancel()
         ended.set()
         await running
-
-
-async def _first(*waits: Awaitable[Any]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 class _Held(Exception):
@@ -391,7 +382,7 @@ async def _wait_for_advisory(
     with back-off, while the server is away."""
     import psycopg
 
-    backoff = Backoff(WAIT_PAUSE, 5.0)
+    retrying = Backoff(WAIT_PAUSE, 5.0)
     db: Any = None
     while True:
         try:
@@ -406,7 +397,7 @@ async def _wait_for_advisory(
             if not lease.waited:
                 waiting(holder)
                 lease.waited = True
-            backoff.reset()
+            retrying.reset()
             delay = WAIT_PAUSE
         except psycopg.OperationalError as exc:
             if db is not None:
@@ -414,7 +405,7 @@ async def _wait_for_advisory(
                 db = None
             if not standby:
                 raise
-            delay = backoff.advance()
+            delay = retrying.advance()
             log.warning(
                 "relay %s: standing by, but its PostgreSQL log does not answer (%s); "
                 "trying again in %.1fs", name, " ".join(str(exc).split()), delay,
@@ -434,10 +425,10 @@ async def _watch(
     ``lease.lost`` once another process holds it."""
     import psycopg
 
-    backoff = Backoff(WAIT_PAUSE, 5.0)
+    retrying = Backoff(WAIT_PAUSE, 5.0)
     alive = True
     while True:
-        await asyncio.sleep(CHECK_EVERY if alive else backoff.advance())
+        await asyncio.sleep(CHECK_EVERY if alive else retrying.advance())
         try:
             if alive:
                 await asyncio.to_thread(session[0].execute, "SELECT 1")
@@ -446,7 +437,7 @@ async def _watch(
             if await asyncio.to_thread(locks.try_advisory_lock, db, label):
                 session[0] = db
                 alive = True
-                backoff.reset()
+                retrying.reset()
                 log.warning("relay %s: its lock's PostgreSQL session had ended; took the lock "
                             "again on a new one", name)  # fmt: skip
                 continue
