@@ -260,6 +260,7 @@ async def test_queued_commands_run_once_while_a_worker_process_is_killed(
 
             killed = [p for p in pool if p.poll() is not None]
             assert [p.returncode for p in killed] == [-signal.SIGKILL]
+            tokenless = set()
             for name, status in statuses.items():
                 if name in invalid:
                     assert status["state"] == "failed", status
@@ -268,9 +269,12 @@ async def test_queued_commands_run_once_while_a_worker_process_is_killed(
                 else:
                     assert status["state"] == "done", status
                     assert set(status["result"]) == {"id"}
-                    token = status["consistency_token"]
-                    # stored by the worker killed before writing the status: no token
-                    assert (token is None) == (name == victim), (name, token)
+                    if status["consistency_token"] is None:
+                        tokenless.add(name)
+            # A status written from the recorded outcome has no token: the victim's, stored
+            # by the worker that died before writing it, and at most the one the process's
+            # other worker had stored in that moment (it dies with it; --workers 2).
+            assert victim in tokenless and len(tokenless) <= 2, tokenless
 
             nc = await connect(nats_server.url)
             try:
