@@ -204,7 +204,10 @@ class LeaseGroup(OnConnection):
         share, take free slices up to it. Each step's requests go out together: a round
         must not take longer than the leases last, whatever the loop is busy with."""
         await kv.put(self._member_key(), self._value())
-        members = await self.members(kv)
+        # One look at the group's keys a round (each look is a consumer the server keeps a
+        # moment after it is done: one a round, not one a question).
+        keys = await _keys(kv, f"{self.group}.")
+        members = sorted(k[2:] for k in keys if k.startswith("w."))
         if self.worker not in members:  # (the put above makes it one, unless it expired)
             members = sorted([*members, self.worker])
         share = self.slices if self.sticky else _share(self.slices, members, self.worker)
@@ -214,7 +217,7 @@ class LeaseGroup(OnConnection):
         await asyncio.gather(*(self._let_go(kv, k) for k in over))
         held -= set(over)
         if len(held) < share:
-            taken = await self.taken(kv)
+            taken = {int(k[2:]) for k in keys if k.startswith("s.") and k[2:].isdigit()}
             free = [k for k in self._preference() if k not in taken and k not in held]
             got = await asyncio.gather(*(self._take(kv, k) for k in free[: share - len(held)]))
             held |= {k for k in got if k is not None}
@@ -307,12 +310,18 @@ def _share(slices: int, members: list[str], worker: str) -> int:
     return base + (1 if members.index(worker) < extra else 0)
 
 
+_LOOK_GONE_AFTER = 2.0
+"""Seconds the server keeps a look's consumer once it is done (its default is longer)."""
+
+
 async def _keys(kv: KeyValue | None, prefix: str) -> list[str]:
     """What follows ``prefix`` in the keys the bucket holds now (none expired or deleted).
     (KeyValue.keys reads the whole bucket and filters by substring: a watch of the
     prefix reads only those.)"""
     assert kv is not None
-    watcher = await kv.watch(f"{prefix}*", meta_only=True, ignore_deletes=True)
+    watcher = await kv.watch(
+        f"{prefix}>", meta_only=True, ignore_deletes=True, inactive_threshold=_LOOK_GONE_AFTER
+    )
     found: list[str] = []
     try:
         async for entry in watcher:
