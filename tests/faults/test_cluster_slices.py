@@ -470,8 +470,20 @@ async def test_slice_workers_on_a_cluster_survive_kills_stops_cuts_and_a_server_
                 assert process.poll() is None, fleet.said(process)
             await slices_move("the reconnection (the pair holds slices again)")
 
-            # A server of the cluster killed: a follower of the stream, then its leader.
+            # A server of the cluster killed: a follower of the stream, then its leader, once
+            # every replica is current again (R3 outlives one server down, not two: the one
+            # restarted in round 1 may still be catching up). A replica the server's defect
+            # stopped never is: then the leader's kill would take the quorum, and is left out.
             server_killed = "follower" if round_ == 1 else "leader"
+            if round_ == 2:
+                try:
+                    await settled(cnc, within=60)
+                except AssertionError:
+                    troubles = server_troubles(cluster)
+                    assert "last msgid mismatch" in troubles, troubles
+                    report("server defect: a replica of sales stopped for good; the leader's "
+                           "kill is left out (two replicas left)")  # fmt: skip
+                    continue
             led_by = await leader(cnc)
             victim = (
                 led_by

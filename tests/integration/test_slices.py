@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 from typing import ClassVar
 from uuid import UUID
@@ -508,10 +509,19 @@ def test_slice_workers_share_the_writer_lock_and_keep_out_what_needs_the_project
                 pass
             with other.writer_lock("replay"):  # a replay builds beside them
                 pass
-        # and while one of those runs, no slice worker starts
-        with (
-            home.writer_lock(),
-            pytest.raises(ProjectionBusyError),
-            other.writer_lock(SLICE_WORKERS),
-        ):
-            pass
+        # and while one of those runs, no slice worker starts (PostgreSQL frees a closed
+        # session's advisory locks a moment after the client has closed it)
+        for _ in range(100):
+            try:
+                held = home.writer_lock()
+                held.__enter__()
+                break
+            except ProjectionBusyError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("the slice workers' shared locks were never released")
+        try:
+            with pytest.raises(ProjectionBusyError), other.writer_lock(SLICE_WORKERS):
+                pass
+        finally:
+            held.__exit__(None, None, None)
