@@ -154,6 +154,12 @@ def _rows(generation: Generation, sql: str) -> list[tuple[object, ...]]:
         db.close()
 
 
+def _at(generation: Generation, sequence: int, slices: int = 8) -> bool:
+    """Whether every slice of ``generation`` (cut into ``slices``) has reached ``sequence``."""
+    found = _checkpoints(generation)
+    return len(found) == slices and min(found.values()) >= sequence
+
+
 def _checkpoints(generation: Generation) -> dict[str, int]:
     from toolkit.readmodels import backends
 
@@ -193,10 +199,7 @@ async def test_slice_workers_joining_stopping_and_dying_apply_each_message_once_
             await wait_for(lambda: applied() >= 150, within=30)
             await workers.end("a")  # stops cleanly: its slices move at once
             await wait_for(
-                lambda: (
-                    len(_checkpoints(generation)) == 8
-                    and min(_checkpoints(generation).values()) >= head
-                ),
+                lambda: _at(generation, head),
                 within=60,
             )
         finally:
@@ -231,10 +234,7 @@ async def test_billing_cut_into_slices_equals_a_clean_build(
             for name in ("a", "b", "c", "d"):
                 workers.start(name)
             await wait_for(
-                lambda: (
-                    min(_checkpoints(generation).values(), default=0) >= head
-                    and len(_checkpoints(generation)) == 8
-                ),
+                lambda: _at(generation, head),
                 within=60,
             )
         finally:
@@ -269,10 +269,7 @@ async def test_a_key_taken_from_the_fact_keeps_each_customers_orders_in_order(
             await workers.end("b", kill=True)
             workers.start("c")
             await wait_for(
-                lambda: (
-                    len(_checkpoints(generation)) == 8
-                    and min(_checkpoints(generation).values()) >= head
-                ),
+                lambda: _at(generation, head),
                 within=60,
             )
         finally:
@@ -302,10 +299,7 @@ async def test_a_model_kept_by_one_worker_is_handed_over_to_slices_and_refused_a
             workers.start("a")
             workers.start("b")
             await wait_for(
-                lambda: (
-                    len(_checkpoints(generation)) == 8
-                    and min(_checkpoints(generation).values()) >= later
-                ),
+                lambda: _at(generation, later),
                 within=30,
             )
         finally:
@@ -440,9 +434,7 @@ async def test_slice_workers_go_on_in_the_generation_a_replay_built(
                 sales.place_order(customers[i % 6], LINE)
             later = await relay_all(sales, nc)
             await wait_for(
-                lambda: (
-                    len(_checkpoints(rebuilt)) == 8 and min(_checkpoints(rebuilt).values()) >= later
-                ),
+                lambda: _at(rebuilt, later),
                 within=30,
             )
         finally:

@@ -255,17 +255,6 @@ class LeaseGroup(OnConnection):
         start = zlib.crc32(self.worker.encode()) % self.slices
         return [(start + i) % self.slices for i in range(self.slices)]
 
-    async def taken(self, kv: KeyValue | None = None) -> set[int]:
-        """The slices some live worker holds now."""
-        prefix = f"{self.group}.s."
-        return {int(key) for key in await _keys(kv or self._kv, prefix) if key.isdigit()}
-
-    async def members(self, kv: KeyValue | None = None) -> list[str]:
-        """The workers of the group that are alive (their presence has not expired)."""
-        kv = kv or self._kv
-        assert kv is not None
-        return sorted(await _keys(kv, f"{self.group}.w."))
-
     async def holders(self) -> list[SliceHolder]:
         """Who holds each slice now (None: nobody)."""
         kv = self._kv or await open_bucket(self.connection, self.ttl, self.replicas)
