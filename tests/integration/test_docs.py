@@ -62,7 +62,7 @@ shows the book its command added (checked with the title below)."""
 README_MAX = 12_500
 """Bytes: the README says what the project is and how to start; the guide holds the rest."""
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def _run(block: Block, workspace: Path, port: int, groups: list[int]) -> str:
         )
         groups.append(process.pid)
         try:
-            code_ = process.wait(timeout=90)
+            code_ = process.wait(timeout=150)
         except subprocess.TimeoutExpired:
             code_ = None
     output = said.read_text(errors="replace")
