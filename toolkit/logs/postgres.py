@@ -1,4 +1,14 @@
-"""A context's PostgreSQL log when it holds text ids beside UUIDs.
+"""A context's PostgreSQL log: fenced tracking records, and text ids beside UUIDs.
+
+:class:`FencedPostgresProcessRecorder` is eventsourcing's process recorder honouring a
+:class:`~toolkit.logs.fence.FencedTracking`: each move is a compare-and-set in the save's
+transaction, an ``UPDATE ... WHERE application_name = %s AND notification_id = %s`` (an
+``INSERT ... ON CONFLICT DO NOTHING`` where its writer expected no record). Under READ
+COMMITTED a concurrent mover's UPDATE waits for the row and then finds it moved, so one
+of two racing writers of a record fails; a move that does not hold raises
+:class:`~eventsourcing.persistence.IntegrityError` and the transaction is rolled back,
+events included. It needs single-row tracking (eventsourcing's default); on a log that
+keeps a row per position (``SINGLE_ROW_TRACKING=no``) a fenced tracking record is refused.
 
 eventsourcing's PostgreSQL recorder keeps ids in a ``uuid`` column, or with
 ``ORIGINATOR_ID_TYPE=text`` in a ``text`` one; but it hands UUIDs to psycopg as they are,
@@ -15,9 +25,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
+from eventsourcing.persistence import ProgrammingError, Tracking
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresProcessRecorder
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from toolkit.logs.fence import FencedTracking, refusal
 
 M = TypeVar("M", bound=Callable[..., Any])
 
@@ -41,9 +57,51 @@ class TextIdPostgresRecorder(PostgresApplicationRecorder):
     select_events = _with_text_id(PostgresApplicationRecorder.select_events)
 
 
-class TextIdPostgresProcessRecorder(PostgresProcessRecorder):
+class FencedPostgresProcessRecorder(PostgresProcessRecorder):
     """eventsourcing's PostgreSQL process recorder (events and tracking records in one
-    transaction), with UUIDs passed as text as :class:`TextIdPostgresRecorder` does."""
+    transaction), honouring :class:`FencedTracking`."""
+
+    fences_tracking: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        table = (Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+        self.insert_first_tracking_statement = SQL(
+            "INSERT INTO {0}.{1} VALUES (%s, %s) "
+            "ON CONFLICT (application_name) DO NOTHING RETURNING notification_id"
+        ).format(*table)
+        self.move_tracking_statement = SQL(
+            "UPDATE {0}.{1} SET notification_id = %s "
+            "WHERE application_name = %s AND notification_id = %s RETURNING notification_id"
+        ).format(*table)
+
+    def _insert_tracking(self, curs: Cursor[DictRow], tracking: Tracking) -> None:
+        if not isinstance(tracking, FencedTracking):
+            super()._insert_tracking(curs, tracking)
+            return
+        if not self.datastore.single_row_tracking:
+            raise ProgrammingError(
+                "a fenced tracking record needs single-row tracking (one record per "
+                "name): this PostgreSQL log keeps a row per position (SINGLE_ROW_TRACKING=no)"
+            )
+        for move in tracking.moves:
+            if move.expected is None:
+                curs.execute(
+                    self.insert_first_tracking_statement, (move.name, move.position), prepare=True
+                )
+            else:
+                curs.execute(
+                    self.move_tracking_statement,
+                    (move.position, move.name, move.expected),
+                    prepare=True,
+                )
+            if curs.fetchone() is None:
+                raise refusal(move, self._max_tracking_id(move.name, curs))
+
+
+class TextIdPostgresProcessRecorder(FencedPostgresProcessRecorder):
+    """The fenced PostgreSQL process recorder, with UUIDs passed as text as
+    :class:`TextIdPostgresRecorder` does."""
 
     construct_pg_stored_event = _with_text_id(PostgresProcessRecorder.construct_pg_stored_event)
     select_events = _with_text_id(PostgresProcessRecorder.select_events)

@@ -46,6 +46,14 @@ from toolkit.write.published import PublishedLanguage
 _CREATE_TRIES = 10
 """Tries at creating a PostgreSQL log's tables while other processes create them too."""
 
+_FENCED_PROCESS_RECORDERS = {
+    "eventsourcing.sqlite": "toolkit.logs.sqlite:FencedSQLiteProcessRecorder",
+    "eventsourcing.postgres": "toolkit.logs.postgres:FencedPostgresProcessRecorder",
+}
+"""The process recorder of a context that reacts, by log, unless PROCESS_RECORDER_TOPIC
+names another: eventsourcing's, honouring fenced tracking records (:mod:`toolkit.logs.fence`).
+The JetStream log's own process recorder honours them."""
+
 ID = TypeVar("ID", bound=UUID | str, default=UUID)
 """The ids of a context's aggregates: UUIDs unless it says ``BoundedContext[UUID | str]``."""
 
@@ -64,7 +72,9 @@ class BoundedContext(Application[ID]):
     reacts: ClassVar[bool] = False
     """Whether policies run on this context (:mod:`toolkit.react`): its log is then
     eventsourcing's process recorder, which stores a tracking record of the foreign
-    message a save reacted to in the same transaction as the save's events."""
+    message a save reacted to in the same transaction as the save's events (on SQLite and
+    PostgreSQL toolkit's subclass of it, which also stores fenced tracking records:
+    :mod:`toolkit.logs.fence`)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -157,6 +167,9 @@ class BoundedContext(Application[ID]):
             environment["PERSISTENCE_MODULE"] = "eventsourcing.sqlite"
             if not environment.get("SQLITE_DBNAME"):
                 environment["SQLITE_DBNAME"] = str(self.data_dir / f"{self.name}.sqlite")
+        fenced = _FENCED_PROCESS_RECORDERS.get(environment.get("PERSISTENCE_MODULE") or "")
+        if fenced and not environment.get("PROCESS_RECORDER_TOPIC"):
+            environment["PROCESS_RECORDER_TOPIC"] = fenced  # (the text-id one is fenced too)
         return environment
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[ID]]:

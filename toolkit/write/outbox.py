@@ -27,6 +27,7 @@ from uuid import UUID
 from eventsourcing.persistence import Recording
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteProcessRecorder
 
+from toolkit.logs.sqlite import FencedSQLiteProcessRecorder
 from toolkit.write.causation import CausalMapper, Causation
 from toolkit.write.published import OutgoingMessage, Publishable
 from toolkit.write.transcoder import decode_uuid
@@ -191,10 +192,15 @@ class Outbox:
         ]
 
 
+_SQLITE_RECORDERS = (SQLiteApplicationRecorder, SQLiteProcessRecorder, FencedSQLiteProcessRecorder)
+"""The recorders whose events table is eventsourcing's SQLite one (not a subclass that may
+keep its events elsewhere)."""
+
+
 def _sqlite_rows(context: BoundedContext[Any], topics: list[str]) -> Rows | None:
     """The query of eventsourcing's SQLite recorder, returning tuples."""
     recorder = context.recorder
-    if type(recorder) not in (SQLiteApplicationRecorder, SQLiteProcessRecorder) or not topics:
+    if type(recorder) not in _SQLITE_RECORDERS or not topics:
         return None
     assert isinstance(recorder, SQLiteApplicationRecorder)  # a process recorder is one too
     datastore = recorder.datastore

@@ -16,6 +16,8 @@ import orjson
 from eventsourcing.persistence import DataError
 from nats.aio.msg import Msg
 
+from toolkit.logs.fence import Move
+
 MAX_BATCH = 1000
 """The most messages JetStream takes in one atomic batch."""
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
@@ -30,12 +32,16 @@ TRY_AGAIN = frozenset({10176, 10210})
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One message of a save: an event, or a tracking record (version = notification id)."""
+    """One message of a save: an event, or a tracking record (version = notification id).
+    A tracking record of a :class:`~toolkit.logs.fence.FencedTracking` carries its
+    ``fence``: stored only if the subject's last record is still ``fence.expected`` (no
+    record when None)."""
 
     subject: str
     version: int
     payload: bytes
     label: str
+    fence: Move | None = None
 
 
 def status_of(msg: Msg) -> str | None:

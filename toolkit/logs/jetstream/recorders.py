@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import queue
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -31,6 +31,7 @@ from eventsourcing.persistence import (
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from toolkit.logs.fence import FencedTracking
 from toolkit.logs.jetstream.messages import Entry, decode_event, decode_version
 from toolkit.logs.jetstream.stream import READ_CHUNK, JetStreamRecorder, LastRecorded
 from toolkit.wire import encode_token
@@ -238,16 +239,34 @@ class JetStreamTrackingRecorder(JetStreamRecorder, TrackingRecorder):
     def tracking_subject(self, application_name: str) -> str:
         return f"{self.prefix}tracking.{encode_token(application_name)}"
 
-    def _tracking(self, tracking: Tracking) -> Entry:
-        return Entry(
-            self.tracking_subject(tracking.application_name),
-            tracking.notification_id,
-            b"%d \n" % tracking.notification_id,
-            f"tracking of {tracking.application_name}",
-        )
+    fences_tracking: ClassVar[bool] = True
+    """A :class:`~toolkit.logs.fence.FencedTracking` is stored as a fence: each of its
+    moves only from the position its writer expected (see :mod:`toolkit.logs.jetstream.stream`)."""
+
+    def _tracking(self, tracking: Tracking) -> list[Entry]:
+        """The tracking record's messages: one, or one per move of a fenced record."""
+        if isinstance(tracking, FencedTracking):
+            return [
+                Entry(
+                    self.tracking_subject(move.name),
+                    move.position,
+                    b"%d \n" % move.position,
+                    f"tracking of {move.name}",
+                    move,
+                )
+                for move in tracking.moves
+            ]
+        return [
+            Entry(
+                self.tracking_subject(tracking.application_name),
+                tracking.notification_id,
+                b"%d \n" % tracking.notification_id,
+                f"tracking of {tracking.application_name}",
+            )
+        ]
 
     def insert_tracking(self, tracking: Tracking) -> None:
-        self.datastore.call(self._append([self._tracking(tracking)]))
+        self.datastore.call(self._append(self._tracking(tracking)))
 
     def max_tracking_id(self, application_name: str) -> int | None:
         return self.datastore.call(self._max_tracking_id(application_name))
@@ -274,7 +293,7 @@ class JetStreamProcessRecorder(
         tracking: Tracking | None = kwargs.get("tracking")
         entries = self._events(stored_events)
         if tracking is not None:
-            entries.append(self._tracking(tracking))
+            entries.extend(self._tracking(tracking))
         if not entries:
             return []
         sequences = self.datastore.call(self._append(entries))

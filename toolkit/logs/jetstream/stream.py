@@ -29,6 +29,15 @@ it was stored). When no acknowledgement comes within ``JETSTREAM_TIMEOUT`` the s
 :class:`~eventsourcing.persistence.OperationalError`: it may or may not have been stored,
 exactly as a lost COMMIT reply from a SQL server.
 
+Fenced tracking records (:class:`~toolkit.logs.fence.FencedTracking`). A tracking record
+that moves only from where its writer left it carries the position expected
+(:attr:`Entry.fence`): before publishing, the subject's last recorded version must be that
+position (the subject empty for None), else the save raises ``IntegrityError`` and nothing
+is sent. The knowledge checked is the recorder's, read again when it does not hold; since
+the publish itself is conditional on the subject's last sequence, a record moved meanwhile
+makes the server refuse the save, the knowledge is read again and the fence checked again:
+a compare-and-set. The recorder remembers a record only once the server has stored it.
+
 Reads. One aggregate's events come from batched direct gets by subject (``allow_direct``):
 one request, answered with the aggregate's messages in order; the last event alone (a
 snapshot, ``desc=True, limit=1``) is one direct get by last subject.
@@ -58,6 +67,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
 from toolkit.backoff import Backoff
+from toolkit.logs.fence import refusal
 from toolkit.logs.jetstream.datastore import JetStreamDatastore
 from toolkit.logs.jetstream.messages import (
     BATCH_COMMIT,
@@ -276,16 +286,37 @@ class JetStreamRecorder(Recorder):
                 sequence = int(msg.headers["Nats-Sequence"])  # type: ignore[index]
                 self._remember(subject, LastRecorded(decode_version(msg.data), sequence))
 
+    def _found(self, subject: str) -> int | None:
+        """The last version recorded on ``subject`` as the recorder knows it (None: no
+        record, or none known)."""
+        last = self._last_recorded.get(subject)
+        return None if last is None or last.version == _NOTHING else last.version
+
     async def _expected(self, firsts: dict[str, Entry], known: bool) -> dict[str, int]:
         """The last sequence each subject must have for the save to hold; raises
-        IntegrityError when a subject already has the version being written (or later)."""
+        IntegrityError when a subject already has the version being written (or later),
+        or a fenced record is not where its writer expected it."""
         if not known:
             known_subjects = self._last_recorded
-            unknown = [s for s, e in firsts.items() if s not in known_subjects and e.version > 1]
+            unknown = [
+                s
+                for s, e in firsts.items()
+                if s not in known_subjects
+                and (e.version > 1 or (e.fence is not None and e.fence.expected is not None))
+            ]
             if unknown:
                 await self._refresh(unknown)
+            stale = [  # known from before, perhaps moved since: a fence is not refused on that
+                s
+                for s, e in firsts.items()
+                if e.fence is not None and s not in unknown and self._found(s) != e.fence.expected
+            ]
+            if stale:
+                await self._refresh(stale)
         expected: dict[str, int] = {}
         for subject, entry in firsts.items():
+            if entry.fence is not None and self._found(subject) != entry.fence.expected:
+                raise refusal(entry.fence, self._found(subject))
             last = self._last_recorded.get(subject)
             if last is None:
                 expected[subject] = 0  # presumably new; JetStream says if not
@@ -317,6 +348,8 @@ class JetStreamRecorder(Recorder):
                     f"{entry.label}: versions must increase within a save "
                     f"({entries[previous].version} then {entry.version})"
                 )
+            elif entry.fence is not None and entry.fence.expected != entries[previous].version:
+                raise refusal(entry.fence, entries[previous].version)  # (moved twice in one save)
             lasts[entry.subject] = index
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.datastore.timeout
