@@ -19,6 +19,7 @@ from toolkit.react.lock import busy, policy_lock
 from toolkit.react.policy import Policy
 from toolkit.react.reactor import Reactor, ReactorStats
 from toolkit.react.runner import PolicyRunner
+from toolkit.react.slices import SliceReactor, policy_leases
 from toolkit.system import System
 from toolkit.write.context import BoundedContext
 from toolkit.write.relay_lock import RelayLease, relay_lease
@@ -39,6 +40,15 @@ async def react(
     policy = policy_class()
     context = context_class(data_dir=settings.data_dir)
     role = f"toolkit react {name}"
+
+    if policy.slices is not None:
+        with contextlib.closing(context), policy_lock(context, name, role, shared=True):
+            async with open_nats(settings, name=f"react-{name}") as nats:
+                stats = await until_signalled(
+                    lambda stop: _react_sliced(settings, nats, policy, context, stop, once)
+                )
+        _said(name, stats)
+        return
 
     def waiting(holder: str) -> None:
         say(f"standing by: policy {name} runs ({holder}); taking over when it stops")
@@ -65,13 +75,44 @@ async def react(
     with contextlib.closing(context):
         async with open_nats(settings, name=f"react-{name}") as nats:
             stats = await until_signalled(reacting)
+    _said(name, stats)
+
+
+def _said(name: str, stats: ReactorStats | None) -> None:
     if stats is not None:
+        elsewhere = f", {stats.elsewhere} of other workers' slices" if stats.elsewhere else ""
         say(
             f"{name}: {stats.reacted} reacted ({stats.events} events), {stats.skipped} "
             f"skipped, {stats.duplicates} duplicates, {stats.rejected} rejected, "
-            f"{stats.parked} parked, {stats.held} held behind them; positions "
+            f"{stats.parked} parked, {stats.held} held behind them{elsewhere}; positions "
             f"{stats.positions}"
         )
+
+
+async def _react_sliced(
+    settings: Settings,
+    nats: Nats,
+    policy: Policy[Any],
+    context: BoundedContext[Any],
+    stop: asyncio.Event,
+    once: bool,
+) -> ReactorStats:
+    """React as one of the workers of a policy cut into slices, on what its leases give."""
+    name = policy.name
+    with PolicyDeadLetters(dead_letters_path(settings.data_dir, name)) as dead_letters:
+        runner = PolicyRunner(policy, context)
+        leases = policy_leases(
+            nats.connection, policy, ttl=settings.lease_ttl, replicas=settings.stream_replicas
+        )
+        async with Reporter(settings.data_dir) as reporter:
+            reactor = SliceReactor(runner, dead_letters, nats.connection, leases)
+            watch(reporter, reactor, lambda: nats.connection.trouble)
+            say(
+                f"reacting with {name} on context {context.name} to "
+                f"{', '.join(policy.streams)} from {nats.url}: one of the workers sharing its "
+                f"{policy.slices} slices ({leases.worker})"
+            )
+            return await reactor.run(stop, until_head=once)
 
 
 async def _react_held(
@@ -128,16 +169,22 @@ def serve_policies(
     locks: contextlib.ExitStack, settings: Settings, system: System, asked: Sequence[str]
 ) -> list[str]:
     """The policies ``toolkit serve --policies`` names (``all``: every one the system
-    declares), each one's lock held in ``locks``; a policy running elsewhere refuses
-    the whole serve, with one line."""
+    declares but those cut into slices, whose workers are ``toolkit react``), each one's
+    lock held in ``locks``; a policy running elsewhere refuses the whole serve, with one
+    line."""
     if "all" in asked and "all" not in system.policies:
         if len(asked) > 1:
             raise ConfigurationError("--policies takes 'all' or names, not both")
-        names = list(system.policies)
+        names = [n for n in system.policies if system.policy(n).slices is None]  # (workers)
     else:
         names = list(dict.fromkeys(asked))
     for name in names:
         policy_class = system.policy(name)  # an unknown name: one clear line
+        if policy_class.slices is not None:
+            raise ConfigurationError(
+                f"policy {name} is cut into {policy_class.slices} slices: run it with "
+                f"`toolkit react {name}` workers (as many as you like), not in serve"
+            )
         context = system.policy_context(policy_class)(data_dir=settings.data_dir)
         try:
             locks.enter_context(policy_lock(context, name, "toolkit serve"))

@@ -24,12 +24,16 @@ from toolkit.write.relay_lock import log_lock
 
 
 @contextlib.contextmanager
-def policy_lock(context: BoundedContext[Any], policy: str, role: str) -> Iterator[None]:
+def policy_lock(
+    context: BoundedContext[Any], policy: str, role: str, *, shared: bool = False
+) -> Iterator[None]:
     """Hold the lock of ``policy`` (running on ``context``) while the block runs; raise
     :class:`~toolkit.errors.PolicyBusyError`, naming the holder, when another holds it.
-    ``role`` says what holds it (``toolkit react parcels``), for that message."""
-
-    with log_lock(context, f"policy-{check_name('policy', policy)}", role, busy(policy)):
+    ``role`` says what holds it (``toolkit react parcels``), for that message.
+    ``shared``: the workers of a policy cut into slices hold it together, which keeps out
+    what needs the policy alone (``toolkit dlq``)."""
+    kind = f"policy-{check_name('policy', policy)}"
+    with log_lock(context, kind, role, busy(policy), shared=shared):
         yield
 
 

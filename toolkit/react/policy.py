@@ -41,6 +41,12 @@ class Policy(Generic[C]):
     """Tries after the first before a message whose reaction keeps failing is parked."""
     retry_delay: ClassVar[float] = 0.2
     """Seconds before the first retry; doubled for each next one."""
+    slices: ClassVar[int | None] = None
+    """How many slices its streams are cut into, by the message's aggregate, for any
+    number of ``toolkit react`` workers to share by lease (:mod:`toolkit.react.slices`):
+    each slice is reacted to in order by one worker at a time, each with a tracking record
+    of its own. Chosen once, and recorded in the context's log: it cannot change (nor go
+    back to None) after a worker ran. None (the default): one reactor at a time."""
 
     def __init__(self) -> None:
         name = getattr(self, "name", None)
@@ -53,6 +59,12 @@ class Policy(Generic[C]):
         if len(set(streams)) != len(streams):
             raise ConfigurationError(f"policy {name} has two translators of one stream")
         self._translators = {translator.stream: translator for translator in self.translators}
+        if self.slices is not None and (
+            isinstance(self.slices, bool) or not isinstance(self.slices, int) or self.slices < 1
+        ):
+            raise ConfigurationError(
+                f"policy {name}: slices must be a whole number of 1 or more, not {self.slices!r}"
+            )
 
     @property
     def streams(self) -> list[str]:
@@ -69,6 +81,15 @@ class Policy(Generic[C]):
     def tracking_name(self, stream: str) -> str:
         """The name its tracking records of ``stream`` have in the context's log."""
         return f"{self.name}:{stream}"
+
+    def slice_tracking_name(self, stream: str, slice_: int) -> str:
+        """The name of the tracking record of slice ``slice_`` of ``stream``."""
+        return f"{self.tracking_name(stream)}#{slice_}"
+
+    def cut_tracking_name(self, stream: str) -> str:
+        """The name of the record of how many slices ``stream`` was cut into (its
+        position is the count)."""
+        return f"{self.tracking_name(stream)}#slices"
 
     def retry_tracking_name(self, stream: str, sequence: int) -> str:
         """The name of the tracking record of a retry of its dead letter at ``sequence``

@@ -154,6 +154,8 @@ class Reactor(OnConnection, Generic[C]):
                     return
                 if batch and not await self._apply(batch, stop):
                     return  # stopped while waiting to retry
+                if not batch:
+                    self._quiet(stream)
                 position = self.stats.positions[stream] = self.runner.position(stream)
                 if reader.pending is not None:
                     self.stats.lag[stream] = reader.pending
@@ -167,6 +169,9 @@ class Reactor(OnConnection, Generic[C]):
                     return
         finally:
             await reader.close()
+
+    def _quiet(self, stream: str) -> None:
+        """Called when a read of ``stream`` brought nothing new."""
 
     async def _apply(self, batch: list[StreamMessage], stop: asyncio.Event) -> bool:
         """Apply ``batch``, retrying and parking what fails; False when stopped meanwhile."""

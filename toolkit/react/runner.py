@@ -26,19 +26,19 @@ letter was removed) is refused by the log and only removes the dead letter.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NamedTuple
 
-from eventsourcing.persistence import IntegrityError, ProcessRecorder, Tracking
+from eventsourcing.persistence import ProcessRecorder, Tracking
 from typing_extensions import TypeVar
 
 from toolkit import wire
 from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, PoisonMessage
 from toolkit.react.holds import Holds, Memory
 from toolkit.react.policy import Policy
+from toolkit.react.tracking import Track, Tracks
 from toolkit.read.reader import StreamMessage
 from toolkit.read.translator import UnknownEvent
 from toolkit.wire.subjects import aggregate_token
@@ -68,6 +68,9 @@ class Counts:
     """Messages parked without being reacted to: behind an earlier dead letter of their
     aggregate, or parked already (before a crash): recorded as processed, kept as dead
     letters."""
+    elsewhere: int = 0
+    """Messages of slices this runner does not hold (a policy cut into slices): another
+    worker's to react to."""
 
     def count(self, other: Counts) -> None:
         """Count ``other``'s messages too."""
@@ -77,6 +80,7 @@ class Counts:
         self.duplicates += other.duplicates
         self.rejected += other.rejected
         self.held += other.held
+        self.elsewhere += other.elsewhere
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,9 @@ class _Run:
     """Consecutive messages of one stream whose reactions are stored together."""
 
     reactions: list[_Reaction] = field(default_factory=list)
-    through: int = 0
-    """The last sequence of the run (a reaction's, or a type not read after it)."""
+    through: dict[str, int] = field(default_factory=dict)
+    """Each tracking record's last sequence in the run (a reaction's, or a type not read
+    after it): one record, or, cut into slices, one per slice the run touches."""
 
     @property
     def stream(self) -> str:
@@ -112,6 +117,7 @@ class _Reaction(NamedTuple):
     message: StreamMessage
     head: wire.EnvelopeHead
     facts: list[object]
+    memory: str
 
 
 class Retried(NamedTuple):
@@ -157,7 +163,8 @@ class PolicyRunner(Generic[C]):
         self.on_rejected = on_rejected
         self.holds = holds
         self.rejected: list[Rejection] = []
-        self._positions: dict[str, int] = {}
+        self.tracks = Tracks(policy, context)
+        """Its tracking records: where each message's processing is recorded."""
         self.together = together
         """At most this many messages' reactions are stored in one transaction."""
         self._reacted_to: dict[str, int] = {}
@@ -183,24 +190,21 @@ class PolicyRunner(Generic[C]):
             self._reacted_to[stream] = max(position, self._reacted_to.get(stream, 0))
         self._remembered = dict(self._reacted_to)
 
-    def _again(self, stream: str, head: wire.EnvelopeHead) -> bool:
-        """Whether ``head``'s event was reacted to before (published again by its relay)."""
+    def _again(self, memory: str, head: wire.EnvelopeHead) -> bool:
+        """Whether ``head``'s event was reacted to before (published again by its relay).
+        ``memory``: the stream's key, or its slice's (log positions grow within each)."""
         position = head.logposition
-        return position is not None and position <= self._reacted_to.get(stream, 0)
+        return position is not None and position <= self._reacted_to.get(memory, 0)
 
-    def _reacted(self, stream: str, head: wire.EnvelopeHead) -> None:
+    def _reacted(self, memory: str, head: wire.EnvelopeHead) -> None:
         position = head.logposition
-        if position is not None and position > self._reacted_to.get(stream, 0):
-            self._reacted_to[stream] = position
+        if position is not None and position > self._reacted_to.get(memory, 0):
+            self._reacted_to[memory] = position
 
     def position(self, stream: str) -> int:
         """The last sequence of ``stream`` recorded as processed (0 before the first):
-        a reader starts after it."""
-        position = self._positions.get(stream)
-        if position is None:
-            name = self.policy.tracking_name(self.policy.translator(stream).stream)
-            position = self._positions[stream] = self.recorder.max_tracking_id(name) or 0
-        return position
+        a reader starts after it. Cut into slices: the lowest of the slices held."""
+        return self.tracks.position(stream)
 
     def apply(self, messages: Sequence[StreamMessage], counts: Counts | None = None) -> Counts:
         """React to each message not processed yet, in order, exactly once. Given
@@ -213,44 +217,53 @@ class PolicyRunner(Generic[C]):
         it is stored and its messages are taken one at a time, each in a transaction of
         its own, where a refusal, a conflict or a poison message is told from the rest."""
         counts = Counts() if counts is None else counts
-        passed: dict[str, int] = {}  # stream -> last sequence passed over, not recorded
+        passed: dict[str, int] = {}  # tracking name -> last sequence passed over, not recorded
+        streams: dict[str, str] = {}  # tracking name -> its stream
         run = _Run()
         try:
             for message in messages:
                 stream, sequence = message.stream, message.sequence
                 if run.reactions and (len(run.reactions) >= self.together or run.stream != stream):
                     run = self._react_together(run, counts, passed)
-                floor = max(self.position(stream), passed.get(stream, 0))
+                track = self.tracks.track(message)
+                if track.slice is not None and track.slice not in self.tracks.held:
+                    counts.elsewhere += 1
+                    continue
+                streams[track.name] = stream
+                floor = max(self.tracks.tracked(track.name, stream), passed.get(track.name, 0))
                 if run.reactions:  # (not recorded yet)
-                    floor = max(floor, run.through)
+                    floor = max(floor, run.through.get(track.name, 0))
                 if sequence <= floor:  # processed already, or delivered twice in the batch
                     counts.duplicates += 1
                     continue
-                reaction = self._reaction(message)
+                reaction = self._reaction(message, track)
                 if isinstance(reaction, _Reaction):
                     run.reactions.append(reaction)
-                    run.through = sequence
+                    run.through[track.name] = sequence
                 elif reaction in ("skip", "again"):
                     if reaction == "skip":
                         counts.skipped += 1
                     else:
                         counts.duplicates += 1  # published again after its stream lost it
                     if run.reactions:
-                        run.through = sequence  # the run's tracking record covers it
+                        run.through[track.name] = sequence  # the run's tracking covers it
                     else:
-                        passed[stream] = sequence
+                        passed[track.name] = sequence
                 else:  # handled on its own, after the run before it, in order
                     run = self._react_together(run, counts, passed)
                     self._apply(message, counts, passed)
             self._react_together(run, counts, passed)
+            self.tracks.settle(messages, passed, streams)
         finally:
-            self._record_passed(passed)
+            self.tracks.record_passed(passed, streams)
             if self.memory is not None and self._reacted_to != self._remembered:
                 self.memory.remember(dict(self._reacted_to))
                 self._remembered = dict(self._reacted_to)
         return counts
 
-    def _reaction(self, message: StreamMessage) -> _Reaction | Literal["skip", "again", "alone"]:
+    def _reaction(
+        self, message: StreamMessage, track: Track
+    ) -> _Reaction | Literal["skip", "again", "alone"]:
         """``message`` (not processed yet) as a plain reaction to store with others;
         ``skip`` for a type the policy does not read; ``again`` for one reacted to before
         (its log position says so: see :meth:`remember_with`); ``alone`` for one that needs
@@ -259,7 +272,7 @@ class PolicyRunner(Generic[C]):
         head = wire.relayed_head(stream, message.headers.get(wire.MSG_ID), message.data)
         if isinstance(head, str):
             return "alone"
-        if self._again(stream, head):
+        if self._again(track.memory, head):
             return "again"
         if self.holds is not None and (
             self.holds.kept(stream, sequence)
@@ -272,7 +285,7 @@ class PolicyRunner(Generic[C]):
             return "skip"
         except Exception:
             return "alone"
-        return _Reaction(message, head, facts)
+        return _Reaction(message, head, facts, track.memory)
 
     def _react_together(self, run: _Run, counts: Counts, passed: dict[str, int]) -> _Run:
         """Store the reactions of ``run`` in one transaction, or, should anything fail,
@@ -281,7 +294,7 @@ class PolicyRunner(Generic[C]):
             return run
         stream = run.stream
         if len(run.reactions) > 1:
-            tracking = Tracking(self.policy.tracking_name(stream), run.through)
+            tracking = self.tracks.tracking(stream, run.through)
             causes: dict[int, Causation] = {}
             try:
                 with self.context.processing(tracking, caused_by=causes) as processing:
@@ -296,22 +309,30 @@ class PolicyRunner(Generic[C]):
             except Exception:  # nothing of the run is stored: see what failed, one by one
                 pass
             else:
-                self._positions[stream] = run.through
+                self.tracks.moved(run.through)
                 for reaction in run.reactions:
-                    self._reacted(stream, reaction.head)
+                    self._reacted(reaction.memory, reaction.head)
                 counts.reacted += len(run.reactions)
                 counts.events += len(processing.events)
                 return _Run()
+            for name in run.through:  # refused by the fence, perhaps: read them again
+                if self.tracks.slices is not None:
+                    self.tracks.forget(name)
         for reaction in run.reactions:
             self._apply(reaction.message, counts, passed)
-        if run.through > passed.get(stream, 0):
-            passed[stream] = run.through  # the types not read after the last reaction
+        for name, through in run.through.items():
+            if through > passed.get(name, 0):
+                passed[name] = through  # the types not read after the last reaction
         return _Run()
 
     def _apply(self, message: StreamMessage, counts: Counts, passed: dict[str, int]) -> None:
         stream, sequence = message.stream, message.sequence
         translator = self.policy.translator(stream)
-        if sequence <= max(self.position(stream), passed.get(stream, 0)):
+        track = self.tracks.track(message)
+        if track.slice is not None and track.slice not in self.tracks.held:
+            counts.elsewhere += 1
+            return
+        if sequence <= max(self.tracks.tracked(track.name, stream), passed.get(track.name, 0)):
             counts.duplicates += 1
             return
         head = wire.relayed_head(stream, message.headers.get(wire.MSG_ID), message.data)
@@ -319,9 +340,9 @@ class PolicyRunner(Generic[C]):
             reason = f"not published by the {stream} relay: {head}"
             self._reject(message, None, reason, counts)
             return
-        if self._again(stream, head):
+        if self._again(track.memory, head):
             counts.duplicates += 1  # published again after its stream lost it
-            passed[stream] = sequence
+            passed[track.name] = sequence
             return
         if self.holds is not None and self._held(message, head.type, self.holds):
             counts.held += 1
@@ -330,11 +351,12 @@ class PolicyRunner(Generic[C]):
             facts = translator.translate(message, head)
         except UnknownEvent:
             counts.skipped += 1
-            passed[stream] = sequence
+            passed[track.name] = sequence
             return
         except Exception as exc:  # a contract broken, a version not read yet, a bug
             raise self._poison(message, exc) from exc
-        tracking = Tracking(self.policy.tracking_name(stream), sequence)
+        moves = {track.name: sequence}
+        tracking = self.tracks.tracking(stream, moves)
         try:
             with self.context.processing(tracking, caused_by=_cause(head, message)) as processing:
                 for fact in facts:
@@ -343,14 +365,14 @@ class PolicyRunner(Generic[C]):
             self._reject(message, head.type, str(exc), counts)
             return
         except ConflictError as exc:
-            if self._processed_elsewhere(stream, sequence):
+            if self._processed_elsewhere(track.name, stream, sequence):
                 counts.duplicates += 1
                 return
             raise self._poison(message, exc) from exc
         except Exception as exc:
             raise self._poison(message, exc) from exc
-        self._positions[stream] = sequence
-        self._reacted(stream, head)
+        self.tracks.moved(moves)
+        self._reacted(track.memory, head)
         counts.reacted += 1
         counts.events += len(processing.events)
 
@@ -439,34 +461,27 @@ class PolicyRunner(Generic[C]):
         kept failing), so the policy moves on; whether this recorded it (False: it was
         processed already)."""
         stream, sequence = message.stream, message.sequence
-        if sequence <= self.position(stream):
+        track = self.tracks.track(message)
+        if sequence <= self.tracks.tracked(track.name, stream):
             return False
+        moves = {track.name: sequence}
         try:
-            with self.context.processing(Tracking(self.policy.tracking_name(stream), sequence)):
+            with self.context.processing(self.tracks.tracking(stream, moves)):
                 pass
         except ConflictError:
-            if self._processed_elsewhere(stream, sequence):
+            if self._processed_elsewhere(track.name, stream, sequence):
                 return False
             raise
-        self._positions[stream] = sequence
+        self.tracks.moved(moves)
         head = wire.relayed_head(stream, message.headers.get(wire.MSG_ID), message.data)
         if not isinstance(head, str):  # parked or refused: its copies are not reacted to
-            self._reacted(stream, head)
+            self._reacted(track.memory, head)
         return True
 
-    def _processed_elsewhere(self, stream: str, sequence: int) -> bool:
+    def _processed_elsewhere(self, name: str, stream: str, sequence: int) -> bool:
         """Whether another runner recorded ``sequence`` first (its tracking won)."""
-        self._positions.pop(stream, None)
-        return self.position(stream) >= sequence
-
-    def _record_passed(self, passed: dict[str, int]) -> None:
-        """One tracking record for the messages passed over at the end of a batch."""
-        for stream, sequence in passed.items():
-            if sequence > self.position(stream):
-                tracking = Tracking(self.policy.tracking_name(stream), sequence)
-                with contextlib.suppress(IntegrityError):  # another runner went further
-                    self.recorder.insert_tracking(tracking)
-                self._positions.pop(stream, None)
+        self.tracks.forget(name)
+        return self.tracks.tracked(name, stream) >= sequence
 
     def _poison(self, message: StreamMessage, exc: Exception) -> PoisonMessage:
         return PoisonMessage(

@@ -77,19 +77,25 @@ def relay_lock(context: BoundedContext[Any], role: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def log_lock(
-    context: BoundedContext[Any], kind: str, role: str, busy: Callable[[str], Exception]
+    context: BoundedContext[Any],
+    kind: str,
+    role: str,
+    busy: Callable[[str], Exception],
+    *,
+    shared: bool = False,
 ) -> Iterator[None]:
     """Hold the lock ``kind`` of ``context``'s log (``relay``; a policy's, see
     :mod:`toolkit.react.lock`) while the block runs, where this module's docstring says
     it lives: ``<log file>.<kind>-lock``, an advisory lock ``<kind>:<schema>.<context>``,
     or ``<data dir>/<context>.<kind>-lock``. When another holds it, raise what ``busy``
-    makes of a description of the holder."""
+    makes of a description of the holder. ``shared``: with any number of other shared
+    holders (the workers of a policy cut into slices), keeping the exclusive ones out."""
     where = _where(context, kind)
     if isinstance(where, Path):
-        with _file_lock(where, role, busy):
+        with _file_lock(where, role, busy, shared=shared):
             yield
     else:
-        with _advisory_lock(*where, role, busy):
+        with _advisory_lock(*where, role, busy, shared=shared):
             yield
 
 
@@ -122,17 +128,26 @@ def _busy(name: str, holder: str) -> RelayBusyError:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, role: str, busy: Callable[[str], Exception]) -> Iterator[None]:
+def _file_lock(
+    path: Path, role: str, busy: Callable[[str], Exception], *, shared: bool = False
+) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    holder = orjson.dumps(_holder(role))
+    holder = None if shared else orjson.dumps(_holder(role))
     with locks.file_lock(
-        path, holder=holder, refused=lambda held: busy(_described(held.written, path))
-    ):
+        path,
+        shared=shared,
+        holder=holder,
+        refused=lambda held: busy(_described(held.written, path)),
+    ) as fd:
+        if shared:
+            os.ftruncate(fd, 0)  # (what an exclusive holder gone wrote: not who holds it)
         yield
 
 
 def _described(written: bytes, path: Path) -> str:
     """Who holds a lock file, from what its holder wrote in it."""
+    if not written:
+        return "held shared by its workers"
     try:
         h = orjson.loads(written)
         return f"{h['role']}, pid {h['pid']} on {h['host']} since {h['since']}"
@@ -142,11 +157,11 @@ def _described(written: bytes, path: Path) -> str:
 
 @contextlib.contextmanager
 def _advisory_lock(
-    datastore: Any, label: str, role: str, busy: Callable[[str], Exception]
+    datastore: Any, label: str, role: str, busy: Callable[[str], Exception], *, shared: bool = False
 ) -> Iterator[None]:
     db = _connect(datastore, role)
     try:
-        if not locks.try_advisory_lock(db, label):
+        if not locks.try_advisory_lock(db, label, shared=shared):
             raise busy(locks.advisory_holder(db, label))
         yield
     finally:
