@@ -336,6 +336,85 @@ async def test_status_shows_each_policy_running_or_not(
         await nc.close()
 
 
+class SlicedParcels(FlakyParcels):
+    slices = 4
+
+
+class Recut(FlakyParcels):
+    slices = 8
+
+
+async def test_status_shows_a_sliced_policy_from_its_lowest_slice_and_its_workers(
+    nats_server: EmbeddedServer, data_dir: Path
+) -> None:
+    """One row a stream, ``lowest..highest`` of the slices' records (a slice with none is
+    where the whole policy was), the lag after the lowest, and who holds which slices."""
+    from eventsourcing.persistence import ProcessRecorder, Tracking
+    from rich.console import Console
+
+    from toolkit.nats.connection import Connection
+    from toolkit.ops.status import collect, render
+    from toolkit.react.slices import policy_leases
+
+    sliced = System(contexts={"depot": Depot}, policies={"parcels": SlicedParcels})
+    settings = replace(Settings.from_env(), data_dir=data_dir, nats_url=nats_server.url)
+    await publish(nats_server.url, *((n, "tea", f"c{n}") for n in range(1, 7)))
+    depot = Depot(data_dir=data_dir)
+    try:
+        assert isinstance(depot.recorder, ProcessRecorder)
+        records = {"parcels:shop": 2, "parcels:shop#slices": 4, "parcels:shop#0": 5,
+                   "parcels:shop#1": 3, "parcels:shop#3": 6}  # fmt: skip
+        for name, position in records.items():  # (slice 2: no record, at the whole's 2)
+            depot.recorder.insert_tracking(Tracking(name, position))
+    finally:
+        depot.close()
+    nc = await connect(nats_server.url)
+    stop = asyncio.Event()
+    groups = [policy_leases(Connection.of(nc), SlicedParcels(), ttl=3.0) for _ in range(2)]
+    running = [asyncio.create_task(group.run(stop)) for group in groups]
+    try:
+        await wait_for(lambda: all(len(group.held) == 2 for group in groups), within=20)
+        report = await collect(sliced, settings, nc)
+        shares = {group.worker: sorted(group.held) for group in groups}
+        stop.set()
+        await asyncio.gather(*running)
+        after = await collect(sliced, settings, nc)  # every lease given back
+        problems = {}  # declared otherwise than it was cut: its workers would refuse
+        for policy in (FlakyParcels, Recut):
+            other = System(contexts={"depot": Depot}, policies={"parcels": policy})
+            problems[policy.slices] = (await collect(other, settings, nc))["problems"]
+    finally:
+        stop.set()
+        await asyncio.gather(*running, return_exceptions=True)
+        await nc.close()
+    parcels = report["policies"]["parcels"]
+    shop = parcels["streams"]["shop"]
+    assert (shop["position"], shop["slice_positions"], shop["lag_events"]) == (2, [5, 3, 2, 6], 4)
+    assert shop["lag_seconds"] > 0
+    held = parcels["slices"]["workers"]
+    assert {w: sorted(h["slices"]) for w, h in held.items()} == shares
+    assert parcels["slices"]["free"] == [] and parcels["slices"]["count"] == 4
+    assert not report["problems"]
+    assert after["policies"]["parcels"]["slices"] == {
+        "count": 4,
+        "workers": {},
+        "free": [0, 1, 2, 3],
+    }
+    console = Console(width=200, record=True)
+    console.print(render(report))
+    text = console.export_text()
+    assert "shop (4 slices) 2..6" in text and "4 events" in text
+    assert text.count("holds 2 of 4 slices") == 2
+    for worker in shares:
+        assert f"policy parcels worker {worker}" in text
+    assert problems == {
+        None: ["policy parcels: was cut into 4 slices of shop, and cannot run as a whole: "
+               "declare slices = 4 on it"],
+        8: ["policy parcels: was cut into 4 slices of shop, and cannot run into 8: declare "
+            "slices = 4 on it"],
+    }  # fmt: skip
+
+
 async def test_serve_runs_the_policies_it_is_asked_to(
     nats_server: EmbeddedServer, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,6 @@
-"""The part of ``toolkit status`` about projections cut into slices: who holds which
-slices (from the leases' bucket), and their checkpoints in one row per stream."""
+"""The part of ``toolkit status`` about projections and policies cut into slices: who
+holds which slices (from the leases' bucket), and a projection's checkpoints in one row
+per stream."""
 
 from __future__ import annotations
 
@@ -31,12 +32,13 @@ def by_stream(positions: dict[str, Any] | None) -> dict[str, Any]:
     return rows
 
 
-async def slice_holders(js: JetStreamContext, name: str, count: int) -> dict[str, Any]:
-    """Who holds which of a sliced projection's slices, by worker (host, pid, slices),
-    and the slices nobody holds (their worker died: they move once its leases expire)."""
+async def slice_holders(js: JetStreamContext, group: str, count: int) -> dict[str, Any]:
+    """Who holds which of the slices of lease group ``group`` (``projection.<name>``,
+    ``policy.<name>``), by worker (host, pid, slices), and the slices nobody holds (their
+    worker died: they move once its leases expire)."""
     workers: dict[str, dict[str, Any]] = {}
     free: list[int] = []
-    for held in await group_holders(js, f"projection.{name}", count):
+    for held in await group_holders(js, group, count):
         if held.holder is None:
             free.append(held.slice)
             continue

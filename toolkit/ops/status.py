@@ -161,13 +161,14 @@ async def collect(system: System, settings: Settings, client: Client) -> dict[st
                 }
             report["streams"] = positions
         if projection_cls.slices is not None:  # (live: its workers share the writer lock)
-            report["slices"] = await slice_holders(js, name, projection_cls.slices)
+            report["slices"] = await slice_holders(js, f"projection.{name}", projection_cls.slices)
         projections[name] = report
     from toolkit.ops.policies import collect_policies
 
     policies = await collect_policies(
-        system, settings, open_log=_open_log, behind=behind, time_of=time_of
-    )
+        system, settings, open_log=_open_log, behind=behind, time_of=time_of,
+        holders=lambda group, count: slice_holders(js, group, count),
+    )  # fmt: skip
     found = [
         f"{kind} {name}: {problem}"
         for kind, entries in (("relay", contexts), ("policy", policies))

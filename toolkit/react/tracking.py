@@ -28,6 +28,27 @@ from toolkit.wire.subjects import aggregate_token
 from toolkit.write.context import BoundedContext
 
 
+def whole_position(recorder: ProcessRecorder, policy: Policy[Any], stream: str) -> int:
+    """The last sequence of ``stream`` the policy's whole tracking record says was
+    processed (0: no record): where a slice with no record of its own yet is."""
+    return recorder.max_tracking_id(policy.tracking_name(stream)) or 0
+
+
+def recorded_positions(recorder: ProcessRecorder, policy: Policy[Any], stream: str) -> list[int]:
+    """Where the policy's tracking records of ``stream`` are, read from the log, creating
+    nothing: the whole policy's (one), or, cut into slices, each slice's by slice (one
+    with no record yet: where the whole policy's is). A reader of every slice starts
+    after the lowest."""
+    if policy.slices is None:
+        return [whole_position(recorder, policy, stream)]
+    stored = [
+        recorder.max_tracking_id(policy.slice_tracking_name(stream, k))
+        for k in range(policy.slices)
+    ]
+    whole = whole_position(recorder, policy, stream) if None in stored else 0
+    return [whole if s is None else s for s in stored]
+
+
 class Track(NamedTuple):
     """Where a message's processing is recorded: the tracking record of its stream, or
     of its stream's slice when the policy is cut into slices."""
@@ -129,8 +150,7 @@ class Tracks:
             else:
                 self._stored[name] = stored
                 if stored is None:  # a slice not reacted to yet: where the whole policy was
-                    whole = self.policy.tracking_name(stream)
-                    stored = self.recorder.max_tracking_id(whole) or 0
+                    stored = whole_position(self.recorder, self.policy, stream)
                 position = stored
             self._positions[name] = position
         return position
