@@ -27,9 +27,9 @@ import contextlib
 import logging
 from typing import Any
 
-from toolkit import backoff
 from toolkit.nats.connection import Connection
 from toolkit.nats.leases import LeaseGroup
+from toolkit.nats.slicing import Slicing
 from toolkit.nats.streams import last_sequence
 from toolkit.react.deadletters import PolicyDeadLetters
 from toolkit.react.policy import Policy
@@ -60,10 +60,10 @@ class SliceReactor(Reactor[C]):
         if runner.tracks.slices is None:
             raise ValueError(f"policy {runner.policy.name} is not cut into slices")
         self.leases = leases
+        self.slicing = Slicing(leases)
         runner.tracks.hold(frozenset())
         self._read: dict[str, int] = {}
         """Per stream: the last sequence the current reader delivered (or before)."""
-        self._changes: list[asyncio.Event] = []
 
     async def run(
         self, stop: asyncio.Event | None = None, *, until_head: bool = False
@@ -73,105 +73,59 @@ class SliceReactor(Reactor[C]):
         free) is processed up to each stream's head as it is now. Then give them back."""
         stop = stop or asyncio.Event()
         self.runner.tracks.settle_every = 0.0 if until_head else SETTLE_EVERY
-        holding = asyncio.Event()
-        leases = asyncio.create_task(self.leases.run(holding))
-        watching = asyncio.create_task(self._relay_changes(holding))
-        try:
-            await backoff.first(self.leases.ready.wait(), stop.wait())
-            if not until_head:
-                return await super().run(stop)
-            targets = {s: await last_sequence(self.js, s) for s in self.policy.streams}
-            while True:
-                stats = await super().run(stop, until_head=True)
-                if stop.is_set() or self._at(targets):
-                    return stats
-                change = asyncio.Event()
-                self._changes.append(change)
-                try:
-                    await backoff.first(
-                        change.wait(), stop.wait(), asyncio.sleep(self.leases.ttl / 3)
-                    )
-                finally:
-                    self._changes.remove(change)
-        finally:
-            holding.set()
-            watching.cancel()
-            await leases
+        react = super().run
+        if not until_head:
+            return await self.slicing.holding(stop, lambda: react(stop))
+        targets: dict[str, int] = {}
+
+        async def to_the_heads() -> ReactorStats:
+            for stream in self.policy.streams:
+                targets.setdefault(stream, await last_sequence(self.js, stream))
+            return await react(stop, until_head=True)
+
+        return await self.slicing.holding(stop, to_the_heads, done=lambda: self._at(targets))
 
     def _at(self, targets: dict[str, int]) -> bool:
         """Whether every slice of every stream is processed up to its target, as the log
         says now (another worker's included)."""
-        runner = self.runner
-        assert runner.tracks.slices is not None
-        everything = frozenset(range(runner.tracks.slices))
-        runner.tracks.forget_slices(everything - runner.tracks.held)
+        tracks = self.runner.tracks
+        assert tracks.slices is not None
+        everything = frozenset(range(tracks.slices))
+        tracks.forget_slices(everything - tracks.held)
         return all(
-            runner.tracks.slice_position(stream, k) >= target
+            tracks.slice_position(stream, k) >= target
             for stream, target in targets.items()
             for k in everything
         )
 
-    async def _relay_changes(self, stop: asyncio.Event) -> None:
-        """Tell every stream's follower when the leases held change."""
-        while not stop.is_set():
-            await self.leases.changed.wait()
-            self.leases.changed.clear()
-            for change in self._changes:
-                change.set()
-
-    def _usable(self) -> frozenset[int]:
-        return frozenset(k for k in self.leases.held if self.leases.holds(k))
-
-    def _take(self, usable: frozenset[int]) -> None:
-        """React to ``usable`` from now on, reading the records of those gained anew."""
-        self.runner.tracks.forget_slices(usable - self.runner.tracks.held)
-        self.runner.tracks.hold(usable)
-
     async def _follow(self, stream: str, stop: asyncio.Event, until_head: bool) -> None:
-        """Follow one stream for the slices held, reading it again from lower down when a
-        slice comes whose record is behind what was read; wait while none is held."""
-        change = asyncio.Event()
-        self._changes.append(change)
-        try:
-            while not stop.is_set():
-                self._take(self._usable())
-                if not self.runner.tracks.held:
-                    if until_head:
-                        return
-                    await backoff.first(change.wait(), stop.wait())
-                    change.clear()
-                    continue
-                self._read[stream] = self.runner.position(stream)
-                interrupt = asyncio.Event()
-                watching = asyncio.create_task(self._watch_leases(stream, change, stop, interrupt))
-                try:
-                    await super()._follow(stream, interrupt, until_head)
-                finally:
-                    watching.cancel()
-                if not interrupt.is_set():
-                    return  # at the head (until_head)
-        finally:
-            self._changes.remove(change)
+        """Follow one stream for the slices held (:meth:`Slicing.follow`)."""
+        tracks = self.runner.tracks
+        follow = super()._follow
 
-    async def _watch_leases(
-        self, stream: str, change: asyncio.Event, stop: asyncio.Event, interrupt: asyncio.Event
-    ) -> None:
-        """While a stream is read: drop the slices lost; take a slice gained in place when
-        its record is not behind what was read, else have the stream read again."""
-        while True:
-            await backoff.first(change.wait(), stop.wait())
-            if stop.is_set():
-                interrupt.set()
-                return
-            change.clear()
-            usable = self._usable()
-            gained = usable - self.runner.tracks.held
-            self.runner.tracks.forget_slices(gained)
+        async def take() -> frozenset[int]:
+            usable = self.slicing.usable()
+            tracks.forget_slices(usable - tracks.held)
+            tracks.hold(usable)
+            self._read[stream] = tracks.position(stream) if usable else 0
+            return usable
+
+        def gain(usable: frozenset[int]) -> bool:
+            """Drop the slices lost; take those gained in place unless one's record is
+            behind what was read."""
+            gained = usable - tracks.held
+            tracks.forget_slices(gained)
             read = self._read.get(stream, 0)
-            if any(self.runner.tracks.slice_position(stream, k) < read for k in gained):
-                interrupt.set()
-                return
-            self.runner.tracks.hold(usable)
+            if any(tracks.slice_position(stream, k) < read for k in gained):
+                return False
+            tracks.hold(usable)
+            return True
+
+        async def read(interrupt: asyncio.Event) -> bool:
+            await follow(stream, interrupt, until_head)
+            return True
+
+        await self.slicing.follow(stop, until_head, take=take, gain=gain, read=read)
 
     def _quiet(self, stream: str) -> None:
         """Move the held slices' records up to what was read (see :data:`SETTLE_EVERY`)."""
@@ -181,7 +135,7 @@ class SliceReactor(Reactor[C]):
     async def _apply(self, batch: list[StreamMessage], stop: asyncio.Event) -> bool:
         stream = batch[0].stream
         tracks = self.runner.tracks
-        tracks.hold(tracks.held & self._usable())  # (a lease lapsed meanwhile)
+        tracks.hold(tracks.held & self.slicing.usable())  # (a lease lapsed meanwhile)
         applied = await super()._apply(batch, stop)
         self._read[stream] = max(self._read.get(stream, 0), batch[-1].sequence)
         return applied

@@ -27,10 +27,11 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from toolkit import backoff, wire
+from toolkit import wire
 from toolkit.errors import ConfigurationError
 from toolkit.nats.connection import Connection
 from toolkit.nats.leases import LeaseGroup
+from toolkit.nats.slicing import Slicing
 from toolkit.nats.streams import last_sequence
 from toolkit.read.batches import BatchResult, TranslatedBatch, translate_batch
 from toolkit.read.parking import Parking
@@ -252,10 +253,10 @@ class SliceWorker(Projector):
     ) -> None:
         super().__init__(projection, store, client, **options)
         self.leases = leases
+        self.slicing = Slicing(leases)
         self._by_fact = type(projection).slice_key is not Projection.slice_key
         self._delivered: dict[str, tuple[int, int]] = {}
         """Per stream: (the reader's first sequence, the last sequence it delivered)."""
-        self._changes: list[asyncio.Event] = []
 
     async def run(
         self,
@@ -264,108 +265,64 @@ class SliceWorker(Projector):
         until_head: bool = False,
         home: Any = None,
     ) -> ProjectorStats:
-        """Hold leases and project what they give, until ``stop``; then give them back."""
+        """Hold leases and project what they give, until ``stop``; then give them back.
+        With ``until_head``: up to the heads as they are now, for every slice: the slices
+        held, and those of workers gone, as their leases come free."""
         stop = stop or asyncio.Event()
-        holding = asyncio.Event()
-        leases = asyncio.create_task(self.leases.run(holding))
-        watching = asyncio.create_task(self._relay_changes(holding))
-        try:
-            await backoff.first(self.leases.ready.wait(), stop.wait())
-            if not until_head:
-                return await super().run(stop, home=home)
-            # Up to the heads as they are now, for every slice: the slices held, and those
-            # of workers gone, as their leases come free.
-            targets = {
-                t.stream: await last_sequence(self.js, t.stream)
-                for t in self.projection.translators
-            }
-            while True:
-                stats = await super().run(stop, until_head=True, home=home)
-                if stop.is_set() or all(
-                    self.store.lowest(s) >= target for s, target in targets.items()
-                ):
-                    return stats
-                change = asyncio.Event()
-                self._changes.append(change)
-                try:
-                    await backoff.first(
-                        change.wait(), stop.wait(), asyncio.sleep(self.leases.ttl / 3)
-                    )
-                finally:
-                    self._changes.remove(change)
-        finally:
-            holding.set()
-            watching.cancel()
-            await leases
+        project = super().run
+        if not until_head:
+            return await self.slicing.holding(stop, lambda: project(stop, home=home))
+        targets: dict[str, int] = {}
 
-    async def _relay_changes(self, stop: asyncio.Event) -> None:
-        """Tell every stream's follower when the leases held change."""
-        while not stop.is_set():
-            await self.leases.changed.wait()
-            self.leases.changed.clear()
-            for change in self._changes:
-                change.set()
+        async def to_the_heads() -> ProjectorStats:
+            for t in self.projection.translators:
+                targets.setdefault(t.stream, await last_sequence(self.js, t.stream))
+            return await project(stop, until_head=True, home=home)
+
+        return await self.slicing.holding(
+            stop,
+            to_the_heads,
+            done=lambda: all(self.store.lowest(s) >= target for s, target in targets.items()),
+        )
 
     def _reopen(self, generation: Generation) -> ReadModelStore:
         return SlicedStore(generation, self.projection, self.store.slices)
-
-    def _usable(self) -> frozenset[int]:
-        return frozenset(k for k in self.leases.held if self.leases.holds(k))
 
     async def _join(self, stream: str) -> None:
         if not self.store.joined(stream):
             self.store.cut(stream, await self._start_before(stream))
 
     async def _follow(self, translator: Translator, stop: asyncio.Event, until_head: bool) -> None:
-        """Follow one stream for the slices held, reading it again from lower down when a
-        slice comes whose checkpoint is behind what was read; wait while none is held."""
+        """Follow one stream for the slices held (:meth:`Slicing.follow`)."""
         stream = translator.stream
-        change = asyncio.Event()
-        self._changes.append(change)
-        try:
-            while not stop.is_set():
-                await self._join(stream)
-                usable = self._usable()
-                self.store.refresh(stream, usable - self.store.held_in(stream))
-                self.store.hold(stream, usable)
-                if not usable:
-                    if until_head:
-                        return
-                    await backoff.first(change.wait(), stop.wait())
-                    change.clear()
-                    continue
-                interrupt = asyncio.Event()
-                watching = asyncio.create_task(self._watch_leases(stream, change, stop, interrupt))
-                try:
-                    await super()._follow(translator, interrupt, until_head)
-                except _Reposition:
-                    continue
-                finally:
-                    watching.cancel()
-                if not interrupt.is_set():
-                    return  # at the head (until_head)
-        finally:
-            self._changes.remove(change)
+        follow = super()._follow
 
-    async def _watch_leases(
-        self, stream: str, change: asyncio.Event, stop: asyncio.Event, interrupt: asyncio.Event
-    ) -> None:
-        """While a stream is read: drop the slices lost; take a slice gained in place when
-        its checkpoint is not behind what was read, else have the stream read again."""
-        while True:
-            await backoff.first(change.wait(), stop.wait())
-            if stop.is_set():
-                interrupt.set()
-                return
-            change.clear()
-            usable, current = self._usable(), self.store.held_in(stream)
-            gained = usable - current
+        async def take() -> frozenset[int]:
+            await self._join(stream)
+            usable = self.slicing.usable()
+            self.store.refresh(stream, usable - self.store.held_in(stream))
+            self.store.hold(stream, usable)
+            return usable
+
+        def gain(usable: frozenset[int]) -> bool:
+            """Drop the slices lost; take those gained in place unless one's checkpoint
+            is behind what was read."""
+            gained = usable - self.store.held_in(stream)
             self.store.refresh(stream, gained)
             read = self._read_up_to(stream)
             if any(self.store.slice_checkpoint(stream, k) < read for k in gained):
-                interrupt.set()
-                return
+                return False
             self.store.hold(stream, usable)
+            return True
+
+        async def read(interrupt: asyncio.Event) -> bool:
+            try:
+                await follow(translator, interrupt, until_head)
+            except _Reposition:
+                return False
+            return True
+
+        await self.slicing.follow(stop, until_head, take=take, gain=gain, read=read)
 
     def _read_up_to(self, stream: str) -> int:
         """The last sequence the current reader delivered (before its first: one less)."""
@@ -379,7 +336,7 @@ class SliceWorker(Projector):
         """Apply a batch for every slice held, in one transaction."""
         stream = translator.stream
         while True:
-            held = self.store.held_in(stream) & self._usable()
+            held = self.store.held_in(stream) & self.slicing.usable()
             self.store.hold(stream, held)
             if not held:
                 raise _Reposition
