@@ -313,11 +313,19 @@ def parser() -> argparse.ArgumentParser:
         "drops the dead letters; 'toolkit status' shows the policy's positions and lag. "
         "Refused while the policy runs elsewhere ('toolkit react', or 'toolkit serve "
         "--policies'); with --standby it waits instead, and takes over when that one stops "
-        "or dies (run any number of standbys: one reacts). Runs until stopped (Ctrl-C or "
-        "SIGTERM).",
+        "or dies (run any number of standbys: one reacts). A policy that declares slices "
+        "is run by any number of these processes at once, sharing its slices by lease: "
+        "each slice is reacted to in order by one of them, and a dead one's slices move to "
+        "the others once its leases expire (TOOLKIT_LEASE_TTL, 6 s); --standby changes "
+        "nothing for it. Runs until stopped (Ctrl-C or SIGTERM).",
     )
     react.add_argument("policy", help="policy name, e.g. shipments")
-    react.add_argument("--once", action="store_true", help="stop at the streams' heads")
+    react.add_argument(
+        "--once",
+        action="store_true",
+        help="stop at the streams' heads (cut into slices: once every slice is there, "
+        "those of workers gone included)",
+    )
     react.add_argument(
         "--standby",
         action="store_true",
