@@ -76,3 +76,24 @@ def test_without_the_guard_they_would_be(tmp_path: Path) -> None:
             PolicyRunner(Parcels(), depot).apply([order(3, 2)])  # no memory: order 2 again
     finally:
         depot.close()
+
+
+def test_a_policy_cut_into_slices_knows_what_it_reacted_to_whole(tmp_path: Path) -> None:
+    """Reacted to whole, then cut into slices: a copy of an event the whole policy reacted
+    to, under a sequence past every slice's record, is passed over by log position (a
+    slice remembers nothing of its own yet: the whole stream's memory covers it)."""
+    from tests.integration.test_policy_slices import SlicedParcels
+
+    depot = Depot(data_dir=tmp_path)
+    memory = PolicyDeadLetters(tmp_path / "parcels.sqlite")
+    try:
+        PolicyRunner(Parcels(), depot, memory=memory).apply([order(1, 1), order(2, 2)])
+        sliced = PolicyRunner(SlicedParcels(), depot, memory=memory)
+        counts = sliced.apply([order(3, 2), order(4, 3)])  # 2 again, then the new 3
+        assert (counts.reacted, counts.duplicates) == (1, 1)  # without: a ConflictError
+        assert depot.tally("order-o3") == 1
+        assert memory.reacted_to()["shop"] == 2  # and each slice's own key from now on
+        assert max(v for k, v in memory.reacted_to().items() if k.startswith("shop#")) == 3
+    finally:
+        depot.close()
+        memory.close()

@@ -251,3 +251,63 @@ async def test_workers_share_the_slices_and_take_over_a_stopped_ones(
         await nc.close()
         for depot in depots:
             depot.close()
+
+
+class Strict(Counting):
+    """Fails on item 'fail' every time, parked at once: its order's later messages are
+    parked behind it."""
+
+    retries = 0
+
+    def react(self, fact: object, depot: Depot) -> None:
+        if isinstance(fact, ParcelWanted) and fact.item == "fail":
+            raise Refused("no")
+        super().react(fact, depot)
+
+
+async def test_a_worker_gaining_a_slice_knows_what_its_last_worker_parked(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """Worker B opens the policy's dead letters first; worker A then parks an order
+    (its reaction fails) and stops; B takes every slice, and parks that order's later
+    message behind it instead of reacting to it out of order."""
+    depot = open_depot({}, tmp_path)
+    nc = await connect(nats_server.url)
+    file = tmp_path / "policies" / "parcels.sqlite"
+    try:
+        dead_b = PolicyDeadLetters(file)  # opened before A parks anything
+        with PolicyDeadLetters(file) as dead_a:
+            policy = Strict()
+            a = SliceReactor(
+                PolicyRunner(policy, depot), dead_a, nc,
+                policy_leases(Connection.of(nc), policy, ttl=1.0),
+            )  # fmt: skip
+            await _publish_items(nats_server.url, [(1, "o1", "fail"), (2, "o2", "tea")])
+            await a.run(until_head=True)
+            assert a.stats.parked == 1
+        b = SliceReactor(
+            PolicyRunner(Strict(), depot), dead_b, nc,
+            policy_leases(Connection.of(nc), Strict(), ttl=1.0),
+        )  # fmt: skip
+        await _publish_items(nats_server.url, [(3, "o1", "tea"), (4, "o3", "tea")])
+        await b.run(until_head=True)
+        assert b.stats.held == 1 and b.stats.reacted == 1  # o1 parked behind its first
+        assert counts(depot, range(1, 4)) == {1: 0, 2: 1, 3: 1}
+        dead_b.close()
+    finally:
+        await nc.close()
+        depot.close()
+
+
+async def _publish_items(url: str, orders: list[tuple[int, str, str]]) -> None:
+    nc = await connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, StreamSpec("shop"))
+        for position, order_id, item in orders:
+            event = relayed_event(
+                OrderPlaced(order_id=order_id, item=item), position=position, aggregate_id=order_id
+            )
+            await js.publish(event.subject, event.body, headers=dict(event.headers))
+    finally:
+        await nc.close()

@@ -122,11 +122,22 @@ class PolicyDeadLetters:
         for statement in _SCHEMA:
             self._db.execute(statement)
         self._lock = threading.Lock()  # the reactor may write from a worker thread
-        parked = self._db.execute("SELECT stream, aggregate, sequence FROM parked").fetchall()
-        ahead = self._db.execute("SELECT stream, sequence FROM dead_letters").fetchall()
-        self.parking = Parking.from_rows(parked, ahead)
+        self.parking = self._parking()
         """Parked aggregates, and every dead letter (those the tracking record has not
         passed yet are :meth:`kept` when they come again)."""
+
+    def _parking(self) -> Parking:
+        parked = self._db.execute("SELECT stream, aggregate, sequence FROM parked").fetchall()
+        ahead = self._db.execute("SELECT stream, sequence FROM dead_letters").fetchall()
+        return Parking.from_rows(parked, ahead)
+
+    def refresh(self) -> None:
+        """Read the parked aggregates and dead letters again: the workers of a policy cut
+        into slices share the file, and one that gains a slice must know what the
+        slice's last worker parked (else it would react to a parked aggregate's later
+        messages, out of order)."""
+        with self._lock:
+            self.parking = self._parking()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

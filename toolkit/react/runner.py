@@ -163,12 +163,10 @@ class PolicyRunner(Generic[C]):
         self.on_rejected = on_rejected
         self.holds = holds
         self.rejected: list[Rejection] = []
-        self.tracks = Tracks(policy, context)
-        """Its tracking records: where each message's processing is recorded."""
+        self.tracks = Tracks(policy, context)  # where each message's processing is recorded
         self.together = together
         """At most this many messages' reactions are stored in one transaction."""
-        self._reacted_to: dict[str, int] = {}
-        """Stream -> the last foreign log position reacted to (see :meth:`remember_with`)."""
+        self._reacted_to: dict[str, int] = {}  # stream (or slice) -> see remember_with
         self._remembered: dict[str, int] = {}
         self.memory: Memory | None = None
         if memory is not None:
@@ -193,8 +191,10 @@ class PolicyRunner(Generic[C]):
     def _again(self, memory: str, head: wire.EnvelopeHead) -> bool:
         """Whether ``head``'s event was reacted to before (published again by its relay).
         ``memory``: the stream's key, or its slice's (log positions grow within each)."""
-        position = head.logposition
-        return position is not None and position <= self._reacted_to.get(memory, 0)
+        position, known = head.logposition, self._reacted_to.get(memory)
+        if known is None:  # a slice's: before the cut, what the whole policy reacted to
+            known = self._reacted_to.get(memory.partition("#")[0], 0)
+        return position is not None and position <= known
 
     def _reacted(self, memory: str, head: wire.EnvelopeHead) -> None:
         position = head.logposition

@@ -105,7 +105,7 @@ class SliceReactor(Reactor[C]):
 
         async def take() -> frozenset[int]:
             usable = self.slicing.usable()
-            tracks.forget_slices(usable - tracks.held)
+            self._gained(usable - tracks.held)
             tracks.hold(usable)
             self._read[stream] = tracks.position(stream) if usable else 0
             return usable
@@ -114,7 +114,7 @@ class SliceReactor(Reactor[C]):
             """Drop the slices lost; take those gained in place unless one's record is
             behind what was read."""
             gained = usable - tracks.held
-            tracks.forget_slices(gained)
+            self._gained(gained)
             read = self._read.get(stream, 0)
             if any(tracks.slice_position(stream, k) < read for k in gained):
                 return False
@@ -126,6 +126,13 @@ class SliceReactor(Reactor[C]):
             return True
 
         await self.slicing.follow(stop, until_head, take=take, gain=gain, read=read)
+
+    def _gained(self, slices: frozenset[int]) -> None:
+        """Read what the slices' last worker left anew: their tracking records, and the
+        aggregates it parked (the dead letters' file is the workers' of one host)."""
+        if slices:
+            self.runner.tracks.forget_slices(slices)
+            self.dead_letters.refresh()
 
     def _quiet(self, stream: str) -> None:
         """Move the held slices' records up to what was read (see :data:`SETTLE_EVERY`)."""
