@@ -39,6 +39,7 @@ from benchmarks import (
     http,
     latency,
     policies,
+    policy_slices,
     read_path,
     relay,
     replay,
@@ -88,6 +89,8 @@ class Sizes:
     slices_kills: int
     slices_ttls: list[float]
     """Lease TTLs the SIGKILLs are timed at (the default, 6 s, first: its target)."""
+    policy_slices_orders: int
+    policy_slices_workers: list[int]
 
 
 _SIZES: dict[str, tuple[Any, Any, Any]] = {
@@ -114,6 +117,8 @@ _SIZES: dict[str, tuple[Any, Any, Any]] = {
     "slices_orders": (100_000, 5000, 300),
     "slices_kills": (5, 3, 1),
     "slices_ttls": ([6.0, 2.0], [6.0], [6.0]),
+    "policy_slices_orders": (20_000, 2000, 50),
+    "policy_slices_workers": ([1, 2, 4], [1, 2, 4], [2]),
 }
 STARTUP_GOAL = 5.0
 """``toolkit --help`` answers within this many times the bare interpreter's start."""
@@ -725,6 +730,42 @@ def slices_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
     return section
 
 
+def policy_slices_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
+    orders = sizes.policy_slices_orders
+    head, results = asyncio.run(policy_slices.measure(orders, folder, sizes.policy_slices_workers))
+    counts = ", ".join(str(n) for n in sizes.policy_slices_workers)
+    section = Section(
+        "policy_slices",
+        "Policy slices: workers sharing a policy",
+        intro=(
+            "Shipping's `ship-orders` policy (a shipment an order placed) catching up from "
+            "sequence 1 on sales' stream, its log in a fresh PostgreSQL database each run: "
+            "the whole policy in one `toolkit react ship-orders --once` process (the "
+            f"baseline), then the policy cut into 64 slices as {counts} `toolkit react "
+            "ship-orders --once` workers started together, each reacting to the slices its "
+            "leases give it and moving each slice's tracking record, fenced, in the "
+            "transaction of the reactions. Timed from the first process's start until "
+            "every tracking record is at the stream's head; then the log is checked: one "
+            "`Shipment.Requested` for each order in the stream, none twice."
+        ),
+        tables=[policy_slices.report(orders, head, results)],
+    )
+    section.plots.append(
+        bar_chart(
+            out / "policy_slices.png",
+            section.title,
+            "events/s",
+            {r.name: head / r.seconds for r in results},
+            policy_slices.BASELINE,
+        )
+    )
+    for result in results:
+        if not result.exactly_once:
+            section.notes.append(f"{result.name}: NOT a shipment an order once: {result.problem}")
+    section.notes.append(policy_slices.scaling_text(head, results))
+    return section
+
+
 def _optional(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
@@ -748,6 +789,7 @@ WORKLOADS: dict[str, Workload] = {
     "policies": policies_workload,
     "chain": chain_workload,
     "slices": slices_workload,
+    "policy_slices": policy_slices_workload,
 }
 
 

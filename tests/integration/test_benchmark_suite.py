@@ -10,11 +10,21 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from benchmarks import catchup, chain, http, log_backends, read_path, relay, slices, suite
+from benchmarks import (
+    catchup,
+    chain,
+    http,
+    log_backends,
+    policy_slices,
+    read_path,
+    relay,
+    slices,
+    suite,
+)
 from benchmarks.reporting import markdown_table
 
 PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path", "startup", "chain"}
-PLOTS |= {"slices"}
+PLOTS |= {"slices", "policy_slices"}
 
 
 @pytest.mark.timeout(180)  # (slices: one SIGKILL at the default lease TTL, some 40 s)
@@ -80,6 +90,10 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
     assert slices.BASELINE in tables["slices"][0] and "| 4 x toolkit project" in tables["slices"][0]
     for table in tables["slices"]:  # every model equal to the baseline's or a clean build
         assert "| NO" not in table and "| yes" in table
+    assert rows["policy_slices"] == [2]  # the whole policy and 2 workers of its slices
+    assert policy_slices.BASELINE in tables["policy_slices"][0]
+    assert "| 2 x toolkit react ship-orders" in tables["policy_slices"][0]
+    assert "| NO" not in tables["policy_slices"][0]  # a shipment an order, once
     for backend in ("JetStream", "SQLite", *(["PostgreSQL"] if os.environ.get("CI") else [])):
         assert backend in tables["log_backends"][0]
 
