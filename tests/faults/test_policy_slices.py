@@ -54,7 +54,7 @@ def records(depot: Depot) -> list[int]:
 async def wait_until(condition: Callable[[], Awaitable[bool]], within: float) -> None:
     deadline = time.monotonic() + within
     while not await condition():
-        assert time.monotonic() < deadline, f"not within {within}s"
+        assert time.monotonic() < deadline, f"{condition} not within {within}s"
         await asyncio.sleep(0.05)
 
 
@@ -64,9 +64,9 @@ async def test_workers_killed_at_random_react_to_each_order_once(
 ) -> None:
     """Three workers share 16 slices; three times, one holding slices is SIGKILLed while
     orders come, and a new one started: the slices are shared anew among the live ones
-    (the dead one's move once its leases expire, TOOLKIT_LEASE_TTL=1), and every order is
-    counted once. A last worker run with ``--once`` returns once every slice is at the
-    head."""
+    (the dead one's move once its leases expire, TOOLKIT_LEASE_TTL=1). Then one is paused
+    (SIGSTOP) until its slices are taken, and resumed. Every order is counted once. A
+    last worker run with ``--once`` returns once every slice is at the head."""
     rng = random.Random(20261130)
     data_dir = tmp_path / "data"
     env = {**os.environ, **depot_env, "TOOLKIT_DATA_DIR": str(data_dir), "TOOLKIT_LEASE_TTL": "1"}
@@ -129,7 +129,21 @@ async def test_workers_killed_at_random_react_to_each_order_once(
             live = {p.pid for p in processes if p.poll() is None}
             await wait_until(functools.partial(shared_by, live), within=30)
             await publishing
-        await publish_orders(nats_server.url, ["tea"] * share, 3 * share + 1, published)
+        # One paused (a stalled VM, a long pause) while orders come: the others take its
+        # slices; resumed, it writes nothing over what they did (the fence refuses it).
+        before = sum(records(depot))
+        publishing = asyncio.create_task(
+            publish_orders(nats_server.url, ["tea"] * share, 3 * share + 1, published)
+        )
+        await wait_for(lambda: sum(records(depot)) > before + 2 * SLICES, within=30)
+        pid = rng.choice(sorted(set((await holders()).values())))
+        paused = next(p for p in processes if p.pid == pid)
+        paused.send_signal(signal.SIGSTOP)
+        try:
+            await wait_until(functools.partial(taken_from, pid), within=30)
+        finally:
+            paused.send_signal(signal.SIGCONT)
+        await publishing
         final = start("--once")
         final.wait(90)
         assert final.returncode == 0, logs[final.pid].read_text()[-3000:]
