@@ -66,6 +66,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError(
             f"tests belong in tests/{{{','.join(KINDS)}}}/, not in: {', '.join(sorted(astray))}"
         )
+    first = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # (stable)
+
+
+LONGEST_FIRST = (
+    "test_cli.py",
+    "test_cluster_slices.py",
+    "test_pipeline_states.py",
+    "test_fuzz.py",
+    "test_policy_faults.py",
+    "test_benchmark_suite.py",
+    "test_replay_resume.py",
+    "test_docs.py",
+    "test_relay_standby.py",
+    "test_relay_faults.py",
+)
+"""The files that take longest (``--durations``), run first: the suite's two workers
+take a file at a time in this order (``--dist loadfile --no-loadscope-reorder``), so a
+long file started last no longer keeps one worker busy after the other is done."""
 
 
 def child_nats_servers(pid: int | None = None) -> list[int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nats.errors
@@ -67,11 +67,20 @@ async def cnc(cluster: EmbeddedCluster) -> AsyncIterator[Client]:
     await client.close()
 
 
-async def settled(nc: Client, within: float = 30) -> None:
+async def settled(
+    nc: Client, within: float = 30, *, unless: Callable[[], bool] | None = None
+) -> None:
     """Until the stream has a leader and every replica is current again: a server just
-    restarted catches up first, and requests to the stream meanwhile may time out."""
-    deadline = asyncio.get_running_loop().time() + within
+    restarted catches up first, and requests to the stream meanwhile may time out.
+    ``unless()`` true (looked at once a second) gives up at once: a replica that never
+    will be current."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    looked = loop.time()
     while True:
+        if unless is not None and loop.time() - looked >= 1.0:
+            looked = loop.time()
+            assert not unless(), "the stream will not settle"
         try:
             await nc.jetstream().account_info()  # a meta leader, for consumers' creation
             info = await nc.jetstream().stream_info("sales")
@@ -82,7 +91,7 @@ async def settled(nc: Client, within: float = 30) -> None:
                 return
         except nats.errors.Error:
             pass
-        assert asyncio.get_running_loop().time() < deadline, "the stream did not settle"
+        assert loop.time() < deadline, "the stream did not settle"
         await asyncio.sleep(0.1)  # JetStream has no event for a replica catching up
 
 
