@@ -306,6 +306,13 @@ def server_troubles(cluster: EmbeddedCluster) -> str:
     return "\n".join(found[-10:]) or "no server logged a stream trouble"
 
 
+async def stopped_replicas(nc: Client) -> list[str]:
+    """The servers whose replica of sales is not current."""
+    cluster = (await nc.jetstream(timeout=5).stream_info("sales")).cluster
+    replicas = (cluster.replicas or []) if cluster else []
+    return [p.name for p in replicas if p.name is not None and not p.current]
+
+
 def defect(cluster: EmbeddedCluster) -> bool:
     """Whether a server logged the defect that stops a replica for good
     (:data:`LEADER_REPLICA_DIES`): waiting for every replica to be current is then
@@ -523,6 +530,14 @@ async def test_slice_workers_on_a_cluster_survive_kills_stops_cuts_and_a_server_
         await wait_for(lambda: lowest() == expected, within=90, interval=0.1)
         report(f"commands stopped: {commands.placed:,} orders placed, {commands.cancelled:,} "
                f"cancelled; every slice at the head {expected:,}, {at()}")  # fmt: skip
+        if defect(cluster):
+            # The server with the stopped replica taken out, as an operator would (its
+            # replica cannot be peer-removed on three servers: no fourth to move it to):
+            # the clean builds below then read from the two whole replicas (with it, the
+            # final reads hung until the test's timeout, twice in a day's runs).
+            for name in await stopped_replicas(cnc):
+                cluster.server(name).kill()
+                report(f"server {name}, whose replica stopped, taken out for the checks, {at()}")
         fleet.stop()
         for label, process, _ in fleet.started:
             assert process.returncode in (0, -signal.SIGKILL), f"{label}: {fleet.said(process)}"
