@@ -86,6 +86,7 @@ class Sizes:
     chain_rates: list[int]
     chain_seconds: float
     slices_orders: int
+    slices_workers: list[int]
     slices_kills: int
     slices_ttls: list[float]
     """Lease TTLs the SIGKILLs are timed at (the default, 6 s, first: its target)."""
@@ -115,6 +116,7 @@ _SIZES: dict[str, tuple[Any, Any, Any]] = {
     "chain_rates": ([50, 100, 200], [50, 100, 200], [100]),
     "chain_seconds": (10.0, 3.0, 0.3),
     "slices_orders": (100_000, 5000, 300),
+    "slices_workers": ([1, 2, 4], [1, 2, 4], [2]),
     "slices_kills": (5, 3, 1),
     "slices_ttls": ([6.0, 2.0], [6.0], [6.0]),
     "policy_slices_orders": (20_000, 2000, 50),
@@ -663,7 +665,9 @@ def chain_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
 
 
 def slices_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
-    head, catching = asyncio.run(slices.measure_catchup(sizes.slices_orders, folder / "catchup"))
+    head, catching = asyncio.run(
+        slices.measure_catchup(sizes.slices_orders, folder / "catchup", tuple(sizes.slices_workers))
+    )
     killed = [
         asyncio.run(
             slices.measure_kills(

@@ -86,8 +86,8 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         assert contender in tables["chain"][0]
     assert "unfinished" not in tables["chain"][0]
     assert rows["log_backends"] == [len(log_backends.MEASURES)] * 2
-    assert rows["slices"] == [4, 1]  # the baseline and 1, 2, 4 workers; one TTL
-    assert slices.BASELINE in tables["slices"][0] and "| 4 x toolkit project" in tables["slices"][0]
+    assert rows["slices"] == [2, 1]  # the baseline and 2 workers (the smallest size); one TTL
+    assert slices.BASELINE in tables["slices"][0] and "| 2 x toolkit project" in tables["slices"][0]
     for table in tables["slices"]:  # every model equal to the baseline's or a clean build
         assert "| NO" not in table and "| yes" in table
     assert rows["policy_slices"] == [2]  # the whole policy and 2 workers of its slices
