@@ -311,3 +311,25 @@ async def _publish_items(url: str, orders: list[tuple[int, str, str]]) -> None:
             await js.publish(event.subject, event.body, headers=dict(event.headers))
     finally:
         await nc.close()
+
+
+def test_a_worker_paused_in_a_write_of_the_shared_file_holds_no_other_up(tmp_path: Path) -> None:
+    """The workers of a policy share its dead letters' file. One paused (SIGSTOP, a
+    stalled VM) inside its write of the positions it reacted to keeps the file's write
+    lock: another's write of that hint is left for its next batch (at once, not after
+    SQLite's 5 s wait for the lock, which would hold its batches and leases up)."""
+    import sqlite3
+    import time
+
+    file = tmp_path / "parcels.sqlite"
+    with PolicyDeadLetters(file) as mine:
+        paused = sqlite3.connect(file, isolation_level=None)
+        paused.execute("BEGIN IMMEDIATE")  # the other worker, stopped mid-write
+        began = time.monotonic()
+        mine.remember({"shop#1": 7})
+        assert time.monotonic() - began < 2.0
+        assert mine.reacted_to() == {}
+        paused.execute("ROLLBACK")
+        paused.close()
+        mine.remember({"shop#1": 7})
+        assert mine.reacted_to() == {"shop#1": 7}

@@ -259,14 +259,32 @@ class PolicyDeadLetters:
 
     def remember(self, positions: dict[str, int]) -> None:
         """Keep ``positions`` (stream -> last foreign log position reacted to); a position
-        never goes back."""
-        with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO reacted_to (stream, log_position) VALUES (?, ?) "
-                "ON CONFLICT (stream) DO UPDATE SET "
-                "log_position = MAX(log_position, excluded.log_position)",
-                list(positions.items()),
-            )
+        never goes back. A hint, written after each batch: when another process holds the
+        file's write lock for more than a moment (a worker of the same policy paused in
+        the middle of its own write), it is left for the next batch's, which writes every
+        position again, rather than hold this worker's batches (and its leases) up."""
+        rows = list(positions.items())
+        with self._lock:
+            self._db.execute("PRAGMA busy_timeout=100")  # (5 s for everything else)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc):
+                    return
+                raise
+            finally:
+                self._db.execute("PRAGMA busy_timeout=5000")
+            try:
+                self._db.executemany(
+                    "INSERT INTO reacted_to (stream, log_position) VALUES (?, ?) "
+                    "ON CONFLICT (stream) DO UPDATE SET "
+                    "log_position = MAX(log_position, excluded.log_position)",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
