@@ -22,6 +22,7 @@ from typing import Any
 from eventsourcing.persistence import ProcessRecorder
 
 from toolkit.config import Settings
+from toolkit.ops.slices import holder_rows
 from toolkit.react.deadletters import count_dead_letters, dead_letters_path
 from toolkit.react.policy import Policy
 from toolkit.react.tracking import recorded_positions
@@ -148,19 +149,7 @@ def render_rows(policies: dict[str, Any]) -> list[tuple[str, str, str, str, str]
                     dead,
                 )
             )
-        sliced = p.get("slices")
-        for worker, held in (sliced or {}).get("workers", {}).items():
-            rows.append(
-                (
-                    f"policy {name} worker {worker}",
-                    f"holds {len(held['slices'])} of {sliced['count']} slices",
-                    f"pid {held['pid']} on {held['host']}",
-                    "",
-                    "",
-                )
-            )
-        if sliced and sliced["free"] and sliced["workers"]:
-            rows.append((f"policy {name}", f"{len(sliced['free'])} slices free", "", "", ""))
+        rows += holder_rows(f"policy {name}", p.get("slices"))
     return rows
 
 

@@ -46,3 +46,18 @@ async def slice_holders(js: JetStreamContext, group: str, count: int) -> dict[st
         entry = workers.setdefault(h.worker, {"host": h.host, "pid": h.pid, "slices": []})
         entry["slices"].append(held.slice)
     return {"count": count, "workers": workers, "free": free}
+
+
+def holder_rows(what: str, sliced: dict[str, Any] | None) -> list[tuple[str, str, str, str, str]]:
+    """The status table's rows of a sliced projection's or policy's workers (``what``:
+    ``projection billing``), and of its free slices while some worker runs."""
+    if not sliced:
+        return []
+    rows = [
+        (f"{what} worker {worker}", f"holds {len(held['slices'])} of {sliced['count']} slices",
+         f"pid {held['pid']} on {held['host']}", "", "")
+        for worker, held in sliced.get("workers", {}).items()
+    ]  # fmt: skip
+    if sliced["free"] and sliced["workers"]:
+        rows.append((what, f"{len(sliced['free'])} slices free", "", "", ""))
+    return rows

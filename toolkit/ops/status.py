@@ -34,7 +34,7 @@ from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.nats.imports import jetstream
 from toolkit.nats.streams import relay_tail
 from toolkit.ops import reports
-from toolkit.ops.slices import by_stream, slice_holders
+from toolkit.ops.slices import by_stream, holder_rows, slice_holders
 from toolkit.read.replay import partial_from
 from toolkit.readmodels import Generation, ReadModelHome, tables
 from toolkit.readmodels.backends import connect, open_home
@@ -434,17 +434,8 @@ def render(report: dict[str, Any]) -> Table:
                 else "",
                 str(p.get("dead_letters", "")),
             )
-        sliced = p.get("slices")
-        for worker, held in (sliced or {}).get("workers", {}).items():
-            table.add_row(
-                f"projection {name} worker {worker}",
-                f"holds {len(held['slices'])} of {sliced['count']} slices",
-                f"pid {held['pid']} on {held['host']}",
-                "",
-                "",
-            )
-        if sliced and sliced["free"] and sliced["workers"]:
-            table.add_row(f"projection {name}", f"{len(sliced['free'])} slices free", "", "", "")
+        for row in holder_rows(f"projection {name}", p.get("slices")):
+            table.add_row(*row)
         for kept in p.get("beside", []):
             partial = kept["partial_from"] or {}
             table.add_row(

@@ -80,6 +80,7 @@ class Tracks:
         """A slice's tracking record -> its value as its runner last saw it (None: none
         yet): where a fenced write moves it from."""
         self._names: dict[str, list[str]] = {}
+        self._whole: dict[str, Track] = {}
         self.settle_every = 0.0
         """Cut into slices: seconds between two moves of the held slices' records to the
         end of a batch (a slice whose messages are rare would otherwise keep an old
@@ -125,8 +126,11 @@ class Tracks:
 
     def track(self, message: StreamMessage) -> Track:
         stream = message.stream
-        if self.slices is None:
-            return Track(self.policy.tracking_name(stream), stream, None)
+        if self.slices is None:  # (a message's: built once a stream)
+            whole = self._whole.get(stream)
+            if whole is None:
+                whole = self._whole[stream] = Track(self.policy.tracking_name(stream), stream, None)
+            return whole
         k = slice_of(aggregate_token(message.subject), self.slices)
         return Track(self.slice_names(stream)[k], f"{stream}#{k}", k)
 

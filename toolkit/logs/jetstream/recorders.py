@@ -31,7 +31,7 @@ from eventsourcing.persistence import (
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from toolkit.logs.fence import FencedTracking
+from toolkit.logs.fence import FencedTracking, Move
 from toolkit.logs.jetstream.messages import Entry, decode_event, decode_version
 from toolkit.logs.jetstream.stream import READ_CHUNK, JetStreamRecorder, LastRecorded
 from toolkit.wire import encode_token
@@ -246,24 +246,12 @@ class JetStreamTrackingRecorder(JetStreamRecorder, TrackingRecorder):
     def _tracking(self, tracking: Tracking) -> list[Entry]:
         """The tracking record's messages: one, or one per move of a fenced record."""
         if isinstance(tracking, FencedTracking):
-            return [
-                Entry(
-                    self.tracking_subject(move.name),
-                    move.position,
-                    b"%d \n" % move.position,
-                    f"tracking of {move.name}",
-                    move,
-                )
-                for move in tracking.moves
-            ]
-        return [
-            Entry(
-                self.tracking_subject(tracking.application_name),
-                tracking.notification_id,
-                b"%d \n" % tracking.notification_id,
-                f"tracking of {tracking.application_name}",
-            )
-        ]
+            return [self._entry(m.name, m.position, m) for m in tracking.moves]
+        return [self._entry(tracking.application_name, tracking.notification_id)]
+
+    def _entry(self, name: str, position: int, fence: Move | None = None) -> Entry:
+        subject = self.tracking_subject(name)
+        return Entry(subject, position, b"%d \n" % position, f"tracking of {name}", fence)
 
     def insert_tracking(self, tracking: Tracking) -> None:
         self.datastore.call(self._append(self._tracking(tracking)))
