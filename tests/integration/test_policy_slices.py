@@ -35,6 +35,7 @@ from toolkit.nats.streams import StreamSpec, ensure_stream
 from toolkit.react import PolicyRunner
 from toolkit.react.deadletters import PolicyDeadLetters
 from toolkit.react.slices import SliceReactor, policy_leases
+from toolkit.read.reader import StreamMessage
 from toolkit.read.slices import slice_of
 from toolkit.testing import relayed_event
 from toolkit.wire.subjects import aggregate_token
@@ -333,3 +334,25 @@ def test_a_worker_paused_in_a_write_of_the_shared_file_holds_no_other_up(tmp_pat
         paused.close()
         mine.remember({"shop#1": 7})
         assert mine.reacted_to() == {"shop#1": 7}
+
+
+def test_a_strangers_messages_in_a_sliced_policy_are_rejected_in_their_slice(
+    depot: Depot,
+) -> None:
+    """Any publisher may put any bytes under any subject of the stream: a subject with no
+    aggregate token, one with wildcard-like and unicode tokens, a body that is no
+    envelope. Each is rejected (kept with its reason) in the slice of its subject, and the
+    relay's orders around them are reacted to once."""
+    strangers = [
+        StreamMessage("shop", 2, "shop", {}, b"\x00\xff not an envelope"),
+        StreamMessage("shop", 3, "shop.Order.%2A%3E\u00e9.Placed", {"Nats-Msg-Id": "x"}, b"{}"),
+        StreamMessage("shop", 4, "shop.a.b.c.d.e", {}, b""),
+    ]
+    batch = [placed(1, "tea"), *strangers, placed(5, "tea")]
+    runner = PolicyRunner(Counting(), depot)
+    stats = runner.apply(batch)
+    assert (stats.reacted, stats.rejected) == (2, 3)
+    assert runner.apply(batch).reacted == 0  # delivered again: nothing more
+    assert counts(depot, range(1, 6)) == {1: 1, 2: 0, 3: 0, 4: 0, 5: 1}
+    for k in range(SLICES):
+        assert record(depot, f"parcels:shop#{k}") == 5
