@@ -71,20 +71,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 LONGEST_FIRST = (
-    "test_cli.py",
     "test_cluster_slices.py",
-    "test_pipeline_states.py",
-    "test_fuzz.py",
-    "test_policy_faults.py",
-    "test_benchmark_suite.py",
-    "test_replay_resume.py",
+    "test_cli.py",
+    "test_process_faults.py",
     "test_docs.py",
+    "test_benchmark_suite.py",
+    "test_policy_faults.py",
     "test_relay_standby.py",
     "test_relay_faults.py",
+    "test_pipeline_states.py",
+    "test_cluster_faults.py",
+    "test_shared_server.py",
+    "test_fuzz.py",
 )
-"""The files that take longest (``--durations``), run first: the suite's two workers
+"""The files that take longest (``--durations``), run first: the suite's workers
 take a file at a time in this order (``--dist loadfile --no-loadscope-reorder``), so a
-long file started last no longer keeps one worker busy after the other is done."""
+long file started last no longer keeps one worker busy after the others are done."""
 
 
 def child_nats_servers(pid: int | None = None) -> list[int]:

@@ -32,6 +32,7 @@ from eventsourcing.persistence import (
     InternalError,
     Mapper,
     ProcessRecorder,
+    ProgrammingError,
     Recording,
     Tracking,
 )
@@ -45,6 +46,9 @@ from toolkit.write.published import PublishedLanguage
 
 _CREATE_TRIES = 10
 """Tries at creating a PostgreSQL log's tables while other processes create them too."""
+_MADE_MEANWHILE = {"42P07", "42710", "42723"}
+"""PostgreSQL's duplicate table, object and function: ``CREATE ... IF NOT EXISTS`` racing
+another process's (both saw none, one created it first)."""
 
 _FENCED_PROCESS_RECORDERS = {
     "eventsourcing.sqlite": "toolkit.logs.sqlite:FencedSQLiteProcessRecorder",
@@ -104,14 +108,16 @@ class BoundedContext(Application[ID]):
         The recorder creates its log's tables as it starts. On PostgreSQL that is ``CREATE
         ... IF NOT EXISTS`` and ``CREATE OR REPLACE FUNCTION``, which fail when processes of
         one log start at the same moment, as standby relays do (``tuple concurrently
-        updated``; on a new schema a duplicate key in ``pg_type``): what failed was made by
-        the other process meanwhile, so the creation is done again, a few times."""
+        updated``; on a new schema a duplicate key in ``pg_type``, or ``relation ...
+        already exists``): what failed was made by the other process meanwhile, so the
+        creation is done again, a few times."""
         postgres = type(self.factory).__module__ == "eventsourcing.postgres"
         for attempt in range(1, _CREATE_TRIES):
             try:
                 return self._construct_recorder()
-            except (InternalError, IntegrityError):
-                if not postgres:
+            except (InternalError, IntegrityError, ProgrammingError) as exc:
+                made = getattr(exc.__cause__, "sqlstate", None) in _MADE_MEANWHILE
+                if not postgres or (isinstance(exc, ProgrammingError) and not made):
                     raise
                 time.sleep(random.uniform(0.01, 0.05) * attempt)  # apart from the others
         return self._construct_recorder()  # the last try: its error is the one raised
