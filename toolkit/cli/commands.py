@@ -455,6 +455,10 @@ def run(args: argparse.Namespace) -> int:
             from toolkit.cli.command_queue import run_commands
 
             asyncio.run(run_commands(settings, system, args.context, args.workers))
+        elif args.command == "contracts":
+            from toolkit.cli.contracts import contracts
+
+            return contracts(system, args)
     except ToolkitError as exc:
         print(f"toolkit: error: {redact_urls(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
