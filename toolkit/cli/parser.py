@@ -360,46 +360,31 @@ def parser() -> argparse.ArgumentParser:
         "its secrets again under the first key when opened), then drop the old key.",
     )
     _contracts(add("contracts", help="write or check the published contracts' JSON Schemas",
-        description="The contracts the system's contexts publish, as documents for teams "
-        "that do not read Python: each contract version's JSON Schema (draft 2020-12), "
-        "written to a folder kept in version control, and checked against it in CI so "
-        "that no change breaks the consumers of a published version. Needs no NATS.",
-    ), common)  # fmt: skip
+        description="Each contract version the system's contexts publish as a JSON Schema "
+        "(draft 2020-12), for teams that do not read Python: written to a folder kept in "
+        "version control, checked against it in CI. Needs no NATS."), common)  # fmt: skip
     return parser
 
 
 def _contracts(contracts: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    """``toolkit contracts ACTION``: one subcommand per document made of the contracts."""
+    """``toolkit contracts ACTION``: one action per document made of the contracts."""
     actions = contracts.add_subparsers(dest="contracts_command", metavar="ACTION", required=True)
-    write = actions.add_parser(
-        "write",
-        parents=[common],
+    write = actions.add_parser("write", parents=[common],
         help="write each published contract version's JSON Schema to a folder",
-        description="Write the JSON Schema of each contract version the system's contexts "
-        "publish to DIR as <contract>.v<version>.json (sales.OrderPlaced.v1.json), created "
-        "if missing. Files of versions no longer published are kept (their messages stay "
-        "in the streams). Overwriting a version's file with a change that breaks its "
-        "consumers is refused (exit 1, each break named) unless --force.",
-    )
-    write.add_argument("dir", type=Path, metavar="DIR", help="the folder of the schemas")
-    write.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite a version's schema even with a change that breaks its consumers",
-    )
-    check = actions.add_parser(
-        "check",
-        parents=[common],
-        help="check the published contracts against the schemas of a folder",
-        description="Compare each contract version the system's contexts publish with its "
-        "schema in DIR (written by 'toolkit contracts write'). Exit 1, one line per break, "
-        "when a change would break the consumers of a version: a field removed or retyped, "
-        "a required field added, an enum's values changed. Additive changes pass: an "
-        "optional field, a new contract, a new version. A published version missing from "
-        "DIR passes with a note to run 'write'; a version in DIR no longer published "
-        "passes with a note (old messages keep it).",
-    )
-    check.add_argument("dir", type=Path, metavar="DIR", help="the folder of the schemas")
+        description="Write each published contract version's JSON Schema to DIR (made if "
+        "missing) as <contract>.v<version>.json, e.g. sales.OrderPlaced.v1.json. Files of "
+        "versions no longer published stay. Overwriting a file with a change that breaks "
+        "its version's consumers is refused (exit 1, naming each) unless --force.")  # fmt: skip
+    write.add_argument("--force", action="store_true", help="overwrite despite breaks")
+    check = actions.add_parser("check", parents=[common],
+        help="check the published contracts against the schemas in a folder",
+        description="Compare each published contract version with its schema in DIR. Exit "
+        "1, one line per break, when a change breaks the consumers of a version: a field "
+        "removed or retyped, a required field added, an enum's values changed. Additive "
+        "changes pass (an optional field, a new contract or version), as do a version "
+        "missing from DIR (run write) and one no longer published (a note each).")  # fmt: skip
+    for action in (write, check):
+        action.add_argument("dir", type=Path, metavar="DIR", help="the folder of the schemas")
 
 
 DISTRIBUTION = "jetstream-contexts"
