@@ -455,6 +455,10 @@ def run(args: argparse.Namespace) -> int:
             from toolkit.cli.command_queue import run_commands
 
             asyncio.run(run_commands(settings, system, args.context, args.workers))
+        elif args.command == "contracts" and args.contracts_command == "asyncapi":
+            from toolkit.cli.asyncapi import asyncapi
+
+            return asyncapi(system, settings, args)
         elif args.command == "contracts":
             from toolkit.cli.contracts import contracts
 

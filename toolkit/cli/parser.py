@@ -385,6 +385,9 @@ def _contracts(contracts: argparse.ArgumentParser, common: argparse.ArgumentPars
         "missing from DIR (run write) and one no longer published (a note each).")  # fmt: skip
     for action in (write, check):
         action.add_argument("dir", type=Path, metavar="DIR", help="the folder of the schemas")
+    from toolkit.cli.asyncapi import add_action  # its own module: this one stays short
+
+    add_action(actions, common)
 
 
 DISTRIBUTION = "jetstream-contexts"
