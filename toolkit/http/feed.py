@@ -17,6 +17,11 @@ from the page's first position; complete pages are also kept in a small in-proce
 keyed by the stream's identity (creation time, first sequence, deletions), so that a
 purged or recreated stream is never answered from stale pages. The body is encoded by
 msgspec with the envelopes spliced in as raw JSON, never decoded and encoded again.
+
+The same URL serves each page as an Atom feed document too (:mod:`toolkit.http.atom`)
+to a client whose ``Accept`` prefers ``application/atom+xml``; JSON when both are equal
+or ``Accept`` is absent, 406 when it allows neither (:mod:`toolkit.http.negotiation`).
+Same links, same caching, an ETag of its own, and ``Vary: Accept`` on both.
 """
 
 import asyncio
@@ -24,6 +29,7 @@ import contextlib
 import hashlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -38,7 +44,7 @@ from pydantic.json_schema import WithJsonSchema
 from toolkit import wire
 from toolkit.config import Settings
 from toolkit.errors import ToolkitError
-from toolkit.http import problems
+from toolkit.http import atom, negotiation, problems
 from toolkit.nats.connection import Connection, open_nats
 from toolkit.nats.imports import jetstream
 from toolkit.read.reader import StreamMessage, StreamReader
@@ -47,6 +53,9 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 IMMUTABLE = "public, max-age=31536000, immutable"
 """Cache-Control of a complete page: a year, and no revalidation on reload."""
+JSON = "application/json"
+MEDIA_TYPES = (JSON, atom.MEDIA_TYPE)
+"""The page's representations, the default first."""
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {
         "description": description,
@@ -55,6 +64,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "an unknown query parameter"),
         (404, "an unknown context, or a position beyond the stream's head"),
+        (406, "an Accept header that allows neither JSON nor Atom"),
         (422, "a malformed or out-of-range position or limit"),
         (503, "NATS cannot be reached (with Retry-After)"),
     )
@@ -260,20 +270,24 @@ class Feed:
     def cache_control(self, page: EncodedPage) -> str:
         return IMMUTABLE if page.complete else f"public, max-age={self.head_max_age}"
 
-    async def page(self, stream: str, after: int, limit: int, path: str) -> EncodedPage:
-        """The page of ``stream`` after position ``after``; ``path`` is the feed's URL
-        path, from which the links are made."""
+    async def page(
+        self, stream: str, after: int, limit: int, path: str, media_type: str = JSON
+    ) -> EncodedPage:
+        """The page of ``stream`` after position ``after`` as ``media_type`` (one of
+        :data:`MEDIA_TYPES`); ``path`` is the feed's URL path, from which the links are
+        made."""
         client = await self.nats.client()
         try:
             info = await jetstream(client).stream_info(stream)
         except NotFoundError:
-            head, oldest, key = 0, 1, None  # nothing published yet: an empty head page
+            head, oldest, key, created = 0, 1, None, None  # nothing yet: an empty head page
         except (nats.errors.Error, TimeoutError) as exc:
             raise unavailable(f"cannot read stream {stream}: {type(exc).__name__}") from None
         else:
             state = info.state
-            head, oldest = state.last_seq, state.first_seq
-            key = (path, stream, info.created, state.first_seq, state.num_deleted, after, limit)
+            head, oldest, created = state.last_seq, state.first_seq, info.created
+            identity = (stream, created, state.first_seq, state.num_deleted)
+            key = (path, media_type, *identity, after, limit)
         if after > head:
             raise HTTPException(
                 404, f"position {after} is beyond the head of {stream} ({head}): no such page yet"
@@ -285,7 +299,7 @@ class Feed:
         first = max(after + 1, oldest)
         last = min(end, head)
         messages = await self._read(client, stream, first, last) if first <= last else []
-        page = self._build(stream, after, limit, complete, messages, path)
+        page = self._build(stream, after, limit, complete, messages, path, media_type, created)
         if complete and key is not None:
             self._cache.put(key, page)
         return page
@@ -298,6 +312,8 @@ class Feed:
         complete: bool,
         messages: list[StreamMessage],
         path: str,
+        media_type: str = JSON,
+        created: datetime | None = None,
     ) -> EncodedPage:
         def link(start: int, size: int) -> str:
             return f"{path}?after={start}&limit={size}"
@@ -308,9 +324,12 @@ class Feed:
             "prev": link(max(0, after - limit), min(limit, after)) if after > 0 else None,
             "next": link(after + limit, limit) if complete else None,
         }
-        body = _encode(
-            _PageBody(context, after, limit, complete, [_entry(m) for m in messages], links)
-        )
+        entries = [_entry(m) for m in messages]
+        if media_type == atom.MEDIA_TYPE:
+            events = (bytes(e.event) for e in entries if e.event is not None)
+            body = atom.document(context, links, events, created=created)
+        else:
+            body = _encode(_PageBody(context, after, limit, complete, entries, links))
         return EncodedPage(body, etag_of(body), complete, links)
 
     async def _read(
@@ -356,7 +375,20 @@ def router(contexts: Iterable[str], nats: NatsLink, *, feed: Feed | None = None)
         "/feed/{context}",
         response_model=None,
         responses={
-            200: {"model": FeedPage, "description": "a page of events, oldest first"},
+            200: {
+                "model": FeedPage,
+                "description": "a page of events, oldest first: JSON, or an Atom feed "
+                "document (RFC 4287) when Accept prefers application/atom+xml",
+                "content": {
+                    atom.MEDIA_TYPE: {
+                        "schema": {
+                            "type": "string",
+                            "description": "an Atom feed document: an entry per event, its "
+                            "CloudEvents envelope Base64 in content (application/json)",
+                        }
+                    }
+                },
+            },
             304: {"description": "the page is unchanged since the ETag sent"},
             **PROBLEM_RESPONSES,
         },
@@ -383,13 +415,21 @@ def router(contexts: Iterable[str], nats: NatsLink, *, feed: Feed | None = None)
             raise HTTPException(
                 404, f"no feed for context {context!r} (known: {', '.join(known) or 'none'})"
             )
-        page = await pages.page(context, after, limit, request.url.path)
+        media_type = negotiation.choose(", ".join(request.headers.getlist("accept")), MEDIA_TYPES)
+        if media_type is None:
+            raise HTTPException(
+                406,
+                f"the feed is served as {' or '.join(MEDIA_TYPES)}: Accept allows neither",
+                headers={"Vary": "Accept"},
+            )
+        page = await pages.page(context, after, limit, request.url.path, media_type)
         headers = {
             "ETag": page.etag,
             "Cache-Control": pages.cache_control(page),
             "Link": _link_header(page.links),
+            "Vary": "Accept",
         }
         # If-None-Match: the app's conditional middleware, as for every endpoint
-        return Response(page.body, media_type="application/json", headers=headers)
+        return Response(page.body, media_type=media_type, headers=headers)
 
     return api
