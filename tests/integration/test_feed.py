@@ -1,6 +1,8 @@
 """The event feed over a real uvicorn server: pages chain from the first to the head and
 hold exactly the stream's events, in order; complete pages are immutable and answer 304
-to their ETag; the head page grows until it is complete; bad input gets problem details."""
+to their ETag; the head page grows until it is complete; bad input gets problem details.
+The same pages as Atom (by Accept) read as a feed reader reads them, with the same
+envelopes, links and caching, and tags of their own."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import feedparser  # type: ignore[import-untyped]  # no stubs, no py.typed
 import httpx
 import orjson
 import pytest
@@ -211,3 +214,107 @@ async def test_without_nats_the_feed_answers_503_with_retry_after(data_dir: Path
     assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.json()["detail"].startswith("cannot connect to NATS at nats://127.0.0.1:")
+
+
+ATOM = {"Accept": "application/atom+xml"}
+
+
+def atom_page(response: httpx.Response) -> feedparser.FeedParserDict:
+    """An Atom page as a feed reader reads it: well-formed, valid enough that feedparser
+    has nothing to say (bozo false), with the same links in the body and the headers."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/atom+xml"
+    assert response.headers["vary"] == "Accept"
+    parsed = feedparser.parse(response.content)
+    assert not parsed.bozo, parsed.get("bozo_exception")
+    assert parsed.version == "atom10"
+    links = {link.rel: link.href for link in parsed.feed.links if link.rel != "alternate"}
+    expected = {"previous" if rel == "prev" else rel: v["url"] for rel, v in response.links.items()}
+    assert links == expected
+    return parsed
+
+
+async def test_the_atom_feed_pages_like_the_json_feed_with_its_own_etags(
+    sales: Sales, nc: Client, feed: httpx.AsyncClient
+) -> None:
+    place_orders(sales, 60, cancel_every=7)  # 1 customer, 60 orders, 9 cancellations: 70 events
+    head = await relay_all(sales, nc)
+    assert head == 70
+
+    pages: list[httpx.Response] = []
+    url: str | None = "/feed/sales?limit=20"
+    while url is not None:
+        page = await feed.get(url, headers=ATOM)
+        pages.append(page)
+        url = next((ln.href for ln in atom_page(page).feed.links if ln.rel == "next"), None)
+    assert len(pages) == 4  # three complete pages of 20, then the head page
+
+    entries = [entry for page in pages for entry in atom_page(page).entries]
+    stream = await read_all(nc)
+    assert [entry.content[0].value.encode() for entry in entries] == [m.data for m in stream]
+    assert len({entry.id for entry in entries}) == head
+
+    *complete, last = pages
+    for page in complete:
+        as_json = await feed.get(page.url)
+        assert as_json.headers["vary"] == "Accept"
+        assert as_json.headers["link"] == page.headers["link"]
+        assert as_json.headers["etag"] != page.headers["etag"]
+        for response, accept in ((page, ATOM), (as_json, {})):
+            assert response.headers["cache-control"] == IMMUTABLE
+            tag = response.headers["etag"]
+            again = await feed.get(page.url, headers={**accept, "If-None-Match": tag})
+            assert again.status_code == 304 and again.content == b""
+            assert again.headers["etag"] == tag and again.headers["vary"] == "Accept"
+        # the other representation's tag does not match this one
+        crossed = await feed.get(
+            page.url, headers={**ATOM, "If-None-Match": as_json.headers["etag"]}
+        )
+        assert crossed.status_code == 200 and crossed.content == page.content
+    assert last.headers["cache-control"] == "public, max-age=1"
+    polled = await feed.get(last.url, headers={**ATOM, "If-None-Match": last.headers["etag"]})
+    assert polled.status_code == 304
+
+    place_orders(sales, 1)  # the head page grows: a new tag, the same page number
+    grown_head = await relay_all(sales, nc)
+    grown = await feed.get(last.url, headers={**ATOM, "If-None-Match": last.headers["etag"]})
+    assert grown.status_code == 200 and grown.headers["etag"] != last.headers["etag"]
+    assert len(atom_page(grown).entries) == grown_head - 60 > len(atom_page(last).entries)
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ("text/html", None),
+        ("application/xml, text/plain;q=0.5", None),
+        ("application/json;q=0, application/atom+xml;q=0", None),
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "application/json"),
+        ("application/atom+xml;q=0.9, application/json;q=0.8", "application/atom+xml"),
+        ("application/atom+xml;q=nonsense", "application/json"),  # nothing well-formed
+        (", ".join(["text/x-unknown;q=0.5"] * 400) + ", application/*", "application/json"),
+        (", ".join(["text/x-unknown;q=0.5"] * 400), None),
+    ],
+)
+async def test_accept_picks_the_representation_or_gets_406(
+    nc: Client, feed: httpx.AsyncClient, accept: str, media_type: str | None
+) -> None:
+    await ensure_stream(nc.jetstream(), StreamSpec("sales"))
+    answer = await feed.get("/feed/sales", headers={"Accept": accept})
+    assert answer.headers["vary"] == "Accept"
+    if media_type is None:
+        assert answer.status_code == 406
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["detail"] == (
+            "the feed is served as application/json or application/atom+xml: Accept allows neither"
+        )
+    else:
+        assert answer.status_code == 200 and answer.headers["content-type"] == media_type
+
+
+async def test_the_openapi_schema_documents_both_representations(feed: httpx.AsyncClient) -> None:
+    schema = (await feed.get("/openapi.json")).json()
+    responses = schema["paths"]["/feed/{context}"]["get"]["responses"]
+    assert set(responses["200"]["content"]) == {"application/json", "application/atom+xml"}
+    assert responses["406"]["content"] == {
+        "application/problem+json": {"schema": {"type": "object"}}
+    }
