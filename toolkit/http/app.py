@@ -31,6 +31,7 @@ from toolkit.http.consistency import (
     Satisfiable,
     passed,
 )
+from toolkit.http.contracts import router as contracts_router
 from toolkit.http.health import Metrics
 from toolkit.http.limits import BodyLimit
 from toolkit.http.reactors import Reactors
@@ -407,6 +408,7 @@ def create_app(
         app.include_router(command_factory(contexts[name]))
     app.include_router(feed.router(system.contexts, nats))
     app.include_router(webhooks.router(system.contexts, settings.data_dir, nats))
+    app.include_router(contracts_router(system))
 
     async def report() -> dict[str, Any]:
         from toolkit.ops.status import collect  # status reads systems: imported when used
