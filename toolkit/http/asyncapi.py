@@ -10,6 +10,7 @@ served with a strong ``ETag``: a client revalidating gets 304
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
@@ -43,28 +44,23 @@ def router(system: System, settings: Settings) -> APIRouter:
         )
         return encoded(document, yaml=yaml)
 
-    def answer(request: Request, yaml: bool) -> Response:
-        problems.reject_unknown_parameters(request)
-        content = body(yaml)
-        headers = {"ETag": etag_of(content), "Cache-Control": CACHE_CONTROL}
-        return Response(content, media_type=YAML if yaml else JSON, headers=headers)
+    def endpoint(yaml: bool) -> Callable[[Request], Awaitable[Response]]:
+        async def document(request: Request) -> Response:
+            problems.reject_unknown_parameters(request)
+            content = body(yaml)
+            headers = {"ETag": etag_of(content), "Cache-Control": CACHE_CONTROL}
+            return Response(content, media_type=YAML if yaml else JSON, headers=headers)
 
-    @api.get(
-        "/asyncapi.json",
-        summary="The AsyncAPI 3.0.0 document of the system's streams, as JSON",
-        response_class=Response,
-        responses={200: {"content": {JSON: {}}}, **_RESPONSES},
-    )
-    async def asyncapi_json(request: Request) -> Response:
-        return answer(request, yaml=False)
+        return document
 
-    @api.get(
-        "/asyncapi.yaml",
-        summary="The AsyncAPI 3.0.0 document of the system's streams, as YAML",
-        response_class=Response,
-        responses={200: {"content": {YAML: {}}}, **_RESPONSES},
-    )
-    async def asyncapi_yaml(request: Request) -> Response:
-        return answer(request, yaml=True)
-
+    for form, media_type in (("json", JSON), ("yaml", YAML)):
+        api.add_api_route(
+            f"/asyncapi.{form}",
+            endpoint(yaml=form == "yaml"),
+            methods=["GET"],
+            name=f"asyncapi_{form}",
+            summary=f"The AsyncAPI 3.0.0 document of the system's streams, as {form.upper()}",
+            response_class=Response,
+            responses={200: {"content": {media_type: {}}}, **_RESPONSES},
+        )
     return api
