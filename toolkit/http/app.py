@@ -22,6 +22,7 @@ from toolkit.backoff import Backoff
 from toolkit.config import Settings
 from toolkit.errors import MarkerError
 from toolkit.http import caching, conditional, docs, feed, health, problems
+from toolkit.http.asyncapi import router as asyncapi_router
 from toolkit.http.auth import BearerAuth
 from toolkit.http.consistency import (
     HEADER,
@@ -407,6 +408,7 @@ def create_app(
     for name, command_factory in system.commands.items():
         app.include_router(command_factory(contexts[name]))
     app.include_router(feed.router(system.contexts, nats))
+    app.include_router(asyncapi_router(system, settings))
     app.include_router(webhooks.router(system.contexts, settings.data_dir, nats))
     app.include_router(contracts_router(system))
 
