@@ -49,7 +49,16 @@ def envelope(**fields: Any) -> bytes:
 
 
 def parsed(document: bytes) -> feedparser.FeedParserDict:
-    ET.fromstring(document)  # expat: a well-formed XML 1.0 document, or this raises
+    """The document as feedparser reads it, once checked for what RFC 4287 requires
+    (feedparser does not): well-formed XML 1.0, and the elements a feed and an entry
+    must have, a summary included as the content is Base64 (4.1.1.1, 4.1.2, 4.1.3.3)."""
+    root = ET.fromstring(document)  # expat: a well-formed XML 1.0 document, or this raises
+    assert root.tag == f"{A}feed"
+    for name in ("id", "title", "updated", "author/" + A + "name"):
+        assert len(root.findall(A + name)) == 1, name
+    for entry in root.findall(f"{A}entry"):
+        for name in ("id", "title", "updated", "summary", "content"):
+            assert len(entry.findall(A + name)) == 1, name
     feed = feedparser.parse(document)
     assert not feed.bozo, feed.get("bozo_exception")
     assert feed.version == "atom10"
