@@ -7,7 +7,7 @@ envelopes, links and caching, and tags of their own."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,21 @@ def link(response: httpx.Response, rel: str) -> str | None:
     return header
 
 
+async def follow(
+    feed: httpx.AsyncClient,
+    url: str | None,
+    onward: Callable[[httpx.Response], str | None],
+    headers: dict[str, str] | None = None,
+) -> list[httpx.Response]:
+    """The pages from ``url`` on, each page's next found by ``onward``, up to the head."""
+    pages = []
+    while url is not None:
+        page = await feed.get(url, headers=headers)
+        pages.append(page)
+        url = onward(page)
+    return pages
+
+
 async def test_pages_chain_from_the_first_to_the_head_with_exactly_the_streams_events(
     sales: Sales, nc: Client, feed: httpx.AsyncClient
 ) -> None:
@@ -56,14 +71,12 @@ async def test_pages_chain_from_the_first_to_the_head_with_exactly_the_streams_e
     head = await relay_all(sales, nc)
     assert head == 344
 
-    pages: list[httpx.Response] = []
-    url: str | None = "/feed/sales?limit=50"
-    while url is not None:
-        page = await feed.get(url)
+    def onward(page: httpx.Response) -> str | None:
         assert page.status_code == 200, page.text
         FeedPage.model_validate(page.json())  # the documented shape, in the OpenAPI schema
-        pages.append(page)
-        url = link(page, "next")
+        return link(page, "next")
+
+    pages = await follow(feed, "/feed/sales?limit=50", onward)
     assert len(pages) == 7  # six complete pages of 50, then the head page
 
     entries = [entry for page in pages for entry in page.json()["events"]]
@@ -87,13 +100,10 @@ async def test_pages_chain_from_the_first_to_the_head_with_exactly_the_streams_e
     assert last.json()["events"][-1]["position"] == head
 
     # Backwards from the head, prev links visit the same pages.
-    back: list[int] = []
     url = str(last.url.copy_with(scheme=None, host=None, port=None))
-    while url is not None:
-        page = await feed.get(url)
-        back = [e["position"] for e in page.json()["events"]] + back
-        url = link(page, "prev")
-    assert back == list(range(1, 345))
+    back = await follow(feed, url, lambda page: link(page, "prev"))
+    positions = [e["position"] for page in reversed(back) for e in page.json()["events"]]
+    assert positions == list(range(1, 345))
 
 
 async def test_the_head_page_grows_until_complete_then_links_onward(
@@ -234,19 +244,16 @@ def atom_page(response: httpx.Response) -> feedparser.FeedParserDict:
     return parsed
 
 
+def atom_next(page: httpx.Response) -> str | None:
+    return next((ln.href for ln in atom_page(page).feed.links if ln.rel == "next"), None)
+
+
 async def test_the_atom_feed_pages_like_the_json_feed_with_its_own_etags(
     sales: Sales, nc: Client, feed: httpx.AsyncClient
 ) -> None:
-    place_orders(sales, 60, cancel_every=7)  # 1 customer, 60 orders, 9 cancellations: 70 events
-    head = await relay_all(sales, nc)
-    assert head == 70
-
-    pages: list[httpx.Response] = []
-    url: str | None = "/feed/sales?limit=20"
-    while url is not None:
-        page = await feed.get(url, headers=ATOM)
-        pages.append(page)
-        url = next((ln.href for ln in atom_page(page).feed.links if ln.rel == "next"), None)
+    place_orders(sales, 60, cancel_every=7)
+    assert (head := await relay_all(sales, nc)) == 70  # 1 customer, 60 orders, 9 cancellations
+    pages = await follow(feed, "/feed/sales?limit=20", atom_next, ATOM)
     assert len(pages) == 4  # three complete pages of 20, then the head page
 
     entries = [entry for page in pages for entry in atom_page(page).entries]
