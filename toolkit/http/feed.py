@@ -409,7 +409,8 @@ def router(contexts: Iterable[str], nats: NatsLink, *, feed: Feed | None = None)
     ) -> Response:
         """Events at stream positions after+1 .. after+limit. Complete pages never change
         and are cacheable for a year; the head page for a moment. Follow `next` from the
-        first page to the head; poll the head page (with If-None-Match) for more."""
+        first page to the head; poll the head page (with If-None-Match) for more. With
+        `Accept: application/atom+xml`, the same page as an Atom feed document."""
         problems.reject_unknown_parameters(request)
         if context not in known:
             raise HTTPException(
