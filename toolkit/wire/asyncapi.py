@@ -274,7 +274,8 @@ def _message(entry: Published, subjects: dict[tuple[str, int], list[str]]) -> di
     }
     aggregates = subjects.get((entry.name, entry.version), [])
     if aggregates:
-        fixed["aggregatetype"] = {"enum": aggregates}
+        one = len(aggregates) == 1  # a constant: generators make it a literal, not an enum
+        fixed["aggregatetype"] = {"const": aggregates[0]} if one else {"enum": aggregates}
     message: dict[str, Any] = {
         "name": key,
         "title": f"{entry.name} v{entry.version}",
@@ -283,10 +284,11 @@ def _message(entry: Published, subjects: dict[tuple[str, int], list[str]]) -> di
         "contentType": CONTENT_TYPE,
         "headers": {"$ref": f"#/components/schemas/{HEADERS}"},
         "payload": {
+            "title": f"{key} envelope",  # names the class a generator makes of it
             "allOf": [
                 {"$ref": f"#/components/schemas/{ENVELOPE}"},
                 {"type": "object", "properties": fixed},
-            ]
+            ],
         },
         "correlationId": {
             "description": "The chain of events this one belongs to (a policy's effects "
