@@ -39,9 +39,10 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType
 from typing_extensions import TypeVar
 
+from toolkit import tracing
 from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, SubjectError
 from toolkit.wire import check_name, encode_token
-from toolkit.write.causation import CausalMapper, Causes
+from toolkit.write.causation import CausalMapper, Causation, Causes, spanned
 from toolkit.write.published import PublishedLanguage
 
 _CREATE_TRIES = 10
@@ -49,6 +50,16 @@ _CREATE_TRIES = 10
 _MADE_MEANWHILE = {"42P07", "42710", "42723"}
 """PostgreSQL's duplicate table, object and function: ``CREATE ... IF NOT EXISTS`` racing
 another process's (both saw none, one created it first)."""
+
+
+def _made_meanwhile(exc: Exception, *, postgres: bool) -> bool:
+    """Whether ``exc``, creating a log's tables, says another process created them."""
+    if isinstance(exc, IntegrityError) and "__migration__" in str(exc):
+        return True  # (the tracking table's migration record: see construct_recorder)
+    if isinstance(exc, ProgrammingError):
+        return postgres and getattr(exc.__cause__, "sqlstate", None) in _MADE_MEANWHILE
+    return postgres
+
 
 _FENCED_PROCESS_RECORDERS = {
     "eventsourcing.sqlite": "toolkit.logs.sqlite:FencedSQLiteProcessRecorder",
@@ -109,15 +120,16 @@ class BoundedContext(Application[ID]):
         ... IF NOT EXISTS`` and ``CREATE OR REPLACE FUNCTION``, which fail when processes of
         one log start at the same moment, as standby relays do (``tuple concurrently
         updated``; on a new schema a duplicate key in ``pg_type``, or ``relation ...
-        already exists``): what failed was made by the other process meanwhile, so the
-        creation is done again, a few times."""
+        already exists``). On SQLite and PostgreSQL alike, a process recorder that finds
+        no tracking table inserts eventsourcing's ``__migration__`` tracking record, and
+        of two processes creating it the second fails. What failed was made by the other
+        process meanwhile, so the creation is done again, a few times."""
         postgres = type(self.factory).__module__ == "eventsourcing.postgres"
         for attempt in range(1, _CREATE_TRIES):
             try:
                 return self._construct_recorder()
             except (InternalError, IntegrityError, ProgrammingError) as exc:
-                made = getattr(exc.__cause__, "sqlstate", None) in _MADE_MEANWHILE
-                if not postgres or (isinstance(exc, ProgrammingError) and not made):
+                if not _made_meanwhile(exc, postgres=postgres):
                     raise
                 time.sleep(random.uniform(0.01, 0.05) * attempt)  # apart from the others
         return self._construct_recorder()  # the last try: its error is the one raised
@@ -195,9 +207,31 @@ class BoundedContext(Application[ID]):
                     check_id(domain_event.originator_id)
             return []
         try:
+            if tracing.enabled():
+                with self._saving(None):
+                    return super().save(*objs, **kwargs)
             return super().save(*objs, **kwargs)
         except IntegrityError:
             raise _conflict() from None
+
+    @contextlib.contextmanager
+    def _saving(self, caused_by: Causes) -> Iterator[None]:
+        """The cause of what is stored inside (``caused_by``, or the one around); with
+        spans on, a traced save is a span of its own, which its events name as parent."""
+        mapper = self.mapper
+        if not isinstance(mapper, CausalMapper):
+            yield
+            return
+        cause = mapper.current() if caused_by is None else caused_by
+        if isinstance(cause, Causation) and cause.traceparent and tracing.enabled():
+            with spanned(cause, f"{self.name} save") as saving, mapper.causing(saving):
+                yield
+            return
+        if caused_by is None:
+            yield
+            return
+        with mapper.causing(caused_by):
+            yield
 
     @contextlib.contextmanager
     def processing(
@@ -237,12 +271,7 @@ class BoundedContext(Application[ID]):
             yield processing_event
         finally:
             self._processing.event = None
-        causing = (
-            self.mapper.causing(caused_by)
-            if caused_by is not None and isinstance(self.mapper, CausalMapper)
-            else contextlib.nullcontext()
-        )
-        with causing:  # stored with the events, and known to listeners told of them
+        with self._saving(caused_by):  # stored with the events, and known to listeners
             try:
                 recordings = self._record(processing_event)
             except IntegrityError:
