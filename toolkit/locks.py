@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,13 +92,26 @@ def advisory_key(label: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def try_advisory_lock(db: psycopg.Connection[Any], label: str, *, shared: bool = False) -> bool:
+def try_advisory_lock(
+    db: psycopg.Connection[Any], label: str, *, shared: bool = False, settle: float = 2.0
+) -> bool:
     """Take the session advisory lock of ``label`` on ``db`` (shared with other shared
     holders, or exclusive) if no other session holds it so as to exclude this one;
-    whether it was taken. It is held until ``db`` closes."""
+    whether it was taken. It is held until ``db`` closes.
+
+    A holder whose connection has just closed keeps the lock until its server process has
+    gone, a moment later (longer on a busy server): while the lock is refused but no
+    session is seen holding it, it is asked for again, for up to ``settle`` seconds, so
+    that a process started as its predecessor stops is not refused for that."""
     function = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-    row = db.execute(f"SELECT {function}(%s)", (advisory_key(label),)).fetchone()
-    return bool(row and row[0])
+    deadline = time.monotonic() + settle
+    while True:
+        row = db.execute(f"SELECT {function}(%s)", (advisory_key(label),)).fetchone()
+        if row and row[0]:
+            return True
+        if _holding(db, label) is not None or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def advisory_xact_lock(db: psycopg.Connection[Any], label: str) -> None:
@@ -109,16 +123,23 @@ def advisory_xact_lock(db: psycopg.Connection[Any], label: str) -> None:
 def advisory_holder(db: psycopg.Connection[Any], label: str) -> str:
     """Who holds the advisory lock of ``label`` in ``db``'s database: its session's
     application name, address and start."""
+    row = _holding(db, label)
+    if row is None:
+        return "its session has just ended: try again"
+    application, address, started = row
+    where = f" from {address}" if address else ""
+    return f"{application or 'a session'}{where}, connected since {started:%Y-%m-%dT%H:%M:%S%z}"
+
+
+def _holding(db: psycopg.Connection[Any], label: str) -> tuple[Any, ...] | None:
+    """The application name, address and start of a session granted the advisory lock
+    of ``label`` in ``db``'s database, if one is."""
     key = advisory_key(label)
-    row = db.execute(
+    row: tuple[Any, ...] | None = db.execute(
         "SELECT a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
         "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
         "AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 1 "
         "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
     ).fetchone()
-    if row is None:
-        return "its session has just ended: try again"
-    application, address, started = row
-    where = f" from {address}" if address else ""
-    return f"{application or 'a session'}{where}, connected since {started:%Y-%m-%dT%H:%M:%S%z}"
+    return row
