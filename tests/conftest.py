@@ -127,13 +127,19 @@ POSTGRESQL_TURNS = Path("/tmp/toolkit-tests-postgresql.lock")
 ``postgresql_alone`` (one that restarts the machine's PostgreSQL) holds it exclusively, so
 that no test of another xdist worker, or of another run on this machine, has a PostgreSQL
 session open while the server restarts under it."""
+POSTGRESQL_GATE = Path("/tmp/toolkit-tests-postgresql.gate")
+"""Taken exclusively by a test on its way to its turn, and held by a test waiting to be
+alone until it is: ``flock`` has no queue, and the shared holders of three workers (and of
+other runs) overlapping without a gap kept a test waiting to be alone past its timeout."""
 
 
 @pytest.fixture(autouse=True)
 def postgresql_turn(request: pytest.FixtureRequest) -> Iterator[None]:
     alone = request.node.get_closest_marker("postgresql_alone") is not None
-    with POSTGRESQL_TURNS.open("a") as lock:
+    with POSTGRESQL_GATE.open("a") as gate, POSTGRESQL_TURNS.open("a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
         fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)  # (released on close)
+        fcntl.flock(gate, fcntl.LOCK_UN)
         yield
 
 
