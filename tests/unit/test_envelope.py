@@ -10,13 +10,16 @@ import msgspec
 import pytest
 
 from toolkit import wire
+from toolkit.wire.envelope import EnvelopeTrace
 
 
 def attributes(struct: type[msgspec.Struct]) -> dict[str, Any]:
     return {f.name: f.type for f in msgspec.structs.fields(struct)}
 
 
-@pytest.mark.parametrize("view", [wire.EnvelopeHead, wire.EnvelopeAttributes, wire.EnvelopeOrigin])
+@pytest.mark.parametrize(
+    "view", [wire.EnvelopeHead, wire.EnvelopeAttributes, wire.EnvelopeOrigin, EnvelopeTrace]
+)
 def test_each_view_holds_only_attributes_of_the_envelope(view: type[msgspec.Struct]) -> None:
     envelope = attributes(wire.Envelope)
     for name, kind in attributes(view).items():

@@ -50,6 +50,8 @@ from toolkit.commands.declaration import CommandQueue
 from toolkit.commands.status import CommandStatus, decode, encode, now
 from toolkit.errors import InvalidCommand
 from toolkit.nats.connection import Connection
+from toolkit.tracing import TRACEPARENT, TRACESTATE
+from toolkit.write.causation import ambient
 
 CONSUMER = "workers"
 """The durable consumer every worker of a context's queue shares."""
@@ -220,7 +222,14 @@ class QueueClient:
         return status, False
 
     async def _publish(self, command_id: str, command: str, body: bytes) -> None:
+        """Queue the command, with the trace of the request submitting it (its worker's
+        saves continue it: :mod:`toolkit.tracing`)."""
         headers = {"Nats-Msg-Id": command_id}
+        cause = ambient()
+        if cause is not None and cause.traceparent is not None:
+            headers[TRACEPARENT] = cause.traceparent
+            if cause.tracestate is not None:
+                headers[TRACESTATE] = cause.tracestate
         await self.js.publish(subject(self.context, command), body, headers=headers)
 
     async def _forget(self, command_id: str) -> None:

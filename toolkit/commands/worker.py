@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Generic
@@ -41,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from typing_extensions import TypeVar
 
+from toolkit import tracing
 from toolkit.backoff import Backoff
 from toolkit.commands.declaration import CommandQueue
 from toolkit.commands.outcome import CommandOutcome, outcome_id
@@ -48,7 +50,9 @@ from toolkit.commands.queue import CONSUMER, QueueClient, canonical_id
 from toolkit.commands.status import CommandStatus, now, problem_document
 from toolkit.errors import ConflictError, InvalidCommand, UnknownAggregate
 from toolkit.nats.connection import Connection
+from toolkit.tracing import TRACEPARENT, TRACESTATE
 from toolkit.wire.envelope import MSG_ID
+from toolkit.write.causation import Causation
 from toolkit.write.context import BoundedContext
 
 C = TypeVar("C", bound=BoundedContext[Any])
@@ -95,10 +99,20 @@ class CommandRunner(Generic[C]):
             return None
         return found if isinstance(found, CommandOutcome) else None
 
-    def run(self, command_id: str, name: str, data: bytes, *, last_try: bool) -> Execution:
+    def run(
+        self,
+        command_id: str,
+        name: str,
+        data: bytes,
+        *,
+        last_try: bool,
+        trace: tracing.Trace | None = None,
+    ) -> Execution:
         """Run delivery ``data`` of command ``command_id`` named ``name``, unless its
         outcome is recorded already. ``last_try``: a failure other than a refusal ends
-        it ``failed`` rather than asking for another delivery."""
+        it ``failed`` rather than asking for another delivery. Its events name the
+        command as their cause and continue ``trace`` (the submitting request's), or a
+        new one."""
         outcome = self.recorded(command_id)
         if outcome is not None:
             return _from(outcome)
@@ -108,7 +122,9 @@ class CommandRunner(Generic[C]):
         except InvalidCommand as exc:
             return self._fail(command_id, name, 422, str(exc))
         try:
-            with self.context.recordings() as saved, self.context.processing(None):
+            trace = trace or tracing.Trace(tracing.new_traceparent())
+            cause = Causation(f"command:{command_id}", trace.trace_id, *trace)
+            with self.context.recordings() as saved, self.context.processing(None, caused_by=cause):
                 result = kind.handler(command, self.context)
                 encoded = msgspec.json.encode(result).decode()
                 self.context.save(
@@ -214,9 +230,10 @@ class CommandWorker(Generic[C]):
             )  # fmt: skip
             return
         last_try = message.metadata.num_delivered >= self.queue.max_deliver
-        running = asyncio.ensure_future(
-            asyncio.to_thread(self.runner.run, command_id, name, message.data, last_try=last_try)
-        )
+        headers = message.headers or {}
+        trace = tracing.incoming(headers.get(TRACEPARENT), headers.get(TRACESTATE))
+        run = functools.partial(self.runner.run, last_try=last_try, trace=trace)
+        running = asyncio.ensure_future(asyncio.to_thread(run, command_id, name, message.data))
         while not (await asyncio.wait({running}, timeout=self.queue.ack_wait / 3))[0]:
             # a command that takes long is still held: not handed to another meanwhile
             with contextlib.suppress(Exception):

@@ -22,6 +22,7 @@ from toolkit.backoff import Backoff
 from toolkit.config import Settings
 from toolkit.errors import MarkerError
 from toolkit.http import caching, conditional, docs, feed, health, problems
+from toolkit.http import tracing as http_tracing
 from toolkit.http.asyncapi import router as asyncapi_router
 from toolkit.http.auth import BearerAuth
 from toolkit.http.consistency import (
@@ -401,6 +402,7 @@ def create_app(
     metrics = Metrics()
     if settings.api_tokens:
         app.add_middleware(BearerAuth(settings.api_tokens).middleware)
+    app.add_middleware(http_tracing.middleware)  # each command request's trace
     app.add_middleware(BodyLimit(settings.max_body).middleware)  # before auth reads
     app.add_middleware(metrics.middleware)  # the outermost: it times refusals too
     for home in homes:

@@ -42,7 +42,7 @@ from toolkit.react.tracking import Track, Tracks
 from toolkit.read.reader import StreamMessage
 from toolkit.read.translator import UnknownEvent
 from toolkit.wire.subjects import aggregate_token
-from toolkit.write.causation import Causation
+from toolkit.write.causation import Causation, Continued, continued
 from toolkit.write.context import BoundedContext
 
 C = TypeVar("C", bound=BoundedContext[Any])
@@ -301,9 +301,9 @@ class PolicyRunner(Generic[C]):
                     events = processing.events
                     for reaction in run.reactions:
                         before = len(events)
-                        for fact in reaction.facts:
-                            self.policy.react(fact, self.context)
-                        cause = _cause(reaction.head, reaction.message)
+                        with self._continuing(reaction.head, reaction.message) as cause:
+                            for fact in reaction.facts:
+                                self.policy.react(fact, self.context)
                         for event in events[before:]:
                             causes[id(event)] = cause
             except Exception:  # nothing of the run is stored: see what failed, one by one
@@ -358,7 +358,8 @@ class PolicyRunner(Generic[C]):
         moves = {track.name: sequence}
         tracking = self.tracks.tracking(stream, moves)
         try:
-            with self.context.processing(tracking, caused_by=_cause(head, message)) as processing:
+            within = self._continuing(head, message)
+            with within as cause, self.context.processing(tracking, caused_by=cause) as processing:
                 for fact in facts:
                     self.policy.react(fact, self.context)
         except InvalidCommand as exc:
@@ -375,6 +376,10 @@ class PolicyRunner(Generic[C]):
         self._reacted(track.memory, head)
         counts.reacted += 1
         counts.events += len(processing.events)
+
+    def _continuing(self, head: wire.EnvelopeHead, message: StreamMessage) -> Continued:
+        """The cause of the effects of ``message``, in the span of its reaction."""
+        return continued(head, f"{message.stream}:{message.sequence}", f"{self.policy.name} react")
 
     def _held(self, message: StreamMessage, type_: str, holds: Holds) -> bool:
         """Park ``message`` behind its aggregate's dead letter, if it has one (or pass
@@ -413,7 +418,8 @@ class PolicyRunner(Generic[C]):
         except Exception as exc:
             raise self._poison(message, exc) from exc
         try:
-            with self.context.processing(tracking, caused_by=_cause(head, message)) as processing:
+            within = self._continuing(head, message)
+            with within as cause, self.context.processing(tracking, caused_by=cause) as processing:
                 for fact in facts:
                     self.policy.react(fact, self.context)
         except InvalidCommand as exc:
@@ -491,9 +497,3 @@ class PolicyRunner(Generic[C]):
             sequence=message.sequence,
             cause=exc,
         )
-
-
-def _cause(head: wire.EnvelopeHead, message: StreamMessage) -> Causation:
-    """What the effects of ``message`` name as their cause: its envelope's id, and the
-    chain it continues (its correlation id) or starts."""
-    return Causation.of(head.id or f"{message.stream}:{message.sequence}", head.correlationid)

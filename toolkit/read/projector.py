@@ -4,6 +4,7 @@ applies batches to its read model."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from toolkit import backoff
+from toolkit import backoff, tracing
 from toolkit.errors import ConfigurationError
 from toolkit.nats.connection import Connection, OnConnection
 from toolkit.nats.streams import holds_between, last_message, last_sequence
@@ -25,8 +26,10 @@ from toolkit.read.retries import apply_retrying
 from toolkit.read.store import ReadModelStore
 from toolkit.read.translator import Translator
 from toolkit.readmodels import Generation, ReadModelHome
+from toolkit.wire.envelope import traceparent_of
 
 log = logging.getLogger(__name__)
+_UNTRACED = contextlib.nullcontext()
 
 
 @dataclass
@@ -368,13 +371,29 @@ class Projector(OnConnection):
         """Apply a batch; a message whose handling raises is retried with back-off, then
         parked (with its aggregate, if the projection says so) and the batch goes on
         (see :mod:`toolkit.read.retries`)."""
-        return await apply_retrying(
-            functools.partial(self._store_apply, translator, batch, stop),
-            batch,
-            projection=self.projection,
-            store=self.store,
-            tally=self.stats,
-            stop=stop,
+        with self._span(batch) if tracing.enabled() else _UNTRACED:
+            return await apply_retrying(
+                functools.partial(self._store_apply, translator, batch, stop),
+                batch,
+                projection=self.projection,
+                store=self.store,
+                tally=self.stats,
+                stop=stop,
+            )
+
+    def _span(self, batch: list[StreamMessage]) -> contextlib.AbstractContextManager[object]:
+        """With spans on, applying a batch is a span when one of its messages is traced:
+        a child of the first one's traceparent, linked to the others'."""
+        return tracing.batch_span(
+            f"{self.name} apply",
+            (traceparent_of(message.data) for message in batch),
+            kind="consumer",
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": batch[0].stream,
+                "messaging.batch.message_count": len(batch),
+                "toolkit.projection": self.projection.name,
+            },
         )
 
 

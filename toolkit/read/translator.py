@@ -7,10 +7,16 @@ reader keeps working when the producer publishes something new. Older versions o
 contract are upcast, step by step, to the version it handles; a version it cannot read
 (newer than it knows, or older with no upcaster) is a contract error, so the message is
 dead-lettered with the reason instead of stopping the consumer.
+
+A handler that takes a second argument is also given the message's envelope
+(:class:`~toolkit.wire.EnvelopeHead`: its id, correlation and causation ids and trace
+context), for a read model that keeps them; one that takes the event alone pays nothing
+for it.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -35,21 +41,24 @@ class Translator:
     def __init__(self, stream: str) -> None:
         self.stream = wire.check_name("stream", stream)
         self.contracts = ContractRegistry()
-        self._handlers: dict[tuple[str, int], Callable[[Any], Facts]] = {}
+        self._handlers: dict[tuple[str, int], Callable[..., Facts]] = {}
+        self._with_envelope: set[tuple[str, int]] = set()
         self._upcasts: dict[tuple[str, int], tuple[Callable[[Any], Any], tuple[str, int]]] = {}
-        self._routes: dict[tuple[str, int], tuple[Callable[[bytes], Any], Callable[[Any], Facts]]]
-        self._routes = {}
+        self._routes: dict[tuple[str, int], _Route] = {}
         self._newest: dict[str, int] = {}  # per contract name, the newest version handled
 
-    def on(self, foreign: type[E]) -> Callable[[Callable[[E], Facts]], Callable[[E], Facts]]:
-        """Register ``fn(foreign_event) -> fact | [facts] | None`` for a foreign contract."""
+    def on(self, foreign: type[E]) -> Callable[[Callable[..., Facts]], Callable[..., Facts]]:
+        """Register ``fn(foreign_event) -> fact | [facts] | None`` for a foreign contract,
+        or ``fn(foreign_event, envelope)`` to be given the envelope too."""
         key = contract_of(foreign)
 
-        def register(fn: Callable[[E], Facts]) -> Callable[[E], Facts]:
+        def register(fn: Callable[..., Facts]) -> Callable[..., Facts]:
             if key in self._handlers or key in self._upcasts:
                 raise ContractError(f"{key[0]} v{key[1]} is already read by this translator")
             self.contracts.register(foreign)
             self._handlers[key] = fn
+            if _takes_envelope(fn):
+                self._with_envelope.add(key)
             self._newest[key[0]] = max(key[1], self._newest.get(key[0], 0))
             self._route()
             return fn
@@ -99,7 +108,7 @@ class Translator:
     def _route(self) -> None:
         """Work out, for every readable (contract, version), its decoder and the chain of
         upcasters and handler that turns it into facts."""
-        routes: dict[tuple[str, int], tuple[Callable[[bytes], Any], Callable[[Any], Facts]]] = {}
+        routes: dict[tuple[str, int], _Route] = {}
         for key in [*self._handlers, *self._upcasts]:
             steps: list[Callable[[Any], Any]] = []
             current = key
@@ -111,7 +120,7 @@ class Translator:
                 continue  # the chain ends nowhere yet: registered later, or never
             decoder = self.contracts.decoder(*key)
             assert decoder is not None
-            routes[key] = (decoder.decode, _chain(steps, handler))
+            routes[key] = (decoder.decode, _chain(steps, handler), current in self._with_envelope)
         self._routes = routes
 
     @staticmethod
@@ -140,13 +149,13 @@ class Translator:
         route = self._routes.get((head.type, head.schemaversion))
         if route is None:
             raise self._unreadable(head.type, head.schemaversion)
-        decode, handler = route
+        decode, handler, with_envelope = route
         try:
             event = decode(head.data)
         except msgspec.DecodeError:
             # Let the registry say what is wrong, in its words.
             event = self.contracts.decode(head.type, head.schemaversion, head.data)
-        facts = handler(event)
+        facts = handler(event, head) if with_envelope else handler(event)
         if facts is None:
             return []
         if type(facts) is list:
@@ -168,15 +177,32 @@ class Translator:
         return ContractError(f"{name} v{version} has no upcaster to a version this consumer reads")
 
 
+_Route = tuple[Callable[[bytes], Any], Callable[..., Facts], bool]
+"""A readable version's decoder, its upcasters and handler, and whether that handler
+takes the envelope too."""
+
+
+def _takes_envelope(fn: Callable[..., Facts]) -> bool:
+    """Whether ``fn`` takes a second positional argument (the envelope)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the event alone
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in parameters) >= 2 or any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    )
+
+
 def _chain(
-    steps: list[Callable[[Any], Any]], handler: Callable[[Any], Facts]
-) -> Callable[[Any], Facts]:
+    steps: list[Callable[[Any], Any]], handler: Callable[..., Facts]
+) -> Callable[..., Facts]:
     if not steps:
         return handler
 
-    def upcast_then_handle(event: Any) -> Facts:
+    def upcast_then_handle(event: Any, *envelope: wire.EnvelopeHead) -> Facts:
         for step in steps:
             event = step(event)
-        return handler(event)
+        return handler(event, *envelope)
 
     return upcast_then_handle

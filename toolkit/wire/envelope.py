@@ -24,6 +24,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from toolkit.tracing import parse_traceparent
+
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
@@ -36,8 +38,10 @@ _DATE_TIME = msgspec.Meta(extra_json_schema={"format": "date-time"})
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A CloudEvents 1.0 event in its JSON format, with the toolkit's extensions.
-    Absent correlation and causation ids are left out rather than written as null."""
+    """A CloudEvents 1.0 event in its JSON format, with the toolkit's extensions and
+    CloudEvents' distributed-tracing extension (``traceparent``, ``tracestate``: W3C
+    Trace Context, see :mod:`toolkit.tracing`). Absent correlation and causation ids and
+    trace context are left out rather than written as null."""
 
     specversion: str
     id: str
@@ -56,7 +60,15 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     logposition: int
     datacontenttype: str
     correlationid: str | None = None
+    """The chain the event belongs to: the trace id of the command that started it, or
+    the id of its first message."""
     causationid: str | None = None
+    """What caused it: the message a policy reacted to, or the request or queued command."""
+    traceparent: str | None = None
+    """W3C ``traceparent``: the span that saved the event (or the caller's, without
+    OpenTelemetry)."""
+    tracestate: str | None = None
+    """W3C ``tracestate`` of the trace, when the command brought one."""
     data: Any
     """The integration event (a contract Struct when publishing, plain JSON values when
     decoded without a contract)."""
@@ -79,6 +91,10 @@ class EnvelopeHead(msgspec.Struct):
     logposition: int | None = None
     correlationid: str | None = None
     """The chain it belongs to (a policy's effects continue it)."""
+    causationid: str | None = None
+    traceparent: str | None = None
+    """The trace a policy's effects continue (a projection may keep it)."""
+    tracestate: str | None = None
 
 
 class EnvelopeAttributes(msgspec.Struct):
@@ -106,10 +122,28 @@ class EnvelopeOrigin(msgspec.Struct):
     aggregateversion: int | None = None
 
 
+class EnvelopeTrace(msgspec.Struct):
+    """The trace context alone, for a consumer's span of a batch (:mod:`toolkit.tracing`):
+    decoded only when spans are on."""
+
+    traceparent: str | None = None
+
+
 encode_envelope = msgspec.json.Encoder().encode
 decode_head = msgspec.json.Decoder(EnvelopeHead).decode
 decode_attributes = msgspec.json.Decoder(EnvelopeAttributes).decode
 decode_origin = msgspec.json.Decoder(EnvelopeOrigin).decode
+_decode_trace = msgspec.json.Decoder(EnvelopeTrace).decode
+
+
+def traceparent_of(body: bytes) -> str | None:
+    """The envelope's ``traceparent`` when it is a well-formed one (a stranger's message
+    may hold anything there), else None."""
+    try:
+        found = _decode_trace(body).traceparent
+    except msgspec.DecodeError:
+        return None
+    return parse_traceparent(found) if found else None
 
 
 def envelope_json_schema() -> dict[str, Any]:

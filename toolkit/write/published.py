@@ -46,6 +46,8 @@ class OutgoingMessage(NamedTuple):
     body: bytes
     headers: dict[str, str]
     log_position: int
+    traceparent: str | None = None
+    """The envelope's, for the relay's span (:mod:`toolkit.tracing`)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ class PublishedLanguage:
         causation: Causation | None = None,
     ) -> OutgoingMessage | None:
         """Translate one domain event into the message that carries it, or None; its
-        envelope names ``causation`` (what a policy reacted to) when given."""
+        envelope names ``causation`` (what a policy reacted to, the command that saved
+        it, the trace) when given."""
         public = mapping.translate(domain_event)
         if public is None:
             return None
@@ -178,10 +181,16 @@ class PublishedLanguage:
             data=public,
         )
         if causation is not None:
-            envelope.causationid, envelope.correlationid = causation
+            (
+                envelope.causationid,
+                envelope.correlationid,
+                envelope.traceparent,
+                envelope.tracestate,
+            ) = causation
         return OutgoingMessage(
             subject=mapping.subject_prefix + token + mapping.subject_suffix,
             body=wire.encode_envelope(envelope),
             headers={wire.MSG_ID: msg_id},
             log_position=log_position,
+            traceparent=envelope.traceparent,
         )

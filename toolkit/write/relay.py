@@ -30,7 +30,7 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from toolkit import wire
+from toolkit import tracing, wire
 from toolkit.backoff import Backoff
 from toolkit.errors import RelayError
 from toolkit.nats.connection import Connection, OnConnection, on_permission_denied
@@ -42,6 +42,7 @@ from toolkit.write.resume import check_tail, lost, resume_point
 from toolkit.write.watch import LogWatcher
 
 log = logging.getLogger(__name__)
+_UNTRACED = contextlib.nullcontext()
 
 
 @dataclass
@@ -351,6 +352,20 @@ class Relay(OnConnection):
                 if await backoff.wait(stop):
                     return self.stats
 
+    def _span(self, messages: list[OutgoingMessage]) -> contextlib.AbstractContextManager[object]:
+        """With spans on, a page's publishing is a span when one of its events is traced:
+        a child of the first one's traceparent, linked to the others'."""
+        return tracing.batch_span(
+            f"{self.stream.name} publish",
+            (message.traceparent for message in messages),
+            kind="producer",
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": self.stream.name,
+                "messaging.batch.message_count": len(messages),
+            },
+        )
+
     async def _relay(self, stop: asyncio.Event, target: int | None) -> RelayStats:
         loop = asyncio.get_running_loop()
         client = self.client  # first: ConnectError if closed for good, before registering
@@ -412,11 +427,12 @@ class Relay(OnConnection):
                 progressed = head > position
                 if progressed:
                     page = self.outbox.read(position, head, self.batch_size)
-                    for message in page.messages:
-                        await window.publish(message)
-                        if not anchored:
-                            await window.drain()
-                            anchored = True
+                    with self._span(page.messages) if tracing.enabled() else _UNTRACED:
+                        for message in page.messages:
+                            await window.publish(message)
+                            if not anchored:
+                                await window.drain()
+                                anchored = True
                     position = page.position
                 caught_up = target is not None and position >= target
                 if window.unconfirmed and (not progressed or caught_up):

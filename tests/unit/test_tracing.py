@@ -1,0 +1,135 @@
+"""W3C trace context read strictly: whatever a client sends, a command either continues a
+well-formed trace or starts a new one, never errors, and nothing unchecked reaches the
+log. Causes stored before traces were kept (two ids) still read; a translator's handler
+that asks for the envelope gets its ids and trace."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from eventsourcing.persistence import Tracking
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.integration.test_policies import Depot
+from toolkit import tracing, wire
+from toolkit.read.reader import StreamMessage
+from toolkit.read.translator import Translator
+from toolkit.wire.contracts import IntegrationEvent, contract
+from toolkit.write.causation import KEY, CausalMapper, Causation, caused
+
+VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+FORM = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def test_a_well_formed_traceparent_is_continued_as_it_came() -> None:
+    assert tracing.parse_traceparent(VALID) == VALID
+    assert tracing.parse_traceparent(f" {VALID}\t") == VALID  # optional white space
+    trace = tracing.incoming([VALID], ["a=1", "b=2"])
+    assert trace == tracing.Trace(VALID, "a=1,b=2")  # tracestate headers joined
+    assert (trace.trace_id, trace.parent_id) == (VALID[3:35], VALID[36:52])
+
+
+def test_anything_else_starts_a_new_trace() -> None:
+    for hostile in [
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # another version
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # upper case
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # no trace
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # no parent
+        f"{VALID}-extra",
+        f"{VALID}\n",
+        "",
+        "ff-" + "f" * 5000,
+    ]:
+        assert tracing.parse_traceparent(hostile) is None, hostile
+        trace = tracing.incoming(hostile, "a=1")
+        assert trace.traceparent != hostile and trace.tracestate is None
+        assert FORM.fullmatch(trace.traceparent)
+    assert tracing.incoming([VALID, VALID], None).traceparent != VALID  # two: neither
+
+
+def test_a_tracestate_is_kept_only_when_well_formed_and_bounded() -> None:
+    assert tracing.parse_tracestate("congo=t61rcWkgMzE, rojo=00f067aa0ba902b7") == (
+        "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    )
+    assert tracing.parse_tracestate("tenant@vendor=x") == "tenant@vendor=x"
+    members = ",".join(f"k{i}=v" for i in range(33))
+    for malformed in ["a", "A=1", "a=1,a=2", "a=b=c", "a=,b=1", members, "a=" + "x" * 600]:
+        assert tracing.parse_tracestate(malformed) is None, malformed
+
+
+@given(st.text(max_size=200), st.text(max_size=700))
+def test_hostile_headers_never_error_and_never_reach_the_log_unchecked(
+    traceparent: str, tracestate: str
+) -> None:
+    trace = tracing.incoming(traceparent, tracestate)
+    assert FORM.fullmatch(trace.traceparent)
+    assert trace.traceparent == traceparent.strip(" \t") or trace.tracestate is None
+    if trace.tracestate is not None:
+        assert len(trace.tracestate) <= tracing.MAX_TRACESTATE
+        assert trace.tracestate.count(",") < tracing.MAX_TRACESTATE_MEMBERS
+        assert tracing.parse_tracestate(trace.tracestate) == trace.tracestate
+
+
+@given(st.binary(max_size=300))
+def test_a_stranger_s_envelope_yields_a_well_formed_traceparent_or_none(body: bytes) -> None:
+    found = wire.envelope.traceparent_of(body)
+    assert found is None or FORM.fullmatch(found)
+
+
+def test_causes_stored_before_traces_were_kept_still_read(tmp_path: Path) -> None:
+    depot = Depot(data_dir=tmp_path)
+    try:
+        with depot.processing(Tracking("parcels:shop", 1), caused_by=Causation("shop:1", "c")):
+            depot.pack("o1", "tea")
+        trace = tracing.Trace(VALID, "a=1")
+        with caused(Causation("http:1", trace.trace_id, *trace)):
+            depot.pack("o2", "jam")
+        first, second = depot.recorder.select_notifications(start=1, limit=2)
+        mapper = depot.mapper
+        assert isinstance(mapper, CausalMapper)
+        assert msgspec.json.decode(first.state)[KEY] == ["shop:1", "c"]  # as before
+        assert msgspec.json.decode(second.state)[KEY] == ["http:1", VALID[3:35], VALID, "a=1"]
+        assert mapper.decode(first)[1] == Causation("shop:1", "c", None, None)
+        assert mapper.decode(second)[1] == Causation("http:1", VALID[3:35], VALID, "a=1")
+    finally:
+        depot.close()
+
+
+@contract("shop.OrderPlaced", version=1)
+class Placed(IntegrationEvent, frozen=True, kw_only=True):
+    order_id: str
+
+
+def test_a_handler_may_take_the_envelope_too() -> None:
+    shop = Translator("shop")
+    seen: list[Any] = []
+
+    @shop.on(Placed)
+    def placed(event: Placed, envelope: wire.EnvelopeHead) -> None:
+        seen.append((event.order_id, envelope.correlationid, envelope.traceparent))
+
+    body = wire.encode_envelope(
+        wire.Envelope(
+            specversion="1.0",
+            id="shop:1",
+            source="shop",
+            type="shop.OrderPlaced",
+            schemaversion=1,
+            subject="o1",
+            time=datetime(2026, 1, 1, tzinfo=UTC),
+            aggregatetype="order",
+            aggregateversion=1,
+            logposition=1,
+            datacontenttype="application/json",
+            correlationid=VALID[3:35],
+            traceparent=VALID,
+            data=Placed(order_id="o1"),
+        )
+    )
+    shop.translate(StreamMessage("shop", 1, "shop.order.o1.OrderPlaced", {}, body))
+    assert seen == [("o1", VALID[3:35], VALID)]
