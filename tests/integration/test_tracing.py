@@ -5,7 +5,8 @@ envelope on the three streams carries the trace (correlation id, ``traceparent``
 every span the toolkit made for it (requests, saves, the relays' publishing, the
 projector's applying, the policies' reactions) is of that one trace, each the child of
 the one that caused it. Without OpenTelemetry (``TOOLKIT_TRACING=off``) nothing of it is
-imported, and the envelopes carry the trace all the same.
+imported, and the envelopes carry the trace all the same. The feed and webhooks pass the
+envelopes on unchanged, trace included.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from uuid import UUID
 import httpx
 import orjson
 import pytest
+from nats.aio.client import Client
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -33,7 +35,14 @@ from contexts.system import system
 from projections.shipping.api import dispatches
 from projections.shipping.dispatches import Dispatches
 from tests.conftest import eventually, serving, wait_for
-from tests.flow import read_all
+from tests.flow import place_orders, read_all, relay_all
+from tests.integration.test_webhooks import (
+    Receiver,
+    api,
+    dispatching,
+    log_env,
+    subscribe,
+)
 from toolkit import tracing
 from toolkit.config import Settings
 from toolkit.http.app import create_app
@@ -42,6 +51,10 @@ from toolkit.nats.embedded import EmbeddedServer
 from toolkit.read.projector import Projector
 from toolkit.read.store import ReadModelStore
 from toolkit.readmodels.sqlite import SQLiteHome
+from toolkit.webhooks import new_secret
+from toolkit.write.causation import Causation, caused
+
+__all__ = ["api", "log_env"]  # fixtures: the webhooks' API, the sales log on SQLite
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -237,3 +250,29 @@ def test_without_opentelemetry_nothing_of_it_is_imported(
     assert envelope["correlationid"] == TRACE
     assert envelope["causationid"] == "command:5f0c3a1e-8d2b-4c1a-9e3f-2b7d6a4c8e10"
     assert envelope["traceparent"] == HEADERS["traceparent"]  # no span: the caller's
+
+
+async def test_the_feed_and_webhooks_pass_the_trace_on_unchanged(
+    nc: Client, api: httpx.AsyncClient, sales: Sales, data_dir: Path, nats_server: EmbeddedServer
+) -> None:
+    trace = tracing.incoming(HEADERS["traceparent"], HEADERS["tracestate"])
+    hooks = Receiver()
+    async with serving(hooks.app()) as receiver:
+        await subscribe(api, f"{receiver}/placed", "sales.OrderPlaced", new_secret())
+        with caused(Causation("http:1", TRACE, *trace)):
+            place_orders(sales, 1)
+        await relay_all(sales, nc)
+        (message,) = [m for m in await read_all(nc) if b"sales.OrderPlaced" in m.data]
+        async with dispatching(nc, data_dir):
+            await wait_for(lambda: len(hooks.accepted) == 1, within=30)
+    assert hooks.accepted[0].body == message.data  # the envelope as on the stream
+    envelope = orjson.loads(message.data)
+    traced = {"correlationid": TRACE, "causationid": "http:1", **HEADERS}
+    assert {key: envelope[key] for key in traced} == traced
+
+    settings = Settings(nats_url=nats_server.url, data_dir=data_dir)
+    app = create_app(system, settings, relay=False)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
+        page = (await http.get("/feed/sales")).json()
+    (fed,) = [e["event"] for e in page["events"] if e["event"]["type"] == "sales.OrderPlaced"]
+    assert fed == envelope
