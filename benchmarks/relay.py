@@ -11,6 +11,12 @@ decodes every event. Ratios are against the fastest raw publisher: core publishe
 by ``Nats-Expected-Last-Sequence`` with one acknowledgement in 200 (the relay publishes
 the same way); one acknowledgement a message is the next row.
 
+Two rows relay events that carry a trace (each save of a thousand orders in a trace of
+its own, as an HTTP command's are: see :mod:`toolkit.tracing`), in the context's process:
+with spans off (``TOOLKIT_TRACING=off``: the envelopes carry the trace all the same) and
+on (OpenTelemetry's SDK, a span for each page published, linked to each traced event,
+exported in batches to an exporter that drops them: the SDK's own cost, no network).
+
 Two more rows time the relay's own work without publishing, whole and the part of it that
 no reading of the log can save (translating and encoding). They explain the catch-up
 figure: in one Python process its own work and publishing add up (1/relay ~ 1/own work +
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -40,19 +47,22 @@ from rich.console import Console
 from rich.table import Table
 
 from contexts.sales import Order, OrderLine, Sales
-from toolkit import Relay, StreamSpec, ensure_stream
+from toolkit import Relay, StreamSpec, ensure_stream, tracing
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
 from toolkit.wire import EXPECTED_LAST_SEQUENCE
+from toolkit.write.causation import Causation, caused
 from toolkit.write.outbox import Outbox
 from toolkit.write.published import OutgoingMessage
 
 Messages = list[OutgoingMessage]
 
 
-def fill_log(sales: Sales, orders: int) -> None:
-    """Orders a thousand to a save; every fifth order also gets a private note."""
-    customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
+def fill_log(sales: Sales, orders: int, *, traced: bool = False) -> None:
+    """Orders a thousand to a save; every fifth order also gets a private note. ``traced``:
+    each save in a trace of its own, as a command's."""
+    with _command(traced):
+        customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
     line = OrderLine(sku="tea", quantity=2, unit_price=Decimal("1.25"))
     batch: list[Order] = []
     for i in range(orders):
@@ -61,9 +71,19 @@ def fill_log(sales: Sales, orders: int) -> None:
             order.add_note(text="private")
         batch.append(order)
         if len(batch) == 1000:
-            sales.save(*batch)
+            with _command(traced):
+                sales.save(*batch)
             batch = []
-    sales.save(*batch)
+    with _command(traced):
+        sales.save(*batch)
+
+
+def _command(traced: bool) -> contextlib.AbstractContextManager[None]:
+    """A new trace for the saves inside, as an HTTP command's (when ``traced``)."""
+    if not traced:
+        return contextlib.nullcontext()
+    trace = tracing.Trace(tracing.new_traceparent(), "bench=1")
+    return caused(Causation(f"http:{tracing.new_span_id()}", trace.trace_id, *trace))
 
 
 @contextlib.asynccontextmanager
@@ -203,6 +223,8 @@ RELAY = "toolkit Relay in the context's process (saves hand over their messages)
 CATCH_UP = "toolkit Relay catching up from the SQLite log (or run on its own)"
 BUILD_ONLY = "its own work catching up: read, decode, translate, encode (no publishing)"
 TRANSLATE_ONLY = "translate and encode alone (what a save pays to hand over; no publishing)"
+TRACED_OFF = "toolkit Relay in the context's process, events carrying a trace, spans off"
+TRACED_ON = "the same with OpenTelemetry spans on (SDK, a span a page linking its events)"
 
 
 @dataclass
@@ -253,6 +275,8 @@ async def measure(events: int, folder: Path) -> Measured:
                     saving[HANDING] = _timed_fill(live, events)
                     rates[RELAY] = await _relay_rate(relay, len(messages))
                 assert relay.outbox.pages_read == 0, "every page was handed over"
+                rates[TRACED_OFF] = await _traced_rate(nc, folder / "off", events, spans=False)
+                rates[TRACED_ON] = await _traced_rate(nc, folder / "on", events, spans=True)
                 await _fresh_stream(nc)
                 relay = Relay(sales, nc)
                 started = time.perf_counter()
@@ -266,6 +290,40 @@ async def measure(events: int, folder: Path) -> Measured:
     finally:
         sales.close()
         live.close()
+
+
+async def _traced_rate(nc: Client, folder: Path, events: int, *, spans: bool) -> float:
+    """The in-process relay's rate over events that carry a trace, spans on or off."""
+    provider = _span_provider() if spans else None
+    tracing.configure(provider, enabled=spans)
+    sales = Sales(data_dir=folder)
+    try:
+        await _fresh_stream(nc)
+        relay = Relay(sales, nc, handoff_limit=4 * events + 1000)
+        with relay.outbox.handing_over():
+            fill_log(sales, events, traced=True)
+            expected = sales.recorder.max_notification_id() or 0
+            expected -= len(range(0, events, 5))  # the notes stay private
+            return await _relay_rate(relay, expected)
+    finally:
+        sales.close()
+        tracing.configure()
+        if provider is not None:
+            provider.shutdown()
+
+
+def _span_provider() -> Any:
+    """OpenTelemetry's SDK, exporting in batches to an exporter that drops the spans."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Dropping(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropping()))
+    return provider
 
 
 async def _relay_rate(relay: Relay, expected: int) -> float:

@@ -195,7 +195,8 @@ def relay_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
             "log, as after a restart or when run on its own, where it reads and decodes "
             "every event. Two more rows time the catching-up relay's own work without "
             "publishing: all of it, and the part no way of reading the log can save "
-            "(translating and encoding decoded events)."
+            "(translating and encoding decoded events). Two rows relay events that carry a "
+            "trace, as an HTTP command's do, with spans off and with OpenTelemetry's SDK on."
         ),
         tables=[relay.report(events, measured)],
     )
@@ -217,6 +218,24 @@ def relay_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
                 "each publish is its chaining and bookkeeping."
             ),
         )
+    )
+    off, on = rates[relay.TRACED_OFF], rates[relay.TRACED_ON]
+    section.targets.append(
+        Target(
+            "relay with spans on / off (events carrying a trace)",
+            on / off,
+            0.9,
+            why=(
+                f"with OpenTelemetry's SDK making a span a page the relay carried "
+                f"{on:,.0f} traced events/s against {off:,.0f}/s with spans off."
+            ),
+        )
+    )
+    section.notes.append(
+        f"Events carrying a trace (`correlationid`, `causationid`, `traceparent`, "
+        f"`tracestate`: docs/tracing.md) relay at {off:,.0f}/s with spans off, "
+        f"{off / live:.2f} of untraced events, and at {on:,.0f}/s with OpenTelemetry's SDK "
+        f"making a span a page linked to its events' traces ({on / off:.2f} of spans off)."
     )
     section.notes.append(
         f"Handing over costs the saves {measured.save_cost():+.1f} µs a published event "

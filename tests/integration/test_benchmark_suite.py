@@ -51,6 +51,7 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
     targets = {t.what.split(":")[0] for t in run.targets}
     assert targets == {
         "relay / raw publishing",
+        "relay with spans on / off (events carrying a trace)",
         "catch-up at 200",
         "end-to-end p99 at 1,000 commands/s",
         "HTTP reads",
@@ -58,7 +59,7 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         "policy at 300",
         "SIGKILL to the worker's slices moving again (max, default lease TTL)",
     }
-    assert len(run.targets) == 9
+    assert len(run.targets) == 10
     for target in run.targets:
         assert target.measured > 0 and target.verdict() in report
         assert target.met or target.why in report  # a miss says why, with its figures
@@ -69,7 +70,7 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
     assert "| SQLite | toolkit context" in tables["write"][0]
     if os.environ.get("CI"):  # CI has a PostgreSQL server
         assert "| PostgreSQL | toolkit context" in tables["write"][0]
-    assert rows["relay"] == [8]
+    assert rows["relay"] == [10]
     for contender in (relay.BASELINE, relay.RELAY, relay.CATCH_UP, relay.BUILD_ONLY):
         assert contender in tables["relay"][0]
     assert rows["catchup"] == [5]
