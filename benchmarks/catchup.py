@@ -266,7 +266,14 @@ async def measure(events: int, folder: Path, *, es_events: int | None = None) ->
             TOOLKIT: toolkit_projector,
         }.items():
             started = time.perf_counter()
-            done = await run(nc, folder / name.split()[0], head)
+            patience = 60 + head / 1000  # (the slowest runs at tens of thousands a second)
+            try:
+                async with asyncio.timeout(patience):
+                    done = await run(nc, folder / name.split()[0], head)
+            except TimeoutError:  # which one, rather than the caller's timeout
+                raise TimeoutError(
+                    f"{name}: not caught up on {head:,} events within {patience:.0f} s"
+                ) from None
             count, seconds = (
                 done if isinstance(done, tuple) else (done, time.perf_counter() - started)
             )

@@ -73,7 +73,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 LONGEST_FIRST = (
     "test_cluster_slices.py",
     "test_cli.py",
-    "test_process_faults.py",
     "test_docs.py",
     "test_benchmark_suite.py",
     "test_policy_faults.py",
@@ -83,6 +82,8 @@ LONGEST_FIRST = (
     "test_cluster_faults.py",
     "test_shared_server.py",
     "test_fuzz.py",
+    "test_process_faults.py",  # (its test alone on PostgreSQL waits for the others' tests:
+    # here not for test_cluster_slices', a minute and more)
 )
 """The files that take longest (``--durations``), run first: the suite's workers
 take a file at a time in this order (``--dist loadfile --no-loadscope-reorder``), so a
