@@ -25,7 +25,7 @@ from tests.flow import place_orders, read_all, relay_all
 from toolkit import StreamSpec, ensure_stream
 from toolkit.config import Settings
 from toolkit.http.app import create_app
-from toolkit.http.feed import IMMUTABLE, FeedPage
+from toolkit.http.feed import IMMUTABLE, Feed, FeedPage, NatsLink
 from toolkit.nats.embedded import EmbeddedServer
 
 
@@ -130,6 +130,41 @@ async def test_the_head_page_grows_until_complete_then_links_onward(
     # A page at the head with nothing in it yet is a valid place to wait.
     at_head = await feed.get("/feed/sales", params={"after": 14, "limit": 10})
     assert at_head.status_code == 200 and at_head.json()["events"] == []
+
+
+async def test_the_head_page_is_read_from_the_stream_once_a_head(
+    sales: Sales, nc: Client, nats_server: EmbeddedServer, data_dir: Path
+) -> None:
+    """Polled, the head page is built once until the head moves (an Atom page of 1,000
+    costs some 25 ms of the event loop), and never answered stale after it moved."""
+    place_orders(sales, 2, cancel_every=7)
+    await relay_all(sales, nc)
+    link = NatsLink(Settings(nats_url=nats_server.url, data_dir=data_dir))
+    pages = Feed(link)
+    reads: list[tuple[int, int]] = []
+    read = pages._read
+
+    async def counted(client: Client, stream: str, first: int, last: int) -> Any:
+        reads.append((first, last))
+        return await read(client, stream, first, last)
+
+    pages._read = counted  # type: ignore[method-assign]
+    try:
+        for media_type in ("application/json", "application/atom+xml"):
+            head = await pages.page("sales", 0, 10, "/feed/sales", media_type)
+            assert not head.complete
+            assert await pages.page("sales", 0, 10, "/feed/sales", media_type) is head
+        (first, last), again = reads
+        assert (first, last) == again == (1, last) and last < 10  # once a representation
+
+        place_orders(sales, 1, cancel_every=7)
+        await relay_all(sales, nc)
+        grown = await pages.page("sales", 0, 10, "/feed/sales")
+        (_, now), *_ = reversed(reads)
+        assert len(reads) == 3 and last < now < 10 and grown.etag != head.etag
+        assert [e["position"] for e in orjson.loads(grown.body)["events"]] == [*range(1, now + 1)]
+    finally:
+        await link.close()
 
 
 async def test_a_recreated_stream_is_never_answered_from_cached_pages(
