@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema  # type: ignore[import-untyped]  # (no stubs in the dev dependencies)
+import jsonschema
 import pytest
 import yaml
 from referencing import Registry, Resource

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # (no stubs in the dev dependencies)
+import jsonschema
 import msgspec
 import pytest
 import yaml
