@@ -37,6 +37,7 @@ from benchmarks import (
     catchup,
     chain,
     http,
+    http_commands,
     latency,
     policies,
     policy_slices,
@@ -77,6 +78,9 @@ class Sizes:
     http_requests: int
     http_concurrency: int
     http_rounds: int
+    command_requests: int
+    command_concurrencies: list[int]
+    command_rounds: int
     replay_sizes: list[int]
     read_messages: int
     log_saves: int
@@ -107,6 +111,9 @@ _SIZES: dict[str, tuple[Any, Any, Any]] = {
     "http_requests": (20_000, 10_000, 100),
     "http_concurrency": (32, 32, 4),
     "http_rounds": (2, 1, 1),
+    "command_requests": (3000, 1000, 30),
+    "command_concurrencies": ([1, 32], [1, 32], [1, 4]),
+    "command_rounds": (3, 2, 1),
     "replay_sizes": ([100_000, 1_000_000], [20_000, 100_000], [300, 600]),
     "read_messages": (100_000, 50_000, 3000),
     "log_saves": (2000, 300, 20),
@@ -432,6 +439,66 @@ def http_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
             ),
         )
     )
+    return section
+
+
+def http_commands_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
+    requests = sizes.command_requests
+    results = http_commands.measure(
+        requests, folder, concurrencies=sizes.command_concurrencies, rounds=sizes.command_rounds
+    )
+    section = Section(
+        "http_commands",
+        "HTTP commands: placing an order",
+        intro=(
+            "Sales' `POST /sales/orders` through `toolkit serve` itself (its relay in the "
+            "process publishing each order's event to JetStream, every middleware of the "
+            "API, 201 with a consistency token) beside a bare FastAPI endpoint with the "
+            "same route and request model calling eventsourcing's own `Application` "
+            "carrying the very same command (its defaults, no relay), both served by "
+            "uvicorn as `toolkit serve` runs it, on a fresh log each: a SQLite file, and a "
+            "PostgreSQL schema. One aiohttp client sends the orders one at a time and "
+            "many at once; the two take turns round after round, and each one's best "
+            "round counts."
+        ),
+        tables=[http_commands.report(requests, results)],
+    )
+    groups = {
+        f"{backend}, {concurrency} at once": {name: r.rate for name, r in rounds.items()}
+        for backend, measured in results.items()
+        if not isinstance(measured, str)
+        for concurrency, rounds in measured.items()
+    }
+    if groups:
+        section.plots.append(
+            grouped_chart(out / "http_commands.png", section.title, "requests/s", groups)
+        )
+    for backend, measured in results.items():
+        if isinstance(measured, str):
+            section.notes.append(f"{backend}: {measured}.")
+            continue
+        for concurrency, rounds in measured.items():
+            ours, bare = rounds[http_commands.TOOLKIT], rounds[http_commands.BASELINE]
+            why = (
+                f"toolkit serve answered {ours.rate:,.0f} orders/s (p50 {ours.p50:.2f} ms, "
+                f"p99 {ours.p99:.2f} ms), the bare endpoint {bare.rate:,.0f}/s (p50 "
+                f"{bare.p50:.2f} ms, p99 {bare.p99:.2f} ms): "
+                f"{1e6 / ours.rate - 1e6 / bare.rate:+,.0f} µs a request. What toolkit serve "
+                "adds: the relay publishing each event in the same process, the hand-off to "
+                "it at each save, the consistency token, the API's middleware."
+            )
+            if backend == "SQLite":
+                section.targets.append(
+                    Target(
+                        f"HTTP commands at concurrency {concurrency} on SQLite: "
+                        "toolkit serve / bare FastAPI",
+                        ours.rate / bare.rate,
+                        1.0,
+                        why=why,
+                    )
+                )
+            else:
+                section.notes.append(f"{backend} at concurrency {concurrency}: {why}")
     return section
 
 
@@ -805,6 +872,7 @@ WORKLOADS: dict[str, Workload] = {
     "catchup": catchup_workload,
     "latency": latency_workload,
     "http": http_workload,
+    "http_commands": http_commands_workload,
     "scaling": scaling_workload,
     "read_path": read_path_workload,
     "log_backends": log_backends_workload,

@@ -14,6 +14,7 @@ from benchmarks import (
     catchup,
     chain,
     http,
+    http_commands,
     log_backends,
     policy_slices,
     read_path,
@@ -24,7 +25,7 @@ from benchmarks import (
 from benchmarks.reporting import markdown_table
 
 PLOTS = {"write", "relay", "catchup", "latency", "http", "scaling", "read_path", "startup", "chain"}
-PLOTS |= {"slices", "policy_slices"}
+PLOTS |= {"slices", "policy_slices", "http_commands"}
 
 
 @pytest.mark.timeout(180)  # (slices: one SIGKILL at the default lease TTL, some 40 s)
@@ -55,11 +56,13 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         "catch-up at 200",
         "end-to-end p99 at 1,000 commands/s",
         "HTTP reads",
+        "HTTP commands at concurrency 1 on SQLite",
+        "HTTP commands at concurrency 4 on SQLite",
         "toolkit --help / the bare interpreter's start",
         "policy at 300",
         "SIGKILL to the worker's slices moving again (max, default lease TTL)",
     }
-    assert len(run.targets) == 10
+    assert len(run.targets) == 12
     for target in run.targets:
         assert target.measured > 0 and target.verdict() in report
         assert target.met or target.why in report  # a miss says why, with its figures
@@ -79,6 +82,12 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
     assert catchup.EVENTSOURCING in tables["catchup"][0]
     assert rows["http"] == [2] and http.BASELINE in tables["http"][0]
     assert "at concurrency 4" in tables["http"][0]  # the size's, not a fixed figure
+    commands = tables["http_commands"][0]  # SQLite and PostgreSQL, one at a time and 4 at once
+    for concurrency in (1, 4):
+        for contender in (http_commands.TOOLKIT, http_commands.BASELINE):
+            assert f"| SQLite | {concurrency} | {contender} |" in commands
+            if os.environ.get("CI"):
+                assert f"| PostgreSQL | {concurrency} | {contender} |" in commands
     assert rows["scaling"][0] == len(suite.SIZES["smallest"].replay_sizes)
     assert rows["read_path"] == [len(read_path.READERS)]
     chain_rates = len(suite.SIZES["smallest"].chain_rates)

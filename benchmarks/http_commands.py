@@ -1,0 +1,334 @@
+"""HTTP commands: requests/s and latency of placing an order over HTTP, ``toolkit serve``
+(its relay in the process, publishing each order's event to JetStream) beside a bare
+FastAPI endpoint running the same command on an eventsourcing ``Application``, on SQLite
+and on PostgreSQL, one request at a time and many at once.
+
+    python -m benchmarks.http_commands [--requests N] [--concurrency 1 32] [--rounds 3]
+
+The toolkit's contender is ``toolkit serve`` itself, in a process of its own, serving
+the example system (sales' ``POST /sales/orders``: the body validated into its strict
+model, the command run in FastAPI's thread pool, 201 with a consistency token; every
+middleware of the API: metrics, body limit, tracing, conditional requests, problem
+details) with its relays in the process, as the product runs by default. The bare
+contender is what a user would write without the toolkit: a FastAPI app with the same
+route, the same request model (so validation is alike), calling eventsourcing's own
+``Application`` carrying sales' very commands (eventsourcing's defaults: its JSON
+transcoder, no listeners) in FastAPI's thread pool, answering 201 with the order's id.
+Both are served by uvicorn configured as ``toolkit serve`` configures it (one worker, its
+default loop and HTTP implementation, log level info with the access log on, sent to
+``/dev/null``).
+
+Both servers run side by side on a fresh log each (a SQLite file; on PostgreSQL at
+127.0.0.1:5432 a fresh schema each, dropped afterwards) and a nats-server the benchmark
+starts (only the toolkit publishes to it). One aiohttp client process sends
+``--requests`` orders at each concurrency over keep-alive connections, spread over ten
+customers registered first; the contenders take turns, round after round (who goes first
+alternating), and each one's best round at each concurrency counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.write_path import POSTGRES, POSTGRES_DSN
+from contexts.sales.api import NewCustomer, NewOrder  # FastAPI resolves the annotations here
+from toolkit.nats.embedded import EmbeddedServer, free_ports
+
+BACKENDS = ("SQLite", "PostgreSQL")
+BASELINE = "bare FastAPI endpoint, eventsourcing Application (baseline)"
+TOOLKIT = "toolkit serve (relay in the process)"
+CONTENDERS = (TOOLKIT, BASELINE)
+ROOT = Path(__file__).resolve().parent.parent
+ORDER_LINES = [
+    {"sku": "tea", "quantity": 2, "unit_price": "1.25"},
+    {"sku": "cups", "quantity": 1, "unit_price": "7.90"},
+]
+
+
+@dataclass(frozen=True)
+class Round:
+    """One contender's round at one concurrency."""
+
+    rate: float
+    """Requests a second."""
+    p50: float
+    p99: float
+    """Milliseconds."""
+
+
+Results = dict[str, dict[int, dict[str, Round]] | str]
+"""Per backend: per concurrency, each contender's best round; or why not measured."""
+
+
+def bare_app() -> Any:
+    """What a user would write without the toolkit: the route, the request model, the
+    command on eventsourcing's ``Application``."""
+    from fastapi import FastAPI
+
+    from benchmarks.write_path import PlainSales
+
+    sales = PlainSales()
+    app = FastAPI()
+
+    @app.post("/sales/customers", status_code=201)
+    def register_customer(customer: NewCustomer) -> dict[str, uuid.UUID]:
+        return {"id": sales.register_customer(customer.name, customer.email)}
+
+    @app.post("/sales/orders", status_code=201)
+    def place_order(order: NewOrder) -> dict[str, uuid.UUID]:
+        lines = [line.model_dump() for line in order.lines]
+        return {"id": sales.place_order(order.customer_id, lines)}
+
+    return app
+
+
+def _serve_bare(port: int) -> None:
+    """uvicorn as ``toolkit serve`` runs it (its log config less the redacting filter)."""
+    import uvicorn
+
+    config = uvicorn.Config(bare_app(), host="127.0.0.1", port=port, log_level="info")
+    uvicorn.Server(config).run()
+
+
+@contextlib.contextmanager
+def _log_env(backend: str, place: Path) -> Iterator[dict[str, str]]:
+    """The environment of a server's log: a SQLite file in ``place``, or a fresh
+    PostgreSQL schema of its own, dropped afterwards."""
+    if backend == "SQLite":
+        yield {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(place / "log.db")}
+        return
+    import psycopg
+
+    schema = f"bench_cmd_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        settings = {f"POSTGRES_{key}": value for key, value in POSTGRES.items()}
+        yield {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            **settings,
+            "POSTGRES_PASSWORD": "",
+            "POSTGRES_SCHEMA": schema,
+        }
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextlib.contextmanager
+def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator[str]:
+    """One contender in its own process on a fresh log; yields its base URL."""
+    place.mkdir(parents=True, exist_ok=True)
+    port = free_ports(1)[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "TOOLKIT_"))}
+    env = {k: v for k, v in env.items() if not k.startswith(("POSTGRES_", "SQLITE_"))}
+    env.pop("PERSISTENCE_MODULE", None)
+    with _log_env(backend, place) as log:
+        if contender == TOOLKIT:
+            if backend == "SQLite":
+                log = {}  # the toolkit's default: a SQLite file a context in its data folder
+            env |= log | {"TOOLKIT_DATA_DIR": str(place / "data"), "NATS_URL": nats_url}
+            argv = ["-m", "toolkit", "serve", "--port", str(port)]
+        else:
+            env |= log
+            argv = ["-m", "benchmarks.http_commands", "--serve-bare", "--port", str(port)]
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for_port(process, port, contender)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_for_port(process: subprocess.Popen[bytes], port: int, contender: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{contender} did not start")
+        time.sleep(0.05)
+
+
+async def register_customers(base: str, count: int = 10) -> list[str]:
+    import aiohttp
+
+    async with aiohttp.ClientSession(base) as session:
+        ids = []
+        for i in range(count):
+            body = {"name": f"C{i}", "email": f"c{i}@example.com"}
+            async with session.post("/sales/customers", json=body) as response:
+                if response.status != 201:
+                    raise RuntimeError(f"{response.status} from {base}: {await response.text()}")
+                ids.append((await response.json())["id"])
+        return ids
+
+
+async def load(base: str, customers: list[str], requests: int, concurrency: int) -> Round:
+    """``requests`` orders placed over ``concurrency`` keep-alive connections; anything
+    but 201 stops the run."""
+    import aiohttp
+
+    bodies = [
+        {"customer_id": customer, "lines": ORDER_LINES} for customer in customers
+    ]  # encoded alike for both: aiohttp's json
+    latencies: list[float] = []
+    counter = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base, connector=connector) as session:
+
+        async def worker() -> None:
+            for i in counter:
+                started = time.perf_counter()
+                async with session.post("/sales/orders", json=bodies[i % len(bodies)]) as answer:
+                    await answer.read()
+                    if answer.status != 201:
+                        raise RuntimeError(f"{answer.status} from {base}: {await answer.text()}")
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        rate = len(latencies) / (time.perf_counter() - started)
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return Round(rate, p50, p99)
+
+
+def _measure_backend(
+    backend: str,
+    requests: int,
+    concurrencies: list[int],
+    rounds: int,
+    folder: Path,
+    nats_url: str,
+) -> dict[int, dict[str, Round]]:
+    best: dict[int, dict[str, Round]] = {c: {} for c in concurrencies}
+    with contextlib.ExitStack() as servers:
+        bases = {
+            name: servers.enter_context(server(name, backend, folder / f"{n}", nats_url))
+            for n, name in enumerate(CONTENDERS)
+        }
+        customers = {name: asyncio.run(register_customers(base)) for name, base in bases.items()}
+        for name, base in bases.items():  # warm up: first queries, the relay's first pages
+            for concurrency in concurrencies:
+                asyncio.run(load(base, customers[name], min(100, requests), concurrency))
+        for turn in range(rounds):
+            order = CONTENDERS if turn % 2 == 0 else CONTENDERS[::-1]
+            for concurrency in concurrencies:
+                for name in order:
+                    measured = asyncio.run(
+                        load(bases[name], customers[name], requests, concurrency)
+                    )
+                    kept = best[concurrency].get(name)
+                    if kept is None or measured.rate > kept.rate:
+                        best[concurrency][name] = measured
+    return {c: {name: best[c][name] for name in CONTENDERS} for c in concurrencies}
+
+
+def measure(
+    requests: int,
+    folder: Path,
+    *,
+    concurrencies: tuple[int, ...] | list[int] = (1, 32),
+    rounds: int = 3,
+    backends: tuple[str, ...] = BACKENDS,
+) -> Results:
+    """Each contender's best round (requests/s, p50, p99) at each concurrency, per backend."""
+    results: Results = {}
+    with EmbeddedServer(folder / "nats") as nats:
+        for backend in backends:
+            try:
+                results[backend] = _measure_backend(
+                    backend, requests, list(concurrencies), rounds, folder / backend, nats.url
+                )
+            except OSError as exc:  # no PostgreSQL server (psycopg's OperationalError)
+                results[backend] = f"not measured: {str(exc).strip().splitlines()[0]}"
+    return results
+
+
+def report(requests: int, results: Results) -> Table:
+    table = Table(title=f"placing an order over HTTP, {requests:,} requests a round")
+    columns = ("log", "concurrency", "server", "requests/s", "ratio", "p50 ms", "p99 ms")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("log", "server") else "right")
+    for backend, measured in results.items():
+        if isinstance(measured, str):
+            table.add_row(backend, "-", measured, "-", "-", "-", "-")
+            continue
+        for concurrency, rounds in measured.items():
+            baseline = rounds[BASELINE].rate
+            for name, r in rounds.items():
+                table.add_row(
+                    backend,
+                    str(concurrency),
+                    name,
+                    f"{r.rate:,.0f}",
+                    f"{r.rate / baseline:.2f}",
+                    f"{r.p50:.2f}",
+                    f"{r.p99:.2f}",
+                )
+    table.caption = (
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, fastapi "
+        f"{version('fastapi')}, uvicorn {version('uvicorn')}, eventsourcing "
+        f"{version('eventsourcing')}; both servers uvicorn as toolkit serve runs it, the "
+        "same route and request model; the baseline's command on eventsourcing's "
+        "Application with its defaults, without relay, consistency token or the API's "
+        "middleware; client: aiohttp in one process; ratio: requests/s to the baseline's"
+    )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.http_commands")
+    parser.add_argument("--requests", type=int, default=3000, help="orders a round (3000)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds each (3)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_bare:
+        _serve_bare(args.port)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-http-commands-") as folder:
+        results = measure(
+            args.requests,
+            Path(folder),
+            concurrencies=args.concurrency,
+            rounds=args.rounds,
+            backends=tuple(args.backends),
+        )
+    Console(width=140).print(report(args.requests, results))
+
+
+if __name__ == "__main__":
+    main()
