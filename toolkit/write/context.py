@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, cast, get_args, get_origin
 from uuid import UUID
@@ -43,6 +43,7 @@ from toolkit import tracing
 from toolkit.errors import ConfigurationError, ConflictError, InvalidCommand, SubjectError
 from toolkit.wire import check_name, encode_token
 from toolkit.write.causation import CausalMapper, Causation, Causes, spanned
+from toolkit.write.group_commit import GroupCommit
 from toolkit.write.published import PublishedLanguage
 
 _CREATE_TRIES = 10
@@ -59,6 +60,22 @@ def _made_meanwhile(exc: Exception, *, postgres: bool) -> bool:
     if isinstance(exc, ProgrammingError):
         return postgres and getattr(exc.__cause__, "sqlstate", None) in _MADE_MEANWHILE
     return postgres
+
+
+GROUP_COMMIT = "TOOLKIT_GROUP_COMMIT"
+"""``on``: concurrent saves share a transaction of the log (:mod:`toolkit.write.group_commit`);
+``off`` (the default, for now): each save has its own."""
+_GROUPED_LOGS = ("eventsourcing.sqlite", "eventsourcing.postgres")
+
+
+def _group_commit(env: Mapping[str, str], log: str) -> bool:
+    """Whether the context's saves are grouped (see :data:`GROUP_COMMIT`)."""
+    value = (env.get(GROUP_COMMIT) or "off").strip().lower()
+    if value not in ("on", "off"):
+        raise ConfigurationError(f"{GROUP_COMMIT} must be on or off, not {value!r}")
+    if value == "on" and log not in _GROUPED_LOGS:
+        raise ConfigurationError(f"{GROUP_COMMIT}=on needs a SQLite or PostgreSQL log, not {log}")
+    return value == "on"
 
 
 _FENCED_PROCESS_RECORDERS = {
@@ -135,9 +152,11 @@ class BoundedContext(Application[ID]):
         return self._construct_recorder()  # the last try: its error is the one raised
 
     def _construct_recorder(self) -> Any:
-        if self.reacts:
-            return self.factory.process_recorder()
-        return super().construct_recorder()
+        recorder = self.factory.process_recorder() if self.reacts else super().construct_recorder()
+        if _group_commit(self.env, type(self.factory).__module__):
+            # (an attribute of the instance: the recorder keeps its class for isinstance)
+            recorder.insert_events = GroupCommit(recorder.insert_events)  # type: ignore[method-assign]
+        return recorder
 
     def construct_mapper(self) -> Mapper[ID]:
         """eventsourcing's mapper, keeping what caused each event a reaction stores
