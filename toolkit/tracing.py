@@ -132,21 +132,39 @@ def incoming(
 
 _undecided: Final = object()
 _tracer: Any = _undecided
+_global: Any = None
+"""OpenTelemetry's global tracer, when :data:`_tracer` is it."""
 
 
 def enabled() -> bool:
-    """Whether spans are made (decided once: see :data:`ENV`)."""
+    """Whether spans are made (decided once: see :data:`ENV`). With OpenTelemetry's
+    global tracer, only while a tracer provider is set globally: before one is, every
+    span would record nothing, and the toolkit's would cost each request some 0.1 ms."""
     tracer = _tracer
     if tracer is _undecided:
         tracer = _decide()
+    if tracer is _global and tracer is not None:
+        return _provider_set()
     return tracer is not None
+
+
+def _provider_set() -> bool:
+    """Whether a tracer provider is set globally (for good: it cannot be unset)."""
+    global _global
+    from opentelemetry import trace  # (imported already: the global tracer is its)
+
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return False
+    _global = None  # asked no more
+    return True
 
 
 def configure(tracer_provider: Any = None, *, enabled: bool | None = None) -> None:
     """Make spans with ``tracer_provider`` (an OpenTelemetry SDK's: tests pass an
     in-memory one, leaving the global provider alone), or decide again from
     :data:`ENV` (``enabled=None``), or turn spans off (``enabled=False``)."""
-    global _tracer
+    global _tracer, _global
+    _global = None
     if enabled is False:
         _tracer = None
     elif tracer_provider is not None:
@@ -156,18 +174,18 @@ def configure(tracer_provider: Any = None, *, enabled: bool | None = None) -> No
 
 
 def _decide() -> Any:
-    global _tracer
+    global _tracer, _global
     setting = os.environ.get(ENV, "auto").strip().lower()
     if setting in ("off", "0", "false", "no"):
         _tracer = None
     elif setting in ("on", "1", "true", "yes", "otel"):
         from opentelemetry import trace  # required: ImportError says what to install
 
-        _tracer = trace.get_tracer("toolkit")
+        _tracer = _global = trace.get_tracer("toolkit")
     elif importlib.util.find_spec("opentelemetry") is not None:
         from opentelemetry import trace
 
-        _tracer = trace.get_tracer("toolkit")
+        _tracer = _global = trace.get_tracer("toolkit")
     else:
         _tracer = None
     return _tracer

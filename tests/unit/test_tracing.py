@@ -5,7 +5,10 @@ that asks for the envelope gets its ids and trace."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -133,3 +136,29 @@ def test_a_handler_may_take_the_envelope_too() -> None:
     )
     shop.translate(StreamMessage("shop", 1, "shop.order.o1.OrderPlaced", {}, body))
     assert seen == [("o1", VALID[3:35], VALID)]
+
+
+GLOBAL_PROVIDER = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from toolkit import tracing
+
+assert not tracing.enabled()  # the API importable, no provider set: no span, none made
+trace.set_tracer_provider(TracerProvider())
+assert tracing.enabled()  # set later (after the first request, say): spans from then on
+tracing.configure(enabled=False)
+assert not tracing.enabled()
+tracing.configure()
+assert tracing.enabled()
+"""
+
+
+def test_spans_are_made_once_a_tracer_provider_is_set_globally() -> None:
+    """OpenTelemetry's global tracer records nothing until a provider is set: until then
+    the toolkit makes no span (each cost a request some 0.1 ms), and the trace is carried
+    all the same. In a process of its own: a global provider is set for good."""
+    env = {k: v for k, v in os.environ.items() if k != tracing.ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
