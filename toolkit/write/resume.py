@@ -109,6 +109,14 @@ async def check_tail(js: JetStreamContext, stream: str, own: int) -> None:
     again: the relay starts over instead, and carries them again under new ids."""
     if not own:
         return
+    # A message at or after the relay's last, looked up by sequence; the last message by
+    # subject (below, for the error) costs the server a look through the stream's
+    # subjects, some 1 ms at 30k orders: this runs after each rest, a command apart.
+    try:
+        await js.get_msg(stream, seq=own, next=True)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
     last = await last_message(js, stream)
     ends = 0 if last is None or last.seq is None else int(last.seq)
     if ends < own:
