@@ -264,14 +264,14 @@ def measure(
 ) -> Results:
     """Each contender's best round (requests/s, p50, p99) at each concurrency, per backend."""
     results: Results = {}
-    with EmbeddedServer(folder / "nats") as nats:
-        for backend in backends:
-            try:
+    for backend in backends:  # a server each: a stream holds one log's events
+        try:
+            with EmbeddedServer(folder / f"nats-{backend}") as nats:
                 results[backend] = _measure_backend(
                     backend, requests, list(concurrencies), rounds, folder / backend, nats.url
                 )
-            except OSError as exc:  # no PostgreSQL server (psycopg's OperationalError)
-                results[backend] = f"not measured: {str(exc).strip().splitlines()[0]}"
+        except OSError as exc:  # no PostgreSQL server (psycopg's OperationalError)
+            results[backend] = f"not measured: {str(exc).strip().splitlines()[0]}"
     return results
 
 
