@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from rich.console import Console
@@ -132,21 +133,48 @@ def server(kind: str, data_dir: Path) -> Iterator[str]:
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the {kind} server did not start")
-            time.sleep(0.05)
+        wait_for_port(process, port, f"the {kind} server")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(10)
 
 
+def wait_for_port(
+    process: subprocess.Popen[bytes], port: int, what: str, within: float = 30
+) -> None:
+    """Until the server ``process`` listens on ``port``; RuntimeError when it exits first
+    or takes longer than ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
 async def load(base: str, ids: list[str], requests: int, concurrency: int) -> list[float]:
     """Latencies (seconds) of ``requests`` GETs; a non-200 answer stops the run."""
+    return await timed_requests(
+        base,
+        requests,
+        concurrency,
+        lambda session, i: session.get(f"/shipping/shipments/{ids[i % len(ids)]}"),
+        200,
+    )
+
+
+async def timed_requests(
+    base: str,
+    requests: int,
+    concurrency: int,
+    send: Callable[[Any, int], Any],
+    status: int,
+) -> list[float]:
+    """Latencies (seconds) of ``requests`` requests, ``send(session, i)`` each, over
+    ``concurrency`` keep-alive connections of one aiohttp session; an answer other than
+    ``status`` stops the run."""
     import aiohttp
 
     latencies: list[float] = []
@@ -157,10 +185,12 @@ async def load(base: str, ids: list[str], requests: int, concurrency: int) -> li
         async def worker() -> None:
             for i in counter:
                 started = time.perf_counter()
-                async with session.get(f"/shipping/shipments/{ids[i % len(ids)]}") as response:
+                async with send(session, i) as response:
                     await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"{response.status} from {base}")
+                    if response.status != status:
+                        raise RuntimeError(
+                            f"{response.status} from {base}: {await response.text()}"
+                        )
                 latencies.append(time.perf_counter() - started)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.write_path import POSTGRES, POSTGRES_DSN
+from benchmarks.http import timed_requests, wait_for_port
+from benchmarks.write_path import LOGS
 from contexts.sales.api import NewCustomer, NewOrder  # FastAPI resolves the annotations here
 from toolkit.nats.embedded import EmbeddedServer, free_ports
 
@@ -108,42 +108,16 @@ def _serve_bare(port: int) -> None:
 
 
 @contextlib.contextmanager
-def _log_env(backend: str, place: Path) -> Iterator[dict[str, str]]:
-    """The environment of a server's log: a SQLite file in ``place``, or a fresh
-    PostgreSQL schema of its own, dropped afterwards."""
-    if backend == "SQLite":
-        yield {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(place / "log.db")}
-        return
-    import psycopg
-
-    schema = f"bench_cmd_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        settings = {f"POSTGRES_{key}": value for key, value in POSTGRES.items()}
-        yield {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            **settings,
-            "POSTGRES_PASSWORD": "",
-            "POSTGRES_SCHEMA": schema,
-        }
-    finally:
-        with psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@contextlib.contextmanager
 def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator[str]:
     """One contender in its own process on a fresh log; yields its base URL."""
     place.mkdir(parents=True, exist_ok=True)
     port = free_ports(1)[0]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "TOOLKIT_"))}
-    env = {k: v for k, v in env.items() if not k.startswith(("POSTGRES_", "SQLITE_"))}
-    env.pop("PERSISTENCE_MODULE", None)
-    with _log_env(backend, place) as log:
+    ours = ("NATS_", "TOOLKIT_", "POSTGRES_", "SQLITE_", "PERSISTENCE_MODULE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    with LOGS[backend](place) as log:  # a SQLite file, or a fresh PostgreSQL schema
         if contender == TOOLKIT:
             if backend == "SQLite":
-                log = {}  # the toolkit's default: a SQLite file a context in its data folder
+                log = {}  # the toolkit's default: a SQLite file for each context in its data folder
             env |= log | {"TOOLKIT_DATA_DIR": str(place / "data"), "NATS_URL": nats_url}
             argv = ["-m", "toolkit", "serve", "--port", str(port)]
         else:
@@ -157,7 +131,7 @@ def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_for_port(process, port, contender)
+            wait_for_port(process, port, contender, within=60)
             yield f"http://127.0.0.1:{port}"
         finally:
             process.terminate()
@@ -166,16 +140,6 @@ def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def _wait_for_port(process: subprocess.Popen[bytes], port: int, contender: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{contender} did not start")
-        time.sleep(0.05)
 
 
 async def register_customers(base: str, count: int = 10) -> list[str]:
@@ -195,28 +159,16 @@ async def register_customers(base: str, count: int = 10) -> list[str]:
 async def load(base: str, customers: list[str], requests: int, concurrency: int) -> Round:
     """``requests`` orders placed over ``concurrency`` keep-alive connections; anything
     but 201 stops the run."""
-    import aiohttp
-
-    bodies = [
-        {"customer_id": customer, "lines": ORDER_LINES} for customer in customers
-    ]  # encoded alike for both: aiohttp's json
-    latencies: list[float] = []
-    counter = iter(range(requests))
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(base, connector=connector) as session:
-
-        async def worker() -> None:
-            for i in counter:
-                started = time.perf_counter()
-                async with session.post("/sales/orders", json=bodies[i % len(bodies)]) as answer:
-                    await answer.read()
-                    if answer.status != 201:
-                        raise RuntimeError(f"{answer.status} from {base}: {await answer.text()}")
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        rate = len(latencies) / (time.perf_counter() - started)
+    bodies = [{"customer_id": customer, "lines": ORDER_LINES} for customer in customers]
+    started = time.perf_counter()
+    latencies = await timed_requests(
+        base,
+        requests,
+        concurrency,
+        lambda session, i: session.post("/sales/orders", json=bodies[i % len(bodies)]),
+        201,
+    )
+    rate = len(latencies) / (time.perf_counter() - started)
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
