@@ -152,6 +152,46 @@ class Settings:
         )
 
 
+@dataclass(frozen=True)
+class SQLiteTuning:
+    """How a writer of a SQLite read model (a projector, a slice worker, a replay) sets up
+    its connection, from ``TOOLKIT_SQLITE_*`` in the process's environment, read when it
+    connects. Readers keep SQLite's defaults: the API opens many of them."""
+
+    cache_mib: int = 64
+    """Most memory the writer's page cache may take, in MiB (``TOOLKIT_SQLITE_CACHE_MB``;
+    SQLite's own default is 2). It grows as pages are used, so a small model never takes
+    it all."""
+    wal_mib: int = 64
+    """How long the write-ahead log grows before its pages are copied into the database
+    file, in MiB (``TOOLKIT_SQLITE_WAL_MB``; SQLite's own default is 1000 pages, 4 MiB):
+    a page changed by several batches in between is copied once. The log keeps its size
+    on disk afterwards, for the next ones."""
+    synchronous: str = "normal"
+    """``TOOLKIT_SQLITE_SYNCHRONOUS``: ``normal`` (the default) syncs the write-ahead log
+    when its pages are copied into the database, not at each commit: a process killed
+    loses nothing committed, a power loss may take back the batches committed since,
+    checkpoint and rows together (the projector applies them again). ``full`` syncs at
+    each commit."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SQLiteTuning:
+        env = dict(os.environ if environ is None else environ)
+        return cls(
+            cache_mib=_number(env, "TOOLKIT_SQLITE_CACHE_MB", 64, int, 1, 1 << 20),
+            wal_mib=_number(env, "TOOLKIT_SQLITE_WAL_MB", 64, int, 1, 1 << 20),
+            synchronous=_choice(env, "TOOLKIT_SQLITE_SYNCHRONOUS", "normal", ("normal", "full")),
+        )
+
+    def pragmas(self, page_size: int) -> list[str]:
+        """The statements that set up so a connection to a file of ``page_size`` pages."""
+        return [
+            f"PRAGMA cache_size=-{self.cache_mib * 1024}",  # negative: KiB, not pages
+            f"PRAGMA wal_autocheckpoint={max(1, (self.wal_mib << 20) // page_size)}",
+            f"PRAGMA synchronous={self.synchronous.upper()}",
+        ]
+
+
 def webhook_keys_in(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The keys ``TOOLKIT_WEBHOOK_KEYS`` lists (default: this process's environment)."""
     raw = (os.environ if environ is None else environ).get("TOOLKIT_WEBHOOK_KEYS", "")

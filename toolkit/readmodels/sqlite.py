@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from toolkit import locks
+from toolkit.config import SQLiteTuning
 from toolkit.errors import MarkerError, ProjectionBusyError
 from toolkit.readmodels import tables
 from toolkit.readmodels.interface import (
@@ -46,7 +47,11 @@ class SQLiteConnection(sqlite3.Connection):
     path: Path
 
 
-def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
+def connect(
+    path: Path, *, readonly: bool = False, tuning: SQLiteTuning | None = None
+) -> SQLiteConnection:
+    """A connection to the generation at ``path``: a reader's with SQLite's defaults, or
+    a writer's in WAL mode, set up as ``tuning`` says (default: the environment's)."""
     if readonly:
         db = sqlite3.connect(
             f"file:{path}?mode=ro", uri=True, check_same_thread=False, factory=SQLiteConnection
@@ -56,7 +61,9 @@ def connect(path: Path, *, readonly: bool = False) -> SQLiteConnection:
             path, isolation_level=None, check_same_thread=False, factory=SQLiteConnection
         )
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        for pragma in (tuning or SQLiteTuning.from_env()).pragmas(page_size):
+            db.execute(pragma)
     db.execute("PRAGMA busy_timeout=5000")
     db.path = path
     return db
