@@ -30,17 +30,17 @@ class Target:
     measured: float
     goal: float
     at_least: bool = True
-    """True: met when measured >= goal; False: when measured < goal."""
+    """True: met when measured >= goal; False: when measured <= goal."""
     unit: str = ""
     why: str = ""
     """Why it was missed, with this run's figures (only shown when missed)."""
 
     @property
     def met(self) -> bool:
-        return self.measured >= self.goal if self.at_least else self.measured < self.goal
+        return self.measured >= self.goal if self.at_least else self.measured <= self.goal
 
     def goal_text(self) -> str:
-        return f"{'≥' if self.at_least else '<'} {self._figure(self.goal)}"
+        return f"{'≥' if self.at_least else '≤'} {self._figure(self.goal)}"
 
     def verdict(self) -> str:
         gap = abs(self.measured - self.goal) / self.goal

@@ -105,7 +105,7 @@ _SIZES: dict[str, tuple[Any, Any, Any]] = {
     "relay_events": (100_000, 50_000, 300),
     "catchup_events": ([100_000, 1_000_000], [50_000], [200]),
     "catchup_es_events": (250_000, None, None),
-    "latency_rates": ([100, 500, 1000], [100, 500, 1000], [100, 1000]),
+    "latency_rates": ([100, 500, 1000, 2000], [100, 500, 1000, 2000], [100, 1000]),
     "latency_seconds": (10.0, 3.0, 0.3),
     "http_orders": (2000, 1000, 50),
     "http_requests": (20_000, 10_000, 100),
@@ -135,10 +135,23 @@ SIZES = {
     name: Sizes(**{field: sizes[n] for field, sizes in _SIZES.items()})
     for n, name in enumerate(("full", "quick", "smallest"))
 }
-LATENCY_GOAL_MS = 20.0
+LATENCY_GOALS_MS = {1000: 5.0, 2000: 20.0}
+"""The end-to-end p99 each offered rate must stay within (issue 23)."""
+LATENCY_GOAL_MS = max(LATENCY_GOALS_MS.values())
+"""The line drawn on the latency plot."""
+CATCHUP_GOALS = {"raw": 0.6, "FastStream": 4.0, "eventsourcing": 10.0}
+"""Catch-up into billing: of the raw client limit, and times as fast as each peer."""
+REPLAY_RATE_GOAL = 0.85
+"""Replay at the largest size runs at least this share of its rate at the smallest..."""
+REPLAY_MEMORY_GOAL = 1.2
+"""...and peaks at most this many times the smallest run's resident memory."""
+RELAY_CATCH_UP_GOAL = 0.6
+"""The relay catching up from the log, as a share of the fastest raw publisher."""
+HTTP_READS_GOAL = 1.0
+HTTP_COMMANDS_GOAL = 1.0
+"""toolkit serve / bare FastAPI for commands on SQLite, one at a time and 32 at once."""
 POLICY_GOAL = 2.0
 """A policy catches up at least this many times as fast as the obvious hand-written one."""
-LATENCY_GOAL_RATE = 1000
 
 
 def _rate_note(name: str, rate: float) -> str:
@@ -226,6 +239,19 @@ def relay_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
             ),
         )
     )
+    section.targets.append(
+        Target(
+            "relay catching up from the log / raw publishing",
+            catching_up / raw,
+            RELAY_CATCH_UP_GOAL,
+            why=(
+                f"catching up, the relay reads each event from the log, decodes, translates "
+                f"and encodes it before publishing ({_rate_note('own work', own)}; "
+                f"{_rate_note('publishing', raw)}); in one CPython process the two add up, "
+                f"which predicts {predicted / raw:.2f} of raw."
+            ),
+        )
+    )
     off, on = rates[relay.TRACED_OFF], rates[relay.TRACED_ON]
     section.targets.append(
         Target(
@@ -292,7 +318,7 @@ def catchup_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
             Target(
                 f"catch-up at {events:,}: Projector / raw client limit",
                 ours / raw,
-                0.6,
+                CATCHUP_GOALS["raw"],
                 why=(
                     f"besides reading and decoding (its hand-driven pulls run below the "
                     "ordered push consumer's rate: see the read path), the projector "
@@ -311,7 +337,7 @@ def catchup_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
                 Target(
                     f"catch-up at {events:,}: Projector / {peer.split()[0]}",
                     ours / theirs,
-                    4.0,
+                    CATCHUP_GOALS[peer.split()[0]],
                     unit="x",
                     why=(
                         f"both write through the same store, which costs about "
@@ -373,16 +399,18 @@ def latency_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
     section.plots.append(
         latency_chart(out / "latency.png", section.title, percentiles, LATENCY_GOAL_MS)
     )
-    if LATENCY_GOAL_RATE in results:
-        ours = results[LATENCY_GOAL_RATE][latency.TOOLKIT]
+    for rate, goal_ms in LATENCY_GOALS_MS.items():
+        if rate not in results:
+            continue
+        ours = results[rate][latency.TOOLKIT]
         p99 = ours.percentile(0.99) * 1000
         reach = ours.percentile(0.99, reached=True) * 1000
-        raw = results[LATENCY_GOAL_RATE][latency.RAW].percentile(0.99) * 1000
+        raw = results[rate][latency.RAW].percentile(0.99) * 1000
         section.targets.append(
             Target(
-                f"end-to-end p99 at {LATENCY_GOAL_RATE:,} commands/s",
+                f"end-to-end p99 at {rate:,} commands/s",
                 p99,
-                LATENCY_GOAL_MS,
+                goal_ms,
                 at_least=False,
                 unit=" ms",
                 why=(
@@ -430,7 +458,7 @@ def http_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
         Target(
             "HTTP reads: toolkit / bare FastAPI",
             ours / bare,
-            0.9,
+            HTTP_READS_GOAL,
             why=(
                 f"the toolkit's endpoint spends {1e6 / ours - 1e6 / bare:.0f} µs more a "
                 "request than the bare one: its read-model dependency (unknown-parameter "
@@ -493,7 +521,7 @@ def http_commands_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
                         f"HTTP commands at concurrency {concurrency} on SQLite: "
                         "toolkit serve / bare FastAPI",
                         ours.rate / bare.rate,
-                        1.0,
+                        HTTP_COMMANDS_GOAL,
                         why=why,
                     )
                 )
@@ -518,6 +546,28 @@ def scaling_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
     (small, (small_rate, small_peak)), (large, (large_rate, large_peak)) = (
         min(results.items()),
         max(results.items()),
+    )
+    section.targets.append(
+        Target(
+            f"replay at {large:,} / at {small:,}: rate",
+            large_rate / small_rate,
+            REPLAY_RATE_GOAL,
+            why=(
+                f"the replay ran at {large_rate:,.0f} events/s at {large:,} orders against "
+                f"{small_rate:,.0f}/s at {small:,}: the read model's store costs more an "
+                "event as its tables grow (see the note below)."
+            ),
+        )
+    )
+    section.targets.append(
+        Target(
+            f"replay at {large:,} / at {small:,}: peak memory",
+            large_peak / small_peak,
+            REPLAY_MEMORY_GOAL,
+            at_least=False,
+            unit="x",
+            why=f"peak resident memory {large_peak:.1f} MiB against {small_peak:.1f} MiB.",
+        )
     )
     section.notes.append(
         f"From {small:,} to {large:,} orders, peak memory went {large_peak / small_peak:.2f} "

@@ -52,6 +52,7 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
     targets = {t.what.split(":")[0] for t in run.targets}
     assert targets == {
         "relay / raw publishing",
+        "relay catching up from the log / raw publishing",
         "relay with spans on / off (events carrying a trace)",
         "catch-up at 200",
         "end-to-end p99 at 1,000 commands/s",
@@ -61,8 +62,9 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
         "toolkit --help / the bare interpreter's start",
         "policy at 300",
         "SIGKILL to the worker's slices moving again (max, default lease TTL)",
+        "replay at 600 / at 300",
     }
-    assert len(run.targets) == 12
+    assert len(run.targets) == 15
     for target in run.targets:
         assert target.measured > 0 and target.verdict() in report
         assert target.met or target.why in report  # a miss says why, with its figures

@@ -15,7 +15,8 @@ def test_a_target_says_whether_it_was_met_and_by_how_much() -> None:
     assert Target("ratio", 0.45, 0.6).verdict() == "missed by 0.15 (25%)"
     slow = Target("p99", 30.0, 20.0, at_least=False, unit=" ms")
     assert not slow.met and slow.verdict() == "missed by 10.00 ms (50%)"
-    assert slow.goal_text() == "< 20.00 ms"
+    assert slow.goal_text() == "≤ 20.00 ms"
+    assert Target("p99", 20.0, 20.0, at_least=False).met  # at most: the goal itself meets it
 
 
 @pytest.mark.timeout(10)
