@@ -9,7 +9,9 @@ The toolkit's contender is ``toolkit serve`` itself, in a process of its own, se
 the example system (sales' ``POST /sales/orders``: the body validated into its strict
 model, the command run in FastAPI's thread pool, 201 with a consistency token; every
 middleware of the API: metrics, body limit, tracing, conditional requests, problem
-details) with its relays in the process, as the product runs by default. The bare
+details) with its relays in the process, as the product runs by default; once with each
+save in a transaction of its own (``TOOLKIT_GROUP_COMMIT=off``), once with group commit
+(``on``: concurrent saves written together, :mod:`toolkit.write.group_commit`). The bare
 contender is what a user would write without the toolkit: a FastAPI app with the same
 route, the same request model (so validation is alike), calling eventsourcing's own
 ``Application`` carrying sales' very commands (eventsourcing's defaults: its JSON
@@ -18,7 +20,7 @@ Both are served by uvicorn configured as ``toolkit serve`` configures it (one wo
 default loop and HTTP implementation, log level info with the access log on, sent to
 ``/dev/null``).
 
-Both servers run side by side on a fresh log each (a SQLite file; on PostgreSQL at
+The servers run side by side on a fresh log each (a SQLite file; on PostgreSQL at
 127.0.0.1:5432 a fresh schema each, dropped afterwards) and a nats-server the benchmark
 starts (only the toolkit publishes to it). One aiohttp client process sends
 ``--requests`` orders at each concurrency over keep-alive connections, spread over ten
@@ -54,7 +56,10 @@ from toolkit.nats.embedded import EmbeddedServer, free_ports
 BACKENDS = ("SQLite", "PostgreSQL")
 BASELINE = "bare FastAPI endpoint, eventsourcing Application (baseline)"
 TOOLKIT = "toolkit serve (relay in the process)"
-CONTENDERS = (TOOLKIT, BASELINE)
+GROUPED = "toolkit serve, group commit"
+CONTENDERS = (TOOLKIT, GROUPED, BASELINE)
+GROUP_COMMIT = {TOOLKIT: "off", GROUPED: "on"}
+"""Each toolkit contender's ``TOOLKIT_GROUP_COMMIT``."""
 ROOT = Path(__file__).resolve().parent.parent
 ORDER_LINES = [
     {"sku": "tea", "quantity": 2, "unit_price": "1.25"},
@@ -115,10 +120,11 @@ def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator
     ours = ("NATS_", "TOOLKIT_", "POSTGRES_", "SQLITE_", "PERSISTENCE_MODULE")
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     with LOGS[backend](place) as log:  # a SQLite file, or a fresh PostgreSQL schema
-        if contender == TOOLKIT:
+        if contender in GROUP_COMMIT:
             if backend == "SQLite":
                 log = {}  # the toolkit's default: a SQLite file for each context in its data folder
             env |= log | {"TOOLKIT_DATA_DIR": str(place / "data"), "NATS_URL": nats_url}
+            env["TOOLKIT_GROUP_COMMIT"] = GROUP_COMMIT[contender]
             argv = ["-m", "toolkit", "serve", "--port", str(port)]
         else:
             env |= log
