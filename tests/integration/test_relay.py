@@ -176,6 +176,39 @@ async def test_two_relays_racing_on_one_stream_store_each_event_once_in_order(
     assert [relay.stats.republished_from for relay in relays] == [None, None]
 
 
+async def test_the_relay_stores_what_nats_py_publish_would(
+    sales: Sales, nc: Client, nats_server: EmbeddedServer
+) -> None:
+    """The relay writes its messages' frames into nats-py's buffer itself; through a
+    client whose publish was replaced (an instrumented one) it publishes through that:
+    the stream holds the same subjects, headers and bodies either way."""
+    place_orders(sales, 30, note_every=3, line=MUGS)
+    await Relay(sales, nc, window=8, ack_every=3).run(until_head=True)
+    framed = [(m.subject, m.headers, m.data) for m in await read_all(nc)]
+    await nc.jetstream().delete_stream("sales")
+    instrumented = await connect(nats_server.url)
+    publish = instrumented.publish
+    calls = 0
+
+    async def counted(subject: str, *args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += subject.startswith("sales.")  # (API requests publish too)
+        await publish(subject, *args, **kwargs)  # type: ignore[arg-type]
+
+    instrumented.publish = counted  # type: ignore[method-assign]
+    try:
+        await Relay(sales, instrumented, window=8, ack_every=3).run(until_head=True)
+    finally:
+        await instrumented.close()
+    assert calls == len(framed) == len(public_positions(sales))
+    assert [(m.subject, m.headers, m.data) for m in await read_all(nc)] == framed
+    assert framed[1][1] == {
+        "Nats-Msg-Id": f"sales:{public_positions(sales)[1]}",
+        "Nats-Expected-Last-Sequence": "1",
+        "Nats-Expected-Last-Msg-Id": f"sales:{public_positions(sales)[0]}",
+    }
+
+
 def test_the_outbox_reads_the_log_as_eventsourcing_does(sales: Sales) -> None:
     """On SQLite the outbox queries the events table itself; on any log it must give
     what eventsourcing's own query gives, page by page."""
