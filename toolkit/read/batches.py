@@ -91,12 +91,24 @@ class Store(Applied, Protocol):
     def write(self, batch: TranslatedBatch) -> BatchResult: ...
 
 
+class HoldingStore(Applied, Protocol):
+    def write(self, batch: TranslatedBatch, *, hold: bool = ...) -> BatchResult: ...
+
+
 def apply_batch(
     store: Store, translator: Translator, messages: Sequence[StreamMessage]
 ) -> BatchResult:
     """Translate a batch and have ``store`` write it, with the checkpoint, in one
     transaction."""
     return store.write(translate_batch(translator, messages, store))
+
+
+def apply_held(
+    store: HoldingStore, translator: Translator, messages: Sequence[StreamMessage]
+) -> BatchResult:
+    """As :func:`apply_batch`, the store holding the transaction open for more batches
+    (see :mod:`toolkit.read.store`)."""
+    return store.write(translate_batch(translator, messages, store), hold=True)
 
 
 def translate_batch(

@@ -19,11 +19,11 @@ from toolkit import backoff, tracing
 from toolkit.errors import ConfigurationError
 from toolkit.nats.connection import Connection, OnConnection
 from toolkit.nats.streams import holds_between, last_message, last_sequence
-from toolkit.read.batches import BatchResult, Counts, apply_batch
+from toolkit.read.batches import BatchResult, Counts, apply_batch, apply_held
 from toolkit.read.projection import Projection, StartPosition
 from toolkit.read.reader import StreamMessage, StreamReader
 from toolkit.read.retries import apply_retrying
-from toolkit.read.store import ReadModelStore
+from toolkit.read.store import CommitLost, ReadModelStore
 from toolkit.read.translator import Translator
 from toolkit.readmodels import Generation, ReadModelHome
 from toolkit.wire.envelope import traceparent_of
@@ -46,6 +46,10 @@ class ProjectorStats(Counts):
 
 class Projector(OnConnection):
     """Keeps one read model up to date with the streams its projection reads."""
+
+    holds_batches: bool = True
+    """Whether, catching up, its store holds batches in a transaction left open (see
+    :mod:`toolkit.read.store`) rather than committing each."""
 
     def __init__(
         self,
@@ -183,6 +187,12 @@ class Projector(OnConnection):
         """Apply a batch (a slice worker applies it for the slices it holds)."""
         return apply_batch(self.store, translator, batch)
 
+    async def _store_hold(
+        self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
+    ) -> BatchResult | None:
+        """Apply a batch, its transaction held open for the next ones."""
+        return apply_held(self.store, translator, batch)
+
     async def _sequence_at(self, stream: str, moment: datetime) -> int:
         """The first sequence stored at or after ``moment`` (head + 1 when none is)."""
         try:
@@ -210,14 +220,18 @@ class Projector(OnConnection):
         """Follow one stream. When the server goes away, stops answering, or a cluster
         elects a new leader, say so and go on from the checkpoint once it answers."""
         waits = backoff.Backoff(0.25, 5.0)
+        reached = -1
         while not stop.is_set():
-            reached = self.store.checkpoint(translator.stream)
             try:
+                reached = self.store.checkpoint(translator.stream)
                 await self._follow_stream(translator, stop, until_head)
                 return
-            except (nats.errors.Error, TimeoutError, OSError) as exc:
+            except (nats.errors.Error, TimeoutError, OSError, CommitLost) as exc:
                 self.stats.retries += 1
-                checkpoint = self.store.checkpoint(translator.stream)
+                try:
+                    checkpoint = self.store.checkpoint(translator.stream)
+                except CommitLost:  # the read model cannot say yet: tried again
+                    checkpoint = reached
                 if checkpoint > reached:  # this attempt got on: a new trouble
                     waits.reset()
                 log.warning(
@@ -323,7 +337,9 @@ class Projector(OnConnection):
                     batch = [m for m in batch if m.sequence <= self.stop_at]
                 if batch:
                     idle_since = asyncio.get_running_loop().time()
-                    result = await self._apply(translator, batch, stop)
+                    # More to read: the store may hold the transaction open for it.
+                    hold = self.holds_batches and bool(reader.pending) and not done
+                    result = await self._apply(translator, batch, stop, hold=hold)
                     if result is None:
                         return  # stopped while waiting to retry
                     self.stats.count(result)
@@ -334,7 +350,9 @@ class Projector(OnConnection):
                             batch[-1].sequence, "dead-lettered"
                             if self.projection.on_untrusted == "dead-letter" else "skipped",
                         )  # fmt: skip
-                elif asyncio.get_running_loop().time() - idle_since > 5.0:
+                else:
+                    self.store.flush()  # nothing came: what is held is committed
+                if not batch and asyncio.get_running_loop().time() - idle_since > 5.0:
                     idle_since = asyncio.get_running_loop().time()
                     if await self.past_head(stream) is not None:  # lost under a live reader
                         await self._wait_for_head(stream, stop)
@@ -364,16 +382,24 @@ class Projector(OnConnection):
                     return
         finally:
             await reader.close()
+            self.store.flush()
 
     async def _apply(
-        self, translator: Translator, batch: list[StreamMessage], stop: asyncio.Event
+        self,
+        translator: Translator,
+        batch: list[StreamMessage],
+        stop: asyncio.Event,
+        *,
+        hold: bool = False,
     ) -> BatchResult | None:
         """Apply a batch; a message whose handling raises is retried with back-off, then
         parked (with its aggregate, if the projection says so) and the batch goes on
         (see :mod:`toolkit.read.retries`)."""
         with self._span(batch) if tracing.enabled() else _UNTRACED:
             return await apply_retrying(
-                functools.partial(self._store_apply, translator, batch, stop),
+                functools.partial(
+                    self._store_hold if hold else self._store_apply, translator, batch, stop
+                ),
                 batch,
                 projection=self.projection,
                 store=self.store,

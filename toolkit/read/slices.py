@@ -242,6 +242,7 @@ class SliceWorker(Projector):
     leases give it, in one transaction a batch, from each slice's own checkpoint."""
 
     store: SlicedStore
+    holds_batches = False  # its batches fence slices: each committed at once
 
     def __init__(
         self,

@@ -3,6 +3,19 @@ letters and its cut into slices in one generation (a SQLite file or a PostgreSQL
 see :mod:`toolkit.readmodels.interface`), changed in one transaction per batch, so the
 model and the position it reflects never disagree.
 
+While a projector catches up, it may ask the store to *hold* batches: each is written in
+a savepoint of one transaction left open, committed once it holds
+:attr:`ReadModelStore.commit_events` events or is :attr:`ReadModelStore.commit_seconds`
+old, or when the projector reaches the head (:meth:`ReadModelStore.flush`). A commit
+rewrites every page it touched, and a model keyed by random ids has its changes all over
+its index: fewer, larger commits write far less, without the projector holding more
+messages in memory. Checkpoint and rows still commit together; a crash loses held batches
+and their checkpoint alike (they are read again). A held batch that fails is rolled back
+to its savepoint and the batches before it committed, so it fails as it would alone; if
+the database rolled the whole transaction back (a full disk, a lost connection), the
+store forgets what it held and raises :class:`CommitLost`: the projector reads again from
+the checkpoint committed.
+
 The store stores: it is handed batches already translated (:mod:`toolkit.read.batches`)
 and writes them through the SQL of the toolkit's tables (:mod:`toolkit.readmodels.tables`).
 """
@@ -11,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -29,7 +43,20 @@ from toolkit.readmodels import Connection, Generation, backends, tables
 from toolkit.readmodels.faults import is_infrastructure_error
 from toolkit.wire.subjects import aggregate_token
 
-__all__ = ["BatchResult", "ReadModelStore"]
+__all__ = ["BatchResult", "CommitLost", "ReadModelStore"]
+
+COMMIT_EVENTS = 250_000
+"""Events a held transaction takes at most before it is committed."""
+COMMIT_SECONDS = 2.0
+"""Seconds a held transaction stays open at most (readers see the model this late while
+a projector catches up; at the head each batch is committed at once)."""
+
+
+class CommitLost(Exception):
+    """The database rolled back a transaction holding batches (a full disk, a lost
+    connection): the store went back to its last committed checkpoints, and the messages
+    since are to be read again from there."""
+
 
 _MOVED_NAMES = {
     "connect": ("toolkit.readmodels.sqlite", "connect"),
@@ -77,6 +104,13 @@ class ReadModelStore:
         self._positions: dict[str, int] = tables.positions(self.db)
         self.parking = Parking(self.db)
         """Parked aggregates, and dead letters not yet passed by the checkpoint."""
+        self.commit_events = COMMIT_EVENTS
+        self.commit_seconds = COMMIT_SECONDS
+        self._holding = 0
+        """Events written in the open transaction (0: none is open)."""
+        self._holding_since = 0.0
+        self._stale = False
+        """Held batches were lost and the committed state is not read back yet."""
 
     @property
     def path(self) -> Generation:
@@ -106,13 +140,76 @@ class ReadModelStore:
             tables.introduce(db, projection.name, projection.version)
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            with self._writing:
+                self._commit_held()
+        finally:
+            self.db.close()
+
+    def flush(self) -> None:
+        """Commit the batches held (see :meth:`write`), if any."""
+        if self._holding:
+            with self._writing:
+                self._commit_held()
+
+    def _commit_held(self) -> None:
+        if not self._holding:
+            return
+        self._holding = 0
+        if self._in_transaction():
+            try:
+                self.db.execute("COMMIT")
+                return
+            except Exception as exc:
+                self._forget_held()
+                raise self._lost() from exc
+        self._forget_held()
+        raise self._lost()
+
+    def _lost(self) -> CommitLost:
+        return CommitLost(
+            f"projection {self.projection.name}: its read model {self.generation.name} "
+            "rolled back the batches held; reading again from the checkpoint"
+        )
+
+    def _in_transaction(self) -> bool:
+        """Whether the connection is inside a transaction (SQLite or psycopg)."""
+        info = getattr(self.db, "info", None)
+        if info is not None:  # psycopg: INTRANS (2) or INERROR (3)
+            return int(info.transaction_status) in (2, 3)
+        return bool(getattr(self.db, "in_transaction", False))
+
+    def _forget_held(self) -> None:
+        """Go back to what is committed: the held batches were rolled back."""
+        self._holding = 0
+        with contextlib.suppress(Exception):
+            self.db.execute("ROLLBACK")
+        self._stale = True
+        with contextlib.suppress(Exception):
+            self._reload_if_stale()
+
+    def _reload_if_stale(self) -> None:
+        """Read the committed checkpoints, positions and parkings again after held
+        batches were lost; :class:`CommitLost` while the database cannot say them."""
+        if not self._stale:
+            return
+        try:
+            self._reconnect()
+            self._checkpoints = dict(tables.checkpoints(self.db))
+            self._positions = tables.positions(self.db)
+            self.parking = Parking(self.db)
+        except Exception as exc:
+            raise self._lost() from exc
+        self._stale = False
 
     def _reconnect(self) -> None:
         """Open the generation again if the database server dropped the connection (it
         restarted); until it answers, that is a batch failure, retried."""
         if not getattr(self.db, "broken", False):
             return
+        lost, self._holding = self._holding > 0, 0  # the connection took them with it
+        if lost:
+            self._stale = True
         with contextlib.suppress(Exception):
             self.db.close()
         try:
@@ -122,6 +219,8 @@ class ReadModelStore:
                 f"projection {self.projection.name} cannot reach its read model "
                 f"{self.generation.name}: {type(exc).__name__}: {exc}"
             ) from exc
+        if lost:
+            raise self._lost()
 
     @contextlib.contextmanager
     def _transaction(
@@ -152,6 +251,7 @@ class ReadModelStore:
         after a loss, up to it, are not applied)."""
         key = tables.checkpoint_key(stream)
         with self._writing:
+            self._commit_held()
             self._reconnect()
             with self._transaction() as db:
                 tables.join(db, key, sequence, position)
@@ -162,6 +262,7 @@ class ReadModelStore:
 
     def checkpoint(self, stream: str) -> int:
         """The last stream sequence applied (0 when none)."""
+        self._reload_if_stale()
         return self._checkpoints.get(tables.checkpoint_key(stream), 0)
 
     def position(self, stream: str) -> int | None:
@@ -171,13 +272,16 @@ class ReadModelStore:
     def epochs(self, stream: str) -> list[tuple[int, int]]:
         """How ``stream`` is cut: (first sequence, slices) of each cut, oldest first; none
         while one worker keeps the model (see :mod:`toolkit.read.slices`)."""
+        self.flush()
         self._reconnect()
         return tables.epochs(self.db, stream)
 
     # -- batches --------------------------------------------------------------------------
 
-    def write(self, batch: TranslatedBatch) -> BatchResult:
+    def write(self, batch: TranslatedBatch, *, hold: bool = False) -> BatchResult:
         """Write a translated batch and advance the checkpoint, all in one transaction.
+        With ``hold`` the transaction may stay open for the next batches (see the
+        module); without, it is committed with any held before.
 
         The projection gets all of the batch's facts in one
         :meth:`~toolkit.read.projection.Projection.apply_batch` call. When that fails,
@@ -185,6 +289,7 @@ class ReadModelStore:
         """
         stream, checkpoint, result = batch.stream, batch.checkpoint, batch.result
         with self._writing:
+            self._reload_if_stale()
             self._reconnect()
             if batch.since != self.checkpoint(stream):
                 raise ValueError(
@@ -192,10 +297,14 @@ class ReadModelStore:
                     f"written at checkpoint {self.checkpoint(stream)}: translate it again"
                 )
             if checkpoint == batch.since:
+                if not hold:
+                    self._commit_held()
                 return result
             key = tables.checkpoint_key(stream)
             try:
-                with self._transaction() as db:
+                with (
+                    self._held_transaction() if self._holding or hold else self._transaction() as db
+                ):
                     for message, reason in batch.dead:
                         self._dead_letter(message, reason)
                     for token, sequence in batch.parked.items():
@@ -205,16 +314,50 @@ class ReadModelStore:
                     self._advance(key, checkpoint)
                     if batch.position is not None and batch.position != self._positions.get(key):
                         tables.pass_position(db, key, batch.position)
+            except CommitLost:
+                raise
             except ProjectionBusyError:
+                self._commit_held()
                 raise
             except Exception as exc:
+                self._commit_held()  # the batches before it stay applied
                 failure, cause = self._blame(batch, exc)
                 raise failure from cause
             self._checkpoints[key] = checkpoint
             if batch.position is not None:
                 self._positions[key] = batch.position
             self.parking.parked(stream, batch.parked)
+            if self._holding:
+                self._holding += len(batch.messages)
+                if (
+                    not hold
+                    or self._holding >= self.commit_events
+                    or time.monotonic() - self._holding_since >= self.commit_seconds
+                ):
+                    self._commit_held()
             return result
+
+    @contextlib.contextmanager
+    def _held_transaction(self) -> Iterator[Connection]:
+        """A savepoint in the transaction holding batches (begun if none is open): released
+        when the block ends, rolled back to if it raises (the transaction stays open, or,
+        if the database rolled it back, :class:`CommitLost` is raised)."""
+        if not self._holding:
+            self.db.execute(self.dialect.begin)
+            self._holding, self._holding_since = 1, time.monotonic()  # 1: open, none written yet
+        self.db.execute("SAVEPOINT toolkit_batch")
+        try:
+            yield self.db
+            self.db.execute("RELEASE SAVEPOINT toolkit_batch")
+        except BaseException:
+            if self._in_transaction():
+                with contextlib.suppress(Exception):
+                    self.db.execute("ROLLBACK TO SAVEPOINT toolkit_batch")
+                    self.db.execute("RELEASE SAVEPOINT toolkit_batch")
+                if self._in_transaction():
+                    raise
+            self._forget_held()
+            raise self._lost() from None
 
     def _advance(self, key: str, checkpoint: int) -> None:
         """Move the checkpoint, inside the batch's transaction, from where this store
@@ -276,6 +419,7 @@ class ReadModelStore:
         every later message of its aggregate too; the checkpoint passes over them."""
         token = aggregate_token(message.subject)
         with self._writing:
+            self._commit_held()
             self._reconnect()
         with self._writing, self._transaction() as db:
             self._dead_letter(message, reason)
@@ -288,6 +432,7 @@ class ReadModelStore:
         Best effort: when the database itself is the trouble, this may fail too."""
         if reason is None and not self._failing:
             return
+        self.flush()
         with self._writing, contextlib.suppress(self.db.Error):
             if reason is None:
                 tables.forget_meta(self.db, "failing")
@@ -310,6 +455,7 @@ class ReadModelStore:
 
     def dead_letters(self) -> list[tables.DeadLetter]:
         """Every dead letter, oldest first."""
+        self.flush()
         return tables.dead_letters(self.db)
 
     def drop_dead_letter(self, stream: str, sequence: int) -> bool:
@@ -323,6 +469,7 @@ class ReadModelStore:
         transaction; the aggregate it held parked is released. Returns whether it was
         there; raises, having changed nothing, when the projection fails on them."""
         with self._writing:
+            self._commit_held()
             with self._transaction() as db:
                 if facts:
                     self.projection.apply_batch(list(facts), db)
