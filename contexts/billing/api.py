@@ -13,7 +13,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from contexts.billing.application import Billing
-from toolkit import CONSISTENCY_HEADER, token_for
+from toolkit import CONSISTENCY_HEADER
+from toolkit.http.consistency import run_command
 
 
 class Paid(BaseModel):
@@ -38,12 +39,10 @@ def router(billing: Billing) -> APIRouter:
     api = APIRouter(prefix="/billing", tags=["billing"], responses=_ERRORS)
 
     @api.post("/invoices/{invoice_id}/payment")
-    def pay_invoice(invoice_id: UUID, response: Response) -> Paid:
+    async def pay_invoice(invoice_id: UUID, response: Response) -> Paid:
         """Pay the invoice in full."""
-        with billing.recordings() as saved:
-            amount = billing.pay_invoice(invoice_id)
-        token = str(token_for(billing, saved))
-        response.headers[CONSISTENCY_HEADER] = token
-        return Paid(id=invoice_id, amount=amount, consistency_token=token)
+        amount, token = await run_command(billing, billing.pay_invoice, invoice_id)
+        response.headers[CONSISTENCY_HEADER] = str(token)
+        return Paid(id=invoice_id, amount=amount, consistency_token=str(token))
 
     return api

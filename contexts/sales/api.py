@@ -23,8 +23,8 @@ from toolkit import (
     InvalidCommand,
     UnknownAggregate,
     command_queue_router,
-    token_for,
 )
+from toolkit.http.consistency import run_command as in_thread
 
 SKU_DESCRIPTION = (
     "the product's id: any text, at most 1024 characters once percent-encoded for a NATS "
@@ -103,60 +103,59 @@ def router(sales: Sales) -> APIRouter:
     api = APIRouter(prefix="/sales", tags=["sales"], responses=_ERRORS)
     api.include_router(command_queue_router(queued, prefix="/commands"))
 
-    def run(
+    async def run(
         response: Response, command: Callable[..., object], *args: object, unknown: int = 422
     ) -> Accepted:
         """Run a command; an unknown aggregate is 404 when the path names it (``unknown``),
         422 when the body does."""
-        result, token = run_command(response, command, *args, unknown=unknown)
+        result, token = await run_command(response, command, *args, unknown=unknown)
         aggregate_id = result if isinstance(result, UUID) else args[0]
         assert isinstance(aggregate_id, UUID)
         return Accepted(id=aggregate_id, consistency_token=token)
 
-    def run_command(
+    async def run_command(
         response: Response, command: Callable[..., object], *args: object, unknown: int
     ) -> tuple[object, str]:
-        """The command's result and consistency token (also set in ``response``)."""
-        with sales.recordings() as saved:
-            try:
-                result = command(*args)
-            except UnknownAggregate as exc:
-                raise HTTPException(unknown, str(exc)) from None
-            except InvalidCommand as exc:
-                raise HTTPException(422, str(exc)) from None
-            except ConflictError as exc:
-                raise HTTPException(409, str(exc)) from None
-        token = str(token_for(sales, saved))
-        response.headers[CONSISTENCY_HEADER] = token
-        return result, token
+        """The command's result and consistency token (also set in ``response``), the
+        command run on a thread of the toolkit's pool (``toolkit.http.consistency``)."""
+        try:
+            result, token = await in_thread(sales, command, *args)
+        except UnknownAggregate as exc:
+            raise HTTPException(unknown, str(exc)) from None
+        except InvalidCommand as exc:
+            raise HTTPException(422, str(exc)) from None
+        except ConflictError as exc:
+            raise HTTPException(409, str(exc)) from None
+        response.headers[CONSISTENCY_HEADER] = str(token)
+        return result, str(token)
 
     @api.post("/customers", status_code=201)
-    def register_customer(customer: NewCustomer, response: Response) -> Accepted:
-        return run(response, sales.register_customer, customer.name, customer.email)
+    async def register_customer(customer: NewCustomer, response: Response) -> Accepted:
+        return await run(response, sales.register_customer, customer.name, customer.email)
 
     @api.post("/orders", status_code=201)
-    def place_order(order: NewOrder, response: Response) -> Accepted:
+    async def place_order(order: NewOrder, response: Response) -> Accepted:
         lines = [line.model_dump() for line in order.lines]
-        return run(response, sales.place_order, order.customer_id, lines)
+        return await run(response, sales.place_order, order.customer_id, lines)
 
     @api.post("/orders/{order_id}/cancellation")
-    def cancel_order(
+    async def cancel_order(
         order_id: UUID, cancellation: Annotated[Cancellation, Body()], response: Response
     ) -> Accepted:
-        return run(response, sales.cancel_order, order_id, cancellation.reason, unknown=404)
+        return await run(response, sales.cancel_order, order_id, cancellation.reason, unknown=404)
 
     @api.post("/products", status_code=201, responses={409: {"description": "listed already"}})
-    def list_product(product: NewProduct, response: Response) -> ProductAccepted:
+    async def list_product(product: NewProduct, response: Response) -> ProductAccepted:
         """List a product under its SKU. SKUs go in bodies, not paths: any text is one."""
         command = sales.list_product
-        _, token = run_command(
+        _, token = await run_command(
             response, command, product.sku, product.name, product.unit_price, unknown=422
         )
         return ProductAccepted(sku=product.sku, consistency_token=token)
 
     @api.post("/products/repricing")
-    def reprice_product(repricing: Repricing, response: Response) -> ProductAccepted:
-        _, token = run_command(
+    async def reprice_product(repricing: Repricing, response: Response) -> ProductAccepted:
+        _, token = await run_command(
             response, sales.reprice_product, repricing.sku, repricing.unit_price, unknown=422
         )
         return ProductAccepted(sku=repricing.sku, consistency_token=token)

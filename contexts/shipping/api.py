@@ -13,7 +13,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from contexts.shipping.application import MAX_CARRIER, Shipping
-from toolkit import CONSISTENCY_HEADER, token_for
+from toolkit import CONSISTENCY_HEADER
+from toolkit.http.consistency import run_command
 
 
 class Dispatch(BaseModel):
@@ -43,11 +44,12 @@ def router(shipping: Shipping) -> APIRouter:
     api = APIRouter(prefix="/shipping", tags=["shipping"], responses=_ERRORS)
 
     @api.post("/shipments/{shipment_id}/dispatch")
-    def dispatch_shipment(shipment_id: UUID, dispatch: Dispatch, response: Response) -> Accepted:
-        with shipping.recordings() as saved:
-            shipping.dispatch_shipment(shipment_id, dispatch.carrier)
-        token = str(token_for(shipping, saved))
-        response.headers[CONSISTENCY_HEADER] = token
-        return Accepted(id=shipment_id, consistency_token=token)
+    async def dispatch_shipment(
+        shipment_id: UUID, dispatch: Dispatch, response: Response
+    ) -> Accepted:
+        command = shipping.dispatch_shipment
+        _, token = await run_command(shipping, command, shipment_id, dispatch.carrier)
+        response.headers[CONSISTENCY_HEADER] = str(token)
+        return Accepted(id=shipment_id, consistency_token=str(token))
 
     return api
