@@ -63,18 +63,24 @@ def _made_meanwhile(exc: Exception, *, postgres: bool) -> bool:
 
 
 GROUP_COMMIT = "TOOLKIT_GROUP_COMMIT"
-"""``on``: concurrent saves share a transaction of the log (:mod:`toolkit.write.group_commit`);
-``off`` (the default, for now): each save has its own."""
+"""``on`` (the default on a SQLite or PostgreSQL log): concurrent saves share a transaction
+of the log (:mod:`toolkit.write.group_commit`); ``off``: each save has its own."""
 _GROUPED_LOGS = ("eventsourcing.sqlite", "eventsourcing.postgres")
 
 
 def _group_commit(env: Mapping[str, str], log: str) -> bool:
-    """Whether the context's saves are grouped (see :data:`GROUP_COMMIT`)."""
-    value = (env.get(GROUP_COMMIT) or "off").strip().lower()
+    """Whether the context's saves are grouped (see :data:`GROUP_COMMIT`): by default on
+    the logs that can (a JetStream log writes each save as one atomic batch already)."""
+    given = env.get(GROUP_COMMIT)
+    value = (given or "on").strip().lower()
     if value not in ("on", "off"):
         raise ConfigurationError(f"{GROUP_COMMIT} must be on or off, not {value!r}")
     if value == "on" and log not in _GROUPED_LOGS:
-        raise ConfigurationError(f"{GROUP_COMMIT}=on needs a SQLite or PostgreSQL log, not {log}")
+        if given:
+            raise ConfigurationError(
+                f"{GROUP_COMMIT}=on needs a SQLite or PostgreSQL log, not {log}"
+            )
+        return False
     return value == "on"
 
 
