@@ -7,11 +7,11 @@ and on PostgreSQL, one request at a time and many at once.
 
 The toolkit's contender is ``toolkit serve`` itself, in a process of its own, serving
 the example system (sales' ``POST /sales/orders``: the body validated into its strict
-model, the command run in FastAPI's thread pool, 201 with a consistency token; every
+model, the command run on a thread of the toolkit's pool, 201 with a consistency token; every
 middleware of the API: metrics, body limit, tracing, conditional requests, problem
-details) with its relays in the process, as the product runs by default; once with each
-save in a transaction of its own (``TOOLKIT_GROUP_COMMIT=off``), once with group commit
-(``on``: concurrent saves written together, :mod:`toolkit.write.group_commit`). The bare
+details) with its relays in the process and group commit (concurrent saves written together:
+:mod:`toolkit.write.group_commit`), as the product runs by default; and once more with
+each save in a transaction of its own (``TOOLKIT_GROUP_COMMIT=off``). The bare
 contender is what a user would write without the toolkit: a FastAPI app with the same
 route, the same request model (so validation is alike), calling eventsourcing's own
 ``Application`` carrying sales' very commands (eventsourcing's defaults: its JSON
@@ -21,11 +21,13 @@ default loop and HTTP implementation, log level info with the access log on, sen
 ``/dev/null``).
 
 The servers run side by side on a fresh log each (a SQLite file; on PostgreSQL at
-127.0.0.1:5432 a fresh schema each, dropped afterwards) and a nats-server the benchmark
-starts (only the toolkit publishes to it). One aiohttp client process sends
-``--requests`` orders at each concurrency over keep-alive connections, spread over ten
-customers registered first; the contenders take turns, round after round (who goes first
-alternating), and each one's best round at each concurrency counts.
+127.0.0.1:5432 a fresh schema each, dropped afterwards) and a nats-server of their own
+the benchmark starts (a stream holds one log's events; only the toolkit publishes); each
+toolkit serve's readiness is asked at the end whether its relays ran throughout. One
+aiohttp client process sends ``--requests`` orders at each concurrency over keep-alive
+connections, spread over ten customers registered first; the contenders take turns, round
+after round (who goes first alternating), and each one's best round at each concurrency
+counts.
 """
 
 from __future__ import annotations
@@ -55,11 +57,11 @@ from toolkit.nats.embedded import EmbeddedServer, free_ports
 
 BACKENDS = ("SQLite", "PostgreSQL")
 BASELINE = "bare FastAPI endpoint, eventsourcing Application (baseline)"
-TOOLKIT = "toolkit serve (relay in the process)"
-GROUPED = "toolkit serve, group commit"
-CONTENDERS = (TOOLKIT, GROUPED, BASELINE)
-GROUP_COMMIT = {TOOLKIT: "off", GROUPED: "on"}
-"""Each toolkit contender's ``TOOLKIT_GROUP_COMMIT``."""
+TOOLKIT = "toolkit serve (relay in the process, group commit)"
+UNGROUPED = "toolkit serve, group commit off"
+CONTENDERS = (TOOLKIT, UNGROUPED, BASELINE)
+GROUP_COMMIT = {TOOLKIT: "on", UNGROUPED: "off"}
+"""Each toolkit contender's ``TOOLKIT_GROUP_COMMIT`` (``on`` is the default)."""
 ROOT = Path(__file__).resolve().parent.parent
 ORDER_LINES = [
     {"sku": "tea", "quantity": 2, "unit_price": "1.25"},
@@ -162,6 +164,17 @@ async def register_customers(base: str, count: int = 10) -> list[str]:
         return ids
 
 
+async def relaying(base: str) -> None:
+    """Raise unless the server's relays run (its readiness names a relay that stopped)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(base) as session, session.get("/health/ready") as answer:
+        reasons = (await answer.json()).get("reasons", [])
+    stopped = [reason for reason in reasons if "relay" in reason]
+    if stopped:
+        raise RuntimeError(f"{base}: {'; '.join(stopped)}")
+
+
 async def load(base: str, customers: list[str], requests: int, concurrency: int) -> Round:
     """``requests`` orders placed over ``concurrency`` keep-alive connections; anything
     but 201 stops the run."""
@@ -187,14 +200,13 @@ def _measure_backend(
     concurrencies: list[int],
     rounds: int,
     folder: Path,
-    nats_url: str,
 ) -> dict[int, dict[str, Round]]:
     best: dict[int, dict[str, Round]] = {c: {} for c in concurrencies}
     with contextlib.ExitStack() as servers:
-        bases = {
-            name: servers.enter_context(server(name, backend, folder / f"{n}", nats_url))
-            for n, name in enumerate(CONTENDERS)
-        }
+        bases = {}
+        for n, name in enumerate(CONTENDERS):  # a nats-server each: a stream holds one log's
+            nats = servers.enter_context(EmbeddedServer(folder / f"nats-{n}"))  # events
+            bases[name] = servers.enter_context(server(name, backend, folder / f"{n}", nats.url))
         customers = {name: asyncio.run(register_customers(base)) for name, base in bases.items()}
         for name, base in bases.items():  # warm up: first queries, the relay's first pages
             for concurrency in concurrencies:
@@ -209,6 +221,8 @@ def _measure_backend(
                     kept = best[concurrency].get(name)
                     if kept is None or measured.rate > kept.rate:
                         best[concurrency][name] = measured
+        for name in GROUP_COMMIT:  # each toolkit serve relayed throughout
+            asyncio.run(relaying(bases[name]))
     return {c: {name: best[c][name] for name in CONTENDERS} for c in concurrencies}
 
 
@@ -222,12 +236,11 @@ def measure(
 ) -> Results:
     """Each contender's best round (requests/s, p50, p99) at each concurrency, per backend."""
     results: Results = {}
-    for backend in backends:  # a server each: a stream holds one log's events
+    for backend in backends:
         try:
-            with EmbeddedServer(folder / f"nats-{backend}") as nats:
-                results[backend] = _measure_backend(
-                    backend, requests, list(concurrencies), rounds, folder / backend, nats.url
-                )
+            results[backend] = _measure_backend(
+                backend, requests, list(concurrencies), rounds, folder / backend
+            )
         except OSError as exc:  # no PostgreSQL server (psycopg's OperationalError)
             results[backend] = f"not measured: {str(exc).strip().splitlines()[0]}"
     return results
