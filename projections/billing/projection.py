@@ -7,6 +7,7 @@ from typing import ClassVar, cast
 
 from projections.billing.translation import AccountOpened, ChargeRaised, ChargeWaived, sales
 from toolkit import Dialect, Projection, ReadModelConnection
+from toolkit.readmodels import insert_rows
 
 
 class Accounts(Projection):
@@ -53,9 +54,7 @@ class Accounts(Projection):
         elif isinstance(facts[0], ChargeRaised):
             raised = cast(list[ChargeRaised], facts)
             charges = [(f.charge_id, f.account_id, f.cents) for f in raised]
-            db.executemany(
-                f"INSERT INTO charge (charge_id, account_id, cents) VALUES ({p}, {p}, {p})", charges
-            )
+            insert_rows(db, "charge", ("charge_id", "account_id", "cents"), charges)  # COPY on PG
             owed: dict[str, list[int]] = {}
             for _, account_id, cents in charges:  # sums commute: one update an account
                 total = owed.setdefault(account_id, [0, 0])

@@ -5,6 +5,13 @@ interface; :mod:`toolkit.readmodels.backends` picks an adapter,
 read model, and :mod:`toolkit.readmodels.faults` which database errors are the
 infrastructure's."""
 
-from toolkit.readmodels.interface import Connection, Dialect, Generation, ReadModelHome, Rows
+from toolkit.readmodels.interface import (
+    Connection,
+    Dialect,
+    Generation,
+    ReadModelHome,
+    Rows,
+    insert_rows,
+)
 
-__all__ = ["Connection", "Dialect", "Generation", "ReadModelHome", "Rows"]
+__all__ = ["Connection", "Dialect", "Generation", "ReadModelHome", "Rows", "insert_rows"]

@@ -110,6 +110,22 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
+def insert_rows(
+    db: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Insert ``rows`` (values of ``columns``, in order) into ``table``, as fast as the
+    backend allows: ``COPY`` on PostgreSQL (one statement for them all, where
+    ``executemany`` sends a statement a row), ``executemany`` on SQLite. For plain inserts
+    only: no ``ON CONFLICT``; a row that breaks a constraint fails them all, as it would
+    fail the batch."""
+    copy = getattr(db, "copy_rows", None)
+    if copy is not None:
+        copy(table, columns, rows)
+        return
+    marks = ", ".join(db.dialect.param for _ in columns)
+    db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+
 class Generation(Protocol):
     """One generation of a read model: a ``Path`` on SQLite, a schema on PostgreSQL."""
 

@@ -52,6 +52,15 @@ class PostgresConnection(psycopg.Connection[tuple[Any, ...]]):
         with self.cursor() as cursor:
             cursor.executemany(query, params_seq)
 
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """``COPY`` ``rows`` into ``table`` (see :func:`toolkit.readmodels.insert_rows`)."""
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        with self.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+
 
 def _connect(url: str, *, autocommit: bool = True) -> PostgresConnection:
     return PostgresConnection.connect(url, autocommit=autocommit, connect_timeout=10)
