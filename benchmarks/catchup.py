@@ -13,6 +13,9 @@ events.
   the same translator and store, as a FastStream user would. It gets FastStream's best
   case: no acknowledgements (as for the others; the checkpoint is in the store) and the
   bodies handed over as bytes (FastStream would otherwise JSON-decode each one first);
+- with ``--postgres URL`` (the suite's default: ``postgresql://postgres@127.0.0.1:5432/test``),
+  the projector and the FastStream subscriber again, into billing's model in PostgreSQL (a
+  fresh schema of their own, dropped afterwards);
 - eventsourcing: the same projection its own way, an ``ApplicationSubscription`` over an
   in-memory (POPO) log feeding an ``eventsourcing.projection.Projection`` whose view is a
   ``SQLiteTrackingRecorder`` (one transaction an event). The in-memory log favours it.
@@ -22,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from functools import singledispatchmethod
 from importlib.metadata import version
@@ -57,11 +63,16 @@ from toolkit.read.batches import apply_batch
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
 from toolkit.read.store import ReadModelStore
+from toolkit.readmodels import ReadModelHome
+from toolkit.readmodels.postgres import PostgresHome
 from toolkit.readmodels.sqlite import SQLiteHome
 from toolkit.wire import decode_head
 
 BASELINE = "raw client limit: ordered push consumer, decode only"
 TOOLKIT = "toolkit Projector"
+TOOLKIT_PG = "toolkit Projector, PostgreSQL model"
+FASTSTREAM_PG = "FastStream JetStream batch subscriber, same store, PostgreSQL model"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 FETCH = "fetch(1000) consumer, same store"
 FASTSTREAM = "FastStream JetStream batch subscriber, same store"
 EVENTSOURCING = "eventsourcing ApplicationSubscription -> Projection (SQLite view)"
@@ -76,6 +87,53 @@ async def toolkit_projector(nc: Client, folder: Path, head: int) -> int:
         store.close()
     assert stats.checkpoints["sales"] == head
     return head
+
+
+def postgres_answers(url: str = POSTGRES) -> bool:
+    """Whether a PostgreSQL server answers at ``url`` (the suite measures it if so)."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def postgres_home(url: str) -> Iterator[PostgresHome]:
+    """A home for billing in PostgreSQL under a name of its own (its schema fresh),
+    its generations and pointer row removed afterwards."""
+    home = PostgresHome(url, f"billing_bench_{uuid.uuid4().hex[:8]}")
+    try:
+        yield home
+    finally:
+        for generation in home.generations():
+            home.drop(generation)
+        home.db.execute("DELETE FROM toolkit.read_model WHERE projection = %s", (home.name,))
+        home.close()
+
+
+def toolkit_projector_postgres(url: str) -> Callable[[Client, Path, int], Awaitable[int]]:
+    async def run(nc: Client, folder: Path, head: int) -> int:
+        with postgres_home(url) as home:
+            store = ReadModelStore(home.live(), Accounts())
+            try:
+                stats = await Projector(Accounts(), store, nc).run(until_head=True)
+            finally:
+                store.close()
+        assert stats.checkpoints["sales"] == head
+        return head
+
+    return run
+
+
+def faststream_postgres(url: str) -> Callable[[Client, Path, int], Awaitable[tuple[int, float]]]:
+    async def run(nc: Client, folder: Path, head: int) -> tuple[int, float]:
+        with postgres_home(url) as home:
+            return await faststream_subscriber(nc, folder, head, home=home)
+
+    return run
 
 
 async def raw_decode_only(nc: Client, folder: Path, head: int) -> int:
@@ -127,14 +185,17 @@ async def fetch_consumer(nc: Client, folder: Path, head: int) -> int:
     return head
 
 
-async def faststream_subscriber(nc: Client, folder: Path, head: int) -> tuple[int, float]:
+async def faststream_subscriber(
+    nc: Client, folder: Path, head: int, *, home: ReadModelHome | None = None
+) -> tuple[int, float]:
     """Events applied and seconds taken up to the last full batch: a partial batch (the
     stream's tail) is delivered only when its pull request expires, FastStream's
     ``timeout`` (its default, 5 s), which is not reading speed. (With a timeout of 0.1 s
     it applied nothing in 14 minutes on a stream of a million, nats-server busy all the
     while: requests expired before anything was delivered.) On a stream of less than a
     batch, all of it the tail, the timeout is 1 s: the suite's test runs it so."""
-    store = ReadModelStore(SQLiteHome(folder, "billing-faststream").live(), Accounts())
+    home = home or SQLiteHome(folder, "billing-faststream")
+    store = ReadModelStore(home.live(), Accounts())
     caught_up = asyncio.Event()
     started = time.perf_counter()
     full: tuple[int, float] | None = None
@@ -254,17 +315,24 @@ def eventsourcing_rebuild(events: int, folder: Path) -> tuple[int, float]:
     return head, seconds
 
 
-async def measure(events: int, folder: Path, *, es_events: int | None = None) -> dict[str, float]:
+async def measure(
+    events: int, folder: Path, *, es_events: int | None = None, postgres: str | None = None
+) -> dict[str, float]:
     """Events/s of each consumer over ``events`` orders; eventsourcing's rebuild, the
-    slowest by far, over ``es_events`` of them when given (its own log of that many)."""
+    slowest by far, over ``es_events`` of them when given (its own log of that many);
+    with ``postgres``, the projector and FastStream into a PostgreSQL model there too."""
     rates: dict[str, float] = {}
+    runs: dict[str, Callable[[Client, Path, int], Awaitable[int | tuple[int, float]]]] = {
+        BASELINE: raw_decode_only,
+        FETCH: fetch_consumer,
+        FASTSTREAM: faststream_subscriber,
+        TOOLKIT: toolkit_projector,
+    }
+    if postgres:
+        runs[FASTSTREAM_PG] = faststream_postgres(postgres)
+        runs[TOOLKIT_PG] = toolkit_projector_postgres(postgres)
     async with sales_stream(folder, events) as (nc, head):
-        for name, run in {
-            BASELINE: raw_decode_only,
-            FETCH: fetch_consumer,
-            FASTSTREAM: faststream_subscriber,
-            TOOLKIT: toolkit_projector,
-        }.items():
+        for name, run in runs.items():
             started = time.perf_counter()
             patience = 60 + head / 1000  # (the slowest runs at tens of thousands a second)
             try:
@@ -278,6 +346,10 @@ async def measure(events: int, folder: Path, *, es_events: int | None = None) ->
                 done if isinstance(done, tuple) else (done, time.perf_counter() - started)
             )
             rates[name] = count / seconds
+    if postgres:  # last in the table, beside each other
+        rates = {k: v for k, v in rates.items() if k not in (TOOLKIT_PG, FASTSTREAM_PG)} | {
+            k: rates[k] for k in (FASTSTREAM_PG, TOOLKIT_PG)
+        }
     count, seconds = eventsourcing_rebuild(min(events, es_events or events), folder)
     rates[EVENTSOURCING] = count / seconds
     return rates
@@ -286,13 +358,15 @@ async def measure(events: int, folder: Path, *, es_events: int | None = None) ->
 def report(events: int, rates: dict[str, float], *, es_events: int | None = None) -> Table:
     baseline = rates[BASELINE]
     ours = rates[TOOLKIT]
-    table = Table(title=f"catching up on {events:,} orders' events into billing's SQLite model")
+    into = "SQLite model" + (" (and PostgreSQL's)" if TOOLKIT_PG in rates else "")
+    table = Table(title=f"catching up on {events:,} orders' events into billing's {into}")
     table.add_column("consumer")
     table.add_column("events/s", justify="right")
     table.add_column("ratio to raw limit", justify="right")
     table.add_column("toolkit is x faster", justify="right")
     for name, rate in rates.items():
-        table.add_row(name, f"{rate:,.0f}", f"{rate / baseline:.2f}", f"{ours / rate:.1f}")
+        mine = rates[TOOLKIT_PG] if name.endswith("PostgreSQL model") else ours
+        table.add_row(name, f"{rate:,.0f}", f"{rate / baseline:.2f}", f"{mine / rate:.1f}")
     table.caption = (
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, nats-py {version('nats-py')}, "
         f"eventsourcing {version('eventsourcing')}"
@@ -308,9 +382,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--es-events", type=int, help="time eventsourcing's rebuild over this many orders"
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help=f"also into a PostgreSQL model in this database (e.g. {POSTGRES}): a fresh schema",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-catchup-") as folder:
-        rates = asyncio.run(measure(args.events, Path(folder), es_events=args.es_events))
+        rates = asyncio.run(
+            measure(args.events, Path(folder), es_events=args.es_events, postgres=args.postgres)
+        )
     Console(width=120).print(report(args.events, rates, es_events=args.es_events))
 
 
