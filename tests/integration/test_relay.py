@@ -3,18 +3,22 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from nats.aio.client import Client
 
 from contexts.sales import Sales
-from tests.conftest import wait_for
+from tests.conftest import eventually, wait_for
 from tests.flow import MUGS, place_orders, public_positions, read_all
 from toolkit import Relay, RelayError
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer
+from toolkit.write import relay as relay_module
+from toolkit.write import resume
 from toolkit.write.outbox import Outbox
+from toolkit.write.watch import LogWatcher
 
 
 async def test_relay_publishes_the_published_language_in_log_order(
@@ -73,6 +77,15 @@ async def test_restarted_relays_resume_without_duplicates(sales: Sales, nc: Clie
     messages = await read_all(nc)
     ids = [m.headers["Nats-Msg-Id"] for m in messages]
     assert len(ids) == len(set(ids)) == 27
+
+
+async def test_a_relay_catching_up_reads_on_without_waiting(sales: Sales, nc: Client) -> None:
+    """Page after page until the head it read, with no rest in between (polling is set
+    far away: a rest would take half a minute)."""
+    place_orders(sales, 40, note_every=3, line=MUGS)
+    relay = Relay(sales, nc, batch_size=5, poll_interval=30)
+    stats = await asyncio.wait_for(relay.run(until_head=True), 10)
+    assert stats.published == len(public_positions(sales))
 
 
 async def test_live_relay_is_woken_by_saves_and_reports_lag(sales: Sales, nc: Client) -> None:
@@ -207,6 +220,64 @@ async def test_the_relay_stores_what_nats_py_publish_would(
         "Nats-Expected-Last-Sequence": "1",
         "Nats-Expected-Last-Msg-Id": f"sales:{public_positions(sales)[0]}",
     }
+
+
+async def test_woken_by_a_save_the_relay_reads_no_head_and_checks_the_tail_as_it_publishes(
+    sales: Sales, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save of the relay's process says where the log ends, so the relay it wakes
+    reads no head; and instead of looking the stream's tail up after its rest, its next
+    message says that the relay's last one must still be the last on its subject
+    (nats-server 2.11 on). A tail deleted while it rested is seen all the same: its
+    events are carried again, under new ids. (Polling is set far away: only saves wake
+    the relay here.)"""
+    checks = 0
+    check_tail = resume.check_tail
+
+    async def counted(*args: Any) -> None:
+        nonlocal checks
+        checks += 1
+        await check_tail(*args)
+
+    monkeypatch.setattr(relay_module, "check_tail", counted)
+    place_orders(sales, 4, cancel_every=2, line=MUGS)
+    relay = Relay(sales, nc, poll_interval=30, retry_delay=0.05)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.idle and relay.stats.stream_sequence == 7)
+        reads = 0
+        head = sales.recorder.max_notification_id
+
+        def read_head() -> int | None:
+            nonlocal reads
+            reads += 1
+            return head()
+
+        monkeypatch.setattr(sales.recorder, "max_notification_id", read_head)
+        for sequence in (10, 13):  # a customer, an order, its cancellation: three saves
+            place_orders(sales, 1, cancel_every=2, line=MUGS)
+            await wait_for(lambda at=sequence: relay.idle and relay.stats.stream_sequence == at)
+        assert checks == 0
+        # (PostgreSQL's NOTIFY of each save wakes the relay too, as any other process's.)
+        assert reads == 0 or LogWatcher(sales.recorder, lambda: None).pushes
+
+        js = nc.jetstream()
+        for sequence in (12, 13):
+            await js.delete_msg("sales", sequence)
+        place_orders(sales, 1, cancel_every=2, line=MUGS)
+        expected = public_positions(sales)
+
+        async def carried() -> bool | None:
+            positions = [orjson.loads(m.data)["logposition"] for m in await read_all(nc)]
+            return positions == expected or None
+
+        await eventually(carried)
+        assert relay.stats.republished_from == expected[10]
+        assert checks == 0
+    finally:
+        stop.set()
+        await running
 
 
 def test_the_outbox_reads_the_log_as_eventsourcing_does(sales: Sales) -> None:

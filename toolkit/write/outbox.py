@@ -97,6 +97,9 @@ class Outbox:
         self._handing_over = False
         self._read_up_to = 0
         """The position the last read ended at: a save at or before it comes too late."""
+        self.saved_up_to = 0
+        """The last log position of the saves this process committed while handing over
+        (all of them, handed over or not): the log's head, as far as they go."""
 
     @contextlib.contextmanager
     def handing_over(self) -> Iterator[None]:
@@ -118,10 +121,18 @@ class Outbox:
                 self._handed.clear()
                 self._handed_messages = 0
 
+    @property
+    def takes_saves(self) -> bool:
+        """Whether every save of this process is seen here (:meth:`handing_over`), so that
+        :attr:`saved_up_to` says where they end."""
+        return self._handing_over
+
     def _hand_over(self, recordings: Sequence[Recording[Any]]) -> None:
         """Called by the saving thread right after its save committed."""
         first = recordings[0].notification.id
         last = recordings[-1].notification.id
+        with self._handed_lock:
+            self.saved_up_to = max(self.saved_up_to, last)
         if last - first + 1 != len(recordings):
             return  # not one run of the log: the relay reads it from there
         if last <= self._read_up_to:

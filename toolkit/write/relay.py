@@ -43,6 +43,10 @@ from toolkit.write.watch import LogWatcher
 
 log = logging.getLogger(__name__)
 _UNTRACED = contextlib.nullcontext()
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+"""(nats-server 2.11 on: the subject the last sequence is checked on, instead of the
+message's own.)"""
 
 
 @dataclass
@@ -55,6 +59,16 @@ class RelayStats:
     """Times the relay started over after the server went away or stopped answering."""
     republished_from: int | None = None
     """Log position after which events lost by the stream were published again."""
+
+
+def _folds_tail_check(client: Client) -> bool:
+    """Whether the server checks the last sequence on a subject a message names (2.11
+    on); an older one would check it on the message's own subject, and refuse it."""
+    version = client.connected_server_version
+    try:
+        return (version.major, version.minor) >= (2, 11)
+    except Exception:  # a version nats-py cannot parse
+        return False
 
 
 def _writes_frames(client: Client) -> bool:
@@ -121,6 +135,11 @@ class _AckWindow:
         """The message id of the last message sent (None before the first of a start,
         which goes alone): the next one must follow exactly it on the stream."""
         self.unasked = 0  # messages sent since the last one that asked
+        self.last_subject: str | None = None  # of the last message sent
+        self.check_tail = False
+        """Whether the next message also says that the relay's last message is still the
+        last on its subject (so still on the stream): the check after a rest, folded
+        into the publish that follows it (see :meth:`Relay._relay`)."""
         self.confirmed_position = 0  # log position of the last acknowledged message
         self.confirmed_sequence = 0
         self.error: RelayError | None = None
@@ -178,11 +197,19 @@ class _AckWindow:
             self.pending[sequence] = (position, time.monotonic())
         else:
             self.unasked += 1
-        if not self._framed:
+        tail_subject, self.last_subject = self.last_subject, message.subject
+        if not self.check_tail:
+            tail_subject = None
+        self.check_tail = False
+        if not self._framed or tail_subject is not None:
             headers = {wire.MSG_ID: msg_id, wire.EXPECTED_LAST_SEQUENCE: str(expected)}
             if last_id is not None:
                 headers[wire.EXPECTED_LAST_MSG_ID] = last_id
+            if tail_subject is not None:
+                headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
+                headers[EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = tail_subject
             reply = f"{self.inbox}.{sequence}" if ask else ""
+            await self._write()  # (after the frames before it)
             await self.client.publish(message.subject, message.body, reply, headers)
         else:
             body = message.body
@@ -453,6 +480,11 @@ class Relay(OnConnection):
         def wake(_: object) -> None:
             loop.call_soon_threadsafe(self._wake.set)
 
+        def log_moved() -> None:  # written by another process
+            self._log_moved = True
+            wake(None)
+
+        self._log_moved = True
         remove = self.context.on_saved(wake)
         window_box: list[_AckWindow] = []
 
@@ -461,7 +493,7 @@ class Relay(OnConnection):
                 window.deny(reason)
 
         stop_listening = on_permission_denied(client, denied)
-        watcher = LogWatcher(self.context.recorder, lambda: wake(None))
+        watcher = LogWatcher(self.context.recorder, log_moved)
         watcher.start()
         stopping = asyncio.create_task(stop.wait())
         stopping.add_done_callback(lambda _: self._wake.set())
@@ -496,15 +528,32 @@ class Relay(OnConnection):
             # and the pipeline may chain on it. (A publish of an earlier attempt may still
             # arrive after a reconnect and move the stream on between the two reads.)
             anchored = False
-            rested = False
+            unchecked = False  # the stream may have lost its tail since the relay looked
+            polled = False
+            fold = _folds_tail_check(client)
+            outbox = self.outbox
+            head_read = loop.time()
+            head = 0  # the log's head as last known
             while not stop.is_set():
                 self._wake.clear()  # before reading: a save from now on wakes the wait below
-                if rested:  # the stream may have lost its tail while the relay waited
+                if unchecked and (polled or not fold or window.last_subject is None):
                     own = window.last_sequence if window.last_sequence > first_sequence else 0
                     await check_tail(self.js, self.stream.name, own or self._last_own)
-                    rested = False
-                head = recorder.max_notification_id() or 0
+                    unchecked = False
+                if (
+                    self._log_moved
+                    or not outbox.takes_saves
+                    or loop.time() - head_read >= self.poll_interval
+                ):
+                    self._log_moved = False
+                    head_read = loop.time()
+                    head = recorder.max_notification_id() or 0
+                else:  # woken by saves of this process, which the outbox saw commit:
+                    head = max(head, outbox.saved_up_to)  # no read of the log
                 progressed = head > position
+                if progressed and unchecked:
+                    window.check_tail = True  # the next message checks it
+                    unchecked = False
                 if progressed:
                     page = self.outbox.read(position, head, self.batch_size)
                     with self._span(page.messages) if tracing.enabled() else _UNTRACED:
@@ -522,10 +571,13 @@ class Relay(OnConnection):
                     break
                 if not progressed:
                     self.idle = True
-                    with contextlib.suppress(TimeoutError):
+                    polled = False
+                    try:
                         await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    except TimeoutError:
+                        polled = self._log_moved = True
                     self.idle = False
-                    rested = True
+                    unchecked = True
             await window.drain()
             settle()
         finally:
