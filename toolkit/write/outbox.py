@@ -78,6 +78,7 @@ class Outbox:
         self.language = context.published_language
         self.topics = self.language.topics
         self._rows: Rows = _sqlite_rows(context, self.topics) or self._notification_rows
+        self._tuples: Rows = _sqlite_rows(context, self.topics, tuples=True) or self._rows
         mapper = context.mapper
         self._typed = (
             type(mapper) in (Mapper, CausalMapper) and not mapper.cipher and not mapper.compressor
@@ -184,11 +185,12 @@ class Outbox:
     def _read_log(self, after: int, stop: int, limit: int) -> Page:
         if not self.topics:
             return Page([], stop)  # nothing is published: the whole log is private
+        if self._typed:
+            rows = self._tuples(after, stop, limit)
+            return Page(self._typed_messages(rows), rows[-1][0] if len(rows) == limit else stop)
         rows = self._rows(after, stop, limit)
         mapper = self.context.mapper  # rows are of published topics only
-        if self._typed:
-            messages = self._typed_messages(rows)
-        elif isinstance(mapper, CausalMapper):
+        if isinstance(mapper, CausalMapper):
             decode = mapper.decode
             decoded = ((r, *decode(r)) for r in rows)  # type: ignore[arg-type]
             messages = self._messages((r.topic, e, r.id, cause) for r, e, cause in decoded)
@@ -212,7 +214,7 @@ class Outbox:
         set_attribute = object.__setattr__
         messages = []
         for row in rows:
-            topic = row.topic
+            position, originator_id, version, topic, state = row
             plan = plans.get(topic, _UNPLANNED)
             if plan is _UNPLANNED:
                 plan = plans[topic] = self._plan(topic)
@@ -220,25 +222,26 @@ class Outbox:
             if plan is not None:
                 mapping, event_class, decoder, to_id = plan
                 try:
-                    state, kept = decoder(row.state)
+                    event_state, kept = decoder(state)
                 except msgspec.DecodeError:  # (ValidationError is one)
                     plan = None  # (a state of another shape: the general way)
                 else:
-                    state["originator_id"] = to_id(row.originator_id)
-                    state["originator_version"] = row.originator_version
+                    event_state["originator_id"] = to_id(originator_id)
+                    event_state["originator_version"] = version
                     event = new(event_class)
-                    set_attribute(event, "__dict__", state)
+                    set_attribute(event, "__dict__", event_state)
                     if kept is not None:
                         cause = Causation(*kept)
             if plan is None:
                 mapping = self.language.mapping(topic)
                 if mapping is None:
                     continue
+                stored = StoredRow(*row)
                 if general is not None:
-                    event, cause = general(row)  # type: ignore[arg-type]
+                    event, cause = general(stored)  # type: ignore[arg-type]
                 else:
-                    event = mapper.to_domain_event(row)  # type: ignore[arg-type]
-            built = message(mapping, event, row.id, cause)
+                    event = mapper.to_domain_event(stored)  # type: ignore[arg-type]
+            built = message(mapping, event, position, cause)
             if built is not None:
                 messages.append(built)
         return messages
@@ -319,8 +322,11 @@ _SQLITE_RECORDERS = (SQLiteApplicationRecorder, SQLiteProcessRecorder, FencedSQL
 keep its events elsewhere)."""
 
 
-def _sqlite_rows(context: BoundedContext[Any], topics: list[str]) -> Rows | None:
-    """The query of eventsourcing's SQLite recorder, returning tuples."""
+def _sqlite_rows(
+    context: BoundedContext[Any], topics: list[str], *, tuples: bool = False
+) -> Rows | None:
+    """The query of eventsourcing's SQLite recorder, returning tuples (``tuples``: plain
+    ones where the ids need no conversion, as unpacked alike)."""
     recorder = context.recorder
     if type(recorder) not in _SQLITE_RECORDERS or not topics:
         return None
@@ -341,6 +347,9 @@ def _sqlite_rows(context: BoundedContext[Any], topics: list[str]) -> Rows | None
             cursor = transaction.sqlite_cursor
             cursor.row_factory = None  # tuples, not sqlite3.Row
             cursor.execute(statement, (after, stop, *topics, limit))
-            return [make(p, to_id(i), v, t, s) for p, i, v, t, s in cursor.fetchall()]
+            found = cursor.fetchall()
+        if tuples and datastore.originator_id_type != "uuid":
+            return found  # (the typed decoding's: unpacked)
+        return [make(p, to_id(i), v, t, s) for p, i, v, t, s in found]
 
     return rows
