@@ -47,7 +47,7 @@ __all__ = ["BatchResult", "CommitLost", "ReadModelStore"]
 
 COMMIT_EVENTS = 250_000
 """Events a held transaction takes at most before it is committed."""
-COMMIT_SECONDS = 2.0
+COMMIT_SECONDS = 10.0
 """Seconds a held transaction stays open at most (readers see the model this late while
 a projector catches up; at the head each batch is committed at once)."""
 
