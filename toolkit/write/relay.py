@@ -181,12 +181,59 @@ class _AckWindow:
             await self._wait()
         self._raise_if_failed()
 
+    def offer(self, message: OutgoingMessage) -> bool:
+        """:meth:`publish` without awaiting, where that needs no wait: the message given
+        before it joins the run of frames (it asks for no acknowledgement, the window
+        has room, nothing failed, no tail check rides on it). False: nothing was done,
+        call :meth:`publish`."""
+        held = self.held
+        if held is None:
+            self.held = message
+            return True
+        if (
+            not self._framed
+            or self.check_tail
+            or self.error is not None
+            or self.unasked + 1 >= self.ack_every
+            or self.last_sequence - self.confirmed_sequence >= self.size
+        ):
+            return False
+        self.held = message
+        self._frame(held, ask=False)
+        return True
+
     async def _send(self, message: OutgoingMessage, *, ask: bool) -> None:
         if self.last_sequence - self.confirmed_sequence >= self.size:
             await self._write()  # what waits here asked for its acknowledgement already
             while self.last_sequence - self.confirmed_sequence >= self.size:
                 await self._wait()
         self._raise_if_failed()
+        if self._framed and not self.check_tail:
+            self._frame(message, ask=ask)
+            if not ask:
+                return
+            await self._write()
+        else:
+            tail_subject = self.last_subject if self.check_tail else None
+            self.check_tail = False
+            msg_id, last_id, expected, sequence = self._advance(message, ask)
+            headers = {wire.MSG_ID: msg_id, wire.EXPECTED_LAST_SEQUENCE: str(expected)}
+            if last_id is not None:
+                headers[wire.EXPECTED_LAST_MSG_ID] = last_id
+            if tail_subject is not None:
+                headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
+                headers[EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = tail_subject
+            reply = f"{self.inbox}.{sequence}" if ask else ""
+            await self._write()  # (after the frames before it)
+            await self.client.publish(message.subject, message.body, reply, headers)
+        if ask:
+            # Let nats-py's flusher write what is buffered, so the server stores this run
+            # while the relay builds the next one.
+            await asyncio.sleep(0)
+
+    def _advance(self, message: OutgoingMessage, ask: bool) -> tuple[str, str | None, int, int]:
+        """The chain moves on by ``message``: (its message id, the id of the message
+        before it, the stream sequence it expects last, its own)."""
         position = message.log_position
         msg_id = self.message_id(position) if self.epoch else message.headers[wire.MSG_ID]
         last_id, self.last_id = self.last_id, msg_id
@@ -197,51 +244,33 @@ class _AckWindow:
             self.pending[sequence] = (position, time.monotonic())
         else:
             self.unasked += 1
-        tail_subject, self.last_subject = self.last_subject, message.subject
-        if not self.check_tail:
-            tail_subject = None
-        self.check_tail = False
-        if not self._framed or tail_subject is not None:
-            headers = {wire.MSG_ID: msg_id, wire.EXPECTED_LAST_SEQUENCE: str(expected)}
-            if last_id is not None:
-                headers[wire.EXPECTED_LAST_MSG_ID] = last_id
-            if tail_subject is not None:
-                headers[EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
-                headers[EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = tail_subject
-            reply = f"{self.inbox}.{sequence}" if ask else ""
-            await self._write()  # (after the frames before it)
-            await self.client.publish(message.subject, message.body, reply, headers)
-        else:
-            body = message.body
-            if len(body) > self.client.max_payload:
-                raise nats.errors.MaxPayloadError
-            # nats-py's HPUB frame, as its publish writes it for these headers: names and
-            # numbers, ASCII without spaces, so lengths in characters are lengths in bytes.
-            # (Subjects are a context's checked names and encoded tokens: see wire.subject.)
-            head = (
-                f"NATS/1.0\r\n{wire.MSG_ID}: {msg_id}\r\n"
-                f"{wire.EXPECTED_LAST_SEQUENCE}: {expected}\r\n\r\n"
-                if last_id is None
-                else f"NATS/1.0\r\n{wire.MSG_ID}: {msg_id}\r\n"
-                f"{wire.EXPECTED_LAST_SEQUENCE}: {expected}\r\n"
-                f"{wire.EXPECTED_LAST_MSG_ID}: {last_id}\r\n\r\n"
-            )
-            reply = f"{self._reply}{sequence}" if ask else ""
-            size = len(head)
-            run = self._run
-            run.append(
-                f"HPUB {message.subject}{reply} {size} {size + len(body)}\r\n{head}".encode()
-            )
-            run.append(body)
-            run.append(b"\r\n")
-            self._run_bytes += len(body)
-            if not ask:
-                return
-            await self._write()
-        if ask:
-            # Let nats-py's flusher write what is buffered, so the server stores this run
-            # while the relay builds the next one.
-            await asyncio.sleep(0)
+        self.last_subject = message.subject
+        return msg_id, last_id, expected, sequence
+
+    def _frame(self, message: OutgoingMessage, *, ask: bool) -> None:
+        """Add ``message``'s protocol frame to the run (see :meth:`_write`)."""
+        body = message.body
+        if len(body) > self.client.max_payload:
+            raise nats.errors.MaxPayloadError
+        msg_id, last_id, expected, sequence = self._advance(message, ask)
+        # nats-py's HPUB frame, as its publish writes it for these headers: names and
+        # numbers, ASCII without spaces, so lengths in characters are lengths in bytes.
+        # (Subjects are a context's checked names and encoded tokens: see wire.subject.)
+        head = (
+            f"NATS/1.0\r\n{wire.MSG_ID}: {msg_id}\r\n"
+            f"{wire.EXPECTED_LAST_SEQUENCE}: {expected}\r\n\r\n"
+            if last_id is None
+            else f"NATS/1.0\r\n{wire.MSG_ID}: {msg_id}\r\n"
+            f"{wire.EXPECTED_LAST_SEQUENCE}: {expected}\r\n"
+            f"{wire.EXPECTED_LAST_MSG_ID}: {last_id}\r\n\r\n"
+        )
+        reply = f"{self._reply}{sequence}" if ask else ""
+        size = len(head)
+        run = self._run
+        run.append(f"HPUB {message.subject}{reply} {size} {size + len(body)}\r\n{head}".encode())
+        run.append(body)
+        run.append(b"\r\n")
+        self._run_bytes += len(body)
 
     async def _write(self) -> None:
         """Hand the run of frames to nats-py, as its publish hands each one (its checks
@@ -557,11 +586,14 @@ class Relay(OnConnection):
                 if progressed:
                     page = self.outbox.read(position, head, self.batch_size)
                     with self._span(page.messages) if tracing.enabled() else _UNTRACED:
+                        offer = window.offer
                         for message in page.messages:
-                            await window.publish(message)
                             if not anchored:
+                                await window.publish(message)
                                 await window.drain()
                                 anchored = True
+                            elif not offer(message):
+                                await window.publish(message)
                     position = page.position
                 caught_up = target is not None and position >= target
                 if window.unconfirmed and (not progressed or caught_up):
