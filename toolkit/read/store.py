@@ -162,14 +162,15 @@ class ReadModelStore:
                 return
             except Exception as exc:
                 self._forget_held()
-                raise self._lost() from exc
+                raise self._lost(exc) from exc
         self._forget_held()
         raise self._lost()
 
-    def _lost(self) -> CommitLost:
+    def _lost(self, cause: BaseException | None = None) -> CommitLost:
+        why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
         return CommitLost(
             f"projection {self.projection.name}: its read model {self.generation.name} "
-            "rolled back the batches held; reading again from the checkpoint"
+            f"rolled back the batches held{why}; reading again from the checkpoint"
         )
 
     def _in_transaction(self) -> bool:
@@ -199,7 +200,7 @@ class ReadModelStore:
             self._positions = tables.positions(self.db)
             self.parking = Parking(self.db)
         except Exception as exc:
-            raise self._lost() from exc
+            raise self._lost(exc) from exc
         self._stale = False
 
     def _reconnect(self) -> None:
@@ -349,7 +350,7 @@ class ReadModelStore:
         try:
             yield self.db
             self.db.execute("RELEASE SAVEPOINT toolkit_batch")
-        except BaseException:
+        except BaseException as exc:
             if self._in_transaction():
                 with contextlib.suppress(Exception):
                     self.db.execute("ROLLBACK TO SAVEPOINT toolkit_batch")
@@ -357,7 +358,7 @@ class ReadModelStore:
                 if self._in_transaction():
                     raise
             self._forget_held()
-            raise self._lost() from None
+            raise self._lost(exc) from exc
 
     def _advance(self, key: str, checkpoint: int) -> None:
         """Move the checkpoint, inside the batch's transaction, from where this store
