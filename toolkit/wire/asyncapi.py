@@ -28,6 +28,8 @@ from toolkit.wire.envelope import (
     DATACONTENTTYPE,
     EXPECTED_LAST_MSG_ID,
     EXPECTED_LAST_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
     MSG_ID,
     SPECVERSION,
     envelope_json_schema,
@@ -248,6 +250,18 @@ def _headers() -> dict[str, Any]:
             EXPECTED_LAST_MSG_ID: {
                 "type": "string",
                 "description": "The message id the relay expects last (with the sequence).",
+            },
+            EXPECTED_LAST_SUBJECT_SEQUENCE: {
+                **number,
+                "description": "On the relay's first message after a rest (nats-server 2.11 "
+                "on): the sequence of its previous message, expected to be still the last "
+                "on the subject named by the next header, so that a stream that lost its "
+                "tail meanwhile refuses the message.",
+            },
+            EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: {
+                "type": "string",
+                "description": "The subject of the relay's previous message (with the "
+                "header above).",
             },
         },
         "required": [MSG_ID],

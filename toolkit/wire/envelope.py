@@ -29,6 +29,10 @@ from toolkit.tracing import parse_traceparent
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+"""(nats-server 2.11 on: the subject the last sequence is checked on, instead of the
+message's own.)"""
 SPECVERSION = "1.0"
 DATACONTENTTYPE = "application/json"
 

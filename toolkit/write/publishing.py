@@ -25,10 +25,8 @@ from toolkit import wire
 from toolkit.errors import RelayError
 from toolkit.write.published import OutgoingMessage
 
-EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
-EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
-"""(nats-server 2.11 on: the subject the last sequence is checked on, instead of the
-message's own.)"""
+EXPECTED_LAST_SUBJECT_SEQUENCE = wire.EXPECTED_LAST_SUBJECT_SEQUENCE
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = wire.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT
 
 
 def folds_tail_check(client: Client) -> bool:
