@@ -5,11 +5,13 @@ publish -> consume hop at the same rates, in one run on one server.
     python -m benchmarks.latency [--rates 100 500 1000] [--seconds 10]
 
 The toolkit's path: the command process places orders with ``Sales.place_order`` on a
-schedule (``rate`` a second, open loop), its ``Relay`` running in the same process and
-woken by each save; shipping's ``Projector`` runs in a process of its own (another
-context) into its SQLite read model. An order's latency is from ``place_order`` returning
-to the commit of the transaction that wrote its shipment row (the projector's store notes
-the time right after each commit; both processes read the same monotonic clock).
+schedule (``rate`` a second, open loop), each in a worker thread as ``toolkit serve`` runs
+a command (so that saves arriving together may share a commit: group commit), its
+``Relay`` running in the same process and woken by each save; shipping's ``Projector``
+runs in a process of its own (another context) into its SQLite read model. An order's
+latency is from ``place_order`` returning to the commit of the transaction that wrote its
+shipment row (the projector's store notes the time right after each commit; both
+processes read the same monotonic clock).
 
 The raw hop: the same process publishes a message of the same size with ``js.publish``
 (awaiting JetStream's acknowledgement, file storage) on the same schedule, and a process
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version
@@ -57,6 +60,8 @@ RAW = "raw hop: js.publish -> ordered push consumer (baseline)"
 PERCENTILES = (0.5, 0.99, 0.999)
 LINES = [{"sku": "tea", "quantity": 2, "unit_price": Decimal("1.25")}]
 HOP_STREAM = "hop"
+COMMAND_THREADS = 40
+"""As many worker threads as ``toolkit serve`` (anyio's default) has for commands."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -253,6 +258,9 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
             consumer = ChildProcess(
                 "benchmarks.latency", "consumer", server.url, folder / "consumer"
             )
+            loop = asyncio.get_running_loop()
+            workers = ThreadPoolExecutor(COMMAND_THREADS, thread_name_prefix="command")
+            placing: set[asyncio.Future[None]] = set()
             try:
                 await _settle(relay)
                 await projector.start()
@@ -260,9 +268,12 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
                 for rate in rates:
                     orders, hops = accepted[rate], published[rate]
 
-                    async def place(i: int, orders: dict[str, float] = orders) -> None:
+                    def place_one(i: int, orders: dict[str, float] = orders) -> None:
                         order = sales.place_order(customers[i % 10], LINES)
                         orders[str(order)] = time.monotonic()
+
+                    async def place(i: int) -> None:  # not awaited: the next one may overlap
+                        placing.add(loop.run_in_executor(workers, place_one, i))
 
                     async def hop(i: int, rate: int = rate, hops: dict[str, float] = hops) -> None:
                         key = f"{rate}-{i}"
@@ -270,6 +281,8 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
                         await js.publish(f"{HOP_STREAM}.order.{key}.OrderPlaced", body)
 
                     achieved[rate, TOOLKIT] = await on_schedule(rate, seconds, place)
+                    await asyncio.gather(*placing)
+                    placing.clear()
                     await _settle(relay)
                     achieved[rate, RAW] = await on_schedule(rate, seconds, hop)
                     await asyncio.sleep(0.5)
@@ -278,6 +291,7 @@ async def measure_async(rates: list[int], seconds: float, folder: Path) -> Resul
             finally:
                 projector.kill()
                 consumer.kill()
+                workers.shutdown()
                 stop_relay.set()
                 await relaying
                 await nc.close()
