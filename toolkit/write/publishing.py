@@ -139,6 +139,15 @@ class AckWindow:
         if held is not None:
             await self._send(held, ask=self.unasked + 1 >= self.ack_every)
 
+    async def flush(self) -> None:
+        """Send every message given, the last asking for its acknowledgement, without
+        waiting for it: what is known is on its way (acknowledgements settle as they
+        come; :meth:`drain` waits for them)."""
+        held, self.held = self.held, None
+        if held is not None:
+            await self._send(held, ask=True)
+        await self._write()
+
     async def drain(self) -> None:
         """Wait until every message given is acknowledged (or raise why not)."""
         held, self.held = self.held, None

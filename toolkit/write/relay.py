@@ -264,6 +264,8 @@ class Relay(OnConnection):
                             elif not offer(message):
                                 await window.publish(message)
                     position = page.position
+                    if position >= head:  # all known is read: send it now, not once the
+                        await window.flush()  # log rests (saves keep coming, grouped)
                 caught_up = target is not None and position >= target
                 if window.unconfirmed and (not progressed or caught_up):
                     await window.drain()
