@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +32,7 @@ from eventsourcing.persistence import (
     IntegrityError,
     InternalError,
     Mapper,
+    OperationalError,
     ProcessRecorder,
     ProgrammingError,
     Recording,
@@ -47,7 +49,7 @@ from toolkit.write.group_commit import GroupCommit
 from toolkit.write.published import PublishedLanguage
 
 _CREATE_TRIES = 10
-"""Tries at creating a PostgreSQL log's tables while other processes create them too."""
+"""Tries at creating a log's tables while other processes (or threads) create them too."""
 _MADE_MEANWHILE = {"42P07", "42710", "42723"}
 """PostgreSQL's duplicate table, object and function: ``CREATE ... IF NOT EXISTS`` racing
 another process's (both saw none, one created it first)."""
@@ -59,6 +61,10 @@ def _made_meanwhile(exc: Exception, *, postgres: bool) -> bool:
         return True  # (the tracking table's migration record: see construct_recorder)
     if isinstance(exc, ProgrammingError):
         return postgres and getattr(exc.__cause__, "sqlstate", None) in _MADE_MEANWHILE
+    if isinstance(exc, (OperationalError, sqlite3.OperationalError)):
+        # (a SQLite file whose tables another opener is creating, on a machine too busy for
+        # SQLite's busy timeout: "database is locked")
+        return not postgres and "locked" in str(exc)
     return postgres
 
 
@@ -151,7 +157,13 @@ class BoundedContext(Application[ID]):
         for attempt in range(1, _CREATE_TRIES):
             try:
                 return self._construct_recorder()
-            except (InternalError, IntegrityError, ProgrammingError) as exc:
+            except (
+                InternalError,
+                IntegrityError,
+                ProgrammingError,
+                OperationalError,
+                sqlite3.OperationalError,
+            ) as exc:
                 if not _made_meanwhile(exc, postgres=postgres):
                     raise
                 time.sleep(random.uniform(0.01, 0.05) * attempt)  # apart from the others
