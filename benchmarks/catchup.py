@@ -199,6 +199,7 @@ async def faststream_subscriber(
     caught_up = asyncio.Event()
     started = time.perf_counter()
     full: tuple[int, float] | None = None
+    failed: Exception | None = None
     # Its logger off (a line a batch otherwise): FastStream at its fastest.
     assert nc.connected_url is not None
     broker = NatsBroker(nc.connected_url.geturl(), logger=None)
@@ -221,8 +222,13 @@ async def faststream_subscriber(
             StreamMessage("sales", m.metadata.sequence.stream, m.subject, m.headers or {}, m.data)
             for m in message.raw_message
         ]
-        nonlocal full
-        apply_batch(store, billing_sales, messages)
+        nonlocal full, failed
+        try:
+            apply_batch(store, billing_sales, messages)
+        except Exception as exc:  # FastStream with its logger off would swallow it: say it
+            failed = exc
+            caught_up.set()
+            raise
         if len(messages) == 1000:
             full = (store.checkpoint("sales"), time.perf_counter() - started)
         if store.checkpoint("sales") >= head:
@@ -234,6 +240,8 @@ async def faststream_subscriber(
     finally:
         await broker.stop()
         store.close()
+    if failed is not None:
+        raise RuntimeError(f"FastStream's handler failed: {failed!r}") from failed
     return full or (head, time.perf_counter() - started)
 
 
