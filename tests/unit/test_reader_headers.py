@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from toolkit.read.reader import parse_header_lines
+from toolkit.nats.connection import parse_header_lines
 
 LINE = st.lists(
     st.sampled_from(

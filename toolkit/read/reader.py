@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from toolkit.nats.connection import install_header_parser
 from toolkit.nats.imports import api_subject, jetstream
 
 _STATUS = "Status"
@@ -35,26 +36,6 @@ CLOSE_WITHIN = 1.0
 ephemeral consumer idle for a minute anyway), so a reader stopping while its server is
 gone (SIGTERM to a whole process group, the embedded server included) stops at once
 rather than after the JetStream request's full timeout."""
-
-
-def parse_header_lines(raw: bytes) -> dict[str, str]:
-    """nats-py's header parser (``Client._parse_header_lines``) with the same results,
-    faster (1.8 µs against 4.5 for a relayed message's three headers, measured alone): it
-    tests each character of each name for whitespace in a generator. A reader installs it
-    on its client (as the JetStream log's datastore does on its own)."""
-    headers: dict[str, str] = {}
-    for line in raw.split(b"\r\n"):
-        name, colon, value = line.partition(b":")
-        if not colon:
-            continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if key and len(key.split()) != 1:  # whitespace inside a name: not a header
-            continue
-        headers[key] = value.strip().decode("utf-8", "replace")
-    return headers
 
 
 @dataclass(slots=True)
@@ -130,8 +111,7 @@ class StreamReader:
         await self.close()
 
     async def open(self) -> None:
-        if getattr(self.client, "_parse_header_lines", None) is not None:
-            self.client._parse_header_lines = parse_header_lines  # type: ignore[method-assign]
+        install_header_parser(self.client)
         self._sub = await self.client.subscribe(f"{self._inbox}.*", cb=self._on_message)
         await self._create_consumer()
         await self._top_up()
