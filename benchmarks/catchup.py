@@ -78,8 +78,8 @@ FASTSTREAM = "FastStream JetStream batch subscriber, same store"
 EVENTSOURCING = "eventsourcing ApplicationSubscription -> Projection (SQLite view)"
 
 
-async def toolkit_projector(nc: Client, folder: Path, head: int) -> int:
-    home = SQLiteHome(folder, "billing")
+async def _project(nc: Client, home: ReadModelHome, head: int) -> int:
+    """Billing's projector from sequence 1 to ``head`` into ``home``'s live generation."""
     store = ReadModelStore(home.live(), Accounts())
     try:
         stats = await Projector(Accounts(), store, nc).run(until_head=True)
@@ -87,6 +87,10 @@ async def toolkit_projector(nc: Client, folder: Path, head: int) -> int:
         store.close()
     assert stats.checkpoints["sales"] == head
     return head
+
+
+async def toolkit_projector(nc: Client, folder: Path, head: int) -> int:
+    return await _project(nc, SQLiteHome(folder, "billing"), head)
 
 
 def postgres_answers(url: str = POSTGRES) -> bool:
@@ -117,13 +121,7 @@ def postgres_home(url: str) -> Iterator[PostgresHome]:
 def toolkit_projector_postgres(url: str) -> Callable[[Client, Path, int], Awaitable[int]]:
     async def run(nc: Client, folder: Path, head: int) -> int:
         with postgres_home(url) as home:
-            store = ReadModelStore(home.live(), Accounts())
-            try:
-                stats = await Projector(Accounts(), store, nc).run(until_head=True)
-            finally:
-                store.close()
-        assert stats.checkpoints["sales"] == head
-        return head
+            return await _project(nc, home, head)
 
     return run
 
