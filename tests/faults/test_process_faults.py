@@ -20,7 +20,7 @@ from benchmarks.relay import fill_log
 from contexts.sales import Sales
 from projections.billing import Accounts
 from tests.conftest import Report, postgres, wait_for
-from tests.faults.test_relay_faults import kill_points, stream_holds
+from tests.faults.test_relay_faults import Published, kill_after, stream_holds
 from tests.flow import (
     assert_equal_to_a_clean_build,
     assert_stream_is_the_log,
@@ -49,7 +49,7 @@ async def test_relay_and_projection_killed_at_the_same_moment_lose_and_repeat_no
 ) -> None:
     sales = Sales(data_dir=data_dir)
     try:
-        fill_log(sales, 30_000)
+        fill_log(sales, 60_000)
         total = len(public_positions(sales))
     finally:
         sales.close()
@@ -59,13 +59,15 @@ async def test_relay_and_projection_killed_at_the_same_moment_lose_and_repeat_no
     kills = []
     # (A killed worker's slices move when its leases expire: shortened to keep this fast.)
     monkeypatch.setenv("TOOLKIT_LEASE_TTL", "1")
-    for point in kill_points(rng, total, 5):
+    published = Published()
+    await published.start(nc)
+    for kills_left in range(5, 0, -1):
+        held = await stream_holds(nc, 0)  # (0 while the relay has not made the stream)
         relay = await asyncio.create_subprocess_exec(*base, "relay", "sales", stderr=PIPE)
         project = await asyncio.create_subprocess_exec(*base, "project", "billing", stderr=PIPE)
         assert relay.stderr is not None and project.stderr is not None
         try:
-            await asyncio.gather(relay.stderr.readline(), project.stderr.readline())  # started
-            await stream_holds(nc, point)  # a random point in the relay's work
+            await published.grown_by(kill_after(rng, held, total, kills_left))
         finally:
             for process in (relay, project):  # the same moment
                 process.send_signal(signal.SIGKILL)

@@ -15,6 +15,7 @@ from pathlib import Path
 from subprocess import PIPE
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from benchmarks.relay import fill_log
@@ -28,11 +29,12 @@ from toolkit.nats.embedded import EmbeddedServer
 LINE = {"sku": "tea", "quantity": 1, "unit_price": "2.00"}
 
 
-def kill_points(rng: random.Random, total: int, kills: int) -> list[int]:
-    """Stream lengths to kill the relay at: a random point in each of ``kills`` equal
-    stretches of its work, so every kill lands mid-relay however fast the machine is."""
-    stretch = total // (kills + 1)
-    return [i * stretch + rng.randrange(stretch // 2) for i in range(1, kills + 1)]
+def kill_after(rng: random.Random, held: int, total: int, kills_left: int) -> int:
+    """How many more messages to let the relay publish before the next kill: a random
+    share of what is left, so that each kill lands mid-relay whatever the last one did.
+    (A relay killed still delivers what it had written, up to its window of 10,000
+    unacknowledged messages: the stream grows past the kill by up to that much.)"""
+    return rng.randrange(1, max(2, (total - held) // (kills_left + 1)))
 
 
 async def stream_holds(nc: Client, count: int, within: float = 60.0) -> int:
@@ -50,6 +52,40 @@ async def stream_holds(nc: Client, count: int, within: float = 60.0) -> int:
         if loop.time() > deadline:
             raise AssertionError(f"stream sales holds {held} of {count} messages after {within}s")
         await asyncio.sleep(0.002)
+
+
+class Published:
+    """Counts the messages published on the stream's subjects as they pass (a core
+    subscription). A kill timed by polling ``stream_info`` lands late on a loaded machine:
+    a relay carries thousands of events in one such round trip, and once (in CI) had
+    relayed everything before the kill that was meant for a sixth of the way."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._waiting: list[tuple[int, asyncio.Event]] = []
+
+    async def start(self, nc: Client) -> None:
+        await nc.subscribe("sales.>", cb=self._on_message)
+        await nc.flush()  # subscribed before anything is published
+
+    async def _on_message(self, _: Msg) -> None:
+        self.count += 1
+        for target, reached in self._waiting:
+            if self.count >= target:
+                reached.set()
+
+    async def grown_by(self, count: int, within: float = 60.0) -> None:
+        """Await ``count`` more messages than when called (duplicates of a restarted relay
+        count too: the kill comes at most that much early); at once for none."""
+        if count <= 0:
+            return
+        reached = asyncio.Event()
+        self._waiting.append((self.count + count, reached))
+        try:
+            async with asyncio.timeout(within):
+                await reached.wait()
+        finally:
+            self._waiting = [w for w in self._waiting if w[1] is not reached]
 
 
 def place_orders_until(sales: Sales, done: threading.Event) -> None:
@@ -98,19 +134,21 @@ async def test_relay_killed_again_and_again_loses_and_repeats_nothing(
 ) -> None:
     sales = Sales(env=log_env, data_dir=data_dir)
     env = {**os.environ, **log_env}  # the relay process finds the same log
-    fill_log(sales, 30_000)
+    fill_log(sales, 60_000)
     rng = random.Random(4)
     command = [sys.executable, "-m", "toolkit", "--data-dir", str(data_dir)]
     command += ["--nats-url", nats_server.url, "relay", "sales"]
     total = len(public_positions(sales))
     relayed: list[int] = []
+    published = Published()
+    await published.start(nc)
     try:
-        for point in kill_points(rng, total, 6):
+        for kills_left in range(6, 0, -1):
+            held = await stream_holds(nc, 0)  # (0 while the relay has not made the stream)
             relay = await asyncio.create_subprocess_exec(*command, stderr=PIPE, env=env)
             assert relay.stderr is not None
             try:
-                await relay.stderr.readline()  # "relaying sales ..." once it is connected
-                await stream_holds(nc, point)  # a random point in its work
+                await published.grown_by(kill_after(rng, held, total, kills_left))
             finally:
                 relay.send_signal(signal.SIGKILL)
                 await relay.wait()
@@ -118,7 +156,7 @@ async def test_relay_killed_again_and_again_loses_and_repeats_nothing(
         finished = await asyncio.create_subprocess_exec(*command, "--once", stderr=PIPE, env=env)
         _, errors = await asyncio.wait_for(finished.communicate(), 120)
         assert finished.returncode == 0, errors.decode()
-        assert total >= 30_000
+        assert total >= 60_000
         assert len([n for n in relayed if 0 < n < total]) >= 5, relayed  # killed mid-relay
         print("stream length at each kill:", relayed, "of", total)
         await assert_stream_is_the_log(nc, sales)
