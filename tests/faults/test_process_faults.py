@@ -10,9 +10,11 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from subprocess import PIPE
 
+import psycopg
 import pytest
 from nats.aio.client import Client
 
@@ -116,14 +118,38 @@ async def test_a_projection_rides_out_postgresql_restarted_under_it(
     try:
         store = ReadModelStore(home.live(), Accounts())
         projector = Projector(Accounts(), store, nc, batch_size=100, transaction_size=200)
-        running = asyncio.create_task(projector.run(stop))
-        await wait_for(lambda: store.checkpoint("sales") >= 1000, within=60)
+        await Projector(Accounts(), store, nc, stop_at=1000).run(until_head=True)
         at = store.checkpoint("sales")
-        await asyncio.to_thread(restart_postgresql)
-        report(f"injected: PostgreSQL restarted under the projection at checkpoint {at:,}")
+        # The restart lands mid-write, however fast the projector: its next write waits
+        # on a lock another connection holds (both are ended by the restart). The write
+        # blocks the event loop, so a thread watches for it and restarts the server.
+        assert read_models.read_model_url is not None
+        url, pid = read_models.read_model_url, store.db.info.backend_pid  # type: ignore[attr-defined]
+        locker = psycopg.connect(url, autocommit=True)
+        locker.execute("BEGIN")
+        locker.execute(f'LOCK TABLE "{store.generation.name}".charge IN EXCLUSIVE MODE')
+
+        def restart_once_it_waits() -> None:
+            with psycopg.connect(url, autocommit=True) as watcher:
+                waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid = %s"
+                for _ in range(6000):
+                    if watcher.execute(waiting, (pid,)).fetchone() != (0,):
+                        break
+                    time.sleep(0.01)
+                else:
+                    raise AssertionError("the projector's write never waited on the lock")
+            restart_postgresql()
+
+        restarting = asyncio.create_task(asyncio.to_thread(restart_once_it_waits))
+        running = asyncio.create_task(projector.run(stop))
+        await restarting
+        locker.close()
+        report(f"injected: PostgreSQL restarted under the projection at checkpoint {at:,}, "
+               "a write of it waiting")  # fmt: skip
         await wait_for(lambda: store.checkpoint("sales") == head, within=90)
         stop.set()
         await running
+        assert projector.stats.retries >= 1  # it met the restart
         assert projector.stats.parked == 0 and not store.dead_letters()
         faulted = dump(store.db)
         store.close()

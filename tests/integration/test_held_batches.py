@@ -13,12 +13,12 @@ from nats.aio.client import Client
 from contexts.sales import Sales
 from projections.billing import Accounts
 from projections.billing.translation import ChargeRaised
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, postgres
 from tests.envelopes import stream_message
 from tests.flow import Where, home_of, relay_all
 from toolkit.config import Settings
 from toolkit.errors import PoisonMessage
-from toolkit.read.batches import apply_batch, apply_held
+from toolkit.read.batches import apply_batch, apply_held, translate_batch
 from toolkit.read.projector import Projector
 from toolkit.read.reader import StreamMessage
 from toolkit.read.store import CommitLost, ReadModelStore
@@ -167,3 +167,54 @@ async def test_a_projector_reads_again_what_the_database_rolled_back(
     assert "rolled back the batches held (RuntimeError: cannot charge" in caplog.text
     assert stats.checkpoints["sales"] == head
     assert rows == [(3000, 30)]  # each order once
+
+
+def drop_connection(store: ReadModelStore) -> None:
+    """End the store's connection from the server's side, as a restart does."""
+    pid = store.db.info.backend_pid  # type: ignore[attr-defined]
+    with postgres("postgres", "dropping a connection") as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+@pytest.mark.parametrize("read_models", ["postgres"], indirect=True)
+def test_reads_open_a_connection_the_server_dropped_while_idle_again(
+    read_models: Settings,
+) -> None:
+    """Found out only by the next statement: the read is made again on a new one."""
+    with home_of(read_models, "billing") as home:
+        store = ReadModelStore(home.live(), Accounts())
+    try:
+        store.join("sales", 0)
+        apply_batch(store, Accounts.translators[0], [order(1)])
+        drop_connection(store)
+        assert store.dead_letters() == []
+        drop_connection(store)
+        assert store.epochs("sales") == []
+        assert committed(read_models) == (1, 1)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("read_models", ["postgres"], indirect=True)
+def test_held_batches_lost_under_a_read_are_read_again_by_the_next_batch(
+    read_models: Settings,
+) -> None:
+    """The connection dropped while batches were held, and a read of the dead letters
+    met it: the next batch, translated from the checkpoint before the loss, is refused
+    with CommitLost (the projector reads again from the checkpoint), not as a mismatch."""
+    with home_of(read_models, "billing") as home:
+        store = ReadModelStore(home.live(), Accounts())
+    translator = Accounts.translators[0]
+    try:
+        store.join("sales", 0)
+        apply_held(store, translator, [order(1), order(2)])
+        later = translate_batch(translator, [order(3)], store)  # from checkpoint 2
+        drop_connection(store)
+        assert store.dead_letters() == []
+        assert store.checkpoint("sales") == 0  # what is committed
+        with pytest.raises(CommitLost):
+            store.write(later, hold=True)
+        apply_batch(store, translator, [order(1), order(2), order(3)])  # read again
+        assert committed(read_models) == (3, 3)
+    finally:
+        store.close()

@@ -14,7 +14,12 @@ and their checkpoint alike (they are read again). A held batch that fails is rol
 to its savepoint and the batches before it committed, so it fails as it would alone; if
 the database rolled the whole transaction back (a full disk, a lost connection), the
 store forgets what it held and raises :class:`CommitLost`: the projector reads again from
-the checkpoint committed.
+the checkpoint committed. Whoever meets the loss (a commit at the head, a read of the dead
+letters), the projector's next batch gets :class:`CommitLost`, not a mismatch.
+
+A connection the database server dropped while idle (it restarted) is only found out by
+the next statement: writes fail as batch failures, retried; reads (the dead letters, the
+cuts of a stream) open the generation again and read once more.
 
 The store stores: it is handed batches already translated (:mod:`toolkit.read.batches`)
 and writes them through the SQL of the toolkit's tables (:mod:`toolkit.readmodels.tables`).
@@ -25,8 +30,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, TypeVar
 
 from toolkit.errors import (
     BatchFailure,
@@ -44,6 +49,8 @@ from toolkit.readmodels.faults import is_infrastructure_error
 from toolkit.wire.subjects import aggregate_token
 
 __all__ = ["BatchResult", "CommitLost", "ReadModelStore"]
+
+T = TypeVar("T")
 
 COMMIT_EVENTS = 250_000
 """Events a held transaction takes at most before it is committed."""
@@ -111,6 +118,9 @@ class ReadModelStore:
         self._holding_since = 0.0
         self._stale = False
         """Held batches were lost and the committed state is not read back yet."""
+        self._lost_unseen = False
+        """Held batches were lost and no batch written since: the next one, translated
+        from the checkpoint before the loss, is refused with :class:`CommitLost`."""
 
     @property
     def path(self) -> Generation:
@@ -185,7 +195,7 @@ class ReadModelStore:
         self._holding = 0
         with contextlib.suppress(Exception):
             self.db.execute("ROLLBACK")
-        self._stale = True
+        self._stale = self._lost_unseen = True
         with contextlib.suppress(Exception):
             self._reload_if_stale()
 
@@ -210,7 +220,7 @@ class ReadModelStore:
             return
         lost, self._holding = self._holding > 0, 0  # the connection took them with it
         if lost:
-            self._stale = True
+            self._stale = self._lost_unseen = True
         with contextlib.suppress(Exception):
             self.db.close()
         try:
@@ -262,7 +272,9 @@ class ReadModelStore:
                 self._positions[key] = passed
 
     def checkpoint(self, stream: str) -> int:
-        """The last stream sequence applied (0 when none)."""
+        """The last stream sequence applied (0 when none), held batches included: what
+        the next batch is translated from. Other connections see it once committed
+        (:meth:`flush`)."""
         self._reload_if_stale()
         return self._checkpoints.get(tables.checkpoint_key(stream), 0)
 
@@ -273,9 +285,23 @@ class ReadModelStore:
     def epochs(self, stream: str) -> list[tuple[int, int]]:
         """How ``stream`` is cut: (first sequence, slices) of each cut, oldest first; none
         while one worker keeps the model (see :mod:`toolkit.read.slices`)."""
-        self.flush()
-        self._reconnect()
-        return tables.epochs(self.db, stream)
+        return self._read(lambda db: tables.epochs(db, stream))
+
+    def _read(self, read: Callable[[Connection], T]) -> T:
+        """``read`` on the committed model, after the batches held are committed (if that
+        fails they are read again: see :attr:`_lost_unseen`), on a connection opened
+        again if the server dropped it."""
+        with self._writing:
+            with contextlib.suppress(CommitLost):
+                self._commit_held()
+            self._reconnect()
+            try:
+                return read(self.db)
+            except Exception:
+                if not getattr(self.db, "broken", False):
+                    raise
+            self._reconnect()  # dropped while idle: found out only now
+            return read(self.db)
 
     # -- batches --------------------------------------------------------------------------
 
@@ -292,6 +318,10 @@ class ReadModelStore:
         with self._writing:
             self._reload_if_stale()
             self._reconnect()
+            if batch.since != self.checkpoint(stream) and self._lost_unseen:
+                self._lost_unseen = False
+                raise self._lost()
+            self._lost_unseen = False
             if batch.since != self.checkpoint(stream):
                 raise ValueError(
                     f"a batch of {stream} translated from checkpoint {batch.since} cannot be "
@@ -316,6 +346,7 @@ class ReadModelStore:
                     if batch.position is not None and batch.position != self._positions.get(key):
                         tables.pass_position(db, key, batch.position)
             except CommitLost:
+                self._lost_unseen = False  # the projector is told
                 raise
             except ProjectionBusyError:
                 self._commit_held()
@@ -433,7 +464,8 @@ class ReadModelStore:
         Best effort: when the database itself is the trouble, this may fail too."""
         if reason is None and not self._failing:
             return
-        self.flush()
+        with contextlib.suppress(CommitLost):  # the next batch is told
+            self.flush()
         with self._writing, contextlib.suppress(self.db.Error):
             if reason is None:
                 tables.forget_meta(self.db, "failing")
@@ -456,8 +488,7 @@ class ReadModelStore:
 
     def dead_letters(self) -> list[tables.DeadLetter]:
         """Every dead letter, oldest first."""
-        self.flush()
-        return tables.dead_letters(self.db)
+        return self._read(tables.dead_letters)
 
     def drop_dead_letter(self, stream: str, sequence: int) -> bool:
         """Give up a dead letter for good. If it held its aggregate parked, the
