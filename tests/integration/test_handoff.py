@@ -5,7 +5,10 @@ log would give, and whatever was not handed over is read from it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -125,6 +128,127 @@ async def test_the_relay_in_the_process_publishes_what_saves_hand_over(
         (m.subject, m.body, m.headers["Nats-Msg-Id"]) for m in from_log
     ]
     assert sales._saved_listeners == []  # the relay stopped taking hand-offs
+
+
+async def test_saves_of_one_group_commit_handing_over_out_of_order_are_not_read_back(
+    sales: Sales, nc: Client
+) -> None:
+    """With group commit the threads of one shared transaction go on in any order: the
+    relay, woken by a later save of a group, waits for the earlier ones to hand over
+    (the group commit told it they committed) instead of reading them from the log, and
+    every message is on the stream once, in log order, as read from the log."""
+    grouped = sales.group_commit
+    assert grouped is not None  # on by default
+
+    def odd_ones_late(recordings: list[Any]) -> None:  # (a listener before the outbox's)
+        if recordings[0].notification.id % 2:
+            time.sleep(0.01)
+
+    remove = sales.on_saved(odd_ones_late)
+    relay = Relay(sales, nc)
+    relay.outbox.patience = 60  # (no fallback to the log on a slow machine: none is needed)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.idle)
+        customer = sales.register_customer("Ann", "ann@example.com")
+        before = grouped.groups
+
+        def place(_: int) -> None:
+            for _ in range(8):
+                sales.place_order(customer, [MUGS])
+
+        with ThreadPoolExecutor(16) as threads:
+            await asyncio.gather(
+                *(asyncio.get_running_loop().run_in_executor(threads, place, n) for n in range(16))
+            )
+        assert grouped.groups > before  # saves were written together
+        head = sales.recorder.max_notification_id() or 0
+        await wait_for(lambda: relay.stats.position == head, within=30)
+    finally:
+        stop.set()
+        await task
+        remove()
+    assert relay.outbox.pages_read == 0
+    assert relay.outbox.pages_handed_over == 1 + 16 * 8  # the customer, the orders
+    from_log = Outbox(sales).read(0, head, head + 1).messages
+    stream = await read_all(nc)
+    assert [(m.subject, m.data, m.headers["Nats-Msg-Id"]) for m in stream] == [
+        (m.subject, m.body, m.headers["Nats-Msg-Id"]) for m in from_log
+    ]
+
+
+async def test_grouped_saves_not_handed_over_are_read_from_the_log_without_waiting(
+    sales: Sales, nc: Client
+) -> None:
+    """A save that comes to the hand-off and hands nothing over (here: the hand-off is
+    full) says so: the relay reads it from the log at once, not after its patience."""
+    relay = Relay(sales, nc, handoff_limit=0)
+    relay.outbox.patience = 60  # (a save waited for would stall the relay past the test)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.idle)
+        customer = sales.register_customer("Ann", "ann@example.com")
+        with ThreadPoolExecutor(16) as threads:
+            await asyncio.gather(
+                *(
+                    asyncio.get_running_loop().run_in_executor(
+                        threads, sales.place_order, customer, [MUGS]
+                    )
+                    for _ in range(64)
+                )
+            )
+        head = sales.recorder.max_notification_id() or 0
+        await wait_for(lambda: relay.stats.position == head, within=10)
+    finally:
+        stop.set()
+        await task
+    assert relay.outbox.pages_handed_over == 0 and relay.outbox.pages_read > 0
+    positions = [orjson.loads(m.data)["logposition"] for m in await read_all(nc)]
+    assert positions == public_positions(sales)
+
+
+async def test_a_save_that_never_hands_over_is_read_from_the_log_after_the_patience(
+    sales: Sales, nc: Client
+) -> None:
+    """A listener before the outbox's that raises keeps a committed save from handing
+    over (the command fails, its events are stored): the relay waits for it no longer
+    than its patience, then reads it from the log; nothing is lost or out of order."""
+    relay = Relay(sales, nc)
+    relay.outbox.patience = 0.2
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    refused: list[int] = []
+
+    def refuse_one(recordings: list[Any]) -> None:
+        if not refused and recordings[0].notification.id > 2:
+            refused.append(recordings[0].notification.id)
+            raise RuntimeError("a listener failed")
+
+    remove = sales.on_saved(refuse_one)  # (removed below, after the relay's are)
+    try:
+        await wait_for(lambda: relay.idle)
+        customer = sales.register_customer("Ann", "ann@example.com")
+
+        def place(_: int) -> None:
+            for _ in range(4):
+                with contextlib.suppress(RuntimeError):
+                    sales.place_order(customer, [MUGS])
+
+        with ThreadPoolExecutor(8) as threads:
+            await asyncio.gather(
+                *(asyncio.get_running_loop().run_in_executor(threads, place, n) for n in range(8))
+            )
+        head = sales.recorder.max_notification_id() or 0
+        await wait_for(lambda: relay.stats.position == head, within=10)
+    finally:
+        stop.set()
+        await task
+        remove()
+    assert refused and relay.outbox.pages_read >= 1
+    positions = [orjson.loads(m.data)["logposition"] for m in await read_all(nc)]
+    assert positions == public_positions(sales) and refused[0] in positions
 
 
 async def test_saves_of_another_process_in_between_are_read_from_the_log(

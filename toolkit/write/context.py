@@ -139,6 +139,8 @@ class BoundedContext(Application[ID]):
         self._listeners_lock = threading.Lock()
         self._recorded = threading.local()
         self._processing = threading.local()
+        self.group_commit: GroupCommit | None = None
+        """The log's group commit, when on (see :data:`GROUP_COMMIT`)."""
         super().__init__(env)
 
     def construct_recorder(self) -> Any:
@@ -173,7 +175,8 @@ class BoundedContext(Application[ID]):
         recorder = self.factory.process_recorder() if self.reacts else super().construct_recorder()
         if _group_commit(self.env, type(self.factory).__module__):
             # (an attribute of the instance: the recorder keeps its class for isinstance)
-            recorder.insert_events = GroupCommit(recorder.insert_events)  # type: ignore[method-assign]
+            self.group_commit = GroupCommit(recorder.insert_events)
+            recorder.insert_events = self.group_commit  # type: ignore[method-assign]
         return recorder
 
     def construct_mapper(self) -> Mapper[ID]:

@@ -14,17 +14,28 @@ log), nothing of it is stored and each save is written again on its own, in the 
 so that the saves that would have failed fail, with their own error, and the others are
 stored. Each save gets back its own notification ids. A save with a tracking record (a
 policy's reaction) is never grouped: it is written as before.
+
+Listeners added with :meth:`GroupCommit.on_commit` learn the log positions of the saves
+just written, by the writing thread, before any of their threads goes on (and
+:attr:`GroupCommit.writing_since` says a write is under way, whose saves the log may show
+before the listeners are told): the threads of a group wake in any order, and the
+in-process relay's outbox waits for this process's saves instead of reading them back
+(see :mod:`toolkit.write.outbox`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
 
 Insert = Callable[..., Sequence[int] | None]
+Committed = Callable[[list[tuple[int, int]]], None]
+"""Told of saves written: the first and last log position of each, in log order."""
 
 MAX_EVENTS = 5_000
 """Events written in one shared transaction at most (the rest wait for the next one)."""
@@ -59,6 +70,24 @@ class GroupCommit:
         self._writing = False
         self.groups = 0
         """Shared transactions written (of more than one save): for tests and metrics."""
+        self._committed: list[Committed] = []
+        self.writing_since: float | None = None
+        """When (``time.monotonic()``) the write under way began, until its listeners
+        are told (None: none is)."""
+
+    def on_commit(self, listener: Committed) -> Callable[[], None]:
+        """Call ``listener`` with the (first, last) log positions of the saves written,
+        right after their transaction committed and before their threads go on (only
+        saves written here, with their ids: not those that pass through); returns a
+        function that removes it. A listener's error is ignored: the saves are stored."""
+        with self._lock:
+            self._committed = [*self._committed, listener]
+
+        def remove() -> None:
+            with self._lock:
+                self._committed = [kept for kept in self._committed if kept is not listener]
+
+        return remove
 
     def __call__(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
         # (eventsourcing passes ``tracking=None`` for a save without a tracking record)
@@ -103,7 +132,7 @@ class GroupCommit:
         try:
             if len(group) > 1:
                 try:
-                    ids = self._insert([event for save in group for event in save.events])
+                    ids = self._begin([event for save in group for event in save.events])
                 except Exception:  # a conflict, or the log away: as if one by one
                     pass
                 else:
@@ -113,13 +142,17 @@ class GroupCommit:
                         end = start + len(save.events)
                         save.ids = None if ids is None else list(ids[start:end])
                         start = end
+                    self._announce(group)
+                    for save in group:
                         self._finish(save)
                     return
             for save in group:
                 try:
-                    save.ids = self._insert(save.events)
+                    save.ids = self._begin(save.events)
                 except Exception as exc:
                     save.error = exc
+                else:
+                    self._announce([save])
                 self._finish(save)
         except BaseException as exc:  # (interrupted: no save may wait for ever)
             for save in group:
@@ -127,6 +160,21 @@ class GroupCommit:
                     save.error = exc
                     self._finish(save)
             raise
+        finally:
+            self.writing_since = None
+
+    def _begin(self, stored_events: Sequence[StoredEvent]) -> Sequence[int] | None:
+        self.writing_since = time.monotonic()
+        return self._insert(stored_events)
+
+    def _announce(self, saves: list[_Save]) -> None:
+        listeners = self._committed
+        if listeners:
+            written = [(save.ids[0], save.ids[-1]) for save in saves if save.ids]
+            for listener in listeners:
+                with contextlib.suppress(Exception):
+                    listener(written)
+        self.writing_since = None  # (after the listeners: see Outbox.read)
 
     @staticmethod
     def _finish(save: _Save) -> None:

@@ -19,12 +19,28 @@ the domain events it just stored and hands them over, keyed by log position. The
 stays the only source of truth: a page is taken from the hand-off only when it starts
 right after the position asked for, and whatever was not handed over (saves of other
 processes, a hand-off that was full, a translation that failed) is read from the log.
+
+With group commit (:mod:`toolkit.write.group_commit`) the saves of one transaction are
+committed together and their threads then hand over in any order: the relay, woken by a
+later save of the group, would find the first one not handed over yet. So the group
+commit tells the outbox which log positions this process has just committed, before their
+threads go on, and :meth:`Outbox.read` (``wait=True``, the relay's way) waits for such a
+save instead of reading it back: it returns an empty page that ends where it began, and
+the relay reads again once a save wakes it. It waits alike while a write of the group
+commit is under way (the relay may have seen its saves in the log first: on PostgreSQL
+each commit wakes it). Each save of the process clears its own position as it hands
+over, whether it handed anything over or not (not one run of the log, the hand-off full,
+its translation failing), and wakes the relay; whatever is waited for (a save that never
+got there, a listener before the outbox's having raised; another process's save found
+while this one's write is under way) is read from the log once the read has waited
+:data:`PATIENCE` at that position.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from uuid import UUID
@@ -69,6 +85,11 @@ class Page(NamedTuple):
 
 Rows = Callable[[int, int, int], Sequence[StoredRow]]
 
+PATIENCE = 0.1
+"""Seconds :meth:`Outbox.read` waits at most, at one position, for a save of this process
+to hand over (its thread is on its way: normally well under a millisecond), before it
+reads the log there instead."""
+
 
 class Outbox:
     """Reads a context's published events as outgoing messages, a page at a time."""
@@ -101,6 +122,17 @@ class Outbox:
         self.saved_up_to = 0
         """The last log position of the saves this process committed while handing over
         (all of them, handed over or not): the log's head, as far as they go."""
+        self.patience = PATIENCE
+        """See :data:`PATIENCE`."""
+        self.waits = 0
+        """Reads that found the save after the position asked for committed by this process
+        and not handed over yet, and waited for it (``wait=True``)."""
+        self._coming: set[int] = set()
+        """First log positions of the saves this process committed (told by the group
+        commit) that have not come to :meth:`_hand_over` yet."""
+        self._waiting: tuple[int, float, float | None] = (-1, 0.0, None)
+        """The position :meth:`read` last waited at, since when, and the write of the
+        group commit that was under way then."""
 
     @contextlib.contextmanager
     def handing_over(self) -> Iterator[None]:
@@ -113,14 +145,19 @@ class Outbox:
             return
         self._handing_over = True
         stop = self.context.on_saved(self._hand_over)
+        group = self.context.group_commit
+        stop_committed = group.on_commit(self._committed) if group is not None else None
         try:
             yield
         finally:
+            if stop_committed is not None:
+                stop_committed()
             stop()
             self._handing_over = False
             with self._handed_lock:
                 self._handed.clear()
                 self._handed_messages = 0
+                self._coming.clear()
 
     @property
     def takes_saves(self) -> bool:
@@ -128,18 +165,37 @@ class Outbox:
         :attr:`saved_up_to` says where they end."""
         return self._handing_over
 
+    def _committed(self, saves: list[tuple[int, int]]) -> None:
+        """Called by the group commit's writing thread right after saves committed,
+        before their threads go on to :meth:`_hand_over`."""
+        with self._handed_lock:
+            for first, last in saves:
+                if last > self._read_up_to:
+                    self._coming.add(first)
+
     def _hand_over(self, recordings: Sequence[Recording[Any]]) -> None:
         """Called by the saving thread right after its save committed."""
         first = recordings[0].notification.id
         last = recordings[-1].notification.id
-        with self._handed_lock:
-            self.saved_up_to = max(self.saved_up_to, last)
+        page = None
+        try:
+            page = self._page(recordings, first, last)
+        finally:  # (whatever happened, the save is no longer to be waited for)
+            with self._handed_lock:
+                self.saved_up_to = max(self.saved_up_to, last)
+                if page is not None:
+                    self._handed[first] = page
+                    self._handed_messages += max(1, len(page.messages))
+                self._coming.discard(first)
+
+    def _page(self, recordings: Sequence[Recording[Any]], first: int, last: int) -> Page | None:
+        """The page of a save, or None when it is to be read from the log."""
         if last - first + 1 != len(recordings):
-            return  # not one run of the log: the relay reads it from there
+            return None  # not one run of the log: the relay reads it from there
         if last <= self._read_up_to:
-            return  # read from the log already (another thread's save woke the relay first)
+            return None  # read from the log already (the relay did not wait for it)
         if self._handed_messages + len(recordings) > self.handoff_limit:
-            return
+            return None
         try:
             cause_of = self._causes()  # the saving thread's: a reaction's, or None
             messages = self._messages(
@@ -147,28 +203,48 @@ class Outbox:
                 for r in recordings
             )
         except Exception:  # the command succeeded: the relay reads this save from the
-            return  # log and reports the failing translation there
-        with self._handed_lock:
-            self._handed[first] = Page(messages, last)
-            self._handed_messages += max(1, len(messages))
+            return None  # log and reports the failing translation there
+        return Page(messages, last)
 
-    def read(self, after: int, stop: int, limit: int) -> Page:
+    def read(self, after: int, stop: int, limit: int, *, wait: bool = False) -> Page:
         """The messages of the published events in ``(after, stop]``, at most ``limit``
         events read from the log; a save handed over is taken whole, and may end after
-        ``stop`` (it is stored: saves hand over after they commit)."""
-        if self._handed:
+        ``stop`` (it is stored: saves hand over after they commit).
+
+        With ``wait``, when the save right after ``after`` was committed by this process
+        and has not handed over yet, or may be (a write of the group commit is under
+        way), the page is empty and ends at ``after`` (nothing is read): read again once
+        a save of this process has handed over (its ``on_saved`` listeners run after the
+        outbox's). Once reads have waited :attr:`patience` at ``after``, the log is read."""
+        group = self.context.group_commit if wait and self._handing_over else None
+        # (read before _coming: a write's saves are in it before the write is over)
+        writing = None if group is None else group.writing_since
+        if self._handed or self._coming or writing is not None:
+            coming = False
             with self._handed_lock:
                 page = self._handed.pop(after + 1, None)
                 if page is not None:
                     self._handed_messages -= max(1, len(page.messages))
+                elif wait:
+                    coming = after + 1 in self._coming
             if page is not None:
                 self.pages_handed_over += 1
                 self._read_up_to = page.position
                 return page
+            if coming or writing is not None:
+                now = time.monotonic()
+                at, since, write = self._waiting
+                if at != after:
+                    at, since, write = self._waiting = (after, now, writing)
+                # (once the write under way then is told of, and the save is not coming,
+                # it is another process's: read at once)
+                if (coming or writing == write) and now - since < self.patience:
+                    self.waits += 1
+                    return Page([], after)
         page = self._read_log(after, stop, limit)
         self.pages_read += 1
         self._read_up_to = page.position
-        if self._handed:
+        if self._handed or self._coming:
             self._forget_up_to(page.position)
         return page
 
@@ -177,10 +253,11 @@ class Outbox:
         return mapper.cause_of if isinstance(mapper, CausalMapper) else lambda _: None
 
     def _forget_up_to(self, position: int) -> None:
-        """Drop saves handed over that a log read went past."""
+        """Drop saves handed over (or coming) that a log read went past."""
         with self._handed_lock:
             for first in [first for first in self._handed if first <= position]:
                 self._handed_messages -= max(1, len(self._handed.pop(first).messages))
+            self._coming = {first for first in self._coming if first > position}
 
     def _read_log(self, after: int, stop: int, limit: int) -> Page:
         if not self.topics:

@@ -253,7 +253,16 @@ class Relay(OnConnection):
                     window.check_tail = True  # the next message checks it
                     unchecked = False
                 if progressed:
-                    page = self.outbox.read(position, head, self.batch_size)
+                    page = outbox.read(position, head, self.batch_size, wait=True)
+                    if page.position == position:
+                        # The save after it, committed by this process (in the group of
+                        # the one that woke the relay), is on its way to hand over: send
+                        # what was read, and read again once a save has handed over.
+                        await window.flush()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(outbox.patience):
+                                await self._wake.wait()
+                        continue
                     with self._span(page.messages) if tracing.enabled() else _UNTRACED:
                         offer = window.offer
                         for message in page.messages:
