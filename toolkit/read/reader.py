@@ -2,7 +2,9 @@
 
 This is the read side's hot loop. ``PullSubscription.fetch()`` caps near 30k msg/s; here
 pull requests are driven by hand (``$JS.API.CONSUMER.MSG.NEXT``) with a few in flight and
-a callback that only appends, which measured 150-200k msg/s on a 2-core machine.
+a callback that only appends, which measured 150-200k msg/s on a 2-core machine; that
+callback is called straight from nats-py's parser (:mod:`toolkit.nats.direct`), not
+through a subscription's queue and task.
 
 The consumer on the server is ephemeral and unacknowledged: the reader's owner keeps its
 position (the projection's checkpoint), so there is no second offset that could disagree.
@@ -22,11 +24,12 @@ from dataclasses import dataclass
 import nats.errors
 import orjson
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from toolkit.nats.connection import install_header_parser
+from toolkit.nats.direct import subscribe_direct, unsubscribe
 from toolkit.nats.imports import api_subject, jetstream
 
 _STATUS = "Status"
@@ -51,6 +54,10 @@ class StreamMessage:
 
 class StreamReader:
     """Yields contiguous batches of a stream starting at ``start_sequence``."""
+
+    direct: bool = True
+    """Whether its messages are taken straight from nats-py's parser where the client
+    allows it (:mod:`toolkit.nats.direct`), rather than through a subscription's callback."""
 
     def __init__(
         self,
@@ -79,7 +86,7 @@ class StreamReader:
         self._consumer: str | None = None
         self._next = ""  # where pull requests for the consumer go
         self._inbox = client.new_inbox()
-        self._sub: object | None = None
+        self._sub: Subscription | None = None
         self._buffer: list[StreamMessage] = []
         # Open pull requests, oldest first: reply subject -> [end, last heard], where end
         # is the count of messages received by which this request is served in full.
@@ -112,14 +119,16 @@ class StreamReader:
 
     async def open(self) -> None:
         install_header_parser(self.client)
-        self._sub = await self.client.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self._sub = await subscribe_direct(
+            self.client, f"{self._inbox}.*", self._on_message, direct=self.direct
+        )
         await self._create_consumer()
         await self._top_up()
 
     async def close(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+                await unsubscribe(self.client, self._sub)
             self._sub = None
         await self._delete_consumer(within=CLOSE_WITHIN)
 
@@ -245,26 +254,27 @@ class StreamReader:
                 if later[0] > end:
                     later[0] -= shortfall
 
-    async def _on_message(self, msg: Msg) -> None:
-        headers = msg.headers
-        if headers is not None and _STATUS in headers and not msg.reply:
+    def _on_message(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+    ) -> None:
+        if headers is not None and _STATUS in headers and not reply:
             status = headers[_STATUS]
             if status == "100":  # idle heartbeat: the request is alive
-                request = self._requests.get(msg.subject)
+                request = self._requests.get(subject)
                 if request is not None:
                     request[1] = time.monotonic()
                 return
             if status in ("404", "408"):  # request done: no messages, or it expired
-                self._forget(msg.subject)
+                self._forget(subject)
             elif status == "409" or status == "503":  # consumer deleted, leader changed, gone
-                self._forget(msg.subject)
+                self._forget(subject)
                 self._reset_needed = True
             if not self._buffer:
                 self._arrived.set()  # let next_batch() act on it
             return
         # $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<consumer seq>.<time>.<pending>, or
         # with <domain>.<account hash> after ACK and a random token at the end.
-        tokens = msg.reply.split(".")
+        tokens = reply.split(".")
         if len(tokens) == 9:
             consumer, sequence, consumer_seq, pending = tokens[3], tokens[5], tokens[6], tokens[8]
         else:
@@ -280,7 +290,5 @@ class StreamReader:
         # serves requests first-in first-out, so counting them tells which are served.
         self._received += 1
         self._last_data = time.monotonic()
-        self._buffer.append(
-            StreamMessage(self.stream, int(sequence), msg.subject, headers or {}, msg.data)
-        )
+        self._buffer.append(StreamMessage(self.stream, int(sequence), subject, headers or {}, data))
         self._arrived.set()
