@@ -8,22 +8,28 @@ reader takes tens of thousands of messages a second and needs none of that: with
 parts as nats-py's parser reads them (in its ``_process_msg``, where nats-py looks the
 subscription up), and its headers parsed as nats-py would (its own parsing for the
 server's status lines, :func:`~toolkit.nats.connection.parse_header_lines` for the rest).
+Its parser's ``parse`` reads those messages where they lie in what the socket gave,
+rather than through its buffer, and leaves anything else to nats-py's.
 
-This leans on nats-py's internals (its client's ``_process_msg``, ``_process_headers``
-and ``_subs``). Where they are not as known, or someone else replaced ``_process_msg``,
-the subscription is an ordinary one with a callback, which gets the same parts from
-nats-py's ``Msg``: tests/integration/test_reader.py reads the same messages both ways.
+This leans on nats-py's internals (its client's ``_process_msg``, ``_process_headers``,
+``_subs`` and its parser's state). Where they are not as known, or someone else replaced
+``_process_msg``, the subscription is an ordinary one with a callback, which gets the
+same parts from nats-py's ``Msg``: tests/integration/test_reader.py reads the same
+messages both ways, and tests/unit/test_direct.py the same protocol, cut anywhere, through
+both parsers.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats.aio.client
+import nats.protocol.parser
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -39,11 +45,22 @@ raises goes to the client's error callback, as a callback's error does)."""
 
 _HEADER_LINE = len(b"NATS/1.0")
 _SPACE = 32
+_AWAITING_CONTROL_LINE = getattr(nats.protocol.parser, "AWAITING_CONTROL_LINE", None)
+_AWAITING_PAYLOAD = getattr(nats.protocol.parser, "AWAITING_MSG_PAYLOAD", None)
+_HMSG_PATTERN: bytes | None = getattr(
+    getattr(nats.protocol.parser, "HMSG_RE", None), "pattern", None
+)
+if _HMSG_PATTERN is not None and not _HMSG_PATTERN.startswith(b"\\AHMSG"):
+    _HMSG_PATTERN = None  # not the one known: nats-py's parser alone
+_HMSG = re.compile((_HMSG_PATTERN or b"HMSG").removeprefix(b"\\A"))
+"""nats-py's own pattern of a message with headers, matched where a message starts
+(its ``\\A`` would match only at the start of what was read)."""
 
 
 class _Dispatch:
-    """What one client's ``_process_msg`` became: the direct subscriptions' handlers
-    by subscription id, and nats-py's own method for every other message."""
+    """What one client's ``_process_msg`` (and its parser's ``parse``) became: the
+    direct subscriptions' handlers by subscription id, and nats-py's own methods for
+    everything else."""
 
     def __init__(self, client: Client) -> None:
         self.handlers: dict[int, Handler] = {}
@@ -55,6 +72,11 @@ class _Dispatch:
         )
         self.error_cb: Callable[[Exception], Awaitable[None]] = client._error_cb
         self.client = weakref.ref(client)
+        self.parser: Any = None
+        self.parse_original: Callable[[bytes], Awaitable[None]] | None = None
+        if _parser_known(client):
+            self.parser = client._ps
+            self.parse_original = client._ps.parse
 
     async def process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -62,7 +84,18 @@ class _Dispatch:
         handler = self.handlers.get(sid)
         if handler is None:
             await self.original(sid, subject, reply, data, headers)
-            return
+        else:
+            await self.deliver(handler, sid, subject, reply, data, headers)
+
+    async def deliver(
+        self,
+        handler: Handler,
+        sid: int,
+        subject: bytes,
+        reply: bytes,
+        data: bytes,
+        headers: bytes | None,
+    ) -> None:
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
@@ -78,6 +111,47 @@ class _Dispatch:
             handler(subject.decode(), reply.decode(), data, hdr)
         except Exception as exc:  # as nats-py does with a callback's error
             await self.error_cb(exc)
+
+    async def parse(self, data: bytes = b"") -> None:
+        """nats-py's ``Parser.parse``, the direct subscriptions' messages (HMSG) read
+        where they lie in what the socket gave, without copying each into the parser's
+        buffer and out again; from anything else on, nats-py's own parser goes on.
+        Its state is nats-py's (``state``, ``buf``, ``needed``), as it would be."""
+        parser, original = self.parser, self.parse_original
+        assert original is not None
+        if parser.state != _AWAITING_CONTROL_LINE:  # the rest of a message read in part
+            missing = parser.needed + 2 - len(parser.buf)
+            if missing > len(data):
+                await original(data)
+                return
+            await original(data[:missing])  # completes that message, and no more
+            data = data[missing:]
+        if parser.buf:  # the start of a control line, from the last read
+            data = bytes(parser.buf) + data
+            parser.buf.clear()
+        handlers, match, deliver = self.handlers, _HMSG.match, self.deliver
+        pos, end = 0, len(data)
+        while pos < end:
+            found = match(data, pos)
+            if found is None:
+                break
+            subject, sid_text, _, reply, header_size, size = found.groups()
+            try:
+                sid = int(sid_text)
+            except ValueError:
+                break  # nats-py's parser says what is wrong
+            handler = handlers.get(sid)
+            if handler is None:
+                break
+            start, header_end = found.end(), found.end() + int(header_size)
+            stop = start + int(size)
+            if stop + 2 > end or header_end > stop:
+                break  # read in part (nats-py's parser keeps it until the rest comes), or odd
+            headers = data[start:header_end] if header_end > start else None
+            await deliver(handler, sid, subject, reply or b"", data[header_end:stop], headers)
+            pos = stop + 2
+        if pos < end:
+            await original(data[pos:] if pos else data)
 
 
 _dispatches: weakref.WeakKeyDictionary[Client, _Dispatch] = weakref.WeakKeyDictionary()
@@ -103,11 +177,28 @@ def _known(client: Client) -> bool:
     )
 
 
+def _parser_known(client: Client) -> bool:
+    """Whether ``client``'s protocol parser is nats-py's as known: its state in
+    ``state``, ``buf`` and ``needed``, its ``parse`` its class's, a message with headers
+    matched by the pattern :data:`_HMSG` is made of (at its start)."""
+    parser = getattr(client, "_ps", None)
+    return (
+        _HMSG_PATTERN is not None
+        and isinstance(parser, nats.protocol.parser.Parser)
+        and "parse" not in vars(parser)
+        and isinstance(getattr(parser, "buf", None), bytearray)
+        and isinstance(getattr(parser, "needed", None), int)
+        and getattr(parser, "state", None) in (_AWAITING_CONTROL_LINE, _AWAITING_PAYLOAD)
+    )
+
+
 def _dispatch(client: Client) -> _Dispatch | None:
     dispatch = _dispatches.get(client)
     if dispatch is None and _known(client):
         dispatch = _dispatches[client] = _Dispatch(client)
         client._process_msg = dispatch.process_msg  # type: ignore[method-assign]
+        if dispatch.parser is not None:
+            dispatch.parser.parse = dispatch.parse
     return dispatch
 
 
