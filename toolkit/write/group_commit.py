@@ -15,12 +15,13 @@ so that the saves that would have failed fail, with their own error, and the oth
 stored. Each save gets back its own notification ids. A save with a tracking record (a
 policy's reaction) is never grouped: it is written as before.
 
-Listeners added with :meth:`GroupCommit.on_commit` learn the log positions of the saves
-just written, by the writing thread, before any of their threads goes on (and
-:attr:`GroupCommit.writing_since` says a write is under way, whose saves the log may show
-before the listeners are told): the threads of a group wake in any order, and the
-in-process relay's outbox waits for this process's saves instead of reading them back
-(see :mod:`toolkit.write.outbox`).
+Listeners added with :meth:`GroupCommit.on_commit` are given the saves just written
+(their events as stored, and their log positions), by the writing thread, before any of
+their threads goes on (and :attr:`GroupCommit.writing_since` says a write is under way,
+whose saves the log may show before the listeners are told): the in-process relay's
+outbox builds the messages of the whole transaction there, once, in log order, rather
+than wait for each thread (they wake in any order) or read the saves back (see
+:mod:`toolkit.write.outbox`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from typing import Any
 from eventsourcing.persistence import StoredEvent
 
 Insert = Callable[..., Sequence[int] | None]
-Committed = Callable[[list[tuple[int, int]]], None]
-"""Told of saves written: the first and last log position of each, in log order."""
+Written = list[tuple[Sequence[int], Sequence[StoredEvent]]]
+"""Saves written in one transaction, in log order: each one's log positions and events."""
+Committed = Callable[[Written], None]
 
 MAX_EVENTS = 5_000
 """Events written in one shared transaction at most (the rest wait for the next one)."""
@@ -76,10 +78,10 @@ class GroupCommit:
         are told (None: none is)."""
 
     def on_commit(self, listener: Committed) -> Callable[[], None]:
-        """Call ``listener`` with the (first, last) log positions of the saves written,
-        right after their transaction committed and before their threads go on (only
-        saves written here, with their ids: not those that pass through); returns a
-        function that removes it. A listener's error is ignored: the saves are stored."""
+        """Call ``listener`` with the saves written in a transaction (see :data:`Written`),
+        right after it committed and before their threads go on (only saves written
+        here, given their ids: not those that pass through); returns a function that
+        removes it. A listener's error is ignored: the saves are stored."""
         with self._lock:
             self._committed = [*self._committed, listener]
 
@@ -170,7 +172,7 @@ class GroupCommit:
     def _announce(self, saves: list[_Save]) -> None:
         listeners = self._committed
         if listeners:
-            written = [(save.ids[0], save.ids[-1]) for save in saves if save.ids]
+            written: Written = [(save.ids, save.events) for save in saves if save.ids]
             for listener in listeners:
                 with contextlib.suppress(Exception):
                     listener(written)

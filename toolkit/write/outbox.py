@@ -21,18 +21,24 @@ right after the position asked for, and whatever was not handed over (saves of o
 processes, a hand-off that was full, a translation that failed) is read from the log.
 
 With group commit (:mod:`toolkit.write.group_commit`) the saves of one transaction are
-committed together and their threads then hand over in any order: the relay, woken by a
-later save of the group, would find the first one not handed over yet. So the group
-commit tells the outbox which log positions this process has just committed, before their
-threads go on, and :meth:`Outbox.read` (``wait=True``, the relay's way) waits for such a
-save instead of reading it back: it returns an empty page that ends where it began, and
-the relay reads again once a save wakes it. It waits alike while a write of the group
-commit is under way (the relay may have seen its saves in the log first: on PostgreSQL
-each commit wakes it). Each save of the process clears its own position as it hands
-over, whether it handed anything over or not (not one run of the log, the hand-off full,
-its translation failing), and wakes the relay; whatever is waited for (a save that never
-got there, a listener before the outbox's having raised; another process's save found
-while this one's write is under way) is read from the log once the read has waited
+committed together, and their threads then go on in any order: a thread left waiting for
+the processor would hold back the messages of every save after its own. So the writing
+thread gives the outbox the transaction's saves as soon as it has committed, before their
+threads go on: their events as stored and their log positions, exactly what a read of
+the log would return for them. The outbox builds their messages as it builds those of a
+log read (the same rows, the same decoding) and hands them over as one page, in log
+order, and wakes the relay; the saves' threads then have nothing left to translate.
+
+Where that page cannot be built (not one run of the log, the hand-off full, a
+translation failing), the outbox notes the saves as coming, and :meth:`Outbox.read`
+(``wait=True``, the relay's way) waits for each to hand over on its own instead of
+reading it back: it returns an empty page that ends where it began, and the relay reads
+again once a save wakes it. It waits alike while a write of the group commit is under
+way (the relay may have seen its saves in the log first: on PostgreSQL each commit wakes
+it). Each save clears its position as it comes to the hand-off, whether it handed
+anything over or not, and wakes the relay; whatever is waited for (a save that never got
+there, a listener before the outbox's having raised; another process's save found while
+this one's write is under way) is read from the log once the read has waited
 :data:`PATIENCE` at that position.
 """
 
@@ -58,6 +64,7 @@ from eventsourcing.utils import resolve_topic
 
 from toolkit.logs.sqlite import FencedSQLiteProcessRecorder
 from toolkit.write.causation import KEY, CausalMapper, Causation
+from toolkit.write.group_commit import Written
 from toolkit.write.published import Mapping, OutgoingMessage, Publishable
 from toolkit.write.transcoder import StateDecoder, decode_uuid, state_decoder
 
@@ -130,6 +137,13 @@ class Outbox:
         self._coming: set[int] = set()
         """First log positions of the saves this process committed (told by the group
         commit) that have not come to :meth:`_hand_over` yet."""
+        self._covered: set[int] = set()
+        """First log positions of the saves whose messages their transaction's page holds
+        (built by :meth:`_committed`): nothing is left for them to hand over."""
+        self._published = frozenset(self.topics)
+        self.wake: Callable[[], None] | None = None
+        """Called (from the writing thread) when a transaction's page is handed over:
+        the relay's wake, while it runs."""
         self._waiting: tuple[int, float, float | None] = (-1, 0.0, None)
         """The position :meth:`read` last waited at, since when, and the write of the
         group commit that was under way then."""
@@ -158,6 +172,7 @@ class Outbox:
                 self._handed.clear()
                 self._handed_messages = 0
                 self._coming.clear()
+                self._covered.clear()
 
     @property
     def takes_saves(self) -> bool:
@@ -165,18 +180,59 @@ class Outbox:
         :attr:`saved_up_to` says where they end."""
         return self._handing_over
 
-    def _committed(self, saves: list[tuple[int, int]]) -> None:
-        """Called by the group commit's writing thread right after saves committed,
-        before their threads go on to :meth:`_hand_over`."""
+    def _committed(self, saves: Written) -> None:
+        """Called by the group commit's writing thread right after saves committed in one
+        transaction, before their threads go on to :meth:`_hand_over`: their messages,
+        built as from a read of the log, are handed over as one page (or, where that
+        cannot be, the saves are noted as coming)."""
+        positions = [position for ids, _ in saves for position in ids]
+        if not positions:
+            return
+        first, last = positions[0], positions[-1]
+        page = None
+        if (
+            last - first + 1 == len(positions)
+            and last > self._read_up_to
+            and self._handed_messages + len(positions) <= self.handoff_limit
+        ):
+            # (failing, each save translates on its own: a failing one is read from the
+            # log, where the relay reports it)
+            with contextlib.suppress(Exception):
+                page = self._transaction_page(saves, last)
         with self._handed_lock:
-            for first, last in saves:
-                if last > self._read_up_to:
-                    self._coming.add(first)
+            self.saved_up_to = max(self.saved_up_to, last)
+            if page is not None:
+                self._handed[first] = page
+                self._handed_messages += max(1, len(page.messages))
+                self._covered.update(ids[0] for ids, _ in saves)
+            else:
+                self._coming.update(ids[0] for ids, _ in saves if ids[-1] > self._read_up_to)
+        wake = self.wake
+        if page is not None and wake is not None:
+            wake()
+
+    def _transaction_page(self, saves: Written, last: int) -> Page | None:
+        """The page of one transaction's saves, built from their stored events as
+        from the rows a read of the log returns for them."""
+        published = self._published
+        rows = [
+            StoredRow(position, e.originator_id, e.originator_version, e.topic, e.state)
+            for ids, events in saves
+            for position, e in zip(ids, events, strict=True)
+            if e.topic in published
+        ]
+        messages = self._typed_messages(rows) if self._typed else self._row_messages(rows)
+        return Page(messages, last)
 
     def _hand_over(self, recordings: Sequence[Recording[Any]]) -> None:
         """Called by the saving thread right after its save committed."""
         first = recordings[0].notification.id
         last = recordings[-1].notification.id
+        if self._covered:
+            with self._handed_lock:
+                if first in self._covered:
+                    self._covered.discard(first)
+                    return  # (in its transaction's page)
         page = None
         try:
             page = self._page(recordings, first, last)
@@ -258,6 +314,7 @@ class Outbox:
             for first in [first for first in self._handed if first <= position]:
                 self._handed_messages -= max(1, len(self._handed.pop(first).messages))
             self._coming = {first for first in self._coming if first > position}
+            self._covered = {first for first in self._covered if first > position}
 
     def _read_log(self, after: int, stop: int, limit: int) -> Page:
         if not self.topics:
@@ -266,18 +323,20 @@ class Outbox:
             rows = self._tuples(after, stop, limit)
             return Page(self._typed_messages(rows), rows[-1][0] if len(rows) == limit else stop)
         rows = self._rows(after, stop, limit)
-        mapper = self.context.mapper  # rows are of published topics only
+        return Page(self._row_messages(rows), rows[-1].id if len(rows) == limit else stop)
+
+    def _row_messages(self, rows: Sequence[StoredRow]) -> list[OutgoingMessage]:
+        """The messages of rows of published topics, decoded by the mapper."""
+        mapper = self.context.mapper
         if isinstance(mapper, CausalMapper):
             decode = mapper.decode
             decoded = ((r, *decode(r)) for r in rows)  # type: ignore[arg-type]
-            messages = self._messages((r.topic, e, r.id, cause) for r, e, cause in decoded)
-        else:
-            to_domain_event = mapper.to_domain_event
-            messages = self._messages(
-                (r.topic, to_domain_event(r), r.id, None)  # type: ignore[arg-type]
-                for r in rows
-            )
-        return Page(messages, rows[-1].id if len(rows) == limit else stop)
+            return self._messages((r.topic, e, r.id, cause) for r, e, cause in decoded)
+        to_domain_event = mapper.to_domain_event
+        return self._messages(
+            (r.topic, to_domain_event(r), r.id, None)  # type: ignore[arg-type]
+            for r in rows
+        )
 
     def _typed_messages(self, rows: Sequence[StoredRow]) -> list[OutgoingMessage]:
         """:meth:`_messages` of rows decoded by their classes' typed decoders (see

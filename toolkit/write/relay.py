@@ -184,6 +184,7 @@ class Relay(OnConnection):
 
         self._log_moved = True
         remove = self.context.on_saved(wake)
+        self.outbox.wake = lambda: wake(None)  # (a group commit's page, handed over)
         window_box: list[AckWindow] = []
 
         def denied(reason: str) -> None:
@@ -298,6 +299,7 @@ class Relay(OnConnection):
             stopping.cancel()
             watcher.stop()
             remove()
+            self.outbox.wake = None
             stop_listening()
             await window.close()
         return self.stats
