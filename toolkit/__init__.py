@@ -46,12 +46,13 @@ if TYPE_CHECKING:
     from toolkit.wire.contracts import ContractRegistry, IntegrationEvent, contract
     from toolkit.wire.envelope import Envelope
     from toolkit.wire.subjects import MAX_ID_TOKEN
-    from toolkit.write.aggregate import TextAggregate
+    from toolkit.write.aggregate import Aggregate, TextAggregate
     from toolkit.write.context import BoundedContext
     from toolkit.write.published import PublishedLanguage
     from toolkit.write.relay import Relay
 
 _LAZY = {
+    "Aggregate": "toolkit.write.aggregate",
     "BoundedContext": "toolkit.write.context",
     "CONSISTENCY_HEADER": "toolkit.http.consistency:HEADER",
     "CommandQueue": "toolkit.commands",
@@ -114,6 +115,7 @@ _moved.install()
 __all__ = [
     "CONSISTENCY_HEADER",
     "MAX_ID_TOKEN",
+    "Aggregate",
     "BoundedContext",
     "CommandQueue",
     "ConfigurationError",

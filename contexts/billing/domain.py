@@ -10,7 +10,9 @@ from __future__ import annotations
 from decimal import Decimal
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import event
+
+from toolkit import Aggregate
 
 
 class Invoice(Aggregate):

@@ -1,5 +1,7 @@
-"""Sales' aggregates: plain eventsourcing aggregates. Customers and orders are known by
-UUIDs; a product by its SKU, text the business chose (:class:`~toolkit.TextAggregate`).
+"""Sales' aggregates: eventsourcing aggregates. Customers and orders are known by UUIDs
+that follow the order they were created in (:class:`~toolkit.Aggregate`: billing keys its
+charges by order id, and takes each at the end of its index); a product by its SKU, text
+the business chose (:class:`~toolkit.TextAggregate`).
 
 Event classes are declared explicitly, so the published language (and a type checker)
 can name their fields.
@@ -11,9 +13,9 @@ from decimal import Decimal
 from typing import TypedDict
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import event
 
-from toolkit import TextAggregate
+from toolkit import Aggregate, TextAggregate
 
 
 class OrderLine(TypedDict):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import event
+
+from toolkit import Aggregate
 
 PARCEL_CAPACITY = 10
 """Items that fit one parcel."""
