@@ -14,12 +14,8 @@ and their checkpoint alike (they are read again). A held batch that fails is rol
 to its savepoint and the batches before it committed, so it fails as it would alone; if
 the database rolled the whole transaction back (a full disk, a lost connection), the
 store forgets what it held and raises :class:`CommitLost`: the projector reads again from
-the checkpoint committed. Whoever meets the loss (a commit at the head, a read of the dead
-letters), the projector's next batch gets :class:`CommitLost`, not a mismatch.
-
-A connection the database server dropped while idle (it restarted) is only found out by
-the next statement: writes fail as batch failures, retried; reads (the dead letters, the
-cuts of a stream) open the generation again and read once more.
+the checkpoint committed (whoever met the loss: then on its next batch). A connection the
+server dropped while idle (a restart) is opened again by the next write or read.
 
 The store stores: it is handed batches already translated (:mod:`toolkit.read.batches`)
 and writes them through the SQL of the toolkit's tables (:mod:`toolkit.readmodels.tables`).
@@ -119,8 +115,7 @@ class ReadModelStore:
         self._stale = False
         """Held batches were lost and the committed state is not read back yet."""
         self._lost_unseen = False
-        """Held batches were lost and no batch written since: the next one, translated
-        from the checkpoint before the loss, is refused with :class:`CommitLost`."""
+        """Held batches were lost since the last batch: the next one gets CommitLost."""
 
     @property
     def path(self) -> Generation:
@@ -200,8 +195,8 @@ class ReadModelStore:
             self._reload_if_stale()
 
     def _reload_if_stale(self) -> None:
-        """Read the committed checkpoints, positions and parkings again after held
-        batches were lost; :class:`CommitLost` while the database cannot say them."""
+        """Read what is committed again after held batches were lost (CommitLost until
+        the database says it)."""
         if not self._stale:
             return
         try:
@@ -272,9 +267,7 @@ class ReadModelStore:
                 self._positions[key] = passed
 
     def checkpoint(self, stream: str) -> int:
-        """The last stream sequence applied (0 when none), held batches included: what
-        the next batch is translated from. Other connections see it once committed
-        (:meth:`flush`)."""
+        """The last stream sequence applied (0 when none), held batches included."""
         self._reload_if_stale()
         return self._checkpoints.get(tables.checkpoint_key(stream), 0)
 
@@ -288,9 +281,7 @@ class ReadModelStore:
         return self._read(lambda db: tables.epochs(db, stream))
 
     def _read(self, read: Callable[[Connection], T]) -> T:
-        """``read`` on the committed model, after the batches held are committed (if that
-        fails they are read again: see :attr:`_lost_unseen`), on a connection opened
-        again if the server dropped it."""
+        """``read`` after the held batches commit (or are lost), reconnecting if dropped."""
         with self._writing:
             with contextlib.suppress(CommitLost):
                 self._commit_held()
@@ -318,10 +309,9 @@ class ReadModelStore:
         with self._writing:
             self._reload_if_stale()
             self._reconnect()
-            if batch.since != self.checkpoint(stream) and self._lost_unseen:
-                self._lost_unseen = False
+            lost, self._lost_unseen = self._lost_unseen, False
+            if lost and batch.since != self.checkpoint(stream):
                 raise self._lost()
-            self._lost_unseen = False
             if batch.since != self.checkpoint(stream):
                 raise ValueError(
                     f"a batch of {stream} translated from checkpoint {batch.since} cannot be "
