@@ -4,6 +4,7 @@ from nats.aio.client import Client
 
 from tests.conftest import wait_for
 from toolkit import StreamSpec, ensure_stream
+from toolkit.nats.connection import parse_header_lines
 from toolkit.nats.direct import is_direct, subscribe_direct, unsubscribe
 from toolkit.read.reader import StreamReader
 
@@ -92,7 +93,11 @@ async def test_messages_taken_from_the_parser_are_those_a_callback_gets(nc: Clie
 
 async def test_headers_taken_from_the_parser_are_parsed_as_nats_py_does(nc: Client) -> None:
     got: list[dict[str, str] | None] = []
-    sub = await subscribe_direct(nc, nc.new_inbox(), lambda s, r, d, h: got.append(h))
+    sub = await subscribe_direct(
+        nc,
+        nc.new_inbox(),
+        lambda s, r, d, h, b: got.append(h if b is None else parse_header_lines(b) or None),
+    )
     assert is_direct(nc, sub)
     raws = [
         b"NATS/1.0\r\nNats-Msg-Id: sales:1\r\nNats-Expected-Last-Sequence: 0\r\n\r\n",

@@ -10,7 +10,7 @@ from nats.aio.subscription import Subscription
 
 from toolkit.nats import direct
 
-Got = tuple[str, str, str, bytes, dict[str, str] | None]
+Got = tuple[str, str, str, bytes, dict[str, str] | None, bytes | None]
 
 
 def hmsg(subject: bytes, sid: int, reply: bytes, headers: bytes, body: bytes) -> bytes:
@@ -50,14 +50,14 @@ async def read(data: bytes, cuts: list[int], *, fast: bool) -> tuple[list[Got], 
     if not fast:  # nats-py's parse, its messages handed to the same function
         assert dispatch.parse_original is not None
         client._ps.parse = dispatch.parse_original  # type: ignore[assignment,method-assign]
-    dispatch.handlers[1] = lambda s, r, d, h: got.append(("direct", s, r, d, h))
+    dispatch.handlers[1] = lambda s, r, d, h, b: got.append(("direct", s, r, d, h, b))
     client._subs[1] = Subscription(client, 1, "direct")
     other = Subscription(client, 2, "other")
     client._subs[2] = other
     nats_py = dispatch.original
 
     async def in_order(*args: object) -> None:  # where the other's messages came
-        got.append(("other", "", "", b"", None))
+        got.append(("other", "", "", b"", None, None))
         await nats_py(*args)
 
     dispatch.original = in_order
@@ -68,7 +68,7 @@ async def read(data: bytes, cuts: list[int], *, fast: bool) -> tuple[list[Got], 
     for i, g in enumerate(got):
         if g[0] == "other":
             m = other._pending_queue.get_nowait()
-            got[i] = ("other", m.subject, m.reply, m.data, m.headers)
+            got[i] = ("other", m.subject, m.reply, m.data, m.headers, None)
     assert other._pending_queue.empty()
     return got, client.stats["in_msgs"]
 

@@ -6,8 +6,8 @@ queue, taken off it by the subscription's task and awaited in the callback. A st
 reader takes tens of thousands of messages a second and needs none of that: with
 :func:`subscribe_direct`, a plain function of the reader's is called with the message's
 parts as nats-py's parser reads them (in its ``_process_msg``, where nats-py looks the
-subscription up), and its headers parsed as nats-py would (its own parsing for the
-server's status lines, :func:`~toolkit.nats.connection.parse_header_lines` for the rest).
+subscription up), with the server's status lines parsed by nats-py and other headers as
+the block read, for the reader to parse if and when it needs them.
 Its parser's ``parse`` reads those messages where they lie in what the socket gave,
 rather than through its buffer, and leaves anything else to nats-py's.
 
@@ -34,14 +34,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from toolkit.nats.connection import parse_header_lines
-
 log = logging.getLogger(__name__)
 
-Handler = Callable[[str, str, bytes, "dict[str, str] | None"], None]
-"""Called with a message's subject, reply subject, data and headers (None when it has
-none), in the order the server sent them; it must not block, and should not raise (what it
-raises goes to the client's error callback, as a callback's error does)."""
+Handler = Callable[[str, str, bytes, "dict[str, str] | None", "bytes | None"], None]
+"""Called with a message's subject, reply subject, data, headers and header block, in the
+order the server sent them: the headers parsed (None when it has none) or, taken straight
+from the parser, the block of a message's headers but a status line's (after its
+``NATS/1.0`` line; :func:`~toolkit.nats.connection.parse_header_lines` of it, or None
+when that is empty, is what nats-py would give), the headers None then. It must not
+block, and should not raise (what it raises goes to the client's error callback, as a
+callback's error does)."""
 
 _HEADER_LINE = len(b"NATS/1.0")
 _SPACE = 32
@@ -102,13 +104,14 @@ class _Dispatch:
         if sid not in self.subs:
             return  # unsubscribed meanwhile: nats-py drops it too
         hdr: dict[str, str] | None = None
+        block: bytes | None = None
         if headers:
             if headers[_HEADER_LINE] == _SPACE:  # a status line (heartbeat, 404, ...)
                 hdr = await self.process_headers(headers)
             elif len(headers) > _HEADER_LINE + 2:
-                hdr = parse_header_lines(headers[_HEADER_LINE + 2 :]) or None
+                block = headers[_HEADER_LINE + 2 :]
         try:
-            handler(subject.decode(), reply.decode(), data, hdr)
+            handler(subject.decode(), reply.decode(), data, hdr, block)
         except Exception as exc:  # as nats-py does with a callback's error
             await self.error_cb(exc)
 
@@ -161,7 +164,8 @@ def _known(client: Client) -> bool:
     """Whether ``client`` has the internals of the nats-py versions known: a
     ``_process_msg(sid, subject, reply, data, headers)`` of its class (not replaced by
     someone else), ``_process_headers``, ``_subs``, ``stats``, and headers parsed as
-    :func:`parse_header_lines` does (not by the optional ``fast_mail_parser``)."""
+    :func:`~toolkit.nats.connection.parse_header_lines` does (not by the optional
+    ``fast_mail_parser``)."""
     if "_process_msg" in vars(client) or getattr(nats.aio.client, "parse_email", None):
         return False
     try:
@@ -214,7 +218,7 @@ async def subscribe_direct(
     ones taken straight from the parser."""
 
     async def through_msg(msg: Msg) -> None:
-        handler(msg.subject, msg.reply, msg.data, msg.headers)
+        handler(msg.subject, msg.reply, msg.data, msg.headers, None)
 
     sub = await client.subscribe(subject, cb=through_msg)
     dispatch = _dispatch(client) if direct else None

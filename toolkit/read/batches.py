@@ -132,7 +132,6 @@ def translate_batch(
     park_aggregates = projection.on_poison == "park-aggregate"
     keep_untrusted = projection.on_untrusted == "dead-letter"
     passed_over = applied.parking.ahead
-    msg_id = wire.MSG_ID
     relayed_head = wire.relayed_head
     for message in messages:
         sequence = message.sequence
@@ -140,7 +139,7 @@ def translate_batch(
             result.duplicates += 1
             continue
         checkpoint = sequence
-        head = relayed_head(stream, message.headers.get(msg_id), message.data)
+        head = relayed_head(stream, message.msg_id, message.data)
         if isinstance(head, str):  # not the relay's: it moves nothing, parks nothing
             result.untrusted += 1
             if keep_untrusted:

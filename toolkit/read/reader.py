@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass
 
 import nats.errors
 import orjson
@@ -28,9 +27,10 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from toolkit.nats.connection import install_header_parser
+from toolkit.nats.connection import install_header_parser, parse_header_lines
 from toolkit.nats.direct import subscribe_direct, unsubscribe
 from toolkit.nats.imports import api_subject, jetstream
+from toolkit.wire.envelope import MSG_ID
 
 _STATUS = "Status"
 _DESCRIPTION = "Description"
@@ -41,15 +41,80 @@ gone (SIGTERM to a whole process group, the embedded server included) stops at o
 rather than after the JetStream request's full timeout."""
 
 
-@dataclass(slots=True)
 class StreamMessage:
-    """One message as read from a stream."""
+    """One message as read from a stream: ``stream``, ``sequence``, ``subject``,
+    ``headers`` and ``data``.
 
-    stream: str
-    sequence: int
-    subject: str
-    headers: dict[str, str]
-    data: bytes
+    A reader gives its messages' headers as the block it read (:meth:`unparsed`), parsed
+    when they are first asked for: a projector asks only for the message id
+    (:attr:`msg_id`), which most often is the block's first line alone."""
+
+    __slots__ = ("_block", "_headers", "data", "sequence", "stream", "subject")
+    __match_args__ = ("stream", "sequence", "subject", "headers", "data")
+    __hash__ = None  # type: ignore[assignment]  # (as a dataclass's: it is mutable)
+
+    def __init__(
+        self, stream: str, sequence: int, subject: str, headers: dict[str, str], data: bytes
+    ) -> None:
+        self.stream = stream
+        self.sequence = sequence
+        self.subject = subject
+        self._headers: dict[str, str] | None = headers
+        self._block = b""
+        self.data = data
+
+    @classmethod
+    def unparsed(
+        cls, stream: str, sequence: int, subject: str, block: bytes, data: bytes
+    ) -> StreamMessage:
+        """A message whose headers are the NATS header ``block`` (after its
+        ``NATS/1.0`` line), parsed when asked for as nats-py parses them
+        (:func:`~toolkit.nats.connection.parse_header_lines`)."""
+        message = cls(stream, sequence, subject, _UNPARSED, data)
+        message._headers, message._block = None, block
+        return message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = parse_header_lines(self._block)
+            self._block = b""
+        return headers
+
+    @headers.setter
+    def headers(self, headers: dict[str, str]) -> None:
+        self._headers, self._block = headers, b""
+
+    @property
+    def msg_id(self) -> str | None:
+        """``headers.get("Nats-Msg-Id")``: without parsing headers not parsed yet when
+        the block names it once, on its first line (as the relay writes it)."""
+        if self._headers is None:
+            block = self._block
+            if block.startswith(_MSG_ID_LINE) and block.count(_MSG_ID_NAME) == 1:
+                end = block.find(b"\r\n")
+                value = block[len(_MSG_ID_LINE) : end] if end >= 0 else block[len(_MSG_ID_LINE) :]
+                return value.strip().decode("utf-8", "replace")
+        return self.headers.get(MSG_ID)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StreamMessage):
+            return NotImplemented
+        return (self.stream, self.sequence, self.subject, self.headers, self.data) == (
+            other.stream, other.sequence, other.subject, other.headers, other.data
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamMessage(stream={self.stream!r}, sequence={self.sequence!r}, "
+            f"subject={self.subject!r}, headers={self.headers!r}, data={self.data!r})"
+        )
+
+
+_UNPARSED: dict[str, str] = {}
+_MSG_ID_NAME = MSG_ID.encode()
+_MSG_ID_LINE = _MSG_ID_NAME + b":"
 
 
 class StreamReader:
@@ -255,8 +320,15 @@ class StreamReader:
                     later[0] -= shortfall
 
     def _on_message(
-        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None
+        self,
+        subject: str,
+        reply: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        block: bytes | None,
     ) -> None:
+        if not reply and block is not None:
+            headers, block = parse_header_lines(block) or None, None
         if headers is not None and _STATUS in headers and not reply:
             status = headers[_STATUS]
             if status == "100":  # idle heartbeat: the request is alive
@@ -290,5 +362,9 @@ class StreamReader:
         # serves requests first-in first-out, so counting them tells which are served.
         self._received += 1
         self._last_data = time.monotonic()
-        self._buffer.append(StreamMessage(self.stream, int(sequence), subject, headers or {}, data))
+        self._buffer.append(
+            StreamMessage(self.stream, int(sequence), subject, headers or {}, data)
+            if block is None
+            else StreamMessage.unparsed(self.stream, int(sequence), subject, block, data)
+        )
         self._arrived.set()
