@@ -132,7 +132,7 @@ class _Dispatch:
         if parser.buf:  # the start of a control line, from the last read
             data = bytes(parser.buf) + data
             parser.buf.clear()
-        handlers, match, deliver = self.handlers, _HMSG.match, self.deliver
+        handlers, subs, stats, match = self.handlers, self.subs, self.stats, _HMSG.match
         pos, end = 0, len(data)
         while pos < end:
             found = match(data, pos)
@@ -150,9 +150,25 @@ class _Dispatch:
             stop = start + int(size)
             if stop + 2 > end or header_end > stop:
                 break  # read in part (nats-py's parser keeps it until the rest comes), or odd
-            headers = data[start:header_end] if header_end > start else None
-            await deliver(handler, sid, subject, reply or b"", data[header_end:stop], headers)
+            payload = data[header_end:stop]
             pos = stop + 2
+            if header_end > start and (
+                header_end - start <= _HEADER_LINE + 2 or data[start + _HEADER_LINE] == _SPACE
+            ):  # a status line (or odd): as deliver() takes it
+                await self.deliver(
+                    handler, sid, subject, reply or b"", payload, data[start:header_end]
+                )
+                continue
+            # What deliver() does, without a coroutine a message.
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(payload)
+            if sid not in subs:
+                continue
+            block = data[start + _HEADER_LINE + 2 : header_end] if header_end > start else None
+            try:
+                handler(subject.decode(), reply.decode() if reply else "", payload, None, block)
+            except Exception as exc:
+                await self.error_cb(exc)
         if pos < end:
             await original(data[pos:] if pos else data)
 

@@ -70,8 +70,9 @@ class StreamMessage:
         """A message whose headers are the NATS header ``block`` (after its
         ``NATS/1.0`` line), parsed when asked for as nats-py parses them
         (:func:`~toolkit.nats.connection.parse_header_lines`)."""
-        message = cls(stream, sequence, subject, _UNPARSED, data)
-        message._headers, message._block = None, block
+        message = cls.__new__(cls)
+        message.stream, message.sequence, message.subject = stream, sequence, subject
+        message.data, message._headers, message._block = data, None, block
         return message
 
     @property
@@ -112,7 +113,6 @@ class StreamMessage:
         )
 
 
-_UNPARSED: dict[str, str] = {}
 _MSG_ID_NAME = MSG_ID.encode()
 _MSG_ID_LINE = _MSG_ID_NAME + b":"
 
