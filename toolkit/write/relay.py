@@ -97,6 +97,8 @@ class Relay(OnConnection):
         self.running = False
         """True from when the relay has found where to go on until it stops or starts over."""
         self._wake = asyncio.Event()
+        self._waking = False
+        """Whether a wake is on its way to the event loop (saves need not send another)."""
         self._epoch = 0
         """Non-zero once messages were lost: part of the message ids (see wire.message_id)."""
         self._last_own = 0
@@ -176,13 +178,22 @@ class Relay(OnConnection):
         client = self.client  # first: ConnectError if closed for good, before registering
 
         def wake(_: object) -> None:
-            loop.call_soon_threadsafe(self._wake.set)
+            # (one call into the loop at a time, not one a save: each makes the loop
+            # thread wake up and take the GIL from the threads saving)
+            if not self._waking:
+                self._waking = True
+                loop.call_soon_threadsafe(woken)
+
+        def woken() -> None:
+            self._waking = False  # (first: a save handing over after this wakes it again)
+            self._wake.set()
 
         def log_moved() -> None:  # written by another process
             self._log_moved = True
             wake(None)
 
         self._log_moved = True
+        self._waking = False
         remove = self.context.on_saved(wake)
         self.outbox.wake = lambda: wake(None)  # (a group commit's page, handed over)
         window_box: list[AckWindow] = []
