@@ -151,9 +151,11 @@ class Outbox:
     @contextlib.contextmanager
     def handing_over(self) -> Iterator[None]:
         """While inside, every save of this process hands its messages over, built from
-        the domain events it stored, so :meth:`read` need not read them back. Costs the
-        saving thread the translation of its events (a few µs each); a no-op when
-        already handing over or when nothing is published."""
+        the domain events it stored (with group commit, the writing thread hands over
+        its transaction's, built from the events as stored), so :meth:`read` need not
+        read them back. Costs the saving (or writing) thread the translation of its
+        events (a few µs each); a no-op when already handing over or when nothing is
+        published."""
         if self._handing_over or not self.topics:
             yield
             return
