@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import weakref
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
@@ -90,3 +92,13 @@ def test_the_protocol_is_read_alike_however_it_is_cut() -> None:
     for cuts in cuttings:
         assert asyncio.run(read(data, cuts, fast=True)) == (expected, count)
         assert asyncio.run(read(data, cuts, fast=False)) == (expected, count)
+
+
+def test_a_client_with_direct_subscriptions_is_freed_once_dropped() -> None:
+    client = Client()
+    dispatch = direct._dispatch(client)
+    assert dispatch is not None and direct._dispatch(client) is dispatch
+    gone = weakref.ref(client)
+    del client, dispatch
+    gc.collect()
+    assert gone() is None

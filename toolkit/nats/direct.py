@@ -24,7 +24,6 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,7 +72,6 @@ class _Dispatch:
             client._process_headers
         )
         self.error_cb: Callable[[Exception], Awaitable[None]] = client._error_cb
-        self.client = weakref.ref(client)
         self.parser: Any = None
         self.parse_original: Callable[[bytes], Awaitable[None]] | None = None
         if _parser_known(client):
@@ -173,7 +171,14 @@ class _Dispatch:
             await original(data[pos:] if pos else data)
 
 
-_dispatches: weakref.WeakKeyDictionary[Client, _Dispatch] = weakref.WeakKeyDictionary()
+_ATTRIBUTE = "_toolkit_direct"
+"""Where a client keeps its dispatch (on the client, not in a table here: the dispatch
+holds the client's own methods, so a table's entry would keep the client alive)."""
+
+
+def _installed(client: Client) -> _Dispatch | None:
+    dispatch = vars(client).get(_ATTRIBUTE)
+    return dispatch if isinstance(dispatch, _Dispatch) else None
 
 
 def _known(client: Client) -> bool:
@@ -213,9 +218,10 @@ def _parser_known(client: Client) -> bool:
 
 
 def _dispatch(client: Client) -> _Dispatch | None:
-    dispatch = _dispatches.get(client)
+    dispatch = _installed(client)
     if dispatch is None and _known(client):
-        dispatch = _dispatches[client] = _Dispatch(client)
+        dispatch = _Dispatch(client)
+        setattr(client, _ATTRIBUTE, dispatch)
         client._process_msg = dispatch.process_msg  # type: ignore[method-assign]
         if dispatch.parser is not None:
             dispatch.parser.parse = dispatch.parse
@@ -238,20 +244,20 @@ async def subscribe_direct(
 
     sub = await client.subscribe(subject, cb=through_msg)
     dispatch = _dispatch(client) if direct else None
-    if dispatch is not None and dispatch.client() is client:
+    if dispatch is not None:
         dispatch.handlers[sub._id] = handler
     return sub
 
 
 def is_direct(client: Client, sub: Subscription) -> bool:
     """Whether ``sub``'s messages are taken straight from the parser."""
-    dispatch = _dispatches.get(client)
+    dispatch = _installed(client)
     return dispatch is not None and sub._id in dispatch.handlers
 
 
 async def unsubscribe(client: Client, sub: Subscription) -> None:
     """End ``sub``; its handler is called no more."""
-    dispatch = _dispatches.get(client)
+    dispatch = _installed(client)
     if dispatch is not None:
         dispatch.handlers.pop(sub._id, None)
     await sub.unsubscribe()
