@@ -158,10 +158,12 @@ class SQLiteTuning:
     its connection, from ``TOOLKIT_SQLITE_*`` in the process's environment, read when it
     connects. Readers keep SQLite's defaults: the API opens many of them."""
 
-    cache_mib: int = 64
+    cache_mib: int = 16
     """Most memory the writer's page cache may take, in MiB (``TOOLKIT_SQLITE_CACHE_MB``;
     SQLite's own default is 2). It grows as pages are used, so a small model never takes
-    it all."""
+    it all. Enough for a model keyed by ids in creation order (:class:`toolkit.Aggregate`'s),
+    which takes new rows at the end of its indexes; a large model keyed by random ids
+    writes faster with one the size of its indexes."""
     wal_mib: int = 64
     """How long the write-ahead log grows before its pages are copied into the database
     file, in MiB (``TOOLKIT_SQLITE_WAL_MB``; SQLite's own default is 1000 pages, 4 MiB):
@@ -178,7 +180,7 @@ class SQLiteTuning:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SQLiteTuning:
         env = dict(os.environ if environ is None else environ)
         return cls(
-            cache_mib=_number(env, "TOOLKIT_SQLITE_CACHE_MB", 64, int, 1, 1 << 20),
+            cache_mib=_number(env, "TOOLKIT_SQLITE_CACHE_MB", 16, int, 1, 1 << 20),
             wal_mib=_number(env, "TOOLKIT_SQLITE_WAL_MB", 64, int, 1, 1 << 20),
             synchronous=_choice(env, "TOOLKIT_SQLITE_SYNCHRONOUS", "normal", ("normal", "full")),
         )

@@ -33,7 +33,7 @@ def test_a_writer_gets_the_defaults_and_a_reader_sqlites(
     store = ReadModelStore(generation, Accounts())
     try:
         assert settings_of(store.db) == {
-            "cache_size": -64 * 1024,  # KiB: 64 MiB
+            "cache_size": -16 * 1024,  # KiB: 16 MiB
             "wal_autocheckpoint": 64 * 256,  # pages of 4 KiB: 64 MiB
             "synchronous": 1,  # NORMAL
             "journal_mode": "wal",
