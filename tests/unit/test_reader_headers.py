@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
@@ -74,3 +76,16 @@ def test_a_relayed_message_id_is_read_off_the_first_line() -> None:
     assert message.headers == {"Nats-Msg-Id": "sales:6", "Nats-Expected-Last-Sequence": "5"}
     later = unparsed(b"Nats-Msg-Id: sales:6\r\nNats-Msg-Id: sales:7\r\n\r\n")
     assert later.msg_id == "sales:7"  # named twice: the last, as parsed
+
+
+def test_a_stream_message_is_still_a_dataclass_to_dataclasses() -> None:
+    """It was one: ``replace``, ``fields`` and ``asdict`` work on it as before, a message
+    whose headers were kept as read included."""
+    kept = StreamMessage.unparsed("sales", 7, "sales.x", b"Nats-Msg-Id: sales:7\r\n\r\n", b"{}")
+    assert dataclasses.is_dataclass(kept)
+    assert [f.name for f in dataclasses.fields(kept)] == [
+        "stream", "sequence", "subject", "headers", "data"
+    ]  # fmt: skip
+    moved = dataclasses.replace(kept, subject="sales.y")
+    assert moved == StreamMessage("sales", 7, "sales.y", {"Nats-Msg-Id": "sales:7"}, b"{}")
+    assert dataclasses.asdict(kept)["headers"] == {"Nats-Msg-Id": "sales:7"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 
@@ -111,6 +112,20 @@ class StreamMessage:
             f"StreamMessage(stream={self.stream!r}, sequence={self.sequence!r}, "
             f"subject={self.subject!r}, headers={self.headers!r}, data={self.data!r})"
         )
+
+
+@dataclasses.dataclass
+class _StreamMessageFields:
+    stream: str
+    sequence: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+# It was a dataclass, and stays one to ``dataclasses`` (``replace``, ``fields``, ``asdict``
+# and ``is_dataclass`` read only these), for code written against it.
+StreamMessage.__dataclass_fields__ = _StreamMessageFields.__dataclass_fields__  # type: ignore[attr-defined]
 
 
 _MSG_ID_NAME = MSG_ID.encode()
