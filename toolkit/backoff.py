@@ -16,7 +16,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-__all__ = ["Backoff", "delay_after", "pause", "unless_stopped"]
+__all__ = ["Backoff", "cancel_and_wait", "delay_after", "pause", "unless_stopped"]
 
 T = TypeVar("T")
 
@@ -86,9 +86,31 @@ async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
         if task.done():
             return task.result()
         task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task  # let it unwind (a reader's finally blocks) before going on
+    with contextlib.suppress(Exception):
+        await _unwound(task)  # let it unwind (a reader's finally blocks) before going on
     return None
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has unwound (its finally blocks ran). Its own
+    CancelledError ends here; the caller's does not.
+
+    ``with suppress(CancelledError): await task`` cannot tell the two apart: when the
+    caller is cancelled while it waits (a worker killed as it stops a reader), the
+    caller's cancellation is swallowed too and it goes on as if never cancelled."""
+    task.cancel()
+    await _unwound(task)
+
+
+async def _unwound(task: asyncio.Future[Any]) -> None:
+    """Wait for ``task``, cancelled by the caller: its CancelledError is swallowed unless
+    the caller itself is being cancelled."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
 
 
 class Backoff:

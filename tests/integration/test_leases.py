@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
 
 from tests.conftest import wait_for
 from toolkit.nats.connection import Connection
-from toolkit.nats.leases import LeaseGroup, holders, open_bucket
+from toolkit.nats.leases import LeaseGroup, _keys, holders, open_bucket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,3 +101,39 @@ async def test_a_holder_whose_lease_expired_cannot_renew_it(nc: Client) -> None:
     finally:
         stop.set()
         await task
+
+
+async def test_a_look_at_the_keys_ends_when_its_end_mark_never_comes(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py marks the end of a look with the entry the server counted last; a lease
+    that expires between the count and its delivery takes the mark with it. The look
+    must end anyway, with what the bucket holds: a worker whose look waited forever
+    stopped renewing its leases (a killed worker's slice test hung on this, 1 in 20)."""
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket="look_without_mark"))
+    await kv.put("projection.look.s.3", b"a")
+    await kv.put("projection.look.w.a", b"a")
+    await kv.put("projection.look.w.b", b"b")
+    await kv.delete("projection.look.w.b")  # deleted: not a key any more
+    watch = KeyValue.watch
+
+    async def watch_losing_the_mark(self: KeyValue, *args: Any, **kwargs: Any) -> Any:
+        watcher = await watch(self, *args, **kwargs)
+        queue = watcher._updates
+        kept = [queue.get_nowait() for _ in range(queue.qsize())]
+        for entry in kept:
+            if entry is not None:
+                queue.put_nowait(entry)
+        put = queue.put
+
+        async def put_but_the_mark(entry: Any) -> None:
+            if entry is not None:
+                await put(entry)
+
+        monkeypatch.setattr(queue, "put", put_but_the_mark)
+        return watcher
+
+    monkeypatch.setattr(KeyValue, "watch", watch_losing_the_mark)
+    async with asyncio.timeout(10):
+        found = await _keys(kv, "projection.look.")
+    assert sorted(found) == ["s.3", "w.a"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from toolkit.backoff import Backoff, delay_after, pause, unless_stopped
+from toolkit.backoff import Backoff, cancel_and_wait, delay_after, pause, unless_stopped
 
 
 def test_delays_double_up_to_the_maximum() -> None:
@@ -124,3 +125,57 @@ async def test_unless_stopped_does_not_start_work_once_stopped() -> None:
 
     assert await unless_stopped(stop, work()) is None
     assert ran == []
+
+
+async def _slow_to_unwind(unwinding: asyncio.Event) -> None:
+    try:
+        await asyncio.sleep(60)
+    finally:
+        unwinding.set()
+        await asyncio.sleep(0.2)  # a reader's finally block closing its consumer
+
+
+async def _cancelled_while_unwinding(
+    wait: Callable[[asyncio.Task[None]], Awaitable[object]],
+) -> None:
+    """A caller is cancelled while it waits for work it cancelled to unwind: it must end
+    cancelled, not swallow its own cancellation with the work's and go on (a slice worker
+    killed as its reader was being stopped followed its stream forever)."""
+    unwinding = asyncio.Event()
+    went_on = asyncio.Event()
+
+    async def caller() -> None:
+        work = asyncio.create_task(_slow_to_unwind(unwinding))
+        await asyncio.sleep(0)  # the work starts
+        await wait(work)
+        went_on.set()
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(caller())
+    await unwinding.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert not went_on.is_set()
+
+
+async def test_cancel_and_wait_keeps_the_callers_own_cancellation() -> None:
+    await _cancelled_while_unwinding(cancel_and_wait)
+
+
+async def test_unless_stopped_keeps_the_callers_own_cancellation() -> None:
+    stop = asyncio.Event()
+
+    async def stopped(work: asyncio.Task[None]) -> object:
+        stop.set()
+        return await unless_stopped(stop, work)
+
+    await _cancelled_while_unwinding(stopped)
+
+
+async def test_cancel_and_wait_ends_the_work_and_returns() -> None:
+    unwinding = asyncio.Event()
+    work = asyncio.create_task(_slow_to_unwind(unwinding))
+    await asyncio.sleep(0)
+    await cancel_and_wait(work)
+    assert work.cancelled() and unwinding.is_set()

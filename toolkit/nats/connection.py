@@ -24,7 +24,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from toolkit.backoff import Backoff
+from toolkit.backoff import Backoff, cancel_and_wait
 from toolkit.config import NatsAuth, Settings
 from toolkit.errors import ConnectError, ServerVersionError
 from toolkit.nats.embedded import SharedServer
@@ -352,9 +352,7 @@ class Connection:
         self._closing = True
         replacing = self._replacing
         if replacing is not None and not replacing.done():
-            replacing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replacing
+            await cancel_and_wait(replacing)
         client = self._client
         if client is None or self.url is None:
             return
@@ -463,9 +461,7 @@ async def open_nats(settings: Settings, *, name: str = "toolkit") -> AsyncIterat
             yield Nats(connection=connection, url=url, embedded=shared)
         finally:
             if keeping is not None:
-                keeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeping
+                await cancel_and_wait(keeping)
             await connection.close()
     finally:
         if shared is not None:

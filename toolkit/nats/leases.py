@@ -303,17 +303,37 @@ _LOOK_GONE_AFTER = 2.0
 """Seconds the server keeps a look's consumer once it is done (its default is longer)."""
 
 
+_QUIET = 0.25
+"""Seconds a look waits for its next entry before asking the server whether any remain."""
+
+
 async def _keys(kv: KeyValue | None, prefix: str) -> list[str]:
     """What follows ``prefix`` in the keys the bucket holds now (none expired or deleted).
     (KeyValue.keys reads the whole bucket and filters by substring: a watch of the
-    prefix reads only those.)"""
+    prefix reads only those.)
+
+    nats-py marks the end of a look with the entry the server counted last; when that
+    entry expires between the count and its delivery (leases expire all the time), the
+    mark never comes and a plain ``async for`` waits forever: the worker's rounds stop,
+    and with them its leases. So a quiet look asks the server what is left to deliver,
+    and ends after one more quiet wait once nothing is."""
     assert kv is not None
     watcher = await kv.watch(
         f"{prefix}>", meta_only=True, ignore_deletes=True, inactive_threshold=_LOOK_GONE_AFTER
     )
     found: list[str] = []
+    drained = False  # the server had nothing more to deliver at the last quiet wait
     try:
-        async for entry in watcher:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=_QUIET)  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError:
+                if drained:
+                    break
+                assert watcher._sub is not None  # (set by watch)
+                info = await watcher._sub.consumer_info()
+                drained = info.num_pending == 0
+                continue
             if entry is None:  # no more of them now
                 break
             found.append(entry.key[len(prefix) :])

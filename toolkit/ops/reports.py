@@ -32,6 +32,8 @@ from typing import Any
 
 import orjson
 
+from toolkit.backoff import cancel_and_wait
+
 EVERY = 1.0
 """Seconds between two reports of a process."""
 UNRESPONSIVE_AFTER = 5.0
@@ -144,9 +146,7 @@ class Reporter:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         logging.getLogger("toolkit").removeHandler(self._warnings)
         for key in self._watched:
             with contextlib.suppress(FileNotFoundError):

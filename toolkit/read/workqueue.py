@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from toolkit import wire
+from toolkit import backoff, wire
 from toolkit.nats.connection import Connection
 from toolkit.read.reader import StreamMessage
 from toolkit.wire import check_name
@@ -117,9 +117,7 @@ class WorkQueue:
                 try:
                     await self._do_batch(jobs, waiting, do, stats)
                 finally:
-                    keeper.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await keeper
+                    await backoff.cancel_and_wait(keeper)
         finally:
             await sub.unsubscribe()
         return stats

@@ -57,7 +57,7 @@ from typing import Any
 import orjson
 
 from toolkit import locks
-from toolkit.backoff import Backoff, first, pause
+from toolkit.backoff import Backoff, cancel_and_wait, first, pause
 from toolkit.errors import RelayBusyError
 from toolkit.nats.connection import Connection
 from toolkit.nats.leases import DEFAULT_TTL, LeaseGroup
@@ -274,9 +274,7 @@ async def relay_lease(
     try:
         yield lease
     finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
+        await cancel_and_wait(watch)
         for db in session:
             await asyncio.to_thread(db.close)  # which releases the lock
 
