@@ -463,9 +463,22 @@ def _include(app: FastAPI, router: APIRouter) -> None:
     what only an inclusion applies (a lifespan, startup or shutdown handlers, dependencies)
     is included as FastAPI does. Routers it includes stay as they are (their inclusion
     already names this router's prefix)."""
-    plain = type(router.lifespan_context).__name__ == "_DefaultLifespan"
+    plain = _plain_lifespan(router.lifespan_context)
     if not plain or router.on_startup or router.on_shutdown or router.dependencies:
         app.include_router(router)
         return
     app.router.routes.extend(router.routes)
     app.router._mark_routes_changed()  # (FastAPI's caches of the routes: built again)
+
+
+def _plain_lifespan(lifespan: object) -> bool:
+    """Whether a router's lifespan does nothing: FastAPI's default, or (a router that
+    includes others) FastAPI's merge of such lifespans. Anything else, or a merge that
+    does not look as expected, is not plain (the router is then included as FastAPI does)."""
+    if type(lifespan).__name__ == "_DefaultLifespan":
+        return True
+    merged = getattr(lifespan, "__wrapped__", None)  # (asynccontextmanager's function)
+    cells = getattr(merged, "__closure__", None)
+    if getattr(merged, "__name__", None) != "merged_lifespan" or not cells or len(cells) != 2:
+        return False
+    return all(_plain_lifespan(cell.cell_contents) for cell in cells)
