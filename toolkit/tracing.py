@@ -282,8 +282,12 @@ def batch_span(
     name: str, traceparents: Iterable[str | None], *, kind: str, attributes: dict[str, str | int]
 ) -> contextlib.AbstractContextManager[Span | None]:
     """The span of a batch of messages (a relay's page, a projector's batch): a child of
-    its first traced message, linked to the others; none when no message is traced."""
-    traced = [t for t in traceparents if t]
-    if not traced:
+    its first traced message, linked to the others' spans, each once (a save's events
+    share its span: a page of a thousand of them links one span, not a thousand times
+    the same, and pays for one link, a few microseconds each); none when no message is
+    traced."""
+    traced = iter(dict.fromkeys(t for t in traceparents if t))  # (in order, each once)
+    first = next(traced, None)
+    if first is None:
         return contextlib.nullcontext()
-    return span(name, Trace(traced[0]), kind=kind, links=traced[1:], attributes=attributes)
+    return span(name, Trace(first), kind=kind, links=traced, attributes=attributes)

@@ -162,3 +162,34 @@ def test_spans_are_made_once_a_tracer_provider_is_set_globally() -> None:
         [sys.executable, "-c", GLOBAL_PROVIDER], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_batch_span_continues_its_first_trace_and_links_each_other_span_once() -> None:
+    """A relay's page holds a save's events, which share the save's span: the page's span
+    links that span once, not once an event; other traces each once, in order; untraced
+    messages count for nothing, and a batch of none makes no span."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider)
+    try:
+        first, second, third = (tracing.new_traceparent() for _ in range(3))
+        page = [None, first, first, second, None, first, third, second, third] * 100
+        with tracing.batch_span("sales publish", page, kind="producer", attributes={}):
+            pass
+        with tracing.batch_span("sales publish", [None, None], kind="producer", attributes={}):
+            pass
+    finally:
+        tracing.configure()
+        provider.shutdown()
+    (made,) = exporter.get_finished_spans()
+    assert made.parent is not None and made.context is not None
+    assert f"{made.parent.trace_id:032x}" == first[3:35]
+    assert f"{made.parent.span_id:016x}" == first[36:52]
+    assert made.context.trace_id == made.parent.trace_id
+    linked = [f"{link.context.trace_id:032x}-{link.context.span_id:016x}" for link in made.links]
+    assert linked == [second[3:52], third[3:52]]
