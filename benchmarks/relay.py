@@ -14,8 +14,11 @@ the same way); one acknowledgement a message is the next row.
 Two rows relay events that carry a trace (each save of a thousand orders in a trace of
 its own, as an HTTP command's are: see :mod:`toolkit.tracing`), in the context's process:
 with spans off (``TOOLKIT_TRACING=off``: the envelopes carry the trace all the same) and
-on (OpenTelemetry's SDK, a span for each page published, linked to each traced event,
-exported in batches to an exporter that drops them: the SDK's own cost, no network).
+on (OpenTelemetry's SDK, a span for each page published, linked to the spans its events
+name, each once, exported in batches to an exporter that drops them: the SDK's own cost,
+no network). A page here holds one save's events, so it links one or two spans; events
+of a trace each (a command saving one order) would make it link up to 128, about 1 µs
+an event more (docs/tracing.md).
 
 Two more rows time the relay's own work without publishing, whole and the part of it that
 no reading of the log can save (translating and encoding). They explain the catch-up
@@ -226,7 +229,7 @@ CATCH_UP = "toolkit Relay catching up from the SQLite log (or run on its own)"
 BUILD_ONLY = "its own work catching up: read, decode, translate, encode (no publishing)"
 TRANSLATE_ONLY = "translate and encode alone (what a save pays to hand over; no publishing)"
 TRACED_OFF = "toolkit Relay in the context's process, events carrying a trace, spans off"
-TRACED_ON = "the same with OpenTelemetry spans on (SDK, a span a page linking its events)"
+TRACED_ON = "the same with OpenTelemetry spans on (SDK, a span a page linking its saves' spans)"
 
 
 @dataclass
