@@ -293,3 +293,45 @@ def test_the_outbox_reads_the_log_as_eventsourcing_does(sales: Sales) -> None:
     assert [m.log_position for m in page.messages] == public_positions(sales)
     assert outbox.read(0, head, 5).position == public_positions(sales)[4]  # a full page ends
     # at its last row (private events are not read)
+
+
+async def test_the_relay_writes_its_frames_to_the_socket_at_once_or_through_nats_py(
+    sales: Sales, nc: Client, nats_server: EmbeddedServer
+) -> None:
+    """A run of frames goes straight to the socket when it took everything written so far
+    (no turn of the event loop waits for nats-py's flusher), and through nats-py's buffer
+    when the socket still holds bytes: the stream holds the same, in log order, either
+    way."""
+    place_orders(sales, 30, note_every=3, line=MUGS)
+    through_nats_py = 0
+    send_command = nc._send_command
+
+    async def counted(command: bytes, priority: bool = False) -> None:
+        nonlocal through_nats_py
+        through_nats_py += command.startswith(b"HPUB sales.")
+        await send_command(command, priority)
+
+    nc._send_command = counted  # type: ignore[method-assign,assignment]
+    await Relay(sales, nc, window=8, ack_every=3).run(until_head=True)
+    assert through_nats_py == 0  # every run of frames went to the socket at once
+    direct = [(m.subject, m.headers, m.data) for m in await read_all(nc)]
+    assert len(direct) == len(public_positions(sales))
+
+    await nc.jetstream().delete_stream("sales")
+    busy = await connect(nats_server.url)
+    transport = busy._transport._io_writer.transport  # type: ignore[union-attr]
+    transport.get_write_buffer_size = lambda: 1  # a socket that has not taken it all yet
+    busy_send = busy._send_command
+
+    async def counted_busy(command: bytes, priority: bool = False) -> None:
+        nonlocal through_nats_py
+        through_nats_py += command.startswith(b"HPUB sales.")
+        await busy_send(command, priority)
+
+    busy._send_command = counted_busy  # type: ignore[method-assign,assignment]
+    try:
+        await Relay(sales, busy, window=8, ack_every=3).run(until_head=True)
+    finally:
+        await busy.close()
+    assert through_nats_py > 0
+    assert [(m.subject, m.headers, m.data) for m in await read_all(nc)] == direct
