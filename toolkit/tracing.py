@@ -27,6 +27,7 @@ import contextlib
 import importlib.util
 import itertools
 import os
+import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, NamedTuple
@@ -101,16 +102,26 @@ def parse_tracestate(header: str | None) -> str | None:
     return ",".join(members)
 
 
+_ids = random.Random()
+"""Where new trace and span ids come from: random as W3C asks, not secret (OpenTelemetry's
+SDK makes its ids the same way). Not ``os.urandom``: a system call that lets go of the
+GIL, and in a process whose threads run commands the event loop then waited for it up to
+the switch interval (5 ms) a request, twice. A generator of the toolkit's own, so that a
+user's ``random.seed`` does not make ids repeat; seeded anew in a forked child."""
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_traceparent() -> str:
     """A new trace, sampled, whose parent id names the unit of work starting it."""
-    trace_id, parent_id = os.urandom(16).hex(), os.urandom(8).hex()
-    if trace_id == _NO_TRACE or parent_id == _NO_SPAN:  # (2**-64: never, but valid always)
+    bits = _ids.getrandbits
+    trace_id, parent_id = bits(128), bits(64)
+    if not trace_id or not parent_id:  # (2**-64: never, but valid always)
         return new_traceparent()
-    return f"00-{trace_id}-{parent_id}-01"
+    return f"00-{trace_id:032x}-{parent_id:016x}-01"
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return f"{_ids.getrandbits(64):016x}"
 
 
 def incoming(

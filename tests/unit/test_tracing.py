@@ -193,3 +193,30 @@ def test_a_batch_span_continues_its_first_trace_and_links_each_other_span_once()
     assert made.context.trace_id == made.parent.trace_id
     linked = [f"{link.context.trace_id:032x}-{link.context.span_id:016x}" for link in made.links]
     assert linked == [second[3:52], third[3:52]]
+
+
+def test_new_ids_are_well_formed_and_never_repeat_across_seeds_and_forks() -> None:
+    """New trace and span ids come from the toolkit's own generator: a user seeding
+    ``random`` does not make them repeat, and a forked child (a server's workers) makes
+    other ids than its parent."""
+    import random
+
+    random.seed(7)
+    first = [tracing.new_traceparent() for _ in range(100)]
+    random.seed(7)
+    again = [tracing.new_traceparent() for _ in range(100)]
+    assert len(set(first + again)) == 200
+    assert all(FORM.fullmatch(t) and t.endswith("-01") for t in first)
+    spans = {tracing.new_span_id() for _ in range(100)}
+    assert len(spans) == 100 and all(re.fullmatch("[0-9a-f]{16}", s) for s in spans)
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.write(write, tracing.new_traceparent().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    theirs = os.read(read, 100).decode()
+    os.close(read)
+    assert FORM.fullmatch(theirs) and theirs != tracing.new_traceparent()
