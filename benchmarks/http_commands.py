@@ -78,6 +78,9 @@ class Round:
     p50: float
     p99: float
     """Milliseconds."""
+    cpu: float | None = None
+    """The server process's CPU time (user and system) a request, in microseconds
+    (None where ``/proc`` does not say)."""
 
 
 Results = dict[str, dict[int, dict[str, Round]] | str]
@@ -114,9 +117,17 @@ def _serve_bare(port: int) -> None:
     uvicorn.Server(config).run()
 
 
+@dataclass(frozen=True)
+class Served:
+    """A contender's server: where it answers, and its process."""
+
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator[str]:
-    """One contender in its own process on a fresh log; yields its base URL."""
+def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator[Served]:
+    """One contender in its own process on a fresh log."""
     place.mkdir(parents=True, exist_ok=True)
     port = free_ports(1)[0]
     ours = ("NATS_", "TOOLKIT_", "POSTGRES_", "SQLITE_", "PERSISTENCE_MODULE")
@@ -140,7 +151,7 @@ def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator
         )
         try:
             wait_for_port(process, port, contender, within=60)
-            yield f"http://127.0.0.1:{port}"
+            yield Served(f"http://127.0.0.1:{port}", process.pid)
         finally:
             process.terminate()
             try:
@@ -175,10 +186,24 @@ async def relaying(base: str) -> None:
         raise RuntimeError(f"{base}: {'; '.join(stopped)}")
 
 
-async def load(base: str, customers: list[str], requests: int, concurrency: int) -> Round:
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time (user and system) process ``pid`` has used, from ``/proc`` (None
+    where there is none)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # (after the command's name, which may hold spaces)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(
+    base: str, customers: list[str], requests: int, concurrency: int, pid: int | None = None
+) -> Round:
     """``requests`` orders placed over ``concurrency`` keep-alive connections; anything
-    but 201 stops the run."""
+    but 201 stops the run. ``pid``: the server's process, whose CPU a request is told."""
     bodies = [{"customer_id": customer, "lines": ORDER_LINES} for customer in customers]
+    cpu_before = None if pid is None else cpu_seconds(pid)
     started = time.perf_counter()
     latencies = await timed_requests(
         base,
@@ -191,7 +216,13 @@ async def load(base: str, customers: list[str], requests: int, concurrency: int)
     latencies.sort()
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-    return Round(rate, p50, p99)
+    cpu_after = None if pid is None else cpu_seconds(pid)
+    cpu = (
+        None
+        if cpu_before is None or cpu_after is None
+        else (cpu_after - cpu_before) / len(latencies) * 1e6
+    )
+    return Round(rate, p50, p99, cpu)
 
 
 def _measure_backend(
@@ -207,22 +238,28 @@ def _measure_backend(
         for n, name in enumerate(CONTENDERS):  # a nats-server each: a stream holds one log's
             nats = servers.enter_context(EmbeddedServer(folder / f"nats-{n}"))  # events
             bases[name] = servers.enter_context(server(name, backend, folder / f"{n}", nats.url))
-        customers = {name: asyncio.run(register_customers(base)) for name, base in bases.items()}
-        for name, base in bases.items():  # warm up: first queries, the relay's first pages
+        customers = {name: asyncio.run(register_customers(s.url)) for name, s in bases.items()}
+        for name, served in bases.items():  # warm up: first queries, the relay's first pages
             for concurrency in concurrencies:
-                asyncio.run(load(base, customers[name], min(100, requests), concurrency))
+                asyncio.run(load(served.url, customers[name], min(100, requests), concurrency))
         for turn in range(rounds):
             order = CONTENDERS if turn % 2 == 0 else CONTENDERS[::-1]
             for concurrency in concurrencies:
                 for name in order:
                     measured = asyncio.run(
-                        load(bases[name], customers[name], requests, concurrency)
+                        load(
+                            bases[name].url,
+                            customers[name],
+                            requests,
+                            concurrency,
+                            bases[name].pid,
+                        )
                     )
                     kept = best[concurrency].get(name)
                     if kept is None or measured.rate > kept.rate:
                         best[concurrency][name] = measured
         for name in GROUP_COMMIT:  # each toolkit serve relayed throughout
-            asyncio.run(relaying(bases[name]))
+            asyncio.run(relaying(bases[name].url))
     return {c: {name: best[c][name] for name in CONTENDERS} for c in concurrencies}
 
 
@@ -248,12 +285,21 @@ def measure(
 
 def report(requests: int, results: Results) -> Table:
     table = Table(title=f"placing an order over HTTP, {requests:,} requests a round")
-    columns = ("log", "concurrency", "server", "requests/s", "ratio", "p50 ms", "p99 ms")
+    columns = (
+        "log",
+        "concurrency",
+        "server",
+        "requests/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "server CPU µs a request",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column in ("log", "server") else "right")
     for backend, measured in results.items():
         if isinstance(measured, str):
-            table.add_row(backend, "-", measured, "-", "-", "-", "-")
+            table.add_row(backend, "-", measured, "-", "-", "-", "-", "-")
             continue
         for concurrency, rounds in measured.items():
             baseline = rounds[BASELINE].rate
@@ -266,6 +312,7 @@ def report(requests: int, results: Results) -> Table:
                     f"{r.rate / baseline:.2f}",
                     f"{r.p50:.2f}",
                     f"{r.p99:.2f}",
+                    "-" if r.cpu is None else f"{r.cpu:,.0f}",
                 )
     table.caption = (
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, fastapi "
@@ -273,7 +320,8 @@ def report(requests: int, results: Results) -> Table:
         f"{version('eventsourcing')}; both servers uvicorn as toolkit serve runs it, the "
         "same route and request model; the baseline's command on eventsourcing's "
         "Application with its defaults, without relay, consistency token or the API's "
-        "middleware; client: aiohttp in one process; ratio: requests/s to the baseline's"
+        "middleware; client: aiohttp in one process; ratio: requests/s to the baseline's; "
+        "server CPU: the server process's user and system time over the round, a request"
     )
     return table
 

@@ -515,24 +515,7 @@ def http_commands_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
             continue
         for concurrency, rounds in measured.items():
             ours, bare = rounds[http_commands.TOOLKIT], rounds[http_commands.BASELINE]
-            added = 1e6 / ours.rate - 1e6 / bare.rate
-            why = (
-                f"toolkit serve answered {ours.rate:,.0f} orders/s (p50 {ours.p50:.2f} ms, "
-                f"p99 {ours.p99:.2f} ms), the bare endpoint {bare.rate:,.0f}/s (p50 "
-                f"{bare.p50:.2f} ms, p99 {bare.p99:.2f} ms): "
-                + (
-                    f"{added:+,.0f} µs a request. What toolkit serve adds: the relay "
-                    "publishing each event in the same process, the hand-off to it at each "
-                    "save, the consistency token, the API's middleware."
-                    if added > 0
-                    else f"{-added:,.0f} µs a request less, group commit gathering the "
-                    "concurrent saves into one transaction each turn where the bare "
-                    "endpoint's wait for the log's lock one at a time; further, the one "
-                    "server process's own work a request bounds it (its relay in the "
-                    "process, the API's middleware), on 2 cores shared with the client, "
-                    "nats-server and the database."
-                )
-            )
+            why = _http_commands_why(ours, bare)
             if backend == "SQLite":
                 section.targets.append(
                     Target(
@@ -577,6 +560,33 @@ def _faststream_why(ours: float, theirs: float, fetch: float | None) -> str:
         f"{1e6 / ours:.1f} µs with the same translator and store{pulled}: the difference "
         "is the hand-driven pulls FastStream's batch subscriber is built on (see the read "
         "path), which the projector's own reader does not make."
+    )
+
+
+def _http_commands_why(ours: http_commands.Round, bare: http_commands.Round) -> str:
+    """What toolkit serve's orders cost beside the bare endpoint's, and what bounds them."""
+    added = 1e6 / ours.rate - 1e6 / bare.rate
+    said = (
+        f"toolkit serve answered {ours.rate:,.0f} orders/s (p50 {ours.p50:.2f} ms, "
+        f"p99 {ours.p99:.2f} ms), the bare endpoint {bare.rate:,.0f}/s (p50 "
+        f"{bare.p50:.2f} ms, p99 {bare.p99:.2f} ms)"
+    )
+    if ours.cpu is not None and bare.cpu is not None:
+        said += (
+            f"; the server process's CPU a request {ours.cpu:,.0f} µs against "
+            f"{bare.cpu:,.0f} µs, {ours.cpu * ours.rate / 1e6:.2f} of a core at that rate"
+        )
+    if added > 0:
+        return (
+            f"{said}: {added:+,.0f} µs a request. What toolkit serve adds: the relay "
+            "publishing each event in the same process, the hand-off to it at each save, "
+            "the consistency token, the API's middleware."
+        )
+    return (
+        f"{said}: {-added:,.0f} µs a request less, group commit writing the concurrent "
+        "saves in one transaction where the bare endpoint's take the log's lock one at a "
+        "time. What bounds it then is the one server process's own work a request (one "
+        "Python process, on 2 cores shared with the client, nats-server and the database)."
     )
 
 
