@@ -19,11 +19,12 @@ from collections import OrderedDict
 import nats.errors
 import orjson
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 
 from toolkit import wire
 from toolkit.errors import RelayError
+from toolkit.nats.direct import subscribe_direct, unsubscribe
 from toolkit.write.published import OutgoingMessage
 
 EXPECTED_LAST_SUBJECT_SEQUENCE = wire.EXPECTED_LAST_SUBJECT_SEQUENCE
@@ -137,7 +138,7 @@ class AckWindow:
         self.confirmed_sequence = 0
         self.error: RelayError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._sub: object | None = None
+        self._sub: Subscription | None = None
         self._framed = _writes_frames(client)
         self._run: list[bytes] = []
         """Protocol frames of the messages given since the last one that asked (framed
@@ -148,12 +149,13 @@ class AckWindow:
     async def open(self, last_sequence: int, position: int) -> None:
         self.last_sequence = self.confirmed_sequence = last_sequence
         self.confirmed_position = position
-        self._sub = await self.client.subscribe(f"{self.inbox}.*", cb=self._on_ack)
+        # (straight from nats-py's parser: no Msg, queue and task hop an acknowledgement)
+        self._sub = await subscribe_direct(self.client, f"{self.inbox}.*", self._on_ack)
 
     async def close(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+                await unsubscribe(self.client, self._sub)
 
     @property
     def unconfirmed(self) -> bool:
@@ -167,10 +169,11 @@ class AckWindow:
     async def flush(self) -> None:
         """Send every message given, the last asking for its acknowledgement, without
         waiting for it: what is known is on its way (acknowledgements settle as they
-        come; :meth:`drain` waits for them)."""
+        come; :meth:`drain` waits for them). It need not give the event loop a turn:
+        the relay yields before it reads on (see :mod:`toolkit.write.relay`)."""
         held, self.held = self.held, None
         if held is not None:
-            await self._send(held, ask=True)
+            await self._send(held, ask=True, last=True)
         await self._write()
 
     async def drain(self) -> None:
@@ -186,15 +189,13 @@ class AckWindow:
     def offer(self, message: OutgoingMessage) -> bool:
         """:meth:`publish` without awaiting, where that needs no wait: the message given
         before it joins the run of frames (it asks for no acknowledgement, the window
-        has room, nothing failed, no tail check rides on it). False: nothing was done,
-        call :meth:`publish`."""
+        has room, nothing failed). False: nothing was done, call :meth:`publish`."""
         held = self.held
         if held is None:
             self.held = message
             return True
         if (
             not self._framed
-            or self.check_tail
             or self.error is not None
             or self.unasked + 1 >= self.ack_every
             or self.last_sequence - self.confirmed_sequence >= self.size
@@ -204,17 +205,21 @@ class AckWindow:
         self._frame(held, ask=False)
         return True
 
-    async def _send(self, message: OutgoingMessage, *, ask: bool) -> None:
+    async def _send(self, message: OutgoingMessage, *, ask: bool, last: bool = False) -> None:
+        """Send ``message`` (``ask``: asking for its acknowledgement); ``last``: the last
+        of what the relay knows of, which it then waits on (it yields then), so the
+        event loop need not be given a turn here when the run went to the socket."""
         if self.last_sequence - self.confirmed_sequence >= self.size:
             await self._write()  # what waits here asked for its acknowledgement already
             while self.last_sequence - self.confirmed_sequence >= self.size:
                 await self._wait()
         self._raise_if_failed()
-        if self._framed and not self.check_tail:
+        if self._framed:
             self._frame(message, ask=ask)
             if not ask:
                 return
-            await self._write()
+            if await self._write() and last:
+                return
         else:
             tail_subject = self.last_subject if self.check_tail else None
             self.check_tail = False
@@ -230,7 +235,7 @@ class AckWindow:
             await self.client.publish(message.subject, message.body, reply, headers)
         if ask:
             # Let nats-py's flusher write what is buffered, so the server stores this run
-            # while the relay builds the next one.
+            # while the relay builds the next one (and the event loop's other tasks run).
             await asyncio.sleep(0)
 
     def _advance(self, message: OutgoingMessage, ask: bool) -> tuple[str, str | None, int, int]:
@@ -254,6 +259,8 @@ class AckWindow:
         body = message.body
         if len(body) > self.client.max_payload:
             raise nats.errors.MaxPayloadError
+        tail_subject = self.last_subject if self.check_tail else None
+        self.check_tail = False
         msg_id, last_id, expected, sequence = self._advance(message, ask)
         # nats-py's HPUB frame, as its publish writes it for these headers: names and
         # numbers, ASCII without spaces, so lengths in characters are lengths in bytes.
@@ -266,6 +273,11 @@ class AckWindow:
             f"{wire.EXPECTED_LAST_SEQUENCE}: {expected}\r\n"
             f"{wire.EXPECTED_LAST_MSG_ID}: {last_id}\r\n\r\n"
         )
+        if tail_subject is not None:  # (the same headers as the publish's way, in order)
+            head = (
+                f"{head[:-2]}{EXPECTED_LAST_SUBJECT_SEQUENCE}: {expected}\r\n"
+                f"{EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT}: {tail_subject}\r\n\r\n"
+            )
         reply = f"{self._reply}{sequence}" if ask else ""
         size = len(head)
         run = self._run
@@ -274,11 +286,12 @@ class AckWindow:
         run.append(b"\r\n")
         self._run_bytes += len(body)
 
-    async def _write(self) -> None:
+    async def _write(self) -> bool:
         """Hand the run of frames to nats-py, as its publish hands each one (its checks
-        of the connection, its buffer, its flusher), in one piece."""
+        of the connection, its buffer, its flusher), in one piece. True: it went to the
+        socket at once (:func:`_write_now`), nothing of it waits for the flusher."""
         if not self._run:
-            return
+            return True
         client = self.client
         data = b"".join(self._run)
         payload, self._run_bytes = self._run_bytes, 0
@@ -296,10 +309,11 @@ class AckWindow:
         client.stats["out_msgs"] += count
         client.stats["out_bytes"] += payload
         if _write_now(client, data):
-            return
+            return True
         await client._send_command(data)
         if client._flush_queue is not None and client._flush_queue.empty():
             await client._flush_pending()
+        return False
 
     def message_id(self, position: int) -> str:
         return wire.message_id(self.context, position, self.epoch)
@@ -339,25 +353,31 @@ class AckWindow:
         if self.error is not None:
             raise self.error
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(
+        self,
+        subject: str,
+        _reply: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        _block: bytes | None,
+    ) -> None:
         try:
-            self._settle(msg)
+            self._settle(subject, data, headers)
         except Exception as exc:  # a bug here must stop the relay, not vanish in nats-py
             self.error = self.error or RelayError(f"unreadable acknowledgement: {exc!r}")
         self._wake()
 
-    def _settle(self, msg: Msg) -> None:
-        sequence = int(msg.subject.rpartition(".")[2])
+    def _settle(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+        sequence = int(subject.rpartition(".")[2])
         entry = self.pending.get(sequence)
         if entry is None:
             return
-        if msg.headers and msg.headers.get("Status") == "503":
+        if headers and headers.get("Status") == "503":
             self.error = self.error or RelayError(
                 f"stream {self.stream} does not exist or has no responders", transient=True
             )
             return
         # A success ({"stream":..,"seq":..}) needs no parsing; "error" in it may be a name.
-        data = msg.data
         ack = orjson.loads(data) if b'"error"' in data or b'"duplicate"' in data else {}
         error = ack.get("error")
         if not error and ack.get("duplicate") and ack.get("seq") != sequence:

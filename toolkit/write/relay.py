@@ -244,6 +244,7 @@ class Relay(OnConnection):
             outbox = self.outbox
             head_read = loop.time()
             head = 0  # the log's head as last known
+            owed = False  # a turn of the event loop, since a flush that gave none
             while not stop.is_set():
                 self._wake.clear()  # before reading: a save from now on wakes the wait below
                 if unchecked and (polled or not fold or window.last_subject is None):
@@ -265,6 +266,9 @@ class Relay(OnConnection):
                     window.check_tail = True  # the next message checks it
                     unchecked = False
                 if progressed:
+                    if owed:  # (its other tasks run, the flush's acknowledgements come)
+                        owed = False
+                        await asyncio.sleep(0)
                     page = outbox.read(position, head, self.batch_size, wait=True)
                     if page.position == position:
                         # The save after it, committed by this process (in the group of
@@ -287,13 +291,16 @@ class Relay(OnConnection):
                     position = page.position
                     if position >= head:  # all known is read: send it now, not once the
                         await window.flush()  # log rests (saves keep coming, grouped)
+                        owed = True  # (where nothing more is known, the drain yields)
                 caught_up = target is not None and position >= target
                 if window.unconfirmed and (not progressed or caught_up):
                     await window.drain()
+                    owed = False
                 settle()
                 if caught_up:
                     break
                 if not progressed:
+                    owed = False
                     self.idle = True
                     polled = False
                     try:  # (a timeout scope, not wait_for's task: 11-13 µs a wait, not 17-21)
