@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,49 @@ def _count_relay_frames_through_nats_py(client: Client) -> list[int]:
 
     client._send_command = counting  # type: ignore[method-assign,assignment]
     return counted
+
+
+async def test_a_request_s_command_wakes_the_relay_once_it_handed_back(
+    sales: Sales, nc: Client
+) -> None:
+    """A command run for a request postpones the relay's wake until its thread handed
+    back (the answer first), and a cancelled request's command still wakes it: the
+    relay polls far away here, so only the wakes carry the orders."""
+    from toolkit.http.consistency import run_command
+
+    customer, _ = place_orders(sales, 1, line=MUGS)
+    relay = Relay(sales, nc, poll_interval=30)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(
+            lambda: relay.idle and relay.stats.position == sales.recorder.max_notification_id()
+        )
+        for _ in range(3):
+            await run_command(sales, sales.place_order, customer, [MUGS])
+            await wait_for(
+                lambda: relay.stats.position == sales.recorder.max_notification_id(), within=5
+            )
+        started = threading.Event()
+        go_on = threading.Event()
+
+        def slow_order() -> Any:
+            started.set()
+            go_on.wait(5)
+            return sales.place_order(customer, [MUGS])
+
+        request = asyncio.create_task(run_command(sales, slow_order))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        request.cancel()  # (the client went away; the command goes on)
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        head = sales.recorder.max_notification_id()
+        go_on.set()
+        await wait_for(lambda: (sales.recorder.max_notification_id() or 0) > (head or 0), within=5)
+        await wait_for(
+            lambda: relay.stats.position == sales.recorder.max_notification_id(), within=5
+        )
+        assert public_positions(sales)[-1] == relay.stats.position
+    finally:
+        stop.set()
+        await running

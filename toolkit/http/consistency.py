@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError
 from toolkit.errors import ToolkitError
 from toolkit.nats import streams
 from toolkit.readmodels import Connection, tables
+from toolkit.write import wakes
 from toolkit.write.context import BoundedContext
 
 HEADER = "Consistency-Token"
@@ -82,13 +83,18 @@ async def run_command(
     returning a model costs FastAPI two (the endpoint, then the answer's validation) through
     anyio's thread pool, which costs more a hop."""
 
+    postponed = wakes.Postponed()  # (the relay's: it runs once the answer is on its way)
+
     def run() -> tuple[T, ConsistencyToken]:
-        with context.recordings() as saved:
+        with wakes.postponing(postponed), context.recordings() as saved:
             result = command(*args)
         return result, token_for(context, saved)
 
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_commands, contextvars.copy_context().run, run)
+    try:
+        return await loop.run_in_executor(_commands, contextvars.copy_context().run, run)
+    finally:
+        postponed.make()
 
 
 def passed(db: Connection, stream: str) -> int | None:

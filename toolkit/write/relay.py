@@ -32,6 +32,7 @@ from toolkit.backoff import Backoff
 from toolkit.errors import RelayError
 from toolkit.nats.connection import Connection, OnConnection, on_permission_denied
 from toolkit.nats.streams import StreamSpec
+from toolkit.write import wakes
 from toolkit.write.context import BoundedContext
 from toolkit.write.outbox import Outbox
 from toolkit.write.published import OutgoingMessage
@@ -177,12 +178,21 @@ class Relay(OnConnection):
         loop = asyncio.get_running_loop()
         client = self.client  # first: ConnectError if closed for good, before registering
 
-        def wake(_: object) -> None:
+        def wake_now() -> None:
             # (one call into the loop at a time, not one a save: each makes the loop
             # thread wake up and take the GIL from the threads saving)
             if not self._waking:
                 self._waking = True
                 loop.call_soon_threadsafe(woken)
+
+        def wake_soon() -> None:  # (a command's, postponed until it handed back)
+            if asyncio._get_running_loop() is loop:
+                woken()
+            else:
+                wake_now()
+
+        def wake(_: object) -> None:
+            wakes.wake(wake_soon, wake_now)
 
         def woken() -> None:
             self._waking = False  # (first: a save handing over after this wakes it again)
