@@ -381,3 +381,37 @@ async def test_a_request_s_command_wakes_the_relay_once_it_handed_back(
     finally:
         stop.set()
         await running
+
+
+async def test_a_resting_relay_settles_acknowledgements_as_they_come_and_starts_over_without(
+    sales: Sales, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At rest the relay does not wait for its last acknowledgement: it settles when it
+    comes (the stats say so, the relay resting), and one that never comes is overdue
+    all the same: the relay starts over, and carries the log exactly once."""
+    from toolkit.write import publishing
+
+    place_orders(sales, 2, line=MUGS)
+    relay = Relay(sales, nc, ack_timeout=0.5, poll_interval=30, retry_delay=0.05)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+
+    def relayed() -> bool:
+        return relay.stats.position == sales.recorder.max_notification_id()
+
+    try:
+        await wait_for(lambda: relay.idle and relayed())
+        place_orders(sales, 1, line=MUGS)
+        await wait_for(lambda: relay.idle and relayed(), within=5)
+        settle = publishing.AckWindow._settle
+        monkeypatch.setattr(publishing.AckWindow, "_settle", lambda *_: None)  # lost
+        place_orders(sales, 1, line=MUGS)
+        await wait_for(lambda: relay.stats.restarts >= 1, within=5)
+        monkeypatch.setattr(publishing.AckWindow, "_settle", settle)
+        await wait_for(lambda: relay.idle and relayed(), within=5)
+        assert [orjson.loads(m.data)["logposition"] for m in await read_all(nc)] == (
+            public_positions(sales)
+        )
+    finally:
+        stop.set()
+        await running

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import nats.errors
 import orjson
@@ -137,6 +138,9 @@ class AckWindow:
         self.confirmed_position = 0  # log position of the last acknowledged message
         self.confirmed_sequence = 0
         self.error: RelayError | None = None
+        self.on_ack: Callable[[], None] | None = None
+        """Called when an acknowledgement (or a refusal) has been taken in: the relay's,
+        while it rests without waiting for them (see :meth:`rest`)."""
         self._waiter: asyncio.Future[None] | None = None
         self._sub: Subscription | None = None
         self._framed = _writes_frames(client)
@@ -185,6 +189,18 @@ class AckWindow:
         while self.pending:
             await self._wait()
         self._raise_if_failed()
+
+    async def rest(self) -> float | None:
+        """Send every message given, as :meth:`flush`, for the relay to rest without
+        waiting for their acknowledgements (they settle as they come): the seconds left
+        until the oldest one outstanding is overdue, or None when the relay is to
+        :meth:`drain` instead (something failed, one is overdue, none is outstanding)."""
+        await self.flush()
+        if self.error is not None or not self.pending:
+            return None
+        oldest = next(iter(self.pending.values()))[1]
+        remaining = oldest + self.ack_timeout - time.monotonic()
+        return remaining if remaining > 0 else None
 
     def offer(self, message: OutgoingMessage) -> bool:
         """:meth:`publish` without awaiting, where that needs no wait: the message given
@@ -337,6 +353,8 @@ class AckWindow:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if self.on_ack is not None:
+            self.on_ack()
 
     def deny(self, reason: str) -> None:
         """The server refused a publish or a subscription of this connection: waiting

@@ -242,6 +242,14 @@ class Relay(OnConnection):
                 self.stats.published = published_before + window.confirmed_sequence - first_sequence
 
             settle()
+
+            def acked() -> None:  # taken in while resting: settled, a failure wakes it
+                settle()
+                if window.error is not None:
+                    woken()
+                elif not window.unconfirmed:
+                    self.idle = True  # (everything is on the stream)
+
             recorder = self.context.recorder
             # The first message goes alone: once it is stored right after the sequence
             # and position read from the stream, those two are known to belong together,
@@ -303,21 +311,33 @@ class Relay(OnConnection):
                         await window.flush()  # log rests (saves keep coming, grouped)
                         owed = True  # (where nothing more is known, the drain yields)
                 caught_up = target is not None and position >= target
+                resting = None  # (seconds until an acknowledgement waited for is overdue)
                 if window.unconfirmed and (not progressed or caught_up):
-                    await window.drain()
+                    # At rest, the acknowledgements are not waited for: they settle as
+                    # they come (one request at a time, a wait each cost the relay a turn)
+                    if not caught_up:
+                        resting = await window.rest()
+                    if resting is None:  # (failed, overdue, or carried to the target)
+                        await window.drain()
                     owed = False
                 settle()
                 if caught_up:
                     break
                 if not progressed:
                     owed = False
-                    self.idle = True
+                    self.idle = not window.unconfirmed  # (else once acknowledged: acked)
                     polled = False
+                    window.on_ack = acked if resting is not None else None
                     try:  # (a timeout scope, not wait_for's task: 11-13 µs a wait, not 17-21)
-                        async with asyncio.timeout(self.poll_interval):
+                        async with asyncio.timeout(
+                            self.poll_interval
+                            if resting is None
+                            else min(self.poll_interval, resting)
+                        ):
                             await self._wake.wait()
                     except TimeoutError:
                         polled = self._log_moved = True
+                    window.on_ack = None
                     self.idle = False
                     unchecked = True
             await window.drain()
