@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from toolkit import backoff
 from toolkit.backoff import Backoff, cancel_and_wait, delay_after, pause, unless_stopped
 
 
@@ -179,3 +180,35 @@ async def test_cancel_and_wait_ends_the_work_and_returns() -> None:
     await asyncio.sleep(0)
     await cancel_and_wait(work)
     assert work.cancelled() and unwinding.is_set()
+
+
+async def _swallowing(swallowed: asyncio.Event) -> None:
+    """What Python 3.11's ``asyncio.wait_for`` does when a result comes at the moment
+    its task is cancelled: the result is returned, the cancellation dropped."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        swallowed.set()
+
+
+async def test_a_cancellation_dropped_below_ends_the_task_at_its_next_wait() -> None:
+    """A retry loop whose task was cancelled, but whose CancelledError a library
+    dropped, ends at its next pause or next read instead of going on for ever."""
+    for wait in (
+        lambda: backoff.pause(asyncio.Event(), 30),
+        lambda: backoff.Backoff(30, 30).wait(asyncio.Event()),
+        lambda: backoff.unless_stopped(asyncio.Event(), asyncio.sleep(30)),
+    ):
+        swallowed = asyncio.Event()
+
+        async def loop(next_wait: Callable[[], Awaitable[object]] = wait) -> None:
+            await _swallowing(swallowed)  # noqa: B023 (each round's own event)
+            await next_wait()
+
+        task = asyncio.create_task(loop())
+        await asyncio.sleep(0)
+        task.cancel()
+        async with asyncio.timeout(5):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert swallowed.is_set()

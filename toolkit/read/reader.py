@@ -28,6 +28,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from toolkit.backoff import raise_if_cancelled
 from toolkit.nats.connection import install_header_parser, parse_header_lines
 from toolkit.nats.direct import subscribe_direct, unsubscribe
 from toolkit.nats.imports import api_subject, jetstream
@@ -227,7 +228,9 @@ class StreamReader:
                     break
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), wait)
+                async with asyncio.timeout(wait):  # (not wait_for: it may drop a cancel)
+                    await self._arrived.wait()
+        raise_if_cancelled()  # (one a request of nats-py's dropped: backoff's docstring)
         batch, self._buffer = self._buffer, []
         if batch:
             self.next_sequence = batch[-1].sequence + 1
