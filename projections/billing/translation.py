@@ -7,7 +7,7 @@ stores and compares them, so it never pays to build and print UUIDs.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Annotated
 
 import msgspec
@@ -16,16 +16,53 @@ from toolkit import IntegrationEvent, Translator, contract
 
 sales = Translator("sales")
 
-Reference = Annotated[
-    str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-]
-"""A sales id as billing keeps it: the canonical text of a UUID."""
+REFERENCE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+"""What a sales id matches, as ``re.search`` matches (so ``$`` lets a final newline
+through, as msgspec's ``Meta(pattern=...)`` did when it checked references)."""
+
+Reference = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": REFERENCE})]
+"""A sales id as billing keeps it: the canonical text of a UUID. A contract holding one
+checks it in its ``__post_init__`` (msgspec calls it once decoded): msgspec's
+``Meta(pattern=...)`` cost 0.65 µs an id, two an order, where one ``bytes.translate`` of
+both ids costs 0.15 µs (decoding OrderPlaced 1.20 -> 0.53 µs)."""
+
+# Each byte's class: h a lowercase hex digit, - a dash, ? anything else (a byte of a
+# non-ASCII character too). A reference so classed is _SHAPE; two joined by a newline,
+# _TWO, which only two references give: its one ? must be the newline, at 36.
+_CLASSES = bytes(
+    0x68 if byte in b"0123456789abcdef" else 0x2D if byte == 0x2D else 0x3F for byte in range(256)
+)
+_SHAPE = b"hhhhhhhh-hhhh-hhhh-hhhh-hhhhhhhhhhhh"
+_TWO = _SHAPE + b"?" + _SHAPE
+
+
+def is_reference(text: str) -> bool:
+    """Whether ``text`` matches :data:`REFERENCE`."""
+    if len(text) == 37 and text[36] == "\n":
+        text = text[:36]
+    return len(text) == 36 and _classed(text) == _SHAPE
+
+
+def _classed(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass").translate(_CLASSES)
+
+
+def _refuse(event: msgspec.Struct, *fields: str) -> None:
+    """Raise, in msgspec's words, for the first of ``fields`` that is not a reference
+    (the fast check refuses a final newline too, which is one)."""
+    for field in fields:
+        if not is_reference(getattr(event, field)):
+            raise ValueError(f"Expected `str` matching regex {REFERENCE!r} - at `$.{field}`")
 
 
 @contract("sales.CustomerRegistered", version=1)
 class CustomerRegistered(IntegrationEvent, frozen=True, kw_only=True):
     customer_id: Reference
     name: str
+
+    def __post_init__(self) -> None:
+        if _classed(self.customer_id) != _SHAPE:
+            _refuse(self, "customer_id")
 
 
 @contract("sales.OrderPlaced", version=1)
@@ -34,10 +71,20 @@ class OrderPlaced(IntegrationEvent, frozen=True, kw_only=True):
     customer_id: Reference
     total: Decimal
 
+    def __post_init__(self) -> None:
+        # Inline, both at once: a function call more cost 0.12 µs.
+        both = f"{self.order_id}\n{self.customer_id}".encode("utf-8", "surrogatepass")
+        if both.translate(_CLASSES) != _TWO:
+            _refuse(self, "order_id", "customer_id")
+
 
 @contract("sales.OrderCancelled", version=1)
 class OrderCancelled(IntegrationEvent, frozen=True, kw_only=True):
     order_id: Reference
+
+    def __post_init__(self) -> None:
+        if _classed(self.order_id) != _SHAPE:
+            _refuse(self, "order_id")
 
 
 # Billing's own language.
@@ -62,7 +109,9 @@ _HUNDRED = Decimal(100)
 
 
 def cents(amount: Decimal) -> int:
-    return int((amount * _HUNDRED).to_integral_value(rounding=ROUND_HALF_EVEN))
+    """Whole cents, half to even: a Decimal's ``round`` to an int always rounds so,
+    whatever the context (0.15 µs; ``int(...to_integral_value(rounding=...))`` 0.30)."""
+    return round(amount * _HUNDRED)
 
 
 @sales.on(CustomerRegistered)
