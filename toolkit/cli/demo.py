@@ -125,15 +125,25 @@ class Chain:
     paid: list[UUID]
 
 
-def drive_chain(shipping: Shipping, billing: Billing, workload: Workload) -> Chain:
+def drive_chain(
+    shipping: Shipping,
+    billing: Billing,
+    workload: Workload,
+    cancelled: threading.Event | None = None,
+) -> Chain:
     """Dispatch the shipments of every other order not cancelled, and pay the invoices of
-    two orders in three not cancelled (a shipment's and an invoice's id is its order's)."""
+    two orders in three not cancelled (a shipment's and an invoice's id is its order's);
+    stops early when ``cancelled`` is set."""
     live = [order for order in workload.orders if order not in workload.cancelled]
     dispatched = live[::2]
     paid = [order for i, order in enumerate(live) if i % 3 != 2]
     for order in dispatched:
+        if cancelled is not None and cancelled.is_set():
+            break
         shipping.dispatch_shipment(order, "Parcelforce" if order.int % 2 else "DHL")
     for order in paid:
+        if cancelled is not None and cancelled.is_set():
+            break
         billing.pay_invoice(order)
     return Chain(dispatched, paid)
 
@@ -232,8 +242,14 @@ async def _run(
         name: ReadModelStore(homes[name].live(), cls()) for name, cls in system.projections.items()
     }
     dead_letters: list[PolicyDeadLetters] = []
+    background: list[asyncio.Task[Any]] = []
     try:
-        async with open_nats(settings, name="demo") as nats:
+        async with (
+            open_nats(settings, name="demo") as nats,
+            contextlib.AsyncExitStack() as running,  # (ends first: before the server)
+        ):
+            # Interrupted too, what uses the contexts stops before they close.
+            running.push_async_callback(_wind_down, cancelled, [stop, chain_stop], background)
             where = "embedded nats-server" if nats.embedded else "NATS"
             console.print(
                 f"[bold]toolkit demo[/] on {where} at {nats.url}, data in {settings.data_dir}, "
@@ -267,7 +283,7 @@ async def _run(
                 *(asyncio.create_task(r.run(chain_stop)) for r in reactors.values()),
             ]
             projector_tasks = [asyncio.create_task(p.run(stop)) for p in projectors.values()]
-            background = [*chain_tasks, *projector_tasks]
+            background.extend([*chain_tasks, *projector_tasks])
             settled = Settled(relays, reactors, projectors, background)
 
             console.print(f"placing {orders} orders for {customers} customers through sales ...")
@@ -291,7 +307,7 @@ async def _run(
                 f"({len(workload.cancelled)} cancelled: called off, voided)"
             )
 
-            chain = await asyncio.to_thread(drive_chain, shipping, billing, workload)
+            chain = await asyncio.to_thread(drive_chain, shipping, billing, workload, cancelled)
             console.print(
                 f"dispatched {len(chain.dispatched)} shipments and paid {len(chain.paid)} "
                 "invoices; sales' policy marks the dispatched orders shipped ..."
@@ -376,7 +392,7 @@ async def _run(
             console.print(table)
             _close(contexts)  # before their server stops, when the logs are on it
     finally:
-        cancelled.set()  # an interrupted demo stops placing orders
+        cancelled.set()
         for store in stores.values():
             with contextlib.suppress(Exception):
                 store.close()
@@ -399,6 +415,23 @@ def _show_statuses(stores: dict[str, ReadModelStore]) -> None:
             shown.append(f"{name} " + ", ".join(f"{count} {status}" for status, count in rows))
     if shown:
         console.print(f"read models of shipping's and billing's streams: {'; '.join(shown)}")
+
+
+async def _wind_down(
+    cancelled: threading.Event, stops: list[asyncio.Event], background: list[asyncio.Task[Any]]
+) -> None:
+    """Stop what uses the contexts before they close: the thread placing orders (at its
+    next command), the relays, policies and projectors (told to stop, and cancelled),
+    and the threads a policy's commands run on. An interrupted demo closed its contexts'
+    SQLite connections while a thread still saved through them, and sometimes died of it
+    (SIGSEGV: 1 of 30 interrupted at load)."""
+    cancelled.set()
+    for stop in stops:
+        stop.set()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_default_executor()  # (their threads: joined)
 
 
 def _published(relay: Relay) -> int:
