@@ -11,7 +11,9 @@ model, the command run on a thread of the toolkit's pool, 201 with a consistency
 middleware of the API: metrics, body limit, tracing, conditional requests, problem
 details) with its relays in the process and group commit (concurrent saves written together:
 :mod:`toolkit.write.group_commit`), as the product runs by default; and once more with
-each save in a transaction of its own (``TOOLKIT_GROUP_COMMIT=off``). The bare
+each save in a transaction of its own (``TOOLKIT_GROUP_COMMIT=off``); and once with
+``--no-relay``, its events left for a relay in another process (none runs here), to tell
+what the relay in the process costs a request from what the rest of serve does. The bare
 contender is what a user would write without the toolkit: a FastAPI app with the same
 route, the same request model (so validation is alike), calling eventsourcing's own
 ``Application`` carrying sales' very commands (eventsourcing's defaults: its JSON
@@ -59,9 +61,12 @@ BACKENDS = ("SQLite", "PostgreSQL")
 BASELINE = "bare FastAPI endpoint, eventsourcing Application (baseline)"
 TOOLKIT = "toolkit serve (relay in the process, group commit)"
 UNGROUPED = "toolkit serve, group commit off"
-CONTENDERS = (TOOLKIT, UNGROUPED, BASELINE)
-GROUP_COMMIT = {TOOLKIT: "on", UNGROUPED: "off"}
+UNRELAYED = "toolkit serve, its relay in another process (--no-relay)"
+CONTENDERS = (TOOLKIT, UNGROUPED, UNRELAYED, BASELINE)
+GROUP_COMMIT = {TOOLKIT: "on", UNGROUPED: "off", UNRELAYED: "on"}
 """Each toolkit contender's ``TOOLKIT_GROUP_COMMIT`` (``on`` is the default)."""
+RELAYING = (TOOLKIT, UNGROUPED)
+"""The toolkit contenders whose relays run in the process."""
 ROOT = Path(__file__).resolve().parent.parent
 ORDER_LINES = [
     {"sku": "tea", "quantity": 2, "unit_price": "1.25"},
@@ -139,6 +144,8 @@ def server(contender: str, backend: str, place: Path, nats_url: str) -> Iterator
             env |= log | {"TOOLKIT_DATA_DIR": str(place / "data"), "NATS_URL": nats_url}
             env["TOOLKIT_GROUP_COMMIT"] = GROUP_COMMIT[contender]
             argv = ["-m", "toolkit", "serve", "--port", str(port)]
+            if contender not in RELAYING:
+                argv.append("--no-relay")
         else:
             env |= log
             argv = ["-m", "benchmarks.http_commands", "--serve-bare", "--port", str(port)]
@@ -258,7 +265,7 @@ def _measure_backend(
                     kept = best[concurrency].get(name)
                     if kept is None or measured.rate > kept.rate:
                         best[concurrency][name] = measured
-        for name in GROUP_COMMIT:  # each toolkit serve relayed throughout
+        for name in RELAYING:  # each toolkit serve with its relay relayed throughout
             asyncio.run(relaying(bases[name].url))
     return {c: {name: best[c][name] for name in CONTENDERS} for c in concurrencies}
 

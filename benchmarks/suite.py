@@ -495,7 +495,8 @@ def http_commands_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
             "uvicorn as `toolkit serve` runs it, on a fresh log each: a SQLite file, and a "
             "PostgreSQL schema. One aiohttp client sends the orders one at a time and "
             "many at once; the two take turns round after round, and each one's best "
-            "round counts."
+            "round counts. Once more without its relay (`--no-relay`), to tell the relay's "
+            "share."
         ),
         tables=[http_commands.report(requests, results)],
     )
@@ -515,7 +516,7 @@ def http_commands_workload(sizes: Sizes, folder: Path, out: Path) -> Section:
             continue
         for concurrency, rounds in measured.items():
             ours, bare = rounds[http_commands.TOOLKIT], rounds[http_commands.BASELINE]
-            why = _http_commands_why(ours, bare)
+            why = _http_commands_why(ours, bare, rounds.get(http_commands.UNRELAYED))
             if backend == "SQLite":
                 section.targets.append(
                     Target(
@@ -563,8 +564,13 @@ def _faststream_why(ours: float, theirs: float, fetch: float | None) -> str:
     )
 
 
-def _http_commands_why(ours: http_commands.Round, bare: http_commands.Round) -> str:
-    """What toolkit serve's orders cost beside the bare endpoint's, and what bounds them."""
+def _http_commands_why(
+    ours: http_commands.Round,
+    bare: http_commands.Round,
+    unrelayed: http_commands.Round | None = None,
+) -> str:
+    """What toolkit serve's orders cost beside the bare endpoint's, and what bounds them
+    (``unrelayed``: serve without its relay, which tells the relay's share)."""
     added = 1e6 / ours.rate - 1e6 / bare.rate
     said = (
         f"toolkit serve answered {ours.rate:,.0f} orders/s (p50 {ours.p50:.2f} ms, "
@@ -577,10 +583,23 @@ def _http_commands_why(ours: http_commands.Round, bare: http_commands.Round) -> 
             f"{bare.cpu:,.0f} µs, {ours.cpu * ours.rate / 1e6:.2f} of a core at that rate"
         )
     if added > 0:
+        relay = ""
+        if unrelayed is not None:
+            relay = (
+                f" Without its relay in the process (`--no-relay`) it answered "
+                f"{unrelayed.rate:,.0f}/s, {unrelayed.rate / bare.rate:.2f}x the bare endpoint"
+            )
+            if unrelayed.cpu is not None and ours.cpu is not None:
+                cost = ours.cpu - unrelayed.cpu
+                relay += (
+                    f", {unrelayed.cpu:,.0f} µs of CPU a request: publishing each order and "
+                    f"taking in its acknowledgement cost the process {cost:+,.0f} µs"
+                )
+            relay += "."
         return (
             f"{said}: {added:+,.0f} µs a request. What toolkit serve adds: the relay "
             "publishing each event in the same process, the hand-off to it at each save, "
-            "the consistency token, the API's middleware."
+            f"the consistency token, the API's middleware.{relay}"
         )
     return (
         f"{said}: {-added:,.0f} µs a request less, group commit writing the concurrent "

@@ -91,7 +91,7 @@ def test_the_suite_runs_every_workload_and_writes_a_report_with_plots(tmp_path: 
     assert "at concurrency 4" in tables["http"][0]  # the size's, not a fixed figure
     commands = tables["http_commands"][0]  # SQLite and PostgreSQL, one at a time and 4 at once
     for concurrency in (1, 4):
-        for contender in (http_commands.TOOLKIT, http_commands.BASELINE):
+        for contender in (http_commands.TOOLKIT, http_commands.UNRELAYED, http_commands.BASELINE):
             assert f"| SQLite | {concurrency} | {contender} |" in commands
             if os.environ.get("CI"):
                 assert f"| PostgreSQL | {concurrency} | {contender} |" in commands
