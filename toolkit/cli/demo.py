@@ -125,25 +125,15 @@ class Chain:
     paid: list[UUID]
 
 
-def drive_chain(
-    shipping: Shipping,
-    billing: Billing,
-    workload: Workload,
-    cancelled: threading.Event | None = None,
-) -> Chain:
+def drive_chain(shipping: Shipping, billing: Billing, workload: Workload) -> Chain:
     """Dispatch the shipments of every other order not cancelled, and pay the invoices of
-    two orders in three not cancelled (a shipment's and an invoice's id is its order's);
-    stops early when ``cancelled`` is set."""
+    two orders in three not cancelled (a shipment's and an invoice's id is its order's)."""
     live = [order for order in workload.orders if order not in workload.cancelled]
     dispatched = live[::2]
     paid = [order for i, order in enumerate(live) if i % 3 != 2]
     for order in dispatched:
-        if cancelled is not None and cancelled.is_set():
-            break
         shipping.dispatch_shipment(order, "Parcelforce" if order.int % 2 else "DHL")
     for order in paid:
-        if cancelled is not None and cancelled.is_set():
-            break
         billing.pay_invoice(order)
     return Chain(dispatched, paid)
 
@@ -246,9 +236,8 @@ async def _run(
     try:
         async with (
             open_nats(settings, name="demo") as nats,
-            contextlib.AsyncExitStack() as running,  # (ends first: before the server)
+            contextlib.AsyncExitStack() as running,  # (ends first, interrupted too)
         ):
-            # Interrupted too, what uses the contexts stops before they close.
             running.push_async_callback(_wind_down, cancelled, [stop, chain_stop], background)
             where = "embedded nats-server" if nats.embedded else "NATS"
             console.print(
@@ -307,7 +296,7 @@ async def _run(
                 f"({len(workload.cancelled)} cancelled: called off, voided)"
             )
 
-            chain = await asyncio.to_thread(drive_chain, shipping, billing, workload, cancelled)
+            chain = await asyncio.to_thread(drive_chain, shipping, billing, workload)
             console.print(
                 f"dispatched {len(chain.dispatched)} shipments and paid {len(chain.paid)} "
                 "invoices; sales' policy marks the dispatched orders shipped ..."
@@ -392,7 +381,6 @@ async def _run(
             console.print(table)
             _close(contexts)  # before their server stops, when the logs are on it
     finally:
-        cancelled.set()
         for store in stores.values():
             with contextlib.suppress(Exception):
                 store.close()
@@ -420,11 +408,8 @@ def _show_statuses(stores: dict[str, ReadModelStore]) -> None:
 async def _wind_down(
     cancelled: threading.Event, stops: list[asyncio.Event], background: list[asyncio.Task[Any]]
 ) -> None:
-    """Stop what uses the contexts before they close: the thread placing orders (at its
-    next command), the relays, policies and projectors (told to stop, and cancelled),
-    and the threads a policy's commands run on. An interrupted demo closed its contexts'
-    SQLite connections while a thread still saved through them, and sometimes died of it
-    (SIGSEGV: 1 of 30 interrupted at load)."""
+    """Stop the threads and tasks using the contexts before they close (an interrupted
+    demo closed them under a saving thread: SIGSEGV, 1 in 30 at load)."""
     cancelled.set()
     for stop in stops:
         stop.set()
