@@ -233,7 +233,8 @@ def report(
         table.add_row(name, f"{rate:,.0f}", f"{rate / baseline:.2f}", f"{p50:.2f}", f"{p99:.2f}")
     table.caption = (
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, fastapi "
-        f"{version('fastapi')}, uvicorn {version('uvicorn')}; client: aiohttp in one process"
+        f"{version('fastapi')}, uvicorn {version('uvicorn')} (httptools "
+        f"{version('httptools')}); client: aiohttp in one process"
     )
     return table
 
@@ -241,8 +242,11 @@ def report(
 def _serve(kind: str, port: int, data_dir: Path) -> None:
     import uvicorn
 
+    from toolkit.http.protocols import protocol
+
     app = toolkit_app(data_dir) if kind == "toolkit" else bare_app(data_dir)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]
+    http = protocol() if kind == "toolkit" else "auto"  # (toolkit serve's; uvicorn's own)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http=http)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:

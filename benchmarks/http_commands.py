@@ -323,8 +323,9 @@ def report(requests: int, results: Results) -> Table:
                 )
     table.caption = (
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, fastapi "
-        f"{version('fastapi')}, uvicorn {version('uvicorn')}, eventsourcing "
-        f"{version('eventsourcing')}; both servers uvicorn as toolkit serve runs it, the "
+        f"{version('fastapi')}, uvicorn {version('uvicorn')} (httptools "
+        f"{version('httptools')}), eventsourcing {version('eventsourcing')}; both servers "
+        "uvicorn as toolkit serve runs it, the "
         "same route and request model; the baseline's command on eventsourcing's "
         "Application with its defaults, without relay, consistency token or the API's "
         "middleware; client: aiohttp in one process; ratio: requests/s to the baseline's; "

@@ -19,7 +19,16 @@ from typing import Any
 
 from rich.table import Table
 
-PACKAGES = ("nats-py", "eventsourcing", "fastapi", "uvicorn", "faststream", "msgspec", "orjson")
+PACKAGES = (
+    "nats-py",
+    "eventsourcing",
+    "fastapi",
+    "uvicorn",
+    "httptools",
+    "faststream",
+    "msgspec",
+    "orjson",
+)
 
 
 @dataclass

@@ -309,8 +309,15 @@ def _serve(
                 stop_keeping()
                 super().handle_exit(sig, frame)
 
+        from toolkit.http.protocols import protocol
+
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="info", log_config=_uvicorn_logging()
+            app,
+            host=host,
+            port=port,
+            http=protocol(),  # (an unparseable request refused with a problem document)
+            log_level="info",
+            log_config=_uvicorn_logging(),
         )
         server = Server(config)
         server.run()

@@ -32,13 +32,19 @@ log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 
 
-def problem(
-    status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
-) -> Response:
+def problem_body(status: int, detail: str, **extra: Any) -> bytes:
+    """A problem document's bytes (also for uvicorn's refusals: :mod:`toolkit.http.protocols`)."""
     body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
     body["detail"] = detail
     body.update(extra)
-    return Response(orjson.dumps(body), status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    return orjson.dumps(body)
+
+
+def problem(
+    status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    body = problem_body(status, detail, **extra)
+    return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
