@@ -7,8 +7,9 @@ serve 10-20% of its orders a second); h11 where it is missing. llhttp refuses wh
 passes on to the app (a control character in a header's value, a method it does not know,
 ``Content-Length`` beside ``Transfer-Encoding``): the refusal says which, naming a header
 but never quoting its value (it may be a secret). llhttp bounds no request's head, where
-h11 stops at 16 KiB: here a head beyond ``h11_max_incomplete_event_size`` (16 KiB unless
-configured) is refused with 431, as h11 would refuse it.
+h11 stops at 16 KiB: here a head still incomplete beyond ``h11_max_incomplete_event_size``
+(16 KiB unless configured) is refused with 431, as h11 refuses it (a whole head in one
+read, up to 256 KiB, is taken, as h11 takes it: a long URL is the app's to judge).
 """
 
 from __future__ import annotations
@@ -91,7 +92,6 @@ def _refusing(base: Any, *, bounds_head: bool) -> type[asyncio.Protocol]:
         _read = 0  # (the bytes of the read being parsed)
         _pipelined = False  # (a request ended in the read being parsed)
         _in_body = False
-        _oversize = False
 
         def data_received(self, data: bytes) -> None:
             if self._heading:
@@ -102,7 +102,7 @@ def _refusing(base: Any, *, bounds_head: bool) -> type[asyncio.Protocol]:
             self._read, self._pipelined = len(data), False
             super().data_received(data)
             if self._heading and self._head > self._limit() and not self.transport.is_closing():
-                self._refuse(431, self._too_large())  # (a head still incomplete: all of it)
+                self._refuse(431, f"the request's head is larger than {self._limit():,} bytes")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -111,30 +111,18 @@ def _refusing(base: Any, *, bounds_head: bool) -> type[asyncio.Protocol]:
             self._heading, self._head = bounds_head, 0 if self._pipelined else self._read
 
         def on_headers_complete(self) -> None:
-            self._heading = False
-            if bounds_head:  # (a head complete in one read: the fields parsed, counted)
-                size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
-                if size > self._limit():
-                    self._oversize = True
-                    raise ValueError(self._too_large())  # (the parser stops: a refusal)
-            self._in_body = True
+            self._heading, self._in_body = False, True
             super().on_headers_complete()
 
         def _limit(self) -> int:
             return int(self.config.h11_max_incomplete_event_size or HEAD_LIMIT)
-
-        def _too_large(self) -> str:
-            return f"the request's head is larger than {self._limit():,} bytes"
 
         def on_message_complete(self) -> None:
             self._in_body, self._pipelined = False, True
             super().on_message_complete()
 
         def send_400_response(self, msg: str) -> None:  # (uvicorn's, on a parser's refusal)
-            if self._oversize:
-                self._refuse(431, self._too_large())
-            else:
-                self._refuse(400, _BODY if self._in_body else why(self._received))
+            self._refuse(400, _BODY if self._in_body else why(self._received))
 
         def _refuse(self, status: int, detail: str) -> None:
             self._heading = self._in_body = False
