@@ -242,10 +242,10 @@ def report(
 def _serve(kind: str, port: int, data_dir: Path) -> None:
     import uvicorn
 
-    from toolkit.http.protocols import protocol
+    from toolkit.http.protocols import RefusingProtocol
 
     app = toolkit_app(data_dir) if kind == "toolkit" else bare_app(data_dir)
-    http = protocol() if kind == "toolkit" else "auto"  # (toolkit serve's; uvicorn's own)
+    http = RefusingProtocol if kind == "toolkit" else "auto"  # (toolkit serve's; uvicorn's own)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http=http)  # type: ignore[arg-type]
 
 

@@ -44,6 +44,7 @@ from decimal import Decimal
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import nats
 from nats.aio.client import Client
@@ -64,23 +65,26 @@ Messages = list[OutgoingMessage]
 
 
 def fill_log(sales: Sales, orders: int, *, traced: bool = False) -> None:
-    """Orders a thousand to a save; every fifth order also gets a private note. ``traced``:
-    each save in a trace of its own, as a command's."""
+    """Ten customers, then ``orders`` orders a thousand to a save (:func:`new_orders`).
+    ``traced``: each save in a trace of its own, as a command's."""
     with _command(traced):
         customers = [sales.register_customer(f"C{i}", f"c{i}@example.com") for i in range(10)]
+    for start in range(0, orders, 1000):
+        with _command(traced):
+            sales.save(*new_orders(customers, start, min(1000, orders - start)))
+
+
+def new_orders(customers: list[UUID], start: int, count: int) -> list[Order]:
+    """Orders ``start`` to ``start + count`` of a filled log, the customers' in turn: a
+    line of tea each; every fifth order also gets a private note."""
     line = OrderLine(sku="tea", quantity=2, unit_price=Decimal("1.25"))
-    batch: list[Order] = []
-    for i in range(orders):
-        order = Order(customer_id=customers[i % 10], lines=[line])
+    batch = []
+    for i in range(start, start + count):
+        order = Order(customer_id=customers[i % len(customers)], lines=[line])
         if i % 5 == 0:
             order.add_note(text="private")
         batch.append(order)
-        if len(batch) == 1000:
-            with _command(traced):
-                sales.save(*batch)
-            batch = []
-    with _command(traced):
-        sales.save(*batch)
+    return batch
 
 
 def _command(traced: bool) -> contextlib.AbstractContextManager[None]:

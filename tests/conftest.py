@@ -25,7 +25,7 @@ from nats.aio.client import Client
 
 from contexts.sales import Sales
 from toolkit.config import Settings
-from toolkit.http.protocols import protocol
+from toolkit.http.protocols import RefusingProtocol
 from toolkit.nats.connection import connect
 from toolkit.nats.embedded import EmbeddedServer, free_ports
 
@@ -315,7 +315,13 @@ async def serving(app: object) -> AsyncIterator[str]:
     """Run ``app`` in a real uvicorn server on a free loopback port, as ``toolkit serve``
     runs it (its HTTP protocol); yield its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=protocol())  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        http=RefusingProtocol,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

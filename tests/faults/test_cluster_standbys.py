@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
 
@@ -33,7 +32,8 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
-from contexts.sales import Order, OrderLine, Sales
+from benchmarks.relay import new_orders
+from contexts.sales import Sales
 from tests.conftest import Report, wait_for
 from tests.faults.test_cluster_faults import cluster, cnc, leader, settled
 from tests.faults.test_relay_standby import _Standbys
@@ -67,20 +67,13 @@ class _Filler:
         self._saving = threading.Lock()
         self._stopped = False
         self._customers: list[UUID] = []
-        self._line = OrderLine(sku="tea", quantity=2, unit_price=Decimal("1.25"))
         self._task: asyncio.Task[None] | None = None
 
     def save(self) -> None:
         with self._saving:
             if self._stopped:
                 return
-            batch = []
-            for i in range(self.orders, self.orders + CHUNK):
-                order = Order(customer_id=self._customers[i % 10], lines=[self._line])
-                if i % 5 == 0:
-                    order.add_note(text="private")
-                batch.append(order)
-            self.sales.save(*batch)
+            self.sales.save(*new_orders(self._customers, self.orders, CHUNK))
             self.orders += CHUNK
 
     async def _fill(self, watcher: Callable[[], Client]) -> None:

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import free_port
-from toolkit.http.protocols import protocol, why
+from toolkit.http.protocols import RefusingProtocol, why
 from toolkit.nats.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -178,7 +178,9 @@ async def echo(request: Request) -> dict[str, int]:
 def echo_server() -> Iterator[int]:
     """A minimal app behind the toolkit's protocol, in a thread of its own."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", http=protocol())
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="critical", http=RefusingProtocol
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
     thread.start()

@@ -309,13 +309,13 @@ def _serve(
                 stop_keeping()
                 super().handle_exit(sig, frame)
 
-        from toolkit.http.protocols import protocol
+        from toolkit.http.protocols import RefusingProtocol
 
         config = uvicorn.Config(
             app,
             host=host,
             port=port,
-            http=protocol(),  # (an unparseable request refused with a problem document)
+            http=RefusingProtocol,  # (an unparseable request refused with a problem document)
             log_level="info",
             log_config=_uvicorn_logging(),
         )

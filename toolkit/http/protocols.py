@@ -1,21 +1,22 @@
-"""uvicorn's HTTP/1.1 protocols, refusing a request they cannot parse with a problem
+"""uvicorn's HTTP/1.1 protocol, refusing a request it cannot parse with a problem
 document that says why, like every other refusal of the API (uvicorn's own is a plain-text
 "Invalid HTTP request received.").
 
 ``toolkit serve`` parses with httptools (llhttp, in C), a dependency (h11, in Python, cost
-serve 10-20% of its orders a second); h11 where it is missing. llhttp refuses what h11
-passes on to the app (a control character in a header's value, a method it does not know,
-``Content-Length`` beside ``Transfer-Encoding``): the refusal says which, naming a header
-but never quoting its value (it may be a secret). llhttp bounds no request's head, where
-h11 stops at 16 KiB: here a head still incomplete beyond ``h11_max_incomplete_event_size``
-(16 KiB unless configured) is refused with 431, as h11 refuses it (a whole head in one
-read, up to 256 KiB, is taken, as h11 takes it: a long URL is the app's to judge).
+serve 10-20% of its orders a second). llhttp refuses what h11 passed on to the app (a
+control character in a header's value, a method it does not know, ``Content-Length``
+beside ``Transfer-Encoding``): the refusal says which, naming a header but never quoting
+its value (it may be a secret). llhttp bounds no request's head, where h11 stops at 16 KiB:
+here a head still incomplete beyond ``h11_max_incomplete_event_size`` (16 KiB unless
+configured) is refused with 431, as h11 refuses it (a whole head in one read, up to
+256 KiB, is taken, as h11 takes it: a long URL is the app's to judge).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from http import HTTPStatus
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from toolkit.http.problems import problem_body
 
@@ -70,8 +71,7 @@ def refusal(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]
     """The whole response to a request refused before the app saw it (the connection
     closes after it)."""
     body = problem_body(status, detail)
-    reason = b"Bad Request" if status == 400 else b"Request Header Fields Too Large"
-    head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())]
     for name, value in default_headers:
         head += [name, b": ", value, b"\r\n"]
     head += [
@@ -82,65 +82,49 @@ def refusal(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]
     return b"".join(head) + body
 
 
-def _refusing(base: Any, *, bounds_head: bool) -> type[asyncio.Protocol]:
-    class Refusing(base):  # type: ignore[misc]
-        __doc__ = f"uvicorn's {base.__name__}, refusing with a problem document."
+class RefusingProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing with a problem document (pass it as
+    ``uvicorn.Config(http=...)``)."""
 
-        _received = b""  # (the head so far, or the last read: what a refusal is about)
-        _heading = False  # (a request's head begun and not complete: httptools only)
-        _head = 0  # (its bytes so far)
-        _read = 0  # (the bytes of the read being parsed)
-        _pipelined = False  # (a request ended in the read being parsed)
-        _in_body = False
+    _received = b""  # (the head so far, or the last read: what a refusal is about)
+    _heading = False  # (a request's head begun and not complete)
+    _head = 0  # (its bytes so far)
+    _read = 0  # (the bytes of the read being parsed)
+    _pipelined = False  # (a request ended in the read being parsed)
+    _in_body = False
 
-        def data_received(self, data: bytes) -> None:
-            if self._heading:
-                self._received += data
-                self._head += len(data)
-            else:
-                self._received = data
-            self._read, self._pipelined = len(data), False
-            super().data_received(data)
-            if self._heading and self._head > self._limit() and not self.transport.is_closing():
-                self._refuse(431, f"the request's head is larger than {self._limit():,} bytes")
+    def data_received(self, data: bytes) -> None:
+        if self._heading:
+            self._received += data
+            self._head += len(data)
+        else:
+            self._received = data
+        self._read, self._pipelined = len(data), False
+        super().data_received(data)
+        if self._heading and self._head > self._limit() and not self.transport.is_closing():
+            self._refuse(431, f"the request's head is larger than {self._limit():,} bytes")
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            # (begun in a read where another request ended, its part of the read is not
-            # told: counted from the next read, a read (up to 256 KiB) more at most)
-            self._heading, self._head = bounds_head, 0 if self._pipelined else self._read
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # (begun in a read where another request ended, its part of the read is not
+        # told: counted from the next read, a read (up to 256 KiB) more at most)
+        self._heading, self._head = True, 0 if self._pipelined else self._read
 
-        def on_headers_complete(self) -> None:
-            self._heading, self._in_body = False, True
-            super().on_headers_complete()
+    def on_headers_complete(self) -> None:
+        self._heading, self._in_body = False, True
+        super().on_headers_complete()
 
-        def _limit(self) -> int:
-            return int(self.config.h11_max_incomplete_event_size or HEAD_LIMIT)
+    def _limit(self) -> int:
+        return int(self.config.h11_max_incomplete_event_size or HEAD_LIMIT)
 
-        def on_message_complete(self) -> None:
-            self._in_body, self._pipelined = False, True
-            super().on_message_complete()
+    def on_message_complete(self) -> None:
+        self._in_body, self._pipelined = False, True
+        super().on_message_complete()
 
-        def send_400_response(self, msg: str) -> None:  # (uvicorn's, on a parser's refusal)
-            self._refuse(400, _BODY if self._in_body else why(self._received))
+    def send_400_response(self, msg: str) -> None:  # (uvicorn's, on a parser's refusal)
+        self._refuse(400, _BODY if self._in_body else why(self._received))
 
-        def _refuse(self, status: int, detail: str) -> None:
-            self._heading = self._in_body = False
-            self.transport.write(refusal(status, detail, self.server_state.default_headers))
-            self.transport.close()
-
-    Refusing.__name__ = Refusing.__qualname__ = f"Refusing{base.__name__}"
-    return Refusing
-
-
-def protocol() -> type[asyncio.Protocol]:
-    """uvicorn's protocol with httptools where it is installed, else with h11, each refusing
-    an unparseable request with a problem document."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-        return _refusing(HttpToolsProtocol, bounds_head=True)
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol
-
-        return _refusing(H11Protocol, bounds_head=False)
+    def _refuse(self, status: int, detail: str) -> None:
+        self._heading = self._in_body = False
+        self.transport.write(refusal(status, detail, self.server_state.default_headers))
+        self.transport.close()
